@@ -1,0 +1,394 @@
+"""The run store: a directory of chunked Zarr (v3) arrays plus ``manifest.json``, written atomically.
+
+Layout of a run directory ``RUN/`` (a Zarr group, so ``xarray.open_zarr`` and
+``dask.array.from_zarr`` open it as it is, without conversion)::
+
+    RUN/zarr.json
+    RUN/layers/<layer>/<signal>          (N, T, units)   float32 or float16, chunks (batch, T, units)
+    RUN/layers/<layer>/mask              (N, T)          bool
+    RUN/layers/<layer>/input             (N, T, in)      float32
+    RUN/layers/<layer>/weights/<name>    kernel, recurrent_kernel, bias
+    RUN/tokens                           (N, T)          int32 (text models only)
+    RUN/x                                (N, T, F)       float32 (the model's numeric input, numeric models only)
+    RUN/analysis/                        tables written by ``gatelens analyze`` (not part of the checksummed run)
+    RUN/manifest.json                    written last; lists every file with its sha256
+
+``<layer>`` is the contract name; a Bidirectional layer's directions nest as
+``layers/<name>/forward`` and ``layers/<name>/backward``.
+
+The writer fills a hidden sibling directory and renames it into place only after the
+manifest is written, so a reader never sees a half-written run and an interrupted
+write leaves the previous complete run untouched.
+
+Examples
+--------
+>>> import numpy as np, tempfile, pathlib
+>>> from analysis.trace import LayerInfo
+>>> info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
+>>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+>>> with RunWriter(out, [info], n_sequences=3, n_steps=4, chunk_sequences=2) as w:
+...     for start in (0, 2):
+...         n = min(2, 3 - start)
+...         batch = {s: np.full((n, 4, 2), 0.5, np.float32) for s in info.signals}
+...         batch["mask"] = np.ones((n, 4), bool)
+...         batch["input"] = np.zeros((n, 4, 1), np.float32)
+...         w.write_batch(start, {"lstm": batch})
+...     _ = w.finish(verification={"lstm": 0.0})
+>>> run = open_run(out)
+>>> float(run["lstm"]["forget_gate"][2, 3, 1])
+0.5
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.trace import LayerInfo, LayerTrace, Trace
+
+log = logging.getLogger(__name__)
+
+FORMAT = "gatelens-run"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ANALYSIS_DIR = "analysis"
+DTYPES = ("float32", "float16")
+
+
+class RunStoreError(ValueError):
+    """A run directory is missing, incomplete, or does not match its manifest."""
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in blocks.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = tempfile.mktemp(); _ = open(p, "wb").write(b"abc")
+    >>> sha256_file(p)[:8]
+    'ba7816bf'
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.txt"
+    >>> atomic_write_bytes(p, b"hi"); p.read_bytes()
+    b'hi'
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _zarr():
+    import zarr
+
+    return zarr
+
+
+class RunWriter:
+    """Stream batches of a trace into a run directory; commit atomically with :meth:`finish`.
+
+    Parameters
+    ----------
+    out : path
+        The run directory to create (or replace, once the new run is complete).
+    layers : list of LayerInfo
+    n_sequences, n_steps : int
+    dtype : {"float32", "float16"}
+        Storage type of the signals (inputs are always float32).
+    chunk_sequences : int
+        Sequences per chunk; memory use is bounded by this, not by ``n_sequences``.
+    weights : dict, optional
+        ``{layer: {"kernel": ..., "recurrent_kernel": ..., "bias": ...}}``.
+    with_tokens : bool
+        Whether :meth:`write_batch` receives token ids.
+    n_features : int, optional
+        When given, :meth:`write_batch` receives the model's numeric input ``x`` (N, T, F).
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        layers: list[LayerInfo],
+        *,
+        n_sequences: int,
+        n_steps: int,
+        dtype: str = "float32",
+        chunk_sequences: int = 256,
+        weights: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+        with_tokens: bool = False,
+        n_features: int | None = None,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if n_sequences < 1 or n_steps < 1:
+            raise ValueError(f"a run needs at least one sequence and one step, got N={n_sequences}, T={n_steps}")
+        self.out = Path(out)
+        self.layers = list(layers)
+        self.n_sequences = int(n_sequences)
+        self.n_steps = int(n_steps)
+        self.dtype = dtype
+        self.chunk = max(1, min(int(chunk_sequences), self.n_sequences))
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:12]}"
+        zarr = _zarr()
+        self._root = zarr.open_group(store=str(self.tmp), mode="w")
+        self._arrays: dict[str, dict[str, Any]] = {}
+        self._written = 0
+        for info in self.layers:
+            g = self._root.require_group(f"layers/{info.name}")
+            arrs: dict[str, Any] = {}
+            for s in info.signals:
+                arrs[s] = g.create_array(
+                    s, shape=(self.n_sequences, self.n_steps, info.units),
+                    chunks=(self.chunk, self.n_steps, info.units), dtype=dtype,
+                )
+            arrs["mask"] = g.create_array(
+                "mask", shape=(self.n_sequences, self.n_steps), chunks=(self.chunk, self.n_steps), dtype="bool"
+            )
+            arrs["input"] = g.create_array(
+                "input", shape=(self.n_sequences, self.n_steps, info.input_dim),
+                chunks=(self.chunk, self.n_steps, info.input_dim), dtype="float32",
+            )
+            self._arrays[info.name] = arrs
+            w = (weights or {}).get(info.name)
+            if w:
+                wg = g.require_group("weights")
+                for k, v in w.items():
+                    v = np.asarray(v, np.float32)
+                    wg.create_array(k, shape=v.shape, dtype="float32")[...] = v
+        self._tokens = None
+        if with_tokens:
+            self._tokens = self._root.create_array(
+                "tokens", shape=(self.n_sequences, self.n_steps), chunks=(self.chunk, self.n_steps), dtype="int32"
+            )
+        self._x = None
+        if n_features:
+            self._x = self._root.create_array(
+                "x", shape=(self.n_sequences, self.n_steps, n_features),
+                chunks=(self.chunk, self.n_steps, n_features), dtype="float32",
+            )
+        self._done = False
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._done:
+            self.abort()
+
+    def write_batch(
+        self,
+        start: int,
+        batch: Mapping[str, Mapping[str, np.ndarray]],
+        tokens: np.ndarray | None = None,
+        x: np.ndarray | None = None,
+    ) -> None:
+        """Write sequences ``start : start + n`` of every layer.
+
+        ``batch[layer]`` maps each signal name, ``"mask"`` and ``"input"`` to arrays whose
+        first axis has the batch's ``n`` sequences.
+        """
+        n = None
+        for info in self.layers:
+            b = batch[info.name]
+            arrs = self._arrays[info.name]
+            for key, arr in arrs.items():
+                value = np.asarray(b[key])
+                if n is None:
+                    n = value.shape[0]
+                if value.shape[0] != n:
+                    raise ValueError(f"layer {info.name!r}: {key} has {value.shape[0]} sequences, expected {n}")
+                arr[start : start + n] = value.astype(arr.dtype, copy=False)
+        if self._tokens is not None:
+            if tokens is None:
+                raise ValueError("this run stores tokens: pass tokens= to write_batch")
+            self._tokens[start : start + n] = np.asarray(tokens, np.int32)
+        if self._x is not None:
+            if x is None:
+                raise ValueError("this run stores the model input: pass x= to write_batch")
+            self._x[start : start + n] = np.asarray(x, np.float32)
+        self._written = max(self._written, start + (n or 0))
+
+    def finish(self, verification: Mapping[str, float], **manifest: Any) -> Path:
+        """Write the manifest last and move the run into place; return its path.
+
+        Extra keyword arguments are stored in the manifest as given (JSON-serialisable).
+        """
+        if self._written < self.n_sequences:
+            raise ValueError(f"only {self._written} of {self.n_sequences} sequences were written")
+        files = {}
+        for p in sorted(self.tmp.rglob("*")):
+            if p.is_file():
+                files[p.relative_to(self.tmp).as_posix()] = sha256_file(p)
+        doc = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "n_sequences": self.n_sequences,
+            "n_steps": self.n_steps,
+            "dtype": self.dtype,
+            "layers": [
+                {**info.to_dict(), "verification_max_abs_error": float(verification.get(info.name, float("nan")))}
+                for info in self.layers
+            ],
+            "verification": {k: float(v) for k, v in verification.items()},
+            "has_tokens": self._tokens is not None,
+            "has_x": self._x is not None,
+            **manifest,
+            "files": files,
+        }
+        atomic_write_bytes(self.tmp / MANIFEST, json.dumps(doc, indent=2, default=_json_default).encode())
+        _fsync_dir(self.tmp)
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:12]}"
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        _fsync_dir(self.out.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self._done = True
+        log.info("wrote run %s (%d sequences)", self.out, self.n_sequences)
+        return self.out
+
+    def abort(self) -> None:
+        """Remove the partial directory; an existing run at ``out`` is left untouched."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._done = True
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``RUN/manifest.json``.
+
+    Raises
+    ------
+    RunStoreError
+        When the directory or its manifest is missing or not a gatelens run.
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise RunStoreError(f"{run}: no such run directory")
+    path = run / MANIFEST
+    if not path.is_file():
+        raise RunStoreError(f"{run}: not a complete gatelens run (no {MANIFEST}; the write may have been interrupted)")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunStoreError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise RunStoreError(f"{path}: not a gatelens run manifest")
+    return doc
+
+
+def verify_run(run: str | os.PathLike, manifest: Mapping[str, Any] | None = None) -> None:
+    """Check every file of the run against the manifest's sha256; raise RunStoreError on a mismatch."""
+    run = Path(run)
+    manifest = manifest or read_manifest(run)
+    files = manifest.get("files", {})
+    present = {
+        rel
+        for p in run.rglob("*")
+        if p.is_file() and not (rel := p.relative_to(run).as_posix()).startswith(ANALYSIS_DIR + "/")
+    } - {MANIFEST}
+    missing = sorted(set(files) - present)
+    extra = sorted(present - set(files))
+    if missing:
+        raise RunStoreError(f"{run}: {len(missing)} file(s) listed in the manifest are missing, e.g. {missing[0]}")
+    if extra:
+        raise RunStoreError(f"{run}: {len(extra)} file(s) not listed in the manifest, e.g. {extra[0]}")
+    for rel, digest in files.items():
+        if sha256_file(run / rel) != digest:
+            raise RunStoreError(f"{run}: {rel} does not match its checksum in the manifest")
+
+
+def open_run(run: str | os.PathLike, *, verify: bool = True) -> Trace:
+    """Open a run directory lazily as a :class:`~analysis.trace.Trace` of Zarr arrays.
+
+    Parameters
+    ----------
+    run : path
+    verify : bool
+        Check every file against the manifest's checksums first (default True).
+
+    Returns
+    -------
+    Trace
+        Arrays are read-only ``zarr.Array``; slicing reads only the chunks needed.
+        ``trace.meta`` is the manifest.
+    """
+    run = Path(run)
+    manifest = read_manifest(run)
+    if verify:
+        verify_run(run, manifest)
+    zarr = _zarr()
+    root = zarr.open_group(store=str(run), mode="r")
+    layer_traces: dict[str, LayerTrace] = {}
+    for d in manifest["layers"]:
+        info = LayerInfo.from_dict(d)
+        g = root[f"layers/{info.name}"]
+        weights = {}
+        if "weights" in g:
+            weights = {k: np.asarray(v[...]) for k, v in g["weights"].arrays()}
+        layer_traces[info.name] = LayerTrace(
+            info, {s: g[s] for s in info.signals}, mask=g["mask"], inputs=g["input"], weights=weights
+        )
+    tokens = root["tokens"] if manifest.get("has_tokens") else None
+    x = root["x"] if manifest.get("has_x") else None
+    return Trace(
+        layer_traces,
+        verification=dict(manifest.get("verification", {})),
+        tokens=tokens,
+        vocabulary=manifest.get("vocabulary"),
+        x=x,
+        feature_names=manifest.get("feature_names"),
+        meta=manifest,
+    )

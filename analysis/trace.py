@@ -1,0 +1,237 @@
+"""Trace: every captured signal of every recurrent layer, indexed by stable names.
+
+A :class:`Trace` is what :func:`models.extract` returns and what :func:`analysis.store.open_run`
+reads back from a run directory. It is plain storage -- analysis lives in functions
+elsewhere in :mod:`analysis` that take a trace.
+
+Arrays are ``numpy.ndarray`` for an in-memory trace and lazy ``zarr.Array`` objects
+for a trace opened from a run store; both support ``.shape``, ``.dtype`` and slicing,
+which yields NumPy. Use :func:`as_numpy` (or ``np.asarray``) when a whole array is needed.
+
+Examples
+--------
+>>> import numpy as np
+>>> info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
+>>> sig = {s: np.zeros((1, 3, 2), np.float32) for s in info.signals}
+>>> lt = LayerTrace(info, sig, mask=np.ones((1, 3), bool), inputs=np.zeros((1, 3, 1), np.float32))
+>>> t = Trace({"lstm": lt}, verification={"lstm": 0.0})
+>>> t.layers, t["lstm"]["forget_gate"].shape
+(['lstm'], (1, 3, 2))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from analysis.signals import signals_for
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """Static description of one recurrent layer (one direction of a Bidirectional).
+
+    Attributes
+    ----------
+    name : str
+        Contract name, e.g. ``"lstm"`` or ``"bidirectional/backward"``.
+    cell_type : {"lstm", "gru", "simple_rnn"}
+    units, input_dim : int
+    activation, recurrent_activation : str
+        Keras names of the activations (``recurrent_activation`` is None for SimpleRNN).
+    use_bias, go_backwards : bool
+    reset_after : bool or None
+        GRU only.
+    keras_class : str
+        The Keras class of the layer (``"LSTM"``, ``"GRU"``, ...).
+    return_sequences : bool
+    """
+
+    name: str
+    cell_type: str
+    units: int
+    input_dim: int
+    activation: str = "tanh"
+    recurrent_activation: str | None = "sigmoid"
+    use_bias: bool = True
+    go_backwards: bool = False
+    reset_after: bool | None = None
+    keras_class: str = ""
+    return_sequences: bool = True
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """Names of the signals captured for this layer's cell type."""
+        return signals_for(self.cell_type)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (for the run manifest)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LayerInfo:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class LayerTrace(Mapping):
+    """Signals of one layer: ``layer_trace["forget_gate"]`` -> array ``(N, T, units)``.
+
+    Attributes
+    ----------
+    info : LayerInfo
+    mask : array (N, T) of bool
+        True where the step was processed; False for padded (masked) steps, which carry
+        the state unchanged and are left out of statistics and exports.
+    inputs : array (N, T, input_dim)
+        The tensor this layer received inside the model.
+    weights : dict of str to ndarray
+        ``kernel`` (input_dim, k*units), ``recurrent_kernel`` (units, k*units) and
+        ``bias`` (k*units,) or, for GRU with ``reset_after``, (2, 3*units); zeros when
+        the layer has no bias.
+    """
+
+    def __init__(
+        self,
+        info: LayerInfo,
+        signals: Mapping[str, Any],
+        *,
+        mask: Any,
+        inputs: Any,
+        weights: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        missing = [s for s in info.signals if s not in signals]
+        if missing:
+            raise ValueError(f"Layer {info.name!r}: missing signals {missing}.")
+        self.info = info
+        self._signals = dict(signals)
+        self.mask = mask
+        self.inputs = inputs
+        self.weights = dict(weights or {})
+
+    def __getitem__(self, signal: str) -> Any:
+        try:
+            return self._signals[signal]
+        except KeyError:
+            raise KeyError(
+                f"Layer {self.info.name!r} ({self.info.cell_type}) has no signal {signal!r}; "
+                f"it has {list(self.info.signals)}."
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.info.signals)
+
+    def __len__(self) -> int:
+        return len(self.info.signals)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(N, T, units)``."""
+        return tuple(self[self.info.signals[0]].shape)  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"LayerTrace({self.info.name!r}, {self.info.cell_type}, shape={self.shape})"
+
+
+@dataclass
+class Trace(Mapping):
+    """All captured layers of one model on one input.
+
+    Parameters
+    ----------
+    layer_traces : dict of str to LayerTrace
+        In model order.
+    verification : dict of str to float
+        Per layer, max |hidden state recomputed - the layer's own Keras output|.
+    tokens : array (N, T) of int, optional
+        Token ids of the model input, for text models.
+    vocabulary : list of str, optional
+        Token strings in id order.
+    x : array (N, T, F), optional
+        The model's own numeric input (None for token models: see ``tokens``).
+    feature_names : list of str, optional
+        Names of the F input features (CSV column names, or ``x0, x1, ...``).
+    meta : dict
+        Free-form provenance (model and data hashes, versions, options).
+    """
+
+    layer_traces: dict[str, LayerTrace]
+    verification: dict[str, float] = field(default_factory=dict)
+    tokens: Any = None
+    vocabulary: list[str] | None = None
+    x: Any = None
+    feature_names: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[str]:
+        """Layer names in model order."""
+        return list(self.layer_traces)
+
+    def __getitem__(self, layer: str) -> LayerTrace:
+        try:
+            return self.layer_traces[layer]
+        except KeyError:
+            raise KeyError(f"No recurrent layer {layer!r}; the trace has {self.layers}.") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layer_traces)
+
+    def __len__(self) -> int:
+        return len(self.layer_traces)
+
+    def __hash__(self) -> int:  # dataclass(eq=True) would make it unhashable
+        return id(self)
+
+    @property
+    def n_sequences(self) -> int:
+        """N, the number of sequences."""
+        first = next(iter(self.layer_traces.values()))
+        return first.shape[0]
+
+    @property
+    def n_steps(self) -> int:
+        """T, the number of steps."""
+        first = next(iter(self.layer_traces.values()))
+        return first.shape[1]
+
+    def token_strings(self) -> np.ndarray | None:
+        """``(N, T)`` array of token strings, or None when the model input is not text."""
+        if self.tokens is None or self.vocabulary is None:
+            return None
+        vocab = np.asarray(self.vocabulary, dtype=object)
+        ids = np.clip(np.asarray(self.tokens), 0, len(vocab) - 1)
+        return vocab[ids]
+
+
+def as_numpy(array: Any, dtype: Any = np.float32) -> np.ndarray:
+    """Read a whole (possibly lazy) array into memory as ``dtype``.
+
+    Examples
+    --------
+    >>> as_numpy([[1, 2]]).dtype
+    dtype('float32')
+    """
+    if isinstance(array, np.ndarray):
+        return array.astype(dtype, copy=False)
+    if hasattr(array, "shape") and hasattr(array, "__getitem__") and not isinstance(array, list):
+        return np.asarray(array[...], dtype=dtype)
+    return np.asarray(array, dtype=dtype)
+
+
+def iter_chunks(n: int, chunk: int) -> Iterator[slice]:
+    """Slices ``[0:chunk], [chunk:2*chunk], ...`` covering ``range(n)``.
+
+    Examples
+    --------
+    >>> list(iter_chunks(5, 2))
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk!r}")
+    for start in range(0, n, chunk):
+        yield slice(start, min(start + chunk, n))
