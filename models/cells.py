@@ -1,0 +1,208 @@
+"""The cell equations, written once, vectorised over batch and time (TensorFlow ops).
+
+Each function takes a layer's weights and the sequence the layer received (in *processing*
+order: reversed for ``go_backwards``) and returns every signal, ``(B, T, units)``.
+
+Two ways to get the previous hidden state ``h_{t-1}``:
+
+* ``h_ref=None`` -- *free-running*: a scan over time with our own state (the re-run proper);
+* ``h_ref`` given -- *teacher-forced*: ``h_{t-1}`` is taken from the layer's own Keras output, so
+  all gates of all steps come from one batched matrix product. Only the LSTM cell state, a
+  linear recurrence, still needs a (cheap, element-wise) scan. The recomputed hidden state is
+  then compared with Keras's output exactly as in the free-running case.
+
+Equations (Keras 3, ``keras/src/layers/rnn/{lstm,gru,simple_rnn}.py``):
+
+* LSTM: ``z = x W + h U + b``; ``i, f, o = ra(z_i), ra(z_f), ra(z_o)``; ``g = a(z_c)``;
+  ``c = f c_{t-1} + i g``; ``h = o a(c)``.
+* GRU: ``z = ra(x W_z + b_z + h U_z [+ rb_z])``, ``r`` likewise; candidate
+  ``hh = a(x W_h + b_h + r * (h U_h + rb_h))`` (``reset_after``) or ``a(x W_h + b_h + (r h) U_h)``;
+  ``h = z h_{t-1} + (1 - z) hh``.
+* SimpleRNN: ``h = a(x W + b + h U)``.
+
+Masked steps carry the state unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+
+
+@dataclass
+class CellWeights:
+    """A cell's parameters and activations, read from a Keras layer (never modified)."""
+
+    cell_type: str
+    units: int
+    kernel: Any
+    recurrent_kernel: Any
+    bias: Any  # None when use_bias=False
+    activation: Any
+    recurrent_activation: Any  # None for SimpleRNN
+    reset_after: bool = False
+
+
+def _split(z: tf.Tensor, k: int) -> list[tf.Tensor]:
+    return tf.split(z, k, axis=-1)
+
+
+def _carry(mask_t: tf.Tensor | None, new: tf.Tensor, old: tf.Tensor) -> tf.Tensor:
+    return new if mask_t is None else tf.where(mask_t[..., None], new, old)
+
+
+def previous_states(h: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor) -> tf.Tensor:
+    """``h_{t-1}`` for every step from a hidden sequence ``h`` (B, T, u) in processing order.
+
+    Masked steps carry the state, so ``h_{t-1}`` is the output of the last unmasked step
+    before ``t`` (``h0`` when there is none). Vectorised: a log-depth running maximum of indices.
+    """
+    t = tf.shape(h)[1]
+    if mask is None:
+        return tf.concat([h0[:, None, :], h[:, :-1]], axis=1)
+    idx = tf.range(t)[None, :]
+    last = tf.where(mask, idx, -1)
+    shift = 1
+    while True:  # Hillis-Steele running max over time: ceil(log2 T) element-wise steps
+        padded = tf.pad(last, [[0, 0], [shift, 0]], constant_values=-1)[:, :-shift]
+        last = tf.maximum(last, padded)
+        shift *= 2
+        if shift >= h.shape[1]:
+            break
+    prev = tf.pad(last, [[0, 0], [1, 0]], constant_values=-1)[:, :-1]  # last unmasked index < t
+    gathered = tf.gather(h, tf.maximum(prev, 0), batch_dims=1)
+    return tf.where((prev >= 0)[..., None], gathered, h0[:, None, :])
+
+
+def _scan_time(fn, elems, initializer):
+    """tf.scan over axis 1 of batch-major tensors; returns batch-major outputs."""
+    elems_t = tf.nest.map_structure(lambda e: tf.experimental.numpy.swapaxes(e, 0, 1), elems)
+    out = tf.scan(fn, elems_t, initializer=initializer)
+    return tf.nest.map_structure(lambda e: tf.experimental.numpy.swapaxes(e, 0, 1), out)
+
+
+def run_lstm(w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, c0: tf.Tensor,
+             h_ref: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    """All LSTM signals for ``x`` (B, T, in) in processing order."""
+    xw = tf.einsum("bti,ij->btj", x, w.kernel)
+    m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
+    if h_ref is None:
+
+        def step(carry, inp):
+            h, c, _ = carry
+            xw_t, m_t = inp
+            z = xw_t + tf.matmul(h, w.recurrent_kernel)
+            if w.bias is not None:
+                z = z + w.bias
+            zi, zf, zc, zo = _split(z, 4)
+            c_new = w.recurrent_activation(zf) * c + w.recurrent_activation(zi) * w.activation(zc)
+            h_new = w.recurrent_activation(zo) * w.activation(c_new)
+            return _carry(m_t, h_new, h), _carry(m_t, c_new, c), z
+
+        z0 = tf.zeros(tf.concat([tf.shape(x)[:1], tf.shape(w.kernel)[1:]], 0), x.dtype)
+        h, c, z = _scan_time(step, (xw, m), (h0, c0, z0))
+    else:
+        h_prev = previous_states(h_ref, mask, h0)
+        z = xw + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
+        if w.bias is not None:
+            z = z + w.bias
+    zi, zf, zc, zo = _split(z, 4)
+    i, f, g, o = (w.recurrent_activation(zi), w.recurrent_activation(zf), w.activation(zc),
+                  w.recurrent_activation(zo))
+    if h_ref is not None:
+
+        def cstep(c, inp):
+            f_t, ig_t, m_t = inp
+            return _carry(m_t, f_t * c + ig_t, c)
+
+        c = _scan_time(cstep, (f, i * g, m), c0)
+        h = tf.where(m[..., None], o * w.activation(c), h_prev)
+    return {
+        "input_gate": i, "forget_gate": f, "candidate": g, "output_gate": o,
+        "cell_state": c, "hidden_state": h,
+        "input_gate_pre": zi, "forget_gate_pre": zf, "candidate_pre": zc, "output_gate_pre": zo,
+    }
+
+
+def _gru_parts(w: CellWeights, xw: tf.Tensor, h_prev: tf.Tensor):
+    """GRU gates from input projections ``xw`` (bias included) and previous states (any leading dims)."""
+    u = w.units
+    rk = w.recurrent_kernel
+    rb = None
+    if w.bias is not None and w.reset_after:
+        rb = w.bias[1]
+    x_z, x_r, x_h = _split(xw, 3)
+    if w.reset_after:
+        inner = tf.tensordot(h_prev, rk, axes=[[h_prev.shape.rank - 1], [0]])
+        if rb is not None:
+            inner = inner + rb
+        r_z, r_r, r_h = _split(inner, 3)
+    else:
+        inner = tf.tensordot(h_prev, rk[:, : 2 * u], axes=[[h_prev.shape.rank - 1], [0]])
+        r_z, r_r = _split(inner, 2)
+    z_pre = x_z + r_z
+    r_pre = x_r + r_r
+    z = w.recurrent_activation(z_pre)
+    r = w.recurrent_activation(r_pre)
+    if w.reset_after:
+        rec_h = r * r_h
+    else:
+        rec_h = tf.tensordot(r * h_prev, rk[:, 2 * u :], axes=[[h_prev.shape.rank - 1], [0]])
+    hh_pre = x_h + rec_h
+    hh = w.activation(hh_pre)
+    h = z * h_prev + (1 - z) * hh
+    return z, r, hh, h, z_pre, r_pre, hh_pre
+
+
+def run_gru(w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor,
+            h_ref: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    """All GRU signals for ``x`` (B, T, in) in processing order."""
+    xw = tf.einsum("bti,ij->btj", x, w.kernel)
+    if w.bias is not None:
+        xw = xw + (w.bias[0] if w.reset_after else w.bias)
+    m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
+    if h_ref is None:
+
+        def step(carry, inp):
+            h, *_ = carry
+            xw_t, m_t = inp
+            z, r, hh, h_new, z_pre, r_pre, hh_pre = _gru_parts(w, xw_t, h)
+            return (_carry(m_t, h_new, h), h, z_pre, r_pre, hh_pre)
+
+        zeros = tf.zeros_like(h0)
+        h, h_prev, z_pre, r_pre, hh_pre = _scan_time(step, (xw, m), (h0, zeros, zeros, zeros, zeros))
+        z, r, hh = (w.recurrent_activation(z_pre), w.recurrent_activation(r_pre), w.activation(hh_pre))
+    else:
+        h_prev = previous_states(h_ref, mask, h0)
+        z, r, hh, h, z_pre, r_pre, hh_pre = _gru_parts(w, xw, h_prev)
+        h = tf.where(m[..., None], h, h_prev)
+    return {
+        "update_gate": z, "reset_gate": r, "candidate": hh, "hidden_state": h,
+        "update_gate_pre": z_pre, "reset_gate_pre": r_pre, "candidate_pre": hh_pre,
+    }
+
+
+def run_simple_rnn(w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor,
+                   h_ref: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    """SimpleRNN hidden state and its pre-activation for ``x`` (B, T, in) in processing order."""
+    xw = tf.einsum("bti,ij->btj", x, w.kernel)
+    if w.bias is not None:
+        xw = xw + w.bias
+    m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
+    act = w.activation if w.activation is not None else (lambda v: v)
+    if h_ref is None:
+
+        def step(carry, inp):
+            h, _ = carry
+            xw_t, m_t = inp
+            pre = xw_t + tf.matmul(h, w.recurrent_kernel)
+            return _carry(m_t, act(pre), h), pre
+
+        h, pre = _scan_time(step, (xw, m), (h0, tf.zeros_like(h0)))
+    else:
+        h_prev = previous_states(h_ref, mask, h0)
+        pre = xw + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
+        h = tf.where(m[..., None], act(pre), h_prev)
+    return {"hidden_state": h, "hidden_state_pre": pre}

@@ -1,0 +1,527 @@
+"""The extractor: re-run every recurrent layer's cell from its weights and capture every signal.
+
+For each batch, one compiled TensorFlow function runs the Keras model itself and, at each
+recurrent layer, (1) calls the Keras layer as the model would, (2) recomputes all gates,
+pre-activations, cell and hidden states from the layer's weights on exactly the tensor
+(and mask) that layer received, and (3) measures max |recomputed hidden state - Keras
+output|. Above ``tolerance`` the extraction fails loudly.
+
+When a layer returns its whole sequence, ``h_{t-1}`` is read from Keras's own output and all
+gates of all steps come out of one batched matrix product (see :mod:`models.cells`); the
+layer's cell state and hidden state are then recomputed and checked against Keras. A layer
+that returns only its last step is re-run free (a scan over time) and checked on that step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.store import RunWriter, open_run
+from analysis.trace import LayerInfo, LayerTrace, Trace
+from models.errors import GatelensInputError, UnsupportedLayerError, VerificationError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass
+class _Direction:
+    """One captured recurrent computation: a layer, or one direction of a Bidirectional."""
+
+    name: str
+    info: LayerInfo
+    rnn: Any  # the keras RNN layer (LSTM/GRU/SimpleRNN/RNN) whose cell we re-run
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _activation_name(fn: Any) -> str:
+    if fn is None:
+        return "linear"
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def _direction(rnn: Any, name: str, input_dim: int) -> _Direction:
+    from models.graph import CELL_TYPES
+
+    cell = rnn.cell
+    cell_type = CELL_TYPES[type(cell).__name__]
+    info = LayerInfo(
+        name=name,
+        cell_type=cell_type,
+        units=int(cell.units),
+        input_dim=int(input_dim),
+        activation=_activation_name(cell.activation),
+        recurrent_activation=_activation_name(getattr(cell, "recurrent_activation", None))
+        if cell_type != "simple_rnn"
+        else None,
+        use_bias=bool(cell.use_bias),
+        go_backwards=bool(rnn.go_backwards),
+        reset_after=bool(cell.reset_after) if cell_type == "gru" else None,
+        keras_class=type(rnn).__name__,
+        return_sequences=bool(rnn.return_sequences),
+    )
+    k = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell_type]
+    if cell.use_bias:
+        bias = np.asarray(cell.bias.numpy(), np.float32)
+    else:
+        bias = np.zeros((2, k * info.units) if info.reset_after else (k * info.units,), np.float32)
+    weights = {
+        "kernel": np.asarray(cell.kernel.numpy(), np.float32),
+        "recurrent_kernel": np.asarray(cell.recurrent_kernel.numpy(), np.float32),
+        "bias": bias,
+    }
+    return _Direction(name=name, info=info, rnn=rnn, weights=weights)
+
+
+def _cell_weights(rnn: Any):
+    from models.cells import CellWeights
+    from models.graph import CELL_TYPES
+
+    cell = rnn.cell
+    cell_type = CELL_TYPES[type(cell).__name__]
+    return CellWeights(
+        cell_type=cell_type,
+        units=int(cell.units),
+        kernel=cell.kernel,
+        recurrent_kernel=cell.recurrent_kernel,
+        bias=cell.bias if cell.use_bias else None,
+        activation=cell.activation,
+        recurrent_activation=getattr(cell, "recurrent_activation", None),
+        reset_after=bool(getattr(cell, "reset_after", False)),
+    )
+
+
+def _input_dim(layer: Any) -> int:
+    shape = layer.input.shape if not isinstance(layer.input, (list, tuple)) else layer.input[0].shape
+    return int(shape[-1])
+
+
+class Extractor:
+    """Compiled re-runner for one model (reusable across batches and inputs).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Sequential or functional model (nested sub-models allowed) with one input.
+    layers : sequence of str, optional
+        Contract names to capture (a Bidirectional's plain name selects both directions);
+        default all.
+    jit_compile : bool
+        Compile with XLA (default True; falls back to plain graph mode if XLA fails).
+    """
+
+    def __init__(self, model: Any, *, layers: Sequence[str] | None = None, jit_compile: bool = True) -> None:
+        from models.graph import recurrent_layers
+
+        if len(model.inputs) != 1:
+            raise UnsupportedLayerError(
+                f"model {model.name!r} has {len(model.inputs)} inputs; gatelens extracts from single-input models."
+            )
+        self.model = model
+        self.input_shape = tuple(model.inputs[0].shape)
+        self.input_dtype = str(model.inputs[0].dtype)
+        rnns = recurrent_layers(model)
+        if not rnns:
+            raise UnsupportedLayerError(
+                f"model {model.name!r} has no recurrent layer (LSTM, GRU, SimpleRNN or Bidirectional) to extract."
+            )
+        seen: dict[str, int] = {}
+        self._by_layer: dict[int, list[_Direction]] = {}
+        directions: list[_Direction] = []
+        for layer in rnns:
+            base = layer.name
+            seen[base] = seen.get(base, 0) + 1
+            if seen[base] > 1:
+                base = f"{base}_{seen[base] - 1}"
+            dim = _input_dim(layer)
+            if type(layer).__name__ == "Bidirectional":
+                ds = [
+                    _direction(layer.forward_layer, f"{base}/forward", dim),
+                    _direction(layer.backward_layer, f"{base}/backward", dim),
+                ]
+            else:
+                ds = [_direction(layer, base, dim)]
+            self._by_layer[id(layer)] = ds
+            directions.extend(ds)
+        available = [d.name for d in directions]
+        if layers:
+            wanted = set()
+            for name in layers:
+                match = [d for d in available if d == name or d.split("/")[0] == name]
+                if not match:
+                    raise GatelensInputError(f"no recurrent layer named {name!r}; the model has {available}")
+                wanted.update(match)
+            self._wanted = wanted
+        else:
+            self._wanted = set(available)
+        self.directions = [d for d in directions if d.name in self._wanted]
+        self._embedding: dict[str, Any] = {}  # direction name -> the Embedding layer feeding it
+        self._jit = jit_compile
+        self._fn = None
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Contract names of the captured layers, in model order."""
+        return [d.name for d in self.directions]
+
+    @property
+    def integer_input(self) -> bool:
+        """True when the model takes token ids."""
+        return "int" in self.input_dtype
+
+    # -- the traced computation -------------------------------------------------------------
+    def _hook(self, captures: dict[str, dict[str, Any]]):
+        import tensorflow as tf
+        from keras.src import backend
+
+        from models import cells
+
+        def rev(t):
+            return None if t is None else tf.reverse(t, axis=[1])
+
+        def run_direction(d: _Direction, seq, mask, ref_proc, initial_state, emb_layer):
+            w = _cell_weights(d.rnn)
+            x = tf.cast(seq, tf.float32)
+            b = tf.shape(x)[0]
+            units = d.info.units
+            if initial_state is not None:
+                states = [tf.cast(s, tf.float32) for s in initial_state]
+            else:
+                states = [tf.zeros((b, units), tf.float32)] * (2 if d.info.cell_type == "lstm" else 1)
+            back = d.info.go_backwards
+            xp, mp = (rev(x), rev(mask)) if back else (x, mask)
+            if d.info.cell_type == "lstm":
+                sig = cells.run_lstm(w, xp, mp, states[0], states[1], h_ref=ref_proc)
+            elif d.info.cell_type == "gru":
+                sig = cells.run_gru(w, xp, mp, states[0], h_ref=ref_proc)
+            else:
+                sig = cells.run_simple_rnn(w, xp, mp, states[0], h_ref=ref_proc)
+            out = {k: (rev(v) if back else v) for k, v in sig.items()}
+            out["mask"] = mask if mask is not None else tf.ones(tf.shape(x)[:2], tf.bool)
+            out["input"] = x
+            out["_h_proc"] = sig["hidden_state"]
+            out["_mask_proc"] = mp
+            if emb_layer is not None:
+                self._embedding[d.name] = emb_layer
+            return out
+
+        def error(h_proc, mask_proc, ref, last_only):
+            if last_only:
+                return tf.reduce_max(tf.abs(h_proc[:, -1] - tf.cast(ref, tf.float32)))
+            diff = tf.abs(h_proc - tf.cast(ref, tf.float32))
+            if mask_proc is not None:
+                diff = tf.where(mask_proc[..., None], diff, 0.0)
+            return tf.reduce_max(diff)
+
+        def hook(layer, args, kwargs, call, ctx):
+            out = call(*args, **kwargs)
+            dirs = [d for d in self._by_layer.get(id(layer), []) if d.name in self._wanted]
+            if not dirs:
+                return out
+            seq = args[0]
+            mask = kwargs.get("mask")
+            if mask is None:
+                mask = backend.get_keras_mask(seq) if hasattr(seq, "_keras_mask") else None
+            if mask is not None:
+                mask = tf.cast(mask, tf.bool)
+            init = kwargs.get("initial_state")
+            emb = ctx.embedding_of.get(id(seq))
+            if type(layer).__name__ == "Bidirectional":
+                y = out
+                if layer.return_state:
+                    y = out[:2] if layer.merge_mode is None else out[0]
+                seqs = layer.return_sequences
+                half = layer.forward_layer.cell.units
+                if layer.merge_mode == "concat":
+                    parts = [y[..., :half], y[..., half:]]
+                elif layer.merge_mode is None:
+                    parts = list(y)
+                else:
+                    parts = None
+                fwd_ref = bwd_ref = None
+                if seqs and parts is not None:
+                    fwd_ref, bwd_ref = parts[0], rev(parts[1])
+                inits = [None, None]
+                if init is not None:
+                    h = len(init) // 2
+                    inits = [init[:h], init[h:]]
+                results = {}
+                for d, ref, st in zip(
+                    [layer.forward_layer, layer.backward_layer], [fwd_ref, bwd_ref], inits
+                ):
+                    dd = next((x for x in self._by_layer[id(layer)] if x.rnn is d), None)
+                    results[id(d)] = run_direction(dd, seq, mask, ref, st, emb)
+                rf, rb = results[id(layer.forward_layer)], results[id(layer.backward_layer)]
+                if parts is not None:
+                    ef = error(rf["_h_proc"], rf["_mask_proc"], parts[0] if seqs else parts[0], not seqs)
+                    eb = error(rb["_h_proc"], rb["_mask_proc"], rev(parts[1]) if seqs else parts[1], not seqs)
+                else:
+                    hf = rf["hidden_state"] if seqs else rf["_h_proc"][:, -1]
+                    hb = rb["hidden_state"] if seqs else rb["_h_proc"][:, -1]
+                    merged = {"sum": hf + hb, "ave": (hf + hb) / 2, "mul": hf * hb}[layer.merge_mode]
+                    diff = tf.abs(merged - tf.cast(y, tf.float32))
+                    if seqs:
+                        diff = tf.where(rf["mask"][..., None], diff, 0.0)
+                    ef = eb = tf.reduce_max(diff)
+                for d, r, e in ((layer.forward_layer, rf, ef), (layer.backward_layer, rb, eb)):
+                    dd = next(x for x in self._by_layer[id(layer)] if x.rnn is d)
+                    if dd.name in self._wanted:
+                        r["error"] = e
+                        captures[dd.name] = r
+            else:
+                (d,) = dirs
+                y = out[0] if layer.return_state else out
+                ref = y if layer.return_sequences else None
+                r = run_direction(d, seq, mask, ref, init, emb)
+                r["error"] = error(r["_h_proc"], r["_mask_proc"], y, not layer.return_sequences)
+                captures[d.name] = r
+            return out
+
+        return hook
+
+    def _compiled(self):
+        if self._fn is not None:
+            return self._fn
+        import tensorflow as tf
+
+        from models.graph import call_with_hook
+
+        def fn(x):
+            captures: dict[str, dict[str, Any]] = {}
+            call_with_hook(self.model, x, self._hook(captures))
+            return {
+                name: {k: v for k, v in sig.items() if not k.startswith("_")} for name, sig in captures.items()
+            }
+
+        spec = tf.TensorSpec((None, *self.input_shape[1:]), self.input_dtype)
+        self._fn_plain = tf.function(fn, input_signature=[spec])
+        self._fn = tf.function(fn, input_signature=[spec], jit_compile=True) if self._jit else self._fn_plain
+        return self._fn
+
+    def run_batch(self, x: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        """Signals, ``mask``, ``input`` and ``error`` of every captured layer for one batch (time order)."""
+        fn = self._compiled()
+        try:
+            res = fn(x)
+        except Exception as e:  # XLA cannot compile some graphs: fall back to plain graph mode
+            if fn is self._fn_plain:
+                raise
+            log.warning("XLA compilation failed (%s); falling back to graph mode", str(e).splitlines()[0][:200])
+            self._fn = self._fn_plain
+            res = self._fn(x)
+        return {name: {k: v.numpy() for k, v in sig.items()} for name, sig in res.items()}
+
+    def weights(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per captured layer: kernel, recurrent_kernel, bias (and embedding when fed by one)."""
+        out = {}
+        for d in self.directions:
+            w = dict(d.weights)
+            if d.name in self._embedding:
+                w["embedding"] = np.asarray(self._embedding[d.name].embeddings.numpy(), np.float32)
+            out[d.name] = w
+        return out
+
+    # -- batching ----------------------------------------------------------------------------
+    def iter_batches(
+        self, x: np.ndarray, *, batch_size: int = 256, tolerance: float = DEFAULT_TOLERANCE,
+        progress: Progress | None = None,
+    ) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
+        """Yield ``(start, batch)`` for consecutive batches; raise VerificationError above ``tolerance``."""
+        x = self.check_input(x)
+        n = x.shape[0]
+        bs = max(1, min(int(batch_size), n))
+        self.errors = {name: 0.0 for name in self.layer_names}
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):  # NumPy beside TF: one BLAS thread avoids oversubscription
+            for start in range(0, n, bs):
+                xb = x[start : start + bs]
+                k = xb.shape[0]
+                if k < bs:  # pad the last batch: one compiled shape for the whole run
+                    xb = np.concatenate([xb, np.repeat(xb[-1:], bs - k, axis=0)], axis=0)
+                res = self.run_batch(xb)
+                for name in self.layer_names:
+                    sig = res[name]
+                    err = float(sig.pop("error"))
+                    self.errors[name] = max(self.errors[name], err)
+                    if k < bs:
+                        for key in sig:
+                            sig[key] = sig[key][:k]
+                    if not np.isfinite(err) or err > tolerance:
+                        raise VerificationError(
+                            f"layer {name!r}: recomputed hidden state differs from Keras's output by {err:.3g} "
+                            f"(tolerance {tolerance:g}) in sequences {start}..{start + k - 1}; "
+                            "the extractor does not reproduce this layer."
+                        )
+                yield start, res
+                if progress is not None:
+                    progress(start + k, n)
+
+    def check_input(self, x: Any) -> np.ndarray:
+        """Validate ``x`` against the model's input shape; return it as a NumPy array."""
+        from models.errors import DataError
+
+        x = np.asarray(x)
+        want = self.input_shape
+        if x.ndim != len(want):
+            raise DataError(f"input has shape {x.shape}, but the model expects {len(want)} dimensions {want}")
+        for i, (got, exp) in enumerate(zip(x.shape[1:], want[1:]), start=1):
+            if exp is not None and got != exp:
+                raise DataError(f"input has shape {x.shape}, but the model expects {want} (axis {i}: {exp})")
+        if x.shape[0] == 0:
+            raise DataError("input has no sequences")
+        if x.ndim > 1 and x.shape[1] == 0:
+            raise DataError("input sequences have zero length")
+        if self.integer_input:
+            if not np.issubdtype(x.dtype, np.integer):
+                raise DataError(f"the model takes integer token ids, got {x.dtype} values")
+            return x.astype(self.input_dtype, copy=False)
+        x = x.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(x)):
+            bad = np.argwhere(~np.isfinite(x))
+            raise DataError(f"input has {len(bad)} NaN/inf value(s), first at sequence {bad[0][0]}, step {bad[0][1]}")
+        return x
+
+
+def extract(
+    model: Any,
+    x: Any,
+    *,
+    batch_size: int = 256,
+    layers: Sequence[str] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: Progress | None = None,
+    vocabulary: list[str] | None = None,
+    feature_names: list[str] | None = None,
+) -> Trace:
+    """Re-run every recurrent layer of ``model`` on ``x`` and capture all its signals in memory.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Sequential or functional (nested sub-models allowed), as returned by :func:`models.load_model`.
+    x : array (N, T, F) float, or (N, T) int token ids for models that start with an Embedding
+    batch_size : int
+    layers : sequence of str, optional
+        Capture only these layers (contract names).
+    tolerance : float
+        Largest accepted max |hidden state recomputed - Keras output|; above it VerificationError.
+    progress : callable(done, total), optional
+    vocabulary, feature_names : optional
+        Stored on the trace (token strings for text models, input feature names otherwise).
+
+    Returns
+    -------
+    Trace
+        ``trace[layer][signal]`` float32 (N, T, units); ``trace.verification[layer]`` the max error.
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4)])
+    >>> trace = extract(model, np.random.default_rng(0).normal(size=(2, 5, 3)))
+    >>> trace.layers, trace["lstm"]["forget_gate"].shape, trace.verification["lstm"] < 1e-5
+    (['lstm'], (2, 5, 4), True)
+    """
+    ex = model if isinstance(model, Extractor) else Extractor(model, layers=layers)
+    x = ex.check_input(x)
+    n = x.shape[0]
+    store: dict[str, dict[str, np.ndarray]] = {}
+    for start, res in ex.iter_batches(x, batch_size=batch_size, tolerance=tolerance, progress=progress):
+        for name, sig in res.items():
+            if name not in store:
+                store[name] = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in sig.items()}
+            for k, v in sig.items():
+                store[name][k][start : start + v.shape[0]] = v
+    weights = ex.weights()
+    traces = {}
+    for d in ex.directions:
+        s = store[d.name]
+        mask = s.pop("mask")
+        inputs = s.pop("input")
+        traces[d.name] = LayerTrace(d.info, s, mask=mask, inputs=inputs, weights=weights[d.name])
+    return Trace(
+        traces,
+        verification=dict(ex.errors),
+        tokens=x if ex.integer_input else None,
+        vocabulary=vocabulary,
+        x=None if ex.integer_input else x,
+        feature_names=feature_names,
+        meta={"tolerance": tolerance, "batch_size": batch_size},
+    )
+
+
+def write_run(
+    model: Any,
+    x: Any,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 256,
+    layers: Sequence[str] | None = None,
+    dtype: str = "float32",
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: Progress | None = None,
+    vocabulary: list[str] | None = None,
+    feature_names: list[str] | None = None,
+    manifest: dict[str, Any] | None = None,
+) -> Trace:
+    """Extract like :func:`extract`, streaming batch by batch into a run directory; return it opened lazily.
+
+    Memory is bounded by ``batch_size``, not by N. The run appears at ``out`` only once complete
+    (manifest last); an earlier run at ``out`` is replaced only then.
+
+    Examples
+    --------
+    >>> import keras, numpy as np, tempfile, os
+    >>> model = keras.Sequential([keras.Input((5, 3)), keras.layers.GRU(2, return_sequences=True)])
+    >>> out = os.path.join(tempfile.mkdtemp(), "run")
+    >>> run = write_run(model, np.zeros((3, 5, 3)), out, batch_size=2, dtype="float16")
+    >>> run["gru"]["update_gate"].shape, run.meta["dtype"]
+    ((3, 5, 2), 'float16')
+    """
+    import keras
+
+    ex = model if isinstance(model, Extractor) else Extractor(model, layers=layers)
+    x = ex.check_input(x)
+    n, t = x.shape[0], x.shape[1]
+    infos = [d.info for d in ex.directions]
+    writer = None
+    try:
+        for start, res in ex.iter_batches(x, batch_size=batch_size, tolerance=tolerance, progress=progress):
+            if writer is None:  # weights (incl. embeddings) are known after the first batch is traced
+                writer = RunWriter(
+                    out, infos, n_sequences=n, n_steps=t, dtype=dtype, chunk_sequences=batch_size,
+                    weights=ex.weights(), with_tokens=ex.integer_input,
+                    n_features=None if ex.integer_input else int(x.shape[2]) if x.ndim == 3 else None,
+                )
+            xb = x[start : start + next(iter(res.values()))["mask"].shape[0]]
+            writer.write_batch(
+                start, res, tokens=xb if ex.integer_input else None, x=None if ex.integer_input else xb
+            )
+        import tensorflow as tf
+
+        writer.finish(
+            ex.errors,
+            tolerance=tolerance,
+            batch_size=batch_size,
+            keras_version=keras.__version__,
+            tensorflow_version=tf.__version__,
+            vocabulary=vocabulary,
+            feature_names=feature_names or (None if ex.integer_input else [f"x{i}" for i in range(x.shape[-1])]),
+            model_input_shape=list(ex.input_shape),
+            **(manifest or {}),
+        )
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return open_run(Path(out), verify=False)
