@@ -1,0 +1,470 @@
+"""Correlation of every (layer, unit, signal) with every per-step feature.
+
+:func:`correlations` returns one row per ``layer, unit, signal, feature`` with the Pearson
+and the Spearman correlation over the layer's unmasked steps.
+
+How it is computed
+
+* **Pearson** uses every unmasked step of the layer that has a value for the feature (``n``).
+  Signals are read in chunks of sequences; each chunk's centred moments (means, sums of
+  squares, the cross-product matrix ``Xc.T @ Yc`` of all units against all features) are
+  merged into running totals with the pairwise update of Chan, Golub & LeVeque (1979), so
+  memory does not grow with the number of steps and no sum-of-squares cancellation occurs.
+* **Spearman** is the Pearson correlation of average ranks (ties share their mean rank,
+  :func:`scipy.stats.rankdata`). Ranks need all values of a column at once, so above
+  ``max_rank_rows`` unmasked steps a deterministic subsample (``numpy.random.default_rng(random_state)``,
+  steps drawn without replacement) is ranked instead; ``spearman_n`` says how many steps
+  were used, and equals ``n`` when no subsample was needed.
+* A feature with NaN cells (``delta:*`` on first steps, gaps in a user's CSV) is correlated
+  over its own non-NaN steps: features are grouped by their pattern of missing cells and
+  each group is processed with one matrix product.
+* **Constant columns**: when a signal or a feature takes a single value over the steps used
+  (checked exactly, ``min == max``), the correlation is undefined; ``pearson_r`` /
+  ``spearman_rho`` are left empty (NaN) and ``note`` says ``"constant signal"``,
+  ``"constant feature"`` or ``"constant signal and feature"``. With fewer than 3 steps the
+  note is ``"fewer than 3 steps"``. ``note`` is ``""`` otherwise.
+
+Examples
+--------
+>>> import numpy as np, pandas as pd
+>>> from analysis.trace import LayerInfo, LayerTrace, Trace
+>>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=2, input_dim=1)
+>>> h = np.stack([np.arange(6.0), np.ones(6)], -1).reshape(1, 6, 2).astype(np.float32)
+>>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((1, 6), bool), inputs=h[..., :1])
+>>> feats = pd.DataFrame({"sequence": 0, "step": np.arange(6), "twice": 2.0 * np.arange(6)})
+>>> c = correlations(Trace({"rnn": lt}), feats, signals=["hidden_state"])
+>>> c[["unit", "feature", "pearson_r", "spearman_rho", "n", "note"]]
+   unit feature  pearson_r  spearman_rho  n             note
+0     0    step        1.0           1.0  6
+1     0   twice        1.0           1.0  6
+2     1    step        NaN           NaN  6  constant signal
+3     1   twice        NaN           NaN  6  constant signal
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from analysis.features import FeatureError, as_feature_matrix, flat_keys
+from analysis.trace import Trace, iter_chunks
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+COLUMNS = ["layer", "unit", "signal", "feature", "pearson_r", "spearman_rho", "n", "spearman_n", "note"]
+DEFAULT_MAX_RANK_ROWS = 100_000
+_RANK_BLOCK_ELEMENTS = 4_000_000  # values ranked at a time (units are ranked in blocks of columns)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# building blocks
+
+
+@dataclass
+class Moments:
+    """Running centred moments of two column blocks X (rows, p) and Y (rows, q), merged chunk by chunk.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.normal(size=(100, 3)), rng.normal(size=(100, 2))
+    >>> m = Moments()
+    >>> for s in (slice(0, 30), slice(30, 100)):
+    ...     m.update(x[s], y[s])
+    >>> bool(np.allclose(m.pearson(), np.corrcoef(x.T, y.T)[:3, 3:]))
+    True
+    """
+
+    n: int = 0
+    mx: np.ndarray | None = None
+    my: np.ndarray | None = None
+    sxx: np.ndarray | None = None
+    syy: np.ndarray | None = None
+    sxy: np.ndarray | None = None
+    min_x: np.ndarray | None = None
+    max_x: np.ndarray | None = None
+    min_y: np.ndarray | None = None
+    max_y: np.ndarray | None = None
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Merge the rows of ``x`` (nb, p) and ``y`` (nb, q) into the totals."""
+        nb = x.shape[0]
+        if nb == 0:
+            return
+        x = np.asarray(x, np.float64)
+        y = np.asarray(y, np.float64)
+        mx, my = x.mean(axis=0), y.mean(axis=0)
+        xc, yc = x - mx, y - my
+        sxx, syy, sxy = np.einsum("ij,ij->j", xc, xc), np.einsum("ij,ij->j", yc, yc), xc.T @ yc
+        lo_x, hi_x, lo_y, hi_y = x.min(axis=0), x.max(axis=0), y.min(axis=0), y.max(axis=0)
+        if self.n == 0:
+            self.n, self.mx, self.my, self.sxx, self.syy, self.sxy = nb, mx, my, sxx, syy, sxy
+            self.min_x, self.max_x, self.min_y, self.max_y = lo_x, hi_x, lo_y, hi_y
+            return
+        na = self.n
+        n = na + nb
+        dx, dy = mx - self.mx, my - self.my
+        f = na * nb / n
+        self.mx = self.mx + dx * (nb / n)
+        self.my = self.my + dy * (nb / n)
+        self.sxx = self.sxx + sxx + dx * dx * f
+        self.syy = self.syy + syy + dy * dy * f
+        self.sxy = self.sxy + sxy + np.outer(dx, dy) * f
+        self.min_x, self.max_x = np.minimum(self.min_x, lo_x), np.maximum(self.max_x, hi_x)
+        self.min_y, self.max_y = np.minimum(self.min_y, lo_y), np.maximum(self.max_y, hi_y)
+        self.n = n
+
+    def constant_x(self) -> np.ndarray:
+        """(p,) bool: the column took a single value (exactly)."""
+        return self.min_x == self.max_x
+
+    def constant_y(self) -> np.ndarray:
+        """(q,) bool: the column took a single value (exactly)."""
+        return self.min_y == self.max_y
+
+    def pearson(self) -> np.ndarray:
+        """(p, q) Pearson r; NaN where a column is constant or fewer than 3 rows were seen."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = self.sxy / np.sqrt(np.outer(self.sxx, self.syy))
+        r = np.clip(r, -1.0, 1.0)
+        bad = self.constant_x()[:, None] | self.constant_y()[None, :] | (self.n < 3)
+        return np.where(bad, np.nan, r)
+
+
+def constant_note(const_x: np.ndarray, const_y: np.ndarray, n: int | np.ndarray) -> np.ndarray:
+    """(p, q) array of notes for constant columns (``""`` when none).
+
+    Examples
+    --------
+    >>> constant_note(np.array([True, False]), np.array([False, True]), 10).tolist()
+    [['constant signal', 'constant signal and feature'], ['', 'constant feature']]
+    """
+    cx = np.asarray(const_x)[:, None]
+    cy = np.asarray(const_y)[None, :]
+    note = np.where(
+        cx & cy, "constant signal and feature", np.where(cx, "constant signal", np.where(cy, "constant feature", ""))
+    )
+    few = np.broadcast_to(np.asarray(n) < 3, note.shape)
+    return np.where(few, "fewer than 3 steps", note).astype(object)
+
+
+def rank_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman correlation of every column of ``x`` (m, p) with every column of ``y`` (m, q).
+
+    Average ranks for ties; NaN where a column is constant. Ranks ``x`` in blocks of columns
+    so memory stays bounded.
+
+    Examples
+    --------
+    >>> x = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0], [10.0, 5.0]])
+    >>> rank_pearson(x, np.array([[1.0], [4.0], [9.0], [16.0]])).ravel().tolist()
+    [1.0, nan]
+    """
+    m = x.shape[0]
+    ry = rankdata(y, axis=0) - (m + 1) / 2.0
+    syy = np.einsum("ij,ij->j", ry, ry)
+    out = np.empty((x.shape[1], y.shape[1]))
+    block = max(1, _RANK_BLOCK_ELEMENTS // max(m, 1))
+    for sl in iter_chunks(x.shape[1], block):  # blocks of columns, not single units
+        rx = rankdata(x[:, sl], axis=0) - (m + 1) / 2.0
+        sxx = np.einsum("ij,ij->j", rx, rx)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[sl] = (rx.T @ ry) / np.sqrt(np.outer(sxx, syy))
+    out = np.clip(out, -1.0, 1.0)
+    const = (x.min(axis=0) == x.max(axis=0))[:, None] | (y.min(axis=0) == y.max(axis=0))[None, :]
+    return np.where(const | (m < 3), np.nan, out)
+
+
+def _select_layers(trace: Trace, layers: Sequence[str] | None) -> list[str]:
+    if layers is None:
+        return trace.layers
+    if isinstance(layers, str):
+        layers = [layers]
+    unknown = [name for name in layers if name not in trace.layers]
+    if unknown:
+        raise ValueError(f"unknown layer(s) {unknown}; the trace has {trace.layers}")
+    return list(layers)
+
+
+def _select_signals(trace: Trace, layers: list[str], signals: Sequence[str] | None) -> dict[str, list[str]]:
+    if signals is None:
+        return {name: list(trace[name].info.signals) for name in layers}
+    if isinstance(signals, str):
+        signals = [signals]
+    known = {s for name in layers for s in trace[name].info.signals}
+    unknown = [s for s in signals if s not in known]
+    if unknown:
+        raise ValueError(f"unknown signal(s) {unknown}; the selected layers have {sorted(known)}")
+    return {name: [s for s in signals if s in trace[name].info.signals] for name in layers}
+
+
+@dataclass
+class LayerRows:
+    """The steps of one layer that have a feature row: per chunk of sequences, which flat steps and which rows."""
+
+    chunks: list[tuple[slice, np.ndarray, np.ndarray]]  # (sequences, flat index within the chunk, feature row)
+    total: int
+
+
+def layer_rows(trace: Trace, layer: str, features: pd.DataFrame, *, chunk_sequences: int = 256) -> LayerRows:
+    """Match a layer's unmasked steps to the rows of a features table (read in chunks of sequences).
+
+    Raises
+    ------
+    FeatureError
+        When the table has keys outside the trace or duplicate (sequence, step) keys.
+    """
+    n, t = trace.n_sequences, trace.n_steps
+    seq = features["sequence"].to_numpy(np.int64)
+    stp = features["step"].to_numpy(np.int64)
+    out_of_range = (seq < 0) | (seq >= n) | (stp < 0) | (stp >= t)
+    if out_of_range.any():
+        i = int(np.argmax(out_of_range))
+        raise FeatureError(
+            f"features table: row {i} has (sequence={seq[i]}, step={stp[i]}), outside the trace's {n} sequences "
+            f"x {t} steps"
+        )
+    keys = flat_keys(features, t)
+    pos = np.full(n * t, -1, np.int64)
+    pos[keys] = np.arange(len(keys))
+    if (pos >= 0).sum() != len(keys):
+        uniq, counts = np.unique(keys, return_counts=True)
+        k = int(uniq[np.argmax(counts > 1)])
+        raise FeatureError(f"features table: duplicate key (sequence={k // t}, step={k % t})")
+    mask = trace[layer].mask
+    chunks = []
+    total = 0
+    for sl in iter_chunks(n, chunk_sequences):
+        m = np.asarray(mask[sl], bool).ravel()
+        p = pos[sl.start * t : sl.stop * t]
+        local = np.nonzero(m & (p >= 0))[0]
+        chunks.append((sl, local, p[local]))
+        total += local.size
+    return LayerRows(chunks, total)
+
+
+def subsample(total: int, cap: int | None, random_state: int | None) -> np.ndarray | None:
+    """Sorted indices of a deterministic subsample of ``cap`` of ``total`` rows, or None when ``total <= cap``.
+
+    Examples
+    --------
+    >>> subsample(5, 10, 0) is None, subsample(10, 3, 0).tolist() == subsample(10, 3, 0).tolist()
+    (True, True)
+    """
+    if cap is None or total <= cap:
+        return None
+    rng = np.random.default_rng(random_state)
+    return np.sort(rng.choice(total, size=int(cap), replace=False))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the table
+
+
+def correlations(
+    trace: Trace,
+    features: pd.DataFrame,
+    *,
+    layers: Sequence[str] | None = None,
+    signals: Sequence[str] | None = None,
+    feature_columns: Sequence[str] | None = None,
+    max_rank_rows: int | None = DEFAULT_MAX_RANK_ROWS,
+    random_state: int | None = 0,
+    chunk_sequences: int = 256,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """Pearson and Spearman correlation of every (layer, unit, signal) with every feature.
+
+    Parameters
+    ----------
+    trace : Trace
+        In memory or from a run store; signals are read in chunks of ``chunk_sequences`` sequences.
+    features : pandas.DataFrame
+        ``sequence``, ``step`` and numeric or bool feature columns (:func:`analysis.features.build_features`).
+        Steps of the layer without a row are left out; NaN cells are left out per feature.
+    layers, signals : sequence of str, optional
+        Default: every layer, every signal it has.
+    feature_columns : sequence of str, optional
+        Default: every column but ``sequence`` (``step`` included).
+    max_rank_rows : int or None
+        Most steps ranked for Spearman per layer (deterministic subsample above it; None: no cap).
+    random_state : int or None
+        Seed of that subsample.
+    chunk_sequences : int
+    progress : callable(done, total), optional
+        Called after each (layer, signal).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``layer, unit, signal, feature, pearson_r, spearman_rho, n, spearman_n, note``;
+        one row per layer, signal, unit, feature (in that order). ``n``: steps used for Pearson;
+        ``spearman_n``: steps ranked for Spearman; ``note``: why a correlation is empty (see the
+        module docstring).
+
+    Raises
+    ------
+    FeatureError
+        On a malformed features table. ValueError on an unknown layer or signal.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1)
+    >>> h = np.array([[[0.0], [0.5], [0.9], [0.95]]], np.float32)
+    >>> t = Trace({"rnn": LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h},
+    ...                              mask=np.ones((1, 4), bool), inputs=h)})
+    >>> f = pd.DataFrame({"sequence": 0, "step": [0, 1, 2, 3]})
+    >>> r = correlations(t, f, signals="hidden_state").iloc[0]
+    >>> round(float(r.pearson_r), 4), float(r.spearman_rho), int(r.n)
+    (0.9527, 1.0, 4)
+    """
+    names = _select_layers(trace, layers)
+    per_layer = _select_signals(trace, names, signals)
+    fmat, fnames = as_feature_matrix(features, feature_columns)
+    valid = ~np.isnan(fmat)
+    # features grouped by their pattern of missing cells: one matrix product per group
+    patterns, group_of = np.unique(valid.T, axis=0, return_inverse=True)
+    groups = [np.nonzero(group_of.ravel() == g)[0] for g in range(len(patterns))]
+    frames = []
+    total_work = sum(len(v) for v in per_layer.values())
+    done = 0
+    for layer in names:
+        rows = layer_rows(trace, layer, features, chunk_sequences=chunk_sequences)
+        take = subsample(rows.total, max_rank_rows, random_state)
+        for signal in per_layer[layer]:
+            frames.append(_correlate_signal(trace, layer, signal, rows, take, fmat, valid, groups, fnames))
+            done += 1
+            if progress is not None:
+                progress(done, total_work)
+    if not frames:
+        return pd.DataFrame({c: [] for c in COLUMNS})
+    return pd.concat(frames, ignore_index=True)
+
+
+def _correlate_signal(
+    trace: Trace,
+    layer: str,
+    signal: str,
+    rows: LayerRows,
+    take: np.ndarray | None,
+    fmat: np.ndarray,
+    valid: np.ndarray,
+    groups: list[np.ndarray],
+    fnames: list[str],
+) -> pd.DataFrame:
+    arr = trace[layer][signal]
+    units = int(arr.shape[2])
+    moments = [Moments() for _ in groups]
+    sub_x: list[np.ndarray] = []
+    sub_rows: list[np.ndarray] = []
+    offset = 0
+    for sl, local, frow in rows.chunks:
+        if local.size == 0:
+            continue
+        x = np.asarray(arr[sl], np.float32).reshape(-1, units)[local]
+        for g, cols in enumerate(groups):
+            ok = valid[frow, cols[0]]
+            moments[g].update(x[ok], fmat[np.ix_(frow[ok], cols)])
+        if take is None:  # every row is ranked (at most max_rank_rows of them)
+            sub_x.append(x)
+            sub_rows.append(frow)
+        else:
+            lo, hi = np.searchsorted(take, [offset, offset + local.size])
+            pick = take[lo:hi] - offset
+            sub_x.append(x[pick])
+            sub_rows.append(frow[pick])
+        offset += local.size
+    xs = np.concatenate(sub_x) if sub_x else np.empty((0, units), np.float32)
+    fr = np.concatenate(sub_rows) if sub_rows else np.empty(0, np.int64)
+
+    n_feat = fmat.shape[1]
+    pearson = np.full((units, n_feat), np.nan)
+    spearman = np.full((units, n_feat), np.nan)
+    n = np.zeros(n_feat, np.int64)
+    sn = np.zeros(n_feat, np.int64)
+    note = np.full((units, n_feat), "fewer than 3 steps", dtype=object)
+    for g, cols in enumerate(groups):
+        mo = moments[g]
+        n[cols] = mo.n
+        if mo.n == 0:
+            continue
+        pearson[:, cols] = mo.pearson()
+        note[:, cols] = constant_note(mo.constant_x(), mo.constant_y(), mo.n)
+        ok = valid[fr, cols[0]]
+        sn[cols] = int(ok.sum())
+        if ok.sum() >= 3:
+            spearman[:, cols] = rank_pearson(xs[ok].astype(np.float64), fmat[np.ix_(fr[ok], cols)])
+    lost = np.isnan(spearman) & ~np.isnan(pearson)  # constant only on the ranked subsample
+    note[lost] = "spearman: constant on the ranked subsample"
+    return pd.DataFrame(
+        {
+            "layer": layer,
+            "unit": np.repeat(np.arange(units), n_feat),
+            "signal": signal,
+            "feature": np.tile(np.asarray(fnames, dtype=object), units),
+            "pearson_r": pearson.ravel(),
+            "spearman_rho": spearman.ravel(),
+            "n": np.tile(n, units),
+            "spearman_n": np.tile(sn, units),
+            "note": note.ravel(),
+        },
+        columns=COLUMNS,
+    )
+
+
+def top_units(
+    table: pd.DataFrame,
+    feature: str,
+    *,
+    by: str = "pearson_r",
+    signals: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+    k: int | None = 10,
+) -> pd.DataFrame:
+    """The rows of a :func:`correlations` table for one feature, strongest ``|by|`` first.
+
+    Adds ``abs_r`` and ``rank`` (1 = strongest); empty correlations sort last.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"layer": "l", "unit": [0, 1, 2], "signal": "cell_state", "feature": "f",
+    ...                   "pearson_r": [0.2, -0.9, np.nan]})
+    >>> top_units(t, "f")[["unit", "rank"]].values.tolist()
+    [[1, 1], [0, 2], [2, 3]]
+    """
+    if by not in table.columns:
+        raise ValueError(f"by must be a column of the table, got {by!r}")
+    sel = table["feature"] == feature
+    if not sel.any():
+        raise ValueError(f"no rows for feature {feature!r}; the table has {sorted(table['feature'].unique())}")
+    if signals is not None:
+        sel &= table["signal"].isin([signals] if isinstance(signals, str) else list(signals))
+    if layers is not None:
+        sel &= table["layer"].isin([layers] if isinstance(layers, str) else list(layers))
+    out = table[sel].assign(abs_r=lambda d: d[by].abs())
+    out = out.sort_values("abs_r", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    out["rank"] = np.arange(1, len(out) + 1)
+    return out if k is None else out.head(k)
+
+
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_MAX_RANK_ROWS",
+    "LayerRows",
+    "Moments",
+    "constant_note",
+    "correlations",
+    "layer_rows",
+    "rank_pearson",
+    "subsample",
+    "top_units",
+]
