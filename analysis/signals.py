@@ -100,9 +100,7 @@ def signals_for(cell_type: str) -> tuple[str, ...]:
     try:
         return SIGNALS[cell_type]
     except KeyError:
-        raise ValueError(
-            f"Unknown cell type {cell_type!r}; expected one of {CELL_TYPES}."
-        ) from None
+        raise ValueError(f"Unknown cell type {cell_type!r}; expected one of {CELL_TYPES}.") from None
 
 
 def activation_of(cell_type: str, signal: str, activation: str, recurrent_activation: str | None) -> str | None:

@@ -177,15 +177,19 @@ class RunWriter:
             arrs: dict[str, Any] = {}
             for s in info.signals:
                 arrs[s] = g.create_array(
-                    s, shape=(self.n_sequences, self.n_steps, info.units),
-                    chunks=(self.chunk, self.n_steps, info.units), dtype=dtype,
+                    s,
+                    shape=(self.n_sequences, self.n_steps, info.units),
+                    chunks=(self.chunk, self.n_steps, info.units),
+                    dtype=dtype,
                 )
             arrs["mask"] = g.create_array(
                 "mask", shape=(self.n_sequences, self.n_steps), chunks=(self.chunk, self.n_steps), dtype="bool"
             )
             arrs["input"] = g.create_array(
-                "input", shape=(self.n_sequences, self.n_steps, info.input_dim),
-                chunks=(self.chunk, self.n_steps, info.input_dim), dtype="float32",
+                "input",
+                shape=(self.n_sequences, self.n_steps, info.input_dim),
+                chunks=(self.chunk, self.n_steps, info.input_dim),
+                dtype="float32",
             )
             self._arrays[info.name] = arrs
             w = (weights or {}).get(info.name)
@@ -202,8 +206,10 @@ class RunWriter:
         self._x = None
         if n_features:
             self._x = self._root.create_array(
-                "x", shape=(self.n_sequences, self.n_steps, n_features),
-                chunks=(self.chunk, self.n_steps, n_features), dtype="float32",
+                "x",
+                shape=(self.n_sequences, self.n_steps, n_features),
+                chunks=(self.chunk, self.n_steps, n_features),
+                dtype="float32",
             )
         self._done = False
 

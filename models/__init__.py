@@ -12,7 +12,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from models.errors import (  # noqa: E402
+from models.errors import (
     DataError,
     GatelensInputError,
     ModelFormatError,
@@ -20,8 +20,8 @@ from models.errors import (  # noqa: E402
     UnsupportedLayerError,
     VerificationError,
 )
-from models.extract import Extractor, extract, write_run  # noqa: E402
-from models.loading import load_model  # noqa: E402
+from models.extract import Extractor, extract, write_run
+from models.loading import load_model
 
 __all__ = [
     "DataError",

@@ -83,8 +83,9 @@ def _scan_time(fn, elems, initializer):
     return tf.nest.map_structure(lambda e: tf.experimental.numpy.swapaxes(e, 0, 1), out)
 
 
-def run_lstm(w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, c0: tf.Tensor,
-             h_ref: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+def run_lstm(
+    w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, c0: tf.Tensor, h_ref: tf.Tensor | None = None
+) -> dict[str, tf.Tensor]:
     """All LSTM signals for ``x`` (B, T, in) in processing order."""
     xw = tf.einsum("bti,ij->btj", x, w.kernel)
     m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
@@ -109,8 +110,7 @@ def run_lstm(w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor
         if w.bias is not None:
             z = z + w.bias
     zi, zf, zc, zo = _split(z, 4)
-    i, f, g, o = (w.recurrent_activation(zi), w.recurrent_activation(zf), w.activation(zc),
-                  w.recurrent_activation(zo))
+    i, f, g, o = (w.recurrent_activation(zi), w.recurrent_activation(zf), w.activation(zc), w.recurrent_activation(zo))
     if h_ref is not None:
 
         def cstep(c, inp):
@@ -120,9 +120,16 @@ def run_lstm(w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor
         c = _scan_time(cstep, (f, i * g, m), c0)
         h = tf.where(m[..., None], o * w.activation(c), h_prev)
     return {
-        "input_gate": i, "forget_gate": f, "candidate": g, "output_gate": o,
-        "cell_state": c, "hidden_state": h,
-        "input_gate_pre": zi, "forget_gate_pre": zf, "candidate_pre": zc, "output_gate_pre": zo,
+        "input_gate": i,
+        "forget_gate": f,
+        "candidate": g,
+        "output_gate": o,
+        "cell_state": c,
+        "hidden_state": h,
+        "input_gate_pre": zi,
+        "forget_gate_pre": zf,
+        "candidate_pre": zc,
+        "output_gate_pre": zo,
     }
 
 
@@ -156,8 +163,9 @@ def _gru_parts(w: CellWeights, xw: tf.Tensor, h_prev: tf.Tensor):
     return z, r, hh, h, z_pre, r_pre, hh_pre
 
 
-def run_gru(w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor,
-            h_ref: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+def run_gru(
+    w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, h_ref: tf.Tensor | None = None
+) -> dict[str, tf.Tensor]:
     """All GRU signals for ``x`` (B, T, in) in processing order."""
     xw = tf.einsum("bti,ij->btj", x, w.kernel)
     if w.bias is not None:
@@ -179,13 +187,19 @@ def run_gru(w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor,
         z, r, hh, h, z_pre, r_pre, hh_pre = _gru_parts(w, xw, h_prev)
         h = tf.where(m[..., None], h, h_prev)
     return {
-        "update_gate": z, "reset_gate": r, "candidate": hh, "hidden_state": h,
-        "update_gate_pre": z_pre, "reset_gate_pre": r_pre, "candidate_pre": hh_pre,
+        "update_gate": z,
+        "reset_gate": r,
+        "candidate": hh,
+        "hidden_state": h,
+        "update_gate_pre": z_pre,
+        "reset_gate_pre": r_pre,
+        "candidate_pre": hh_pre,
     }
 
 
-def run_simple_rnn(w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor,
-                   h_ref: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+def run_simple_rnn(
+    w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, h_ref: tf.Tensor | None = None
+) -> dict[str, tf.Tensor]:
     """SimpleRNN hidden state and its pre-activation for ``x`` (B, T, in) in processing order."""
     xw = tf.einsum("bti,ij->btj", x, w.kernel)
     if w.bias is not None:

@@ -58,8 +58,10 @@ def check_supported(layer: Any) -> None:
 
 def is_recurrent(layer: Any) -> bool:
     """True for a layer the extractor captures (or must refuse)."""
-    return isinstance(layer, keras.layers.RNN) or type(layer).__name__ in ("Bidirectional",) or (
-        type(layer).__name__.startswith("ConvLSTM")
+    return (
+        isinstance(layer, keras.layers.RNN)
+        or type(layer).__name__ in ("Bidirectional",)
+        or (type(layer).__name__.startswith("ConvLSTM"))
     )
 
 
