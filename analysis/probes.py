@@ -1,0 +1,537 @@
+"""Linear probes: which signal of which layer carries a feature, and through which units.
+
+For every ``layer, signal, feature`` a :class:`SignalProbe` (standardise, then logistic
+regression for a binary feature or ridge regression otherwise) is trained to predict the
+feature at a step from the vector of all units' values of that signal at the same step.
+
+Protocol (:func:`run_probes`)
+
+* Rows are the layer's unmasked steps with a value for the feature. Above ``max_rows``
+  steps a deterministic subsample (``random_state``) is used.
+* **Held-out score, split by sequence**: a random ``test_size`` share of the sequences
+  (at least one) is held out, so no step of a test sequence is seen in training (steps of
+  one sequence are strongly dependent; a split by step would leak). With a single sequence
+  the split is by time instead (the last ``test_size`` share of its steps), reported in the
+  ``split`` column. The score is accuracy (classification) or R^2 (regression) on the test rows;
+  ``baseline_score`` is the same metric for the majority class / the training mean.
+* **Control task** (Hewitt & Liang 2019, "Designing and interpreting probes with control
+  tasks"): every *type* of step gets a random but consistent label, drawn once per feature from
+  the empirical distribution of the feature's real values in the training rows; a probe of the
+  same kind is trained and tested on those labels with the same split. A step's type is its
+  token id for text models, otherwise the combination of the decile bins of the model's
+  numeric inputs at that step, otherwise (no inputs in the trace) the decile bin of the
+  feature itself (``control_by``: ``"token"``, ``"binned input"``, ``"binned feature"``).
+  ``selectivity = score - control_score``: a high score with a low selectivity means the probe
+  could as well have memorised types, and says little about the representation.
+* **Unit ranking** (as in NeuroX, Dalvi et al. 2019): the probe's coefficients on standardised
+  inputs, ``|coef|`` per unit (the maximum over classes for a multi-class probe), rank 1 =
+  largest. ``top_units`` in the report lists the ``top_k`` best units, comma-separated.
+
+A feature with a single value (or a single class) in the training rows gets no probe: its
+scores are empty and ``note`` says why.
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> X = rng.normal(size=(200, 4))
+>>> probe = SignalProbe().fit(X, X[:, 2] > 0)
+>>> probe.task_, int(np.argmax(probe.unit_weights_)), probe.score(X, X[:, 2] > 0) > 0.95
+('classification', 2, True)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.dummy import DummyClassifier, DummyRegressor
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils import ClassifierTags, RegressorTags
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from analysis.correlate import _select_layers, _select_signals, layer_rows, subsample
+from analysis.features import as_feature_matrix, feature_kind
+from analysis.trace import Trace
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+TASKS = ("auto", "classification", "regression")
+REPORT_COLUMNS = [
+    "layer", "signal", "feature", "task", "score", "control_score", "selectivity", "baseline_score",
+    "n_train", "n_test", "split", "control_by", "top_units", "note",
+]  # fmt: skip
+RANKING_COLUMNS = ["layer", "signal", "feature", "unit", "weight", "rank"]
+DEFAULT_MAX_ROWS = 20_000
+N_BINS = 10
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the estimator
+
+
+class SignalProbe(BaseEstimator):
+    """A linear probe: standardise the units, then logistic (classification) or ridge (regression).
+
+    Parameters
+    ----------
+    task : {"auto", "classification", "regression"}
+        ``"auto"`` picks classification when the target is not numeric, is bool, or has exactly
+        two distinct values (sklearn's ``type_of_target == "binary"``), and regression otherwise.
+    alpha : float
+        Ridge penalty (regression).
+    C : float
+        Inverse L2 penalty of the logistic regression (classification).
+    max_iter : int
+        Iterations of the logistic regression's solver.
+
+    Attributes
+    ----------
+    task_ : str
+        The task actually fitted.
+    pipeline_ : sklearn.pipeline.Pipeline
+        ``StandardScaler`` then ``LogisticRegression`` or ``Ridge``.
+    classes_ : ndarray
+        Class labels (classification only).
+    coef_ : ndarray (n_outputs, n_features_in_)
+        Coefficients on standardised inputs (one row for binary classification and regression).
+    unit_weights_ : ndarray (n_features_in_,)
+        ``|coef_|``, the maximum over rows: the importance of each input (unit).
+    n_iter_ : int
+        Solver iterations of the logistic regression (1 for the closed-form ridge).
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.arange(20.0).reshape(10, 2)
+    >>> SignalProbe(task="regression").fit(X, X[:, 0] * 3).predict(X[:2]).round(2).tolist()
+    [1.29, 7.0]
+    """
+
+    def __init__(self, task: str = "auto", alpha: float = 1.0, C: float = 1.0, max_iter: int = 1000) -> None:
+        self.task = task
+        self.alpha = alpha
+        self.C = C
+        self.max_iter = max_iter
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        if self.task == "classification":
+            tags.estimator_type = "classifier"
+            tags.classifier_tags = ClassifierTags()
+            tags.target_tags.required = True
+        elif self.task == "regression":
+            tags.estimator_type = "regressor"
+            tags.regressor_tags = RegressorTags()
+            tags.target_tags.required = True
+        else:
+            tags.target_tags.required = True
+        return tags
+
+    def _resolve_task(self, y: np.ndarray) -> str:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task != "auto":
+            return self.task
+        if y.dtype.kind in "OUSb" or type_of_target(y) == "binary":
+            return "classification"
+        return "regression"
+
+    def fit(self, X, y) -> SignalProbe:
+        """Fit the probe on ``X`` (n_steps, n_units) and the feature ``y`` (n_steps,)."""
+        X, y = validate_data(self, X, y, y_numeric=False, dtype=np.float64)
+        self.task_ = self._resolve_task(np.asarray(y))
+        if self.task_ == "classification":
+            check_classification_targets(y)
+            self.classes_ = np.unique(y)
+            model = LogisticRegression(C=self.C, max_iter=self.max_iter)
+        else:
+            y = np.asarray(y, dtype=np.float64)
+            model = Ridge(alpha=self.alpha)
+        self.pipeline_ = Pipeline([("scale", StandardScaler()), ("model", model)]).fit(X, y)
+        coef = np.asarray(self.pipeline_[-1].coef_, np.float64)
+        self.coef_ = coef.reshape(1, -1) if coef.ndim == 1 else coef
+        self.unit_weights_ = np.abs(self.coef_).max(axis=0)
+        n_iter = getattr(self.pipeline_[-1], "n_iter_", None)
+        self.n_iter_ = 1 if n_iter is None else int(np.max(n_iter))
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted feature values (class labels for classification)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return self.pipeline_.predict(X)
+
+    def _is_classifier(self) -> bool:
+        check_is_fitted(self)
+        return self.task_ == "classification"
+
+    @available_if(_is_classifier)
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (classification only)."""
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return self.pipeline_.predict_proba(X)
+
+    @available_if(_is_classifier)
+    def decision_function(self, X) -> np.ndarray:
+        """Logits (classification only)."""
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return self.pipeline_.decision_function(X)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Accuracy (classification) or R^2 (regression) on ``X``, ``y``."""
+        pred = self.predict(X)
+        if self.task_ == "classification":
+            return float(accuracy_score(y, pred, sample_weight=sample_weight))
+        return float(r2_score(np.asarray(y, np.float64), pred, sample_weight=sample_weight))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the protocol
+
+
+@dataclass
+class ProbeResults:
+    """What :func:`run_probes` returns: the report (one row per probe) and the unit ranking."""
+
+    report: pd.DataFrame
+    ranking: pd.DataFrame
+
+
+def split_by_sequence(
+    sequences: np.ndarray, steps: np.ndarray, *, test_size: float = 0.25, random_state: int | None = 0
+) -> tuple[np.ndarray, str]:
+    """Boolean test mask over rows: whole sequences held out, or (one sequence) the last steps.
+
+    Returns
+    -------
+    (is_test, split) : (ndarray of bool, {"sequence", "time"})
+
+    Examples
+    --------
+    >>> seq = np.repeat([0, 1, 2, 3], 3)
+    >>> test, how = split_by_sequence(seq, np.tile([0, 1, 2], 4), test_size=0.25)
+    >>> how, len(set(seq[test])), set(seq[test]) & set(seq[~test])
+    ('sequence', 1, set())
+    >>> split_by_sequence(np.zeros(4, int), np.arange(4), test_size=0.25)[0].tolist()
+    [False, False, False, True]
+    """
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size!r}")
+    uniq = np.unique(sequences)
+    if uniq.size >= 2:
+        rng = np.random.default_rng([0 if random_state is None else random_state, 1])
+        n_test = min(max(1, int(round(test_size * uniq.size))), uniq.size - 1)
+        held = rng.permutation(uniq)[:n_test]
+        return np.isin(sequences, held), "sequence"
+    order = np.argsort(steps, kind="stable")
+    n_test = max(1, int(round(test_size * len(steps)))) if len(steps) > 1 else 0
+    is_test = np.zeros(len(steps), bool)
+    if n_test:
+        is_test[order[-n_test:]] = True
+    return is_test, "time"
+
+
+def control_labels(types: np.ndarray, y: np.ndarray, train: np.ndarray, *, random_state: int | None = 0) -> np.ndarray:
+    """Hewitt & Liang control labels: one random label per type, drawn from the training rows' labels.
+
+    Examples
+    --------
+    >>> types = np.array([5, 7, 5, 9, 7])
+    >>> lab = control_labels(types, np.array([0, 1, 0, 1, 1]), np.ones(5, bool), random_state=0)
+    >>> bool(lab[0] == lab[2] and lab[1] == lab[4])  # consistent per type
+    True
+    """
+    uniq, inverse = np.unique(types, return_inverse=True)
+    rng = np.random.default_rng([0 if random_state is None else random_state, 2])
+    pool = y[train] if train.any() else y
+    return pool[rng.integers(0, len(pool), size=uniq.size)][inverse.ravel()]
+
+
+def _bin_ids(values: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """(rows, k) float -> (rows,) int64: the combination of per-column quantile bins."""
+    values = np.atleast_2d(np.asarray(values, np.float64).T).T
+    ids = np.zeros(values.shape[0], np.int64)
+    for j in range(values.shape[1]):  # input columns, not units
+        col = values[:, j]
+        edges = np.unique(np.nanquantile(col, np.linspace(0, 1, n_bins + 1)[1:-1])) if np.isfinite(col).any() else []
+        b = np.searchsorted(edges, col, side="right")
+        b[np.isnan(col)] = n_bins
+        ids = ids * (n_bins + 1) + b
+    return ids
+
+
+def _fit_score(task, Xtr, ytr, Xte, yte, params) -> tuple[float, float, SignalProbe | None]:
+    """(score, baseline, probe); a single class/value in training gives a constant predictor."""
+    if task == "classification":
+        baseline = float(accuracy_score(yte, DummyClassifier(strategy="most_frequent").fit(Xtr, ytr).predict(Xte)))
+    else:
+        baseline = float(r2_score(yte, DummyRegressor().fit(Xtr, ytr).predict(Xte))) if len(yte) >= 2 else np.nan
+    if np.unique(ytr).size < 2:
+        return baseline, baseline, None
+    probe = SignalProbe(task=task, **params).fit(Xtr, ytr)
+    score = probe.score(Xte, yte) if len(yte) >= (1 if task == "classification" else 2) else np.nan
+    return score, baseline, probe
+
+
+def run_probes(
+    trace: Trace,
+    features: pd.DataFrame,
+    *,
+    layers: Sequence[str] | None = None,
+    signals: Sequence[str] | None = None,
+    feature_columns: Sequence[str] | None = None,
+    tasks: Mapping[str, str] | None = None,
+    alpha: float = 1.0,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    test_size: float = 0.25,
+    max_rows: int | None = DEFAULT_MAX_ROWS,
+    top_k: int = 5,
+    random_state: int | None = 0,
+    chunk_sequences: int = 256,
+    progress: Progress | None = None,
+) -> ProbeResults:
+    """Train and test one probe per (layer, signal, feature), with control tasks and unit rankings.
+
+    Parameters
+    ----------
+    trace : Trace
+        In memory or from a run store (read in chunks of ``chunk_sequences`` sequences).
+    features : pandas.DataFrame
+        From :func:`analysis.features.build_features`.
+    layers : sequence of str, optional
+        Default every layer.
+    signals : sequence of str, optional
+        Default every signal except pre-activations (the gates, the candidate and the states).
+    feature_columns : sequence of str, optional
+        Default every feature column (``step`` included).
+    tasks : dict of str to str, optional
+        Per feature, ``"classification"`` or ``"regression"``; default from
+        :func:`analysis.features.feature_kind` (binary -> classification, else regression).
+    alpha, C, max_iter : float, float, int
+        Passed to :class:`SignalProbe`.
+    test_size : float
+        Share of sequences held out.
+    max_rows : int or None
+        Most steps used per layer (deterministic subsample above it).
+    top_k : int
+        Units listed in ``top_units``.
+    random_state : int or None
+        Seeds the subsample, the split and the control labels.
+    chunk_sequences : int
+    progress : callable(done, total), optional
+        Called after each (layer, signal).
+
+    Returns
+    -------
+    ProbeResults
+        ``report``: :data:`REPORT_COLUMNS`; ``ranking``: :data:`RANKING_COLUMNS`.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> rng = np.random.default_rng(0)
+    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=3, input_dim=1)
+    >>> h = rng.normal(size=(8, 20, 3)).astype(np.float32)
+    >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((8, 20), bool), inputs=h)
+    >>> seq, step = np.divmod(np.arange(160), 20)
+    >>> feats = pd.DataFrame({"sequence": seq, "step": step, "up": h[seq, step, 1] > 0})
+    >>> res = run_probes(Trace({"rnn": lt}), feats, feature_columns=["up"])
+    >>> r = res.report.iloc[0]
+    >>> r.task, bool(r.score > 0.9), r.top_units.split(",")[0], int(r.n_train + r.n_test)
+    ('classification', True, '1', 160)
+    """
+    names = _select_layers(trace, layers)
+    if signals is None:
+        per_layer = {name: [s for s in trace[name].info.signals if not s.endswith("_pre")] for name in names}
+    else:
+        per_layer = _select_signals(trace, names, signals)
+    fmat, fnames = as_feature_matrix(features, feature_columns)
+    tasks = dict(tasks or {})
+    bad = {k: v for k, v in tasks.items() if v not in ("classification", "regression")}
+    if bad:
+        raise ValueError(f"tasks must map features to 'classification' or 'regression', got {bad}")
+    kinds = {
+        f: tasks.get(f) or ("classification" if feature_kind(fmat[:, j]) == "binary" else "regression")
+        for j, f in enumerate(fnames)
+    }
+    params = {"alpha": alpha, "C": C, "max_iter": max_iter}
+    reports, rankings = [], []
+    total = sum(len(v) for v in per_layer.values())
+    done = 0
+    for layer in names:
+        rows = layer_rows(trace, layer, features, chunk_sequences=chunk_sequences)
+        take = subsample(rows.total, max_rows, random_state)
+        frow = np.concatenate([fr for _, _, fr in rows.chunks]) if rows.chunks else np.empty(0, np.int64)
+        if take is not None:
+            frow = frow[take]
+        seqs = features["sequence"].to_numpy(np.int64)[frow]
+        steps = features["step"].to_numpy(np.int64)[frow]
+        is_test, split = split_by_sequence(seqs, steps, test_size=test_size, random_state=random_state)
+        types, control_by = _types(trace, rows, take, fmat, frow)
+        for signal in per_layer[layer]:
+            x = _gather(trace[layer][signal], rows, take)
+            for j, feat in enumerate(fnames):
+                rep, rank = _probe_one(
+                    x, fmat[frow, j], is_test, kinds[feat], params, types, control_by, j, random_state, top_k
+                )
+                reports.append({"layer": layer, "signal": signal, "feature": feat, "split": split, **rep})
+                if rank is not None:
+                    rankings.append(
+                        pd.DataFrame(
+                            {"layer": layer, "signal": signal, "feature": feat, **rank}, columns=RANKING_COLUMNS
+                        )
+                    )
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    report = pd.DataFrame(reports, columns=REPORT_COLUMNS)
+    ranking = pd.concat(rankings, ignore_index=True) if rankings else pd.DataFrame({c: [] for c in RANKING_COLUMNS})
+    return ProbeResults(report, ranking)
+
+
+def _gather(arr, rows, take) -> np.ndarray:
+    units = int(arr.shape[2])
+    parts = []
+    offset = 0
+    for sl, local, _ in rows.chunks:
+        if local.size == 0:
+            continue
+        x = np.asarray(arr[sl], np.float32).reshape(-1, units)[local]
+        if take is not None:
+            lo, hi = np.searchsorted(take, [offset, offset + local.size])
+            x = x[take[lo:hi] - offset]
+        parts.append(x)
+        offset += local.size
+    return np.concatenate(parts) if parts else np.empty((0, units), np.float32)
+
+
+def _types(trace: Trace, rows, take, fmat, frow) -> tuple[np.ndarray | None, str]:
+    """Per selected row, the step's type for the control task, and how it was defined."""
+    if trace.tokens is not None:
+        tok = trace.tokens
+        ids = _gather_2d(tok, rows, take, trace.n_steps)
+        return ids.astype(np.int64), "token"
+    if trace.x is not None:
+        xs = _gather(trace.x, rows, take)
+        return _bin_ids(xs), "binned input"
+    return None, "binned feature"
+
+
+def _gather_2d(arr, rows, take, t) -> np.ndarray:
+    parts = []
+    offset = 0
+    for sl, local, _ in rows.chunks:
+        if local.size == 0:
+            continue
+        v = np.asarray(arr[sl]).reshape(-1)[local]
+        if take is not None:
+            lo, hi = np.searchsorted(take, [offset, offset + local.size])
+            v = v[take[lo:hi] - offset]
+        parts.append(v)
+        offset += local.size
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def _probe_one(x, y, is_test, task, params, types, control_by, j, random_state, top_k):
+    ok = ~np.isnan(y)
+    x, y, test = x[ok], y[ok], is_test[ok]
+    train = ~test
+    rep = {
+        "task": task, "score": np.nan, "control_score": np.nan, "selectivity": np.nan, "baseline_score": np.nan,
+        "n_train": int(train.sum()), "n_test": int(test.sum()), "control_by": control_by, "top_units": "", "note": "",
+    }  # fmt: skip
+    if train.sum() == 0 or test.sum() == 0:
+        rep["note"] = "no training rows" if train.sum() == 0 else "no test rows"
+        return rep, None
+    if task == "classification":
+        y = y.astype(np.int64) if np.all(y == np.round(y)) else y
+    if np.unique(y[train]).size < 2:
+        rep["note"] = "constant feature in the training rows"
+        return rep, None
+    score, baseline, probe = _fit_score(task, x[train], y[train], x[test], y[test], params)
+    t = types[ok] if types is not None else _bin_ids(y)
+    seed = None if random_state is None else random_state * 1_000_003 + j
+    ctrl = control_labels(t, y, train, random_state=seed)
+    cscore, _, _ = _fit_score(task, x[train], ctrl[train], x[test], ctrl[test], params)
+    w = probe.unit_weights_
+    order = np.argsort(-w, kind="stable")
+    rank = np.empty(w.size, np.int64)
+    rank[order] = np.arange(1, w.size + 1)
+    rep.update(
+        score=score,
+        control_score=cscore,
+        selectivity=score - cscore,
+        baseline_score=baseline,
+        top_units=",".join(str(int(u)) for u in order[:top_k]),
+    )
+    return rep, {"unit": np.arange(w.size), "weight": w, "rank": rank}
+
+
+def probe_report(trace: Trace, features: pd.DataFrame, **kwargs) -> pd.DataFrame:
+    """One row per (layer, signal, feature) probe: the ``report`` of :func:`run_probes` (same keyword arguments).
+
+    Columns: ``layer, signal, feature, task, score, control_score, selectivity, baseline_score,
+    n_train, n_test, split, control_by, top_units, note``.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=2, input_dim=1)
+    >>> h = np.random.default_rng(1).normal(size=(6, 10, 2)).astype(np.float32)
+    >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((6, 10), bool), inputs=h)
+    >>> seq, step = np.divmod(np.arange(60), 10)
+    >>> f = pd.DataFrame({"sequence": seq, "step": step, "v": 2 * h[seq, step, 0]})
+    >>> probe_report(Trace({"rnn": lt}), f, feature_columns=["v"])[["task", "top_units", "n_test"]]
+             task top_units  n_test
+    0  regression       0,1      20
+    """
+    return run_probes(trace, features, **kwargs).report
+
+
+def probe_unit_ranking(trace: Trace, features: pd.DataFrame, **kwargs) -> pd.DataFrame:
+    """Units ranked by |standardised probe coefficient|: the ``ranking`` of :func:`run_probes`.
+
+    Columns: ``layer, signal, feature, unit, weight, rank`` (rank 1 = largest weight).
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=3, input_dim=1)
+    >>> h = np.random.default_rng(2).normal(size=(6, 10, 3)).astype(np.float32)
+    >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((6, 10), bool), inputs=h)
+    >>> seq, step = np.divmod(np.arange(60), 10)
+    >>> f = pd.DataFrame({"sequence": seq, "step": step, "v": h[seq, step, 2] - 0.1 * h[seq, step, 0]})
+    >>> probe_unit_ranking(Trace({"rnn": lt}), f, feature_columns=["v"]).sort_values("rank")["unit"].tolist()
+    [2, 0, 1]
+    """
+    return run_probes(trace, features, **kwargs).ranking
+
+
+__all__ = [
+    "RANKING_COLUMNS",
+    "REPORT_COLUMNS",
+    "ProbeResults",
+    "SignalProbe",
+    "control_labels",
+    "probe_report",
+    "probe_unit_ranking",
+    "run_probes",
+    "split_by_sequence",
+]
