@@ -1,0 +1,577 @@
+"""Exact decompositions: of every gate's pre-activation into input, memory and bias, and of the cell state into past steps.
+
+Pre-activations (:func:`preactivation_decomposition`, :func:`input_contributions`, :func:`gate_drivers`)
+    Keras computes each gate block ``k`` (order :data:`analysis.signals.WEIGHT_BLOCKS`) from the
+    layer's input ``x_t``, the previous hidden state ``h_{t-1}`` and the bias:
+
+    * LSTM (``i, f, c, o``) and SimpleRNN: ``pre_k = x_t W_k + h_{t-1} U_k + b_k``, split as
+      ``input = x_t W_k``, ``recurrent = h_{t-1} U_k``, ``bias = b_k``.
+    * GRU, ``reset_after=True`` (bias ``(2, 3u)`` = input bias ``b``, recurrent bias ``rb``):
+      ``pre_z = x W_z + b_z + h U_z + rb_z`` (likewise ``r``): ``input = x W_z``,
+      ``recurrent = h U_z``, ``bias = b_z + rb_z``. Candidate ``pre_h = x W_h + b_h + r * (h U_h + rb_h)``:
+      ``input = x W_h``, ``recurrent = r * (h U_h + rb_h)`` (the reset gate scales the recurrent
+      bias too, so it is counted with the memory), ``bias = b_h``.
+    * GRU, ``reset_after=False`` (bias ``(3u,)``): ``z, r`` as above without ``rb``; candidate
+      ``pre_h = x W_h + b_h + (r * h) U_h``: ``recurrent = (r * h) U_h``.
+
+    ``h_{t-1}`` is the stored ``hidden_state`` at the previous step *in processing order* (``t + 1``
+    for a ``go_backwards`` layer, whose steps are stored in the input's own time order), zeros before
+    the first processed step (Keras layers called without ``initial_state``). A masked step carries
+    the state, so the stored hidden state there is the carried one and the rule holds across padding.
+    ``r`` is the stored ``reset_gate`` of the same step. ``input + recurrent + bias`` equals the stored
+    ``*_pre`` signal to float32 rounding (the tests hold it to 1e-5).
+
+    For a layer fed straight by an Embedding, ``x_t = E[token_t]``: the ``input`` part *is* the
+    token's push, which :func:`token_gate_table` lists for every token from the weights alone.
+
+Cell state (:func:`cell_state_decomposition`)
+    Unrolling ``c_t = f_t c_{t-1} + i_t g_t`` (processing order)::
+
+        c_t = sum_{j <= t} (prod_{k=j+1..t} f_k) i_j g_j  +  (prod_{k=0..t} f_k) c_init
+
+    Each term is how much of what step ``j`` wrote is still in the cell at step ``t``. A masked step
+    carries the cell unchanged (its ``f`` counts as 1 and its write as 0). ``c_init = 0`` (Keras layers
+    without ``initial_state``), reported as ``source_step = -1``. The products are running products
+    (``numpy.cumprod``), never quotients, so the decomposition is exact and stable even where a gate is
+    exactly 0 or 1; the parts sum back to the stored ``cell_state`` (tests: 1e-5). For a GRU the same
+    holds for the hidden state with ``z`` in place of ``f`` and ``(1 - z) * candidate`` as the write.
+
+Examples
+--------
+>>> import numpy as np
+>>> from analysis.trace import LayerInfo, LayerTrace, Trace
+>>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
+>>> sig = {s: np.zeros((1, 3, 1), np.float32) for s in info.signals}
+>>> sig["forget_gate"][:] = 0.5; sig["input_gate"][:] = 1.0; sig["candidate"][:] = 1.0
+>>> sig["cell_state"][0, :, 0] = [1.0, 1.5, 1.75]          # c_t = 0.5 c_{t-1} + 1
+>>> lt = LayerTrace(info, sig, mask=np.ones((1, 3), bool), inputs=np.zeros((1, 3, 1), np.float32))
+>>> df = cell_state_decomposition(Trace({"lstm": lt}), "lstm", 0, step=2)
+>>> df[["source_step", "contribution"]]
+   source_step  contribution
+0           -1          0.00
+1            0          0.25
+2            1          0.50
+3            2          1.00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis._reading import (
+    get_layer,
+    input_feature_names,
+    iter_rows,
+    processing,
+    read,
+    read_mask,
+    read_tokens,
+    row_numbers,
+    select_layers,
+    select_sequences,
+    to_time_index,
+    token_strings,
+)
+from analysis.signals import WEIGHT_BLOCKS
+from analysis.trace import LayerTrace, Trace, iter_chunks
+
+PREACTIVATION_COLUMNS = ["layer", "sequence", "step", "unit", "gate", "input", "recurrent", "bias", "total"]
+INPUT_CONTRIBUTION_COLUMNS = ["layer", "sequence", "step", "unit", "gate", "feature", "contribution"]
+TOKEN_GATE_COLUMNS = ["layer", "token_id", "token", "unit", "gate", "push"]
+CELL_DECOMPOSITION_COLUMNS = ["layer", "sequence", "step", "source_step", "unit", "contribution", "token"]
+GATE_DRIVER_COLUMNS = [
+    "layer", "unit", "gate", "mean_input", "mean_recurrent", "mean_bias",
+    "mean_abs_input", "mean_abs_recurrent", "input_share", "n",
+]  # fmt: skip
+
+#: Elements of the (targets x sources x units) product table computed at once.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _weights(lt: LayerTrace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    w = lt.weights
+    missing = [k for k in ("kernel", "recurrent_kernel", "bias") if k not in w]
+    if missing:
+        raise ValueError(
+            f"layer {lt.info.name!r}: the trace has no {missing} weights (it has {sorted(w)}); "
+            "decompositions need kernel, recurrent_kernel and bias"
+        )
+    kernel = np.asarray(w["kernel"], np.float64)
+    rk = np.asarray(w["recurrent_kernel"], np.float64)
+    bias = np.asarray(w["bias"], np.float64)
+    k = len(WEIGHT_BLOCKS[lt.info.cell_type])
+    u = lt.info.units
+    if kernel.shape[1] != k * u or rk.shape != (u, k * u):
+        raise ValueError(
+            f"layer {lt.info.name!r}: kernel {kernel.shape} / recurrent_kernel {rk.shape} do not fit "
+            f"{lt.info.cell_type} with {u} units (expected (in, {k * u}) and ({u}, {k * u}))"
+        )
+    return kernel, rk, bias
+
+
+def _gate_parts(lt: LayerTrace, rows: np.ndarray | slice) -> tuple[np.ndarray, dict[str, tuple[Any, Any, Any]]]:
+    """mask (n, T) and, per gate block, (input (n, T, u), recurrent (n, T, u), bias (u,) or (n, T, u))."""
+    info = lt.info
+    kernel, rk, bias = _weights(lt)
+    u = info.units
+    blocks = WEIGHT_BLOCKS[info.cell_type]
+    m = read_mask(lt, rows)
+    x = read(lt.inputs, rows)
+    h = read(lt["hidden_state"], rows)
+    hp = processing(h, info.go_backwards)
+    h_prev = processing(np.concatenate([np.zeros_like(hp[:, :1]), hp[:, :-1]], axis=1), info.go_backwards)
+    xw = np.einsum("nti,ij->ntj", x, kernel)
+    cols = [slice(k * u, (k + 1) * u) for k in range(len(blocks))]
+    parts: dict[str, tuple[Any, Any, Any]] = {}
+    if info.cell_type == "gru":
+        reset_after = bool(info.reset_after) if info.reset_after is not None else bias.ndim == 2
+        b_in, b_rec = (bias[0], bias[1]) if reset_after else (bias.reshape(-1), np.zeros(3 * u))
+        hu = np.einsum("ntu,uj->ntj", h_prev, rk[:, : 2 * u])
+        for k, gate in enumerate(blocks[:2]):
+            parts[gate] = (xw[..., cols[k]], hu[..., cols[k]], b_in[cols[k]] + b_rec[cols[k]])
+        r = read(lt["reset_gate"], rows)
+        if reset_after:
+            rec = r * (np.einsum("ntu,uj->ntj", h_prev, rk[:, cols[2]]) + b_rec[cols[2]])
+        else:
+            rec = np.einsum("ntu,uj->ntj", r * h_prev, rk[:, cols[2]])
+        parts[blocks[2]] = (xw[..., cols[2]], rec, b_in[cols[2]])
+    else:
+        hu = np.einsum("ntu,uj->ntj", h_prev, rk)
+        b = bias.reshape(-1)
+        for k, gate in enumerate(blocks):
+            parts[gate] = (xw[..., cols[k]], hu[..., cols[k]], b[cols[k]])
+    return m, parts
+
+
+def preactivation_decomposition(trace: Trace, layer: str, *, sequences: Any = None, chunk: int = 64) -> pd.DataFrame:
+    """Every gate pre-activation split exactly into ``input + recurrent + bias``.
+
+    Parameters
+    ----------
+    trace : Trace
+    layer : str
+    sequences : int, list of int or slice, optional
+        Default all (one row per real step, unit and gate block: mind the size).
+    chunk : int
+        Sequences read at a time.
+
+    Returns
+    -------
+    DataFrame
+        ``layer, sequence, step, unit, gate, input, recurrent, bias, total``; ``gate`` names the
+        block by its activated signal (LSTM ``input_gate, forget_gate, candidate, output_gate``; GRU
+        ``update_gate, reset_gate, candidate``; SimpleRNN ``hidden_state``); ``total`` equals the
+        stored ``<gate>_pre``. Masked steps are left out. Rows ordered by sequence, step, unit, gate.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1, recurrent_activation=None)
+    >>> x = np.array([[[1.0], [2.0]]], np.float32)
+    >>> h = np.array([[[0.5], [0.25]]], np.float32)
+    >>> w = {"kernel": np.array([[2.0]]), "recurrent_kernel": np.array([[4.0]]), "bias": np.array([0.1])}
+    >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((1, 2), bool),
+    ...                 inputs=x, weights=w)
+    >>> preactivation_decomposition(Trace({"rnn": lt}), "rnn")[["step", "input", "recurrent", "bias", "total"]]
+       step  input  recurrent  bias  total
+    0     0    2.0        0.0   0.1    2.1
+    1     1    4.0        2.0   0.1    6.1
+    """
+    lt = get_layer(trace, layer)
+    seqs = select_sequences(sequences, lt.shape[0])
+    blocks = list(WEIGHT_BLOCKS[lt.info.cell_type])
+    u, g = lt.info.units, len(blocks)
+    frames = []
+    for rows in iter_rows(lt.shape[0], chunk, seqs):
+        m, parts = _gate_parts(lt, rows)
+        s_idx, t_idx = np.nonzero(m)
+        k = len(s_idx)
+        if k == 0:
+            continue
+        inp = np.stack([parts[b][0][m] for b in blocks], axis=-1)  # (k, u, g)
+        rec = np.stack([parts[b][1][m] for b in blocks], axis=-1)
+        bia = np.stack([np.broadcast_to(parts[b][2], parts[b][0].shape)[m] for b in blocks], axis=-1)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "sequence": np.repeat(row_numbers(rows)[s_idx], u * g),
+                    "step": np.repeat(t_idx, u * g),
+                    "unit": np.tile(np.repeat(np.arange(u), g), k),
+                    "gate": np.tile(np.asarray(blocks, dtype=object), k * u),
+                    "input": inp.reshape(-1),
+                    "recurrent": rec.reshape(-1),
+                    "bias": bia.reshape(-1),
+                    "total": (inp + rec + bia).reshape(-1),
+                }
+            )
+        )
+    if not frames:
+        return _empty(PREACTIVATION_COLUMNS, ("layer", "gate"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def input_contributions(
+    trace: Trace,
+    layer: str,
+    *,
+    sequences: Any = None,
+    units: Sequence[int] | None = None,
+    gates: Sequence[str] | None = None,
+    chunk: int = 64,
+) -> pd.DataFrame:
+    """The ``input`` part of each pre-activation split per input feature: ``x_t[f] * W[f, k]``.
+
+    ``feature`` names the layer's input dimension: the trace's ``feature_names`` when the layer
+    receives the model's numeric input unchanged, ``embedding[k]`` for a layer fed by an Embedding
+    (the per-token view is :func:`token_gate_table`), ``input[k]`` otherwise. The contributions of a
+    (step, unit, gate) sum to the ``input`` column of :func:`preactivation_decomposition`.
+
+    Returns
+    -------
+    DataFrame
+        ``layer, sequence, step, unit, gate, feature, contribution``; masked steps left out.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=2, recurrent_activation=None)
+    >>> x = np.array([[[1.0, 3.0]]], np.float32)
+    >>> w = {"kernel": np.array([[2.0], [-1.0]]), "recurrent_kernel": np.zeros((1, 1)), "bias": np.zeros(1)}
+    >>> z = np.zeros((1, 1, 1), np.float32)
+    >>> lt = LayerTrace(info, {"hidden_state": z, "hidden_state_pre": z}, mask=np.ones((1, 1), bool),
+    ...                 inputs=x, weights=w)
+    >>> t = Trace({"rnn": lt}, x=x, feature_names=["a", "b"])
+    >>> input_contributions(t, "rnn")[["feature", "contribution"]]
+      feature  contribution
+    0       a           2.0
+    1       b          -3.0
+    """
+    lt = get_layer(trace, layer)
+    seqs = select_sequences(sequences, lt.shape[0])
+    kernel, _, _ = _weights(lt)
+    blocks = list(WEIGHT_BLOCKS[lt.info.cell_type])
+    u = lt.info.units
+    unit_idx = _select_units(units, u)
+    gate_names = blocks if gates is None else list(gates)
+    bad = [x for x in gate_names if x not in blocks]
+    if bad:
+        raise ValueError(f"unknown gate(s) {bad} for a {lt.info.cell_type} layer; its gates are {blocks}")
+    cols = np.concatenate([blocks.index(gname) * u + unit_idx for gname in gate_names])  # gate-major
+    wsel = kernel[:, cols]  # (in, G*U')
+    feats = np.asarray(input_feature_names(trace, layer), dtype=object)
+    n_in, n_u, n_g = len(feats), len(unit_idx), len(gate_names)
+    frames = []
+    for rows in iter_rows(lt.shape[0], chunk, seqs):
+        m = read_mask(lt, rows)
+        s_idx, t_idx = np.nonzero(m)
+        k = len(s_idx)
+        if k == 0:
+            continue
+        x = read(lt.inputs, rows)[m]  # (k, in)
+        contrib = x[:, :, None] * wsel[None]  # (k, in, G*U')
+        contrib = contrib.reshape(k, n_in, n_g, n_u).transpose(0, 3, 2, 1)  # (k, unit, gate, feature)
+        per_row = n_u * n_g * n_in
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "sequence": np.repeat(row_numbers(rows)[s_idx], per_row),
+                    "step": np.repeat(t_idx, per_row),
+                    "unit": np.tile(np.repeat(unit_idx, n_g * n_in), k),
+                    "gate": np.tile(np.repeat(np.asarray(gate_names, dtype=object), n_in), k * n_u),
+                    "feature": np.tile(feats, k * n_u * n_g),
+                    "contribution": contrib.reshape(-1),
+                }
+            )
+        )
+    if not frames:
+        return _empty(INPUT_CONTRIBUTION_COLUMNS, ("layer", "gate", "feature"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def token_gate_table(trace: Trace, layer: str, *, token_ids: Sequence[int] | None = None) -> pd.DataFrame:
+    """How each token pushes each gate of each unit, from the weights alone: ``push = (E[token] @ W)[gate]``.
+
+    Only for a layer fed straight by an Embedding (its weights include ``embedding``). The push
+    excludes the bias and the recurrent part; it equals the ``input`` column of
+    :func:`preactivation_decomposition` wherever that token is the step's input.
+
+    Parameters
+    ----------
+    trace : Trace
+    layer : str
+    token_ids : list of int, optional
+        Default the whole vocabulary of the embedding.
+
+    Returns
+    -------
+    DataFrame
+        ``layer, token_id, token, unit, gate, push``, ordered by token id, unit, gate.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1, reset_after=True)
+    >>> sig = {s: np.zeros((1, 2, 1), np.float32) for s in info.signals}
+    >>> w = {"kernel": np.array([[1.0, -2.0, 3.0]]), "recurrent_kernel": np.zeros((1, 3)),
+    ...      "bias": np.zeros((2, 3)), "embedding": np.array([[0.0], [0.5]])}
+    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 2), bool), inputs=np.zeros((1, 2, 1)), weights=w)
+    >>> t = Trace({"gru": lt}, tokens=np.array([[0, 1]]), vocabulary=["", "("])
+    >>> token_gate_table(t, "gru", token_ids=[1])
+      layer  token_id token  unit         gate  push
+    0   gru         1     (     0  update_gate   0.5
+    1   gru         1     (     0   reset_gate  -1.0
+    2   gru         1     (     0    candidate   1.5
+    """
+    lt = get_layer(trace, layer)
+    if "embedding" not in lt.weights:
+        raise ValueError(
+            f"layer {layer!r} is not fed straight by an Embedding layer (its weights are {sorted(lt.weights)}), "
+            "so it has no per-token table; use preactivation_decomposition or input_contributions"
+        )
+    kernel, _, _ = _weights(lt)
+    emb = np.asarray(lt.weights["embedding"], np.float64)
+    vocab_size = emb.shape[0]
+    ids = np.arange(vocab_size) if token_ids is None else np.unique(np.asarray(token_ids, np.int64))
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    if bad.size:
+        raise ValueError(f"token id {int(bad[0])} is outside the embedding's vocabulary of {vocab_size} tokens")
+    blocks = list(WEIGHT_BLOCKS[lt.info.cell_type])
+    u, g = lt.info.units, len(blocks)
+    push = (emb[ids] @ kernel).reshape(len(ids), g, u).transpose(0, 2, 1)  # (tokens, unit, gate)
+    return pd.DataFrame(
+        {
+            "layer": layer,
+            "token_id": np.repeat(ids, u * g),
+            "token": np.repeat(token_strings(trace, ids), u * g),
+            "unit": np.tile(np.repeat(np.arange(u), g), len(ids)),
+            "gate": np.tile(np.asarray(blocks, dtype=object), len(ids) * u),
+            "push": push.reshape(-1),
+        }
+    )
+
+
+def _select_units(units: Sequence[int] | None, n_units: int) -> np.ndarray:
+    if units is None:
+        return np.arange(n_units)
+    idx = np.atleast_1d(np.asarray(units))
+    if idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"units must be a non-empty list of integers, got {units!r}")
+    bad = idx[(idx < 0) | (idx >= n_units)]
+    if bad.size:
+        raise ValueError(f"unit {int(bad[0])} is out of range: the layer has {n_units} units (0..{n_units - 1})")
+    return np.unique(idx.astype(np.int64))
+
+
+def _memory_terms(lt: LayerTrace, rows: Any) -> tuple[str, np.ndarray, np.ndarray]:
+    """(memory signal, retention gate, write term), both (n, T, u) in time order."""
+    if lt.info.cell_type == "lstm":
+        write = read(lt["input_gate"], rows) * read(lt["candidate"], rows)
+        return "cell_state", read(lt["forget_gate"], rows), write
+    if lt.info.cell_type == "gru":
+        z = read(lt["update_gate"], rows)
+        return "hidden_state", z, (1.0 - z) * read(lt["candidate"], rows)
+    raise ValueError(
+        f"layer {lt.info.name!r} is a {lt.info.cell_type} layer: its state is not a gated sum of past writes, "
+        "so it has no cell-state decomposition"
+    )
+
+
+def cell_state_decomposition(
+    trace: Trace,
+    layer: str,
+    sequence: int,
+    *,
+    step: int | Sequence[int] | None = None,
+    units: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """How much of each past step's write is still in each unit's cell at each step (exact).
+
+    Parameters
+    ----------
+    trace : Trace
+    layer : str
+        An LSTM layer (cell state) or a GRU layer (its hidden state, see the module docstring).
+    sequence : int
+    step : int or list of int, optional
+        Target step(s) in the input's time order; default every unmasked step (T^2/2 rows per unit).
+    units : list of int, optional
+        Default all units.
+
+    Returns
+    -------
+    DataFrame
+        ``layer, sequence, step, source_step, unit, contribution, token``: ``source_step`` is the
+        step whose write it is (time order; ``-1`` the initial state, 0 for Keras layers without
+        ``initial_state``), ``token`` the token read at ``source_step`` (None for the initial state and
+        for numeric inputs). Summed over ``source_step`` it gives the stored state at ``step``.
+        Masked steps (as target or source) have no rows; rows ordered by step, source_step, unit.
+
+    Examples
+    --------
+    See the module docstring.
+    """
+    lt = get_layer(trace, layer)
+    n_seq, t_len, n_units = lt.shape
+    if not isinstance(sequence, (int, np.integer)) or not 0 <= int(sequence) < n_seq:
+        raise ValueError(f"sequence must be an integer in 0..{n_seq - 1}, got {sequence!r}")
+    seq = int(sequence)
+    unit_idx = _select_units(units, n_units)
+    rows = slice(seq, seq + 1)
+    _, gate, write = _memory_terms(lt, rows)
+    m = read_mask(lt, rows)[0]
+    back = lt.info.go_backwards
+    f = processing(gate, back)[0][:, unit_idx]  # (T, u') processing order
+    w = processing(write, back)[0][:, unit_idx]
+    mp = processing(m[None], back)[0]
+    f_eff = np.where(mp[:, None], f, 1.0)  # masked step: carry (f = 1, write = 0)
+    w_eff = np.where(mp[:, None], w, 0.0)
+    if step is None:
+        targets_t = np.nonzero(m)[0]
+    else:
+        targets_t = np.unique(np.atleast_1d(np.asarray(step)))
+        if targets_t.size == 0 or not np.issubdtype(targets_t.dtype, np.integer):
+            raise ValueError(f"step must be an integer or a list of integers, got {step!r}")
+        out = targets_t[(targets_t < 0) | (targets_t >= t_len)]
+        if out.size:
+            raise ValueError(f"step {int(out[0])} is out of range: sequences have {t_len} steps (0..{t_len - 1})")
+        masked = targets_t[~m[targets_t]]
+        if masked.size:
+            raise ValueError(f"step {int(masked[0])} of sequence {seq} is masked (padding): it has no cell state")
+    targets_p = to_time_index(targets_t, t_len, back)  # the map is its own inverse
+    contrib, init = _unroll(f_eff, w_eff, targets_p, dense=step is None)  # (K, T, u'), (K, u')
+    tokens = read_tokens(trace, rows)
+    # rows: every (target, source) with source real and source <= target in processing order
+    src = np.arange(t_len)
+    valid = (src[None, :] <= targets_p[:, None]) & mp[None, :]
+    k_idx, j_idx = np.nonzero(valid)
+    n_u = len(unit_idx)
+    src_t = to_time_index(j_idx, t_len, back)
+    tok_src = None if tokens is None else tokens[0][src_t]
+    parts = {
+        "step": np.concatenate([targets_t, targets_t[k_idx]]),
+        "source_step": np.concatenate([np.full(len(targets_t), -1), src_t]),
+        "values": np.concatenate([init, contrib[k_idx, j_idx]]),  # (rows, u')
+        "token": np.concatenate([np.full(len(targets_t), None, dtype=object), tok_src])
+        if tok_src is not None
+        else np.full(len(targets_t) + len(k_idx), None, dtype=object),
+    }
+    order = np.lexsort((parts["source_step"], parts["step"]))
+    r = len(order)
+    df = pd.DataFrame(
+        {
+            "layer": layer,
+            "sequence": seq,
+            "step": np.repeat(parts["step"][order], n_u),
+            "source_step": np.repeat(parts["source_step"][order], n_u),
+            "unit": np.tile(unit_idx, r),
+            "contribution": parts["values"][order].reshape(-1),
+            "token": np.repeat(parts["token"][order], n_u),
+        }
+    )
+    return df[CELL_DECOMPOSITION_COLUMNS]
+
+
+def _unroll(f: np.ndarray, w: np.ndarray, targets: np.ndarray, *, dense: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Contributions ``(prod_{k=j+1..t} f_k) w_j`` for targets ``t`` and all sources ``j`` (0 for j > t).
+
+    ``f``, ``w``: (T, u) in processing order. Returns ``(K, T, u)`` and the initial state's share
+    ``(prod_{k=0..t} f_k) c_init`` with ``c_init = 0`` ``(K, u)``. Running products only, no division.
+    ``dense``: all targets from one cumulative product over a (T, T, units) table (in blocks of
+    units); otherwise one suffix product per target.
+    """
+    t_len, u = f.shape
+    src = np.arange(t_len)
+    prods = np.empty((len(targets), t_len, u))
+    if dense:
+        later = src[:, None, None] > src[None, :, None]  # (t, j, 1): step t lies inside j's window
+        block = max(1, _BLOCK_ELEMENTS // (t_len * t_len))
+        for lo in range(0, u, block):  # chunks of units bound the table's memory
+            a = np.where(later, f[:, None, lo : lo + block], 1.0)  # a[t, j] = f_t if t > j else 1
+            prods[..., lo : lo + block] = np.cumprod(a, axis=0)[targets]
+    else:
+        for n, t in enumerate(targets):  # one suffix product per requested target step
+            prods[n, :t] = np.cumprod(f[t:0:-1], axis=0)[::-1]  # [j] = prod_{k=j+1..t} f_k, j < t
+            prods[n, t:] = 1.0
+    keep = src[None, :, None] <= targets[:, None, None]
+    c_init = 0.0
+    init = np.cumprod(f, axis=0)[targets] * c_init
+    return np.where(keep, prods * w[None], 0.0), init
+
+
+def gate_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk: int = 256) -> pd.DataFrame:
+    """Per unit and gate: on average, how much of the pre-activation came from the input vs the memory.
+
+    A streaming summary of :func:`preactivation_decomposition` over all unmasked steps.
+
+    Returns
+    -------
+    DataFrame
+        ``layer, unit, gate, mean_input, mean_recurrent, mean_bias, mean_abs_input,
+        mean_abs_recurrent, input_share, n`` with ``input_share = mean_abs_input / (mean_abs_input +
+        mean_abs_recurrent)`` (NaN only where both are exactly 0: neither drives the gate).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1, recurrent_activation=None)
+    >>> h = np.array([[[1.0], [1.0]]], np.float32)
+    >>> w = {"kernel": np.array([[3.0]]), "recurrent_kernel": np.array([[2.0]]), "bias": np.zeros(1)}
+    >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((1, 2), bool),
+    ...                 inputs=np.ones((1, 2, 1), np.float32), weights=w)
+    >>> gate_drivers(Trace({"rnn": lt}))[["mean_abs_input", "mean_abs_recurrent", "input_share"]]
+       mean_abs_input  mean_abs_recurrent  input_share
+    0             3.0                 1.0         0.75
+    """
+    frames = []
+    for name in select_layers(trace, layers):
+        lt = trace[name]
+        blocks = list(WEIGHT_BLOCKS[lt.info.cell_type])
+        u, g = lt.info.units, len(blocks)
+        sums = np.zeros((5, u, g))  # input, recurrent, bias, |input|, |recurrent|
+        n = 0
+        for rows in iter_chunks(lt.shape[0], chunk):
+            m, parts = _gate_parts(lt, rows)
+            if not m.any():
+                continue
+            n += int(m.sum())
+            for k, b in enumerate(blocks):
+                inp, rec, bia = parts[b][0][m], parts[b][1][m], np.broadcast_to(parts[b][2], parts[b][0].shape)[m]
+                sums[:, :, k] += np.stack([inp.sum(0), rec.sum(0), bia.sum(0), np.abs(inp).sum(0), np.abs(rec).sum(0)])
+        if n == 0:
+            raise ValueError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
+        means = sums / n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = means[3] / (means[3] + means[4])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": name,
+                    "unit": np.repeat(np.arange(u), g),
+                    "gate": np.tile(np.asarray(blocks, dtype=object), u),
+                    "mean_input": means[0].reshape(-1),
+                    "mean_recurrent": means[1].reshape(-1),
+                    "mean_bias": means[2].reshape(-1),
+                    "mean_abs_input": means[3].reshape(-1),
+                    "mean_abs_recurrent": means[4].reshape(-1),
+                    "input_share": share.reshape(-1),
+                    "n": n,
+                }
+            )
+        )
+    if not frames:
+        return _empty(GATE_DRIVER_COLUMNS, ("layer", "gate"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _empty(columns: list[str], text: tuple[str, ...]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object if c in text else float) for c in columns})
