@@ -1,0 +1,356 @@
+"""Per-unit statistics of every signal: moments, gate saturation, and where pre-activations sit on the curve.
+
+Two tables, so that every column of each applies to every row (no NaN by design):
+
+:func:`unit_stats`
+    One row per ``layer, unit, signal`` for every signal that is an *activation of a stored
+    pre-activation* -- the gates and the candidate (and a SimpleRNN's hidden state) -- and whose
+    activation gatelens knows (:data:`ACTIVATION_SLOPES`; a layer with a custom activation has no
+    rows here, with a logged warning). Columns:
+
+    ``mean``, ``std``
+        Over all unmasked steps of all sequences (``std`` is the population std, ddof=0).
+    ``frac_below_0.1``, ``frac_above_0.9``
+        Share of unmasked steps where the signal is < 0.1, > 0.9 (the gate saturation of
+        Karpathy, Johnson & Fei-Fei 2015, "Visualizing and understanding recurrent networks").
+    ``frac_saturated``, ``frac_linear``, ``mean_slope``
+        Where the pre-activation ``x`` falls on the activation's curve, from the local slope
+        ``a'(x)`` (the exact Keras 3 formula of the layer's own activation, e.g. hard_sigmoid =
+        relu6(x + 3) / 6 with slope 1/6 on (-3, 3) and 0 outside). ``frac_saturated``: share of
+        steps with ``a'(x) <= 0.1 * max a'`` (a flat tail: the unit barely responds to its input
+        there); ``frac_linear``: share with ``a'(x) >= 0.9 * max a'`` (the near-linear middle);
+        ``mean_slope``: mean of ``a'(x)``. For the sigmoid that is |x| >= 3.64 saturated and
+        |x| <= 0.65 linear; for tanh |x| >= 1.82 and |x| <= 0.33; a relu is saturated where x <= 0.
+        The two thresholds are the parameters ``saturated_slope`` and ``linear_slope``.
+    ``activation``, ``n``
+        The activation's Keras name, and the number of unmasked steps summarised.
+
+:func:`signal_stats`
+    One row per ``layer, unit, signal`` for *every* signal (states and pre-activations included):
+    ``mean, std, min, max, frac_below_0.1, frac_above_0.9, n``.
+
+Both read the trace once, a chunk of sequences at a time (float64 shifted sums: exact for a
+constant signal, stable otherwise), so memory is bounded by ``chunk``, not by N. Masked steps
+are left out. A layer with no unmasked step at all is an error.
+
+Examples
+--------
+>>> import numpy as np
+>>> from analysis.trace import LayerInfo, LayerTrace, Trace
+>>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
+>>> sig = {s: np.zeros((1, 4, 1), np.float32) for s in info.signals}
+>>> sig["forget_gate"][0, :, 0] = [0.05, 0.5, 0.95, 0.95]
+>>> sig["forget_gate_pre"][0, :, 0] = np.log(sig["forget_gate"][0, :, 0] / (1 - sig["forget_gate"][0, :, 0]))
+>>> lt = LayerTrace(info, sig, mask=np.ones((1, 4), bool), inputs=np.zeros((1, 4, 1), np.float32))
+>>> df = unit_stats(Trace({"lstm": lt}))
+>>> row = df[df.signal == "forget_gate"].iloc[0]
+>>> float(row["frac_below_0.1"]), float(row["frac_above_0.9"]), round(float(row["mean"]), 4)
+(0.25, 0.5, 0.6125)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from functools import cache
+
+import numpy as np
+import pandas as pd
+
+from analysis._reading import read, read_mask, select_layers
+from analysis.signals import PRE_ACTIVATION, activation_of
+from analysis.trace import Trace, iter_chunks
+
+log = logging.getLogger(__name__)
+
+LOW, HIGH = 0.1, 0.9
+UNIT_STATS_COLUMNS = [
+    "layer", "unit", "signal", "mean", "std", "frac_below_0.1", "frac_above_0.9",
+    "frac_saturated", "frac_linear", "mean_slope", "activation", "n",
+]  # fmt: skip
+SIGNAL_STATS_COLUMNS = ["layer", "unit", "signal", "mean", "std", "min", "max", "frac_below_0.1", "frac_above_0.9", "n"]
+
+_SELU_ALPHA = 1.6732632423543772
+_SELU_SCALE = 1.0507009873554805
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # stable for any x
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, x)
+
+
+def _step(cond: np.ndarray, value: float) -> np.ndarray:
+    return np.where(cond, value, 0.0)
+
+
+#: Local slope ``a'(x)`` of each Keras 3 activation, by its Keras name (default arguments).
+ACTIVATION_SLOPES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "linear": lambda x: np.ones_like(x),
+    "sigmoid": lambda x: _sigmoid(x) * _sigmoid(-x),
+    "hard_sigmoid": lambda x: _step((x > -3.0) & (x < 3.0), 1.0 / 6.0),
+    "sparse_sigmoid": lambda x: _step((x > -1.0) & (x < 1.0), 0.5),
+    "tanh": lambda x: 1.0 - np.tanh(x) ** 2,
+    "hard_tanh": lambda x: _step((x > -1.0) & (x < 1.0), 1.0),
+    "softsign": lambda x: 1.0 / (1.0 + np.abs(x)) ** 2,
+    "relu": lambda x: _step(x > 0.0, 1.0),
+    "relu6": lambda x: _step((x > 0.0) & (x < 6.0), 1.0),
+    "leaky_relu": lambda x: np.where(x > 0.0, 1.0, 0.2),
+    "elu": lambda x: np.where(x > 0.0, 1.0, np.exp(np.minimum(x, 0.0))),
+    "celu": lambda x: np.where(x > 0.0, 1.0, np.exp(np.minimum(x, 0.0))),
+    "selu": lambda x: _SELU_SCALE * np.where(x > 0.0, 1.0, _SELU_ALPHA * np.exp(np.minimum(x, 0.0))),
+    "softplus": lambda x: _sigmoid(x),
+    "log_sigmoid": lambda x: _sigmoid(-x),
+    "silu": lambda x: _sigmoid(x) * (1.0 + x * _sigmoid(-x)),
+    "hard_silu": lambda x: np.where(x <= -3.0, 0.0, np.where(x >= 3.0, 1.0, (2.0 * x + 3.0) / 6.0)),
+    "mish": lambda x: np.tanh(_softplus(x)) + x * (1.0 - np.tanh(_softplus(x)) ** 2) * _sigmoid(x),
+    "sparse_plus": lambda x: np.where(x <= -1.0, 0.0, np.where(x < 1.0, 0.5 * (x + 1.0), 1.0)),
+    "squareplus": lambda x: 0.5 * (1.0 + x / np.sqrt(x * x + 4.0)),
+    "tanh_shrink": lambda x: np.tanh(x) ** 2,
+    "soft_shrink": lambda x: _step(np.abs(x) > 0.5, 1.0),
+    "hard_shrink": lambda x: _step(np.abs(x) > 0.5, 1.0),
+}
+ACTIVATION_SLOPES["swish"] = ACTIVATION_SLOPES["silu"]
+ACTIVATION_SLOPES["hard_swish"] = ACTIVATION_SLOPES["hard_silu"]
+
+#: Supremum of the slope over the real line, where it has a closed form.
+_MAX_SLOPE = {
+    "linear": 1.0, "sigmoid": 0.25, "hard_sigmoid": 1.0 / 6.0, "sparse_sigmoid": 0.5, "tanh": 1.0,
+    "hard_tanh": 1.0, "softsign": 1.0, "relu": 1.0, "relu6": 1.0, "leaky_relu": 1.0, "elu": 1.0, "celu": 1.0,
+    "selu": _SELU_SCALE * _SELU_ALPHA, "softplus": 1.0, "log_sigmoid": 1.0, "hard_silu": 1.5, "hard_swish": 1.5,
+    "sparse_plus": 1.0, "squareplus": 1.0, "tanh_shrink": 1.0, "soft_shrink": 1.0, "hard_shrink": 1.0,
+}  # fmt: skip
+
+
+@cache
+def max_slope(activation: str) -> float:
+    """Largest slope of ``activation`` over the real line (the reference for saturated / linear).
+
+    Closed form where there is one; for silu and mish, the maximum on a 1e-5 grid over [-10, 10].
+
+    Examples
+    --------
+    >>> max_slope("sigmoid"), max_slope("hard_sigmoid") == 1 / 6
+    (0.25, True)
+    >>> round(max_slope("silu"), 4)
+    1.0998
+    """
+    if activation not in ACTIVATION_SLOPES:
+        raise ValueError(f"unknown activation {activation!r}; gatelens knows {sorted(ACTIVATION_SLOPES)}")
+    if activation in _MAX_SLOPE:
+        return _MAX_SLOPE[activation]
+    grid = np.linspace(-10.0, 10.0, 2_000_001)
+    return float(ACTIVATION_SLOPES[activation](grid).max())
+
+
+def activation_slope(activation: str, x: np.ndarray) -> np.ndarray:
+    """Local slope ``a'(x)`` of the Keras activation named ``activation``.
+
+    Examples
+    --------
+    >>> activation_slope("hard_sigmoid", np.array([-4.0, 0.0, 2.9])).round(4).tolist()
+    [0.0, 0.1667, 0.1667]
+    """
+    try:
+        fn = ACTIVATION_SLOPES[activation]
+    except KeyError:
+        raise ValueError(f"unknown activation {activation!r}; gatelens knows {sorted(ACTIVATION_SLOPES)}") from None
+    return fn(np.asarray(x, np.float64))
+
+
+class _Moments:
+    """Streaming per-unit moments over rows of (k, units) blocks, in float64 shifted sums."""
+
+    def __init__(self, units: int) -> None:
+        self.n = 0
+        self.shift: np.ndarray | None = None
+        self.s1 = np.zeros(units)
+        self.s2 = np.zeros(units)
+        self.min = np.full(units, np.inf)
+        self.max = np.full(units, -np.inf)
+        self.below = np.zeros(units, np.int64)
+        self.above = np.zeros(units, np.int64)
+
+    def update(self, v: np.ndarray) -> None:
+        if v.shape[0] == 0:
+            return
+        if self.shift is None:
+            self.shift = v[0].copy()
+        d = v - self.shift
+        self.n += v.shape[0]
+        self.s1 += d.sum(axis=0)
+        self.s2 += (d * d).sum(axis=0)
+        self.min = np.minimum(self.min, v.min(axis=0))
+        self.max = np.maximum(self.max, v.max(axis=0))
+        self.below += (v < LOW).sum(axis=0)
+        self.above += (v > HIGH).sum(axis=0)
+
+    def result(self) -> dict[str, np.ndarray]:
+        m1 = self.s1 / self.n
+        var = np.maximum(self.s2 / self.n - m1 * m1, 0.0)
+        return {
+            "mean": self.shift + m1,
+            "std": np.sqrt(var),
+            "min": self.min,
+            "max": self.max,
+            "frac_below_0.1": self.below / self.n,
+            "frac_above_0.9": self.above / self.n,
+        }
+
+
+def _long(layer: str, signals: list[str], units: int, columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Stack per-signal (units,) arrays into rows ordered by unit, then signal."""
+    k = len(signals)
+    data = {
+        "layer": np.full(units * k, layer, dtype=object),
+        "unit": np.repeat(np.arange(units), k),
+        "signal": np.tile(np.asarray(signals, dtype=object), units),
+    }
+    for name, arr in columns.items():  # arr: (k, units)
+        data[name] = np.asarray(arr).T.reshape(-1)
+    return pd.DataFrame(data)
+
+
+def _scan(
+    trace: Trace, layers: Sequence[str] | str | None, chunk: int, saturated_slope: float, linear_slope: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One pass over the trace: (unit_stats, signal_stats)."""
+    if not 0.0 <= saturated_slope < linear_slope <= 1.0:
+        raise ValueError(
+            f"need 0 <= saturated_slope < linear_slope <= 1, got saturated_slope={saturated_slope!r}, "
+            f"linear_slope={linear_slope!r}"
+        )
+    unit_frames, signal_frames = [], []
+    for name in select_layers(trace, layers):
+        lt = trace[name]
+        info = lt.info
+        u = info.units
+        signals = list(info.signals)
+        mom = {s: _Moments(u) for s in signals}
+        activated: dict[str, tuple[str, str]] = {}  # signal -> (pre signal, activation)
+        for s, pre in PRE_ACTIVATION[info.cell_type].items():
+            act = activation_of(info.cell_type, s, info.activation, info.recurrent_activation)
+            if act in ACTIVATION_SLOPES:
+                activated[s] = (pre, act)
+            else:
+                log.warning(
+                    "layer %r: activation %r of %s is not one gatelens knows; no saturation statistics for it",
+                    name, act, s,
+                )  # fmt: skip
+        curve = {s: np.zeros((3, u)) for s in activated}  # saturated count, linear count, slope sum
+        for rows in iter_chunks(lt.shape[0], chunk):
+            m = read_mask(lt, rows)
+            if not m.any():
+                continue
+            values = {s: read(lt[s], rows)[m] for s in signals}
+            for s in signals:
+                mom[s].update(values[s])
+            for s, (pre, act) in activated.items():
+                slope = activation_slope(act, values[pre])
+                top = max_slope(act)
+                curve[s][0] += (slope <= saturated_slope * top).sum(axis=0)
+                curve[s][1] += (slope >= linear_slope * top).sum(axis=0)
+                curve[s][2] += slope.sum(axis=0)
+        n = mom[signals[0]].n
+        if n == 0:
+            raise ValueError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
+        res = {s: mom[s].result() for s in signals}
+        cols = ["mean", "std", "min", "max", "frac_below_0.1", "frac_above_0.9"]
+        sig_df = _long(name, signals, u, {c: np.stack([res[s][c] for s in signals]) for c in cols})
+        sig_df["n"] = n
+        signal_frames.append(sig_df)
+        act_signals = [s for s in signals if s in activated]
+        if act_signals:
+            columns = {c: np.stack([res[s][c] for s in act_signals]) for c in cols if c not in ("min", "max")}
+            columns["frac_saturated"] = np.stack([curve[s][0] / n for s in act_signals])
+            columns["frac_linear"] = np.stack([curve[s][1] / n for s in act_signals])
+            columns["mean_slope"] = np.stack([curve[s][2] / n for s in act_signals])
+            columns["activation"] = np.stack([np.full(u, activated[s][1], dtype=object) for s in act_signals])
+            df = _long(name, act_signals, u, columns)
+            df["n"] = n
+            unit_frames.append(df[UNIT_STATS_COLUMNS])
+    units = pd.concat(unit_frames, ignore_index=True) if unit_frames else _empty(UNIT_STATS_COLUMNS)
+    sigs = pd.concat(signal_frames, ignore_index=True) if signal_frames else _empty(SIGNAL_STATS_COLUMNS)
+    return units, sigs[SIGNAL_STATS_COLUMNS]
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {c: pd.Series(dtype=object if c in ("layer", "signal", "activation") else float) for c in columns}
+    )
+
+
+def unit_stats(
+    trace: Trace,
+    *,
+    layers: Sequence[str] | str | None = None,
+    chunk: int = 256,
+    saturated_slope: float = 0.1,
+    linear_slope: float = 0.9,
+) -> pd.DataFrame:
+    """Saturation and moments of every gate and candidate, per layer and unit.
+
+    Parameters
+    ----------
+    trace : Trace
+        In memory or opened lazily from a run store.
+    layers : str or list of str, optional
+        Default all layers.
+    chunk : int
+        Sequences read at a time.
+    saturated_slope, linear_slope : float
+        A step is *saturated* where ``a'(x) <= saturated_slope * max a'`` and *linear* where
+        ``a'(x) >= linear_slope * max a'``.
+
+    Returns
+    -------
+    DataFrame
+        ``layer, unit, signal, mean, std, frac_below_0.1, frac_above_0.9, frac_saturated,
+        frac_linear, mean_slope, activation, n`` (see the module docstring), no NaN.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="gru", cell_type="gru", units=2, input_dim=1, reset_after=True)
+    >>> sig = {s: np.zeros((3, 5, 2), np.float32) for s in info.signals}
+    >>> sig["update_gate_pre"][..., 1] = 8.0      # unit 1's update gate pinned in the sigmoid's flat tail
+    >>> lt = LayerTrace(info, sig, mask=np.ones((3, 5), bool), inputs=np.zeros((3, 5, 1), np.float32))
+    >>> df = unit_stats(Trace({"gru": lt}))
+    >>> df[df.signal == "update_gate"][["unit", "frac_saturated", "frac_linear", "mean_slope"]].round(4)
+       unit  frac_saturated  frac_linear  mean_slope
+    0     0             0.0          1.0      0.2500
+    3     1             1.0          0.0      0.0003
+    """
+    return _scan(trace, layers, chunk, saturated_slope, linear_slope)[0]
+
+
+def signal_stats(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk: int = 256) -> pd.DataFrame:
+    """Moments of every signal (states and pre-activations included), per layer and unit.
+
+    Returns
+    -------
+    DataFrame
+        ``layer, unit, signal, mean, std, min, max, frac_below_0.1, frac_above_0.9, n``, no NaN.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
+    >>> sig = {s: np.zeros((1, 3, 1), np.float32) for s in info.signals}
+    >>> sig["cell_state"][0, :, 0] = [1.0, 2.0, 99.0]
+    >>> mask = np.array([[True, True, False]])      # the padded last step is left out
+    >>> lt = LayerTrace(info, sig, mask=mask, inputs=np.zeros((1, 3, 1), np.float32))
+    >>> row = signal_stats(Trace({"lstm": lt})).query("signal == 'cell_state'").iloc[0]
+    >>> float(row["mean"]), float(row["std"]), float(row["max"]), int(row["n"])
+    (1.5, 0.5, 2.0, 2)
+    """
+    return _scan(trace, layers, chunk, 0.1, 0.9)[1]
+
+
+def stats_tables(trace: Trace, *, chunk: int = 256) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(unit_stats(trace), signal_stats(trace))`` from a single pass over the trace."""
+    return _scan(trace, None, chunk, 0.1, 0.9)
