@@ -1,0 +1,470 @@
+"""Events: the steps where a unit forgets, writes or reads, and what the input was there.
+
+Events compare a step with the *previous unmasked step in processing order* (``t - 1``, or ``t + 1``
+for a ``go_backwards`` layer; masked steps carry the state and are skipped). The first unmasked step
+of a sequence has no previous step and can host no event. Thresholds are parameters:
+
+``forget``
+    The memory gate -- LSTM ``forget_gate``, GRU ``update_gate`` (the share of the state kept) --
+    falls below ``forget_low`` (default 0.5) from above ``forget_high`` (default 0.9) at the
+    previous step: the unit drops what it was holding.
+``write``
+    The write gate rises to ``>= write_threshold`` (default 0.5) from below it: LSTM ``input_gate``,
+    GRU ``1 - update_gate`` (the candidate's share of the new state).
+``read``
+    LSTM only: ``output_gate`` rises to ``>= read_threshold`` (default 0.5) from below it.
+
+``value`` is the gate at the event (for a GRU write: ``1 - update_gate``), ``previous_value`` the same
+at the previous unmasked step. ``delta_input`` and ``delta_recurrent`` split the change of the gate's
+pre-activation between the two steps exactly (see :mod:`analysis.decompose`; the bias cancels):
+"did the input or the memory move this gate?" (for a GRU write the pre-activation is the update
+gate's, whose fall opens the write). They are NaN when the trace carries no weights.
+
+:func:`summarize_events` gives one row per layer, unit and event type (zero counts included) with the
+event ``rate`` per eligible step, ``input_driven`` (share of events with ``|delta_input| >
+|delta_recurrent|``) and what the input looked like there: for text, the tokens most over-represented
+at the unit's events (:func:`event_token_lift`: ``lift = share of the events / share of all eligible
+steps``), for numeric inputs the features whose mean there differs most from their overall mean in
+standard deviations (:func:`event_feature_shift`).
+
+Examples
+--------
+>>> import numpy as np
+>>> from analysis.trace import LayerInfo, LayerTrace, Trace
+>>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
+>>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
+>>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
+>>> lt = LayerTrace(info, sig, mask=np.ones((1, 5), bool), inputs=np.zeros((1, 5, 1), np.float32))
+>>> trace = Trace({"lstm": lt}, tokens=np.array([[1, 2, 1, 1, 2]]), vocabulary=["", "a", ";"])
+>>> ev = detect_events(trace)
+>>> ev[ev.event == "forget"][["step", "value", "token"]]
+   step  value token
+0     1    0.2     ;
+1     4    0.3     ;
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis._reading import (
+    compress_real,
+    processing,
+    read,
+    read_mask,
+    read_tokens,
+    row_numbers,
+    select_layers,
+    to_time_index,
+    token_strings,
+)
+from analysis.trace import LayerTrace, Trace, iter_chunks
+
+EVENT_COLUMNS = [
+    "layer", "sequence", "step", "unit", "event", "value", "token",
+    "previous_value", "delta_input", "delta_recurrent",
+]  # fmt: skip
+SUMMARY_COLUMNS = ["layer", "unit", "event", "count", "rate", "input_driven", "top_tokens", "top_features"]
+LIFT_COLUMNS = ["layer", "unit", "event", "token", "count", "share", "base_share", "lift"]
+SHIFT_COLUMNS = ["layer", "unit", "event", "feature", "mean_at_events", "mean", "std", "z"]
+
+#: Per cell type: event -> (gate signal, whether the event value is 1 - gate, kind of crossing)
+EVENT_RULES: dict[str, dict[str, tuple[str, bool, str]]] = {
+    "lstm": {
+        "forget": ("forget_gate", False, "drop"),
+        "write": ("input_gate", False, "rise_write"),
+        "read": ("output_gate", False, "rise_read"),
+    },
+    "gru": {
+        "forget": ("update_gate", False, "drop"),
+        "write": ("update_gate", True, "rise_write"),
+    },
+    "simple_rnn": {},
+}
+
+
+def _check_thresholds(forget_high: float, forget_low: float, write_threshold: float, read_threshold: float) -> None:
+    if not 0.0 <= forget_low <= forget_high <= 1.0:
+        raise ValueError(
+            f"need 0 <= forget_low <= forget_high <= 1, got forget_low={forget_low!r}, forget_high={forget_high!r}"
+        )
+    for name, v in (("write_threshold", write_threshold), ("read_threshold", read_threshold)):
+        if not 0.0 < v <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {v!r}")
+
+
+def _layer_events(
+    trace: Trace, lt: LayerTrace, rows: Any, thresholds: dict[str, float], events: Sequence[str]
+) -> list[pd.DataFrame]:
+    from analysis.decompose import _gate_parts
+
+    info = lt.info
+    rules = {e: r for e, r in EVENT_RULES[info.cell_type].items() if e in events}
+    if not rules:
+        return []
+    m = read_mask(lt, rows)
+    if not m.any():
+        return []
+    back = info.go_backwards
+    t_len = m.shape[1]
+    order, n_real = compress_real(processing(m, back))
+    pos_valid = np.arange(1, t_len)[None, :] < n_real[:, None]  # (n, T-1): a real step with a real predecessor
+
+    def compressed(arr: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(processing(arr, back), order[..., None], axis=1)
+
+    parts = _gate_parts(lt, rows)[1] if {"kernel", "recurrent_kernel", "bias"} <= set(lt.weights) else None
+    tokens = read_tokens(trace, rows)
+    seq_numbers = row_numbers(rows)
+    cache: dict[str, np.ndarray] = {}
+    frames = []
+    for event, (signal, complement, kind) in rules.items():
+        if signal not in cache:
+            cache[signal] = compressed(read(lt[signal], rows))
+        g = 1.0 - cache[signal] if complement else cache[signal]
+        prev, cur = g[:, :-1], g[:, 1:]
+        if kind == "drop":
+            hit = (prev > thresholds["forget_high"]) & (cur < thresholds["forget_low"])
+        else:
+            thr = thresholds["write_threshold" if kind == "rise_write" else "read_threshold"]
+            hit = (prev < thr) & (cur >= thr)
+        s, pos, unit = np.nonzero(hit & pos_valid[..., None])
+        if len(s) == 0:
+            continue
+        p = order[s, pos + 1]  # processing index of the event step
+        step = to_time_index(p, t_len, back)
+        if parts is not None:
+            d_in = np.diff(compressed(parts[signal][0]), axis=1)[s, pos, unit]
+            d_rec = np.diff(compressed(parts[signal][1]), axis=1)[s, pos, unit]
+        else:
+            d_in = d_rec = np.full(len(s), np.nan)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": info.name,
+                    "sequence": seq_numbers[s],
+                    "step": step,
+                    "unit": unit,
+                    "event": event,
+                    "value": cur[s, pos, unit],
+                    "token": None if tokens is None else tokens[s, step],
+                    "previous_value": prev[s, pos, unit],
+                    "delta_input": d_in,
+                    "delta_recurrent": d_rec,
+                }
+            )
+        )
+    return frames
+
+
+def detect_events(
+    trace: Trace,
+    *,
+    layers: Sequence[str] | str | None = None,
+    events: Sequence[str] = ("forget", "write", "read"),
+    forget_high: float = 0.9,
+    forget_low: float = 0.5,
+    write_threshold: float = 0.5,
+    read_threshold: float = 0.5,
+    chunk: int = 256,
+) -> pd.DataFrame:
+    """Every forget, write and read event of every unit (vectorised, a chunk of sequences at a time).
+
+    Parameters
+    ----------
+    trace : Trace
+    layers : str or list of str, optional
+        Default all layers (SimpleRNN layers have no gates and no events).
+    events : sequence of {"forget", "write", "read"}
+    forget_high, forget_low, write_threshold, read_threshold : float
+        See the module docstring.
+    chunk : int
+        Sequences read at a time.
+
+    Returns
+    -------
+    DataFrame
+        ``layer, sequence, step, unit, event, value, token, previous_value, delta_input,
+        delta_recurrent``; ``token`` is the token read at the event (None for numeric inputs).
+        Ordered by layer, sequence, step, unit, event.
+
+    Examples
+    --------
+    See the module docstring.
+    """
+    _check_thresholds(forget_high, forget_low, write_threshold, read_threshold)
+    unknown = sorted(set(events) - {"forget", "write", "read"})
+    if unknown:
+        raise ValueError(f"unknown event type(s) {unknown}; expected forget, write or read")
+    thresholds = {
+        "forget_high": forget_high, "forget_low": forget_low,
+        "write_threshold": write_threshold, "read_threshold": read_threshold,
+    }  # fmt: skip
+    frames = []
+    for name in select_layers(trace, layers):
+        lt = trace[name]
+        layer_frames = []
+        for rows in iter_chunks(lt.shape[0], chunk):
+            layer_frames += _layer_events(trace, lt, rows, thresholds, events)
+        if layer_frames:
+            df = pd.concat(layer_frames, ignore_index=True)
+            rank = df["event"].map({"forget": 0, "write": 1, "read": 2})
+            order = np.lexsort((rank, df["unit"], df["step"], df["sequence"]))
+            frames.append(df.iloc[order])
+    if not frames:
+        return pd.DataFrame(
+            {c: pd.Series(dtype=object if c in ("layer", "event", "token") else float) for c in EVENT_COLUMNS}
+        )
+    return pd.concat(frames, ignore_index=True)[EVENT_COLUMNS]
+
+
+def _eligible(lt: LayerTrace, rows: Any) -> np.ndarray:
+    """(n, T) bool: unmasked steps that have an unmasked predecessor in processing order."""
+    m = read_mask(lt, rows)
+    mp = processing(m, lt.info.go_backwards)
+    first = np.cumsum(mp, axis=1) == 1
+    return processing(mp & ~first, lt.info.go_backwards)
+
+
+def _base_rates(trace: Trace, layer: str, chunk: int) -> tuple[int, pd.Series | None, pd.DataFrame | None]:
+    """Eligible step count; token counts (by string) and feature mean/std over eligible steps."""
+    lt = trace[layer]
+    n_eligible = 0
+    ids_count: dict[int, int] = {}
+    x_sum = x_sq = None
+    shift = None
+    for rows in iter_chunks(lt.shape[0], chunk):
+        el = _eligible(lt, rows)
+        n_eligible += int(el.sum())
+        if trace.tokens is not None:
+            ids, counts = np.unique(read(trace.tokens, rows, np.int64)[el], return_counts=True)
+            for i, c in zip(ids.tolist(), counts.tolist()):
+                ids_count[i] = ids_count.get(i, 0) + c
+        if trace.x is not None and el.any():
+            x = read(trace.x, rows)[el]
+            if shift is None:
+                shift = x[0].copy()
+                x_sum, x_sq = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+            d = x - shift
+            x_sum += d.sum(0)
+            x_sq += (d * d).sum(0)
+    tokens = None
+    if trace.tokens is not None:
+        ids = np.asarray(sorted(ids_count), np.int64)
+        tokens = pd.Series([ids_count[i] for i in ids.tolist()], index=token_strings(trace, ids), dtype=np.int64)
+        tokens = tokens.groupby(level=0).sum()
+    features = None
+    if trace.x is not None and n_eligible > 0 and shift is not None:
+        m1 = x_sum / n_eligible
+        std = np.sqrt(np.maximum(x_sq / n_eligible - m1 * m1, 0.0))
+        names = trace.feature_names or [f"x{k}" for k in range(len(shift))]
+        features = pd.DataFrame({"feature": list(names), "mean": shift + m1, "std": std})
+    return n_eligible, tokens, features
+
+
+def event_token_lift(events: pd.DataFrame, trace: Trace, *, chunk: int = 256) -> pd.DataFrame:
+    """Per layer, unit and event type, each token seen at the events with its lift over its base rate.
+
+    ``share`` = the token's share of the unit's events of that type, ``base_share`` = its share of
+    all eligible steps of the layer (unmasked steps with an unmasked predecessor), ``lift = share /
+    base_share``. Empty for traces without tokens.
+
+    Returns
+    -------
+    DataFrame
+        ``layer, unit, event, token, count, share, base_share, lift``, by descending lift then count.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
+    >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
+    >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
+    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 5), bool), inputs=np.zeros((1, 5, 1), np.float32))
+    >>> trace = Trace({"lstm": lt}, tokens=np.array([[1, 2, 1, 1, 2]]), vocabulary=["", "a", ";"])
+    >>> event_token_lift(detect_events(trace, events=["forget"]), trace)[["token", "count", "base_share", "lift"]]
+      token  count  base_share  lift
+    0     ;      2         0.5   2.0
+    """
+    if trace.tokens is None or events.empty:
+        return pd.DataFrame(
+            {c: pd.Series(dtype=object if c in ("layer", "event", "token") else float) for c in LIFT_COLUMNS}
+        )
+    frames = []
+    for layer, ev in events.groupby("layer", sort=False):
+        n_eligible, base, _ = _base_rates(trace, str(layer), chunk)
+        counts = ev.groupby(["unit", "event", "token"]).size().rename("count").reset_index()
+        totals = counts.groupby(["unit", "event"])["count"].transform("sum")
+        counts["share"] = counts["count"] / totals
+        counts["base_share"] = counts["token"].map(base).to_numpy(float) / n_eligible
+        counts["lift"] = counts["share"] / counts["base_share"]
+        counts.insert(0, "layer", layer)
+        frames.append(counts)
+    df = pd.concat(frames, ignore_index=True)
+    df = df.sort_values(["layer", "unit", "event", "lift", "count"], ascending=[True, True, True, False, False])
+    return df[LIFT_COLUMNS].reset_index(drop=True)
+
+
+def event_feature_shift(events: pd.DataFrame, trace: Trace, *, chunk: int = 256) -> pd.DataFrame:
+    """Per layer, unit and event type, the mean of each input feature at the events vs overall.
+
+    ``z = (mean_at_events - mean) / std`` with ``mean`` and ``std`` over the layer's eligible steps
+    (features with ``std == 0`` are left out). Uses the model's numeric input (``trace.x``); empty
+    for text traces.
+
+    Returns
+    -------
+    DataFrame
+        ``layer, unit, event, feature, mean_at_events, mean, std, z``, by descending ``|z|``.
+    """
+    if trace.x is None or events.empty:
+        return pd.DataFrame(
+            {c: pd.Series(dtype=object if c in ("layer", "event", "feature") else float) for c in SHIFT_COLUMNS}
+        )
+    frames = []
+    for layer, ev in events.groupby("layer", sort=False):
+        _, _, base = _base_rates(trace, str(layer), chunk)
+        if base is None:
+            continue
+        lt = trace[str(layer)]
+        values = np.empty((len(ev), len(base)))
+        seqs = ev["sequence"].to_numpy()
+        steps = ev["step"].to_numpy()
+        for rows in iter_chunks(lt.shape[0], chunk):  # gather x at the events, a chunk of sequences at a time
+            sel = np.nonzero((seqs >= rows.start) & (seqs < rows.stop))[0]
+            if len(sel):
+                x = read(trace.x, rows)
+                values[sel] = x[seqs[sel] - rows.start, steps[sel]]
+        means = (
+            pd.DataFrame(values, columns=base["feature"].tolist())
+            .assign(unit=ev["unit"].to_numpy(), event=ev["event"].to_numpy())
+            .groupby(["unit", "event"])
+            .mean()
+            .stack()
+            .rename("mean_at_events")
+            .reset_index()
+            .rename(columns={"level_2": "feature"})
+        )
+        means = means.merge(base, on="feature")
+        means = means[means["std"] > 0]
+        means["z"] = (means["mean_at_events"] - means["mean"]) / means["std"]
+        means.insert(0, "layer", layer)
+        frames.append(means)
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SHIFT_COLUMNS)
+    df = df.assign(_abs=df["z"].abs()).sort_values(
+        ["layer", "unit", "event", "_abs"], ascending=[True, True, True, False]
+    )
+    return df[SHIFT_COLUMNS].reset_index(drop=True)
+
+
+def summarize_events(
+    events: pd.DataFrame,
+    trace: Trace,
+    *,
+    layers: Sequence[str] | str | None = None,
+    top: int = 5,
+    min_count: int = 2,
+    chunk: int = 256,
+) -> pd.DataFrame:
+    """What makes each unit forget, write or read: counts, rates and the input at its events.
+
+    Parameters
+    ----------
+    events : DataFrame
+        From :func:`detect_events` on ``trace``.
+    trace : Trace
+    layers : str or list of str, optional
+        Layers to summarise (default all: pass the same layers as to :func:`detect_events`).
+    top : int
+        Tokens / features listed per row.
+    min_count : int
+        A token is listed only if seen at least this often at the unit's events (rare tokens have
+        huge but meaningless lifts).
+    chunk : int
+
+    Returns
+    -------
+    DataFrame
+        ``layer, unit, event, count, rate, input_driven, top_tokens, top_features``: one row per layer,
+        unit and event type of the layer's cell (zero counts included). ``rate`` = count / eligible
+        steps; ``input_driven`` the share of the events with ``|delta_input| > |delta_recurrent|``
+        (0 when there are none); ``top_tokens`` like ``'(' n=12 lift=8.3; ...`` (text traces),
+        ``top_features`` like ``x0 +1.83 sd; ...`` (numeric traces); an empty string otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
+    >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
+    >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
+    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 5), bool), inputs=np.zeros((1, 5, 1), np.float32))
+    >>> trace = Trace({"lstm": lt}, tokens=np.array([[1, 2, 1, 1, 2]]), vocabulary=["", "a", ";"])
+    >>> summarize_events(detect_events(trace), trace)[["event", "count", "rate", "top_tokens"]]
+        event  count  rate             top_tokens
+    0  forget      2   0.5  ';' n=2 lift=2.0
+    1   write      0   0.0
+    2    read      0   0.0
+    """
+    lift = event_token_lift(events, trace, chunk=chunk)
+    shift = event_feature_shift(events, trace, chunk=chunk)
+    frames = []
+    for name in select_layers(trace, layers):
+        lt = trace[name]
+        kinds = list(EVENT_RULES[lt.info.cell_type])
+        if not kinds:
+            continue
+        u = lt.info.units
+        n_eligible = sum(int(_eligible(lt, rows).sum()) for rows in iter_chunks(lt.shape[0], chunk))
+        grid = pd.DataFrame({"layer": name, "unit": np.repeat(np.arange(u), len(kinds)), "event": kinds * u})
+        ev = events[events["layer"] == name] if not events.empty else events
+        if len(ev):
+            driven = (ev["delta_input"].abs() > ev["delta_recurrent"].abs()).astype(float)
+            agg = (
+                ev.assign(_driven=driven.to_numpy())
+                .groupby(["unit", "event"])
+                .agg(count=("step", "size"), input_driven=("_driven", "mean"))
+                .reset_index()
+            )
+            grid = grid.merge(agg, on=["unit", "event"], how="left")
+        else:
+            grid["count"], grid["input_driven"] = 0, 0.0
+        grid["count"] = grid["count"].fillna(0).astype(np.int64)
+        grid["input_driven"] = grid["input_driven"].fillna(0.0).astype(float)
+        grid["rate"] = grid["count"] / n_eligible if n_eligible else 0.0
+        grid["top_tokens"] = _top_strings(
+            lift[lift["layer"] == name],
+            name,
+            grid,
+            top,
+            lambda r: f"{r.token!r} n={r.count} lift={r.lift:.1f}",
+            lambda d: d[d["count"] >= min_count],
+        )
+        grid["top_features"] = _top_strings(
+            shift[shift["layer"] == name], name, grid, top, lambda r: f"{r.feature} {r.z:+.2f} sd", lambda d: d
+        )
+        frames.append(grid[SUMMARY_COLUMNS])
+    if not frames:
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype=object if c in ("layer", "event", "top_tokens", "top_features") else float)
+                for c in SUMMARY_COLUMNS
+            }
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _top_strings(table: pd.DataFrame, layer: str, grid: pd.DataFrame, top: int, fmt, keep) -> list[str]:
+    if table.empty:
+        return [""] * len(grid)
+    table = keep(table)
+    joined = table.groupby(["unit", "event"], sort=False).apply(
+        lambda d: "; ".join(fmt(r) for r in d.head(top).itertuples()), include_groups=False
+    )
+    keys = list(zip(grid["unit"], grid["event"]))
+    return [joined.get(k, "") for k in keys]
