@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,7 @@ class Extractor:
         self.directions = [d for d in directions if d.name in self._wanted]
         self._embedding: dict[str, Any] = {}  # direction name -> the Embedding layer feeding it
         self._jit = jit_compile
-        self._fn = None
+        self._fns: dict[str, tuple[Any, Any]] = {}
 
     @property
     def layer_names(self) -> list[str]:
@@ -288,9 +289,10 @@ class Extractor:
 
         return hook
 
-    def _compiled(self):
-        if self._fn is not None:
-            return self._fn
+    def _compiled(self, dtype: str = "float32"):
+        """The compiled batch function; signals come out as ``dtype`` (cast inside the graph)."""
+        if dtype in self._fns:
+            return self._fns[dtype]
         import tensorflow as tf
 
         from models.graph import call_with_hook
@@ -298,24 +300,31 @@ class Extractor:
         def fn(x):
             captures: dict[str, dict[str, Any]] = {}
             call_with_hook(self.model, x, self._hook(captures))
-            return {name: {k: v for k, v in sig.items() if not k.startswith("_")} for name, sig in captures.items()}
+            out = {}
+            for name, sig in captures.items():
+                d = {k: v for k, v in sig.items() if not k.startswith("_")}
+                for k in list(d):
+                    if k not in ("mask", "input", "error"):
+                        d[k] = tf.cast(d[k], dtype)
+                out[name] = d
+            return out
 
         spec = tf.TensorSpec((None, *self.input_shape[1:]), self.input_dtype)
-        self._fn_plain = tf.function(fn, input_signature=[spec])
-        self._fn = tf.function(fn, input_signature=[spec], jit_compile=True) if self._jit else self._fn_plain
-        return self._fn
+        plain = tf.function(fn, input_signature=[spec])
+        self._fns[dtype] = (tf.function(fn, input_signature=[spec], jit_compile=True) if self._jit else plain, plain)
+        return self._fns[dtype]
 
-    def run_batch(self, x: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        """Signals, ``mask``, ``input`` and ``error`` of every captured layer for one batch (time order)."""
-        fn = self._compiled()
+    def run_batch(self, x: np.ndarray, *, dtype: str = "float32") -> dict[str, dict[str, np.ndarray]]:
+        """Signals (as ``dtype``), ``mask``, ``input`` and ``error`` of every captured layer (time order)."""
+        fn, plain = self._compiled(dtype)
         try:
             res = fn(x)
         except Exception as e:  # XLA cannot compile some graphs: fall back to plain graph mode
-            if fn is self._fn_plain:
+            if fn is plain:
                 raise
             log.warning("XLA compilation failed (%s); falling back to graph mode", str(e).splitlines()[0][:200])
-            self._fn = self._fn_plain
-            res = self._fn(x)
+            self._fns[dtype] = (plain, plain)
+            res = plain(x)
         return {name: {k: v.numpy() for k, v in sig.items()} for name, sig in res.items()}
 
     def weights(self) -> dict[str, dict[str, np.ndarray]]:
@@ -336,8 +345,12 @@ class Extractor:
         batch_size: int = 256,
         tolerance: float = DEFAULT_TOLERANCE,
         progress: Progress | None = None,
+        dtype: str = "float32",
     ) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
-        """Yield ``(start, batch)`` for consecutive batches; raise VerificationError above ``tolerance``."""
+        """Yield ``(start, batch)`` for consecutive batches; raise VerificationError above ``tolerance``.
+
+        Signals come as ``dtype`` ("float32" or "float16"); ``mask`` bool and ``input`` float32.
+        """
         x = self.check_input(x)
         n = x.shape[0]
         bs = max(1, min(int(batch_size), n))
@@ -350,7 +363,7 @@ class Extractor:
                 k = xb.shape[0]
                 if k < bs:  # pad the last batch: one compiled shape for the whole run
                     xb = np.concatenate([xb, np.repeat(xb[-1:], bs - k, axis=0)], axis=0)
-                res = self.run_batch(xb)
+                res = self.run_batch(xb, dtype=dtype)
                 for name in self.layer_names:
                     sig = res[name]
                     err, rel = (float(v) for v in sig.pop("error"))
@@ -499,8 +512,12 @@ def write_run(
     n, t = x.shape[0], x.shape[1]
     infos = [d.info for d in ex.directions]
     writer = None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatelens-writer")
+    pending = None  # at most one batch is being written while the next one is computed
     try:
-        for start, res in ex.iter_batches(x, batch_size=batch_size, tolerance=tolerance, progress=progress):
+        for start, res in ex.iter_batches(
+            x, batch_size=batch_size, tolerance=tolerance, progress=progress, dtype=dtype
+        ):
             if writer is None:  # weights (incl. embeddings) are known after the first batch is traced
                 writer = RunWriter(
                     out,
@@ -514,7 +531,17 @@ def write_run(
                     n_features=None if ex.integer_input else int(x.shape[2]) if x.ndim == 3 else None,
                 )
             xb = x[start : start + next(iter(res.values()))["mask"].shape[0]]
-            writer.write_batch(start, res, tokens=xb if ex.integer_input else None, x=None if ex.integer_input else xb)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(
+                writer.write_batch,
+                start,
+                res,
+                tokens=xb if ex.integer_input else None,
+                x=None if ex.integer_input else xb,
+            )
+        if pending is not None:
+            pending.result()
         import tensorflow as tf
 
         writer.finish(
@@ -529,7 +556,15 @@ def write_run(
             **(manifest or {}),
         )
     except BaseException:
+        if pending is not None:
+            pending.cancel()
+            try:
+                pending.result()
+            except BaseException:  # the first error is the one to report
+                pass
         if writer is not None:
             writer.abort()
         raise
+    finally:
+        pool.shutdown(wait=True)
     return open_run(Path(out), verify=False)
