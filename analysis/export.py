@@ -1,0 +1,380 @@
+"""CSV exports (``gatelens export RUN --csv DIR``): streamed, atomic, and safe to open in a spreadsheet.
+
+Every file is UTF-8 with a header row, one row per record, ``.`` as the decimal separator, no
+index column and RFC 4180 line ends (CRLF; a cell holding a comma, a quote, a CR or an LF is quoted). Numbers are written by pandas with ``float_format=None``: the shortest text that reads
+back to exactly the same value (float64 columns as float64; the float32 signals of
+``activations.csv`` as the shortest float32 text, which ``float(text)`` cast to float32 gives back
+exactly). Missing values are empty cells; infinities are ``inf`` / ``-inf``.
+
+Formula injection: a text cell (or header) that starts with ``=``, ``+``, ``-``, ``@``, a tab or a
+carriage return would be run as a formula by Excel, LibreOffice or Google Sheets. Such cells are
+written with a single quote in front (``=1+1`` -> ``'=1+1``), and so is a text cell that itself
+starts with a quote, so the rule is reversible: :func:`restore_cell` (or :func:`read_csv`) drops one
+leading quote. Numeric columns are never touched: ``-2.5`` in a number column stays ``-2.5``, while
+the *token* ``-2`` becomes ``'-2``.
+
+Every column of every file is documented in ``docs/csv-columns.md``.
+
+Examples
+--------
+>>> neutralize_cell("=HYPERLINK(\\"x\\")"), neutralize_cell("a=b"), neutralize_cell("'q")
+('\\'=HYPERLINK("x")', 'a=b', "''q")
+>>> restore_cell(neutralize_cell("-2"))
+'-2'
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from analysis._reading import read, read_mask, read_tokens, select_layers
+from analysis.trace import Trace, iter_chunks
+
+if TYPE_CHECKING:
+    from analysis.pipeline import Analysis
+
+log = logging.getLogger(__name__)
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_ESCAPED = (*FORMULA_PREFIXES, "'")
+
+UNITS_COLUMNS = [
+    "layer", "unit", "signal", "mean", "std", "frac_below_0.1", "frac_above_0.9", "half_life_steps", "cluster",
+    "archetype", "frac_saturated", "frac_linear", "mean_slope", "activation", "min", "max", "n",
+]  # fmt: skip
+
+#: CSV file name -> the Analysis table it is written from (besides activations.csv and units.csv).
+ANALYSIS_FILES = {
+    "correlations.csv": "correlations",
+    "probes.csv": "probes",
+    "clusters.csv": "clusters",
+    "events.csv": "events",
+    "event_summary.csv": "event_summary",
+    "decomposition.csv": "decomposition",
+    "token_gates.csv": "token_gates",
+    "half_lives.csv": "half_lives",
+    "retention.csv": "retention",
+}
+
+
+def neutralize_cell(value: Any) -> str:
+    """The text of a CSV cell, made safe to open in a spreadsheet (see the module docstring).
+
+    Examples
+    --------
+    >>> [neutralize_cell(s) for s in ["+1", "@SUM(1)", "-2", "\\tx", "ok", 3]]
+    ["'+1", "'@SUM(1)", "'-2", "'\\tx", 'ok', '3']
+    """
+    s = str(value)
+    return "'" + s if s.startswith(_ESCAPED) else s
+
+
+def restore_cell(value: Any) -> Any:
+    """Inverse of :func:`neutralize_cell` for text read back from an export (non-strings pass through).
+
+    Examples
+    --------
+    >>> restore_cell("'=1"), restore_cell("''q"), restore_cell("plain"), restore_cell(2.5)
+    ('=1', "'q", 'plain', 2.5)
+    """
+    if isinstance(value, str) and value.startswith("'"):
+        return value[1:]
+    return value
+
+
+def _is_text(series: pd.Series) -> bool:
+    return (
+        pd.api.types.is_object_dtype(series.dtype)
+        or pd.api.types.is_string_dtype(series.dtype)
+        or isinstance(series.dtype, pd.CategoricalDtype)
+    )
+
+
+def _safe_text(series: pd.Series) -> pd.Series:
+    """Neutralise the non-missing cells of a text column (each distinct value once)."""
+    values = series.astype(object)
+    present = values.notna()
+    if not present.any():
+        return values
+    uniques = pd.unique(values[present])
+    table = {u: neutralize_cell(u) for u in uniques}
+    return values.where(~present, values.map(table))
+
+
+def safe_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` with every text column and every header neutralised; numbers untouched.
+
+    Examples
+    --------
+    >>> safe_frame(pd.DataFrame({"token": ["-2", "a"], "-x": [-2.0, 1.5]})).to_csv(index=False)
+    "token,'-x\\n'-2,-2.0\\na,1.5\\n"
+    """
+    out = df.copy()
+    for col in out.columns:
+        if _is_text(out[col]):
+            out[col] = _safe_text(out[col])
+    out.columns = [neutralize_cell(c) for c in out.columns]
+    return out
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def _atomic_csv(path: str | os.PathLike, write: Callable[[io.TextIOBase], None]) -> Path:
+    """Run ``write(f)`` on a temporary file next to ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write one table as a safe CSV, atomically (temporary file, then rename).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+    >>> _ = write_csv(pd.DataFrame({"token": ["=cmd()"], "x": [0.1]}), p)
+    >>> p.read_text()
+    "token,x\\n'=cmd(),0.1\\n"
+    """
+    safe = safe_frame(df)
+    return _atomic_csv(path, lambda f: safe.to_csv(f, index=False, lineterminator="\r\n"))
+
+
+def read_csv(path: str | os.PathLike, **kwargs: Any) -> pd.DataFrame:
+    """Read a gatelens CSV back, restoring neutralised text cells and headers (see :func:`restore_cell`).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+    >>> _ = write_csv(pd.DataFrame({"token": ["-2", "'q"], "v": [-2.0, 0.5]}), p)
+    >>> read_csv(p).to_dict("list")
+    {'token': ['-2', "'q"], 'v': [-2.0, 0.5]}
+    """
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""], **kwargs)
+    for col in df.columns:
+        if _is_text(df[col]):
+            df[col] = df[col].astype(object).map(restore_cell)
+    df.columns = [restore_cell(c) for c in df.columns]
+    return df
+
+
+def activation_columns(trace: Trace, layers: Sequence[str] | str | None = None) -> list[str]:
+    """The columns of ``activations.csv`` for these layers: keys, the union of their signals, ``token``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace
+    >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1)
+    >>> lt = LayerTrace(info, {s: np.zeros((1, 1, 1)) for s in info.signals}, mask=np.ones((1, 1), bool),
+    ...                 inputs=np.zeros((1, 1, 1)))
+    >>> activation_columns(Trace({"gru": lt}))[4:]
+    ['update_gate', 'reset_gate', 'candidate', 'hidden_state', 'update_gate_pre', 'reset_gate_pre', 'candidate_pre']
+    """
+    signals: list[str] = []
+    for name in select_layers(trace, layers):
+        for s in trace[name].info.signals:
+            if s not in signals:
+                signals.append(s)
+    cols = ["layer", "sequence", "step", "unit", *signals]
+    if trace.tokens is not None:
+        cols.append("token")
+    return cols
+
+
+def write_activations_csv(
+    trace: Trace,
+    path: str | os.PathLike,
+    *,
+    layers: Sequence[str] | str | None = None,
+    chunk: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write ``activations.csv``: one row per layer, sequence, unmasked step and unit.
+
+    Columns ``layer, sequence, step, unit``, then every signal of the chosen layers (a layer's row
+    leaves the signals of other cell types empty), then ``token`` for text inputs. Values are written
+    as stored (float32: the shortest text that reads back to the same float32). Streamed a chunk of
+    sequences at a time into a temporary file that replaces ``path`` only when complete.
+
+    Parameters
+    ----------
+    trace : Trace
+    path : path
+    layers : str or list of str, optional
+        Default all layers.
+    chunk : int
+        Sequences per chunk (bounds memory).
+    progress : callable(done, total), optional
+        Called after each chunk with chunks written so far.
+
+    Returns
+    -------
+    Path
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> from analysis.trace import LayerInfo, LayerTrace
+    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1)
+    >>> h = np.array([[[0.1], [-0.25]]], np.float32)
+    >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.array([[True, False]]),
+    ...                 inputs=h)
+    >>> t = Trace({"rnn": lt}, tokens=np.array([[1, 0]]), vocabulary=["", "=1"])
+    >>> p = write_activations_csv(t, pathlib.Path(tempfile.mkdtemp()) / "a.csv")
+    >>> print(p.read_text())
+    layer,sequence,step,unit,hidden_state,hidden_state_pre,token
+    rnn,0,0,0,0.1,0.1,'=1
+    <BLANKLINE>
+    """
+    names = select_layers(trace, layers)
+    columns = activation_columns(trace, names)
+    signals = columns[4:-1] if trace.tokens is not None else columns[4:]
+    total = sum(len(range(0, trace[n].shape[0], chunk)) for n in names)
+
+    def write(f: io.TextIOBase) -> None:
+        csv.writer(f, lineterminator="\r\n").writerow([neutralize_cell(c) for c in columns])
+        done = 0
+        for name in names:
+            lt = trace[name]
+            u = lt.info.units
+            safe_layer = neutralize_cell(name)
+            for rows in iter_chunks(lt.shape[0], chunk):
+                m = read_mask(lt, rows)
+                s_idx, t_idx = np.nonzero(m)
+                k = len(s_idx)
+                if k:
+                    data: dict[str, Any] = {
+                        "layer": np.full(k * u, safe_layer, dtype=object),
+                        "sequence": np.repeat(s_idx + rows.start, u),
+                        "step": np.repeat(t_idx, u),
+                        "unit": np.tile(np.arange(u), k),
+                    }
+                    for s in signals:
+                        if s in lt.info.signals:
+                            arr = lt[s]
+                            data[s] = read(arr, rows, arr.dtype)[m].reshape(-1)
+                        else:
+                            data[s] = np.full(k * u, np.nan, np.float32)
+                    if trace.tokens is not None:
+                        data["token"] = _safe_text(pd.Series(np.repeat(read_tokens(trace, rows)[m], u))).to_numpy()
+                    pd.DataFrame(data, columns=columns).to_csv(f, index=False, header=False, lineterminator="\r\n")
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+
+    return _atomic_csv(path, write)
+
+
+def units_table(analysis: Analysis) -> pd.DataFrame:
+    """The ``units.csv`` table: :func:`~analysis.stats.signal_stats` rows joined with the rest.
+
+    One row per layer, unit and signal (every signal, states and pre-activations included):
+    the moments, ``half_life_steps`` on the memory gate's rows (LSTM ``forget_gate``, GRU
+    ``update_gate``), the unit's ``cluster`` and ``archetype`` (from the clusters table: empty when
+    clustering was not run), and the saturation columns of :func:`~analysis.stats.unit_stats` on the
+    gate and candidate rows. Cells that do not apply to a row are empty.
+    """
+    base = analysis.signal_stats.copy()
+    if base.empty:
+        return pd.DataFrame(columns=UNITS_COLUMNS)
+    curve = analysis.units[["layer", "unit", "signal", "frac_saturated", "frac_linear", "mean_slope", "activation"]]
+    df = base.merge(curve, on=["layer", "unit", "signal"], how="left")
+    hl = analysis.half_lives
+    if hl is not None and len(hl):
+        df = df.merge(hl[["layer", "unit", "signal", "half_life_steps"]], on=["layer", "unit", "signal"], how="left")
+    else:
+        df["half_life_steps"] = np.nan
+    cl = analysis.clusters
+    if cl is not None and len(cl) and {"layer", "unit", "cluster"} <= set(cl.columns):
+        keep = ["layer", "unit", "cluster"] + (["archetype"] if "archetype" in cl.columns else [])
+        df = df.merge(cl[keep].drop_duplicates(["layer", "unit"]), on=["layer", "unit"], how="left")
+        df["cluster"] = df["cluster"].astype("Int64")
+    else:
+        df["cluster"] = pd.array([pd.NA] * len(df), dtype="Int64")
+    if "archetype" not in df.columns:
+        df["archetype"] = None
+    return df[UNITS_COLUMNS]
+
+
+def export_csvs(
+    trace: Trace,
+    out_dir: str | os.PathLike,
+    *,
+    analysis: Analysis | None = None,
+    chunk: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Path]:
+    """Write every CSV of the contract into ``out_dir``; return ``{file name: path}``.
+
+    ``activations.csv`` and ``units.csv`` always (``units.csv`` from ``analysis`` when given, else
+    computed from the trace, without clusters). With an :class:`~analysis.pipeline.Analysis`, also
+    ``correlations.csv``, ``probes.csv``, ``clusters.csv``, ``events.csv``, ``event_summary.csv``,
+    ``decomposition.csv`` (the per-unit gate drivers), ``token_gates.csv``, ``half_lives.csv`` and
+    ``retention.csv`` (a table that is empty is written with its header only). Each file is written
+    atomically.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile
+    >>> from analysis.trace import LayerInfo, LayerTrace
+    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
+    >>> lt = LayerTrace(info, {s: np.full((1, 2, 1), 0.5, np.float32) for s in info.signals},
+    ...                 mask=np.ones((1, 2), bool), inputs=np.zeros((1, 2, 1), np.float32))
+    >>> sorted(export_csvs(Trace({"lstm": lt}), tempfile.mkdtemp()))
+    ['activations.csv', 'units.csv']
+    """
+    from analysis.pipeline import Analysis
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    written["activations.csv"] = write_activations_csv(trace, out / "activations.csv", chunk=chunk)
+    if progress is not None:
+        progress(1, 2 + (len(ANALYSIS_FILES) if analysis is not None else 0))
+    if analysis is None:
+        from analysis.memory import half_lives
+        from analysis.stats import stats_tables
+
+        units, sig = stats_tables(trace, chunk=chunk)
+        table = units_table(Analysis(units=units, signal_stats=sig, half_lives=half_lives(trace, chunk=chunk)))
+    else:
+        table = units_table(analysis)
+    written["units.csv"] = write_csv(table, out / "units.csv")
+    if analysis is not None:
+        done = 2
+        for fname, attr in ANALYSIS_FILES.items():
+            df = getattr(analysis, attr)
+            if df is None:
+                continue
+            written[fname] = write_csv(df, out / fname)
+            done += 1
+            if progress is not None:
+                progress(done, 2 + len(ANALYSIS_FILES))
+    log.info("wrote %d CSV files to %s", len(written), out)
+    return written
