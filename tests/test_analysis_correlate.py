@@ -213,3 +213,17 @@ def test_top_units_orders_by_absolute_value():
     assert top.pearson_r.iloc[0] == pytest.approx(-1.0) and list(top["rank"]) == [1, 2, 3]
     with pytest.raises(ValueError, match="no rows for feature 'nope'"):
         top_units(table, "nope")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 5), st.integers(1, 6), st.integers(0, 2**32 - 1))
+def test_average_ranks_equal_scipy_rankdata(m, p, levels, seed):
+    from scipy.stats import rankdata
+
+    from analysis.correlate import average_ranks
+
+    x = np.random.default_rng(seed).integers(0, levels, size=(m, p)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(average_ranks(x), rankdata(x, axis=0))
+    np.testing.assert_array_equal(
+        average_ranks(x * 0.1 + np.arange(m)[:, None]), rankdata(np.arange(m))[:, None] * np.ones(p)
+    )
