@@ -163,11 +163,11 @@ def bracket_depth(
     return TaskData("brackets", x, depth.copy(), features, params, tokens=list(BRACKET_TOKENS))
 
 
-def delayed_recall(n: int, *, length: int = 40, min_delay: int = 20, seed: int = 0) -> TaskData:
+def delayed_recall(n: int, *, length: int = 40, min_delay: int | None = None, seed: int = 0) -> TaskData:
     """Remember the value at the marked step and report it at the last step.
 
     The mark falls uniformly in steps ``0 .. length - 1 - min_delay``, so the value must be held
-    between ``min_delay`` and ``length - 1`` steps.
+    between ``min_delay`` (default ``length // 2``) and ``length - 1`` steps.
 
     Returns
     -------
@@ -183,6 +183,7 @@ def delayed_recall(n: int, *, length: int = 40, min_delay: int = 20, seed: int =
     [[nan, 0.0, 1.0, 2.0, 3.0]]
     """
     _check(n, length)
+    min_delay = length // 2 if min_delay is None else min_delay
     if not 0 <= min_delay < length:
         raise ValueError(f"min_delay must be in [0, length), got {min_delay!r} with length {length}")
     rng = np.random.default_rng(seed)
