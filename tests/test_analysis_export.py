@@ -187,11 +187,17 @@ def test_export_without_analysis(tmp_path):
     assert_no_formula_text(files["units.csv"], ["layer", "signal", "activation", "archetype"])
 
 
-def test_full_analysis_export_and_round_trip(tmp_path):
+@pytest.fixture(scope="module")
+def full():
+    """A text trace (LSTM + backward GRU named '=evil', nasty tokens) and its full analysis, with progress ticks."""
     trace = text_trace(6, n=12, t=10)
     ticks = []
-    result = analyze(trace, progress=lambda d, t: ticks.append((d, t)))
-    assert ticks[-1] == (len(STEPS), len(STEPS))
+    return trace, analyze(trace, progress=lambda d, t: ticks.append((d, t))), ticks
+
+
+def test_full_analysis_export_and_round_trip(full, tmp_path):
+    trace, result, ticks = full
+    assert ticks == [(k, len(STEPS)) for k in range(1, len(STEPS) + 1)]
     assert not result.skipped, result.skipped
     for name in ("units", "signal_stats", "half_lives", "retention", "decomposition", "events", "event_summary",
                  "token_gates", "correlations", "probes", "clusters"):  # fmt: skip
@@ -269,3 +275,27 @@ def test_load_analysis_errors(tmp_path):
     (out / "index.json").write_text("{not json")
     with pytest.raises(RunStoreError, match="unreadable analysis index"):
         load_analysis(tmp_path)
+
+
+def test_docs_describe_every_column_of_every_file(full, tmp_path):
+    """docs/csv-columns.md has a section per exported file naming each of its columns."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "csv-columns.md").read_text()
+    sections = {}
+    for part in doc.split("\n## ")[1:]:
+        title, _, body = part.partition("\n")
+        sections[title.strip()] = body
+    trace, result, _ = full
+    files = export_csvs(trace, tmp_path, analysis=result)
+    signals = set(activation_columns(trace)[4:-1])
+    for name, path in files.items():
+        assert name in sections, f"docs/csv-columns.md has no section for {name}"
+        documented = set()
+        for line in sections[name].splitlines():
+            if line.startswith("| `"):
+                cell = line.split("|")[1]
+                documented.update(c.strip(" `") for c in cell.split(","))
+        columns = [c for c in read_csv(path).columns if not (name == "activations.csv" and c in signals)]
+        missing = [c for c in columns if c not in documented]
+        assert not missing, f"{name}: columns {missing} are not documented"
