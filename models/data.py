@@ -1,0 +1,963 @@
+"""Read a user's data file (``.npy``, ``.npz``, ``.csv``, ``.txt``) into the arrays a model takes.
+
+:func:`load_data` checks the data against an :class:`~models.spec.InputSpec` (what the model takes)
+and cuts long series and texts into windows of the model's length. Every user mistake raises
+:class:`models.errors.DataError` with one plain line naming the file and the problem (row, column,
+step, what was expected); nothing here imports TensorFlow or Keras.
+
+- ``.npy``: float (N, T, F) for float models, integer (N, T) token ids for models that start with
+  an Embedding. The header is checked (dtype, shape, size cap) before any data is read; pickled
+  (object) arrays are refused.
+- ``.npz``: the same array under key ``x``.
+- ``.csv``: a header row, then one row per step. Numeric columns are the features in order (or
+  ``columns``); an optional ``sequence`` column keeps sequences apart. Each sequence is cut into
+  windows of the model's length (``window``, ``stride``).
+- ``.txt``: UTF-8 text, tokenised with the vocabulary at level ``char`` or ``word`` and cut into windows.
+
+Examples
+--------
+>>> import os, tempfile
+>>> from models.spec import InputSpec
+>>> p = os.path.join(tempfile.mkdtemp(), "series.csv")
+>>> with open(p, "w") as f:
+...     _ = f.write("year,value\\n2000,1\\n2001,2\\n2002,3\\n2003,4\\n2004,5\\n")
+>>> d = load_data(p, InputSpec(n_steps=2, n_features=1))
+>>> d.x[:, :, 0].tolist(), d.start.tolist(), d.feature_names
+([[1.0, 2.0], [3.0, 4.0]], [0, 2], ['value'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from models.errors import DataError
+from models.spec import WORD_PATTERN, InputSpec
+
+log = logging.getLogger(__name__)
+
+#: File kinds :func:`load_data` reads, by suffix.
+SUPPORTED_SUFFIXES = (".npy", ".npz", ".csv", ".txt")
+#: Default cap on the bytes of an array (declared or produced) and of a text/CSV file: 2 GiB.
+#: Override with the environment variable ``GATELENS_MAX_DATA_BYTES`` or ``load_data(max_bytes=...)``.
+DEFAULT_MAX_BYTES = 2 * 1024**3
+#: The CSV column that keeps sequences apart.
+SEQUENCE_COLUMN = "sequence"
+#: Column names taken for an index (time, date, counter) rather than a feature when the model's
+#: feature count says one column too many.
+INDEX_COLUMNS = frozenset(
+    {"", "step", "t", "time", "date", "datetime", "timestamp", "year", "month", "day", "index", "idx"}
+)
+_NPY_KINDS = {
+    "b": "bool",
+    "i": "int",
+    "u": "uint",
+    "f": "float",
+    "c": "complex",
+    "M": "datetime",
+    "m": "timedelta",
+    "O": "object",
+    "S": "bytes",
+    "U": "str",
+    "V": "void/structured",
+}
+
+
+@dataclass
+class Dataset:
+    """Model-ready data and where each row came from.
+
+    Attributes
+    ----------
+    x : ndarray
+        What the model takes: float32 (N, T, F); int32 (N, T) token ids for models that start with an
+        Embedding; token strings (object, (N, T)) or texts (object, (N, 1)) for models that take strings.
+    tokens : ndarray or None
+        int32 (N, T) token ids for text models (the ids the Embedding sees), else None.
+    vocabulary : list of str or None
+        Token strings in id order for text models.
+    sequence : ndarray
+        int64 (N,): the source sequence of each row (CSV ``sequence`` column, the row of an array, 0 for a text).
+    start : ndarray
+        int64 (N,): the first step of each row in its source sequence.
+    source : dict
+        JSON-ready provenance: ``path``, ``kind``, ``sha256``, ``n_rows`` and what was done (window, stride, ...).
+    feature_names : list of str or None
+        Names of the F input features for numeric inputs (CSV columns, or ``x0, x1, ...``); None for text.
+    """
+
+    x: np.ndarray
+    tokens: np.ndarray | None
+    vocabulary: list[str] | None
+    sequence: np.ndarray
+    start: np.ndarray
+    source: dict[str, Any] = field(default_factory=dict)
+    feature_names: list[str] | None = None
+
+    @property
+    def n_sequences(self) -> int:
+        """Number of rows N."""
+        return int(self.x.shape[0])
+
+    @property
+    def n_steps(self) -> int:
+        """Steps per row T (the token count for texts given as one string per row)."""
+        return int(self.tokens.shape[1] if self.tokens is not None else self.x.shape[1])
+
+
+def max_data_bytes() -> int:
+    """The size cap in bytes: ``GATELENS_MAX_DATA_BYTES`` when set, else :data:`DEFAULT_MAX_BYTES`."""
+    env = os.environ.get("GATELENS_MAX_DATA_BYTES")
+    if env:
+        try:
+            v = int(env)
+        except ValueError:
+            raise DataError(f"GATELENS_MAX_DATA_BYTES must be a number of bytes, got {env!r}") from None
+        if v > 0:
+            return v
+    return DEFAULT_MAX_BYTES
+
+
+def window_series(arr: np.ndarray, window: int, stride: int | None = None) -> np.ndarray:
+    """Windows ``arr[s:s + window]`` for ``s = 0, stride, 2*stride, ...`` as a read-only view (no copy).
+
+    A tail shorter than a window is left out. ``np.ascontiguousarray`` of the result makes a copy.
+
+    Parameters
+    ----------
+    arr : array (L, ...)
+    window : steps per window (>= 1)
+    stride : steps between window starts (>= 1, default ``window``)
+
+    Returns
+    -------
+    ndarray (n, window, ...) with ``n = (L - window) // stride + 1`` (0 when ``L < window``)
+
+    Examples
+    --------
+    >>> window_series(np.arange(7), 3, 2).tolist()
+    [[0, 1, 2], [2, 3, 4], [4, 5, 6]]
+    >>> window_series(np.arange(6).reshape(3, 2), 2).shape
+    (1, 2, 2)
+    """
+    arr = np.asarray(arr)
+    stride = window if stride is None else stride
+    if int(window) < 1 or int(stride) < 1:
+        raise ValueError(f"window and stride must be >= 1, got {window} and {stride}")
+    if arr.ndim == 0:
+        raise ValueError("window_series needs an array with a time axis, got a scalar")
+    if arr.shape[0] < window:
+        return np.zeros((0, window, *arr.shape[1:]), arr.dtype)
+    view = np.lib.stride_tricks.sliding_window_view(arr, int(window), axis=0)[:: int(stride)]
+    return np.moveaxis(view, -1, 1)  # sliding_window_view puts the window axis last
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def load_data(
+    path: str | os.PathLike,
+    spec: InputSpec,
+    *,
+    columns: Sequence[str] | None = None,
+    window: int | None = None,
+    stride: int | None = None,
+    level: str | None = None,
+    max_sequences: int | None = None,
+    max_bytes: int | None = None,
+) -> Dataset:
+    """Read a data file into the arrays ``spec``'s model takes.
+
+    Parameters
+    ----------
+    path : a ``.npy``, ``.npz`` (key ``x``), ``.csv`` or ``.txt`` file
+    spec : what the model takes (see :func:`models.spec.input_spec`)
+    columns : CSV columns to use as features, in order (default: the numeric columns)
+    window : steps per row when cutting a CSV series or a text (default: the model's length; a
+        model of variable length takes each sequence whole)
+    stride : steps between window starts (default: ``window``)
+    level : ``"char"`` or ``"word"`` tokens for text (default: ``spec.level``, else ``"char"``)
+    max_sequences : keep only the first rows
+    max_bytes : size cap on files and arrays (default :func:`max_data_bytes`, 2 GiB)
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    DataError
+        Any problem with the file or its fit to the model, in one line naming the file.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.npy")
+    >>> np.save(p, np.ones((2, 4, 3)))
+    >>> d = load_data(p, InputSpec(n_steps=4, n_features=3))
+    >>> d.x.dtype, d.x.shape, d.feature_names
+    (dtype('float32'), (2, 4, 3), ['x0', 'x1', 'x2'])
+    """
+    path = Path(path)
+    cap = int(max_bytes) if max_bytes is not None else max_data_bytes()
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(
+            f"{path}: unsupported data file type {suffix or '(no extension)'!r}; "
+            f"gatelens reads {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if not path.exists():
+        raise DataError(f"{path}: no such data file")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
+    _positive(path, "--max-sequences", max_sequences)
+    _positive(path, "--window", window)
+    _positive(path, "--stride", stride)
+    if level is not None and level not in ("char", "word"):
+        raise DataError(f"{path}: --level must be 'char' or 'word', got {level!r}")
+    if suffix in (".npy", ".npz"):
+        for opt, v in (("--window", window), ("--stride", stride), ("--columns", columns), ("--level", level)):
+            if v:
+                raise DataError(f"{path}: {opt} applies to .csv and .txt files, not to {suffix} arrays")
+        arr, sha = (_read_npy_file if suffix == ".npy" else _read_npz_file)(path, cap, max_sequences)
+        return _array_dataset(arr, spec, path, suffix[1:], sha, max_sequences)
+    if window is not None and spec.n_steps is not None and window != spec.n_steps:
+        raise DataError(f"{path}: --window {window} does not match the model's input length of {spec.n_steps} steps")
+    raw = _read_bytes(path, cap)
+    text = _decode(path, raw)
+    sha = hashlib.sha256(raw).hexdigest()
+    del raw
+    if suffix == ".csv":
+        if level is not None:
+            raise DataError(f"{path}: --level applies to .txt files, not to .csv series")
+        return _load_csv(path, text, sha, spec, columns, window, stride, max_sequences, cap)
+    if columns:
+        raise DataError(f"{path}: --columns applies to .csv files, not to .txt text")
+    return _load_txt(path, text, sha, spec, level, window, stride, max_sequences, cap)
+
+
+def _positive(path: Path, name: str, v: Any) -> None:
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise DataError(f"{path}: {name} must be a whole number >= 1, got {v!r}")
+
+
+def _read_bytes(path: Path, cap: int) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > cap:
+            raise DataError(f"{path}: the file has {size} bytes, more than the limit of {cap} bytes")
+        return path.read_bytes()
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read: {e.strerror or e}") from None
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        text = raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = raw[bom + e.start : bom + e.start + 4]
+        raise DataError(f"{path}: not UTF-8 text: byte offset {bom + e.start} ({bad!r}...): {e.reason}") from None
+    if "\r" in text:  # universal newlines, as Python's text mode (and the zoo's training) reads text
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- .npy / .npz --------------------------------------------------------------------------------------
+
+
+def _read_npy_stream(fp: BinaryIO, where: str, available: int, cap: int, max_rows: int | None) -> np.ndarray:
+    """Read one .npy array from ``fp`` after checking its header; ``available`` is the stream's byte count."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fp)
+    except (ValueError, EOFError, OSError):
+        raise DataError(f"{where}: not a .npy file (no NumPy magic string at its start)") from None
+    try:
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(fp)
+        else:
+            raise DataError(f"{where}: unsupported .npy format version {version[0]}.{version[1]} (expected 1.0 or 2.0)")
+    except DataError:
+        raise
+    except (ValueError, SyntaxError, TypeError, EOFError, OSError, MemoryError, RecursionError) as e:
+        raise DataError(
+            f"{where}: corrupt .npy header: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+    if dtype.hasobject:
+        raise DataError(f"{where}: the array holds Python objects (a pickle); gatelens never unpickles data files")
+    if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biuf":
+        raise DataError(
+            f"{where}: unsupported array dtype {dtype} ({_NPY_KINDS.get(dtype.kind, dtype.kind)}); expected numbers"
+        )
+    if not isinstance(shape, tuple) or any(not isinstance(d, int) or d < 0 for d in shape):
+        raise DataError(f"{where}: corrupt .npy header: shape {shape!r}")
+    rows = shape[0] if shape else 1
+    if max_rows is not None and shape and not fortran and max_rows < rows:
+        read_shape = (max_rows, *shape[1:])
+    else:
+        read_shape = shape
+    count = 1
+    for d in read_shape:
+        count *= d
+    nbytes = count * dtype.itemsize
+    total = 1
+    for d in shape:
+        total *= d
+    if nbytes > cap:
+        raise DataError(
+            f"{where}: the array declares shape {shape} of {dtype} ({nbytes} bytes), more than the limit of {cap} bytes"
+        )
+    header_end = fp.tell()
+    full = total * dtype.itemsize
+    if available - header_end < full:
+        raise DataError(
+            f"{where}: truncated: the header declares shape {shape} of {dtype} ({full} bytes) "
+            f"but only {max(available - header_end, 0)} bytes follow"
+        )
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    got = 0
+    while got < nbytes:
+        n = fp.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    if got < nbytes:
+        raise DataError(f"{where}: truncated: expected {nbytes} bytes of data, found {got}")
+    arr = np.frombuffer(buf, dtype=dtype, count=count).reshape(read_shape, order="F" if fortran else "C")
+    return arr
+
+
+def _read_npy_file(path: Path, cap: int, max_rows: int | None) -> tuple[np.ndarray, str]:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            arr = _read_npy_stream(f, str(path), size, cap, max_rows)
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read: {e.strerror or e}") from None
+    return arr, _sha256_file(path)
+
+
+def _read_npz_file(path: Path, cap: int, max_rows: int | None) -> tuple[np.ndarray, str]:
+    import lzma
+
+    where = f"{path}"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+            names = [i.filename for i in infos]
+            info = next((i for i in infos if i.filename in ("x.npy", "x")), None)
+            if info is None:
+                keys = [n[:-4] if n.endswith(".npy") else n for n in names]
+                shown = ", ".join(repr(k) for k in keys[:20]) + (", ..." if len(keys) > 20 else "")
+                raise DataError(f"{path}: no array 'x' in the .npz; it holds {len(keys)} key(s): {shown or 'none'}")
+            where = f"{path} (x)"
+            with zf.open(info) as member:
+                arr = _read_npy_stream(member, where, info.file_size, cap, max_rows)
+                member.read(1 << 16)  # reach the end of the member (if near) so that its CRC is checked
+    except DataError:
+        raise
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        lzma.LZMAError,
+        EOFError,
+        OSError,
+        ValueError,
+        NotImplementedError,
+        RuntimeError,
+        KeyError,
+    ) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{where}: not a readable .npz archive: {msg}") from None
+    return arr, _sha256_file(path)
+
+
+def _array_dataset(arr: np.ndarray, spec: InputSpec, path: Path, kind: str, sha: str, max_rows: int | None) -> Dataset:
+    if max_rows is not None and arr.ndim >= 1:
+        arr = arr[:max_rows]
+    x = check_array(arr, spec, where=str(path))
+    n = x.shape[0]
+    source = {"path": str(path), "kind": kind, "sha256": sha, "n_rows": int(n), "shape": list(x.shape)}
+    tokens = x if spec.integer_tokens else None
+    names = None if spec.is_text else [f"x{i}" for i in range(x.shape[2] if x.ndim == 3 else 1)]
+    return Dataset(
+        x=x,
+        tokens=tokens,
+        vocabulary=None if spec.vocabulary is None else list(spec.vocabulary),
+        sequence=np.arange(n, dtype=np.int64),
+        start=np.zeros(n, np.int64),
+        source=source,
+        feature_names=names,
+    )
+
+
+def check_array(arr: np.ndarray, spec: InputSpec, *, where: str = "input") -> np.ndarray:
+    """Check an in-memory array against ``spec``; return it as float32, or int32 token ids.
+
+    Parameters
+    ----------
+    arr : the data (N, T, F) or (N, T)
+    spec : what the model takes
+    where : the name used in error messages (a file name)
+
+    Raises
+    ------
+    DataError
+        Wrong rank, length or feature count, wrong kind (float for token ids or the reverse),
+        ids outside the Embedding, NaN/inf, no sequences, zero-length sequences.
+
+    Examples
+    --------
+    >>> check_array(np.array([[1, 2]]), InputSpec(n_steps=2, n_features=None, integer_tokens=True, input_dim=3))
+    array([[1, 2]], dtype=int32)
+    """
+    arr = np.asarray(arr)
+    shape = tuple(arr.shape)
+    want = spec.input_shape
+    if spec.string_input is not None:
+        raise DataError(
+            f"{where}: the model takes {spec.describe()} (it looks tokens up itself); give a .txt text file"
+        )
+    kind = arr.dtype.kind
+    if kind not in "biuf":
+        raise DataError(f"{where}: unsupported array dtype {arr.dtype}; expected {spec.describe()}")
+    if spec.integer_tokens and kind == "f":
+        raise DataError(
+            f"{where}: float data of shape {shape}, but the model takes {spec.describe()} (it starts with an "
+            f"Embedding); save token ids as integers"
+        )
+    if spec.integer_tokens and kind == "b":
+        raise DataError(f"{where}: boolean data, but the model takes {spec.describe()}")
+    if not spec.integer_tokens and kind in "iub" and arr.ndim == 2 and len(want) == 3:
+        raise DataError(
+            f"{where}: integer data of shape {shape} looks like token ids, but the model takes {spec.describe()} "
+            f"(it has no Embedding)"
+        )
+    if arr.ndim != len(want):
+        hint = ""
+        if arr.ndim == len(want) - 1 and len(want) == 3 and shape and shape[-1] == (spec.n_features or shape[-1]):
+            hint = "; for one sequence add a leading axis (x[None])"
+        raise DataError(f"{where}: expected {len(want)} dimensions, {spec.describe()}, got shape {shape}{hint}")
+    if shape[0] == 0:
+        raise DataError(f"{where}: no sequences (shape {shape})")
+    if shape[1] == 0:
+        raise DataError(f"{where}: zero-length sequences (shape {shape}); expected {spec.describe()}")
+    if spec.n_steps is not None and shape[1] != spec.n_steps:
+        raise DataError(
+            f"{where}: sequences of {shape[1]} steps, but the model takes {spec.n_steps} steps: "
+            f"expected {spec.describe()}, got shape {shape}"
+        )
+    if arr.ndim == 3:
+        if shape[2] == 0:
+            raise DataError(f"{where}: zero features per step (shape {shape}); expected {spec.describe()}")
+        if spec.n_features is not None and shape[2] != spec.n_features:
+            raise DataError(
+                f"{where}: {shape[2]} features per step, but the model takes {spec.n_features}: "
+                f"expected {spec.describe()}, got shape {shape}"
+            )
+    if spec.integer_tokens:
+        return _check_ids(arr, spec, where)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = arr.astype(np.float32)
+    _check_finite(x, arr, where)
+    return x
+
+
+def _check_ids(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    limits = []
+    if spec.input_dim is not None:
+        limits.append((spec.input_dim, f"the Embedding's input_dim {spec.input_dim}"))
+    if spec.vocabulary is not None:
+        limits.append((len(spec.vocabulary), f"the vocabulary of {len(spec.vocabulary)} tokens"))
+    hi = min((v for v, _ in limits), default=np.iinfo(np.int32).max + 1)
+    bad = (arr < 0) | (arr >= hi)
+    if bad.any():
+        flat = int(np.argmax(bad))
+        i, t = np.unravel_index(flat, arr.shape)
+        value = int(arr[i, t])
+        why = next((w for v, w in sorted(limits) if value >= v), "int32") if value >= 0 else "ids are >= 0"
+        raise DataError(
+            f"{where}: {int(bad.sum())} token id(s) out of range 0..{hi - 1} ({why}), "
+            f"first {value} at sequence {int(i)}, step {int(t)}"
+        )
+    return arr.astype(np.int32)
+
+
+def _check_finite(x: np.ndarray, orig: np.ndarray, where: str, label=None) -> None:
+    ok = np.isfinite(x)
+    if ok.all():
+        return
+    bad = ~ok
+    flat = int(np.argmax(bad))
+    pos = np.unravel_index(flat, x.shape)
+    v = orig[pos].item()
+    what = f"{v!r}" if not np.isfinite(v) else f"{v!r} is too large for float32"
+    if label is None:
+        at = f"sequence {int(pos[0])}, step {int(pos[1])}" + (f", feature {int(pos[2])}" if x.ndim == 3 else "")
+    else:
+        at = label(pos)
+    raise DataError(f"{where}: {int(bad.sum())} NaN/inf value(s), first at {at} ({what})")
+
+
+# -- .csv ----------------------------------------------------------------------------------------------
+
+
+def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_rows, cap) -> Dataset:
+    import pandas as pd
+
+    if spec.is_text:
+        raise DataError(
+            f"{path}: a CSV series, but the model takes {spec.describe()}; give a .txt text file "
+            f"(or a .npy of integer token ids)"
+        )
+    body = text.lstrip("\n")
+    lead = len(text) - len(body)  # blank lines before the header
+    if not body.strip():
+        raise DataError(f"{path}: empty file")
+    try:  # the C parser raises several types for malformed files; all mean "not a readable CSV"
+        df = pd.read_csv(
+            io.StringIO(body),
+            header=None,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            skip_blank_lines=False,
+            index_col=False,
+            engine="c",
+        )
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = re.sub(r"line (\d+)", lambda m: f"line {int(m.group(1)) + lead}", msg)
+        raise DataError(f"{path}: cannot be read as CSV: {msg}") from None
+    df.columns = range(df.shape[1])
+    header = [str(c).strip() for c in df.iloc[0]]
+    if all(_is_number(h) for h in header):  # no header row: the first row is data
+        names = [f"x{j}" for j in range(len(header))]
+        first_row = 1 + lead
+    else:
+        names = header
+        df = df.iloc[1:]
+        first_row = 2 + lead
+        dup = next((h for k, h in enumerate(names) if h in names[:k]), None)
+        if dup is not None:
+            raise DataError(f"{path}: column {dup!r} appears more than once in the header")
+    rows = np.arange(df.shape[0], dtype=np.int64) + first_row  # row number in the file, header = row 1
+    cols = [df[j].str.strip().to_numpy(dtype=object) for j in range(len(names))]
+    del df
+    if rows.size:
+        blank = np.logical_and.reduce([c == "" for c in cols])
+        if blank.any():
+            rows = rows[~blank]
+            cols = [c[~blank] for c in cols]
+    if rows.size == 0:
+        raise DataError(f"{path}: no data rows (only a header: {', '.join(names)})")
+    col = {n: j for j, n in enumerate(names)}
+    n_records = int(rows.size)
+
+    # which columns are the features
+    seq_j = col.get(SEQUENCE_COLUMN)
+    parsed: dict[str, np.ndarray] = {}
+
+    def numbers(name: str) -> np.ndarray:
+        if name not in parsed:
+            parsed[name] = pd.to_numeric(pd.Series(cols[col[name]]), errors="coerce").to_numpy(np.float64)
+        return parsed[name]
+
+    ignored: list[str] = []
+    if columns:
+        columns = [str(c) for c in columns]
+        missing = [c for c in columns if c not in col]
+        if missing:
+            raise DataError(f"{path}: no column(s) {missing}; the file has columns {names}")
+        if SEQUENCE_COLUMN in columns:
+            raise DataError(f"{path}: {SEQUENCE_COLUMN!r} holds sequence ids; it cannot be a feature column")
+        dup = next((c for k, c in enumerate(columns) if c in columns[:k]), None)
+        if dup is not None:
+            raise DataError(f"{path}: column {dup!r} is chosen twice in --columns")
+        feats = columns
+    else:
+        numeric = []
+        for n in names:
+            if n == SEQUENCE_COLUMN:
+                continue
+            cells_j = cols[col[n]]
+            filled = cells_j != ""
+            num = _parses(numbers(n), cells_j)
+            if filled.any() and num[filled].mean() >= 0.5:
+                numeric.append(n)
+            else:
+                ignored.append(n)
+        feats = _choose_features(path, spec, numeric, ignored, names)
+    want_f = spec.n_features if len(spec.input_shape) == 3 else 1
+    if want_f is not None and len(feats) != want_f:
+        raise DataError(
+            f"{path}: the model takes {want_f} feature(s) per step, but {len(feats)} column(s) were chosen: {feats}"
+        )
+    values = np.empty((n_records, len(feats)), np.float64)
+    for k, n in enumerate(feats):
+        cells_j = cols[col[n]]
+        v = numbers(n)
+        empty = cells_j == ""
+        if empty.any():
+            r = int(np.argmax(empty))
+            raise DataError(f"{path}: row {rows[r]}, column {n!r}: empty cell, expected a number")
+        bad = ~_parses(v, cells_j)
+        if bad.any():
+            r = int(np.argmax(bad))
+            raise DataError(f"{path}: row {rows[r]}, column {n!r}: expected a number, got {_cell(cells_j[r])}")
+        values[:, k] = v
+    with np.errstate(over="ignore", invalid="ignore"):
+        x32 = values.astype(np.float32)
+    labels = np.asarray(feats, dtype=object)
+    _check_finite(x32, values, str(path), label=lambda p: f"row {rows[p[0]]}, column {labels[p[1]]!r}")
+
+    # sequences
+    if seq_j is not None:
+        seq_cells = cols[seq_j]
+        empty = seq_cells == ""
+        if empty.any():
+            r = int(np.argmax(empty))
+            raise DataError(f"{path}: row {rows[r]}, column {SEQUENCE_COLUMN!r}: empty sequence id")
+        seq_num = numbers(SEQUENCE_COLUMN)
+        if np.all(np.isfinite(seq_num)) and np.all(seq_num == np.round(seq_num)) and np.all(np.abs(seq_num) < 2**62):
+            seq_ids = seq_num.astype(np.int64)
+            seq_labels = None
+        else:
+            codes, uniques = pd.factorize(pd.Series(seq_cells), sort=False)
+            seq_ids = codes.astype(np.int64)
+            seq_labels = [str(u) for u in uniques]
+    else:
+        seq_ids = np.zeros(n_records, np.int64)
+        seq_labels = None
+    order = np.argsort(seq_ids, kind="stable")
+    sorted_ids = seq_ids[order]
+    values_sorted = x32[order]
+    uniq, offsets, lengths = np.unique(sorted_ids, return_index=True, return_counts=True)
+
+    def seq_name(k: int) -> str:
+        if seq_j is None:
+            return "the series"
+        label = seq_labels[int(uniq[k])] if seq_labels is not None else int(uniq[k])
+        return f"sequence {label!r}"
+
+    w = window or spec.n_steps
+    if w is None:  # a model of variable length takes each sequence whole
+        if stride is not None:
+            raise DataError(f"{path}: --stride needs --window (the model takes sequences of any length)")
+        if np.any(lengths != lengths[0]):
+            k = int(np.argmax(lengths != lengths[0]))
+            raise DataError(
+                f"{path}: sequences have different lengths ({seq_name(0)}: {int(lengths[0])} rows, "
+                f"{seq_name(k)}: {int(lengths[k])} rows); pass --window T to cut them into windows of T steps"
+            )
+        w = s = int(lengths[0])
+    else:
+        s = int(stride or w)
+    short = lengths < w
+    if short.any():
+        k = int(np.argmax(short))
+        need = "the model's input length" if window is None else "--window"
+        raise DataError(
+            f"{path}: {seq_name(k)} has {int(lengths[k])} rows, fewer than one window of {w} steps ({need})"
+        )
+    n_win = (lengths - w) // s + 1
+    total = int(n_win.sum())
+    if max_rows is not None:
+        total_kept = min(total, int(max_rows))
+    else:
+        total_kept = total
+    out_bytes = total_kept * w * len(feats) * 4
+    if out_bytes > cap:
+        raise DataError(
+            f"{path}: {total_kept} windows of {w} steps x {len(feats)} features need {out_bytes} bytes, more than "
+            f"the limit of {cap} bytes; use a larger --stride"
+        )
+    win_seq = np.repeat(np.arange(len(uniq)), n_win)[:total_kept]
+    first_win = np.cumsum(n_win) - n_win
+    local = (np.arange(total_kept) - first_win[win_seq]) * s
+    idx = (offsets[win_seq] + local)[:, None] + np.arange(w)[None, :]
+    x = values_sorted[idx]  # (N, w, F)
+    if len(spec.input_shape) == 2:
+        x = x[:, :, 0]
+    dropped = int((lengths - ((n_win - 1) * s + w)).sum())
+    source: dict[str, Any] = {
+        "path": str(path),
+        "kind": "csv",
+        "sha256": sha,
+        "n_rows": int(total_kept),
+        "n_records": int(n_records),
+        "columns": list(feats),
+        "ignored_columns": ignored,
+        "n_sequences_in_file": int(len(uniq)),
+        "window": int(w),
+        "stride": int(s),
+        "dropped_tail_steps": dropped,
+    }
+    if seq_labels is not None:
+        source["sequence_labels"] = seq_labels
+    if total_kept < total:
+        source["n_rows_total"] = total
+    return Dataset(
+        x=np.ascontiguousarray(x, dtype=np.float32),
+        tokens=None,
+        vocabulary=None,
+        sequence=uniq[win_seq].astype(np.int64),
+        start=local.astype(np.int64),
+        source=source,
+        feature_names=list(feats),
+    )
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+_NAN_WORDS = frozenset({"nan", "-nan", "+nan", "inf", "-inf", "+inf", "infinity", "-infinity", "+infinity"})
+
+
+def _parses(v: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """True where a cell is a number (NaN/inf spelled out count as numbers; they are reported later)."""
+    ok = ~np.isnan(v)
+    if not ok.all():
+        nan_cells = ~ok
+        import pandas as pd
+
+        ok[nan_cells] = pd.Series(cells[nan_cells], dtype=object).str.lower().isin(_NAN_WORDS).to_numpy()
+    return ok
+
+
+def _cell(s: str, n: int = 30) -> str:
+    r = repr(str(s))
+    return r if len(r) <= n else r[: n - 4] + "...'"
+
+
+def _choose_features(
+    path: Path, spec: InputSpec, numeric: list[str], ignored: list[str], names: list[str]
+) -> list[str]:
+    want = spec.n_features if len(spec.input_shape) == 3 else 1
+    if not numeric:
+        raise DataError(
+            f"{path}: no numeric column; the file has columns {names} (is it comma-separated?)"
+            if len(names) == 1 and any(c in names[0] for c in ";\t|")
+            else f"{path}: no numeric column; the file has columns {names}"
+        )
+    not_index = [n for n in numeric if n.strip().lower() not in INDEX_COLUMNS]
+    if want is None:
+        return not_index or numeric
+    if len(numeric) == want:
+        return numeric
+    if len(not_index) == want:
+        skipped = [n for n in numeric if n not in not_index]
+        ignored.extend(skipped)
+        log.info("%s: columns %s taken as an index, not as features", path, skipped)
+        return not_index
+    more = f" (not used: {ignored})" if ignored else ""
+    raise DataError(
+        f"{path}: the model takes {want} feature(s) per step, but the file has {len(numeric)} numeric "
+        f"column(s) {numeric}{more}; choose {want} with --columns"
+    )
+
+
+# -- .txt ----------------------------------------------------------------------------------------------
+
+
+def _position(text: str, offset: int) -> str:
+    line = text.count("\n", 0, offset) + 1
+    col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return f"line {line}, column {col}"
+
+
+def _tokenize(text: str, spec: InputSpec, level: str) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Token ids (int32, -1 where not in the vocabulary), the character offset of each token, token strings.
+
+    Token strings are returned (a list) only at word level; at char level they are ``text`` itself.
+    """
+    vocab = list(spec.vocabulary)
+    if level == "char":
+        cps = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+        single = [(ord(t), i) for i, t in enumerate(vocab) if len(t) == 1]
+        if single:
+            keys, vals = (np.array(v, dtype=np.int64) for v in zip(*sorted(single)))
+            pos = np.searchsorted(keys, cps)
+            pos_c = np.minimum(pos, len(keys) - 1)
+            found = keys[pos_c] == cps
+            ids = np.where(found, vals[pos_c], -1).astype(np.int32)
+        else:
+            ids = np.full(len(cps), -1, np.int32)
+        return ids, np.arange(len(cps), dtype=np.int64), text
+    pattern = spec.pattern or WORD_PATTERN
+    matches = [(m.start(), m.group()) for m in re.finditer(pattern, text)]
+    if pattern == WORD_PATTERN and not any(t and not t.strip() for t in vocab):
+        matches = [(o, t) for o, t in matches if t.strip()]  # the vocabulary has no whitespace tokens: skip them
+    if not matches:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64), []
+    offsets = np.fromiter((o for o, _ in matches), dtype=np.int64, count=len(matches))
+    strings = [t for _, t in matches]
+    index = {t: i for i, t in enumerate(vocab)}
+    uniq, inv = np.unique(np.asarray(strings, dtype=object).astype(str), return_inverse=True)
+    lut = np.fromiter((index.get(str(u), -1) for u in uniq), dtype=np.int32, count=len(uniq))
+    return lut[inv.ravel()], offsets, strings
+
+
+def _load_txt(path, text, sha, spec: InputSpec, level, window, stride, max_rows, cap) -> Dataset:
+    if not spec.is_text:
+        raise DataError(f"{path}: a text file, but the model takes {spec.describe()}; give a .csv, .npy or .npz file")
+    if spec.vocabulary is None:
+        raise DataError(
+            f"{path}: the model takes token ids but has no vocabulary; pass --vocab FILE "
+            f"(a JSON list of tokens in id order)"
+        )
+    lvl = level or spec.level or "char"
+    if spec.string_input == "text":
+        cfg = spec.string_layer or {}
+        tv_level = {"character": "char", "whitespace": "word"}.get(cfg.get("split"))
+        if cfg.get("standardize") is not None or tv_level is None or cfg.get("ngrams"):
+            raise DataError(
+                f"{path}: the model's TextVectorization {cfg.get('name', '')!r} (split={cfg.get('split')!r}, "
+                f"standardize={cfg.get('standardize')!r}) changes the text in ways gatelens cannot reproduce token "
+                f"by token; gatelens supports standardize=None with split='character' or 'whitespace'"
+            )
+        if level is not None and level != tv_level:
+            raise DataError(
+                f"{path}: --level {level} contradicts the model's TextVectorization split={cfg.get('split')!r}"
+            )
+        lvl = tv_level
+    if not text:
+        raise DataError(f"{path}: empty file")
+    ids, offsets, strings = _tokenize(text, spec, lvl)
+    n = len(ids)
+    if n == 0:
+        raise DataError(f"{path}: no {lvl} tokens in the text (only whitespace)")
+    unknown = ids < 0
+    n_oov = int(unknown.sum())
+    if n_oov:
+        k = int(np.argmax(unknown))
+        tok = text[offsets[k]] if lvl == "char" else strings[k]
+        if spec.oov_id is None:
+            raise DataError(
+                f"{path}: {_position(text, int(offsets[k]))}: {lvl} token {tok!r} is not in the vocabulary "
+                f"({len(spec.vocabulary)} tokens, no OOV token); {n_oov} token(s) in all are unknown"
+            )
+        ids[unknown] = spec.oov_id
+    if spec.integer_tokens and spec.mask_zero:
+        zero = ids == 0
+        if zero.any():
+            k = int(np.argmax(zero))
+            tok = text[offsets[k]] if lvl == "char" else strings[k]
+            raise DataError(
+                f"{path}: {_position(text, int(offsets[k]))}: token {tok!r} has id 0, which the model's "
+                f"Embedding(mask_zero=True) treats as padding"
+            )
+    if spec.input_dim is not None and spec.integer_tokens and len(spec.vocabulary) > spec.input_dim:
+        raise DataError(
+            f"{path}: the vocabulary has {len(spec.vocabulary)} tokens, but the model's Embedding takes ids "
+            f"0..{spec.input_dim - 1}"
+        )
+
+    # windows
+    w = window or spec.n_steps
+    can_pad = spec.mask_zero or spec.string_input == "text"
+    if w is None:
+        if stride is not None:
+            raise DataError(f"{path}: --stride needs --window (the model takes sequences of any length)")
+        w = s = n
+    else:
+        s = int(stride or w)
+    if n < w and not can_pad:
+        raise DataError(
+            f"{path}: the text has {n} {lvl} tokens, fewer than one window of {w} "
+            f"({'--window' if window else 'the model input length'}); give at least {w} tokens"
+        )
+    n_full = (n - w) // s + 1 if n >= w else 0
+    covered = (n_full - 1) * s + w if n_full else 0
+    pad = 0
+    if covered < n and can_pad:
+        next_start = n_full * s
+        pad = next_start + w - n
+        n_win = n_full + 1
+    else:
+        n_win = n_full
+    kept = n_win if max_rows is None else min(n_win, int(max_rows))
+    if kept * w * 4 > cap:
+        raise DataError(
+            f"{path}: {kept} windows of {w} tokens need {kept * w * 4} bytes, more than the limit of {cap} bytes; "
+            f"use a larger --stride"
+        )
+    ids_p = np.concatenate([ids, np.zeros(pad, np.int32)]) if pad else ids
+    tokens = np.ascontiguousarray(window_series(ids_p, w, s)[:kept], dtype=np.int32)
+    starts = np.arange(kept, dtype=np.int64) * s
+    padded = int(max(0, starts[-1] + w - n)) if kept and pad and kept == n_win else 0
+    source: dict[str, Any] = {
+        "path": str(path),
+        "kind": "txt",
+        "sha256": sha,
+        "n_rows": int(kept),
+        "n_chars": len(text),
+        "n_tokens": int(n),
+        "level": lvl,
+        "n_oov": n_oov,
+        "window": int(w),
+        "stride": int(s),
+        "padded_steps": padded,
+        "dropped_tail_steps": int(n - covered) if not pad else 0,
+    }
+    if kept < n_win:
+        source["n_rows_total"] = int(n_win)
+    if spec.string_input is None:
+        x = tokens
+    else:
+        tok_strings = np.array(list(text) if lvl == "char" else strings, dtype=object)
+        if spec.string_input == "tokens":
+            pad_token = spec.vocabulary[0]
+            tok_p = np.concatenate([tok_strings, np.full(pad, pad_token, dtype=object)]) if pad else tok_strings
+            x = np.ascontiguousarray(window_series(tok_p, w, s)[:kept])
+        else:
+            sep = "" if lvl == "char" else " "
+            x = np.empty((kept, 1), dtype=object)
+            x[:, 0] = [sep.join(tok_strings[a : min(a + w, n)]) for a in starts.tolist()]
+            if len(spec.input_shape) == 1:
+                x = x[:, 0]
+    return Dataset(
+        x=x,
+        tokens=tokens,
+        vocabulary=list(spec.vocabulary),
+        sequence=np.zeros(kept, np.int64),
+        start=starts,
+        source=source,
+        feature_names=None,
+    )
