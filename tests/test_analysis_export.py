@@ -26,7 +26,22 @@ from analysis.pipeline import STEPS, Analysis, analyze, load_analysis, save_anal
 from analysis.store import RunStoreError
 from analysis.trace import LayerInfo, LayerTrace, Trace
 
-NASTY = ['=HYPERLINK("http://x","y")', "+1", "@SUM(1)", "-2", "\tx", "\rx", "'quoted", "a,b", 'say "hi"', "\n", "ok"]
+NASTY = [
+    '=HYPERLINK("http://x","y")',
+    "+1",
+    "@SUM(1)",
+    "-2",
+    "\tx",
+    "\rx",
+    "'quoted",
+    "a,b",
+    'say "hi"',
+    "\n",
+    "NA",
+    "nan",
+    "null",
+    "ok",
+]
 VOCAB = ["", *NASTY]
 
 
@@ -107,7 +122,7 @@ def test_activations_csv_equals_the_arrays(tmp_path):
     assert_no_formula_text(path, ["layer", "token"])
     raw = path.read_bytes().decode()
     assert "'=HYPERLINK(" in raw and "'=evil" in raw and "'@SUM(1)" in raw
-    assert ",'-2\r\n" in raw  # the *token* -2 is neutralised ...
+    assert ',"\'-2"\r\n' in raw  # the *token* -2 is neutralised (and quoted, as every text cell here) ...
     rows = raw_rows(path)
     k = rows[0].index("candidate_pre")
     assert any(row[k].startswith("-") for row in rows[1:])  # ... negative numbers are not
@@ -127,6 +142,19 @@ def test_float32_and_float64_round_trip_exactly(tmp_path):
     back = read_csv(write_csv(wide, tmp_path / "w.csv"))
     np.testing.assert_array_equal(back.x.to_numpy(), wide.x.to_numpy())
     assert (back.t == "-").all()
+
+
+def test_float16_store_round_trips_exactly(tmp_path):
+    trace = text_trace(11)
+    lazy = write_store(trace, tmp_path / "run", dtype="float16")
+    df = read_csv(write_activations_csv(lazy, tmp_path / "a.csv"))
+    lt = lazy["lstm"]
+    mask = np.asarray(lt.mask[...])
+    part = df[df.layer == "lstm"]
+    for sig in lt.info.signals:
+        stored = np.asarray(lt[sig][...])
+        assert stored.dtype == np.float16
+        np.testing.assert_array_equal(part[sig].to_numpy().astype(np.float16), stored[mask].ravel())
 
 
 def test_lazy_store_activations_identical(tmp_path):
