@@ -12,6 +12,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from models._quiet import import_tensorflow_quietly
+
+import_tensorflow_quietly()
+
 from models.errors import (
     DataError,
     GatelensInputError,

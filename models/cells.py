@@ -64,13 +64,14 @@ def previous_states(h: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor) -> tf.T
         return tf.concat([h0[:, None, :], h[:, :-1]], axis=1)
     idx = tf.range(t)[None, :]
     last = tf.where(mask, idx, -1)
-    shift = 1
-    while True:  # Hillis-Steele running max over time: ceil(log2 T) element-wise steps
-        padded = tf.pad(last, [[0, 0], [shift, 0]], constant_values=-1)[:, :-shift]
-        last = tf.maximum(last, padded)
-        shift *= 2
-        if shift >= h.shape[1]:
-            break
+    if h.shape[1] is None:  # unknown length: a running maximum over time by scan
+        last = tf.transpose(tf.scan(tf.maximum, tf.transpose(last)))
+    else:  # Hillis-Steele running maximum: ceil(log2 T) element-wise steps
+        shift = 1
+        while shift < h.shape[1]:
+            padded = tf.pad(last, [[0, 0], [shift, 0]], constant_values=-1)[:, :-shift]
+            last = tf.maximum(last, padded)
+            shift *= 2
     prev = tf.pad(last, [[0, 0], [1, 0]], constant_values=-1)[:, :-1]  # last unmasked index < t
     gathered = tf.gather(h, tf.maximum(prev, 0), batch_dims=1)
     return tf.where((prev >= 0)[..., None], gathered, h0[:, None, :])

@@ -400,3 +400,16 @@ class MinimalCell(L.Layer):
     def call(self, inputs, states):
         h = keras.ops.matmul(inputs, self.kernel) + states[0]
         return h, [h]
+
+
+@pytest.mark.parametrize("cell", [L.LSTM, L.GRU, L.SimpleRNN])
+def test_variable_length_masked_input(cell):
+    """Input((None,)) with Embedding(mask_zero=True): the time axis is unknown while tracing."""
+    model = seq(L.Embedding(12, 4, mask_zero=True), cell(3, return_sequences=True), shape=(None,), dtype="int32")
+    ids = np.random.default_rng(0).integers(1, 12, size=(4, 7))
+    ids[0, 4:] = 0
+    trace = extract(model, ids)
+    (name,) = trace.layers
+    assert trace.verification[name] < 1e-6
+    assert trace[name].mask[0].tolist() == [True] * 4 + [False] * 3
+    _check_identities(trace[name])

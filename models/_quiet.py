@@ -1,0 +1,44 @@
+"""Import TensorFlow without its C++ start-up chatter on stderr.
+
+TensorFlow 2.21 writes absl log lines at import and at device initialisation ("oneDNN custom
+operations are on", "Could not find cuda drivers", "failed call to cuInit") that no environment
+variable silences. The CLI promises one plain line on stderr for a user's mistake, so the import
+runs with file descriptor 2 pointed at a temporary file; if the import fails, what was written
+there is passed on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+
+def import_tensorflow_quietly() -> None:
+    """Import tensorflow and keras (once), keeping their native start-up logs off stderr."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): import as usual
+        import keras
+        import tensorflow  # noqa: F401
+
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # device initialisation logs here, once
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -1,0 +1,285 @@
+"""``gatelens``: the command line, a thin layer over the same functions the dashboard uses.
+
+Exit codes: 0 success; 2 bad input or usage (one plain line on stderr naming the file and the
+problem, no traceback); 3 model rejected as unsafe or unsupported; 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+log = logging.getLogger("gatelens")
+
+
+class UsageError(Exception):
+    """Bad command-line usage (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one plain line instead of usage + message
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (only when stderr is a terminal, or forced)."""
+
+    def __init__(self, label: str, *, stream=None, force: bool = False) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = force or self.stream.isatty()
+        self.t0 = time.perf_counter()
+        self._last = -1.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if done < total and now - self._last < 0.1:
+            return
+        self._last = now
+        frac = done / max(total, 1)
+        bar = "#" * int(30 * frac)
+        self.stream.write(f"\r{self.label} [{bar:<30}] {done}/{total} {now - self.t0:5.1f}s")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _load_model_and_data(args: argparse.Namespace):
+    from models import load_model
+    from models.data import load_data
+    from models.spec import input_spec, read_vocabulary, sidecar_vocabulary_path
+
+    model = load_model(args.model)
+    vocab = None
+    if getattr(args, "vocab", None):
+        vocab = read_vocabulary(args.vocab)
+    else:
+        side = sidecar_vocabulary_path(args.model)
+        if side is not None:
+            vocab = read_vocabulary(side)
+    spec = input_spec(model, vocabulary=vocab, level=getattr(args, "level", None))
+    data = load_data(
+        args.data,
+        spec,
+        columns=getattr(args, "columns", None),
+        window=getattr(args, "window", None),
+        stride=getattr(args, "stride", None),
+        level=getattr(args, "level", None),
+    )
+    return model, spec, data
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from analysis.store import sha256_file
+    from models.extract import write_run
+
+    model, spec, data = _load_model_and_data(args)
+    manifest: dict[str, Any] = {
+        "model": {"path": str(args.model), "sha256": sha256_file(args.model), "name": model.name},
+        "data": {k: v for k, v in data.source.items()},
+        "options": {
+            "batch_size": args.batch_size,
+            "dtype": args.dtype,
+            "layers": args.layers,
+            "window": args.window,
+            "stride": args.stride,
+            "level": args.level,
+        },
+        "sequence": [int(v) for v in data.sequence],
+        "start": [int(v) for v in data.start],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    trace = write_run(
+        model,
+        data.x,
+        args.out,
+        batch_size=args.batch_size,
+        layers=args.layers,
+        dtype=args.dtype,
+        tolerance=args.tolerance,
+        progress=ProgressBar("extract"),
+        vocabulary=data.vocabulary,
+        feature_names=data.feature_names,
+        manifest=manifest,
+    )
+    worst = max(trace.verification.values())
+    print(
+        f"wrote {args.out}: {trace.n_sequences} sequences x {trace.n_steps} steps, layers {', '.join(trace.layers)}; "
+        f"max |h recomputed - Keras| = {worst:.2e}"
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from models.extract import Extractor
+
+    model, spec, data = _load_model_and_data(args)
+    ex = Extractor(model)
+    for _ in ex.iter_batches(
+        data.x, batch_size=args.batch_size, tolerance=float("inf"), progress=ProgressBar("verify")
+    ):
+        pass
+    print(f"{'layer':<32} {'max_abs_error':>14}  status")
+    failed = False
+    for name in ex.layer_names:
+        err = ex.errors[name]
+        ok = err <= args.tolerance
+        failed |= not ok
+        print(f"{name:<32} {err:>14.3e}  {'ok' if ok else 'FAIL'}")
+    return 1 if failed else 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from analysis.pipeline import analyze, save_analysis
+    from analysis.store import open_run
+
+    trace = open_run(args.run)
+    result = analyze(trace, features=args.features, progress=ProgressBar("analyze"))
+    where = save_analysis(result, args.run)
+    tables = ", ".join(f"{name} ({len(getattr(result, name))} rows)" for name in result.tables())
+    print(f"analysed {args.run} -> {where}: {tables}")
+    for step, why in result.skipped.items():
+        print(f"  skipped {step}: {why}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from analysis.export import export_csvs
+    from analysis.pipeline import load_analysis
+    from analysis.store import open_run
+
+    trace = open_run(args.run)
+    result = load_analysis(args.run)
+    paths = export_csvs(trace, args.csv, analysis=result)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import subprocess
+
+    app = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.port",
+        str(args.port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    if args.address:
+        cmd += ["--server.address", args.address]
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="gatelens", description="See what the gates of a Keras LSTM/GRU keep and forget.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def data_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", help="a .keras (or legacy .h5) model file")
+        sp.add_argument("data", help="input data: .npy, .npz (key x), .csv or .txt")
+        sp.add_argument("--batch-size", type=int, default=256)
+        sp.add_argument("--vocab", help="JSON list of tokens in id order (text models without a vocabulary)")
+        sp.add_argument("--level", choices=["char", "word"], default=None, help="text tokenisation (default char)")
+        sp.add_argument("--window", type=int, help="steps per sequence for long series/text (default: model length)")
+        sp.add_argument("--stride", type=int, help="steps between window starts (default: the window)")
+        sp.add_argument("--columns", nargs="+", help="CSV columns to use as input features, in order")
+        sp.add_argument("--tolerance", type=float, default=1e-4, help="max accepted |h recomputed - Keras|")
+
+    e = sub.add_parser("extract", help="re-run the recurrent layers and store every gate in a run directory")
+    data_opts(e)
+    e.add_argument("--out", required=True, help="the run directory to write")
+    e.add_argument("--layers", nargs="+", help="only these layers (contract names)")
+    e.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    e.set_defaults(func=cmd_extract)
+
+    v = sub.add_parser("verify", help="per layer: max |hidden state recomputed - Keras's own output|")
+    data_opts(v)
+    v.set_defaults(func=cmd_verify)
+
+    a = sub.add_parser("analyze", help="statistics, memory, correlations, probes, clusters, events of a run")
+    a.add_argument("run")
+    a.add_argument("--features", help="CSV with columns sequence, step and one column per feature")
+    a.set_defaults(func=cmd_analyze)
+
+    x = sub.add_parser("export", help="write the analysis of a run as CSV files")
+    x.add_argument("run")
+    x.add_argument("--csv", required=True, help="output directory")
+    x.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("dashboard", help="serve the Streamlit dashboard")
+    d.add_argument("--port", type=int, default=8501)
+    d.add_argument("--address", default=None)
+    d.set_defaults(func=cmd_dashboard)
+
+    try:
+        from models.zoo.cli import register
+    except ImportError:  # pragma: no cover - the zoo is part of the package
+        register = None
+    if register is not None:
+        register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gatelens`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from analysis.store import RunStoreError
+    from models.errors import GatelensInputError, VerificationError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        sys.stderr.write(f"{e}\n")
+        return 2
+    except GatelensInputError as e:
+        sys.stderr.write(f"gatelens: {e}\n")
+        return e.exit_code
+    except (RunStoreError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        sys.stderr.write(f"gatelens: {e}\n")
+        return 2
+    except ValueError as e:
+        # analysis-side input errors (features CSV, ...) are ValueErrors with a message for the user
+        if type(e).__module__.startswith("analysis"):
+            sys.stderr.write(f"gatelens: {e}\n")
+            return 2
+        raise_internal = e
+    except VerificationError as e:
+        sys.stderr.write(f"gatelens: verification failed: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("gatelens: interrupted\n")
+        return 130
+    except Exception as e:  # the last resort: one line, and the traceback with --debug
+        raise_internal = e
+    if debug:
+        raise raise_internal
+    sys.stderr.write(
+        f"gatelens: internal error: {type(raise_internal).__name__}: {raise_internal} "
+        "(run with --debug for the traceback)\n"
+    )
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
