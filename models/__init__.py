@@ -16,7 +16,7 @@ from models._quiet import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 
-from models.errors import (
+from models.errors import (  # noqa: E402 - after the quiet TensorFlow import
     DataError,
     GatelensInputError,
     ModelFormatError,
@@ -24,8 +24,8 @@ from models.errors import (
     UnsupportedLayerError,
     VerificationError,
 )
-from models.extract import Extractor, extract, write_run
-from models.loading import load_model
+from models.extract import Extractor, extract, write_run  # noqa: E402
+from models.loading import load_model  # noqa: E402
 
 __all__ = [
     "DataError",
