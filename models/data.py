@@ -209,6 +209,16 @@ def load_data(
     >>> d.x.dtype, d.x.shape, d.feature_names
     (dtype('float32'), (2, 4, 3), ['x0', 'x1', 'x2'])
     """
+    try:
+        return _load_data(path, spec, columns, window, stride, level, max_sequences, max_bytes)
+    except DataError as e:
+        msg = str(e)
+        if "\n" in msg or "\r" in msg:  # one line, also when a file or column name holds a line break
+            raise DataError(msg.replace("\r", "\\r").replace("\n", "\\n")) from None
+        raise
+
+
+def _load_data(path, spec, columns, window, stride, level, max_sequences, max_bytes) -> Dataset:
     path = Path(path)
     cap = int(max_bytes) if max_bytes is not None else max_data_bytes()
     suffix = path.suffix.lower()
@@ -326,10 +336,12 @@ def _read_npy_stream(fp: BinaryIO, where: str, available: int, cap: int, max_row
     for d in read_shape:
         count *= d
     nbytes = count * dtype.itemsize
-    total = 1
+    total = nominal = 1
     for d in shape:
         total *= d
-    if nbytes > cap:
+        nominal *= max(d, 1)  # an empty array with huge other axes is refused too: NumPy cannot even shape it
+    if nbytes > cap or nominal * dtype.itemsize > cap:
+        nbytes = max(nbytes, nominal * dtype.itemsize)
         raise DataError(
             f"{where}: the array declares shape {shape} of {dtype} ({nbytes} bytes), more than the limit of {cap} bytes"
         )
@@ -581,7 +593,7 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
             rows = rows[~blank]
             cols = [c[~blank] for c in cols]
     if rows.size == 0:
-        raise DataError(f"{path}: no data rows (only a header: {', '.join(names)})")
+        raise DataError(f"{path}: no data rows (only a header: {names})")
     col = {n: j for j, n in enumerate(names)}
     n_records = int(rows.size)
 
@@ -595,6 +607,7 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
         return parsed[name]
 
     ignored: list[str] = []
+    why: dict[str, str] = {}  # columns that are not numeric, with their first text cell
     if columns:
         columns = [str(c) for c in columns]
         missing = [c for c in columns if c not in col]
@@ -618,7 +631,13 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
                 numeric.append(n)
             else:
                 ignored.append(n)
-        feats = _choose_features(path, spec, numeric, ignored, names)
+                text_cells = filled & ~num
+                if text_cells.any():
+                    r = int(np.argmax(text_cells))
+                    why[n] = f"{n!r} (row {rows[r]}: {_cell(cells_j[r])})"
+                else:
+                    why[n] = f"{n!r} (empty)"
+        feats = _choose_features(path, spec, numeric, ignored, names, why)
     want_f = spec.n_features if len(spec.input_shape) == 3 else 1
     if want_f is not None and len(feats) != want_f:
         raise DataError(
@@ -767,15 +786,13 @@ def _cell(s: str, n: int = 30) -> str:
 
 
 def _choose_features(
-    path: Path, spec: InputSpec, numeric: list[str], ignored: list[str], names: list[str]
+    path: Path, spec: InputSpec, numeric: list[str], ignored: list[str], names: list[str], why: dict[str, str]
 ) -> list[str]:
     want = spec.n_features if len(spec.input_shape) == 3 else 1
+    not_numeric = f"; not numeric: {', '.join(why.values())}" if why else ""
     if not numeric:
-        raise DataError(
-            f"{path}: no numeric column; the file has columns {names} (is it comma-separated?)"
-            if len(names) == 1 and any(c in names[0] for c in ";\t|")
-            else f"{path}: no numeric column; the file has columns {names}"
-        )
+        hint = " (is it comma-separated?)" if len(names) == 1 and any(c in names[0] for c in ";\t|") else ""
+        raise DataError(f"{path}: no numeric column{hint}; the file has columns {names}{not_numeric}")
     not_index = [n for n in numeric if n.strip().lower() not in INDEX_COLUMNS]
     if want is None:
         return not_index or numeric
@@ -786,10 +803,9 @@ def _choose_features(
         ignored.extend(skipped)
         log.info("%s: columns %s taken as an index, not as features", path, skipped)
         return not_index
-    more = f" (not used: {ignored})" if ignored else ""
     raise DataError(
         f"{path}: the model takes {want} feature(s) per step, but the file has {len(numeric)} numeric "
-        f"column(s) {numeric}{more}; choose {want} with --columns"
+        f"column(s) {numeric}{not_numeric}; choose {want} with --columns"
     )
 
 

@@ -86,7 +86,7 @@ class InputSpec:
     n_steps : int or None
         The model's time length T (None when variable).
     n_features : int or None
-        Features per step F for float inputs (None for token inputs, or for a float (N, T) input).
+        Features per step F for float inputs (None for token inputs, or when any F is accepted).
     integer_tokens : bool
         True when the model starts with an Embedding: its input is (N, T) integer token ids.
     vocabulary : list of str or None
@@ -144,7 +144,7 @@ class InputSpec:
         if self.input_shape is None:
             if self.string_input == "text":
                 shape: tuple[int | None, ...] = (None, 1)
-            elif self.is_text or self.n_features is None:
+            elif self.is_text:
                 shape = (None, self.n_steps)
             else:
                 shape = (None, self.n_steps, self.n_features)
@@ -173,9 +173,10 @@ class InputSpec:
         if self.integer_tokens:
             ids = f", ids 0..{self.input_dim - 1}" if self.input_dim else ""
             return f"integer token ids (N, T) = (N, {t}){ids}"
-        if self.n_features is None:
+        if len(self.input_shape) == 2:
             return f"float (N, T) = (N, {t})"
-        return f"float (N, T, F) = (N, {t}, {self.n_features})"
+        f = "F" if self.n_features is None else str(self.n_features)
+        return f"float (N, T, F) = (N, {t}, {f})"
 
 
 # -- vocabulary files --------------------------------------------------------------------------------
