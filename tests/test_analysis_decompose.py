@@ -351,11 +351,12 @@ def test_against_the_extractor_on_keras_models():
     model = keras.Sequential(
         [
             keras.Input((8,), dtype="int32"),
-            L.Embedding(9, 4, mask_zero=True),
-            L.Bidirectional(L.LSTM(3, return_sequences=True)),
-            L.GRU(3, reset_after=False, return_sequences=True, go_backwards=True),
-            L.GRU(2, return_sequences=True),
-        ]
+            L.Embedding(9, 4, mask_zero=True, name="dec_embedding"),
+            L.Bidirectional(L.LSTM(3, return_sequences=True, name="dec_lstm"), name="dec_bi"),
+            L.GRU(3, reset_after=False, return_sequences=True, go_backwards=True, name="dec_gru_back"),
+            L.GRU(2, return_sequences=True, name="dec_gru"),
+        ],
+        name="dec_model",
     )
     trace = extract(model, ids, vocabulary=[str(i) for i in range(9)])
     assert len(trace.layers) == 4
@@ -382,11 +383,11 @@ def test_reference_cells_match_keras():
     x = rng.normal(size=(4, 6, 3)).astype(np.float32)
     x[1, 4:] = 0.0  # masked by Masking(0.0)
     for layer, ref in [
-        (L.LSTM(3, return_sequences=True, recurrent_activation="hard_sigmoid"), "lstm"),
-        (L.GRU(3, return_sequences=True, go_backwards=True), "gru_after"),
-        (L.GRU(3, return_sequences=True, reset_after=False), "gru_before"),
+        (L.LSTM(3, return_sequences=True, recurrent_activation="hard_sigmoid", name="ref_lstm"), "lstm"),
+        (L.GRU(3, return_sequences=True, go_backwards=True, name="ref_gru_after"), "gru_after"),
+        (L.GRU(3, return_sequences=True, reset_after=False, name="ref_gru_before"), "gru_before"),
     ]:
-        model = keras.Sequential([keras.Input((6, 3)), L.Masking(0.0), layer])
+        model = keras.Sequential([keras.Input((6, 3)), L.Masking(0.0, name=f"mask_{ref}"), layer], name=f"m_{ref}")
         for w in layer.weights:
             w.assign(rng.normal(size=w.shape).astype(np.float32))
         got = extract(model, x)
