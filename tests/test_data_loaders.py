@@ -438,7 +438,7 @@ def test_csv_headerless_and_blank_lines(tmp_path, float_spec):
         ("a,b\n1,2\n3\n5,6\n7,8\n", r"row 3, column 'b': empty cell"),
         ("a,b\n1,2\n3,nan\n5,6\n7,inf\n", r"2 NaN/inf value\(s\), first at row 3, column 'b' \(nan\)"),
         ("a,b\n1,2\n3,1e300\n5,6\n7,8\n", r"row 3, column 'b' .*too large for float32"),
-        ("a,b\n", r"no data rows \(only a header: a, b\)"),
+        ("a,b\n", r"no data rows \(only a header: \['a', 'b'\]\)"),
         ("", r"empty file"),
         ("\n\n  \n", r"empty file"),
         ("a,b\n1,2\n3,4,5\n", r"cannot be read as CSV: .*line 3"),
