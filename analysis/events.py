@@ -45,6 +45,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -393,7 +394,7 @@ def summarize_events(
         ``layer, unit, event, count, rate, input_driven, top_tokens, top_features``: one row per layer,
         unit and event type of the layer's cell (zero counts included). ``rate`` = count / eligible
         steps; ``input_driven`` the share of the events with ``|delta_input| > |delta_recurrent|``
-        (0 when there are none); ``top_tokens`` like ``'(' n=12 lift=8.3; ...`` (text traces),
+        (0 when there are none); ``top_tokens`` like ``"(" n=12 lift=8.3; ...`` (text traces; tokens JSON-quoted),
         ``top_features`` like ``x0 +1.83 sd; ...`` (numeric traces); an empty string otherwise.
 
     Examples
@@ -407,7 +408,7 @@ def summarize_events(
     >>> trace = Trace({"lstm": lt}, tokens=np.array([[1, 2, 1, 1, 2]]), vocabulary=["", "a", ";"])
     >>> summarize_events(detect_events(trace), trace)[["event", "count", "rate", "top_tokens"]]
         event  count  rate             top_tokens
-    0  forget      2   0.5  ';' n=2 lift=2.0
+    0  forget      2   0.5  ";" n=2 lift=2.0
     1   write      0   0.0
     2    read      0   0.0
     """
@@ -442,7 +443,7 @@ def summarize_events(
             name,
             grid,
             top,
-            lambda r: f"{r.token!r} n={r.count} lift={r.lift:.1f}",
+            lambda r: f"{json.dumps(str(r.token), ensure_ascii=False)} n={r.count} lift={r.lift:.1f}",
             lambda d: d[d["count"] >= min_count],
         )
         grid["top_features"] = _top_strings(

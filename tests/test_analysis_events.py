@@ -177,12 +177,12 @@ def test_summary_counts_rates_and_token_lift_by_hand():
     row = summary.set_index("event").loc["forget"]
     assert row["count"] == 3 and row["rate"] == 3 / 8
     # ';': 2 of 3 events, 2 of 8 eligible steps -> lift (2/3) / (2/8) = 2.67; 'a': (1/3) / (2/8) = 1.33
-    assert row["top_tokens"] == "';' n=2 lift=2.7; 'a' n=1 lift=1.3"
+    assert row["top_tokens"] == '";" n=2 lift=2.7; "a" n=1 lift=1.3'
     assert row["top_features"] == ""
     lift = event_token_lift(ev, trace).query("event == 'forget'")
     assert lift.token.tolist() == [";", "a"]
     np.testing.assert_allclose(lift.lift, [(2 / 3) / (2 / 8), (1 / 3) / (2 / 8)])
-    assert summarize_events(ev, trace).set_index("event").loc["forget", "top_tokens"] == "';' n=2 lift=2.7"
+    assert summarize_events(ev, trace).set_index("event").loc["forget", "top_tokens"] == '";" n=2 lift=2.7'
     assert set(summary.event) == {"forget", "write", "read"}
 
 
