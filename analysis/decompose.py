@@ -417,7 +417,20 @@ def cell_state_decomposition(
 
     Examples
     --------
-    See the module docstring.
+    A GRU keeps ``z`` of its state and writes ``(1 - z) * candidate``:
+
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1, reset_after=True)
+    >>> sig = {s: np.zeros((1, 2, 1), np.float32) for s in info.signals}
+    >>> sig["update_gate"][:] = 0.5; sig["candidate"][:] = 1.0
+    >>> sig["hidden_state"][0, :, 0] = [0.5, 0.75]
+    >>> t = Trace({"gru": LayerTrace(info, sig, mask=np.ones((1, 2), bool), inputs=np.zeros((1, 2, 1)))})
+    >>> cell_state_decomposition(t, "gru", 0, step=1)[["source_step", "contribution"]]
+       source_step  contribution
+    0           -1          0.00
+    1            0          0.25
+    2            1          0.50
     """
     lt = get_layer(trace, layer)
     n_seq, t_len, n_units = lt.shape

@@ -322,6 +322,20 @@ def event_feature_shift(events: pd.DataFrame, trace: Trace, *, chunk: int = 256)
     -------
     DataFrame
         ``layer, unit, event, feature, mean_at_events, mean, std, z``, by descending ``|z|``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
+    >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
+    >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.2, 0.95]
+    >>> x = np.array([[[0.0], [5.0], [0.0], [5.0], [0.0]]], np.float32)
+    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 5), bool), inputs=x)
+    >>> trace = Trace({"lstm": lt}, x=x, feature_names=["load"])
+    >>> event_feature_shift(detect_events(trace, events=["forget"]), trace)[["feature", "mean_at_events", "z"]]
+      feature  mean_at_events    z
+    0    load             5.0  1.0
     """
     if trace.x is None or events.empty:
         return pd.DataFrame(

@@ -331,6 +331,21 @@ def units_table(analysis: Analysis) -> pd.DataFrame:
     ``update_gate``), the unit's ``cluster`` and ``archetype`` (from the clusters table: empty when
     clustering was not run), and the saturation columns of :func:`~analysis.stats.unit_stats` on the
     gate and candidate rows. Cells that do not apply to a row are empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace
+    >>> from analysis.pipeline import analyze
+    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
+    >>> lt = LayerTrace(info, {s: np.full((1, 3, 1), 0.5, np.float32) for s in info.signals},
+    ...                 mask=np.ones((1, 3), bool), inputs=np.zeros((1, 3, 1), np.float32))
+    >>> table = units_table(analyze(Trace({"lstm": lt}), steps=("stats", "memory")))
+    >>> table.set_index("signal").loc[["forget_gate", "cell_state"], ["half_life_steps", "frac_linear"]]
+                 half_life_steps  frac_linear
+    signal
+    forget_gate              1.0          1.0
+    cell_state               NaN          NaN
     """
     base = analysis.signal_stats.copy()
     if base.empty:

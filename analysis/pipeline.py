@@ -137,6 +137,17 @@ def analyze(
     Returns
     -------
     Analysis
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1, reset_after=True)
+    >>> sig = {s: np.full((2, 3, 1), 0.25, np.float32) for s in info.signals}
+    >>> lt = LayerTrace(info, sig, mask=np.ones((2, 3), bool), inputs=np.zeros((2, 3, 1), np.float32))
+    >>> a = analyze(Trace({"gru": lt}), steps=("stats", "memory", "events"))
+    >>> float(a.half_lives["half_life_steps"].iloc[0]), len(a.events), sorted(a.skipped)
+    (0.5, 0, [])
     """
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
@@ -247,6 +258,13 @@ def save_analysis(analysis: Analysis, run_dir: str | os.PathLike) -> Path:
     -------
     Path
         The ``RUN/analysis`` directory.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = save_analysis(Analysis(skipped={"probes": "not run"}), tempfile.mkdtemp())
+    >>> out.name, sorted(p.name for p in out.iterdir())[:2]
+    ('analysis', ['clusters.parquet', 'correlations.parquet'])
     """
     out = Path(run_dir) / ANALYSIS_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -269,6 +287,14 @@ def load_analysis(run_dir: str | os.PathLike) -> Analysis:
     ------
     analysis.store.RunStoreError
         When the run has no complete analysis or a table does not match its checksum.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> run = tempfile.mkdtemp()
+    >>> _ = save_analysis(Analysis(skipped={"probes": "not run"}), run)
+    >>> load_analysis(run).skipped
+    {'probes': 'not run'}
     """
     out = Path(run_dir) / ANALYSIS_DIR
     index = out / INDEX

@@ -352,5 +352,17 @@ def signal_stats(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
 
 
 def stats_tables(trace: Trace, *, chunk: int = 256) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(unit_stats(trace), signal_stats(trace))`` from a single pass over the trace."""
+    """``(unit_stats(trace), signal_stats(trace))`` from a single pass over the trace.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=3, input_dim=1)
+    >>> sig = {s: np.zeros((2, 4, 3), np.float32) for s in info.signals}
+    >>> lt = LayerTrace(info, sig, mask=np.ones((2, 4), bool), inputs=np.zeros((2, 4, 1), np.float32))
+    >>> units, signals = stats_tables(Trace({"lstm": lt}))
+    >>> len(units), len(signals)      # 4 activated signals x 3 units; 10 signals x 3 units
+    (12, 30)
+    """
     return _scan(trace, None, chunk, 0.1, 0.9)
