@@ -327,3 +327,21 @@ def test_docs_describe_every_column_of_every_file(full, tmp_path):
         columns = [c for c in read_csv(path).columns if not (name == "activations.csv" and c in signals)]
         missing = [c for c in columns if c not in documented]
         assert not missing, f"{name}: columns {missing} are not documented"
+
+
+def test_analysis_never_imports_tensorflow_or_keras():
+    import subprocess
+
+    code = (
+        "import sys, numpy as np\n"
+        "import analysis.pipeline, analysis.export, analysis.stats, analysis.memory, analysis.decompose\n"
+        "import analysis.events, analysis.store\n"
+        "from analysis.trace import LayerInfo, LayerTrace, Trace\n"
+        "info = LayerInfo(name='lstm', cell_type='lstm', units=1, input_dim=1)\n"
+        "lt = LayerTrace(info, {s: np.full((1, 3, 1), 0.5, np.float32) for s in info.signals},\n"
+        "                mask=np.ones((1, 3), bool), inputs=np.zeros((1, 3, 1), np.float32))\n"
+        "analysis.pipeline.analyze(Trace({'lstm': lt}), steps=('stats', 'memory', 'events'))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
