@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 import os
 import re
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -585,32 +587,25 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
         if dup is not None:
             raise DataError(f"{path}: column {dup!r} appears more than once in the header")
     rows = np.arange(df.shape[0], dtype=np.int64) + first_row  # row number in the file, header = row 1
-    cols = [df[j].str.strip().to_numpy(dtype=object) for j in range(len(names))]
+    cols = {n: _Column(df[j].str.strip()) for j, n in enumerate(names)}
     del df
     if rows.size:
-        blank = np.logical_and.reduce([c == "" for c in cols])
+        blank = np.logical_and.reduce([c.empty for c in cols.values()])
         if blank.any():
-            rows = rows[~blank]
-            cols = [c[~blank] for c in cols]
+            keep = np.flatnonzero(~blank)
+            rows = rows[keep]
+            cols = {n: _Column(c.cells.iloc[keep]) for n, c in cols.items()}
     if rows.size == 0:
         raise DataError(f"{path}: no data rows (only a header: {names})")
-    col = {n: j for j, n in enumerate(names)}
     n_records = int(rows.size)
 
     # which columns are the features
-    seq_j = col.get(SEQUENCE_COLUMN)
-    parsed: dict[str, np.ndarray] = {}
-
-    def numbers(name: str) -> np.ndarray:
-        if name not in parsed:
-            parsed[name] = pd.to_numeric(pd.Series(cols[col[name]]), errors="coerce").to_numpy(np.float64)
-        return parsed[name]
-
+    has_seq = SEQUENCE_COLUMN in cols
     ignored: list[str] = []
     why: dict[str, str] = {}  # columns that are not numeric, with their first text cell
     if columns:
         columns = [str(c) for c in columns]
-        missing = [c for c in columns if c not in col]
+        missing = [c for c in columns if c not in cols]
         if missing:
             raise DataError(f"{path}: no column(s) {missing}; the file has columns {names}")
         if SEQUENCE_COLUMN in columns:
@@ -621,20 +616,18 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
         feats = columns
     else:
         numeric = []
-        for n in names:
+        for n, c in cols.items():
             if n == SEQUENCE_COLUMN:
                 continue
-            cells_j = cols[col[n]]
-            filled = cells_j != ""
-            num = _parses(numbers(n), cells_j)
-            if filled.any() and num[filled].mean() >= 0.5:
+            filled = ~c.empty
+            if filled.any() and c.ok[filled].mean() >= 0.5:
                 numeric.append(n)
             else:
                 ignored.append(n)
-                text_cells = filled & ~num
+                text_cells = filled & ~c.ok
                 if text_cells.any():
                     r = int(np.argmax(text_cells))
-                    why[n] = f"{n!r} (row {rows[r]}: {_cell(cells_j[r])})"
+                    why[n] = f"{n!r} (row {rows[r]}: {_cell(c.cell(r))})"
                 else:
                     why[n] = f"{n!r} (empty)"
         feats = _choose_features(path, spec, numeric, ignored, names, why)
@@ -645,35 +638,32 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
         )
     values = np.empty((n_records, len(feats)), np.float64)
     for k, n in enumerate(feats):
-        cells_j = cols[col[n]]
-        v = numbers(n)
-        empty = cells_j == ""
-        if empty.any():
-            r = int(np.argmax(empty))
+        c = cols[n]
+        if c.empty.any():
+            r = int(np.argmax(c.empty))
             raise DataError(f"{path}: row {rows[r]}, column {n!r}: empty cell, expected a number")
-        bad = ~_parses(v, cells_j)
+        bad = ~c.ok
         if bad.any():
             r = int(np.argmax(bad))
-            raise DataError(f"{path}: row {rows[r]}, column {n!r}: expected a number, got {_cell(cells_j[r])}")
-        values[:, k] = v
+            raise DataError(f"{path}: row {rows[r]}, column {n!r}: expected a number, got {_cell(c.cell(r))}")
+        values[:, k] = c.values
     with np.errstate(over="ignore", invalid="ignore"):
         x32 = values.astype(np.float32)
     labels = np.asarray(feats, dtype=object)
     _check_finite(x32, values, str(path), label=lambda p: f"row {rows[p[0]]}, column {labels[p[1]]!r}")
 
     # sequences
-    if seq_j is not None:
-        seq_cells = cols[seq_j]
-        empty = seq_cells == ""
-        if empty.any():
-            r = int(np.argmax(empty))
+    if has_seq:
+        c = cols[SEQUENCE_COLUMN]
+        if c.empty.any():
+            r = int(np.argmax(c.empty))
             raise DataError(f"{path}: row {rows[r]}, column {SEQUENCE_COLUMN!r}: empty sequence id")
-        seq_num = numbers(SEQUENCE_COLUMN)
-        if np.all(np.isfinite(seq_num)) and np.all(seq_num == np.round(seq_num)) and np.all(np.abs(seq_num) < 2**62):
+        seq_num = c.values
+        if np.all(np.isfinite(seq_num)) and np.all(seq_num == np.round(seq_num)) and np.all(np.abs(seq_num) < 2**53):
             seq_ids = seq_num.astype(np.int64)
             seq_labels = None
         else:
-            codes, uniques = pd.factorize(pd.Series(seq_cells), sort=False)
+            codes, uniques = pd.factorize(c.cells, sort=False)
             seq_ids = codes.astype(np.int64)
             seq_labels = [str(u) for u in uniques]
     else:
@@ -685,7 +675,7 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
     uniq, offsets, lengths = np.unique(sorted_ids, return_index=True, return_counts=True)
 
     def seq_name(k: int) -> str:
-        if seq_j is None:
+        if not has_seq:
             return "the series"
         label = seq_labels[int(uniq[k])] if seq_labels is not None else int(uniq[k])
         return f"sequence {label!r}"
@@ -725,8 +715,9 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
     win_seq = np.repeat(np.arange(len(uniq)), n_win)[:total_kept]
     first_win = np.cumsum(n_win) - n_win
     local = (np.arange(total_kept) - first_win[win_seq]) * s
-    idx = (offsets[win_seq] + local)[:, None] + np.arange(w)[None, :]
-    x = values_sorted[idx]  # (N, w, F)
+    # windows never cross sequences: each starts within its sequence and ends before the next one
+    view = np.lib.stride_tricks.sliding_window_view(values_sorted, w, axis=0)  # (L - w + 1, F, w), no copy
+    x = view[offsets[win_seq] + local].transpose(0, 2, 1)  # (N, w, F)
     if len(spec.input_shape) == 2:
         x = x[:, :, 0]
     dropped = int((lengths - ((n_win - 1) * s + w)).sum())
@@ -769,15 +760,45 @@ def _is_number(s: str) -> bool:
 _NAN_WORDS = frozenset({"nan", "-nan", "+nan", "inf", "-inf", "+inf", "infinity", "-infinity", "+infinity"})
 
 
-def _parses(v: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """True where a cell is a number (NaN/inf spelled out count as numbers; they are reported later)."""
-    ok = ~np.isnan(v)
-    if not ok.all():
-        nan_cells = ~ok
+class _Column:
+    """One CSV column: its stripped cells (a pandas str Series) and, computed once, their numbers."""
+
+    def __init__(self, cells) -> None:
+        self.cells = cells.reset_index(drop=True)
+
+    @cached_property
+    def empty(self) -> np.ndarray:
+        return (self.cells == "").to_numpy(dtype=bool)
+
+    @cached_property
+    def values(self) -> np.ndarray:
+        """float64 of each cell; NaN where a cell is empty or not a number."""
         import pandas as pd
 
-        ok[nan_cells] = pd.Series(cells[nan_cells], dtype=object).str.lower().isin(_NAN_WORDS).to_numpy()
-    return ok
+        try:  # Arrow parses a whole column of numbers 10x faster than pandas; it fails on any text cell
+            import pyarrow as pa
+            import pyarrow.compute as pc
+
+            a = pa.array(self.cells.array)
+            a = pc.if_else(pc.equal(a, ""), pa.scalar(None, a.type), a)
+            return np.asarray(pc.cast(a, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        except (ImportError, ValueError, TypeError, NotImplementedError):  # pa.ArrowInvalid is a ValueError
+            pass
+        v = pd.to_numeric(self.cells, errors="coerce")
+        return np.asarray(v.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+
+    @cached_property
+    def ok(self) -> np.ndarray:
+        """True where a cell is a number (NaN/inf spelled out count as numbers: they are reported later)."""
+        nan = np.isnan(self.values)
+        ok = ~nan
+        idx = np.flatnonzero(nan & ~self.empty)
+        if idx.size:
+            ok[idx] = self.cells.iloc[idx].str.lower().isin(_NAN_WORDS).to_numpy(dtype=bool)
+        return ok
+
+    def cell(self, r: int) -> str:
+        return str(self.cells.iloc[r])
 
 
 def _cell(s: str, n: int = 30) -> str:
@@ -818,36 +839,34 @@ def _position(text: str, offset: int) -> str:
     return f"line {line}, column {col}"
 
 
-def _tokenize(text: str, spec: InputSpec, level: str) -> tuple[np.ndarray, np.ndarray, Any]:
-    """Token ids (int32, -1 where not in the vocabulary), the character offset of each token, token strings.
-
-    Token strings are returned (a list) only at word level; at char level they are ``text`` itself.
+def _tokenize(text: str, spec: InputSpec, level: str) -> tuple[np.ndarray, Callable[[int], int], Any]:
+    """Token ids (int32, -1 where not in the vocabulary), a function from token index to character offset,
+    and the token strings (a list at word level; ``text`` itself at char level).
     """
     vocab = list(spec.vocabulary)
     if level == "char":
-        cps = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-        single = [(ord(t), i) for i, t in enumerate(vocab) if len(t) == 1]
+        cps = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")  # one code point per character
+        single = sorted((ord(t), i) for i, t in enumerate(vocab) if len(t) == 1)
         if single:
-            keys, vals = (np.array(v, dtype=np.int64) for v in zip(*sorted(single)))
-            pos = np.searchsorted(keys, cps)
-            pos_c = np.minimum(pos, len(keys) - 1)
-            found = keys[pos_c] == cps
-            ids = np.where(found, vals[pos_c], -1).astype(np.int32)
+            keys, vals = (np.array(v, dtype=np.int64) for v in zip(*single))
+            pos = np.minimum(np.searchsorted(keys, cps), len(keys) - 1)
+            ids = np.where(keys[pos] == cps, vals[pos], -1).astype(np.int32)
         else:
             ids = np.full(len(cps), -1, np.int32)
-        return ids, np.arange(len(cps), dtype=np.int64), text
-    pattern = spec.pattern or WORD_PATTERN
-    matches = [(m.start(), m.group()) for m in re.finditer(pattern, text)]
-    if pattern == WORD_PATTERN and not any(t and not t.strip() for t in vocab):
-        matches = [(o, t) for o, t in matches if t.strip()]  # the vocabulary has no whitespace tokens: skip them
-    if not matches:
-        return np.zeros(0, np.int32), np.zeros(0, np.int64), []
-    offsets = np.fromiter((o for o, _ in matches), dtype=np.int64, count=len(matches))
-    strings = [t for _, t in matches]
+        return ids, int, text
+    rx = re.compile(spec.pattern or WORD_PATTERN)
+    drop_space = rx.pattern == WORD_PATTERN and not any(t and t.isspace() for t in vocab)
+    strings = rx.findall(text)
+    if drop_space:  # the vocabulary has no whitespace tokens: whitespace only separates words
+        strings = [t for t in strings if not t.isspace()]
     index = {t: i for i, t in enumerate(vocab)}
-    uniq, inv = np.unique(np.asarray(strings, dtype=object).astype(str), return_inverse=True)
-    lut = np.fromiter((index.get(str(u), -1) for u in uniq), dtype=np.int32, count=len(uniq))
-    return lut[inv.ravel()], offsets, strings
+    ids = np.fromiter(map(index.get, strings, itertools.repeat(-1)), dtype=np.int32, count=len(strings))
+
+    def offset(k: int) -> int:  # only for error messages: scan again up to token k
+        kept = (m for m in rx.finditer(text) if not (drop_space and m.group().isspace()))
+        return next(itertools.islice(kept, k, None)).start()
+
+    return ids, offset, strings
 
 
 def _load_txt(path, text, sha, spec: InputSpec, level, window, stride, max_rows, cap) -> Dataset:
@@ -875,7 +894,7 @@ def _load_txt(path, text, sha, spec: InputSpec, level, window, stride, max_rows,
         lvl = tv_level
     if not text:
         raise DataError(f"{path}: empty file")
-    ids, offsets, strings = _tokenize(text, spec, lvl)
+    ids, offset_of, strings = _tokenize(text, spec, lvl)
     n = len(ids)
     if n == 0:
         raise DataError(f"{path}: no {lvl} tokens in the text (only whitespace)")
@@ -883,10 +902,10 @@ def _load_txt(path, text, sha, spec: InputSpec, level, window, stride, max_rows,
     n_oov = int(unknown.sum())
     if n_oov:
         k = int(np.argmax(unknown))
-        tok = text[offsets[k]] if lvl == "char" else strings[k]
+        tok = strings[k]
         if spec.oov_id is None:
             raise DataError(
-                f"{path}: {_position(text, int(offsets[k]))}: {lvl} token {tok!r} is not in the vocabulary "
+                f"{path}: {_position(text, offset_of(k))}: {lvl} token {tok!r} is not in the vocabulary "
                 f"({len(spec.vocabulary)} tokens, no OOV token); {n_oov} token(s) in all are unknown"
             )
         ids[unknown] = spec.oov_id
@@ -894,9 +913,9 @@ def _load_txt(path, text, sha, spec: InputSpec, level, window, stride, max_rows,
         zero = ids == 0
         if zero.any():
             k = int(np.argmax(zero))
-            tok = text[offsets[k]] if lvl == "char" else strings[k]
+            tok = strings[k]
             raise DataError(
-                f"{path}: {_position(text, int(offsets[k]))}: token {tok!r} has id 0, which the model's "
+                f"{path}: {_position(text, offset_of(k))}: token {tok!r} has id 0, which the model's "
                 f"Embedding(mask_zero=True) treats as padding"
             )
     if spec.input_dim is not None and spec.integer_tokens and len(spec.vocabulary) > spec.input_dim:
