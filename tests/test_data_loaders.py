@@ -616,3 +616,32 @@ def test_check_array_in_memory():
     np.testing.assert_array_equal(check_array(np.ones((1, 3, 1), np.int16), spec), np.ones((1, 3, 1), np.float32))
     with pytest.raises(DataError, match=r"^input: 1 NaN/inf"):
         check_array(np.array([[[np.nan]]]), spec)
+
+
+# -- agreement with the model zoo's own tokeniser (an independent reference) ---------------------------------------
+
+
+@pytest.mark.parametrize(("level", "window"), [("char", 16), ("word", 8)])
+def test_txt_matches_the_zoo_vocabulary(tmp_path, level, window):
+    from models.zoo.datasets import Vocabulary
+
+    text = 'def f(x):\n    return x + 1  # ok\n\nclass C:\n    """Doc."""\n    y = f(2) * 3\n'
+    vocab = Vocabulary.from_text(text[:40], level)  # the rest holds tokens outside the vocabulary
+    side = _write(tmp_path, "m.vocab.json", json.dumps(vocab.to_json()))
+    m = keras.Sequential(
+        [
+            keras.Input((window,), dtype="int32"),
+            keras.layers.Embedding(len(vocab), 2, mask_zero=True),
+            keras.layers.LSTM(2),
+        ]
+    )
+    spec = input_spec(m, vocabulary=read_vocabulary(side))
+    assert spec.level == level and spec.oov_id == 1
+    d = load_data(_write(tmp_path, "t.txt", text), spec)
+    ref = vocab.encode(text)
+    n = len(ref)
+    assert d.source["n_tokens"] == n and d.source["n_oov"] == int((ref == 1).sum()) > 0
+    flat = d.x.ravel()
+    np.testing.assert_array_equal(flat[:n], ref)
+    np.testing.assert_array_equal(flat[n:], 0)
+    assert len(flat) - n == d.source["padded_steps"] < window
