@@ -174,6 +174,7 @@ class RunWriter:
         self.dtype = dtype
         self.chunk = max(1, min(int(chunk_sequences), self.n_sequences))
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        _recover(self.out)
         self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:12]}"
         zarr = _zarr()
         self._root = zarr.open_group(store=str(self.tmp), mode="w")
@@ -189,9 +190,14 @@ class RunWriter:
                     chunks=(self.chunk, self.n_steps, info.units),
                     dtype=dtype,
                     compressors=_compressor(),
+                    dimension_names=("sequence", "step", "unit"),
                 )
             arrs["mask"] = g.create_array(
-                "mask", shape=(self.n_sequences, self.n_steps), chunks=(self.chunk, self.n_steps), dtype="bool"
+                "mask",
+                shape=(self.n_sequences, self.n_steps),
+                chunks=(self.chunk, self.n_steps),
+                dtype="bool",
+                dimension_names=("sequence", "step"),
             )
             arrs["input"] = g.create_array(
                 "input",
@@ -199,6 +205,7 @@ class RunWriter:
                 chunks=(self.chunk, self.n_steps, info.input_dim),
                 dtype="float32",
                 compressors=_compressor(),
+                dimension_names=("sequence", "step", "input_dim"),
             )
             self._arrays[info.name] = arrs
             w = (weights or {}).get(info.name)
@@ -210,7 +217,11 @@ class RunWriter:
         self._tokens = None
         if with_tokens:
             self._tokens = self._root.create_array(
-                "tokens", shape=(self.n_sequences, self.n_steps), chunks=(self.chunk, self.n_steps), dtype="int32"
+                "tokens",
+                shape=(self.n_sequences, self.n_steps),
+                chunks=(self.chunk, self.n_steps),
+                dtype="int32",
+                dimension_names=("sequence", "step"),
             )
         self._x = None
         if n_features:
@@ -219,6 +230,7 @@ class RunWriter:
                 shape=(self.n_sequences, self.n_steps, n_features),
                 chunks=(self.chunk, self.n_steps, n_features),
                 dtype="float32",
+                dimension_names=("sequence", "step", "feature"),
             )
         self._done = False
 
@@ -307,6 +319,25 @@ class RunWriter:
         """Remove the partial directory; an existing run at ``out`` is left untouched."""
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._done = True
+
+
+def _recover(out: Path) -> None:
+    """Tidy up after a writer that was killed while swapping runs.
+
+    The swap renames ``out`` to ``.out.old-*`` and then the new run to ``out``. Killed between the
+    two renames, ``out`` is missing and its complete previous run is the ``.old`` sibling: restore it.
+    Killed after them, the ``.old`` sibling is garbage: remove it.
+    """
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not out.exists():
+        for old in olds:
+            if (old / MANIFEST).is_file():
+                os.replace(old, out)
+                log.warning("restored the complete run %s left by an interrupted writer", out)
+                olds.remove(old)
+                break
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_default(o: Any) -> Any:

@@ -203,9 +203,13 @@ class Trace(Mapping):
         """``(N, T)`` array of token strings, or None when the model input is not text."""
         if self.tokens is None or self.vocabulary is None:
             return None
-        vocab = np.asarray(self.vocabulary, dtype=object)
-        ids = np.clip(np.asarray(self.tokens), 0, len(vocab) - 1)
-        return vocab[ids]
+        vocab = np.asarray([*self.vocabulary, ""], dtype=object)
+        ids = np.asarray(self.tokens[...] if not isinstance(self.tokens, np.ndarray) else self.tokens)
+        inside = (ids >= 0) & (ids < len(self.vocabulary))
+        out = vocab[np.where(inside, ids, len(self.vocabulary))]
+        if not inside.all():  # ids outside the vocabulary are shown as their number
+            out[~inside] = ids[~inside].astype(str)
+        return out
 
 
 def as_numpy(array: Any, dtype: Any = np.float32) -> np.ndarray:

@@ -157,7 +157,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from analysis.store import open_run
 
     trace = open_run(args.run)
-    result = load_analysis(args.run)
+    if (Path(args.run) / "analysis").is_dir():
+        result = load_analysis(args.run)
+    else:
+        result = None
+        sys.stderr.write(
+            f"gatelens: {args.run} has no analysis yet: writing activations.csv and units.csv only "
+            f"(run 'gatelens analyze {args.run}' for every table)\n"
+        )
     paths = export_csvs(trace, args.csv, analysis=result)
     for name, path in paths.items():
         print(f"{name}: {path}")

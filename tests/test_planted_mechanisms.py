@@ -178,7 +178,7 @@ def keras_model_file(tmp_path_factory):
         [
             keras.Input((T,), dtype="int32"),
             keras.layers.Embedding(V, V, mask_zero=True),
-            keras.layers.LSTM(U, return_sequences=True),
+            keras.layers.LSTM(U, return_sequences=True, name="lstm"),
         ]
     )
     model.layers[0].set_weights([np.eye(V, dtype=np.float32)])
