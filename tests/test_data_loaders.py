@@ -23,6 +23,11 @@ VOCAB = ["", "[UNK]", "a", "b", "c", " ", "\n"]  # the zoo's layout: 0 padding, 
 
 
 def _roundtrip(model, tmp_path_factory, name):
+    """Save with Keras and load back through the project's safe loader (validated, rebuilt in a worker).
+
+    Used for the Embedding and StringLookup models (what a user uploads: the vocabulary must survive the
+    safe rebuild); the other models stay in memory to keep this file fast.
+    """
     from models import load_model
 
     path = tmp_path_factory.mktemp("models") / f"{name}.keras"
@@ -31,15 +36,13 @@ def _roundtrip(model, tmp_path_factory, name):
 
 
 @pytest.fixture(scope="module")
-def float_model(tmp_path_factory):
-    m = keras.Sequential([keras.Input((4, 2)), keras.layers.LSTM(2)], name="float_model")
-    return _roundtrip(m, tmp_path_factory, "float")[0]
+def float_model():
+    return keras.Sequential([keras.Input((4, 2)), keras.layers.LSTM(2)], name="float_model")
 
 
 @pytest.fixture(scope="module")
-def var_model(tmp_path_factory):
-    m = keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(2)], name="var_model")
-    return _roundtrip(m, tmp_path_factory, "var")[0]
+def var_model():
+    return keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(2)], name="var_model")
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +55,9 @@ def emb_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def emb_nomask_model(tmp_path_factory):
+def emb_nomask_model():
     # Input without a dtype: Keras makes it float32, the model still starts with an Embedding
-    m = keras.Sequential([keras.Input((4,)), keras.layers.Embedding(7, 3), keras.layers.LSTM(2)], name="nomask")
-    return _roundtrip(m, tmp_path_factory, "nomask")[0]
+    return keras.Sequential([keras.Input((4,)), keras.layers.Embedding(7, 3), keras.layers.LSTM(2)], name="nomask")
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +69,13 @@ def lookup_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def textvec_model(tmp_path_factory):
+def textvec_model():
     tv = keras.layers.TextVectorization(
         output_sequence_length=4, split="character", standardize=None, vocabulary=["a", "b", "c", " "], name="tv"
     )
     inp = keras.Input((1,), dtype="string")
     out = keras.layers.LSTM(2)(keras.layers.Embedding(6, 3, mask_zero=True)(tv(inp)))
-    return _roundtrip(keras.Model(inp, out, name="textvec_model"), tmp_path_factory, "textvec")[0]
+    return keras.Model(inp, out, name="textvec_model")
 
 
 @pytest.fixture(scope="module")
