@@ -1,0 +1,44 @@
+"""gatelens dashboard: ``streamlit run dashboards/app.py`` (what ``gatelens dashboard`` and ``make run`` start).
+
+The navigation and the sidebar only; each page is a file in ``dashboards/pages``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run dashboards/app.py` puts only dashboards/ on the path
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import streamlit as st  # noqa: E402
+
+from dashboards import state  # noqa: E402
+
+state.page_guard()
+st.set_page_config(page_title="gatelens", page_icon=":material/tune:", layout="wide")
+
+PAGES = Path(__file__).resolve().parent / "pages"
+pages = [
+    st.Page(PAGES / "model.py", title="Model", icon=":material/memory:", default=True),
+    st.Page(PAGES / "data.py", title="Data", icon=":material/dataset:"),
+    st.Page(PAGES / "gates.py", title="Gates over the input", icon=":material/text_fields:"),
+    st.Page(PAGES / "units.py", title="Units", icon=":material/scatter_plot:"),
+    st.Page(PAGES / "features.py", title="Features", icon=":material/grid_on:"),
+    st.Page(PAGES / "memory.py", title="Memory", icon=":material/history:"),
+    st.Page(PAGES / "explain.py", title="Unit explained", icon=":material/school:"),
+    st.Page(PAGES / "export.py", title="Export", icon=":material/download:"),
+]
+page = st.navigation(pages)
+
+with st.sidebar:
+    st.markdown("### gatelens")
+    st.caption("What the gates of a Keras LSTM or GRU learned to keep and to forget.")
+    status = state.status_lines()
+    for line in status:
+        st.caption(line)
+
+page.run()

@@ -1,0 +1,329 @@
+"""Altair (Vega-Lite) charts of the dashboard: plain functions from tables to charts, no Streamlit.
+
+Examples
+--------
+>>> import pandas as pd
+>>> u = pd.DataFrame({"layer": "lstm", "unit": [0, 1], "signal": "forget_gate", "mean": [0.5, 0.9],
+...                   "frac_below_0.1": [0.1, 0.0], "frac_above_0.9": [0.5, 0.9]})
+>>> spec = saturation_scatter(u, "forget_gate").to_dict()
+>>> spec["layer"][1]["mark"]["type"], spec["layer"][1]["encoding"]["x"]["field"]
+('circle', 'shut')
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+#: Name of the point selection of the saturation scatter (read back by the Units page).
+UNIT_PICK = "unit_pick"
+GATE_DOMAIN = [0.0, 1.0]
+STRIP_SIGNALS = ("input_gate", "forget_gate", "output_gate", "candidate", "cell_state")
+GRU_STRIP_SIGNALS = ("update_gate", "reset_gate", "candidate", "hidden_state")
+
+alt.data_transformers.disable_max_rows()  # every chart below is built from bounded, aggregated tables
+
+
+def _signal_scale(signal: str, values: np.ndarray) -> alt.Scale:
+    if signal.endswith("_gate"):
+        return alt.Scale(scheme="blues", domain=GATE_DOMAIN)
+    m = float(np.nanmax(np.abs(values))) if values.size else 1.0
+    m = m if np.isfinite(m) and m > 0 else 1.0
+    if signal in ("candidate", "hidden_state"):
+        m = max(m, 1.0) if m > 1.0 else 1.0
+    return alt.Scale(scheme="redblue", domain=[-m, m])
+
+
+def series_with_strips(
+    x: pd.DataFrame,
+    strips: dict[str, np.ndarray],
+    units: list[int],
+    *,
+    mask: np.ndarray | None = None,
+    width: int = 700,
+) -> alt.VConcatChart:
+    """The input series on top, then one heat strip (unit x step) per signal, on one shared step axis.
+
+    Parameters
+    ----------
+    x : DataFrame
+        ``step`` and one column per input feature of one sequence.
+    strips : dict of str to array (T, units)
+        The signals of one sequence of one layer.
+    units : list of int
+        Rows of the strips.
+    mask : array (T,) of bool, optional
+        Padded steps are left out.
+    """
+    t_len = len(x)
+    step_scale = alt.Scale(domain=[0, t_len], nice=False)
+    long = x.melt(id_vars="step", var_name="feature", value_name="value").assign(mid=lambda d: d["step"] + 0.5)
+    top = (
+        alt.Chart(long, title="input")
+        .mark_line(point=alt.OverlayMarkDef(size=18))
+        .encode(
+            x=alt.X("mid:Q", scale=step_scale, title=None, axis=alt.Axis(labels=False, ticks=False)),
+            y=alt.Y("value:Q", title="value"),
+            color=alt.Color("feature:N", legend=alt.Legend(orient="top", title=None)),
+            tooltip=["step:Q", "feature:N", alt.Tooltip("value:Q", format=".4g")],
+        )
+        .properties(width=width, height=120)
+    )
+    charts: list[alt.Chart] = [top]
+    keep = np.ones(t_len, bool) if mask is None else np.asarray(mask, bool)
+    steps = np.arange(t_len)[keep]
+    for i, (signal, arr) in enumerate(strips.items()):
+        a = np.asarray(arr, np.float64)[keep][:, units]
+        df = pd.DataFrame(
+            {
+                "step": np.repeat(steps, len(units)),
+                "unit": np.tile(np.asarray(units), len(steps)),
+                "value": a.reshape(-1),
+            }
+        ).assign(step_end=lambda d: d["step"] + 1)
+        last = i == len(strips) - 1
+        charts.append(
+            alt.Chart(df, title=signal)
+            .mark_rect()
+            .encode(
+                x=alt.X(
+                    "step:Q", scale=step_scale, title="step" if last else None, axis=alt.Axis(labels=last, ticks=last)
+                ),
+                x2="step_end:Q",
+                y=alt.Y("unit:O", title="unit"),
+                color=alt.Color("value:Q", scale=_signal_scale(signal, a), legend=alt.Legend(title=signal)),
+                tooltip=["step:Q", "unit:O", alt.Tooltip("value:Q", format=".3f")],
+            )
+            .properties(width=width, height=max(40, 12 * len(units)))
+        )
+    return alt.vconcat(*charts, spacing=6).resolve_scale(color="independent")
+
+
+def saturation_scatter(units: pd.DataFrame, gate: str) -> alt.Chart:
+    """One point per unit: share of steps with the gate below 0.1 (x) against above 0.9 (y), coloured by layer.
+
+    Left-saturated units sit on the x axis' right, right-saturated units at the top; units whose gate
+    stays in between sit near the origin. The point selection :data:`UNIT_PICK` returns ``layer`` and ``unit``.
+    """
+    df = units[units["signal"] == gate].rename(columns={"frac_below_0.1": "shut", "frac_above_0.9": "open"})
+    pick = alt.selection_point(name=UNIT_PICK, fields=["layer", "unit"], on="click")
+    diag = pd.DataFrame({"a": [0.0, 1.0], "b": [1.0, 0.0]})
+    edge = alt.Chart(diag).mark_line(color="#ccc", strokeDash=[4, 4]).encode(x="a:Q", y="b:Q")
+    points = (
+        alt.Chart(df)
+        .mark_circle(size=70, opacity=0.8)
+        .encode(
+            x=alt.X("shut:Q", title="share of steps < 0.1 (shut)", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("open:Q", title="share of steps > 0.9 (open)", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("layer:N", legend=alt.Legend(orient="bottom", title="layer")),
+            size=alt.condition(pick, alt.value(140), alt.value(60)),
+            tooltip=[
+                "layer:N",
+                "unit:Q",
+                alt.Tooltip("shut:Q", format=".2f", title="share < 0.1"),
+                alt.Tooltip("open:Q", format=".2f", title="share > 0.9"),
+                alt.Tooltip("mean:Q", format=".3f"),
+            ],
+        )
+        .add_params(pick)
+    )
+    return (edge + points).properties(title=gate, height=260)
+
+
+def half_life_histogram(half_lives: pd.DataFrame, *, bins: int = 24) -> tuple[alt.Chart, int]:
+    """Histogram of finite half-lives on log-spaced bins, stacked by layer; also the count of infinite ones."""
+    h = half_lives["half_life_steps"].to_numpy(np.float64)
+    finite = np.isfinite(h) & (h > 0)
+    n_inf = int(np.isinf(h).sum())
+    df = half_lives[finite]
+    if df.empty:
+        return alt.Chart(pd.DataFrame({"x": []})).mark_bar(), n_inf
+    lo, hi = np.log10(df["half_life_steps"].min()), np.log10(df["half_life_steps"].max())
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.logspace(lo, hi, bins + 1)
+    idx = np.clip(np.searchsorted(edges, df["half_life_steps"].to_numpy(), side="right") - 1, 0, bins - 1)
+    counts = (
+        df.assign(bin=idx)
+        .groupby(["layer", "bin"], sort=False)
+        .size()
+        .reset_index(name="units")
+        .assign(lo=lambda d: edges[d["bin"]], hi=lambda d: edges[d["bin"] + 1])
+    )
+    chart = (
+        alt.Chart(counts, title="memory half-life of each unit")
+        .mark_bar()
+        .encode(
+            x=alt.X("lo:Q", scale=alt.Scale(type="log"), title="half-life (steps, log scale)"),
+            x2="hi:Q",
+            y=alt.Y("units:Q", stack="zero", title="units"),
+            color=alt.Color("layer:N", legend=alt.Legend(orient="bottom")),
+            tooltip=["layer:N", "units:Q", alt.Tooltip("lo:Q", format=".3g"), alt.Tooltip("hi:Q", format=".3g")],
+        )
+        .properties(width=520, height=220)
+    )
+    return chart, n_inf
+
+
+def correlation_heatmap(corr: pd.DataFrame, signal: str, *, max_units: int = 400) -> alt.Chart:
+    """Units (rows) x features (columns) coloured by Pearson r, for one signal."""
+    df = corr[corr["signal"] == signal].copy()
+    df["unit_label"] = df["layer"].astype(str) + " · " + df["unit"].astype(str).str.zfill(3)
+    labels = list(dict.fromkeys(df["unit_label"]))[:max_units]
+    df = df[df["unit_label"].isin(labels)]
+    return (
+        alt.Chart(df, title=f"Pearson r of {signal} with each feature")
+        .mark_rect()
+        .encode(
+            x=alt.X("feature:N", title=None, sort=None, axis=alt.Axis(labelAngle=-40)),
+            y=alt.Y("unit_label:N", title="layer · unit", sort=labels, axis=alt.Axis(labelFontSize=9)),
+            color=alt.Color("pearson_r:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1]), title="r"),
+            tooltip=[
+                "layer:N",
+                "unit:Q",
+                "feature:N",
+                alt.Tooltip("pearson_r:Q", format=".3f"),
+                alt.Tooltip("spearman_rho:Q", format=".3f"),
+                "n:Q",
+                "note:N",
+            ],
+        )
+        .properties(width=max(240, 34 * df["feature"].nunique()), height=max(120, 9 * len(labels)))
+    )
+
+
+def probe_chart(probes: pd.DataFrame, feature: str) -> alt.LayerChart:
+    """Held-out probe score by signal (bars, one per layer) with the control task's score (ticks) for one feature."""
+    df = probes[(probes["feature"] == feature) & probes["score"].notna()]
+    base = alt.Chart(df).encode(
+        y=alt.Y("signal:N", title=None),
+        yOffset="layer:N",
+        tooltip=[
+            "layer:N",
+            "signal:N",
+            "task:N",
+            alt.Tooltip("score:Q", format=".3f"),
+            alt.Tooltip("control_score:Q", format=".3f"),
+            alt.Tooltip("selectivity:Q", format=".3f"),
+            alt.Tooltip("baseline_score:Q", format=".3f"),
+            "top_units:N",
+        ],
+    )
+    bars = base.mark_bar().encode(x=alt.X("score:Q", title="held-out score"), color=alt.Color("layer:N"))
+    ticks = base.mark_tick(color="black", thickness=2, size=12).encode(x="control_score:Q")
+    return (bars + ticks).properties(title=f"probes for {feature} (tick: control task)", width=520)
+
+
+def selectivity_heatmap(probes: pd.DataFrame) -> alt.Chart:
+    """Selectivity (score - control score) of every probe: signal x feature, one panel row per layer."""
+    df = probes[probes["selectivity"].notna()].copy()
+    df["row"] = df["layer"].astype(str) + " · " + df["signal"].astype(str)
+    return (
+        alt.Chart(df, title="probe selectivity (held-out score minus control task)")
+        .mark_rect()
+        .encode(
+            x=alt.X("feature:N", title=None, axis=alt.Axis(labelAngle=-40)),
+            y=alt.Y("row:N", title="layer · signal"),
+            color=alt.Color("selectivity:Q", scale=alt.Scale(scheme="purplegreen", domainMid=0), title="selectivity"),
+            tooltip=[
+                "layer:N",
+                "signal:N",
+                "feature:N",
+                alt.Tooltip("score:Q", format=".3f"),
+                alt.Tooltip("control_score:Q", format=".3f"),
+                alt.Tooltip("selectivity:Q", format=".3f"),
+            ],
+        )
+        .properties(width=max(240, 34 * df["feature"].nunique()))
+    )
+
+
+def retention_chart(retention: pd.DataFrame, layer: str, unit: int) -> alt.LayerChart:
+    """Retention curves of every unit of ``layer`` (grey) with ``unit`` highlighted."""
+    df = retention[retention["layer"] == layer]
+    others = (
+        alt.Chart(df[df["unit"] != unit])
+        .mark_line(color="#ccc", strokeWidth=1)
+        .encode(
+            x=alt.X("lag:Q", title="steps later (lag)"), y=alt.Y("retention:Q", title="share kept"), detail="unit:N"
+        )
+    )
+    mine = (
+        alt.Chart(df[df["unit"] == unit])
+        .mark_line(color="#d62728", strokeWidth=3, point=True)
+        .encode(
+            x="lag:Q",
+            y=alt.Y("retention:Q", scale=alt.Scale(domain=[0, 1])),
+            tooltip=["lag:Q", alt.Tooltip("retention:Q", format=".3f"), "n_windows:Q"],
+        )
+    )
+    return (others + mine).properties(
+        title=f"retention: {layer} unit {unit} (red) and the others", width=420, height=240
+    )
+
+
+def cell_decomposition_chart(df: pd.DataFrame, target: int) -> alt.LayerChart:
+    """Contribution of each past step's write to the state at ``target`` (bars), with the token written there."""
+    d = df.copy()
+    d["token"] = d["token"].astype(object).where(d["token"].notna(), "")
+    d["sign"] = np.where(d["contribution"] >= 0, "adds", "subtracts")
+    bars = (
+        alt.Chart(d)
+        .mark_bar()
+        .encode(
+            x=alt.X("source_step:O", title="step whose write it is (-1: the initial state)"),
+            y=alt.Y("contribution:Q", title="still in the state"),
+            color=alt.Color(
+                "sign:N", scale=alt.Scale(domain=["adds", "subtracts"], range=["#2166ac", "#b2182b"]), legend=None
+            ),
+            tooltip=["source_step:Q", "token:N", alt.Tooltip("contribution:Q", format=".4f")],
+        )
+    )
+    zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="#888").encode(y="y:Q")
+    return (bars + zero).properties(title=f"what the state at step {target} is made of", width=640, height=240)
+
+
+def preactivation_chart(df: pd.DataFrame, gates: list[str]) -> alt.VConcatChart:
+    """Per gate, the pre-activation at every step split into input, memory (recurrent) and bias, with the total."""
+    charts = []
+    for gate in gates:
+        g = df[df["gate"] == gate]
+        long = g.melt(id_vars=["step"], value_vars=["input", "recurrent", "bias"], var_name="part", value_name="value")
+        long["part"] = long["part"].map({"input": "input", "recurrent": "memory", "bias": "bias"})
+        bars = (
+            alt.Chart(long)
+            .mark_bar()
+            .encode(
+                x=alt.X("step:O", title="step"),
+                y=alt.Y("value:Q", stack="zero", title="pre-activation"),
+                color=alt.Color(
+                    "part:N",
+                    scale=alt.Scale(domain=["input", "memory", "bias"], range=["#1f77b4", "#ff7f0e", "#9e9e9e"]),
+                    legend=alt.Legend(orient="top", title=None),
+                ),
+                tooltip=["step:Q", "part:N", alt.Tooltip("value:Q", format=".3f")],
+            )
+        )
+        total = (
+            alt.Chart(g)
+            .mark_line(color="black", point=alt.OverlayMarkDef(color="black", size=12))
+            .encode(x="step:O", y="total:Q", tooltip=["step:Q", alt.Tooltip("total:Q", format=".3f")])
+        )
+        charts.append((bars + total).properties(title=gate, width=640, height=150))
+    return alt.vconcat(*charts)
+
+
+def unit_lines(df: pd.DataFrame, *, title: str) -> alt.Chart:
+    """Signals of one unit over the steps of one sequence (``step, signal, value``), one line per signal."""
+    return (
+        alt.Chart(df, title=title)
+        .mark_line(point=alt.OverlayMarkDef(size=10))
+        .encode(
+            x=alt.X("step:Q", title="step"),
+            y=alt.Y("value:Q", title=None),
+            color=alt.Color("signal:N", legend=alt.Legend(orient="top", title=None)),
+            tooltip=["step:Q", "signal:N", "token:N", alt.Tooltip("value:Q", format=".3f")],
+        )
+        .properties(width=640, height=220)
+    )

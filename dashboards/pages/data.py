@@ -1,0 +1,181 @@
+"""Data: the demo's bundled input or an upload (.txt, .csv, .npy, .npz), an optional features CSV, and a preview."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import altair as alt
+import streamlit as st
+
+from dashboards import core, state
+
+state.page_guard()
+st.title("Data")
+model = state.require_model()
+spec = model.spec
+st.caption(f"The model takes {state.md_escape(spec.describe())}.")
+
+current = state.data_choice()
+demo = state.find_demo(model.choice.demo)
+has_demo_data = demo is not None and demo.data_path is not None
+sources = (["Bundled demo data"] if has_demo_data else []) + ["Upload"]
+source = st.radio(
+    "Data source",
+    sources,
+    index=0 if (has_demo_data and (current is None or current.demo)) else len(sources) - 1,
+    horizontal=True,
+    key="data_source",
+)
+limit = state.UPLOAD_HELP.format(mb=state.max_upload_mb())
+
+
+def _slice_inputs(first: int, count: int | None) -> tuple[int, int]:
+    c1, c2 = st.columns(2)
+    first = c1.number_input("First sequence", min_value=0, value=int(first), step=1, key="data_first")
+    count = c2.number_input(
+        "Sequences to analyse",
+        min_value=1,
+        max_value=100_000,
+        value=int(count or 256),
+        step=1,
+        key="data_count",
+        help="Few sequences analyse in seconds; the statistics get steadier with more.",
+    )
+    return int(first), int(count)
+
+
+choice: core.DataChoice | None = None
+if source == "Bundled demo data":
+    base = state.demo_data_choice(demo)
+    keep = current if current is not None and current.demo and current.data == base.data else base
+    st.markdown(f"**{state.md_escape(base.data.name)}** · the data this demo was trained on")
+    origin = demo.card.get("data", {}).get("source", {}).get("origin")
+    if origin:
+        st.caption(state.md_escape(origin))
+    first, count = _slice_inputs(keep.first, keep.count)
+    choice = replace(base, first=first, count=count, features=keep.features)
+else:
+    up = st.file_uploader(
+        "Data file (.txt text, .csv series, .npy / .npz arrays)",
+        type=["txt", "csv", "npy", "npz"],
+        key="data_upload",
+        help=limit,
+    )
+    st.caption(limit)
+    prev = current if current is not None and not current.demo else None
+    ref = None
+    if up is not None:
+        try:
+            ref = state.save_upload(up, "data")
+        except Exception as e:
+            if not core.is_user_error(e):
+                raise
+            state.show_error(e)
+            st.stop()
+    elif prev is not None:
+        ref = prev.data
+        st.caption(f"Current data: **{state.md_escape(ref.name)}** (uploaded earlier in this session).")
+    if ref is None:
+        st.info("Upload a data file for the model.", icon=":material/upload_file:")
+        st.stop()
+    same = prev is not None and prev.data == ref
+    suffix = Path(ref.path).suffix.lower()
+    window = stride = level = None
+    columns: tuple[str, ...] | None = None
+    if suffix in (".csv", ".txt"):
+        st.markdown("**Windowing**: long series and texts are cut into windows of the model's length")
+        c1, c2, c3 = st.columns(3)
+        if spec.n_steps is not None:
+            c1.number_input("Window (steps)", value=int(spec.n_steps), disabled=True, key="data_window_fixed")
+        else:
+            w = c1.number_input(
+                "Window (steps, 0: each sequence whole)", min_value=0, value=int((same and prev.window) or 0), step=1,
+                key="data_window",
+            )  # fmt: skip
+            window = int(w) or None
+        default_stride = (same and prev.stride) or spec.n_steps or 0
+        s = c2.number_input(
+            "Stride (steps between window starts)", min_value=0, value=int(default_stride), step=1, key="data_stride"
+        )
+        stride = int(s) or None
+        if suffix == ".csv":
+            header = [h for h in core.csv_header(ref.path) if h != "sequence"]
+            if header:
+                chosen = c3.multiselect(
+                    "Input columns, in order (default: every numeric column)",
+                    header,
+                    default=[c for c in ((same and prev.columns) or ()) if c in header],
+                    key="data_columns",
+                )
+                columns = tuple(chosen) or None
+        else:
+            levels = ["char", "word"]
+            lv = (same and prev.level) or spec.level or "char"
+            level = c3.radio("Tokens", levels, index=levels.index(lv), horizontal=True, key="data_level")
+    first, count = _slice_inputs(prev.first if same else 0, prev.count if same else 256)
+    choice = core.DataChoice(
+        data=ref,
+        window=window,
+        stride=stride,
+        columns=columns,
+        level=level,
+        first=first,
+        count=count,
+        features=prev.features if prev is not None else None,
+    )
+
+feat_up = st.file_uploader(
+    "Optional features (.csv with columns sequence, step and one column per feature)",
+    type=["csv"],
+    key="features_upload",
+    help=limit,
+)
+if feat_up is not None:
+    try:
+        choice = replace(choice, features=state.save_upload(feat_up, "features"))
+    except Exception as e:
+        if not core.is_user_error(e):
+            raise
+        state.show_error(e)
+        st.stop()
+elif choice.features is not None:
+    c1, c2 = st.columns([4, 1])
+    c1.caption(f"Features: **{state.md_escape(choice.features.name)}**")
+    if c2.button("Remove", key="features_remove"):
+        choice = replace(choice, features=None)
+state.set_data_choice(choice)
+
+data = state.require_data(model)
+ds = data.dataset
+st.subheader("Preview")
+c1, c2, c3 = st.columns(3)
+c1.metric("Sequences analysed", f"{data.n_sequences:,}", help=f"of {data.n_available:,} in the file")
+c2.metric("Steps per sequence", ds.n_steps)
+if ds.vocabulary is not None:
+    c3.metric("Vocabulary", f"{len(ds.vocabulary):,} tokens")
+elif ds.feature_names:
+    c3.metric("Input features", len(ds.feature_names))
+
+texts = core.preview_text(data)
+if texts:
+    for k, t in enumerate(texts):
+        st.caption(f"sequence {data.choice.first + k}")
+        st.code(t, language=None, wrap_lines=True)
+else:
+    frame = core.preview_frame(data)
+    if not frame.empty:
+        first_seq = frame[frame["sequence"] == 0].drop(columns="sequence")
+        long = first_seq.melt(id_vars="step", var_name="feature", value_name="value")
+        st.altair_chart(
+            alt.Chart(long, title=f"sequence {data.choice.first}")
+            .mark_line(point=True)
+            .encode(x="step:Q", y="value:Q", color="feature:N", tooltip=["step", "feature", "value"])
+            .properties(height=220),
+            width="stretch",
+        )
+        st.dataframe(frame.head(200), hide_index=True)
+    else:
+        st.write(f"Array of shape {tuple(ds.x.shape)}, dtype {ds.x.dtype}.")
+with st.expander("Where the data came from"):
+    st.json(ds.source)

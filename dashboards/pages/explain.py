@@ -1,0 +1,62 @@
+"""Unit explained: a plain-language summary of one unit, with the numbers, built by dashboards.explain."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboards import charts, core, state
+from dashboards.explain import explain_unit, primer
+
+state.page_guard()
+st.title("Unit explained")
+run = state.require_run()
+trace = run.trace
+sel_layer, sel_unit = state.selected_unit(run)
+
+c1, c2 = st.columns(2)
+layer = c1.selectbox("Layer", trace.layers, index=trace.layers.index(sel_layer), key="explain_layer")
+n_units = trace[layer].info.units
+unit = c2.number_input(
+    f"Unit (0..{n_units - 1})", 0, n_units - 1, value=min(sel_unit, n_units - 1) if layer == sel_layer else 0,
+    step=1, key="explain_unit",
+)  # fmt: skip
+unit = int(unit)
+state.open_unit(layer, unit)
+
+summary = explain_unit(trace, state.current_analysis(run), layer, unit)
+with st.expander("What the gates do", expanded=False):
+    st.write(primer(summary.cell_type))
+st.markdown(f"#### {state.md_escape(summary.headline)}")
+for title, body in summary.sections:
+    st.markdown(f"**{state.md_escape(title)}.** {state.md_escape(body)}")
+
+seq = state.selected_sequence(run)
+signals = core.sequence_signals(trace, layer, seq)
+mask = core.sequence_mask(trace, layer, seq)
+tokens = core.sequence_tokens(trace, seq)
+names = [s for s in signals if s.endswith("_gate")] + [s for s in ("cell_state", "hidden_state") if s in signals]
+steps = np.nonzero(mask)[0]
+df = pd.concat(
+    [
+        pd.DataFrame(
+            {
+                "step": steps,
+                "signal": s,
+                "value": signals[s][steps, unit],
+                "token": [tokens[t] if tokens else "" for t in steps],
+            }
+        )
+        for s in names
+    ],
+    ignore_index=True,
+)
+st.altair_chart(charts.unit_lines(df, title=f"unit {unit} of {layer} on sequence {seq}"), width="content")
+c1, c2 = st.columns(2)
+c1.page_link("pages/memory.py", label="What its memory holds, step by step", icon=":material/history:")
+c2.page_link("pages/gates.py", label="Its gates over the text", icon=":material/text_fields:")
+with st.expander("The numbers quoted above"):
+    st.dataframe(
+        pd.DataFrame({"quantity": list(summary.numbers), "value": list(summary.numbers.values())}), hide_index=True
+    )

@@ -1,0 +1,66 @@
+"""Gates over the input: text coloured by a signal (hover: every gate at that step), or a series with heat strips."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboards import charts, core, render, state
+from dashboards.explain import notable_units
+
+state.page_guard()
+st.title("Gates over the input")
+run = state.require_run()
+trace = run.trace
+sel_layer, sel_unit = state.selected_unit(run)
+
+c1, c2 = st.columns([2, 1])
+layer = c1.selectbox("Layer", trace.layers, index=trace.layers.index(sel_layer), key="gates_layer")
+seq = c2.number_input(
+    f"Sequence (0..{trace.n_sequences - 1})",
+    min_value=0,
+    max_value=trace.n_sequences - 1,
+    value=state.selected_sequence(run),
+    step=1,
+    key="gates_sequence",
+)
+state.set_sequence(int(seq))
+lt = trace[layer]
+n_units = lt.info.units
+signals = core.sequence_signals(trace, layer, int(seq))
+mask = core.sequence_mask(trace, layer, int(seq))
+start = [sel_unit] if layer == sel_layer else []
+default_units = list(dict.fromkeys(start + notable_units(run.analysis, layer, n_units, k=6)))[:6]
+tokens = core.sequence_tokens(trace, int(seq))
+
+if tokens is not None:
+    gate_first = [s for s in signals if s.endswith("_gate")] + [s for s in signals if not s.endswith("_gate")]
+    keep = "forget_gate" if "forget_gate" in signals else gate_first[0]
+    c1, c2 = st.columns([1, 2])
+    color_by = c1.selectbox("Colour by", gate_first, index=gate_first.index(keep), key="gates_signal")
+    units = c2.multiselect("Units", list(range(n_units)), default=default_units, key="gates_units")
+    st.caption(
+        "Each character is one step, its background the chosen signal there (blue: high; for signed signals "
+        "red is negative). Hover a character to see every gate and state of that unit at that step."
+    )
+    if not units:
+        st.info("Choose at least one unit.")
+        st.stop()
+    st.html(render.unit_rows_html(tokens, signals, color_by, units, mask=mask, layer=layer))
+else:
+    strip_names = charts.STRIP_SIGNALS if lt.info.cell_type == "lstm" else charts.GRU_STRIP_SIGNALS
+    strip_names = [s for s in strip_names if s in signals]
+    c1, c2 = st.columns([2, 1])
+    default = default_units if n_units > 16 else list(range(n_units))
+    units = c1.multiselect("Units", list(range(n_units)), default=sorted(default), key="gates_units")
+    shown = c2.multiselect("Signals", strip_names, default=strip_names, key="gates_strips")
+    if not units or not shown:
+        st.info("Choose at least one unit and one signal.")
+        st.stop()
+    st.caption(
+        "The input on top; below, one strip per signal with a row per unit and a column per step (gates from "
+        "white, shut, to blue, open; candidate and cell state red below 0, blue above). Hover for values."
+    )
+    chart = charts.series_with_strips(
+        core.input_frame(trace, layer, int(seq)), {s: signals[s] for s in shown}, sorted(units), mask=mask
+    )
+    st.altair_chart(chart, width="content")

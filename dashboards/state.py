@@ -1,0 +1,457 @@
+"""Per-session state, uploads, bounded caches and the "wait with a progress bar" helpers the pages call.
+
+Isolation: every session gets its own temporary directory (removed when the session ends); an
+upload is written there under a fixed name made of its kind and content hash
+(``model-<sha>.keras``), never under the name the user gave, which is kept as display text only.
+The choices (model, data) live in ``st.session_state``.
+
+Caches, all keyed by content hash and bounded: loaded models (``st.cache_resource``, the model is
+never mutated), data slices (``st.cache_data``) and runs -- extraction plus analysis --
+(``st.cache_resource``: traces are large, read-only arrays). Two sessions that bring the same bytes
+share the result; nothing is keyed by a file name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from dashboards import core, demos
+from dashboards.jobs import Job
+
+log = logging.getLogger(__name__)
+
+#: Accepted upload suffixes per kind of file.
+UPLOAD_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "model": (".keras", ".h5"),
+    "vocabulary": (".json",),
+    "data": (".txt", ".csv", ".npy", ".npz"),
+    "features": (".csv",),
+}
+UPLOAD_HELP = "Up to {mb} MB per file (the server's `server.maxUploadSize`)."
+
+MODEL_CHOICE = "gatelens_model_choice"
+DATA_CHOICE = "gatelens_data_choice"
+UNIT = "gatelens_unit"  # (layer, unit) opened on the Units / Memory / Unit explained pages
+SEQUENCE = "gatelens_sequence"
+_SESSION_DIR = "_gatelens_session_dir"
+_UPLOADS = "_gatelens_uploads"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# navigation
+
+
+def page_guard() -> None:
+    """Make sure the page runs inside the app's own ``st.navigation`` (call first in every page).
+
+    Streamlit treats a ``pages/`` folder beside the entry script as a legacy (v1) multipage app until
+    ``st.navigation`` has run once in the server process: a first visit straight to ``/units`` would
+    run ``pages/units.py`` alone, without ``app.py``'s navigation and sidebar. Here the page turns the
+    legacy mode off for the process (Streamlit does the same when ``st.navigation`` runs) and reruns,
+    so that ``app.py`` runs and opens this page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# text shown through Markdown
+
+
+_MD_SPECIAL = "\\`*_{}[]()<>#+-.!|~$"
+
+
+def md_escape(text: Any) -> str:
+    """Escape Markdown (and HTML) so that user text (file names, tokens, messages) shows as typed.
+
+    Examples
+    --------
+    >>> md_escape("a_b *c* <script>")
+    'a\\\\_b \\\\*c\\\\* \\\\<script\\\\>'
+    """
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text))
+
+
+def show_error(e: BaseException) -> None:
+    """A user error as a readable message (no traceback)."""
+    st.error(f"**{core.error_title(e)}**\n\n{md_escape(e)}", icon=":material/error:")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the session's own files
+
+
+class _SessionDir:
+    """A private temporary directory, removed when the session's state is dropped."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="gatelens-session-")
+        self.path = Path(self._tmp.name)
+
+
+def session_dir() -> Path:
+    """This session's private temporary directory."""
+    d = st.session_state.get(_SESSION_DIR)
+    if d is None or not d.path.is_dir():
+        d = _SessionDir()
+        st.session_state[_SESSION_DIR] = d
+    return d.path
+
+
+def max_upload_mb() -> int:
+    """``server.maxUploadSize`` in MB."""
+    return int(st.get_option("server.maxUploadSize"))
+
+
+def save_upload(uploaded: Any, kind: str) -> core.FileRef:
+    """Write an uploaded file into the session's directory under a fixed safe name; return its reference.
+
+    The same upload (same widget file id) is written once. Raises DataError for a file type the kind
+    does not take, or one above the upload limit.
+    """
+    from models.errors import DataError
+
+    allowed = UPLOAD_SUFFIXES[kind]
+    name = str(uploaded.name)
+    suffix = Path(name).suffix.lower()
+    if suffix not in allowed:
+        raise DataError(
+            f"{name}: expected a {' or '.join(allowed)} file for the {kind}, got {suffix or 'no extension'!r}"
+        )
+    uploads: dict[str, core.FileRef] = st.session_state.setdefault(_UPLOADS, {})
+    file_id = f"{kind}:{getattr(uploaded, 'file_id', '')}:{name}:{uploaded.size}"
+    if file_id in uploads and uploads[file_id].path.is_file():
+        return uploads[file_id]
+    limit = max_upload_mb() * 1024 * 1024
+    if uploaded.size > limit:
+        raise DataError(f"{name}: the file has {uploaded.size:,} bytes; uploads are limited to {max_upload_mb()} MB")
+    data = uploaded.getvalue()
+    sha = hashlib.sha256(data).hexdigest()
+    d = session_dir()
+    path = d / f"{kind}-{sha[:16]}{suffix}"  # fixed safe name: kind + content hash, never the user's name
+    if not path.is_file():
+        tmp = d / f".{kind}-{sha[:16]}.part"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    ref = core.FileRef(path=path, sha256=sha, name=name)
+    uploads[file_id] = ref
+    return ref
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# choices
+
+
+def demo_list() -> list[demos.Demo]:
+    """The bundled demos (re-read at each run: cheap, and new demos appear without a restart)."""
+    return demos.list_demos()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _hash_file(path: str, mtime_ns: int, size: int) -> str:
+    return core.sha256_file(path)
+
+
+def file_ref(path: Path) -> core.FileRef:
+    """A reference to a bundled file (its hash cached by path, modification time and size)."""
+    st_ = path.stat()
+    return core.FileRef(path=path, sha256=_hash_file(str(path), st_.st_mtime_ns, st_.st_size), name=path.name)
+
+
+def demo_model_choice(demo: demos.Demo) -> core.ModelChoice:
+    vocab = file_ref(demo.vocabulary_path) if demo.vocabulary_path is not None else None
+    return core.ModelChoice(model=file_ref(demo.model_path), vocabulary=vocab, demo=demo.name)
+
+
+def demo_data_choice(demo: demos.Demo) -> core.DataChoice | None:
+    if demo.data_path is None:
+        return None
+    opts = demo.default_window()
+    return core.DataChoice(data=file_ref(demo.data_path), first=opts["first"], count=opts["count"], demo=True)
+
+
+def find_demo(name: str | None) -> demos.Demo | None:
+    return next((d for d in demo_list() if d.name == name), None)
+
+
+def model_choice() -> core.ModelChoice | None:
+    """The model this session looks at; the first demo until the user picks another."""
+    choice = st.session_state.get(MODEL_CHOICE)
+    if choice is None:
+        available = demo_list()
+        if not available:
+            return None
+        choice = demo_model_choice(available[0])
+        st.session_state[MODEL_CHOICE] = choice
+    return choice
+
+
+def set_model_choice(choice: core.ModelChoice) -> None:
+    """Switch model; demo data follows a demo model, an uploaded data file stays."""
+    old = st.session_state.get(MODEL_CHOICE)
+    if old == choice:
+        return
+    st.session_state[MODEL_CHOICE] = choice
+    data = st.session_state.get(DATA_CHOICE)
+    if data is None or data.demo:
+        st.session_state[DATA_CHOICE] = None
+    st.session_state.pop(UNIT, None)
+
+
+def data_choice() -> core.DataChoice | None:
+    """The data this session analyses: its own choice, else the demo model's bundled input."""
+    choice = st.session_state.get(DATA_CHOICE)
+    if choice is not None:
+        return choice
+    mc = model_choice()
+    demo = find_demo(mc.demo) if mc is not None else None
+    return demo_data_choice(demo) if demo is not None else None
+
+
+def set_data_choice(choice: core.DataChoice | None) -> None:
+    if st.session_state.get(DATA_CHOICE) != choice:
+        st.session_state[DATA_CHOICE] = choice
+        st.session_state.pop(UNIT, None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bounded caches, keyed by content hash
+
+
+def _retry_internal_failures(job: Job) -> bool:
+    """Keep a cached job unless it failed for a reason other than the user's input (then retry)."""
+    return not (job.done and job.error is not None and not core.is_user_error(job.error))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False, validate=_retry_internal_failures)
+def _model_job(key: str, _choice: core.ModelChoice) -> Job:
+    return Job.start(lambda stage: core.load_model_bundle(_choice, stage))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _data_bundle(model_key: str, load_key: str, first: int, count: int | None, _model: Any, _choice: Any):
+    return core.load_data_bundle(_model, _choice)
+
+
+@st.cache_resource(max_entries=3, show_spinner=False, validate=_retry_internal_failures)
+def _run_job(key: str, _model: core.ModelBundle, _data: core.DataBundle) -> Job:
+    return Job.start(lambda stage: core.run_analysis(_model, _data, stage), n_stages=2)
+
+
+@st.cache_resource(max_entries=3, show_spinner=False, validate=_retry_internal_failures)
+def _probes_job(key: str, _run: core.RunResult) -> Job:
+    return Job.start(lambda stage: core.run_probes(_run, stage("Training the linear probes (with control tasks)")))
+
+
+def probes_job(run: core.RunResult) -> Job:
+    """The probes of ``run``, started in the background once the run is ready."""
+    return _probes_job(run.key, run)
+
+
+def require_probes(run: core.RunResult):
+    """The probe table of ``run`` (waiting with a progress bar)."""
+    try:
+        return wait_for(probes_job(run))
+    except Exception as e:
+        _stop_with(e)
+        raise
+
+
+def current_analysis(run: core.RunResult):
+    """The run's analysis, with the probes once they are ready (without waiting for them)."""
+    job = probes_job(run)
+    if job.done and job.error is None:
+        return core.with_probes(run, job.result())
+    return run.analysis
+
+
+@st.cache_resource(max_entries=2, show_spinner=False, validate=_retry_internal_failures)
+def _export_job(key: str, _run: core.RunResult, _analysis) -> Job:
+    return Job.start(lambda stage: core.export_zip(_run, _analysis, stage("Writing every CSV of the contract")))
+
+
+def require_export(run: core.RunResult) -> tuple[bytes, dict[str, int]]:
+    """The export zip of ``run`` (probes included) and its members' sizes, written once per run."""
+    analysis = core.with_probes(run, require_probes(run))
+    try:
+        return wait_for(_export_job(run.key, run, analysis))
+    except Exception as e:
+        _stop_with(e)
+        raise
+
+
+def wait_for(job: Job) -> Any:
+    """Draw a progress bar while ``job`` runs (the script only polls), then return its result."""
+    if not job.done:
+        bar = st.progress(job.overall, text=job.label)
+        while not job.wait(0.2):
+            bar.progress(job.overall, text=f"{job.label} · {job.seconds:.0f} s")
+        bar.empty()
+    return job.result()
+
+
+def _stop_with(e: BaseException) -> None:
+    if core.is_user_error(e):
+        show_error(e)
+        st.stop()
+    raise e
+
+
+def require_model() -> core.ModelBundle:
+    """The loaded model (waiting for it with a progress bar); stops the page with a message if there is none."""
+    choice = model_choice()
+    if choice is None:
+        st.info("No model yet: pick a demo or upload a `.keras` file on the **Model** page.", icon=":material/info:")
+        st.stop()
+    try:
+        return wait_for(_model_job(choice.key, choice))
+    except Exception as e:
+        _stop_with(e)
+        raise
+
+
+def require_data(model: core.ModelBundle) -> core.DataBundle:
+    """The data slice for ``model``; stops the page with a message if there is none or it does not fit."""
+    choice = data_choice()
+    if choice is None:
+        st.info("No data yet: upload a data file on the **Data** page.", icon=":material/info:")
+        st.stop()
+    try:
+        with st.spinner("Reading the data…"):
+            return _data_bundle(model.choice.key, choice.load_key, choice.first, choice.count, model, choice)
+    except Exception as e:
+        _stop_with(e)
+        raise
+
+
+def run_job() -> Job | None:
+    """The run job of the current choices (started if needed), or None without model or data."""
+    mc, dc = model_choice(), data_choice()
+    if mc is None or dc is None:
+        return None
+    model_job = _model_job(mc.key, mc)
+    if not model_job.done or model_job.error is not None:
+        return None
+    model = model_job.result()
+    try:
+        data = _data_bundle(mc.key, dc.load_key, dc.first, dc.count, model, dc)
+    except Exception:
+        return None
+    return _run_job(core.run_key(mc, dc), model, data)
+
+
+def require_run() -> core.RunResult:
+    """The extracted and analysed run of the current choices (waiting with a progress bar)."""
+    model = require_model()
+    data = require_data(model)
+    try:
+        return wait_for(_run_job(core.run_key(model.choice, data.choice), model, data))
+    except Exception as e:
+        _stop_with(e)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the opened unit and sequence
+
+
+def selected_unit(run: core.RunResult) -> tuple[str, int]:
+    """The unit the user opened (valid for ``run``), else the most telling one of the analysis."""
+    from dashboards.explain import interesting_unit
+
+    layer, unit = st.session_state.get(UNIT, (None, None))
+    if layer in run.trace.layers and isinstance(unit, int) and 0 <= unit < run.trace[layer].info.units:
+        return layer, unit
+    return interesting_unit(run.trace, run.analysis)
+
+
+def open_unit(layer: str, unit: int) -> None:
+    st.session_state[UNIT] = (str(layer), int(unit))
+
+
+def selected_sequence(run: core.RunResult) -> int:
+    s = st.session_state.get(SEQUENCE, 0)
+    return s if isinstance(s, int) and 0 <= s < run.trace.n_sequences else 0
+
+
+def set_sequence(s: int) -> None:
+    st.session_state[SEQUENCE] = int(s)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the sidebar's status and the Model page's verification
+
+
+def status_lines() -> list[str]:
+    """Short Markdown lines for the sidebar: the model, the data and how far the analysis is.
+
+    Starts the run of the current choices in the background if it is not running yet, so that the
+    analysis is ready by the time the user opens a page that needs it.
+    """
+    mc, dc = model_choice(), data_choice()
+    if mc is None:
+        return ["No model yet."]
+    lines = [f"**Model** · {md_escape(mc.model.name)}" + (" (demo)" if mc.demo else "")]
+    if dc is None:
+        lines.append("**Data** · none yet")
+        return lines
+    count = "all" if dc.count is None else dc.count
+    lines.append(f"**Data** · {md_escape(dc.data.name)} · {count} sequence(s) from #{dc.first}")
+    job = run_job()
+    if job is None:
+        return lines
+    if not job.done:
+        lines.append(f"**Analysis** · running ({100 * job.overall:.0f}%)")
+    elif job.error is not None:
+        lines.append(f"**Analysis** · failed: {md_escape(core.error_title(job.error))}")
+    else:
+        run = job.result()
+        worst = max(run.verification.values()) if run.verification else float("nan")
+        lines.append(f"**Analysis** · ready · verified, max error {worst:.1e}")
+        probes = probes_job(run)
+        if not probes.done:
+            lines.append(f"**Probes** · training ({100 * probes.overall:.0f}%)")
+    return lines
+
+
+def try_run() -> tuple[core.RunResult | None, BaseException | None]:
+    """Wait for the run of the current choices; return ``(run, None)`` or ``(None, user error)``."""
+    model = require_model()
+    data = require_data(model)
+    try:
+        return wait_for(_run_job(core.run_key(model.choice, data.choice), model, data)), None
+    except Exception as e:
+        if core.is_user_error(e):
+            return None, e
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# per-page computations on a run (small tables, cached per run key)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def cell_decomposition(key: str, layer: str, sequence: int, step: int, unit: int, _run: core.RunResult):
+    """:func:`analysis.decompose.cell_state_decomposition` of one unit at one step."""
+    from analysis.decompose import cell_state_decomposition
+
+    return cell_state_decomposition(_run.trace, layer, sequence, step=step, units=[unit])
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def preactivations(key: str, layer: str, sequence: int, unit: int, _run: core.RunResult):
+    """:func:`analysis.decompose.preactivation_decomposition` of one sequence, one unit's rows."""
+    from analysis.decompose import preactivation_decomposition
+
+    df = preactivation_decomposition(_run.trace, layer, sequences=[sequence])
+    return df[df["unit"] == unit].reset_index(drop=True)

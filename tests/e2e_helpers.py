@@ -1,0 +1,164 @@
+"""Helpers of the browser tests: a real ``streamlit run`` server and Debian's headless Chromium via Playwright.
+
+Never downloads a browser: Chromium is ``/usr/bin/chromium`` (``apt-get install chromium``). Outside CI
+the browser tests skip when it is missing; with ``CI`` set they fail instead (see :func:`require_chromium`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def in_ci() -> bool:
+    """True when the environment variable ``CI`` is set to anything but an empty/false value."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_chromium() -> None:
+    """Skip outside CI when Chromium is missing; in CI a missing Chromium is a failure, never a skip."""
+    if Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK):
+        return
+    if in_ci():
+        pytest.fail(f"{CHROMIUM} is missing; CI must run the browser tests (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} is missing (browser tests run in CI)")
+
+
+def free_port() -> int:
+    """A free TCP port on localhost."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class StreamlitServer:
+    """``streamlit run dashboards/app.py`` on a free localhost port, in its own process group.
+
+    Parameters
+    ----------
+    env : dict, optional
+        Extra environment variables (e.g. ``GATELENS_DEMO_DIR``).
+    log_path : Path
+        Where the server's output goes (shown when it fails to start).
+    """
+
+    def __init__(self, *, log_path: Path, env: dict[str, str] | None = None, timeout: float = 120.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path)
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        self.timeout = timeout
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> StreamlitServer:
+        cmd = [
+            sys.executable, "-m", "streamlit", "run", str(REPO / "dashboards" / "app.py"),
+            "--server.port", str(self.port), "--server.address", "127.0.0.1",
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        ]  # fmt: skip
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_healthy(self) -> None:
+        """Poll ``/_stcore/health`` until it answers ``ok``."""
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200 and r.read().strip() == b"ok":
+                        return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"streamlit did not become healthy in {self.timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Stop the server's process group (only the processes this object started)."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=5)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def launch_browser(playwright):
+    """Debian's Chromium, headless, through Playwright (no browser download)."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+_IDLE_JS = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (!app || !document.querySelector('[data-testid="stMain"] h1')) { window.__glIdle = 0; return false; }
+    const running = document.querySelector('[data-testid="stStatusWidgetRunningIcon"], '
+        + '[data-testid="stStatusWidgetRunningManIcon"], [data-testid="stSkeleton"], '
+        + '[data-testid="stProgress"], [data-testid="stSpinner"]');
+    window.__glIdle = running ? 0 : (window.__glIdle || 0) + 1;
+    return window.__glIdle >= 6;
+}"""
+
+
+def wait_idle(page, timeout: float = 120_000) -> None:
+    """Wait until the page has a title and no script run has been in progress for about 1.5 s."""
+    page.wait_for_function(_IDLE_JS, timeout=timeout, polling=250)
+
+
+def wait_charts(page, n: int = 1, timeout: float = 60_000) -> None:
+    """Wait until at least ``n`` Vega charts are drawn (an svg or a canvas inside a chart element)."""
+    page.wait_for_function(
+        f"""() => document.querySelectorAll(
+            '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg.marks').length >= {n}""",
+        timeout=timeout,
+    )
+
+
+def goto(page, base_url: str, path: str, timeout: float = 180_000) -> None:
+    """Open a page of the app by its URL path and wait for its script to finish."""
+    page.goto(f"{base_url}/{path}", wait_until="domcontentloaded", timeout=timeout)
+    wait_idle(page, timeout)
