@@ -73,6 +73,7 @@ def _load_model_and_data(args: argparse.Namespace):
         window=getattr(args, "window", None),
         stride=getattr(args, "stride", None),
         level=getattr(args, "level", None),
+        max_sequences=getattr(args, "max_sequences", None),
     )
     return model, spec, data
 
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--window", type=int, help="steps per sequence for long series/text (default: model length)")
         sp.add_argument("--stride", type=int, help="steps between window starts (default: the window)")
         sp.add_argument("--columns", nargs="+", help="CSV columns to use as input features, in order")
+        sp.add_argument("--max-sequences", type=int, help="use only the first N sequences (windows)")
         sp.add_argument("--tolerance", type=float, default=1e-4, help="max accepted |h recomputed - Keras|")
 
     e = sub.add_parser("extract", help="re-run the recurrent layers and store every gate in a run directory")

@@ -130,6 +130,16 @@ class Extractor:
         self.model = model
         self.input_shape = tuple(model.inputs[0].shape)
         self.input_dtype = str(model.inputs[0].dtype)
+        if "string" in self.input_dtype:
+            raise UnsupportedLayerError(
+                f"model {model.name!r} takes strings (a StringLookup or TextVectorization layer); gatelens "
+                "extracts from models that take token ids: save the model without the lookup layer and pass "
+                "its vocabulary with --vocab."
+            )
+        from models.spec import input_spec
+
+        #: True when the model takes token ids (an int input, or a float input that feeds an Embedding).
+        self.token_input = "int" in self.input_dtype or input_spec(model).integer_tokens
         rnns = recurrent_layers(model)
         if not rnns:
             raise UnsupportedLayerError(
@@ -177,7 +187,7 @@ class Extractor:
     @property
     def integer_input(self) -> bool:
         """True when the model takes token ids."""
-        return "int" in self.input_dtype
+        return self.token_input
 
     # -- the traced computation -------------------------------------------------------------
     def _hook(self, captures: dict[str, dict[str, Any]]):
@@ -400,7 +410,8 @@ class Extractor:
             raise DataError("input sequences have zero length")
         if self.integer_input:
             if not np.issubdtype(x.dtype, np.integer):
-                raise DataError(f"the model takes integer token ids, got {x.dtype} values")
+                if not (np.issubdtype(x.dtype, np.floating) and np.all(np.isfinite(x)) and np.all(x == np.round(x))):
+                    raise DataError(f"the model takes integer token ids, got {x.dtype} values")
             return x.astype(self.input_dtype, copy=False)
         x = x.astype(np.float32, copy=False)
         if not np.all(np.isfinite(x)):
@@ -469,7 +480,7 @@ def extract(
     return Trace(
         traces,
         verification=dict(ex.errors),
-        tokens=x if ex.integer_input else None,
+        tokens=x.astype(np.int32) if ex.integer_input else None,
         vocabulary=vocabulary,
         x=None if ex.integer_input else x,
         feature_names=feature_names,
@@ -537,7 +548,7 @@ def write_run(
                 writer.write_batch,
                 start,
                 res,
-                tokens=xb if ex.integer_input else None,
+                tokens=xb.astype(np.int32) if ex.integer_input else None,
                 x=None if ex.integer_input else xb,
             )
         if pending is not None:

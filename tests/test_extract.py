@@ -413,3 +413,14 @@ def test_variable_length_masked_input(cell):
     assert trace.verification[name] < 1e-6
     assert trace[name].mask[0].tolist() == [True] * 4 + [False] * 3
     _check_identities(trace[name])
+
+
+def test_float_input_feeding_an_embedding_records_tokens():
+    """keras.Input((T,)) is float32 by default; an Embedding right after it makes the input token ids."""
+    model = seq(L.Embedding(12, 4), L.LSTM(3, return_sequences=True), shape=(T,))
+    ids = np.random.default_rng(0).integers(0, 12, size=(3, T))
+    trace = extract(model, ids, vocabulary=[chr(97 + i) for i in range(12)])
+    np.testing.assert_array_equal(trace.tokens, ids)
+    assert trace.token_strings()[0, 0] == chr(97 + ids[0, 0])
+    with pytest.raises(ValueError, match="integer token ids"):
+        extract(model, ids + 0.5)
