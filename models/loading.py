@@ -109,7 +109,7 @@ def load_model_with_report(
     >>> p = os.path.join(tempfile.mkdtemp(), "m.keras"); m.save(p)
     >>> model, report = load_model_with_report(p)
     >>> report.params, report.worker_task
-    (120, 'keras_weights')
+    (112, 'keras_weights')
     """
     t0 = time.perf_counter()
     limits = limits or LoadLimits.from_env()

@@ -311,10 +311,10 @@ class ConfigReport:
 
 
 def _path_str(path: tuple) -> str:
-    out = "config"
+    out = ""
     for p in path:
         out += f"[{p}]" if isinstance(p, int) else f".{p}"
-    return out
+    return out.lstrip(".") or "the top level"
 
 
 def _where(path: tuple, layer: str | None) -> str:
@@ -388,9 +388,10 @@ def _check_identifier(name: str, key: str, value: str, path: tuple, layer: str |
         allowed, what = TEXT_SPLIT, "the built-in splits"
     if allowed is not None and value not in allowed:
         shown = value if len(value) <= 80 else value[:77] + "..."
+        where = f"layer {layer!r}: " if layer else ""
         raise UnsafeModelError(
-            f"{name}: {_where(path + (key,), layer)} = {shown!r} is not one of {what} "
-            f"(supported: {', '.join(sorted(allowed))})."
+            f"{name}: {where}{key} = {shown!r} is not one of {what} (at {_path_str(path + (key,))}; "
+            f"supported: {', '.join(sorted(allowed))})."
         )
 
 
@@ -483,7 +484,7 @@ def _walk_config(name: str, config: Any, limits: LoadLimits, report: ConfigRepor
                 inner = value.get("config")
                 if cn in ("__tensor__", "__numpy__"):
                     dtype = inner.get("dtype") if isinstance(inner, dict) else None
-                    if dtype not in DTYPE_NAMES - {"string"}:
+                    if not isinstance(dtype, str) or dtype not in DTYPE_NAMES - {"string"}:
                         raise UnsafeModelError(
                             f"{name}: {_where(path, layer)}: constant of dtype {dtype!r} refused (numeric only)."
                         )

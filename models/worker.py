@@ -1,6 +1,6 @@
 """The isolated worker: reads an untrusted model file in a separate process under memory and time limits.
 
-The parent (:func:`run_worker`) starts ``python -m models.worker JOB.json`` as a fresh process in its
+The parent (:func:`run_worker`) starts ``python -c "<bootstrap>" MODELS_DIR JOB.json`` as a fresh process in its
 own session, with a small environment (no GPU, one thread per pool, no HDF5 plugins). The worker
 first lowers its own limits (``RLIMIT_AS``, ``RLIMIT_CPU``, ``RLIMIT_FSIZE``, no core dumps), then
 does one task and writes ``result.json``:
@@ -52,6 +52,12 @@ from models.safety import (
 log = logging.getLogger(__name__)
 
 TASKS = ("keras_weights", "keras_trial", "h5")
+#: The worker's entry: ``models`` as a bare package (its ``__init__``, which imports TensorFlow, is not
+#: run), so the worker starts in a fraction of a second and imports only what its task needs.
+_BOOTSTRAP = (
+    "import sys, types; pkg = types.ModuleType('models'); pkg.__path__ = [sys.argv.pop(1)]; "
+    "sys.modules['models'] = pkg; from models.worker import main; sys.exit(main())"
+)
 _ROOT = Path(__file__).resolve().parent.parent  # the directory that holds the `models` package
 
 
@@ -141,7 +147,7 @@ def run_worker(
     t0 = time.perf_counter()
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-s", "-m", "models.worker", str(job_path)],
+            [sys.executable, "-s", "-c", _BOOTSTRAP, str(_ROOT / "models"), str(job_path)],
             cwd=str(work),
             env=_child_env(),
             stdin=subprocess.DEVNULL,
@@ -170,9 +176,9 @@ def run_worker(
             signal.SIGXFSZ: "it tried to write a file larger than allowed",
         }.get(sig, "it crashed")
         res.message = (
-            f"{name}: the isolated model loader was stopped by {_signal_name(sig)} ({reason}) after {seconds:.1f} s, "
-            f"peak memory {peak / 2**20:.0f} MiB of {limits.worker_memory_bytes / 2**20:.0f} MiB allowed; "
-            f"the file is corrupt or hostile. {_log_tail(log_path)}"
+            f"{name}: the isolated model loader was stopped by {_signal_name(sig)} ({reason}) after {seconds:.1f} s "
+            f"(memory limit {limits.worker_memory_bytes / 2**20:.0f} MiB); the file is corrupt or hostile, or "
+            f"needs more than the loader's limits. {_log_tail(log_path)}"
         ).strip()
         return res
     res.returncode = os.WEXITSTATUS(status)
@@ -182,7 +188,7 @@ def run_worker(
         res.error = "UnsafeModelError" if res.returncode else "ModelFormatError"
         res.message = (
             f"{name}: the isolated model loader exited with status {res.returncode} without a result "
-            f"(peak memory {peak / 2**20:.0f} MiB of {limits.worker_memory_bytes / 2**20:.0f} MiB allowed). "
+            f"(memory limit {limits.worker_memory_bytes / 2**20:.0f} MiB). "
             f"{_log_tail(log_path)}"
         ).strip()
         return res
@@ -390,13 +396,32 @@ def _own_memory() -> dict[str, int]:
 _TASKS = {"keras_weights": _task_keras_weights, "keras_trial": _task_keras_trial, "h5": _task_h5}
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """True when ``e`` (or what caused it) is an allocation failure under the memory limit."""
+    seen = 0
+    while e is not None and seen < 10:
+        text = str(e)[:4000].lower()
+        if (
+            isinstance(e, MemoryError)
+            or "ResourceExhausted" in type(e).__name__
+            or "oom when allocating" in text
+            or "cannot allocate memory" in text
+            or "failed to map segment" in text
+            or "out of memory" in text
+        ):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:400]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Worker entry point: ``python -m models.worker JOB.json``. Always writes result.json if it can."""
+    """Worker entry point (argv: the job file). Always writes result.json if it can."""
     argv = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(argv[0]).read_text())
     limits = LoadLimits(**job["limits"])
@@ -418,12 +443,17 @@ def main(argv: list[str] | None = None) -> int:
         }
     except Exception as e:  # anything else Keras/h5py raise on a bad file: report, never crash the parent
         kind = type(e).__name__
-        unsafe = "ResourceExhausted" in kind or "OOM" in str(e)[:200]
-        result = {
-            "ok": False,
-            "error": "UnsafeModelError" if unsafe else "ModelFormatError",
-            "message": f"{name}: cannot be loaded as a Keras model: {kind}: {_first_line(e)}",
-        }
+        unsafe = _out_of_memory(e)
+        if unsafe:
+            log.debug("worker out of memory", exc_info=True)
+            message = (
+                f"{name}: loading the model needs more memory than the loader's limit "
+                f"({limits.worker_memory_bytes / 2**20:.0f} MiB, LoadLimits.worker_memory_bytes, "
+                f"GATELENS_WORKER_MEMORY_MB); refused ({kind})."
+            )
+        else:
+            message = f"{name}: cannot be loaded as a Keras model: {kind}: {_first_line(e)}"
+        result = {"ok": False, "error": "UnsafeModelError" if unsafe else "ModelFormatError", "message": message}
     result.update(_own_memory())
     tmp = out / "result.tmp.json"
     tmp.write_text(json.dumps(result))
