@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow itself is imported lazily, where it is needed
 
-from models._quiet import import_tensorflow_quietly
-
-import_tensorflow_quietly()
-
-from models.errors import (  # noqa: E402 - after the quiet TensorFlow import
+from models.errors import (
     DataError,
     GatelensInputError,
     ModelFormatError,
@@ -24,8 +20,8 @@ from models.errors import (  # noqa: E402 - after the quiet TensorFlow import
     UnsupportedLayerError,
     VerificationError,
 )
-from models.extract import Extractor, extract, write_run  # noqa: E402
-from models.loading import load_model  # noqa: E402
+from models.extract import Extractor, extract, write_run
+from models.loading import load_model
 
 __all__ = [
     "DataError",

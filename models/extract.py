@@ -121,6 +121,9 @@ class Extractor:
     """
 
     def __init__(self, model: Any, *, layers: Sequence[str] | None = None, jit_compile: bool = True) -> None:
+        from models._quiet import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
         from models.graph import recurrent_layers
 
         if len(model.inputs) != 1:

@@ -211,6 +211,9 @@ def _read_npz(path: Path, name: str, limits: LoadLimits) -> dict[str, Any]:
 
 
 def _build(archive, weights: dict, work: Path, name: str, limits: LoadLimits, report: LoadReport):
+    from models._quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     import keras
 
     clean = write_clean_archive(work / "clean.keras", archive.report.config, weights, archive.assets, keras.__version__)
