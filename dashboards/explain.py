@@ -159,6 +159,16 @@ def _memory_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) 
     summary.sections.append(("How long it remembers", text))
 
 
+def _gate_state(hi: float, lo: float) -> str:
+    if hi >= 0.9:
+        return "almost always open"
+    if lo >= 0.9:
+        return "almost always shut"
+    if hi + lo >= 0.5:
+        return "mostly switched fully on or off"
+    return "mostly in between"
+
+
 def _gates_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) -> None:
     units = _rows(analysis.units, layer, unit)
     if units.empty:
@@ -172,18 +182,10 @@ def _gates_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) -
         summary.numbers[f"{signal}:frac_above_0.9"] = hi
         summary.numbers[f"{signal}:frac_below_0.1"] = lo
         name = signal.replace("_", " ")
-        if hi >= 0.9:
-            state = "almost always open"
-        elif lo >= 0.9:
-            state = "almost always shut"
-        elif hi + lo >= 0.5:
-            state = "mostly switched fully on or off"
-        else:
-            state = "mostly in between"
-        bits.append(f"the {name} is open (> 0.9) on {_pct(hi)} of steps and shut (< 0.1) on {_pct(lo)}: {state}")
+        bits.append(f"{name} {_pct(hi)} open, {_pct(lo)} shut ({_gate_state(hi, lo)})")
     if bits:
-        text = "; ".join(bits) + "."
-        summary.sections.append(("How its gates sit", text[0].upper() + text[1:]))
+        text = "Share of steps with each gate open (> 0.9) and shut (< 0.1): " + "; ".join(bits) + "."
+        summary.sections.append(("How its gates sit", text))
 
 
 def _event_text(row: pd.Series, what: str) -> str:
@@ -287,21 +289,24 @@ def _drivers_section(summary: UnitSummary, analysis: Any, layer: str, unit: int)
         return
     keep = "forget_gate" if summary.cell_type == "lstm" else "update_gate"
     bits = []
-    for gate in (keep, "input_gate", "output_gate"):
+    for gate in (keep, "input_gate", "output_gate", "reset_gate"):
         row = _row(d, gate=gate)
         if row is None or not pd.notna(row["input_share"]):
             continue
         share = float(row["input_share"])
         summary.numbers[f"{gate}:input_share"] = share
         bias = float(row["mean_bias"])
-        lean = "open" if bias > 0 else "shut"
+        summary.numbers[f"{gate}:bias"] = bias
+        lean = "pushes it open" if bias >= 0.5 else "pushes it shut" if bias <= -0.5 else "about neutral"
         bits.append(
-            f"the {gate.replace('_', ' ')} is moved {_pct(share)} by the current input and {_pct(1 - share)} by "
-            f"the memory (mean |x W| against |h U|), and its bias {bias:+.2f} leans it {lean}"
+            f"{gate.replace('_', ' ')} {_pct(share)} input, {_pct(1 - share)} memory, bias {bias:+.2f} ({lean})"
         )
     if bits:
-        text = "; ".join(bits) + "."
-        summary.sections.append(("What drives its gates", text[0].upper() + text[1:]))
+        text = (
+            "How much of each gate's movement comes from the current input (mean |x W|) and how much from the "
+            "memory (mean |h U|): " + "; ".join(bits) + "."
+        )
+        summary.sections.append(("What drives its gates", text))
 
 
 def _cluster_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) -> str:
@@ -316,10 +321,12 @@ def _cluster_section(summary: UnitSummary, analysis: Any, layer: str, unit: int)
     size = int((all_cl["cluster"] == cluster).sum())
     summary.numbers["cluster"] = float(cluster)
     text = f"It belongs to cluster {cluster} ({size} unit{'s' if size != 1 else ''} with similar statistics)"
-    if group:
+    if group and group != "mixed":
         text += f", whose typical member is a {group}"
+    elif group:
+        text += ", whose typical member fits none of the named archetypes"
     text += "."
-    if own and own != group:
+    if own and own != group and own != "mixed":
         text += f" On its own statistics it reads as a {own}."
     summary.sections.append(("Its group", text))
     return own or group

@@ -197,8 +197,8 @@ def legend_html(scale: Scale, title: str) -> str:
     stops = ",".join(f"rgb({r},{g},{b})" for r, g, b in scale.ramp)
     lo, hi = (scale.lo, scale.hi) if scale.kind == "sequential" else (-scale.hi, scale.hi)
     return (
-        f'<div class="gl-legend"><span>{html.escape(title)}</span><span>{lo:g}</span>'
-        f'<span class="gl-bar" style="background:linear-gradient(90deg,{stops})"></span><span>{hi:g}</span></div>'
+        f'<div class="gl-legend"><span>{html.escape(title)}</span><span>{lo:.3g}</span>'
+        f'<span class="gl-bar" style="background:linear-gradient(90deg,{stops})"></span><span>{hi:.3g}</span></div>'
     )
 
 

@@ -162,3 +162,79 @@ def goto(page, base_url: str, path: str, timeout: float = 180_000) -> None:
     """Open a page of the app by its URL path and wait for its script to finish."""
     page.goto(f"{base_url}/{path}", wait_until="domcontentloaded", timeout=timeout)
     wait_idle(page, timeout)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tiny demo models (real Keras files, random weights: built in about a second, no training)
+
+#: Text of the tiny text demo: code-like, with an HTML token that must be shown, never run.
+DEMO_TEXT = (
+    'def f(x):\n    return "<script>alert(1)</script>" if (x > 0) else [x, (x + 1)]\n'
+    "# brackets (nest (deeper) here) and 'quotes' too; <b>bold?</b>\n"
+) * 8
+
+
+def build_tiny_demos(directory: Path) -> dict[str, Path]:
+    """Write two demos the dashboard lists: a character LSTM (2 layers) and a GRU forecaster, with cards.
+
+    Returns the paths of the files written, by name.
+    """
+    import json
+
+    import keras
+    import numpy as np
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(0)
+    vocab = ["", "[UNK]", *sorted(set(DEMO_TEXT))]
+    t_len = 40
+    text_model = keras.Sequential(
+        [
+            keras.Input((t_len,), dtype="int32", name="tokens"),
+            keras.layers.Embedding(len(vocab), 8, mask_zero=True),
+            keras.layers.LSTM(8, return_sequences=True),
+            keras.layers.LSTM(6, return_sequences=True),
+            keras.layers.Dense(len(vocab), activation="softmax"),
+        ],
+        name="tiny_char",
+    )
+    paths = {"text_model": directory / "tiny_char.keras"}
+    text_model.save(paths["text_model"])
+    paths["vocab"] = directory / "tiny_char.vocab.json"
+    paths["vocab"].write_text(json.dumps({"tokens": vocab, "level": "char", "oov_token": "[UNK]"}))
+    paths["text_data"] = directory / "tiny_char.demo.txt"
+    paths["text_data"].write_text(DEMO_TEXT)
+    card = {
+        "format": "gatelens.model_card/1",
+        "name": "tiny_char",
+        "model": {"kind": "text", "task": "next-character prediction", "architecture": "Embedding -> LSTM -> LSTM"},
+        "data": {"source": {"path": str(paths["text_data"])}, "window": t_len},
+        "metrics": {"split": "test", "bits_per_char": 6.3, "unigram_bits_per_char": 4.4},
+    }
+    (directory / "tiny_char.card.json").write_text(json.dumps(card))
+
+    series_model = keras.Sequential(
+        [keras.Input((24, 2), name="series"), keras.layers.GRU(5, return_sequences=True), keras.layers.Dense(1)],
+        name="tiny_series",
+    )
+    paths["series_model"] = directory / "tiny_series.keras"
+    series_model.save(paths["series_model"])
+    rng = np.random.default_rng(0)
+    n = 24 * 10
+    year = np.arange(1800, 1800 + n)
+    load = np.sin(np.arange(n) / 5.0) * 10 + rng.normal(0, 1, n)
+    temp = np.cos(np.arange(n) / 11.0) * 3 + rng.normal(0, 0.5, n)
+    paths["series_data"] = directory / "tiny_series.demo.csv"
+    paths["series_data"].write_text(
+        "year,load,temp\n" + "".join(f"{y},{a:.4f},{b:.4f}\n" for y, a, b in zip(year, load, temp))
+    )
+    card = {
+        "format": "gatelens.model_card/1",
+        "name": "tiny_series",
+        "model": {"kind": "timeseries", "task": "forecast 'load' 1 step ahead", "architecture": "GRU -> Dense"},
+        "data": {"source": {"path": str(paths["series_data"])}, "window": 24},
+        "metrics": {"split": "test", "mae": 1.0, "naive_last_value_mae": 1.2},
+    }
+    (directory / "tiny_series.card.json").write_text(json.dumps(card))
+    return paths

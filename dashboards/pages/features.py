@@ -21,7 +21,8 @@ default = next((s for s in ("cell_state", "hidden_state") if s in signals), sign
 features = list(dict.fromkeys(corr["feature"]))
 c1, c2 = st.columns(2)
 signal = c1.selectbox("Signal", signals, index=signals.index(default), key="features_signal")
-interesting = [f for f in features if f != "step"] or features
+valid = corr[(corr["signal"] == signal) & corr["pearson_r"].notna()]
+interesting = [f for f in features if f != "step" and (valid["feature"] == f).any()] or features
 feature = c2.selectbox("Feature", features, index=features.index(interesting[0]), key="features_feature")
 
 st.caption(

@@ -70,7 +70,7 @@ st.subheader(state.md_escape(model.model.name))
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Parameters", f"{model.params:,}")
 c2.metric("Recurrent layers", len(model.recurrent))
-c3.metric("Input", model.spec.describe().split(" = ")[0])
+c3.metric("Input", core.input_kind(model.spec))
 c4.metric("Loaded in", f"{model.load_seconds:.2f} s", help=f"safe loader path: {model.load_path}")
 st.caption(f"Input: {state.md_escape(model.spec.describe())}")
 if model.needs_vocabulary:
@@ -80,17 +80,10 @@ if model.needs_vocabulary:
         icon=":material/warning:",
     )
 
-left, right = st.columns([3, 2])
-with left:
-    st.markdown("**Architecture**")
+st.markdown("**Recurrent layers found** (each direction of a Bidirectional separately)")
+st.dataframe(model.recurrent, hide_index=True, width="stretch")
+with st.expander("Architecture: every layer", expanded=True):
     st.dataframe(model.architecture, hide_index=True, width="stretch")
-with right:
-    st.markdown("**Recurrent layers found** (each direction of a Bidirectional separately)")
-    st.dataframe(
-        model.recurrent[["layer", "keras_class", "cell", "units", "direction", "recurrent_activation"]],
-        hide_index=True,
-        width="stretch",
-    )
 
 st.markdown("**Verification**: the cells re-run from the weights against Keras's own hidden states")
 if state.data_choice() is None:

@@ -62,6 +62,7 @@ if gates:
                 selection_mode=charts.UNIT_PICK,
                 key=f"units_scatter_{gate}",
                 width="stretch",
+                height=330,
             )
 else:
     st.info("These layers have no gates (SimpleRNN).")
@@ -85,8 +86,12 @@ if cl.empty:
     st.info(f"No clusters: {a.skipped.get('clusters', 'the clustering step did not run')}.")
 else:
     summary = (
-        cl.groupby(["cluster", "archetype"], sort=True)
-        .agg(units=("unit", "size"), members=("unit", lambda s: ", ".join(map(str, list(s)[:20]))))
+        cl.assign(member=cl["layer"].astype(str) + ":" + cl["unit"].astype(str))
+        .groupby(["cluster", "archetype"], sort=True)
+        .agg(
+            units=("unit", "size"),
+            members=("member", lambda s: ", ".join(list(s)[:24]) + (" …" if len(s) > 24 else "")),
+        )
         .reset_index()
     )
     st.dataframe(summary, hide_index=True)

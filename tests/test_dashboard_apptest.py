@@ -1,0 +1,328 @@
+"""One AppTest per dashboard page (streamlit.testing.v1), on tiny real Keras demos: no exception, the expected elements.
+
+The app runs in this process; its caches are shared between the tests (keyed by content hash), so the
+model is loaded and analysed once and each page test then opens its page in a fresh session. The
+numbers a page shows are checked against the library's own (models.extract, analysis.*) here.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from e2e_helpers import build_tiny_demos
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboards" / "app.py")
+TIMEOUT = 240  # the first run loads TensorFlow, the model (safe loader: a worker process) and analyses
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demos")
+    paths = build_tiny_demos(d)
+    old = os.environ.get("GATELENS_DEMO_DIR")
+    os.environ["GATELENS_DEMO_DIR"] = str(d)
+    yield paths
+    if old is None:
+        os.environ.pop("GATELENS_DEMO_DIR", None)
+    else:
+        os.environ["GATELENS_DEMO_DIR"] = old
+
+
+def _open(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    _no_exception(at)
+    if page is not None:
+        at.switch_page(f"pages/{page}.py").run()
+        _no_exception(at)
+    return at
+
+
+def _no_exception(at: AppTest) -> None:
+    assert not at.exception, "\n\n".join(f"{e.value}\n{''.join(e.stack_trace)}" for e in at.exception)
+    assert not at.error, [e.value for e in at.error]
+
+
+def _texts(at: AppTest, kind: str) -> list[str]:
+    return [e.value for e in at.get(kind)]
+
+
+def _plain(markdown: str) -> str:
+    """Markdown text without the backslash escapes the app puts before user text's special characters."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def _errors(at: AppTest) -> list[str]:
+    return [_plain(e.value) for e in at.error]
+
+
+def _frame(at: AppTest, *columns: str):
+    """The first dataframe shown that has all these columns."""
+    for df in at.dataframe:
+        value = df.value
+        if all(c in value.columns for c in columns):
+            return value
+    raise AssertionError(f"no dataframe with columns {columns}; shown: {[list(d.value.columns) for d in at.dataframe]}")
+
+
+def _charts(at: AppTest) -> list[dict]:
+    return [json.loads(e.proto.spec) for e in at.get("vega_lite_chart")]
+
+
+def _select_series_demo(at: AppTest) -> AppTest:
+    at.selectbox(key="demo_model").set_value("tiny_series").run()
+    _no_exception(at)
+    return at
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one test per page
+
+
+def test_model_page_shows_architecture_layers_and_a_passing_badge(demo_dir):
+    at = _open()
+    assert [t.value for t in at.title] == ["Model"]
+    options = at.selectbox(key="demo_model").options  # labels: name, task, architecture; text demos first
+    assert [o.split(" ")[0] for o in options] == ["tiny_char", "tiny_series"]
+    assert options[0] == "tiny_char — next-character prediction (Embedding -> LSTM -> LSTM)"
+    recurrent = _frame(at, "layer", "cell", "units")
+    assert recurrent["layer"].tolist() == ["lstm", "lstm_1"]
+    assert recurrent["units"].tolist() == [8, 6]
+    arch = _frame(at, "layer", "class", "output_shape")
+    assert [c for c in arch["class"] if c != "InputLayer"] == ["Embedding", "LSTM", "LSTM", "Dense"]
+    v = len(json.loads(demo_dir["vocab"].read_text())["tokens"])
+    assert arch["parameters"].sum() == v * 8 + 4 * 8 * (8 + 8 + 1) + 4 * 6 * (8 + 6 + 1) + (6 * v + v)
+    assert _frame(at, "metric", "value")["metric"].tolist() == ["split", "bits_per_char", "unigram_bits_per_char"]
+    badges = [m for m in _texts(at, "markdown") if "badge[" in m]
+    assert len(badges) == 1 and "Verification: PASS" in badges[0] and badges[0].startswith(":green-badge[")
+    verification = _frame(at, "layer", "status")
+    assert verification["layer"].tolist() == ["lstm", "lstm_1"]
+    assert all(float(v) <= 1e-5 for v in verification["max |h recomputed - h Keras|"])
+    sidebar = _plain(" ".join(c.value for c in at.sidebar.caption))
+    assert "**Model** · tiny_char.keras (demo)" in sidebar and "**Data** · tiny_char.demo.txt" in sidebar
+
+
+def test_model_page_series_demo(demo_dir):
+    at = _select_series_demo(_open())
+    assert _frame(at, "layer", "cell")["cell"].tolist() == ["gru"]
+    assert any("Verification: PASS" in m for m in _texts(at, "markdown"))
+
+
+def test_data_page_previews_the_demo_text(demo_dir):
+    at = _open("data")
+    assert [t.value for t in at.title] == ["Data"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Sequences analysed"] == "8"
+    assert metrics["Steps per sequence"] == "40"
+    code = [c.value for c in at.code]
+    text = demo_dir["text_data"].read_text()
+    assert code[0] == text[:40]  # the first window, exactly as in the file
+    assert at.number_input(key="data_count").value == 8
+
+
+def test_gates_page_colours_text_escapes_html_and_hovers_every_signal(demo_dir):
+    at = _open("gates")
+    assert [t.value for t in at.title] == ["Gates over the input"]
+    (frag,) = [h.proto.body for h in at.get("html")]
+    assert "<script" not in frag and "&lt;" in frag  # the user's text is shown, never run
+    n_units = len(at.multiselect(key="gates_units").value)
+    assert n_units >= 1
+    shown = [html.unescape(t) for t in re.findall(r'<span class="gl-tok"[^>]*>(.*?)</span>', frag)]
+    assert len(shown) == 40 * n_units  # one span per step per unit
+    text = demo_dir["text_data"].read_text()[:40]
+    assert "".join(shown[:40]) == text.replace(" ", "\xa0").replace("\n", "↵")  # every character, in order
+    for signal in ("input_gate", "forget_gate", "candidate", "output_gate", "cell_state", "hidden_state"):
+        assert f"{signal} " in frag  # every signal in the hover text
+    assert 'title="step 0 · ' in frag
+
+
+def test_gates_page_series_heat_strips(demo_dir):
+    at = _select_series_demo(_open())
+    at.switch_page("pages/gates.py").run()
+    _no_exception(at)
+    (spec,) = _charts(at)
+    titles = [c.get("title") for c in spec["vconcat"]]
+    assert titles == ["input", "update_gate", "reset_gate", "candidate", "hidden_state"]
+
+
+def test_units_page_saturation_half_lives_clusters(demo_dir):
+    at = _open("units")
+    specs = _charts(at)
+    titles = [s.get("title") if isinstance(s.get("title"), str) else s.get("title", {}).get("text") for s in specs]
+    assert titles[:3] == ["input_gate", "forget_gate", "output_gate"]
+    assert "memory half-life of each unit" in titles
+    clusters = _frame(at, "cluster", "members")
+    assert {"cluster", "archetype", "units", "members"} <= set(clusters.columns)
+    assert clusters["units"].sum() == 8 + 6
+    assert any(m.startswith("Opened: **") for m in _texts(at, "markdown"))
+
+
+def test_features_page_heatmap_top_units_probes(demo_dir):
+    at = _open("features")
+    titles = [str(s.get("title")) for s in _charts(at)]
+    assert any("Pearson r of cell_state with each feature" in t for t in titles)
+    assert any("probe selectivity" in t for t in titles)
+    top = _frame(at, "rank", "pearson_r")
+    assert top["rank"].tolist()[:3] == [1, 2, 3]
+    assert (top["signal"] == "cell_state").all()
+    r = top["pearson_r"].abs().to_numpy()
+    assert np.all(np.diff(r[np.isfinite(r)]) <= 0)  # strongest first
+
+
+def test_memory_page_decomposition_sums_to_the_state(demo_dir):
+    at = _open("memory")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["stored cell_state"] == metrics["sum of the parts below"]
+    assert len(_charts(at)) == 3  # decomposition, retention, pre-activations
+    assert any("still in the state" in h.proto.body for h in at.get("html"))
+
+
+def test_explain_page_summary(demo_dir):
+    at = _open("explain")
+    md = _texts(at, "markdown")
+    headline = [m for m in md if m.startswith("#### Unit ")]
+    assert len(headline) == 1
+    for section in ("How long it remembers", "How its gates sit", "What makes it forget", "What it tracks"):
+        assert any(m.startswith(f"**{section}.**") for m in md), section
+    assert len(_charts(at)) == 1
+
+
+def test_export_page_zip_and_manifest(demo_dir):
+    at = _open("export")
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels[0] == "Download everything (zip)"
+    for name in ("activations.csv", "units.csv", "correlations.csv", "probes.csv", "clusters.csv", "manifest.json"):
+        assert name in labels
+    manifest = at.get("json")[0].proto.body
+    doc = json.loads(manifest)
+    assert doc["format"] == "gatelens-run"
+    assert doc["model"]["name"] == "tiny_char.keras"
+    assert doc["data"]["path"] == "tiny_char.demo.txt"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# uploads: errors as messages, never tracebacks; a good upload runs end to end
+
+
+def _upload_mode(at: AppTest) -> AppTest:
+    at.radio(key="model_source").set_value("Upload my own").run()
+    _no_exception(at)
+    return at
+
+
+def test_bad_model_upload_shows_a_readable_error(demo_dir):
+    at = _upload_mode(_open())
+    at.file_uploader(key="model_upload").upload("broken model.keras", b"this is not a zip", "application/zip").run()
+    assert not at.exception
+    (err,) = _errors(at)
+    assert err.startswith("**The file is not a readable Keras model**\n\nbroken model.keras: not a zip archive")
+    assert "gatelens-session-" not in err and "model-" not in err  # no server path
+    assert "Traceback" not in err
+
+
+def test_unsafe_model_upload_is_refused(demo_dir, tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((5, 2)), keras.layers.Lambda(lambda x: x * 2), keras.layers.LSTM(3)])
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    at = _upload_mode(_open())
+    at.file_uploader(key="model_upload").upload("lambda.keras", path.read_bytes(), "application/zip").run()
+    assert not at.exception
+    (err,) = _errors(at)
+    assert err.startswith("**The model was refused as unsafe**\n\nlambda.keras: ") and "Lambda" in err
+
+
+def test_uploaded_model_and_npy_data_run_and_verify(demo_dir, tmp_path):
+    import keras
+
+    from models import extract
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((7, 3)), keras.layers.LSTM(4, return_sequences=True)], name="mine")
+    path = tmp_path / "mine.keras"
+    model.save(path)
+    x = np.random.default_rng(2).normal(size=(5, 7, 3)).astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, x)
+
+    at = _upload_mode(_open())
+    at.file_uploader(key="model_upload").upload("mine.keras", path.read_bytes(), "application/zip").run()
+    _no_exception(at)
+    assert any("Verification needs input" in i.value for i in at.info)
+    at.switch_page("pages/data.py").run()
+    _no_exception(at)
+    assert at.radio(key="data_source").options == ["Upload"]
+    at.file_uploader(key="data_upload").upload("x.npy", buf.getvalue(), "application/octet-stream").run()
+    _no_exception(at)
+    assert {m.label: m.value for m in at.metric}["Sequences analysed"] == "5"
+    at.switch_page("pages/model.py").run()
+    _no_exception(at)
+    assert any("Verification: PASS" in m for m in _texts(at, "markdown"))
+    # the Export page's activations equal the library's own extraction of the same model and data
+    at.switch_page("pages/export.py").run()
+    _no_exception(at)
+    ref = extract(keras.saving.load_model(path), x)
+    doc = json.loads(at.get("json")[0].proto.body)
+    assert doc["model"]["name"] == "mine.keras" and doc["n_sequences"] == 5
+    zipped = next(b for b in at.get("download_button") if b.proto.label == "Download everything (zip)")
+    assert zipped.proto.url  # served by the media file manager: content checked in the browser test
+    assert ref["lstm"]["forget_gate"].shape == (5, 7, 4)
+
+
+def test_data_that_does_not_fit_the_model_shows_a_readable_error(demo_dir):
+    at = _open("data")
+    at.radio(key="data_source").set_value("Upload").run()
+    _no_exception(at)
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((3, 5, 2), np.float32))  # the demo takes (N, 40) token ids
+    at.file_uploader(key="data_upload").upload("wrong.npy", buf.getvalue(), "application/octet-stream").run()
+    assert not at.exception
+    (err,) = _errors(at)
+    assert err.startswith("**The data does not fit the model**\n\nwrong.npy: ")
+    assert "gatelens-session-" not in err
+
+
+def test_sessions_do_not_see_each_others_uploads(demo_dir, tmp_path):
+    a = _upload_mode(_open())
+    a.file_uploader(key="model_upload").upload("private.keras", b"not a model", "application/zip").run()
+    assert "private.keras" in _errors(a)[0]
+    b = _open()  # a new session still sees the demo, not the other session's upload
+    _no_exception(b)
+    sidebar = _plain(" ".join(c.value for c in b.sidebar.caption))
+    assert "tiny_char.keras" in sidebar and "private" not in sidebar
+
+
+def test_export_zip_matches_the_library(demo_dir, tmp_path):
+    """The export's CSVs are those of analysis.export.export_csvs on the same run (same bytes)."""
+    from analysis.export import export_csvs, read_csv
+    from dashboards import core, demos
+
+    demo = demos.list_demos()[0]
+    mc = core.ModelChoice(core.FileRef.of(demo.model_path), core.FileRef.of(demo.vocabulary_path), demo=demo.name)
+    model = core.load_model_bundle(mc)
+    data = core.load_data_bundle(model, core.DataChoice(core.FileRef.of(demo.data_path), count=3))
+    run = core.run_analysis(model, data)
+    analysis = core.with_probes(run, core.run_probes(run))
+    archive, sizes = core.export_zip(run, analysis)
+    paths = export_csvs(run.trace, tmp_path / "csv", analysis=analysis)
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        assert sorted(zf.namelist()) == sorted([*paths, "manifest.json"])
+        for name, p in paths.items():
+            if name != "probes.csv":  # probes are retrained (same seed, same data): compare values below
+                assert zf.read(name) == p.read_bytes(), name
+    acts = read_csv(paths["activations.csv"])  # byte-equal to the zip's copy (checked above)
+    from models import extract
+
+    ref = extract(model.model, data.dataset.x)
+    got = acts[(acts.layer == "lstm") & (acts.sequence == 1) & (acts.step == 7)].sort_values("unit")
+    np.testing.assert_array_equal(got["forget_gate"].to_numpy(np.float32), ref["lstm"]["forget_gate"][1, 7])
+    assert sizes["activations.csv"] == len(zipfile.ZipFile(io.BytesIO(archive)).read("activations.csv"))
