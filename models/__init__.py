@@ -2,8 +2,13 @@
 
 Examples
 --------
->>> from models import load_model, extract  # doctest: +SKIP
->>> trace = extract(load_model("my.keras"), x)  # doctest: +SKIP
+>>> import keras, numpy as np, os, tempfile
+>>> from models import load_model, extract
+>>> path = os.path.join(tempfile.mkdtemp(), "my.keras")
+>>> keras.Sequential([keras.Input((4, 2)), keras.layers.LSTM(3, name="lstm")]).save(path)
+>>> trace = extract(load_model(path), np.ones((2, 4, 2)))
+>>> trace["lstm"]["cell_state"].shape
+(2, 4, 3)
 """
 
 from __future__ import annotations

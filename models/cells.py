@@ -88,14 +88,15 @@ def run_lstm(
     w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, c0: tf.Tensor, h_ref: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
     """All LSTM signals for ``x`` (B, T, in) in processing order."""
-    xw = tf.einsum("bti,ij->btj", x, w.kernel)
     m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
     if h_ref is None:
+        # Free-running: the per-step operations in Keras's own order, so round-off matches step by step
+        # (a hoisted input projection would differ in the last bit, which chaotic weights amplify).
 
         def step(carry, inp):
             h, c, _ = carry
-            xw_t, m_t = inp
-            z = xw_t + tf.matmul(h, w.recurrent_kernel)
+            x_t, m_t = inp
+            z = tf.matmul(x_t, w.kernel) + tf.matmul(h, w.recurrent_kernel)
             if w.bias is not None:
                 z = z + w.bias
             zi, zf, zc, zo = _split(z, 4)
@@ -104,10 +105,10 @@ def run_lstm(
             return _carry(m_t, h_new, h), _carry(m_t, c_new, c), z
 
         z0 = tf.zeros(tf.concat([tf.shape(x)[:1], tf.shape(w.kernel)[1:]], 0), x.dtype)
-        h, c, z = _scan_time(step, (xw, m), (h0, c0, z0))
+        h, c, z = _scan_time(step, (x, m), (h0, c0, z0))
     else:
         h_prev = previous_states(h_ref, mask, h0)
-        z = xw + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
+        z = tf.einsum("bti,ij->btj", x, w.kernel) + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
         if w.bias is not None:
             z = z + w.bias
     zi, zf, zc, zo = _split(z, 4)
@@ -168,24 +169,27 @@ def run_gru(
     w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, h_ref: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
     """All GRU signals for ``x`` (B, T, in) in processing order."""
-    xw = tf.einsum("bti,ij->btj", x, w.kernel)
-    if w.bias is not None:
-        xw = xw + (w.bias[0] if w.reset_after else w.bias)
+    input_bias = None if w.bias is None else (w.bias[0] if w.reset_after else w.bias)
+
+    def project(inputs):  # Keras: matrix_x = inputs @ kernel + input_bias
+        xw = tf.tensordot(inputs, w.kernel, axes=[[inputs.shape.rank - 1], [0]])
+        return xw if input_bias is None else xw + input_bias
+
     m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
-    if h_ref is None:
+    if h_ref is None:  # free-running, per step in Keras's order (see run_lstm)
 
         def step(carry, inp):
             h, *_ = carry
-            xw_t, m_t = inp
-            z, r, hh, h_new, z_pre, r_pre, hh_pre = _gru_parts(w, xw_t, h)
-            return (_carry(m_t, h_new, h), h, z_pre, r_pre, hh_pre)
+            x_t, m_t = inp
+            z, r, hh, h_new, z_pre, r_pre, hh_pre = _gru_parts(w, project(x_t), h)
+            return (_carry(m_t, h_new, h), z_pre, r_pre, hh_pre)
 
         zeros = tf.zeros_like(h0)
-        h, h_prev, z_pre, r_pre, hh_pre = _scan_time(step, (xw, m), (h0, zeros, zeros, zeros, zeros))
+        h, z_pre, r_pre, hh_pre = _scan_time(step, (x, m), (h0, zeros, zeros, zeros))
         z, r, hh = (w.recurrent_activation(z_pre), w.recurrent_activation(r_pre), w.activation(hh_pre))
     else:
         h_prev = previous_states(h_ref, mask, h0)
-        z, r, hh, h, z_pre, r_pre, hh_pre = _gru_parts(w, xw, h_prev)
+        z, r, hh, h, z_pre, r_pre, hh_pre = _gru_parts(w, project(x), h_prev)
         h = tf.where(m[..., None], h, h_prev)
     return {
         "update_gate": z,
@@ -202,22 +206,24 @@ def run_simple_rnn(
     w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, h_ref: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
     """SimpleRNN hidden state and its pre-activation for ``x`` (B, T, in) in processing order."""
-    xw = tf.einsum("bti,ij->btj", x, w.kernel)
-    if w.bias is not None:
-        xw = xw + w.bias
+
+    def project(inputs):  # Keras: h = inputs @ kernel + bias
+        xw = tf.tensordot(inputs, w.kernel, axes=[[inputs.shape.rank - 1], [0]])
+        return xw if w.bias is None else xw + w.bias
+
     m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
     act = w.activation if w.activation is not None else (lambda v: v)
-    if h_ref is None:
+    if h_ref is None:  # free-running, per step in Keras's order (see run_lstm)
 
         def step(carry, inp):
             h, _ = carry
-            xw_t, m_t = inp
-            pre = xw_t + tf.matmul(h, w.recurrent_kernel)
+            x_t, m_t = inp
+            pre = project(x_t) + tf.matmul(h, w.recurrent_kernel)
             return _carry(m_t, act(pre), h), pre
 
-        h, pre = _scan_time(step, (xw, m), (h0, tf.zeros_like(h0)))
+        h, pre = _scan_time(step, (x, m), (h0, tf.zeros_like(h0)))
     else:
         h_prev = previous_states(h_ref, mask, h0)
-        pre = xw + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
+        pre = project(x) + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
         h = tf.where(m[..., None], act(pre), h_prev)
     return {"hidden_state": h, "hidden_state_pre": pre}
