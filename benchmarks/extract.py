@@ -62,7 +62,7 @@ def bench(model: keras.Model, x: np.ndarray, repeats: int, batch_size: int) -> d
     naive_n = min(32, x.shape[0])
     methods = {
         "model.predict": lambda: model.predict(x, batch_size=batch_size, verbose=0),
-        "extract, in memory": lambda: [None for _ in ex.iter_batches(x, batch_size=batch_size)],
+        "extract, in memory": lambda: extract(ex, x, batch_size=batch_size),
         "extract into the store (float16)": lambda: write_run(
             ex, x, os.path.join(tmp, "run"), batch_size=batch_size, dtype="float16"
         ),

@@ -338,7 +338,8 @@ class Extractor:
             log.warning("XLA compilation failed (%s); falling back to graph mode", str(e).splitlines()[0][:200])
             self._fns[dtype] = (plain, plain)
             res = plain(x)
-        return {name: {k: v.numpy() for k, v in sig.items()} for name, sig in res.items()}
+        # np.asarray shares the tensor's buffer (zero-copy on CPU); .numpy() would copy every signal
+        return {name: {k: np.asarray(v) for k, v in sig.items()} for name, sig in res.items()}
 
     def weights(self) -> dict[str, dict[str, np.ndarray]]:
         """Per captured layer: kernel, recurrent_kernel, bias (and embedding when fed by one)."""
