@@ -12,7 +12,6 @@ Examples
 from __future__ import annotations
 
 from models.zoo.datasets import Vocabulary, tokenize
-from models.zoo.demos import DEMOS, Demo
 from models.zoo.tasks import TASKS, TaskData, write_features_csv
 from models.zoo.tasks import generate as generate_task
 from models.zoo.train import (
@@ -29,9 +28,7 @@ from models.zoo.train import (
 )
 
 __all__ = [
-    "DEMOS",
     "TASKS",
-    "Demo",
     "TaskData",
     "TrainResult",
     "Vocabulary",

@@ -13,8 +13,8 @@ Examples
 --------
 >>> [d.name for d in DEMOS]
 ['char_lstm', 'char_gru', 'sunspots_lstm', 'brackets_lstm', 'recall_lstm', 'adding_lstm']
->>> demo("sunspots_lstm").data
-'sunspots.csv'
+>>> demo("brackets_lstm").data, demo("brackets_lstm").features
+('brackets_lstm.demo.npy', 'brackets_lstm.features.csv')
 """
 
 from __future__ import annotations
@@ -74,16 +74,16 @@ class Demo:
 DEMOS: tuple[Demo, ...] = (
     Demo(
         "char_lstm", "text",
-        dict(cell="lstm", layers=2, units=96, embedding_dim=32, window=100, epochs=40, patience=3,
-             learning_rate=2e-3, seed=0),
-        data="python_excerpt.txt",
+        dict(cell="lstm", layers=2, units=96, embedding_dim=32, window=100, stride=50, dropout=0.25, epochs=16,
+             patience=3, batch_size=32, learning_rate=4e-3, seed=0),
+        data="code_sample.txt",
         summary="2-layer character LSTM (2 x 96) on Python standard-library source",
     ),
     Demo(
         "char_gru", "text",
-        dict(cell="gru", layers=2, units=64, embedding_dim=32, window=100, epochs=40, patience=3,
-             learning_rate=2e-3, seed=0),
-        data="python_excerpt.txt",
+        dict(cell="gru", layers=2, units=64, embedding_dim=32, window=100, stride=50, dropout=0.25, epochs=16,
+             patience=3, batch_size=32, learning_rate=4e-3, seed=0),
+        data="code_sample.txt",
         summary="2-layer character GRU (2 x 64) on the same corpus",
     ),
     Demo(
@@ -94,17 +94,17 @@ DEMOS: tuple[Demo, ...] = (
     ),
     Demo(
         "brackets_lstm", "task", dict(name="brackets", cell="lstm", seed=0),
-        data="brackets.npy", features="brackets_features.csv",
+        data="brackets_lstm.demo.npy", features="brackets_lstm.features.csv",
         summary="LSTM (24) tracking bracket depth outside quoted strings (a counter and a flag)",
     ),
     Demo(
         "recall_lstm", "task", dict(name="recall", cell="lstm", seed=0),
-        data="recall.npy", features="recall_features.csv",
+        data="recall_lstm.demo.npy", features="recall_lstm.features.csv",
         summary="LSTM (16) holding the marked value for 20-39 steps (delayed recall)",
     ),
     Demo(
         "adding_lstm", "task", dict(name="adding", cell="lstm", seed=0),
-        data="adding.npy", features="adding_features.csv",
+        data="adding_lstm.demo.npy", features="adding_lstm.features.csv",
         summary="LSTM (24) solving the adding problem (Hochreiter & Schmidhuber 1997)",
     ),
 )  # fmt: skip
@@ -138,7 +138,7 @@ def write_demo_data(out_dir: str | Path = DEMO_DIR) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    p = out / "python_excerpt.txt"
+    p = out / "code_sample.txt"
     atomic_write_bytes(p, text_excerpt().encode("utf-8"))
     written.append(p)
     values, _ = ds.read_series_csv(ds.SUNSPOTS_PATH, ["sunspots"])

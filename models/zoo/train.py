@@ -142,6 +142,13 @@ def _predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
 
 
+def _check_out(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise GatelensInputError(f"the output model path must end in .keras, got {str(out)!r}")
+    return out
+
+
 def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise GatelensInputError(f"{name} must be one of {list(choices)}, got {value!r}")
@@ -161,14 +168,15 @@ def _rnn(cell: str, units: int, *, return_sequences: bool, name: str):
 
 
 def _recurrent_stack(x, *, cell: str, layers: int, units: int, dropout: float, last_sequences: bool):
+    """``layers`` recurrent layers named like Keras's defaults (``lstm``, ``lstm_1``, ...), each followed by
+    Dropout(``dropout``) when ``dropout`` > 0 (active in training only)."""
     import keras
 
     for i in range(layers):
-        if i and dropout:
-            x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
-        x = _rnn(
-            cell, units, return_sequences=last_sequences or i < layers - 1, name=cell if i == 0 else f"{cell}_{i}"
-        )(x)
+        suffix = "" if i == 0 else f"_{i}"
+        x = _rnn(cell, units, return_sequences=last_sequences or i < layers - 1, name=cell + suffix)(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name="dropout" + suffix)(x)
     return x
 
 
@@ -347,11 +355,9 @@ def _save(model, out: Path, card: dict[str, Any], vocabulary: ds.Vocabulary | No
 
     from analysis.store import atomic_write_bytes
 
-    out = Path(out)
-    if out.suffix != ".keras":
-        raise GatelensInputError(f"the output model path must end in .keras, got {str(out)!r}")
+    out = _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean = keras.models.clone_model(model)
+    clean = keras.Model.from_config(model.get_config())  # uncompiled: no optimizer state in the file
     clean.set_weights(model.get_weights())
     tmp = out.with_name(f".{out.stem}.tmp-{uuid.uuid4().hex[:8]}.keras")
     try:
@@ -490,6 +496,7 @@ def train_text(
     True
     """
     kwargs = dict(locals())
+    _check_out(out)
     _check_choice("level", level, ds.LEVELS)
     _check_choice("cell", cell, CELLS)
     _check_positive(window=window, layers=layers, units=units, embedding_dim=embedding_dim)
@@ -679,6 +686,7 @@ def train_timeseries(
     True
     """
     kwargs = dict(locals())
+    _check_out(out)
     _check_choice("mode", mode, ("one", "sequence"))
     _check_choice("cell", cell, CELLS)
     _check_positive(window=window, horizon=horizon, layers=layers, units=units)
@@ -856,6 +864,7 @@ def train_task(
     True
     """
     kwargs = dict(locals())
+    _check_out(out)
     _check_choice("task", name, sorted(tk.TASKS))
     _check_choice("cell", cell, CELLS)
     cfg = {**TASK_DEFAULTS[name]}
