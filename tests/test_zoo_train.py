@@ -89,6 +89,26 @@ def test_text_side_car_is_found_and_read_by_the_extract_loader(text_model):
     np.testing.assert_array_equal(data.x[0], expected[:20])
 
 
+def test_word_level_model_and_its_side_car_agree_with_the_extract_loader(tmp_path):
+    from models.data import load_data
+    from models.spec import input_spec, read_vocabulary
+
+    r = tr.train_text(out=tmp_path / "w.keras", level="word", units=3, layers=1, embedding_dim=3, window=12,
+                      epochs=1, max_chars=8000, max_tokens=200)  # fmt: skip
+    card = r.card
+    assert card["vocabulary"]["level"] == "word" and card["vocabulary"]["size"] <= 200
+    m = card["metrics"]
+    assert m["bits_per_char"] < m["bits_per_token"]  # a word token is more than one character on average
+    vocab = read_vocabulary(r.vocabulary_path)
+    assert vocab.level == "word" and vocab.pattern == ds.WORD_PATTERN
+    sample = tmp_path / "s.txt"
+    sample.write_text(ds.CORPUS_PATH.read_text()[:3000])
+    data = load_data(sample, input_spec(load_model(r.model_path), vocabulary=vocab))
+    expected = ds.Vocabulary.load(r.vocabulary_path).encode(sample.read_text())
+    np.testing.assert_array_equal(data.x[0], expected[:12])
+    np.testing.assert_array_equal(data.x[1], expected[12:24])
+
+
 def test_evaluate_reproduces_the_card(text_model):
     r, _ = text_model
     assert_same_metrics(tr.evaluate(r.model_path), r.card["metrics"])
@@ -165,6 +185,8 @@ def test_bad_input_is_named(tmp_path):
     short.write_text("print('hi')\n" * 5)
     with pytest.raises(DataError, match=r"short.txt: the training part has \d+ char tokens, fewer than window"):
         tr.train_text(short, tmp_path / "m.keras", window=50)
+    with pytest.raises(DataError, match=r"sunspots_yearly.csv: a series of 309 steps is too short for window 400"):
+        tr.train_timeseries(ds.SUNSPOTS_PATH, tmp_path / "m.keras", window=400)
     with pytest.raises(DataError, match=r"sunspots_yearly.csv: the target column 'co2' is not among"):
         tr.train_timeseries(ds.SUNSPOTS_PATH, tmp_path / "m.keras", target="co2")
     with pytest.raises(GatelensInputError, match=r"must end in .keras, got '.*m.h5'"):

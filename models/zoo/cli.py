@@ -7,7 +7,7 @@ Examples
 --------
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="gatelens")
->>> register(parser.add_subparsers(dest="command"))
+>>> _ = register(parser.add_subparsers(dest="command"))
 >>> args = parser.parse_args(["train", "task", "adding", "--units", "8", "--no-train", "--emit-data", "x.npy"])
 >>> args.what, args.name, args.units, args.no_train
 ('task', 'adding', 8, True)

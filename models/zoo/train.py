@@ -24,10 +24,11 @@ Examples
 --------
 >>> import tempfile, os
 >>> out = os.path.join(tempfile.mkdtemp(), "tiny.keras")
->>> r = train_task("adding", out, units=2, epochs=1, n_train=64, n_val=32, n_test=32,
-...                task_params={"length": 8})  # doctest: +SKIP
->>> sorted(r.card["metrics"])  # doctest: +SKIP
-['baseline_mse', 'fraction_within_0.04', 'mae', 'mse', 'n_sequences', 'r2', 'split']
+>>> r = train_task("adding", out, units=2, epochs=1, n_train=64, n_val=32, n_test=32, task_params={"length": 8})
+>>> sorted(r.card["metrics"])
+['baseline_mse', 'fraction_within_0.04', 'mae', 'mse', 'n_sequences', 'r2', 'split', 'target_variance']
+>>> sorted(p.name for p in r.model_path.parent.iterdir())
+['tiny.card.json', 'tiny.keras']
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ def build_text_model(
     --------
     >>> m = build_text_model(10, 5, layers=1, units=3)
     >>> [layer.__class__.__name__ for layer in m.layers], m.output.shape
-    (['Embedding', 'LSTM', 'Dense'], (None, 5, 10))
+    (['InputLayer', 'Embedding', 'LSTM', 'Dense'], (None, 5, 10))
     """
     import keras
 
@@ -692,7 +693,10 @@ def train_timeseries(
     _check_positive(window=window, horizon=horizon, layers=layers, units=units)
     csv = Path(csv)
     values, names, ti = _series_data(csv, columns, target)
-    x, y, naive, parts, (a, b) = _series_splits(values, ti, window, horizon, mode, val_fraction, test_fraction)
+    try:
+        x, y, naive, parts, (a, b) = _series_splits(values, ti, window, horizon, mode, val_fraction, test_fraction)
+    except DataError as e:
+        raise DataError(f"{csv}: {e}; use a longer series or a shorter --window") from None
     for split, m in parts.items():
         if not m.any():
             raise DataError(
