@@ -1,0 +1,345 @@
+"""Acceptance (issue 4): the analysis recovers what the zoo's trained planted-task models learned, and the exact
+decompositions sum back to the stored signals on every committed demo model.
+
+Every number comes from the committed files in ``data/demo/``: the ``.keras`` model (safe loader), its bundled
+data and, for the planted tasks, the ground-truth per-step features CSV; traces come from ``models.extract``
+(checked against Keras) and every statistic from the analysis library (``analysis.correlate.correlations``,
+``analysis.memory.half_lives``, ``analysis.decompose``).
+
+Thresholds
+    A unit "tracks" a feature when ``|r| > 0.9``: its state alone explains more than 81% (r^2) of the feature's
+    variance. Each test also shows why 0.9 separates the mechanism from its nearest alternative (e.g. the
+    quote-blind counter of the brackets task correlates only 0.66 with the true depth) and checks a control
+    on which the same criterion must fail (the feature of another sequence, or a wrong feature).
+
+What the recall model actually learned (measured here, see ``test_recall_memory_is_refreshed_...``)
+    The acceptance item's example "a unit whose forget-gate half-life is at least the task's delay" does
+    NOT hold for the committed ``recall_lstm``: every forget-gate half-life is about 1.4-3.3 steps (over all
+    steps) and 1.4-3.4 steps over the holding period only, far below the minimum delay of 20. The value is
+    not kept by a slow forget gate but re-written at every step from the unit's own recurrent input (an
+    attractor): less than 5% of the mark's write survives to the read-out (cell-state decomposition), while
+    the recurrent part of the holding unit's candidate carries the held value. The tests assert that finding,
+    and that the value is still there (|r| > 0.9) after the task's minimum delay.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.correlate import correlations
+from analysis.decompose import cell_state_decomposition, input_contributions, preactivation_decomposition
+from analysis.features import build_features, load_user_features
+from analysis.memory import half_lives
+from analysis.signals import WEIGHT_BLOCKS
+from analysis.trace import LayerTrace, Trace
+from models import extract, load_model
+from models.data import load_data
+from models.spec import input_spec, read_vocabulary, sidecar_vocabulary_path
+from models.zoo import demos
+
+TRACKS = 0.9  # |r| above which a unit's state "tracks" a feature (r^2 > 0.81); see the module docstring
+STATES = ["cell_state", "hidden_state"]
+DECOMPOSITION_ATOL = 1e-5  # the standard: decompositions sum back to the stored float32 signals within 1e-5 ...
+# ... plus 4 float32 epsilons relative to the stored value. The stored signals are float32 computed by TensorFlow,
+# so they carry their own rounding: a few units in the last place (ULP), and an ULP is 1.9e-6 at 17.7 and 3.8e-6
+# at 51.7. Measured on char_lstm (8 windows; every other demo stays below 8.5e-6 absolute): its first layer's cell
+# state (unit 63: median f 0.997, |c| grows across the window and accumulates float32 rounding) differs from the exact sum by
+# up to 2.11e-5 at |c| = 51.7 (5.5 ULP; 50 of 76,800 values above 1e-5), its second layer's output_gate_pre by
+# 1.02e-5 at |pre| = 17.69 (1 of 76,800). The decomposition itself is exact: it equals the float64 recurrence
+# run from the stored gates within 1e-9 (asserted below). atol alone would test float32 rounding, not the algebra.
+F32_RTOL = 4 * float(np.finfo(np.float32).eps)
+SMALL = 8  # sequences extracted from the bundled data of the text and series demos
+DEMO_NAMES = [d.name for d in demos.DEMOS]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# extraction of the committed demos (once per module)
+
+
+@pytest.fixture(scope="module")
+def demo_trace():
+    """``demo_trace(name)`` -> Trace of the demo on its bundled data (all of it for the tasks, else 8 rows)."""
+    cache: dict[str, Trace] = {}
+
+    def get(name: str) -> Trace:
+        if name not in cache:
+            d = demos.demo(name)
+            model = load_model(d.model_path)
+            side = sidecar_vocabulary_path(d.model_path)
+            spec = input_spec(model, vocabulary=read_vocabulary(side) if side else None)
+            data = load_data(demos.DEMO_DIR / d.data, spec)
+            x = data.x if d.kind == "task" else data.x[:SMALL]
+            trace = extract(model, x, batch_size=64, vocabulary=data.vocabulary, feature_names=data.feature_names)
+            assert max(trace.verification.values()) < 1e-4, trace.verification
+            cache[name] = trace
+        return cache[name]
+
+    return get
+
+
+def _card(name: str) -> dict:
+    return json.loads((demos.DEMO_DIR / f"{name}.card.json").read_text())
+
+
+def _features(trace: Trace, name: str) -> pd.DataFrame:
+    """Built-in features plus the task's ground truth, read with the library's own loader."""
+    user = load_user_features(demos.DEMO_DIR / demos.demo(name).features, trace)
+    return build_features(trace, user_features=user)
+
+
+def _best(trace: Trace, feats: pd.DataFrame, feature: str) -> pd.Series:
+    """The (unit, signal) whose cell or hidden state has the largest |Pearson r| with ``feature``."""
+    c = correlations(trace, feats, signals=STATES, feature_columns=[feature]).dropna(subset=["pearson_r"])
+    assert len(c), f"no defined correlation with {feature!r}"
+    return c.loc[c["pearson_r"].abs().idxmax()]
+
+
+def _r(trace: Trace, feats: pd.DataFrame, feature: str, unit: int, signal: str) -> float:
+    c = correlations(trace, feats, signals=[signal], feature_columns=[feature])
+    return float(c.loc[c["unit"] == unit, "pearson_r"].iloc[0])
+
+
+def _from_next_sequence(feats: pd.DataFrame, columns: list[str], n_sequences: int) -> pd.DataFrame:
+    """Control: each sequence gets the feature track of the next sequence (same values, same time course)."""
+    out = feats.copy()
+    src = feats.set_index(["sequence", "step"])[columns]
+    key = pd.MultiIndex.from_arrays([(feats["sequence"].to_numpy() + 1) % n_sequences, feats["step"].to_numpy()])
+    out[columns] = src.reindex(key).to_numpy()
+    return out
+
+
+def _grid(feats: pd.DataFrame, column: str, shape: tuple[int, int]) -> np.ndarray:
+    g = np.full(shape, np.nan)
+    g[feats["sequence"].to_numpy(), feats["step"].to_numpy()] = feats[column].to_numpy(np.float64)
+    return g
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. the planted mechanisms
+
+
+def test_brackets_model_has_a_quote_aware_depth_counter_and_a_quote_flag(demo_trace):
+    trace = demo_trace("brackets_lstm")
+    feats = _features(trace, "brackets_lstm")
+    # Why 0.9: the nearest wrong mechanism is a counter that ignores quotes (naive_depth); on this data it
+    # correlates only ~0.66 with the true depth, and the flag's nearest confound (quoted_bracket) ~0.51 with it.
+    assert abs(feats["depth"].corr(feats["naive_depth"])) < TRACKS
+    assert abs(feats["inside_quote"].corr(feats["quoted_bracket"])) < TRACKS
+
+    depth = _best(trace, feats, "depth")  # observed: unit 3 cell_state, r = 0.943
+    assert abs(depth.pearson_r) > TRACKS, depth.to_dict()
+    flag = _best(trace, feats, "inside_quote")  # observed: unit 1 hidden_state, r = 0.954
+    assert abs(flag.pearson_r) > TRACKS, flag.to_dict()
+
+    # The counter honours the quotes: on the steps where quotes change the answer (depth != naive_depth,
+    # ~55% of steps) the same unit still tracks depth (observed 0.946) and not the quote-blind count (0.443).
+    matter = feats[feats["depth"] != feats["naive_depth"]]
+    assert len(matter) > 0.3 * len(feats)
+    assert abs(_r(trace, matter, "depth", depth.unit, depth.signal)) > TRACKS
+    assert abs(_r(trace, matter, "naive_depth", depth.unit, depth.signal)) < TRACKS
+
+    # Controls, the same criterion must fail: no unit tracks the quote-blind count (observed best 0.62) or
+    # the quote token itself (0.41), nor the depth / flag of another sequence.
+    assert abs(_best(trace, feats, "naive_depth").pearson_r) < TRACKS
+    assert abs(_best(trace, feats, "is_quote").pearson_r) < TRACKS
+    shuffled = _from_next_sequence(feats, ["depth", "inside_quote"], trace.n_sequences)
+    assert abs(_best(trace, shuffled, "depth").pearson_r) < TRACKS
+    assert abs(_best(trace, shuffled, "inside_quote").pearson_r) < TRACKS
+
+
+def _recall_setup(trace: Trace) -> tuple[pd.DataFrame, int, int]:
+    params = _card("recall_lstm")["data"]["source"]["params"]
+    min_delay, length = int(params["min_delay"]), int(params["length"])
+    assert (trace.n_sequences, trace.n_steps) == (demos.DEMO_DATA_SEQUENCES, length)
+    return _features(trace, "recall_lstm"), min_delay, length
+
+
+def test_recall_model_holds_the_marked_value_beyond_the_task_delay(demo_trace):
+    trace = demo_trace("recall_lstm")
+    feats, min_delay, length = _recall_setup(trace)
+    marks = feats.loc[feats["is_mark"] == 1, "step"].to_numpy()
+    assert len(marks) == trace.n_sequences and (length - 1 - marks).min() >= min_delay  # the task's definition
+
+    # The value must survive at least min_delay steps: on every step held that long (679 steps here) a unit's
+    # state still tracks it. Observed: unit 13 hidden_state r = 0.969 (unit 11: 0.966).
+    late = feats[feats["steps_since_mark"] >= min_delay]
+    holder = _best(trace, late, "held_value")
+    assert abs(holder.pearson_r) > TRACKS, holder.to_dict()
+    # ... and at the read-out step, where the Dense layer reads it (observed best |r| 0.99).
+    last = feats[feats["step"] == length - 1]
+    assert abs(_best(trace, last, "held_value").pearson_r) > TRACKS
+    # Pooled over every step from the mark on (as docs/zoo.md reports), the best is lower (unit 11: 0.891):
+    # the unit's scale drifts with the time since the mark; at each fixed delay it is 0.955-0.99.
+
+    # Controls on the same steps: the holding unit does not follow the current input value (independent of the
+    # held one: r ~ -0.01; another unit does, unit 10 at r = 0.87, as the task needs the value read at the mark),
+    # and no unit tracks the held value of another sequence (observed best 0.21).
+    assert abs(late["held_value"].corr(late["value"])) < 0.1
+    assert abs(_r(trace, late, "value", int(holder.unit), holder.signal)) < TRACKS
+    shuffled = _from_next_sequence(feats, ["held_value"], trace.n_sequences).loc[late.index]
+    assert shuffled["held_value"].notna().all()  # every other mark is in the first length - min_delay steps too
+    assert abs(_best(trace, shuffled, "held_value").pearson_r) < TRACKS
+
+
+def test_recall_memory_is_refreshed_by_the_recurrent_loop_not_kept_by_a_slow_forget_gate(demo_trace):
+    """The acceptance example (forget-gate half-life >= delay) measured both ways; it fails; what holds instead."""
+    trace = demo_trace("recall_lstm")
+    feats, min_delay, length = _recall_setup(trace)
+    lt = trace["lstm"]
+    shape = (trace.n_sequences, trace.n_steps)
+    since = _grid(feats, "steps_since_mark", shape)
+    held = _grid(feats, "held_value", shape)
+    late = feats[feats["steps_since_mark"] >= min_delay]
+    holder = _best(trace, late, "held_value")
+    unit = int(holder.unit)
+
+    # (a) Half-life as the library defines it (mean log forget gate over all steps): max 3.27 steps.
+    hl_all = half_lives(trace).set_index("unit")["half_life_steps"]
+    # (b) The same, over the holding period only (steps after the mark), by masking the other steps: max 3.43.
+    holding = LayerTrace(lt.info, dict(lt.items()), mask=since >= 1, inputs=lt.inputs, weights=lt.weights)
+    hl_hold = half_lives(Trace({"lstm": holding})).set_index("unit")["half_life_steps"]
+    assert int(half_lives(Trace({"lstm": holding}))["n"].iloc[0]) == int((since >= 1).sum())
+    # Neither reaches the task's minimum delay, for any unit, the holding unit included.
+    assert hl_all.max() < min_delay and hl_hold.max() < min_delay, (hl_all.max(), hl_hold.max())
+
+    # (c) So the mark's own write is gone by the read-out: the cell-state decomposition at the last step
+    # gives the share of the mark's write i*g still in the cell, prod f over the delay. A forget gate with a
+    # half-life >= min_delay would keep at least 0.5 ** (delay / min_delay) of it (>= 26% for delays <= 39);
+    # observed: at most 3.4% (unit 11) and 0.8% (unit 13), median 0.3% / 0.07%.
+    write = lt["input_gate"][..., unit].astype(np.float64) * lt["candidate"][..., unit]
+    marks = np.nanargmin(np.where(np.isnan(since), np.inf, since), axis=1)
+    kept = []
+    for n in range(trace.n_sequences):
+        df = cell_state_decomposition(trace, "lstm", n, step=length - 1, units=[unit])
+        kept.append(float(df.loc[df["source_step"] == marks[n], "contribution"].iloc[0]) / write[n, marks[n]])
+    kept = np.asarray(kept)
+    delay = length - 1 - marks
+    assert np.all(np.abs(kept) < 0.5 ** (delay / min_delay)), np.abs(kept).max()
+
+    # (d) What keeps the value instead: during the hold, the candidate that is re-written every step is driven
+    # by the memory h_{t-1} (recurrent part), whose share correlates with the held value (observed |r| 0.80 for
+    # unit 13, 0.91 for unit 11: more than half its variance), while the input part (a function of the current,
+    # independent value; |r| ~ 0.013 here, sampling sd ~0.023) carries none of it.
+    pre = preactivation_decomposition(trace, "lstm")
+    cand = pre[(pre["gate"] == "candidate") & (pre["unit"] == unit)]
+    cand = cand[since[cand["sequence"], cand["step"]] >= 1]
+    hv = held[cand["sequence"], cand["step"]]
+    assert abs(np.corrcoef(cand["recurrent"], hv)[0, 1]) > 0.7
+    assert abs(np.corrcoef(cand["input"], hv)[0, 1]) < 0.1
+    assert cand["recurrent"].abs().mean() > cand["input"].abs().mean()
+
+
+def test_adding_model_accumulates_the_marked_sum_in_a_slow_unit(demo_trace):
+    trace = demo_trace("adding_lstm")
+    feats = _features(trace, "adding_lstm")
+    length = _card("adding_lstm")["data"]["source"]["params"].get("length", trace.n_steps)
+    assert trace.n_steps == length
+    # marked_sum rises with the count of markers seen (r = 0.73 here), so pooled over all steps a counter
+    # would look like a partial sum (docs/zoo.md's unit 1, r = 0.88, is such a mix: r = 0.69 with the count).
+    # Conditioned on the count, only the sum varies: one unit must track it at each count level.
+    assert abs(feats["marked_sum"].corr(feats["markers_seen"])) < TRACKS
+    units = set()
+    for k in (1, 2):
+        level = feats[feats["markers_seen"] == k]
+        best = _best(trace, level, "marked_sum")  # observed: unit 2 cell_state, r = 0.9988 at both levels
+        assert abs(best.pearson_r) > TRACKS, (k, best.to_dict())
+        units.add((int(best.unit), best.signal))
+        # controls on the same steps: the accumulator does not follow the current input value (another unit
+        # does: unit 13's hidden state, r = 0.94 after both markers, which is why no "no unit tracks value"
+        # control is possible here), and no unit tracks the sum permuted among the level's steps.
+        assert abs(_r(trace, level, "value", int(best.unit), best.signal)) < TRACKS
+        permuted = level.assign(marked_sum=np.random.default_rng(k).permutation(level["marked_sum"].to_numpy()))
+        assert abs(_best(trace, permuted, "marked_sum").pearson_r) < TRACKS
+    assert len(units) == 1, units  # one accumulator, the same at both levels
+    ((unit, _),) = units
+
+    # Memory over the task's delay: the first marked value (step < length // 2) is read at the last step, so it
+    # is held at least length - length // 2 = 25 steps. The accumulator's forget-gate half-life (the library's
+    # definition, all steps) is 35.6 steps; every other unit's is below 5.4 steps.
+    hl = half_lives(trace).set_index("unit")["half_life_steps"]
+    assert hl[unit] >= length - length // 2, hl[unit]
+    assert hl.drop(unit).max() < length - length // 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. the exact decompositions on every demo model
+
+
+def _memory_terms(lt: LayerTrace) -> tuple[str, np.ndarray, np.ndarray]:
+    """(stored memory signal, kept share, write) in float64: LSTM c = f c + i g; GRU h = z h + (1 - z) hh."""
+    if lt.info.cell_type == "lstm":
+        f = np.asarray(lt["forget_gate"], np.float64)
+        return "cell_state", f, np.asarray(lt["input_gate"], np.float64) * lt["candidate"]
+    z = np.asarray(lt["update_gate"], np.float64)
+    return "hidden_state", z, (1.0 - z) * lt["candidate"]
+
+
+@pytest.mark.parametrize("name", DEMO_NAMES)
+def test_cell_state_decomposition_sums_back_to_the_stored_state(name, demo_trace):
+    trace = demo_trace(name)
+    n_seq = min(trace.n_sequences, SMALL)
+    for layer in trace.layers:
+        lt = trace[layer]
+        signal, keep, write = _memory_terms(lt)
+        assert not lt.info.go_backwards and np.asarray(lt.mask).all()  # the demos: no padding, forward layers
+        stored = np.asarray(lt[signal], np.float64)
+        # An independent reference: the recurrence itself, run step by step in float64 from the stored gates.
+        state = np.zeros_like(stored[:n_seq])
+        prev = np.zeros_like(state[:, 0])
+        for t in range(trace.n_steps):
+            prev = keep[:n_seq, t] * prev + write[:n_seq, t]
+            state[:, t] = prev
+        for seq in range(n_seq):
+            df = cell_state_decomposition(trace, layer, seq)  # every step (the dense path)
+            total = df.groupby(["step", "unit"])["contribution"].sum().unstack("unit").to_numpy()
+            assert total.shape == (trace.n_steps, lt.info.units)
+            np.testing.assert_allclose(total, state[seq], rtol=0, atol=1e-9)  # exact: the same sum, regrouped
+            np.testing.assert_allclose(total, stored[seq], rtol=F32_RTOL, atol=DECOMPOSITION_ATOL, err_msg=layer)
+        # a few target steps at once (the per-target path) give the same numbers
+        steps = [0, trace.n_steps // 3, trace.n_steps - 2, trace.n_steps - 1]
+        for seq in sorted({0, n_seq - 1}):
+            df = cell_state_decomposition(trace, layer, seq, step=steps)
+            total = df.groupby(["step", "unit"])["contribution"].sum().unstack("unit")
+            assert list(total.index) == steps
+            np.testing.assert_allclose(total.to_numpy(), state[seq, steps], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", DEMO_NAMES)
+def test_preactivation_decomposition_equals_every_stored_pre_signal(name, demo_trace):
+    trace = demo_trace(name)
+    seqs = list(range(min(trace.n_sequences, SMALL)))
+    for layer in trace.layers:
+        lt = trace[layer]
+        blocks = list(WEIGHT_BLOCKS[lt.info.cell_type])
+        df = preactivation_decomposition(trace, layer, sequences=seqs)
+        mask = np.asarray(lt.mask[: len(seqs)], bool)
+        assert len(df) == mask.sum() * lt.info.units * len(blocks)
+        assert sorted(df["gate"].unique()) == sorted(blocks)
+        for gate, part in df.groupby("gate"):
+            stored = lt[f"{gate}_pre"][part["sequence"], part["step"], part["unit"]]
+            parts_sum = part["input"] + part["recurrent"] + part["bias"]
+            np.testing.assert_allclose(
+                parts_sum, stored, rtol=F32_RTOL, atol=DECOMPOSITION_ATOL, err_msg=f"{layer} {gate}"
+            )
+            np.testing.assert_allclose(part["total"], parts_sum, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", DEMO_NAMES)
+def test_input_contributions_sum_to_the_input_part(name, demo_trace):
+    trace = demo_trace(name)
+    seqs = [0, min(trace.n_sequences, SMALL) - 1]
+    for layer in trace.layers:
+        u = trace[layer].info.units
+        units = sorted({0, u // 2, u - 1})
+        per_feature = input_contributions(trace, layer, sequences=seqs, units=units)
+        assert per_feature["feature"].nunique() == trace[layer].info.input_dim
+        summed = per_feature.groupby(["sequence", "step", "unit", "gate"], as_index=False)["contribution"].sum()
+        pre = preactivation_decomposition(trace, layer, sequences=seqs)
+        pre = pre[pre["unit"].isin(units)]
+        both = pre.merge(summed, on=["sequence", "step", "unit", "gate"], validate="one_to_one")
+        assert len(both) == len(pre) == len(summed)
+        np.testing.assert_allclose(both["contribution"], both["input"], rtol=0, atol=DECOMPOSITION_ATOL)
