@@ -22,6 +22,9 @@ GATE_DOMAIN = [0.0, 1.0]
 STRIP_SIGNALS = ("input_gate", "forget_gate", "output_gate", "candidate", "cell_state")
 GRU_STRIP_SIGNALS = ("update_gate", "reset_gate", "candidate", "hidden_state")
 
+#: Layers in clearly different colours (the default theme's blues are hard to tell apart).
+LAYER_COLOURS = alt.Scale(scheme="tableau10")
+
 alt.data_transformers.disable_max_rows()  # every chart below is built from bounded, aggregated tables
 
 
@@ -116,7 +119,7 @@ def saturation_scatter(units: pd.DataFrame, gate: str) -> alt.Chart:
         .encode(
             x=alt.X("shut:Q", title="share of steps < 0.1 (shut)", scale=alt.Scale(domain=[0, 1])),
             y=alt.Y("open:Q", title="share of steps > 0.9 (open)", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("layer:N", legend=alt.Legend(orient="bottom", title="layer")),
+            color=alt.Color("layer:N", scale=LAYER_COLOURS, legend=alt.Legend(orient="bottom", title="layer")),
             size=alt.condition(pick, alt.value(140), alt.value(60)),
             tooltip=[
                 "layer:N",
@@ -146,38 +149,53 @@ def half_life_histogram(half_lives: pd.DataFrame, *, bins: int = 24) -> tuple[al
     idx = np.clip(np.searchsorted(edges, df["half_life_steps"].to_numpy(), side="right") - 1, 0, bins - 1)
     counts = (
         df.assign(bin=idx)
-        .groupby(["layer", "bin"], sort=False)
+        .groupby(["bin", "layer"], sort=False)
         .size()
         .reset_index(name="units")
-        .assign(lo=lambda d: edges[d["bin"]], hi=lambda d: edges[d["bin"] + 1])
+        .sort_values(["bin", "layer"], kind="stable")
     )
+    counts["top"] = counts.groupby("bin")["units"].cumsum()  # stacked by hand: one rect per bin and layer
+    counts["bottom"] = counts["top"] - counts["units"]
+    counts["lo"], counts["hi"] = edges[counts["bin"]], edges[counts["bin"] + 1]
     chart = (
         alt.Chart(counts, title="memory half-life of each unit")
-        .mark_bar()
+        .mark_rect(stroke="white", strokeWidth=0.5)
         .encode(
             x=alt.X("lo:Q", scale=alt.Scale(type="log"), title="half-life (steps, log scale)"),
             x2="hi:Q",
-            y=alt.Y("units:Q", stack="zero", title="units"),
-            color=alt.Color("layer:N", legend=alt.Legend(orient="bottom")),
+            y=alt.Y("bottom:Q", title="units"),
+            y2="top:Q",
+            color=alt.Color("layer:N", scale=LAYER_COLOURS, legend=alt.Legend(orient="right")),
             tooltip=["layer:N", "units:Q", alt.Tooltip("lo:Q", format=".3g"), alt.Tooltip("hi:Q", format=".3g")],
         )
-        .properties(width=520, height=220)
+        .properties(width=560, height=200)
     )
     return chart, n_inf
 
 
-def correlation_heatmap(corr: pd.DataFrame, signal: str, *, max_units: int = 400) -> alt.Chart:
-    """Units (rows) x features (columns) coloured by Pearson r, for one signal."""
+def correlation_heatmap(corr: pd.DataFrame, signal: str, *, sort_by: str | None = None) -> alt.Chart:
+    """Features (rows) x units (columns) coloured by Pearson r, for one signal.
+
+    Units are ordered by their r with ``sort_by`` (strongest positive first) when given, else by layer and unit.
+    """
     df = corr[corr["signal"] == signal].copy()
-    df["unit_label"] = df["layer"].astype(str) + " · " + df["unit"].astype(str).str.zfill(3)
-    labels = list(dict.fromkeys(df["unit_label"]))[:max_units]
-    df = df[df["unit_label"].isin(labels)]
+    df["unit_label"] = df["layer"].astype(str) + ":" + df["unit"].astype(str)
+    labels = list(dict.fromkeys(df["unit_label"]))
+    if sort_by is not None and (df["feature"] == sort_by).any():
+        key = df[df["feature"] == sort_by].set_index("unit_label")["pearson_r"].fillna(0.0)
+        labels = list(key.sort_values(ascending=False, kind="stable").index)
+    n = len(labels)
     return (
-        alt.Chart(df, title=f"Pearson r of {signal} with each feature")
+        alt.Chart(df, title=f"Pearson r of {signal} with each feature ({n} units)")
         .mark_rect()
         .encode(
-            x=alt.X("feature:N", title=None, sort=None, axis=alt.Axis(labelAngle=-40)),
-            y=alt.Y("unit_label:N", title="layer · unit", sort=labels, axis=alt.Axis(labelFontSize=9)),
+            x=alt.X(
+                "unit_label:N",
+                sort=labels,
+                title="units" + (f", by r with {sort_by}" if sort_by else ""),
+                axis=alt.Axis(labels=n <= 48, ticks=n <= 48, labelFontSize=9),
+            ),
+            y=alt.Y("feature:N", title=None, sort=None),
             color=alt.Color("pearson_r:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1]), title="r"),
             tooltip=[
                 "layer:N",
@@ -189,7 +207,7 @@ def correlation_heatmap(corr: pd.DataFrame, signal: str, *, max_units: int = 400
                 "note:N",
             ],
         )
-        .properties(width=max(240, 34 * df["feature"].nunique()), height=max(120, 9 * len(labels)))
+        .properties(height=max(120, 26 * df["feature"].nunique()))
     )
 
 
@@ -210,7 +228,9 @@ def probe_chart(probes: pd.DataFrame, feature: str) -> alt.LayerChart:
             "top_units:N",
         ],
     )
-    bars = base.mark_bar().encode(x=alt.X("score:Q", title="held-out score"), color=alt.Color("layer:N"))
+    bars = base.mark_bar().encode(
+        x=alt.X("score:Q", title="held-out score"), color=alt.Color("layer:N", scale=LAYER_COLOURS)
+    )
     ticks = base.mark_tick(color="black", thickness=2, size=12).encode(x="control_score:Q")
     return (bars + ticks).properties(title=f"probes for {feature} (tick: control task)", width=520)
 

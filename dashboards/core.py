@@ -300,24 +300,6 @@ def recurrent_table(extractor: Any) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def input_kind(spec: Any) -> str:
-    """A few words for what a model takes.
-
-    Examples
-    --------
-    >>> from models.spec import InputSpec
-    >>> input_kind(InputSpec(n_steps=24, n_features=1)), input_kind(InputSpec(n_steps=None, n_features=3))
-    ('24 steps x 1 feature', 'any length x 3 features')
-    """
-    steps = "any length" if spec.n_steps is None else f"{spec.n_steps} steps"
-    if spec.string_input == "text":
-        return "text"
-    if spec.is_text:
-        return f"{steps} of tokens"
-    f = spec.n_features or 1
-    return f"{steps} x {f} feature{'s' if f != 1 else ''}"
-
-
 def load_model_bundle(choice: ModelChoice, stage: StageProgress = _no_progress) -> ModelBundle:
     """Load a model safely, read its vocabulary and input, and compile its extractor."""
     from models.extract import Extractor

@@ -2,10 +2,11 @@
 
 Each demo is a model the zoo trained (:mod:`models.zoo.train`), its card (what it was trained on, how
 well it does beside a baseline) and, for text models, the vocabulary side-car ``<stem>.vocab.json``.
-The demo's input is the card's own data source (the bundled corpus or series under ``data/``) unless
-a file ``<stem>.demo.<ext>`` beside the model names a smaller one. Only a few sequences are analysed
-by default (:data:`DEFAULT_SEQUENCES`), taken from the held-out test part when the card says where it
-starts, so that the first page opens in seconds and shows text the model was not trained on.
+The demo's input is the data file the zoo's registry (:data:`models.zoo.demos.DEMOS`) names for it --
+held-out text, the sunspot series, planted-task inputs with their ground-truth features CSV -- else a
+file ``<stem>.demo.<ext>`` beside the model, else the card's own data source. Only a few sequences are
+analysed by default (:data:`DEFAULT_SEQUENCES`), so that the first page opens in seconds; from the
+card's source, they are taken from the held-out test part when the card says where it starts.
 
 The folder is ``data/demo`` in the repository, or the one named by the environment variable
 ``GATELENS_DEMO_DIR``.
@@ -69,6 +70,8 @@ class Demo:
     card: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     vocabulary_path: Path | None = None
     data_path: Path | None = None
+    features_path: Path | None = None
+    summary: str = ""
 
     @property
     def kind(self) -> str:
@@ -83,6 +86,8 @@ class Demo:
     @property
     def label(self) -> str:
         """A one-line label for a select box."""
+        if self.summary:
+            return f"{self.name} — {self.summary}"
         arch = self.card.get("model", {}).get("architecture", "")
         bits = [self.name]
         if self.task:
@@ -100,6 +105,7 @@ class Demo:
         test = split.get("test")
         if (
             self.data_path is not None
+            and self.data_path == _card_source(self.card)
             and self.data_path.suffix == ".txt"
             and split.get("unit") == "tokens"
             and isinstance(window, int)
@@ -121,18 +127,42 @@ def _read_card(path: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _data_path(model_path: Path, card: dict[str, Any]) -> Path | None:
-    for suffix in DATA_SUFFIXES:
-        own = model_path.with_name(f"{model_path.stem}.demo{suffix}")
-        if own.is_file():
-            return own
+def _card_source(card: dict[str, Any]) -> Path | None:
     source = card.get("data", {}).get("source", {})
     rel = source.get("path") if isinstance(source, dict) else None
     if not isinstance(rel, str) or not rel:
         return None
     p = Path(rel)
-    p = p if p.is_absolute() else REPO_ROOT / p
-    return p if p.is_file() and p.suffix in DATA_SUFFIXES else None
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def _zoo_registry() -> dict[str, Any]:
+    """The zoo's demo registry by name (empty when the zoo has none)."""
+    try:
+        from models.zoo.demos import DEMOS
+    except ImportError:
+        return {}
+    return {d.name: d for d in DEMOS}
+
+
+def _data_path(model_path: Path, card: dict[str, Any], entry: Any) -> Path | None:
+    named = getattr(entry, "data", "") if entry is not None else ""
+    if named and (model_path.parent / named).is_file():
+        return model_path.parent / named
+    for suffix in DATA_SUFFIXES:
+        own = model_path.with_name(f"{model_path.stem}.demo{suffix}")
+        if own.is_file():
+            return own
+    p = _card_source(card)
+    return p if p is not None and p.is_file() and p.suffix in DATA_SUFFIXES else None
+
+
+def _features_path(model_path: Path, entry: Any) -> Path | None:
+    named = getattr(entry, "features", None) if entry is not None else None
+    if named and (model_path.parent / named).is_file():
+        return model_path.parent / named
+    own = model_path.with_name(f"{model_path.stem}.features.csv")
+    return own if own.is_file() else None
 
 
 def list_demos(directory: str | os.PathLike | None = None) -> list[Demo]:
@@ -140,6 +170,8 @@ def list_demos(directory: str | os.PathLike | None = None) -> list[Demo]:
     d = Path(directory) if directory is not None else demo_dir()
     if not d.is_dir():
         return []
+    zoo = _zoo_registry()
+    order = {name: k for k, name in enumerate(zoo)}
     demos = []
     for model_path in sorted(d.glob("*.keras")):
         if model_path.name.startswith("."):
@@ -147,16 +179,19 @@ def list_demos(directory: str | os.PathLike | None = None) -> list[Demo]:
         card_path = model_path.with_name(model_path.stem + ".card.json")
         card = _read_card(card_path) if card_path.is_file() else {}
         vocab = model_path.with_name(model_path.stem + ".vocab.json")
+        entry = zoo.get(model_path.stem)
         demos.append(
             Demo(
                 name=model_path.stem,
                 model_path=model_path,
                 card=card,
                 vocabulary_path=vocab if vocab.is_file() else None,
-                data_path=_data_path(model_path, card),
+                data_path=_data_path(model_path, card, entry),
+                features_path=_features_path(model_path, entry),
+                summary=str(getattr(entry, "summary", "") or ""),
             )
         )
-    demos.sort(key=lambda m: (KIND_ORDER.get(m.kind, 9), m.name))
+    demos.sort(key=lambda m: (order.get(m.name, len(order)), KIND_ORDER.get(m.kind, 9), m.name))
     return demos
 
 

@@ -64,6 +64,7 @@ class UnitSummary:
     headline: str
     sections: list[tuple[str, str]] = field(default_factory=list)
     numbers: dict[str, float] = field(default_factory=dict)
+    tracked: str = ""  # the feature it follows (|r| >= TRACKS_R), if any
 
     @property
     def text(self) -> str:
@@ -229,6 +230,24 @@ def _events_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) 
         summary.sections.append(("What it writes", _event_text(write, what)))
 
 
+#: Built-in features that are true/false flags.
+FLAG_PREFIXES = ("is_", "inside_")
+
+
+def _direction(feature: str, r: float) -> str:
+    """How the state moves with the feature, in words.
+
+    Examples
+    --------
+    >>> _direction("is_alpha", -0.9), _direction("bracket_depth", 0.8)
+    ('lower where is_alpha is true', 'higher where bracket_depth is larger')
+    """
+    word = "higher" if r > 0 else "lower"
+    if feature.startswith(FLAG_PREFIXES):
+        return f"{word} where {feature} is true"
+    return f"{word} where {feature} is larger"
+
+
 def _tracks_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) -> None:
     corr = _rows(analysis.correlations, layer, unit)
     if corr.empty:
@@ -250,9 +269,10 @@ def _tracks_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) 
     rho_text = f", Spearman rho = {rho:+.2f}" if math.isfinite(rho) else ""
     if abs(r) >= TRACKS_R:
         strength = "closely" if abs(r) >= STRONG_R else "partly"
-        direction = "rises" if r > 0 else "falls"
+        summary.numbers["tracks"] = 1.0
+        summary.tracked = str(top["feature"])
         text = (
-            f"Its {sig} {strength} follows {top['feature']}: it {direction} as {top['feature']} grows "
+            f"Its {sig} {strength} follows {top['feature']}: it is {_direction(str(top['feature']), r)} "
             f"(Pearson r = {r:+.2f}{rho_text}, over {int(top['n'])} steps)."
         )
     else:
@@ -329,7 +349,7 @@ def _cluster_section(summary: UnitSummary, analysis: Any, layer: str, unit: int)
     if own and own != group and own != "mixed":
         text += f" On its own statistics it reads as a {own}."
     summary.sections.append(("Its group", text))
-    return own or group
+    return own if own and own != "mixed" else group
 
 
 def explain_unit(trace: Any, analysis: Any, layer: str, unit: int) -> UnitSummary:
@@ -362,11 +382,19 @@ def explain_unit(trace: Any, analysis: Any, layer: str, unit: int) -> UnitSummar
     head = f"Unit {unit} of layer {layer} ({info.cell_type.upper()}, {info.units} units)"
     if kind and kind != "mixed":
         head += f" is a {kind}"
+    facts = []
     half = summary.numbers.get("half_life_steps")
     if half is not None:
-        head += (", and " if kind and kind != "mixed" else ": ") + describe_half_life(half, "keep gate").replace(
-            "its keep gate", "it"
-        )
+        if not math.isfinite(half):
+            facts.append("it never lets its memory decay here")
+        elif half < 1.0:
+            facts.append("it holds little beyond the current step")
+        else:
+            facts.append(f"it keeps half of its memory for about {half:.0f} step{'s' if round(half) != 1 else ''}")
+    if summary.tracked:
+        facts.append(f"it follows {summary.tracked} (r = {summary.numbers['top_feature_r']:+.2f})")
+    if facts:
+        head += (": " if not (kind and kind != "mixed") else "; ") + " and ".join(facts)
     summary.headline = head + "."
     return summary
 

@@ -177,7 +177,10 @@ def demo_data_choice(demo: demos.Demo) -> core.DataChoice | None:
     if demo.data_path is None:
         return None
     opts = demo.default_window()
-    return core.DataChoice(data=file_ref(demo.data_path), first=opts["first"], count=opts["count"], demo=True)
+    features = file_ref(demo.features_path) if demo.features_path is not None else None
+    return core.DataChoice(
+        data=file_ref(demo.data_path), features=features, first=opts["first"], count=opts["count"], demo=True
+    )
 
 
 def find_demo(name: str | None) -> demos.Demo | None:
@@ -328,10 +331,19 @@ def require_data(model: core.ModelBundle) -> core.DataBundle:
         st.stop()
     try:
         with st.spinner("Reading the data…"):
-            return _data_bundle(model.choice.key, choice.load_key, choice.first, choice.count, model, choice)
+            return _current_data(model, choice)
     except Exception as e:
         _stop_with(e)
         raise
+
+
+def _current_data(model: core.ModelBundle, choice: core.DataChoice) -> core.DataBundle:
+    """The cached slice for ``choice`` (cached without the features file), carrying ``choice`` itself."""
+    from dataclasses import replace
+
+    bundle = _data_bundle(model.choice.key, choice.load_key, choice.first, choice.count, model, choice)
+    source = {**bundle.dataset.source, "path": choice.data.name}  # same bytes may come under another name
+    return replace(bundle, choice=choice, dataset=replace(bundle.dataset, source=source))
 
 
 def run_job() -> Job | None:
@@ -344,7 +356,7 @@ def run_job() -> Job | None:
         return None
     model = model_job.result()
     try:
-        data = _data_bundle(mc.key, dc.load_key, dc.first, dc.count, model, dc)
+        data = _current_data(model, dc)
     except Exception:
         return None
     return _run_job(core.run_key(mc, dc), model, data)
@@ -406,7 +418,7 @@ def status_lines() -> list[str]:
         lines.append("**Data** · none yet")
         return lines
     count = "all" if dc.count is None else dc.count
-    lines.append(f"**Data** · {md_escape(dc.data.name)} · {count} sequence(s) from #{dc.first}")
+    lines.append(f"**Data** · {md_escape(dc.data.name)} · up to {count} sequence(s) from #{dc.first}")
     job = run_job()
     if job is None:
         return lines

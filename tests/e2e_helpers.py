@@ -63,19 +63,27 @@ class StreamlitServer:
         Where the server's output goes (shown when it fails to start).
     """
 
-    def __init__(self, *, log_path: Path, env: dict[str, str] | None = None, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        *,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        timeout: float = 120.0,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         self.timeout = timeout
+        self.args = list(args or [])
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> StreamlitServer:
         cmd = [
             sys.executable, "-m", "streamlit", "run", str(REPO / "dashboards" / "app.py"),
             "--server.port", str(self.port), "--server.address", "127.0.0.1",
-            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", *self.args,
         ]  # fmt: skip
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -135,18 +143,18 @@ def launch_browser(playwright):
 
 _IDLE_JS = """() => {
     const app = document.querySelector('[data-testid="stApp"]');
-    if (!app || !document.querySelector('[data-testid="stMain"] h1')) { window.__glIdle = 0; return false; }
-    const running = document.querySelector('[data-testid="stStatusWidgetRunningIcon"], '
-        + '[data-testid="stStatusWidgetRunningManIcon"], [data-testid="stSkeleton"], '
-        + '[data-testid="stProgress"], [data-testid="stSpinner"]');
-    window.__glIdle = running ? 0 : (window.__glIdle || 0) + 1;
-    return window.__glIdle >= 6;
+    const state = app ? app.getAttribute('data-test-script-state') : null;
+    const ready = state === 'notRunning' && document.querySelector('[data-testid="stMain"] h1')
+        && !document.querySelector('[data-testid="stSkeleton"]');
+    window.__glIdle = ready ? (window.__glIdle || 0) + 1 : 0;
+    return window.__glIdle >= 5;
 }"""
 
 
-def wait_idle(page, timeout: float = 120_000) -> None:
-    """Wait until the page has a title and no script run has been in progress for about 1.5 s."""
-    page.wait_for_function(_IDLE_JS, timeout=timeout, polling=250)
+def wait_idle(page, timeout: float = 180_000) -> None:
+    """Wait until the app's script has not been running for about a second (``data-test-script-state``)."""
+    page.evaluate("window.__glIdle = 0")
+    page.wait_for_function(_IDLE_JS, timeout=timeout, polling=200)
 
 
 def wait_charts(page, n: int = 1, timeout: float = 60_000) -> None:
@@ -192,10 +200,10 @@ def build_tiny_demos(directory: Path) -> dict[str, Path]:
     text_model = keras.Sequential(
         [
             keras.Input((t_len,), dtype="int32", name="tokens"),
-            keras.layers.Embedding(len(vocab), 8, mask_zero=True),
-            keras.layers.LSTM(8, return_sequences=True),
-            keras.layers.LSTM(6, return_sequences=True),
-            keras.layers.Dense(len(vocab), activation="softmax"),
+            keras.layers.Embedding(len(vocab), 8, mask_zero=True, name="embedding"),
+            keras.layers.LSTM(8, return_sequences=True, name="lstm"),
+            keras.layers.LSTM(6, return_sequences=True, name="lstm_1"),
+            keras.layers.Dense(len(vocab), activation="softmax", name="next_token"),
         ],
         name="tiny_char",
     )
@@ -215,7 +223,11 @@ def build_tiny_demos(directory: Path) -> dict[str, Path]:
     (directory / "tiny_char.card.json").write_text(json.dumps(card))
 
     series_model = keras.Sequential(
-        [keras.Input((24, 2), name="series"), keras.layers.GRU(5, return_sequences=True), keras.layers.Dense(1)],
+        [
+            keras.Input((24, 2), name="series"),
+            keras.layers.GRU(5, return_sequences=True, name="gru"),
+            keras.layers.Dense(1, name="forecast"),
+        ],
         name="tiny_series",
     )
     paths["series_model"] = directory / "tiny_series.keras"

@@ -77,6 +77,7 @@ def test_half_life_of_one_step(planted):
     assert s.numbers["retention_10"] == pytest.approx(0.5**10, rel=1e-5)
     assert "keeps 0% of its memory" in memory
     assert s.headline.startswith("Unit 0 of layer lstm (LSTM, 3 units)")
+    assert "it keeps half of its memory for about 1 step" in s.headline
 
 
 def test_gate_stuck_open_never_decays(planted):
@@ -100,7 +101,8 @@ def test_forgets_at_semicolons_and_tracks_bracket_depth(planted):
     assert top_token.strip("'\"") == ";"
     tracks = dict(s.sections)["What it tracks"]
     assert s.numbers["top_feature_r"] == pytest.approx(1.0, abs=1e-6)
-    assert tracks.startswith("Its cell state closely follows bracket_depth: it rises as bracket_depth grows")
+    assert tracks.startswith("Its cell state closely follows bracket_depth: it is higher where bracket_depth is larger")
+    assert "it follows bracket_depth (r = +1.00)" in s.headline
     assert "Pearson r = +1.00" in tracks
     assert f"over {N * T} steps" in tracks
 

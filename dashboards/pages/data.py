@@ -30,16 +30,16 @@ source = st.radio(
 limit = state.UPLOAD_HELP.format(mb=state.max_upload_mb())
 
 
-def _slice_inputs(first: int, count: int | None) -> tuple[int, int]:
+def _slice_inputs(first: int, count: int | None, which: str) -> tuple[int, int]:
     c1, c2 = st.columns(2)
-    first = c1.number_input("First sequence", min_value=0, value=int(first), step=1, key="data_first")
+    first = c1.number_input("First sequence", min_value=0, value=int(first), step=1, key=f"data_first_{which}")
     count = c2.number_input(
         "Sequences to analyse",
         min_value=1,
         max_value=100_000,
         value=int(count or 256),
         step=1,
-        key="data_count",
+        key=f"data_count_{which}",
         help="Few sequences analyse in seconds; the statistics get steadier with more.",
     )
     return int(first), int(count)
@@ -53,7 +53,7 @@ if source == "Bundled demo data":
     origin = demo.card.get("data", {}).get("source", {}).get("origin")
     if origin:
         st.caption(state.md_escape(origin))
-    first, count = _slice_inputs(keep.first, keep.count)
+    first, count = _slice_inputs(keep.first, keep.count, "demo")
     choice = replace(base, first=first, count=count, features=keep.features)
 else:
     up = st.file_uploader(
@@ -113,7 +113,7 @@ else:
             levels = ["char", "word"]
             lv = (same and prev.level) or spec.level or "char"
             level = c3.radio("Tokens", levels, index=levels.index(lv), horizontal=True, key="data_level")
-    first, count = _slice_inputs(prev.first if same else 0, prev.count if same else 256)
+    first, count = _slice_inputs(prev.first if same else 0, prev.count if same else 256, "upload")
     choice = core.DataChoice(
         data=ref,
         window=window,
@@ -179,3 +179,16 @@ else:
         st.write(f"Array of shape {tuple(ds.x.shape)}, dtype {ds.x.dtype}.")
 with st.expander("Where the data came from"):
     st.json(ds.source)
+
+st.subheader("Analysis")
+run, err = state.try_run()
+if err is not None:
+    state.show_error(err)
+else:
+    st.success(
+        f"Extracted and verified in {run.seconds['extract']:.2f} s, analysed in {run.seconds['analyze']:.2f} s "
+        f"({run.trace.n_sequences} sequences x {run.trace.n_steps} steps"
+        + (f", features: {state.md_escape(data.choice.features.name)}" if data.choice.features else "")
+        + "). The other pages show it.",
+        icon=":material/check_circle:",
+    )

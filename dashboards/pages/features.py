@@ -28,9 +28,10 @@ feature = c2.selectbox("Feature", features, index=features.index(interesting[0])
 st.caption(
     "Built-in features (for text: bracket depth, inside quotes, position in line and word, character classes; for "
     "series: each input's value and change) and your own from the Data page. Pearson r over every analysed step; "
-    "hover a cell for Spearman rho and the number of steps."
+    "units are sorted by their r with the chosen feature; hover a cell for the unit, Spearman rho and the number "
+    "of steps."
 )
-st.altair_chart(charts.correlation_heatmap(corr, signal))
+st.altair_chart(charts.correlation_heatmap(corr, signal, sort_by=feature), width="stretch")
 
 st.subheader(f"Top units for {feature}")
 top = top_units(corr, feature, signals=[signal], k=10)
@@ -52,10 +53,10 @@ else:
         "(random labels per token or input bin): a probe far above its control reads the feature, not the tokens."
     )
     if (probes["feature"] == feature).any() and probes.loc[probes["feature"] == feature, "score"].notna().any():
-        st.altair_chart(charts.probe_chart(probes, feature))
+        st.altair_chart(charts.probe_chart(probes, feature), width="content")
     else:
         note = probes.loc[probes["feature"] == feature, "note"]
         st.info(f"No probe for {feature}: {note.iloc[0] if len(note) else 'not probed'}.")
-    st.altair_chart(charts.selectivity_heatmap(probes))
+    st.altair_chart(charts.selectivity_heatmap(probes), width="content")
     with st.expander("All probes"):
         st.dataframe(probes, hide_index=True)

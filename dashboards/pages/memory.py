@@ -47,7 +47,12 @@ total = float(dec["contribution"].sum())
 st.subheader(f"What the {state_signal.replace('_', ' ')} of unit {unit} holds at step {step}")
 c1, c2, c3 = st.columns(3)
 c1.metric(f"stored {state_signal}", f"{stored:+.6f}")
-c2.metric("sum of the parts below", f"{total:+.6f}", help="The decomposition is exact: the parts sum to the state.")
+c2.metric(
+    "sum of the parts below",
+    f"{total:+.6f}",
+    help=f"The decomposition is exact: the parts sum to the stored state (difference {abs(total - stored):.1e}, "
+    "float32 rounding of the stored value).",
+)
 c3.metric("steps still present (> 1% of |state|)", int((dec["contribution"].abs() > 0.01 * abs(stored)).sum()))
 st.caption(
     "Each bar: what one past step wrote (input gate x candidate) times every forget gate since: how much of that "

@@ -70,7 +70,10 @@ st.subheader(state.md_escape(model.model.name))
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Parameters", f"{model.params:,}")
 c2.metric("Recurrent layers", len(model.recurrent))
-c3.metric("Input", core.input_kind(model.spec))
+if model.spec.is_text:
+    c3.metric("Vocabulary", "none" if model.vocabulary is None else f"{len(model.vocabulary):,} tokens")
+else:
+    c3.metric("Input features", model.spec.n_features or 1)
 c4.metric("Loaded in", f"{model.load_seconds:.2f} s", help=f"safe loader path: {model.load_path}")
 st.caption(f"Input: {state.md_escape(model.spec.describe())}")
 if model.needs_vocabulary:

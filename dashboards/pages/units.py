@@ -69,7 +69,7 @@ else:
 
 if not a.half_lives.empty:
     chart, n_inf = charts.half_life_histogram(a.half_lives)
-    st.altair_chart(chart)
+    st.altair_chart(chart, width="content")
     note = (
         f"{n_inf} unit(s) have an infinite half-life (their keep gate is 1 on every step) and are not drawn. "
         if n_inf

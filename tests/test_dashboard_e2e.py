@@ -1,0 +1,247 @@
+"""End to end: a real ``streamlit run dashboards/app.py`` server driven by Debian's headless Chromium (Playwright).
+
+One server and one browser for the module. The tour opens the bundled demo (analysed on first open, no
+upload), waits for each page's charts to be drawn and saves a screenshot of every page to
+``docs/screenshots/<page>.png`` (the README shows them). The upload test sends a ``.keras`` model and an
+``.npy`` file this test made with Keras, sees the verification badge pass, opens a unit, downloads the
+export and checks its CSVs against :func:`models.extract` and :func:`analysis.stats.unit_stats` computed
+here; then a broken model file must give its error message, not a traceback.
+
+Chromium is ``/usr/bin/chromium`` (never downloaded). Outside CI the tests skip when it is missing; with
+``CI`` set they run or fail.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from e2e_helpers import REPO, StreamlitServer, goto, launch_browser, require_chromium, wait_charts, wait_idle
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SCREENSHOTS = REPO / "docs" / "screenshots"
+UPLOAD_LIMIT_MB = 2
+VIEWPORT = {"width": 1440, "height": 1000}
+PAGES = {
+    "model": "Model",
+    "data": "Data",
+    "gates": "Gates over the input",
+    "units": "Units",
+    "features": "Features",
+    "memory": "Memory",
+    "explain": "Unit explained",
+    "export": "Export",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    require_chromium()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    # the real bundled demos (no GATELENS_DEMO_DIR); a small upload limit so that the test can exceed it
+    with StreamlitServer(log_path=log, args=["--server.maxUploadSize", str(UPLOAD_LIMIT_MB)]) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch_browser(p)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(180_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def _nav(page, title: str) -> None:
+    # exact label: the links also hold their icon's ligature text ("memory" is the Model page's icon)
+    page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text(title, exact=True)).click()
+    page.wait_for_function(
+        "t => [...document.querySelectorAll('[data-testid=\"stMain\"] h1')].some(h => h.innerText.trim() === t)",
+        arg=title,
+        timeout=60_000,
+    )
+    wait_idle(page)
+
+
+def _no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]'
+    ).first.inner_text()
+
+
+def _shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
+
+
+def test_demo_tour_draws_every_page(page, server):
+    goto(page, server.url, "")
+    _no_exception(page)
+    # the bundled demo is loaded, re-run, verified and analysed on first open: no upload needed
+    badge = page.get_by_text(re.compile(r"Verification: PASS · max error \d\.\de[-+]\d\d"))
+    badge.wait_for()
+    assert page.locator('[data-testid="stMain"] h1').first.inner_text().strip() == "Model"
+    _shot(page, "model")
+
+    _nav(page, "Data")
+    assert page.get_by_text("Sequences analysed").count() == 1
+    _shot(page, "data")
+
+    _nav(page, PAGES["gates"])
+    tokens = page.locator("span.gl-tok")
+    assert tokens.count() >= 100
+    title = tokens.first.get_attribute("title")
+    for signal in ("forget_gate", "input_gate", "output_gate", "cell_state"):
+        assert signal in title
+    assert page.locator('[data-testid="stMain"] script').count() == 0
+    _shot(page, "gates")
+
+    _nav(page, "Units")
+    wait_charts(page, 4)  # three saturation scatters and the half-life histogram
+    _shot(page, "units")
+
+    _nav(page, "Features")
+    wait_charts(page, 2)
+    _shot(page, "features")
+
+    _nav(page, "Memory")
+    wait_charts(page, 3)
+    _shot(page, "memory")
+
+    _nav(page, PAGES["explain"])
+    wait_charts(page, 1)
+    assert page.get_by_text("How long it remembers.").count() == 1
+    _shot(page, "explain")
+
+    _nav(page, "Export")
+    page.get_by_role("button", name=re.compile("Download everything")).wait_for()
+    _shot(page, "export")
+    _no_exception(page)
+
+
+def _upload(page, index: int, path: Path) -> None:
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').nth(index).set_input_files(str(path))
+    page.wait_for_timeout(500)
+    wait_idle(page)
+
+
+def test_upload_verify_open_unit_export(page, server, tmp_path):
+    import keras
+
+    from analysis.export import read_csv
+    from analysis.stats import unit_stats
+    from models import extract
+
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential(
+        [keras.Input((9, 2)), keras.layers.LSTM(5, return_sequences=True, name="lstm"), keras.layers.Dense(1)],
+        name="e2e_model",
+    )
+    model_path = tmp_path / "e2e model.keras"
+    model.save(model_path)
+    x = np.random.default_rng(3).normal(size=(6, 9, 2)).astype(np.float32)
+    data_path = tmp_path / "inputs.npy"
+    np.save(data_path, x)
+
+    goto(page, server.url, "")
+    page.get_by_test_id("stRadioGroup").get_by_text("Upload my own").click()
+    wait_idle(page)
+    _upload(page, 0, model_path)
+    page.get_by_text("Verification needs input").wait_for()
+
+    _nav(page, "Data")
+    _upload(page, 0, data_path)
+    page.get_by_text("Sequences analysed").wait_for()
+    assert page.locator('[data-testid="stMetricValue"]').first.inner_text().strip() == "6"
+
+    _nav(page, "Model")
+    page.get_by_text(re.compile(r"Verification: PASS")).wait_for()
+    assert page.get_by_text("e2e_model").count() >= 1
+    _no_exception(page)
+
+    # open a unit: pick unit 3 in the "Open a unit" box of the Units page, then read its explanation
+    _nav(page, "Units")
+    wait_charts(page, 4)
+    unit_input = page.get_by_label(re.compile(r"Unit \(0\.\.4\)"))
+    unit_input.fill("3")
+    unit_input.press("Enter")
+    wait_idle(page)
+    page.get_by_text("Opened: lstm · unit 3").wait_for()
+    _nav(page, PAGES["explain"])
+    assert page.get_by_text(re.compile(r"^Unit 3 of layer lstm \(LSTM, 5 units\)")).count() == 1
+
+    # the export: every CSV and the manifest, in one zip
+    _nav(page, "Export")
+    with page.expect_download() as dl:
+        page.get_by_role("button", name=re.compile("Download everything")).click()
+    archive = Path(dl.value.path()).read_bytes()
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        names = set(zf.namelist())
+        assert {"activations.csv", "units.csv", "correlations.csv", "manifest.json"} <= names
+        (tmp_path / "csv").mkdir()
+        zf.extractall(tmp_path / "csv")
+    acts = read_csv(tmp_path / "csv" / "activations.csv")
+    units = read_csv(tmp_path / "csv" / "units.csv")
+
+    ref = extract(keras.saving.load_model(model_path), x)  # the library's own numbers, computed here
+    for seq, step, unit in [(0, 0, 0), (2, 5, 3), (5, 8, 4)]:
+        row = acts[(acts.layer == "lstm") & (acts.sequence == seq) & (acts.step == step) & (acts.unit == unit)]
+        assert len(row) == 1
+        for signal in ("forget_gate", "input_gate", "cell_state", "hidden_state"):
+            assert np.float32(row[signal].iloc[0]) == ref["lstm"][signal][seq, step, unit], (signal, seq, step, unit)
+    assert len(acts) == 6 * 9 * 5
+    stats = unit_stats(ref)
+    for signal in ("forget_gate", "output_gate"):
+        exp = stats[stats.signal == signal].sort_values("unit")
+        got = units[(units.layer == "lstm") & (units.signal == signal)].sort_values("unit")
+        np.testing.assert_allclose(got["mean"], exp["mean"], rtol=1e-6)
+        np.testing.assert_allclose(got["frac_above_0.9"], exp["frac_above_0.9"], rtol=0, atol=0)
+
+
+def test_bad_model_file_shows_its_error(page, server, tmp_path):
+    bad = tmp_path / "not a model.keras"
+    bad.write_bytes(b"PK\x03\x04 this is not really a zip archive")
+    goto(page, server.url, "")
+    page.get_by_test_id("stRadioGroup").get_by_text("Upload my own").click()
+    wait_idle(page)
+    _upload(page, 0, bad)
+    alert = page.locator('[data-testid="stAlertContentError"]')
+    alert.wait_for()
+    text = alert.inner_text()
+    assert "The file is not a readable Keras model" in text
+    assert "not a model.keras" in text
+    assert "Traceback" not in text and "gatelens-session-" not in text
+    _no_exception(page)
+
+
+def test_upload_above_the_size_limit_is_refused_with_a_message(page, server, tmp_path):
+    big = tmp_path / "big.npy"
+    np.save(big, np.zeros((UPLOAD_LIMIT_MB * 1024 * 1024 // 4 + 1000,), np.float32))
+    goto(page, server.url, "data")
+    page.get_by_test_id("stRadioGroup").get_by_text("Upload", exact=True).click()
+    wait_idle(page)
+    assert page.get_by_text(f"Up to {UPLOAD_LIMIT_MB} MB per file").count() >= 1
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(big))
+    page.get_by_text(re.compile(r"File must be .* or smaller")).wait_for(timeout=30_000)
+    _no_exception(page)
