@@ -46,11 +46,12 @@ STATES = ["cell_state", "hidden_state"]
 DECOMPOSITION_ATOL = 1e-5  # the standard: decompositions sum back to the stored float32 signals within 1e-5 ...
 # ... plus 4 float32 epsilons relative to the stored value. The stored signals are float32 computed by TensorFlow,
 # so they carry their own rounding: a few units in the last place (ULP), and an ULP is 1.9e-6 at 17.7 and 3.8e-6
-# at 51.7. Measured on char_lstm (8 windows; every other demo stays below 8.5e-6 absolute): its first layer's cell
-# state (unit 63: median f 0.997, |c| grows across the window and accumulates float32 rounding) differs from the exact sum by
-# up to 2.11e-5 at |c| = 51.7 (5.5 ULP; 50 of 76,800 values above 1e-5), its second layer's output_gate_pre by
-# 1.02e-5 at |pre| = 17.69 (1 of 76,800). The decomposition itself is exact: it equals the float64 recurrence
-# run from the stored gates within 1e-9 (asserted below). atol alone would test float32 rounding, not the algebra.
+# at 51.7. Measured on char_lstm (8 windows; every other demo stays below 8.5e-6 absolute): its first layer's
+# cell state (unit 63: median f 0.997, |c| grows across the window and accumulates float32 rounding) differs
+# from the exact sum by up to 2.11e-5 at |c| = 51.7 (5.5 ULP; 50 of 76,800 values above 1e-5), its second
+# layer's output_gate_pre by 1.02e-5 at |pre| = 17.69 (1 of 76,800). The decomposition itself is exact: it equals
+# the float64 recurrence run from the stored gates within 1e-9 (asserted below). atol alone would test float32
+# rounding, not the algebra.
 F32_RTOL = 4 * float(np.finfo(np.float32).eps)
 SMALL = 8  # sequences extracted from the bundled data of the text and series demos
 DEMO_NAMES = [d.name for d in demos.DEMOS]
