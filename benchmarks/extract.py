@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (the import path and TF log level are set before the heavy imports)
 """Extraction speed, measured side by side with ``model.predict`` in one process.
 
 Prints, for a 2x128 char-level LSTM (256 sequences x 200 steps) and a 1x512 LSTM, the median of
@@ -15,16 +16,19 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 
+# benchmarks/analysis.py would shadow the `analysis` package: drop this folder from the import path
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from models.extract import Extractor, write_run
+from models.extract import Extractor, extract, write_run
 
 VOCAB = 96
 

@@ -469,6 +469,9 @@ def extract(
     n = x.shape[0]
     store: dict[str, dict[str, np.ndarray]] = {}
     for start, res in ex.iter_batches(x, batch_size=batch_size, tolerance=tolerance, progress=progress):
+        if start == 0 and n <= batch_size:  # one batch: keep its arrays as they are, no copy
+            store = res
+            break
         for name, sig in res.items():
             if name not in store:
                 store[name] = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in sig.items()}
