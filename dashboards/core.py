@@ -492,9 +492,28 @@ def in_memory(trace: Trace) -> Trace:
     )
 
 
+def slice_features(ref: FileRef, data: DataBundle, n_steps: int) -> pd.DataFrame:
+    """A user's features CSV, validated against the whole data file, cut to the analysed slice.
+
+    The file's ``sequence`` numbers the data file's sequences (windows) as ``gatelens extract`` does;
+    rows of sequences outside the slice are dropped and the rest renumbered from 0, as the trace is.
+    """
+    from types import SimpleNamespace
+
+    from analysis.features import load_user_features
+
+    whole = SimpleNamespace(n_sequences=data.n_available, n_steps=int(n_steps))  # the ranges it checks
+    with named_files(ref):
+        table = load_user_features(ref.path, whole)
+    lo = int(data.choice.first)
+    keep = (table["sequence"] >= lo) & (table["sequence"] < lo + data.n_sequences)
+    out = table[keep].copy()
+    out["sequence"] -= lo
+    return out.reset_index(drop=True)
+
+
 def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _no_progress) -> RunResult:
     """Extract (verified against Keras) into a run directory, then analyse: ``gatelens extract`` + ``analyze``."""
-    from analysis.features import load_user_features
     from analysis.pipeline import analyze
     from models.extract import DEFAULT_TOLERANCE, write_run
 
@@ -545,8 +564,7 @@ def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _n
         trace = in_memory(trace)
     features = None
     if data.choice.features is not None:
-        with named_files(data.choice.features):
-            features = load_user_features(data.choice.features.path, trace)
+        features = slice_features(data.choice.features, data, trace.n_steps)
     t0 = time.perf_counter()
     result = analyze(
         trace,
@@ -703,3 +721,17 @@ def input_frame(trace: Trace, layer: str, sequence: int) -> pd.DataFrame:
     df = pd.DataFrame(x[:, :8], columns=names[:8])  # a line chart of more than 8 inputs is unreadable
     df.insert(0, "step", np.arange(x.shape[0]))
     return df
+
+
+def sequence_origin(run: RunResult, sequence: int) -> str:
+    """Where analysed sequence ``sequence`` comes from in the data file, in words.
+
+    Uses the run manifest's ``sequence`` (source sequence of each row) and ``start`` (its first step there).
+    """
+    m = run.manifest
+    seqs, starts = m.get("sequence") or [], m.get("start") or []
+    if not 0 <= sequence < len(seqs):
+        return ""
+    t = run.trace.n_steps
+    name = m.get("data", {}).get("path", "the data")
+    return f"from {name}: source sequence {seqs[sequence]}, steps {starts[sequence]}..{starts[sequence] + t - 1}"

@@ -241,6 +241,11 @@ def build_tiny_demos(directory: Path) -> dict[str, Path]:
     paths["series_data"].write_text(
         "year,load,temp\n" + "".join(f"{y},{a:.4f},{b:.4f}\n" for y, a, b in zip(year, load, temp))
     )
+    # ground-truth features for all 10 windows (the demo analyses the first 8): the phase of the sine
+    paths["series_features"] = directory / "tiny_series.features.csv"
+    paths["series_features"].write_text(
+        "sequence,step,phase\n" + "".join(f"{s},{t},{(24 * s + t) % 31}\n" for s in range(10) for t in range(24))
+    )
     card = {
         "format": "gatelens.model_card/1",
         "name": "tiny_series",

@@ -380,3 +380,35 @@ def test_server_config_limits_uploads_and_runs_headless():
     assert cfg["server"]["maxUploadSize"] == 100
     assert cfg["server"]["headless"] is True
     assert cfg["browser"]["gatherUsageStats"] is False
+
+
+def test_demo_features_are_cut_to_the_analysed_slice(demo_dir):
+    """The series demo's features CSV covers all 10 windows; the slice of 8 from #1 uses windows 1..8."""
+    at = _select_series_demo(_open())
+    at.switch_page("pages/data.py").run()
+    _no_exception(at)
+    at.number_input(key="data_first_demo").set_value(1).run()
+    _no_exception(at)
+    assert any("features: tiny_series.features.csv" in _plain(s.value) for s in at.success)
+    at.switch_page("pages/features.py").run()
+    _no_exception(at)
+    assert "phase" in at.selectbox(key="features_feature").options
+    from dashboards import core, state  # noqa: F401  (the same slice, computed by the library here)
+
+    feats = core.slice_features(
+        core.FileRef.of(demo_dir["series_features"]),
+        type(
+            "D",
+            (),
+            {
+                "n_available": 10,
+                "n_sequences": 8,
+                "choice": core.DataChoice(core.FileRef.of(demo_dir["series_data"]), first=1, count=8),
+            },
+        )(),
+        24,
+    )
+    assert feats["sequence"].min() == 0 and feats["sequence"].max() == 7
+    # window k of the slice is window k + 1 of the file: phase = (24 * (k + 1) + t) % 31
+    row = feats[(feats.sequence == 2) & (feats.step == 5)]
+    assert float(row["phase"].iloc[0]) == (24 * 3 + 5) % 31

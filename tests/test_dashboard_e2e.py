@@ -137,6 +137,21 @@ def test_demo_tour_draws_every_page(page, server):
     _nav(page, "Export")
     page.get_by_role("button", name=re.compile("Download everything")).wait_for()
     _shot(page, "export")
+
+    # click a point of the forget-gate scatter: that unit opens, and the Unit explained page explains it
+    _nav(page, "Units")
+    wait_charts(page, 4)
+    point = page.locator('[data-testid="stVegaLiteChart"]').nth(1).locator(".mark-symbol path").nth(3)
+    box = point.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    label = page.evaluate("([x, y]) => document.elementFromPoint(x, y).getAttribute('aria-label') || ''", [x, y])
+    hit = re.search(r"layer: (\S+); unit: (\d+);", label)
+    assert hit, label
+    page.mouse.click(x, y)
+    wait_idle(page)
+    page.get_by_text(f"Opened: {hit.group(1)} · unit {hit.group(2)}").wait_for()
+    _nav(page, PAGES["explain"])
+    assert page.get_by_text(re.compile(f"^Unit {hit.group(2)} of layer {hit.group(1)} ")).count() == 1
     _no_exception(page)
 
 

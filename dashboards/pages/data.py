@@ -126,7 +126,8 @@ else:
     )
 
 feat_up = st.file_uploader(
-    "Optional features (.csv with columns sequence, step and one column per feature)",
+    "Optional features (.csv with columns sequence, step and one column per feature; sequence numbers the file's "
+    "sequences, of which the analysed slice is used)",
     type=["csv"],
     key="features_upload",
     help=limit,

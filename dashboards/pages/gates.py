@@ -24,6 +24,7 @@ seq = c2.number_input(
     key="gates_sequence",
 )
 state.set_sequence(int(seq))
+st.caption(f"Sequence {int(seq)} of the analysed slice, {state.md_escape(core.sequence_origin(run, int(seq)))}.")
 lt = trace[layer]
 n_units = lt.info.units
 signals = core.sequence_signals(trace, layer, int(seq))

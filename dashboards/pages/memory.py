@@ -33,6 +33,7 @@ seq = c3.number_input(
 unit, seq = int(unit), int(seq)
 state.open_unit(layer, unit)
 state.set_sequence(seq)
+st.caption(f"Sequence {seq} of the analysed slice, {state.md_escape(core.sequence_origin(run, seq))}.")
 mask = core.sequence_mask(trace, layer, seq)
 real = np.nonzero(mask)[0]
 if real.size == 0:
