@@ -98,7 +98,7 @@ def series_with_strips(
                 color=alt.Color("value:Q", scale=_signal_scale(signal, a), legend=alt.Legend(title=signal)),
                 tooltip=["step:Q", "unit:O", alt.Tooltip("value:Q", format=".3f")],
             )
-            .properties(width=width, height=max(40, 12 * len(units)))
+            .properties(width=width, height=max(40, 9 * len(units)))
         )
     return alt.vconcat(*charts, spacing=6).resolve_scale(color="independent")
 

@@ -189,10 +189,10 @@ def _gates_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) -
         summary.sections.append(("How its gates sit", text))
 
 
-def _event_text(row: pd.Series, what: str) -> str:
+def _event_text(row: pd.Series, what: str, none: str) -> str:
     count, rate = int(row["count"]), float(row["rate"])
     if count == 0:
-        return f"It never {what} on this input."
+        return none
     text = f"It {what} {count} time{'s' if count != 1 else ''} ({rate:.1%} of steps)"
     driven = float(row["input_driven"])
     text += (
@@ -218,7 +218,10 @@ def _events_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) 
         summary.numbers["forget_rate"] = float(forget["rate"])
         gate = "forget" if summary.cell_type == "lstm" else "update"
         what = f"forgets (its {gate} gate falls from above 0.9 to below 0.5)"
-        summary.sections.append(("What makes it forget", _event_text(forget, what)))
+        none = f"It never forgets at once: its {gate} gate never falls from above 0.9 to below 0.5 on this input"
+        half = summary.numbers.get("half_life_steps", float("inf"))
+        none += "; its memory fades gradually instead, at the half-life above." if math.isfinite(half) else "."
+        summary.sections.append(("What makes it forget", _event_text(forget, what, none)))
     write = _row(ev, event="write")
     if write is not None:
         summary.numbers["write_events"] = float(write["count"])
@@ -227,7 +230,8 @@ def _events_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) 
             if summary.cell_type == "lstm"
             else "writes (1 - z rises above 0.5)"
         )
-        summary.sections.append(("What it writes", _event_text(write, what)))
+        none = "Its write gate never rises past 0.5 from below on this input."
+        summary.sections.append(("What it writes", _event_text(write, what, none)))
 
 
 #: Built-in features that are true/false flags.

@@ -213,6 +213,9 @@ def unit_rows_html(
 ) -> str:
     """The text once per unit, coloured by ``color_by``; hovering a token shows every signal of that unit there.
 
+    Gates and bounded states share one fixed scale; an unbounded signal (the cell state, pre-activations)
+    is scaled per unit to its own largest ``|value|`` on the real steps, given in the row's label.
+
     Parameters
     ----------
     tokens : sequence of str (T,)
@@ -226,16 +229,19 @@ def unit_rows_html(
         For the labels.
     """
     arr = np.asarray(signals[color_by], np.float64)
-    real = arr if mask is None else arr[np.asarray(mask, bool)]
-    max_abs = float(np.nanmax(np.abs(real))) if real.size else 1.0
-    scale = signal_scale(color_by, max_abs)
+    real = np.ones(arr.shape[0], bool) if mask is None else np.asarray(mask, bool)
+    fixed = color_by in UNIT_RANGE or color_by in SIGNED_RANGE
     names = list(signals)
-    out = [STYLE, legend_html(scale, color_by)]
+    out = [STYLE]
+    if fixed:
+        out.append(legend_html(signal_scale(color_by, 1.0), color_by))
+    else:
+        out.append(legend_html(Scale("diverging", -1.0, 1.0), f"{color_by} / its largest |value| in the row"))
     for u in units:
+        col = arr[:, u]
+        top = float(np.nanmax(np.abs(col[real]))) if real.any() else 1.0
+        scale = signal_scale(color_by, top if top > 0 else 1.0)
+        label = f"{layer} unit {u} · {color_by}" + ("" if fixed else f" (±{scale.hi:.3g})")
         hover = [hover_text(t, str(tokens[t]), {s: float(signals[s][t, u]) for s in names}) for t in range(len(tokens))]
-        out.append(
-            colored_text_html(
-                tokens, arr[:, u], scale=scale, hover=hover, mask=mask, label=f"{layer} unit {u} · {color_by}"
-            )
-        )
+        out.append(colored_text_html(tokens, col, scale=scale, hover=hover, mask=mask, label=label))
     return "".join(out)

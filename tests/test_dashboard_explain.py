@@ -76,6 +76,9 @@ def test_half_life_of_one_step(planted):
     # retention over 10 steps of a gate fixed at 0.5 is 0.5 ** 10
     assert s.numbers["retention_10"] == pytest.approx(0.5**10, rel=1e-5)
     assert "keeps 0% of its memory" in memory
+    assert dict(s.sections)["What makes it forget"].endswith(
+        "its memory fades gradually instead, at the half-life above."
+    )
     assert s.headline.startswith("Unit 0 of layer lstm (LSTM, 3 units)")
     assert "it keeps half of its memory for about 1 step" in s.headline
 
@@ -87,7 +90,9 @@ def test_gate_stuck_open_never_decays(planted):
     assert "never lets the memory decay" in dict(s.sections)["How long it remembers"]
     assert "forget gate 100% open, 0% shut (almost always open)" in dict(s.sections)["How its gates sit"]
     assert s.numbers["forget_events"] == 0
-    assert dict(s.sections)["What makes it forget"].startswith("It never forgets")
+    assert dict(s.sections)["What makes it forget"] == (
+        "It never forgets at once: its forget gate never falls from above 0.9 to below 0.5 on this input."
+    )
 
 
 def test_forgets_at_semicolons_and_tracks_bracket_depth(planted):

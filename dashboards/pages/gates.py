@@ -35,7 +35,8 @@ tokens = core.sequence_tokens(trace, int(seq))
 
 if tokens is not None:
     gate_first = [s for s in signals if s.endswith("_gate")] + [s for s in signals if not s.endswith("_gate")]
-    keep = "forget_gate" if "forget_gate" in signals else gate_first[0]
+    # the state by default: the units shown first are those whose state follows a feature best
+    keep = next((s for s in ("cell_state", "hidden_state") if s in signals), gate_first[0])
     c1, c2 = st.columns([1, 2])
     color_by = c1.selectbox("Colour by", gate_first, index=gate_first.index(keep), key="gates_signal")
     units = c2.multiselect("Units", list(range(n_units)), default=default_units, key="gates_units")
@@ -51,7 +52,7 @@ else:
     strip_names = charts.STRIP_SIGNALS if lt.info.cell_type == "lstm" else charts.GRU_STRIP_SIGNALS
     strip_names = [s for s in strip_names if s in signals]
     c1, c2 = st.columns([2, 1])
-    default = default_units if n_units > 16 else list(range(n_units))
+    default = list(range(n_units)) if n_units <= 32 else notable_units(run.analysis, layer, n_units, k=12)
     units = c1.multiselect("Units", list(range(n_units)), default=sorted(default), key="gates_units")
     shown = c2.multiselect("Signals", strip_names, default=strip_names, key="gates_strips")
     if not units or not shown:
