@@ -95,6 +95,22 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
 
 
+def test_first_visit_to_a_page_url_and_the_upload_limit(page, server, tmp_path):
+    """Runs first on the fresh server: a first request straight to /data gets the app's own navigation."""
+    big = tmp_path / "big.npy"
+    np.save(big, np.zeros((UPLOAD_LIMIT_MB * 1024 * 1024 // 4 + 1000,), np.float32))
+    goto(page, server.url, "data")
+    assert page.locator('[data-testid="stMain"] h1').first.inner_text().strip() == "Data"
+    nav = page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()
+    assert [t.split("\n")[-1] for t in nav] == list(PAGES.values())  # app.py's st.navigation, not pages/ listing
+    page.get_by_test_id("stRadioGroup").get_by_text("Upload", exact=True).click()
+    wait_idle(page)
+    assert page.get_by_text(f"Up to {UPLOAD_LIMIT_MB} MB per file").count() >= 1
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(big))
+    page.get_by_text(re.compile(r"File must be .* or smaller")).wait_for(timeout=30_000)
+    _no_exception(page)
+
+
 def test_demo_tour_draws_every_page(page, server):
     goto(page, server.url, "")
     _no_exception(page)
@@ -247,16 +263,4 @@ def test_bad_model_file_shows_its_error(page, server, tmp_path):
     assert "The file is not a readable Keras model" in text
     assert "not a model.keras" in text
     assert "Traceback" not in text and "gatelens-session-" not in text
-    _no_exception(page)
-
-
-def test_upload_above_the_size_limit_is_refused_with_a_message(page, server, tmp_path):
-    big = tmp_path / "big.npy"
-    np.save(big, np.zeros((UPLOAD_LIMIT_MB * 1024 * 1024 // 4 + 1000,), np.float32))
-    goto(page, server.url, "data")
-    page.get_by_test_id("stRadioGroup").get_by_text("Upload", exact=True).click()
-    wait_idle(page)
-    assert page.get_by_text(f"Up to {UPLOAD_LIMIT_MB} MB per file").count() >= 1
-    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(big))
-    page.get_by_text(re.compile(r"File must be .* or smaller")).wait_for(timeout=30_000)
     _no_exception(page)
