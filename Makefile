@@ -22,7 +22,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check analysis models dashboards tests benchmarks
-	$(PY) -m pytest analysis models tests
+	$(PY) -m pytest analysis models dashboards tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check analysis models dashboards tests benchmarks

@@ -175,7 +175,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import subprocess
 
-    app = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
+    root = Path(__file__).resolve().parent.parent
+    app = root / "dashboards" / "app.py"
     cmd = [
         sys.executable,
         "-m",
@@ -191,7 +192,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     ]
     if args.address:
         cmd += ["--server.address", args.address]
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, cwd=root)  # .streamlit/config.toml (upload limit, theme) is read from here
 
 
 def build_parser() -> argparse.ArgumentParser:
