@@ -58,6 +58,7 @@ from sklearn.utils import ClassifierTags, RegressorTags
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from analysis.correlate import _select_layers, _select_signals, layer_rows, subsample
 from analysis.features import as_feature_matrix, feature_kind
@@ -373,32 +374,35 @@ def run_probes(
     reports, rankings = [], []
     total = sum(len(v) for v in per_layer.values())
     done = 0
-    for layer in names:
-        rows = layer_rows(trace, layer, features, chunk_sequences=chunk_sequences)
-        take = subsample(rows.total, max_rows, random_state)
-        frow = np.concatenate([fr for _, _, fr in rows.chunks]) if rows.chunks else np.empty(0, np.int64)
-        if take is not None:
-            frow = frow[take]
-        seqs = features["sequence"].to_numpy(np.int64)[frow]
-        steps = features["step"].to_numpy(np.int64)[frow]
-        is_test, split = split_by_sequence(seqs, steps, test_size=test_size, random_state=random_state)
-        types, control_by = _types(trace, rows, take, fmat, frow)
-        for signal in per_layer[layer]:
-            x = _gather(trace[layer][signal], rows, take)
-            for j, feat in enumerate(fnames):
-                rep, rank = _probe_one(
-                    x, fmat[frow, j], is_test, kinds[feat], params, types, control_by, j, random_state, top_k
-                )
-                reports.append({"layer": layer, "signal": signal, "feature": feat, "split": split, **rep})
-                if rank is not None:
-                    rankings.append(
-                        pd.DataFrame(
-                            {"layer": layer, "signal": signal, "feature": feat, **rank}, columns=RANKING_COLUMNS
-                        )
+    # One BLAS thread: the fits are many small solves (<= max_rows x units) where a second OpenBLAS thread
+    # buys little on an idle machine and costs 5-17x on a busy one (threads spin-waiting for a core).
+    with threadpool_limits(limits=1, user_api="blas"):
+        for layer in names:
+            rows = layer_rows(trace, layer, features, chunk_sequences=chunk_sequences)
+            take = subsample(rows.total, max_rows, random_state)
+            frow = np.concatenate([fr for _, _, fr in rows.chunks]) if rows.chunks else np.empty(0, np.int64)
+            if take is not None:
+                frow = frow[take]
+            seqs = features["sequence"].to_numpy(np.int64)[frow]
+            steps = features["step"].to_numpy(np.int64)[frow]
+            is_test, split = split_by_sequence(seqs, steps, test_size=test_size, random_state=random_state)
+            types, control_by = _types(trace, rows, take, fmat, frow)
+            for signal in per_layer[layer]:
+                x = _gather(trace[layer][signal], rows, take)
+                for j, feat in enumerate(fnames):
+                    rep, rank = _probe_one(
+                        x, fmat[frow, j], is_test, kinds[feat], params, types, control_by, j, random_state, top_k
                     )
-            done += 1
-            if progress is not None:
-                progress(done, total)
+                    reports.append({"layer": layer, "signal": signal, "feature": feat, "split": split, **rep})
+                    if rank is not None:
+                        rankings.append(
+                            pd.DataFrame(
+                                {"layer": layer, "signal": signal, "feature": feat, **rank}, columns=RANKING_COLUMNS
+                            )
+                        )
+                done += 1
+                if progress is not None:
+                    progress(done, total)
     report = pd.DataFrame(reports, columns=REPORT_COLUMNS)
     ranking = pd.concat(rankings, ignore_index=True) if rankings else pd.DataFrame({c: [] for c in RANKING_COLUMNS})
     return ProbeResults(report, ranking)
