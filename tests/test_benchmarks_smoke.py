@@ -1,0 +1,90 @@
+"""The benchmark scripts still run: each with --quick (tiny sizes) exits 0 and prints its Markdown table.
+
+Nothing about speed is asserted (benchmarks are measured, not asserted); this only keeps the scripts
+from rotting as the code they measure changes. Both run at once, as real subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = {
+    "extract": (["--quick"], "| model | method | seconds | x predict |"),
+    "analysis": (["--quick", "--profile-steps"], "| N (sequences) | run on disk (MiB) | analyze s | peak RSS (MiB) "),
+}
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _rows(out: str, header: str) -> list[list[str]]:
+    """Cells of the data rows of the Markdown table whose header line starts with ``header``."""
+    lines = out.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(header)), None)
+    assert start is not None, f"no table starting {header!r} in:\n{out}"
+    width = len(_cells(lines[start]))
+    assert set(lines[start + 1]) <= set("|-:") and len(_cells(lines[start + 1])) == width, lines[start + 1]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(_cells(line))
+        assert len(rows[-1]) == width, f"row with {len(rows[-1])} cells under a {width}-column header: {line}"
+    return rows
+
+
+@pytest.fixture(scope="module")
+def outputs() -> dict[str, subprocess.CompletedProcess]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (args, _) in SCRIPTS.items()
+    }
+    done = {}
+    for name, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return done
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_benchmark_quick_runs_and_prints_a_table(outputs, name):
+    res = outputs[name]
+    assert res.returncode == 0, f"benchmarks/{name}.py --quick exited {res.returncode}:\n{res.stderr[-3000:]}"
+    rows = _rows(res.stdout, SCRIPTS[name][1])
+    assert rows, res.stdout
+    for row in rows:
+        assert any(re.fullmatch(r"-?[\d,]+(\.\d+)?", c) for c in row), f"a table row without numbers: {row}"
+
+
+def test_analysis_benchmark_measures_every_size_and_says_a_verdict(outputs):
+    out = outputs["analysis"].stdout
+    rows = _rows(out, SCRIPTS["analysis"][1])
+    assert [r[0] for r in rows] == ["4 (1x)", "8 (2x)"], rows
+    for row in rows:
+        peak, baseline = float(row[3]), float(row[4])
+        assert peak >= baseline > 0, row  # the analysis cannot need less than its own start-up
+    assert re.search(r"^verdict: .*N grows 2x", out, re.M), out
+    steps = _rows(out, "| step | seconds")
+    from analysis.pipeline import STEPS
+
+    assert [r[0] for r in steps] == ["open_run", *STEPS, "save_analysis"], steps
