@@ -46,7 +46,7 @@ Examples
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -205,22 +205,36 @@ def detect_events(
         "forget_high": forget_high, "forget_low": forget_low,
         "write_threshold": write_threshold, "read_threshold": read_threshold,
     }  # fmt: skip
-    frames = []
+    frames = [df for _, _, df in _event_chunks(trace, layers, events, thresholds, chunk)]
+    if not frames:
+        return _empty_events()
+    return pd.concat(frames, ignore_index=True)[EVENT_COLUMNS]
+
+
+def _empty_events() -> pd.DataFrame:
+    return pd.DataFrame(
+        {c: pd.Series(dtype=object if c in ("layer", "event", "token") else float) for c in EVENT_COLUMNS}
+    )
+
+
+def _event_chunks(
+    trace: Trace, layers: Any, events: Sequence[str], thresholds: dict[str, float], chunk: int
+) -> Iterator[tuple[str, slice, pd.DataFrame]]:
+    """(layer, rows, events of those rows ordered by sequence, step, unit, event), one chunk at a time.
+
+    Sequence is the first sort key and chunks are consecutive, so the chunks in turn are in the
+    global order of :func:`detect_events`.
+    """
     for name in select_layers(trace, layers):
         lt = trace[name]
-        layer_frames = []
         for rows in iter_chunks(lt.shape[0], chunk):
-            layer_frames += _layer_events(trace, lt, rows, thresholds, events)
-        if layer_frames:
-            df = pd.concat(layer_frames, ignore_index=True)
+            chunk_frames = _layer_events(trace, lt, rows, thresholds, events)
+            if not chunk_frames:
+                continue
+            df = pd.concat(chunk_frames, ignore_index=True)
             rank = df["event"].map({"forget": 0, "write": 1, "read": 2})
             order = np.lexsort((rank, df["unit"], df["step"], df["sequence"]))
-            frames.append(df.iloc[order])
-    if not frames:
-        return pd.DataFrame(
-            {c: pd.Series(dtype=object if c in ("layer", "event", "token") else float) for c in EVENT_COLUMNS}
-        )
-    return pd.concat(frames, ignore_index=True)[EVENT_COLUMNS]
+            yield name, rows, df.iloc[order].reset_index(drop=True)[EVENT_COLUMNS]
 
 
 def _eligible(lt: LayerTrace, rows: Any) -> np.ndarray:
@@ -428,6 +442,28 @@ def summarize_events(
     """
     lift = event_token_lift(events, trace, chunk=chunk)
     shift = event_feature_shift(events, trace, chunk=chunk)
+    agg = None
+    if len(events):
+        driven = (events["delta_input"].abs() > events["delta_recurrent"].abs()).astype(float)
+        agg = (
+            events.assign(_driven=driven.to_numpy())
+            .groupby(["layer", "unit", "event"])
+            .agg(count=("step", "size"), input_driven=("_driven", "mean"))
+        )
+    return _summary_table(trace, layers, agg, lift, shift, top, min_count, chunk)
+
+
+def _summary_table(
+    trace: Trace,
+    layers: Sequence[str] | str | None,
+    agg: pd.DataFrame | None,
+    lift: pd.DataFrame,
+    shift: pd.DataFrame,
+    top: int,
+    min_count: int,
+    chunk: int,
+) -> pd.DataFrame:
+    """The rows of :func:`summarize_events` from ``agg`` ((layer, unit, event) -> count, input_driven) and the tables."""
     frames = []
     for name in select_layers(trace, layers):
         lt = trace[name]
@@ -437,16 +473,9 @@ def summarize_events(
         u = lt.info.units
         n_eligible = sum(int(_eligible(lt, rows).sum()) for rows in iter_chunks(lt.shape[0], chunk))
         grid = pd.DataFrame({"layer": name, "unit": np.repeat(np.arange(u), len(kinds)), "event": kinds * u})
-        ev = events[events["layer"] == name] if not events.empty else events
-        if len(ev):
-            driven = (ev["delta_input"].abs() > ev["delta_recurrent"].abs()).astype(float)
-            agg = (
-                ev.assign(_driven=driven.to_numpy())
-                .groupby(["unit", "event"])
-                .agg(count=("step", "size"), input_driven=("_driven", "mean"))
-                .reset_index()
-            )
-            grid = grid.merge(agg, on=["unit", "event"], how="left")
+        layer_agg = agg.xs(name, level="layer") if agg is not None and name in agg.index.get_level_values(0) else None
+        if layer_agg is not None and len(layer_agg):
+            grid = grid.merge(layer_agg.reset_index(), on=["unit", "event"], how="left")
         else:
             grid["count"], grid["input_driven"] = 0, 0.0
         grid["count"] = grid["count"].fillna(0).astype(np.int64)
@@ -483,3 +512,156 @@ def _top_strings(table: pd.DataFrame, layer: str, grid: pd.DataFrame, top: int, 
     )
     keys = list(zip(grid["unit"], grid["event"]))
     return [joined.get(k, "") for k in keys]
+
+
+def iter_events(
+    trace: Trace,
+    *,
+    layers: Sequence[str] | str | None = None,
+    events: Sequence[str] = ("forget", "write", "read"),
+    forget_high: float = 0.9,
+    forget_low: float = 0.5,
+    write_threshold: float = 0.5,
+    read_threshold: float = 0.5,
+    chunk: int = 256,
+    summary: EventSummaryBuilder | None = None,
+) -> Iterator[pd.DataFrame]:
+    """The rows of :func:`detect_events`, one chunk of sequences of one layer at a time (memory bounded by ``chunk``).
+
+    The frames, concatenated in turn, are :func:`detect_events` (same arguments). Chunks without events
+    are not yielded. ``summary``, when given, is fed every chunk (see :class:`EventSummaryBuilder`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
+    >>> sig = {s: np.zeros((3, 5, 1), np.float32) for s in info.signals}
+    >>> sig["forget_gate"][:, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
+    >>> lt = LayerTrace(info, sig, mask=np.ones((3, 5), bool), inputs=np.zeros((3, 5, 1), np.float32))
+    >>> [len(df) for df in iter_events(Trace({"lstm": lt}), events=["forget"], chunk=2)]
+    [4, 2]
+    """
+    _check_thresholds(forget_high, forget_low, write_threshold, read_threshold)
+    unknown = sorted(set(events) - {"forget", "write", "read"})
+    if unknown:
+        raise ValueError(f"unknown event type(s) {unknown}; expected forget, write or read")
+    thresholds = {
+        "forget_high": forget_high, "forget_low": forget_low,
+        "write_threshold": write_threshold, "read_threshold": read_threshold,
+    }  # fmt: skip
+    for name, rows, df in _event_chunks(trace, layers, events, thresholds, chunk):
+        if summary is not None:
+            summary.add(df, name, rows)
+        yield df
+
+
+class EventSummaryBuilder:
+    """:func:`summarize_events` built up from chunks of events (memory bounded by units, tokens and features).
+
+    Feed it every chunk of :func:`iter_events` (``iter_events(..., summary=builder)``), then call
+    :meth:`result`. The counts, rates and token lifts equal :func:`summarize_events` on the concatenated
+    events; ``input_driven`` and the feature means are sums over chunks divided by counts.
+
+    Parameters
+    ----------
+    trace : Trace
+    layers, top, min_count, chunk
+        As for :func:`summarize_events`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
+    >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
+    >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
+    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 5), bool), inputs=np.zeros((1, 5, 1), np.float32))
+    >>> trace = Trace({"lstm": lt}, tokens=np.array([[1, 2, 1, 1, 2]]), vocabulary=["", "a", ";"])
+    >>> b = EventSummaryBuilder(trace)
+    >>> _ = list(iter_events(trace, summary=b))
+    >>> b.result().equals(summarize_events(detect_events(trace), trace))
+    True
+    """
+
+    def __init__(
+        self,
+        trace: Trace,
+        *,
+        layers: Sequence[str] | str | None = None,
+        top: int = 5,
+        min_count: int = 2,
+        chunk: int = 256,
+    ) -> None:
+        self.trace, self.layers, self.top, self.min_count, self.chunk = trace, layers, top, min_count, chunk
+        self._counts: pd.DataFrame | None = None  # (layer, unit, event) -> count, driven
+        self._tokens: pd.Series | None = None  # (layer, unit, event, token) -> count
+        self._x: pd.DataFrame | None = None  # (layer, unit, event) -> per-feature sums
+
+    @staticmethod
+    def _acc(total: Any, part: Any) -> Any:
+        return part if total is None else total.add(part, fill_value=0)
+
+    def add(self, ev: pd.DataFrame, layer: str, rows: slice) -> None:
+        """Add one chunk of events of ``layer`` (sequences ``rows``)."""
+        if ev.empty:
+            return
+        keys = [ev["layer"], ev["unit"], ev["event"]]
+        driven = (ev["delta_input"].abs() > ev["delta_recurrent"].abs()).astype(float)
+        part = pd.DataFrame({"count": 1, "driven": driven.to_numpy()}, index=ev.index).groupby(keys).sum()
+        self._counts = self._acc(self._counts, part)
+        if self.trace.tokens is not None:
+            self._tokens = self._acc(self._tokens, ev.groupby([*keys, ev["token"]]).size())
+        if self.trace.x is not None:
+            x = read(self.trace.x, rows)
+            values = x[ev["sequence"].to_numpy() - rows.start, ev["step"].to_numpy()].astype(np.float64)
+            self._x = self._acc(self._x, pd.DataFrame(values, index=ev.index).groupby(keys).sum())
+
+    def result(self) -> pd.DataFrame:
+        """The summary table (columns and meaning as :func:`summarize_events`)."""
+        counts = self._counts
+        lift_frames, shift_frames = [], []
+        if counts is not None:
+            counts = counts.sort_index()
+            for layer in counts.index.get_level_values(0).unique():
+                n_eligible, base, feats = _base_rates(self.trace, str(layer), self.chunk)
+                if self._tokens is not None and base is not None:
+                    c = self._tokens.sort_index().loc[layer].rename("count").reset_index()
+                    c.columns = ["unit", "event", "token", "count"]
+                    c["count"] = c["count"].astype(np.int64)
+                    totals = c.groupby(["unit", "event"])["count"].transform("sum")
+                    c["share"] = c["count"] / totals
+                    c["base_share"] = c["token"].map(base).to_numpy(float) / n_eligible
+                    c["lift"] = c["share"] / c["base_share"]
+                    c.insert(0, "layer", layer)
+                    lift_frames.append(c)
+                if self._x is not None and feats is not None:
+                    sums = self._x.sort_index().loc[layer]
+                    n = counts.loc[layer, "count"].reindex(sums.index).to_numpy(float)
+                    means = pd.DataFrame(sums.to_numpy() / n[:, None], index=sums.index, columns=feats["feature"])
+                    m = means.stack().rename("mean_at_events").reset_index()
+                    m.columns = ["unit", "event", "feature", "mean_at_events"]
+                    m = m.merge(feats, on="feature")
+                    m = m[m["std"] > 0]
+                    m["z"] = (m["mean_at_events"] - m["mean"]) / m["std"]
+                    m.insert(0, "layer", layer)
+                    shift_frames.append(m)
+        lift = (
+            pd.concat(lift_frames, ignore_index=True)
+            .sort_values(["layer", "unit", "event", "lift", "count"], ascending=[True, True, True, False, False])[
+                LIFT_COLUMNS
+            ]
+            .reset_index(drop=True)
+            if lift_frames
+            else pd.DataFrame(columns=LIFT_COLUMNS)
+        )
+        shift = pd.concat(shift_frames, ignore_index=True) if shift_frames else pd.DataFrame(columns=SHIFT_COLUMNS)
+        shift = (
+            shift.assign(_abs=shift["z"].abs())
+            .sort_values(["layer", "unit", "event", "_abs"], ascending=[True, True, True, False])[SHIFT_COLUMNS]
+            .reset_index(drop=True)
+        )
+        agg = None
+        if counts is not None:
+            agg = counts.assign(input_driven=counts["driven"] / counts["count"])[["count", "input_driven"]]
+        return _summary_table(self.trace, self.layers, agg, lift, shift, self.top, self.min_count, self.chunk)

@@ -36,6 +36,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -78,6 +79,11 @@ class Analysis:
     clusters : :func:`analysis.clusters.cluster_units`
     skipped : dict of str to str
         Step name -> why it was skipped.
+    events_file : str, optional
+        Set when :func:`analyze` streamed the events to a Parquet file (its ``events_path``) instead of
+        keeping them in memory: ``events`` is then an empty frame with the event columns, and
+        :func:`save_analysis` moves this file into place as ``events.parquet``
+        (:func:`load_analysis` reads it back into ``events``).
     """
 
     units: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -92,11 +98,12 @@ class Analysis:
     probes: pd.DataFrame = field(default_factory=pd.DataFrame)
     clusters: pd.DataFrame = field(default_factory=pd.DataFrame)
     skipped: dict[str, str] = field(default_factory=dict)
+    events_file: str | None = None
 
     @classmethod
     def tables(cls) -> tuple[str, ...]:
         """Names of the DataFrame attributes, in order."""
-        return tuple(f.name for f in fields(cls) if f.name != "skipped")
+        return tuple(f.name for f in fields(cls) if f.name not in ("skipped", "events_file"))
 
 
 def _observed_tokens(trace: Trace, layer: str, chunk: int) -> np.ndarray:
@@ -116,6 +123,7 @@ def analyze(
     steps: Sequence[str] = STEPS,
     chunk: int = 256,
     max_lag: int = 50,
+    events_path: str | os.PathLike | None = None,
 ) -> Analysis:
     """Run the analysis of ``trace`` (see the module docstring).
 
@@ -133,6 +141,10 @@ def analyze(
         Sequences read at a time.
     max_lag : int
         Longest lag of the retention curves.
+    events_path : path, optional
+        Stream the events, a chunk at a time, to this Parquet file instead of keeping them in memory
+        (memory bounded by ``chunk``, not by the number of sequences): ``Analysis.events`` is then empty
+        and ``Analysis.events_file`` names the file, which :func:`save_analysis` moves into the run.
 
     Returns
     -------
@@ -183,8 +195,12 @@ def analyze(
         elif step == "events":
             from analysis.events import detect_events, summarize_events
 
-            result.events = detect_events(trace, chunk=chunk)
-            result.event_summary = summarize_events(result.events, trace, chunk=chunk)
+            if events_path is None:
+                result.events = detect_events(trace, chunk=chunk)
+                result.event_summary = summarize_events(result.events, trace, chunk=chunk)
+            else:
+                result.events, result.event_summary = _stream_events(trace, Path(events_path), chunk)
+                result.events_file = str(events_path)
         elif step == "token_gates":
             from analysis.decompose import token_gate_table
 
@@ -223,6 +239,43 @@ def analyze(
             progress(done, len(todo))
     log.info("analysis of %d layer(s) took %.2f s", len(trace.layers), time.perf_counter() - started)
     return result
+
+
+def _stream_events(trace: Trace, path: Path, chunk: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write the events of ``trace`` to ``path`` a chunk at a time; (empty events frame, event summary)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from analysis.events import EventSummaryBuilder, _empty_events, iter_events
+
+    empty = _empty_events()
+    builder = EventSummaryBuilder(trace, chunk=chunk)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    try:
+        for df in iter_events(trace, chunk=chunk, summary=builder):
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table.cast(writer.schema))
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        path.unlink(missing_ok=True)
+        raise
+    if writer is None:
+        empty.to_parquet(path, index=False)
+    else:
+        writer.close()
+    return empty, builder.result()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _skip(result: Analysis, step: str, why: str) -> None:
@@ -271,6 +324,13 @@ def save_analysis(analysis: Analysis, run_dir: str | os.PathLike) -> Path:
     (out / INDEX).unlink(missing_ok=True)
     files = {}
     for name in Analysis.tables():
+        if name == "events" and analysis.events_file is not None:
+            target = out / "events.parquet"
+            if Path(analysis.events_file).resolve() != target.resolve():
+                shutil.move(analysis.events_file, target)  # a rename when on the same file system
+                analysis.events_file = str(target)
+            files[name] = {"file": target.name, "sha256": _file_sha256(target)}
+            continue
         data = _parquet_bytes(getattr(analysis, name))
         atomic_write_bytes(out / f"{name}.parquet", data)
         files[name] = {"file": f"{name}.parquet", "sha256": hashlib.sha256(data).hexdigest()}

@@ -140,12 +140,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from analysis.pipeline import analyze, save_analysis
-    from analysis.store import open_run
+    from analysis.store import ANALYSIS_DIR, open_run
 
     trace = open_run(args.run)
-    result = analyze(trace, features=args.features, progress=ProgressBar("analyze"))
+    # events stream to disk a chunk at a time (memory bounded by the chunk, not the number of sequences)
+    partial = Path(args.run) / ANALYSIS_DIR / ".events.partial.parquet"
+    result = analyze(trace, features=args.features, progress=ProgressBar("analyze"), events_path=partial)
     where = save_analysis(result, args.run)
-    tables = ", ".join(f"{name} ({len(getattr(result, name))} rows)" for name in result.tables())
+    rows = {name: len(getattr(result, name)) for name in result.tables()}
+    if result.events_file is not None:
+        import pyarrow.parquet as pq
+
+        rows["events"] = pq.ParquetFile(result.events_file).metadata.num_rows
+    tables = ", ".join(f"{name} ({n} rows)" for name, n in rows.items())
     print(f"analysed {args.run} -> {where}: {tables}")
     for step, why in result.skipped.items():
         print(f"  skipped {step}: {why}")
