@@ -244,15 +244,17 @@ def _scan(
             m = read_mask(lt, rows)
             if not m.any():
                 continue
-            values = {s: read(lt[s], rows)[m] for s in signals}
-            for s in signals:
-                mom[s].update(values[s])
-            for s, (pre, act) in activated.items():
-                slope = activation_slope(act, values[pre])
-                top = max_slope(act)
-                curve[s][0] += (slope <= saturated_slope * top).sum(axis=0)
-                curve[s][1] += (slope >= linear_slope * top).sum(axis=0)
-                curve[s][2] += slope.sum(axis=0)
+            for sig in signals:  # one signal at a time: memory bounded by one (chunk, T, units) array
+                values = read(lt[sig], rows)[m]
+                mom[sig].update(values)
+                for s, (pre, act) in activated.items():
+                    if pre != sig:
+                        continue
+                    slope = activation_slope(act, values)
+                    top = max_slope(act)
+                    curve[s][0] += (slope <= saturated_slope * top).sum(axis=0)
+                    curve[s][1] += (slope >= linear_slope * top).sum(axis=0)
+                    curve[s][2] += slope.sum(axis=0)
         n = mom[signals[0]].n
         if n == 0:
             raise ValueError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
