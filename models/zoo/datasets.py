@@ -407,6 +407,6 @@ if __name__ == "__main__":  # pragma: no cover - development helper: python -m m
 
     what = sys.argv[1:] or ["corpus", "series"]
     if "corpus" in what:
-        print(json.dumps(build_corpus(), indent=2))
+        sys.stdout.write(json.dumps(build_corpus(), indent=2) + "\n")
     if "series" in what:
-        print(json.dumps(build_series(), indent=2))
+        sys.stdout.write(json.dumps(build_series(), indent=2) + "\n")
