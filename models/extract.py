@@ -269,14 +269,12 @@ class Extractor:
                 if init is not None:
                     h = len(init) // 2
                     inits = [init[:h], init[h:]]
-                results = {}
-                for d, ref, st in zip([layer.forward_layer, layer.backward_layer], [fwd_ref, bwd_ref], inits):
-                    dd = next((x for x in self._by_layer[id(layer)] if x.rnn is d), None)
-                    results[id(d)] = run_direction(dd, seq, mask, ref, st, emb)
-                rf, rb = results[id(layer.forward_layer)], results[id(layer.backward_layer)]
-                if parts is not None:
-                    ef = error(rf["_h_proc"], rf["_mask_proc"], parts[0] if seqs else parts[0], not seqs)
-                    eb = error(rb["_h_proc"], rb["_mask_proc"], rev(parts[1]) if seqs else parts[1], not seqs)
+                fwd_d, bwd_d = self._by_layer[id(layer)]  # built in this order in __init__
+                rf = run_direction(fwd_d, seq, mask, fwd_ref, inits[0], emb)
+                rb = run_direction(bwd_d, seq, mask, bwd_ref, inits[1], emb)
+                if parts is not None:  # concat or None: each direction against its own half
+                    ef = error(rf["_h_proc"], rf["_mask_proc"], parts[0], not seqs)
+                    eb = error(rb["_h_proc"], rb["_mask_proc"], bwd_ref if seqs else parts[1], not seqs)
                 else:
                     hf = rf["hidden_state"] if seqs else rf["_h_proc"][:, -1]
                     hb = rb["hidden_state"] if seqs else rb["_h_proc"][:, -1]
@@ -286,8 +284,7 @@ class Extractor:
                     if seqs:
                         diff = tf.where(rf["mask"][..., None], diff, 0.0)
                     ef = eb = tf.stack([tf.reduce_max(diff), tf.reduce_max(diff / (1.0 + tf.abs(yf)))])
-                for d, r, e in ((layer.forward_layer, rf, ef), (layer.backward_layer, rb, eb)):
-                    dd = next(x for x in self._by_layer[id(layer)] if x.rnn is d)
+                for dd, r, e in ((fwd_d, rf, ef), (bwd_d, rb, eb)):
                     if dd.name in self._wanted:
                         r["error"] = e
                         captures[dd.name] = r

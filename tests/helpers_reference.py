@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from analysis.signals import GRU_SIGNALS, LSTM_SIGNALS
 from analysis.trace import LayerInfo, LayerTrace, Trace
 
 
@@ -107,18 +108,7 @@ def reference_lstm_trace(
     W, U, b = kernel.astype(np.float64), recurrent_kernel.astype(np.float64), bias.astype(np.float64)
     a, ra = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
     n, t_len = mask.shape
-    names = (
-        "input_gate",
-        "forget_gate",
-        "candidate",
-        "output_gate",
-        "cell_state",
-        "hidden_state",
-        "input_gate_pre",
-        "forget_gate_pre",
-        "candidate_pre",
-        "output_gate_pre",
-    )
+    names = LSTM_SIGNALS
     out = {s: np.zeros((n, t_len, units)) for s in names}
     order = range(t_len - 1, -1, -1) if go_backwards else range(t_len)
     for s in range(n):
@@ -183,15 +173,7 @@ def reference_gru_trace(
     b_in, b_rec = (b[0], b[1]) if reset_after else (b, np.zeros(3 * units))
     a, ra = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
     n, t_len = mask.shape
-    names = (
-        "update_gate",
-        "reset_gate",
-        "candidate",
-        "hidden_state",
-        "update_gate_pre",
-        "reset_gate_pre",
-        "candidate_pre",
-    )
+    names = GRU_SIGNALS
     out = {s: np.zeros((n, t_len, units)) for s in names}
     order = range(t_len - 1, -1, -1) if go_backwards else range(t_len)
     sl = [slice(0, units), slice(units, 2 * units), slice(2 * units, 3 * units)]
