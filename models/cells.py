@@ -9,7 +9,13 @@ Two ways to get the previous hidden state ``h_{t-1}``:
 * ``h_ref`` given -- *teacher-forced*: ``h_{t-1}`` is taken from the layer's own Keras output, so
   all gates of all steps come from one batched matrix product. Only the LSTM cell state, a
   linear recurrence, still needs a (cheap, element-wise) scan. The recomputed hidden state is
-  then compared with Keras's output exactly as in the free-running case.
+  then compared with Keras's output exactly as in the free-running case. This path runs in
+  float64 (from the float32 weights, inputs and Keras states) and is rounded once when stored,
+  so the exact decompositions of :mod:`analysis.decompose` sum back to the stored float32
+  signals to their own rounding (a float32 matrix product over 100-200 terms is off by several
+  units in the last place at large pre-activations). The LSTM cell state is the float64
+  recurrence of the gates *as they will be stored*. The free-running path stays in float32, in
+  Keras's own order of operations, because it is compared step by step with Keras.
 
 Equations (Keras 3, ``keras/src/layers/rnn/{lstm,gru,simple_rnn}.py``):
 
@@ -25,7 +31,7 @@ Masked steps carry the state unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import tensorflow as tf
@@ -43,6 +49,25 @@ class CellWeights:
     activation: Any
     recurrent_activation: Any  # None for SimpleRNN
     reset_after: bool = False
+
+
+def _f64(t: tf.Tensor) -> tf.Tensor:
+    return tf.cast(t, tf.float64)
+
+
+def _round32(t: tf.Tensor) -> tf.Tensor:
+    """``t`` rounded to float32 and back: the value that will be stored."""
+    return tf.cast(tf.cast(t, tf.float32), t.dtype)
+
+
+def _float64(w: CellWeights) -> CellWeights:
+    """The same cell with float64 weights (activations are dtype-generic)."""
+    return replace(
+        w,
+        kernel=_f64(w.kernel),
+        recurrent_kernel=_f64(w.recurrent_kernel),
+        bias=None if w.bias is None else _f64(w.bias),
+    )
 
 
 def _split(z: tf.Tensor, k: int) -> list[tf.Tensor]:
@@ -106,14 +131,19 @@ def run_lstm(
 
         z0 = tf.zeros(tf.concat([tf.shape(x)[:1], tf.shape(w.kernel)[1:]], 0), x.dtype)
         h, c, z = _scan_time(step, (x, m), (h0, c0, z0))
-    else:
-        h_prev = previous_states(h_ref, mask, h0)
+    else:  # teacher-forced, in float64 (see module docstring)
+        w = _float64(w)
+        x, h0, c0 = _f64(x), _f64(h0), _f64(c0)
+        h_prev = previous_states(_f64(h_ref), mask, h0)
         z = tf.einsum("bti,ij->btj", x, w.kernel) + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
         if w.bias is not None:
             z = z + w.bias
     zi, zf, zc, zo = _split(z, 4)
     i, f, g, o = (w.recurrent_activation(zi), w.recurrent_activation(zf), w.activation(zc), w.recurrent_activation(zo))
     if h_ref is not None:
+        # The cell state is the recurrence of the gates *as stored* (rounded to float32), run in float64:
+        # then c_t = f_t c_{t-1} + i_t g_t holds for the stored values to the rounding of c itself.
+        i, f, g, o = (_round32(v) for v in (i, f, g, o))
 
         def cstep(c, inp):
             f_t, ig_t, m_t = inp
@@ -187,9 +217,11 @@ def run_gru(
         zeros = tf.zeros_like(h0)
         h, z_pre, r_pre, hh_pre = _scan_time(step, (x, m), (h0, zeros, zeros, zeros))
         z, r, hh = (w.recurrent_activation(z_pre), w.recurrent_activation(r_pre), w.activation(hh_pre))
-    else:
-        h_prev = previous_states(h_ref, mask, h0)
-        z, r, hh, h, z_pre, r_pre, hh_pre = _gru_parts(w, project(x), h_prev)
+    else:  # teacher-forced, in float64
+        w = _float64(w)
+        input_bias = None if w.bias is None else (w.bias[0] if w.reset_after else w.bias)
+        h_prev = previous_states(_f64(h_ref), mask, _f64(h0))
+        z, r, hh, h, z_pre, r_pre, hh_pre = _gru_parts(w, project(_f64(x)), h_prev)
         h = tf.where(m[..., None], h, h_prev)
     return {
         "update_gate": z,
@@ -222,8 +254,9 @@ def run_simple_rnn(
             return _carry(m_t, act(pre), h), pre
 
         h, pre = _scan_time(step, (x, m), (h0, tf.zeros_like(h0)))
-    else:
-        h_prev = previous_states(h_ref, mask, h0)
-        pre = project(x) + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
+    else:  # teacher-forced, in float64
+        w = _float64(w)
+        h_prev = previous_states(_f64(h_ref), mask, _f64(h0))
+        pre = project(_f64(x)) + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
         h = tf.where(m[..., None], act(pre), h_prev)
     return {"hidden_state": h, "hidden_state_pre": pre}

@@ -230,7 +230,7 @@ class Extractor:
 
         def error(h_proc, mask_proc, ref, last_only):
             """(max |h - ref|, max |h - ref| / (1 + |ref|)) over the compared (unmasked) steps."""
-            ref = tf.cast(ref, tf.float32)
+            ref = tf.cast(ref, h_proc.dtype)  # float64 for teacher-forced layers (see models.cells)
             h = h_proc[:, -1] if last_only else h_proc
             diff = tf.abs(h - ref)
             if mask_proc is not None and not last_only:
@@ -279,7 +279,7 @@ class Extractor:
                     hf = rf["hidden_state"] if seqs else rf["_h_proc"][:, -1]
                     hb = rb["hidden_state"] if seqs else rb["_h_proc"][:, -1]
                     merged = {"sum": hf + hb, "ave": (hf + hb) / 2, "mul": hf * hb}[layer.merge_mode]
-                    yf = tf.cast(y, tf.float32)
+                    yf = tf.cast(y, merged.dtype)
                     diff = tf.abs(merged - yf)
                     if seqs:
                         diff = tf.where(rf["mask"][..., None], diff, 0.0)
