@@ -30,7 +30,7 @@ import io
 import logging
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,6 +162,64 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """
     safe = safe_frame(df)
     return _atomic_csv(path, lambda f: safe.to_csv(f, index=False, lineterminator="\r\n"))
+
+
+def write_csv_batches(batches: Iterable[pd.DataFrame], path: str | os.PathLike, columns: Sequence[str]) -> Path:
+    """Write a table that arrives a batch at a time as one safe CSV, atomically; memory holds one batch.
+
+    The header (``columns``) first, then each batch formatted as :func:`write_csv` formats a table
+    (every batch must have these columns, in this order). Batches with the same dtypes, as Parquet
+    batches of one file have, give byte for byte the CSV that :func:`write_csv` gives for their
+    concatenation.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+    >>> parts = [pd.DataFrame({"token": ["=a"], "x": [0.5]}), pd.DataFrame({"token": ["b"], "x": [-1.0]})]
+    >>> _ = write_csv_batches(parts, p, ["token", "x"])
+    >>> p.read_bytes() == write_csv(pd.concat(parts), p.with_name("whole.csv")).read_bytes()
+    True
+    """
+    header = list(columns)
+
+    def write(f: Any) -> None:
+        safe_frame(pd.DataFrame(columns=header)).to_csv(f, index=False, lineterminator="\r\n")
+        for k, df in enumerate(batches):
+            if list(df.columns) != header:
+                raise ValueError(f"{path}: batch {k} has columns {list(df.columns)}, expected {header}")
+            safe_frame(df).to_csv(f, index=False, header=False, lineterminator="\r\n")
+
+    return _atomic_csv(path, write)
+
+
+def write_events_csv(analysis: Analysis, path: str | os.PathLike, *, batch_size: int = 65_536) -> Path:
+    """Write ``events.csv`` from the events of ``analysis``, a batch at a time (see :func:`write_csv_batches`).
+
+    Events on disk (``analysis.events_file``: a loaded or streamed analysis) are read with
+    :func:`analysis.pipeline.iter_event_batches`, so memory holds one Parquet row group or batch of
+    ``batch_size`` rows, not the table; the file is the same as :func:`write_csv` of the whole table.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from analysis.pipeline import Analysis
+    >>> a = Analysis(events=pd.DataFrame({"layer": ["-x", "y"], "unit": [0, 1]}))
+    >>> print(write_events_csv(a, pathlib.Path(tempfile.mkdtemp()) / "events.csv", batch_size=1).read_text())
+    layer,unit
+    '-x,0
+    y,1
+    <BLANKLINE>
+    """
+    from analysis.pipeline import iter_event_batches
+
+    if analysis.events_file is not None:
+        import pyarrow.parquet as pq
+
+        columns = pq.read_schema(analysis.events_file).names
+    else:
+        columns = list(analysis.events.columns)
+    return write_csv_batches(iter_event_batches(analysis, batch_size=batch_size), path, columns)
 
 
 #: Columns that hold text in the exports (everything else is numeric or bool).
@@ -384,7 +442,9 @@ def export_csvs(
     ``correlations.csv``, ``probes.csv``, ``clusters.csv``, ``events.csv``, ``event_summary.csv``,
     ``decomposition.csv`` (the per-unit gate drivers), ``token_gates.csv``, ``half_lives.csv`` and
     ``retention.csv`` (a table that is empty is written with its header only). Each file is written
-    atomically.
+    atomically. ``events.csv`` is written a batch at a time (:func:`write_events_csv`): events kept on
+    disk (:func:`analysis.pipeline.load_analysis`, or ``analyze(..., events_path=...)``) are never
+    read whole.
 
     Examples
     --------
@@ -419,7 +479,10 @@ def export_csvs(
             df = getattr(analysis, attr)
             if df is None:
                 continue
-            written[fname] = write_csv(df, out / fname)
+            if attr == "events":
+                written[fname] = write_events_csv(analysis, out / fname)
+            else:
+                written[fname] = write_csv(df, out / fname)
             done += 1
             if progress is not None:
                 progress(done, 2 + len(ANALYSIS_FILES))

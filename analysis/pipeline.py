@@ -12,6 +12,14 @@ with a logged warning and noted in ``Analysis.skipped``; its table stays empty. 
 then ``index.json`` last, listing the files with their sha256: a reader never sees a half-written
 analysis as complete); :func:`load_analysis` reads it back and checks it.
 
+The events table can be far larger than everything else (one row per event of every unit, sequence
+and step), so it is never read whole unless asked: :func:`analyze` can stream it to Parquet
+(``events_path``), :func:`load_analysis` leaves it on disk (``Analysis.events_file``, with
+``Analysis.events`` an empty frame with the event columns), and :func:`read_events` (one unit's,
+layer's or sequence range's rows, filtered by Arrow while it reads), :func:`iter_event_batches`
+(the whole table a bounded batch at a time) and :func:`count_events` read it, whether the table is in
+memory or on disk.
+
 Examples
 --------
 >>> import numpy as np, tempfile, pathlib
@@ -38,7 +46,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -56,6 +64,9 @@ Progress = Callable[[int, int], None]
 INDEX = "index.json"
 FORMAT = "gatelens-analysis"
 FORMAT_VERSION = 1
+
+#: Rows per Parquet row group of a saved events table (what a streamed read holds at once, at most).
+EVENTS_ROW_GROUP = 65_536
 
 #: The steps of :func:`analyze`, in order.
 STEPS = ("stats", "memory", "drivers", "events", "token_gates", "features", "correlations", "probes", "clusters")
@@ -80,10 +91,11 @@ class Analysis:
     skipped : dict of str to str
         Step name -> why it was skipped.
     events_file : str, optional
-        Set when :func:`analyze` streamed the events to a Parquet file (its ``events_path``) instead of
-        keeping them in memory: ``events`` is then an empty frame with the event columns, and
-        :func:`save_analysis` moves this file into place as ``events.parquet``
-        (:func:`load_analysis` reads it back into ``events``).
+        Set when the events are in a Parquet file instead of in memory: after :func:`analyze` with
+        ``events_path`` (which :func:`save_analysis` moves into place as ``events.parquet``) and after
+        :func:`load_analysis` (the run's ``events.parquet``). ``events`` is then an empty frame with
+        the event columns; read the rows with :func:`read_events` or :func:`iter_event_batches`, which
+        serve both cases.
     """
 
     units: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -257,7 +269,7 @@ def _stream_events(trace: Trace, path: Path, chunk: int) -> tuple[pd.DataFrame, 
             table = pa.Table.from_pandas(df, preserve_index=False)
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema)
-            writer.write_table(table.cast(writer.schema))
+            writer.write_table(table.cast(writer.schema), row_group_size=EVENTS_ROW_GROUP)
     except BaseException:
         if writer is not None:
             writer.close()
@@ -294,10 +306,15 @@ def _optional(module: str, name: str, result: Analysis, step: str) -> Callable[.
         return None
 
 
-def _parquet_bytes(df: pd.DataFrame) -> bytes:
+def _parquet_bytes(df: pd.DataFrame, row_group_size: int | None = None) -> bytes:
     buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
+    df.to_parquet(buf, index=False, row_group_size=row_group_size)
     return buf.getvalue()
+
+
+def _is_saved_events(path: Path) -> bool:
+    """Whether ``path`` is a run's saved events table (``RUN/analysis/events.parquet``), not a partial file."""
+    return path.name == "events.parquet" and path.parent.name == ANALYSIS_DIR
 
 
 def save_analysis(analysis: Analysis, run_dir: str | os.PathLike) -> Path:
@@ -306,6 +323,11 @@ def save_analysis(analysis: Analysis, run_dir: str | os.PathLike) -> Path:
     The previous ``index.json`` is removed first, each table is written atomically, and the new
     index (with each file's sha256) is written last: an interrupted save leaves no index, which
     :func:`load_analysis` reports, never a mix of old and new tables presented as complete.
+
+    Events on disk (``analysis.events_file``) are not read into memory: the partial file that
+    :func:`analyze` streamed is moved into place (a rename on the same file system), and another
+    run's saved ``events.parquet`` (an analysis from :func:`load_analysis`) is copied, leaving that
+    run intact. Events in memory are written in row groups of :data:`EVENTS_ROW_GROUP` rows.
 
     Returns
     -------
@@ -325,13 +347,22 @@ def save_analysis(analysis: Analysis, run_dir: str | os.PathLike) -> Path:
     files = {}
     for name in Analysis.tables():
         if name == "events" and analysis.events_file is not None:
-            target = out / "events.parquet"
-            if Path(analysis.events_file).resolve() != target.resolve():
-                shutil.move(analysis.events_file, target)  # a rename when on the same file system
+            source, target = Path(analysis.events_file), out / "events.parquet"
+            if source.resolve() != target.resolve():
+                if _is_saved_events(source):  # another run's table: copy, then rename into place
+                    tmp = out / f".events.copy-{os.getpid()}.parquet"
+                    try:
+                        shutil.copyfile(source, tmp)
+                        os.replace(tmp, target)
+                    except BaseException:
+                        tmp.unlink(missing_ok=True)
+                        raise
+                else:
+                    shutil.move(source, target)  # a rename when on the same file system
                 analysis.events_file = str(target)
             files[name] = {"file": target.name, "sha256": _file_sha256(target)}
             continue
-        data = _parquet_bytes(getattr(analysis, name))
+        data = _parquet_bytes(getattr(analysis, name), EVENTS_ROW_GROUP if name == "events" else None)
         atomic_write_bytes(out / f"{name}.parquet", data)
         files[name] = {"file": f"{name}.parquet", "sha256": hashlib.sha256(data).hexdigest()}
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "tables": files, "skipped": dict(analysis.skipped)}
@@ -343,6 +374,11 @@ def save_analysis(analysis: Analysis, run_dir: str | os.PathLike) -> Path:
 def load_analysis(run_dir: str | os.PathLike) -> Analysis:
     """Read the tables that :func:`save_analysis` wrote under ``RUN/analysis/``.
 
+    Every table is read into memory but the events, which stay on disk: ``events_file`` names the
+    run's ``events.parquet`` and ``events`` is an empty frame with its columns (read the rows with
+    :func:`read_events`, :func:`iter_event_batches` or :func:`count_events`). Every file, the events
+    included, is checked against its sha256 in the index (the events a block at a time).
+
     Raises
     ------
     analysis.store.RunStoreError
@@ -353,8 +389,9 @@ def load_analysis(run_dir: str | os.PathLike) -> Analysis:
     >>> import tempfile
     >>> run = tempfile.mkdtemp()
     >>> _ = save_analysis(Analysis(skipped={"probes": "not run"}), run)
-    >>> load_analysis(run).skipped
-    {'probes': 'not run'}
+    >>> loaded = load_analysis(run)
+    >>> loaded.skipped, loaded.events_file is not None, loaded.events.empty
+    ({'probes': 'not run'}, True, True)
     """
     out = Path(run_dir) / ANALYSIS_DIR
     index = out / INDEX
@@ -374,12 +411,173 @@ def load_analysis(run_dir: str | os.PathLike) -> Analysis:
             continue
         path = out / entry["file"]
         try:
-            data = path.read_bytes()
+            if name == "events":  # hashed a block at a time, left on disk
+                data = None
+                digest = _file_sha256(path)
+            else:
+                data = path.read_bytes()
+                digest = hashlib.sha256(data).hexdigest()
         except OSError as e:
             raise RunStoreError(
                 f"{path}: missing analysis table ({e.strerror}); run `gatelens analyze` again"
             ) from None
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        if digest != entry["sha256"]:
             raise RunStoreError(f"{path}: does not match its checksum in {INDEX}; run `gatelens analyze` again")
-        setattr(result, name, pd.read_parquet(io.BytesIO(data)))
+        if data is None:
+            result.events = _events_schema(path).empty_table().to_pandas()
+            result.events_file = str(path)
+        else:
+            setattr(result, name, pd.read_parquet(io.BytesIO(data)))
     return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading the events table (in memory or on disk) without holding all of it
+
+
+def _events_schema(path: str | os.PathLike) -> Any:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path)
+    except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+        raise RunStoreError(f"{path}: unreadable events table ({e})") from None
+
+
+def _as_list(value: Any, kind: type, what: str) -> list[Any] | None:
+    if value is None:
+        return None
+    values = [value] if isinstance(value, (str, int, np.integer)) else list(value)
+    try:
+        return [kind(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be {kind.__name__} or a list of them, got {value!r}") from None
+
+
+def read_events(
+    analysis: Analysis,
+    *,
+    layer: str | Sequence[str] | None = None,
+    unit: int | Sequence[int] | None = None,
+    sequences: int | Sequence[int] | range | None = None,
+    event: str | Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The events of ``analysis`` that match every filter given, read from disk or memory.
+
+    When the events are on disk (``analysis.events_file``) Arrow applies the filters while it reads
+    the Parquet file, a batch at a time, skipping row groups whose statistics exclude them (one
+    layer's or a range of sequences' rows): memory holds the matching rows, not the table. With no
+    filter this reads the whole table; to go through all of it use :func:`iter_event_batches`.
+
+    Parameters
+    ----------
+    analysis : Analysis
+    layer : str or list of str, optional
+    unit : int or list of int, optional
+    sequences : int, list of int or range, optional
+    event : {"forget", "write", "read"} or a list of them, optional
+    columns : list of str, optional
+        Default all (:data:`analysis.events.EVENT_COLUMNS`).
+
+    Returns
+    -------
+    DataFrame
+        The rows in the table's order (layer, sequence, step, unit, event), index from 0.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile
+    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
+    >>> sig = {s: np.zeros((1, 4, 2), np.float32) for s in info.signals}
+    >>> sig["forget_gate"][0] = [[0.95, 0.95], [0.2, 0.95], [0.95, 0.95], [0.95, 0.3]]
+    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 4), bool), inputs=np.zeros((1, 4, 1), np.float32))
+    >>> run = tempfile.mkdtemp()
+    >>> _ = save_analysis(analyze(Trace({"lstm": lt}), steps=("events",)), run)
+    >>> a = load_analysis(run)
+    >>> read_events(a, unit=1, event="forget")[["layer", "step", "unit", "value"]]
+      layer  step  unit  value
+    0  lstm     3     1    0.3
+    >>> count_events(a)
+    2
+    """
+    layers = _as_list(layer, str, "layer")
+    units = _as_list(unit, int, "unit")
+    kinds = _as_list(event, str, "event")
+    seq_range = sequences if isinstance(sequences, range) and sequences.step == 1 else None
+    seqs = None if seq_range is not None else _as_list(sequences, int, "sequences")
+    cols = None if columns is None else list(columns)
+    if analysis.events_file is None:
+        df = analysis.events
+        if df.empty:  # also a frame with no columns (the events step did not run)
+            return (df if cols is None else df.reindex(columns=cols)).reset_index(drop=True)
+        keep = np.ones(len(df), bool)
+        for col, values in (("layer", layers), ("unit", units), ("event", kinds), ("sequence", seqs)):
+            if values is not None:
+                keep &= df[col].isin(values).to_numpy()
+        if seq_range is not None:
+            keep &= ((df["sequence"] >= seq_range.start) & (df["sequence"] < seq_range.stop)).to_numpy()
+        out = df[keep] if cols is None else df.loc[keep, cols]
+        return out.reset_index(drop=True)
+
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    expr = None
+    for col, values in (("layer", layers), ("unit", units), ("event", kinds), ("sequence", seqs)):
+        if values is not None:
+            term = pc.field(col).isin(values)
+            expr = term if expr is None else expr & term
+    if seq_range is not None:
+        term = (pc.field("sequence") >= seq_range.start) & (pc.field("sequence") < seq_range.stop)
+        expr = term if expr is None else expr & term
+    table = pads.dataset(analysis.events_file, format="parquet").to_table(columns=cols, filter=expr)
+    return table.to_pandas()
+
+
+def iter_event_batches(
+    analysis: Analysis, *, batch_size: int = EVENTS_ROW_GROUP, columns: Sequence[str] | None = None
+) -> Iterator[pd.DataFrame]:
+    """The whole events table of ``analysis``, in its order, as DataFrames of at most ``batch_size`` rows.
+
+    On disk, the Parquet file is read a batch at a time (``pyarrow.parquet.ParquetFile.iter_batches``):
+    memory holds a row group or a batch, never the table. Every batch has the same columns and dtypes
+    (those of the file), so writing them one after the other gives what writing the whole table would.
+    A table with no rows gives no batch.
+
+    Examples
+    --------
+    >>> a = Analysis(events=pd.DataFrame({"layer": ["l"] * 5, "unit": range(5)}))
+    >>> [b["unit"].tolist() for b in iter_event_batches(a, batch_size=2)]
+    [[0, 1], [2, 3], [4]]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    cols = None if columns is None else list(columns)
+    if analysis.events_file is None:
+        df = analysis.events if cols is None else analysis.events[cols]
+        for start in range(0, len(df), batch_size):
+            yield df.iloc[start : start + batch_size].reset_index(drop=True)
+        return
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(analysis.events_file) as pf:
+        for batch in pf.iter_batches(batch_size=batch_size, columns=cols):
+            yield batch.to_pandas()
+
+
+def count_events(analysis: Analysis) -> int:
+    """Rows of the events table (from the Parquet footer when on disk: nothing else is read).
+
+    Examples
+    --------
+    >>> count_events(Analysis(events=pd.DataFrame({"unit": [0, 1]})))
+    2
+    """
+    if analysis.events_file is None:
+        return len(analysis.events)
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(analysis.events_file) as pf:
+        return int(pf.metadata.num_rows)

@@ -22,7 +22,7 @@ from analysis.export import (
     write_activations_csv,
     write_csv,
 )
-from analysis.pipeline import STEPS, Analysis, analyze, load_analysis, save_analysis
+from analysis.pipeline import STEPS, Analysis, analyze, load_analysis, read_events, save_analysis
 from analysis.store import RunStoreError
 from analysis.trace import LayerInfo, LayerTrace, Trace
 
@@ -253,8 +253,16 @@ def test_full_analysis_export_and_round_trip(full, tmp_path):
     run.mkdir()
     save_analysis(result, run)
     back = load_analysis(run)
+    assert back.events_file == str(run / "analysis" / "events.parquet") and back.events.empty  # left on disk
+    assert list(back.events.columns) == list(result.events.columns)
+    pd.testing.assert_frame_equal(read_events(back), result.events.reset_index(drop=True))
     for name in Analysis.tables():
-        pd.testing.assert_frame_equal(getattr(back, name), getattr(result, name).reset_index(drop=True))
+        if name != "events":
+            pd.testing.assert_frame_equal(getattr(back, name), getattr(result, name).reset_index(drop=True))
+    # the CSVs of the loaded analysis (events streamed from the Parquet file) are the same files
+    again = export_csvs(trace, tmp_path / "csv2", analysis=back)
+    for name, path in files.items():
+        assert again[name].read_bytes() == path.read_bytes(), name
 
 
 def _numeric_column(path, column):
@@ -272,7 +280,7 @@ def test_analysis_from_lazy_store_equals_in_memory(tmp_path):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), rtol=1e-12)
     files = export_csvs(lazy, tmp_path / "csv", analysis=b)
     save_analysis(b, tmp_path / "run")
-    assert load_analysis(tmp_path / "run").events.equals(b.events)
+    assert read_events(load_analysis(tmp_path / "run")).equals(b.events)
     assert files["activations.csv"].exists()
     # the analysis directory does not break the run's own checksums
     from analysis.store import open_run
