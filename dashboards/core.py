@@ -426,7 +426,9 @@ class RunResult:
     """A verified trace, its run directory and its analysis (read-only; arrays are not writeable).
 
     ``analysis`` holds every table of :func:`analysis.pipeline.analyze` but the probes, which
-    :func:`run_probes` adds (:func:`with_probes`).
+    :func:`run_probes` adds (:func:`with_probes`). Its events are on disk, in the run's temporary
+    directory (``analysis.events_file``; ``analysis.events`` is empty): read them with
+    :func:`analysis.pipeline.read_events` (one unit's rows) or :func:`analysis.pipeline.iter_event_batches`.
     """
 
     key: str
@@ -571,6 +573,9 @@ def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _n
         features=features,
         steps=FAST_STEPS,
         progress=stage("Analysing (statistics, memory, events, correlations, clusters)"),
+        # the events stream to the run's temporary directory a chunk at a time (memory bounded by the chunk, not
+        # by the number of sequences); read them with analysis.pipeline.read_events / iter_event_batches
+        events_path=Path(tmp.name) / "events.parquet",
     )
     seconds["analyze"] = time.perf_counter() - t0
     return RunResult(
