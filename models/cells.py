@@ -140,18 +140,23 @@ def run_lstm(
             z = z + w.bias
     zi, zf, zc, zo = _split(z, 4)
     i, f, g, o = (w.recurrent_activation(zi), w.recurrent_activation(zf), w.activation(zc), w.recurrent_activation(zo))
+    extra = {}
     if h_ref is not None:
-        # The cell state is the recurrence of the gates *as stored* (rounded to float32), run in float64:
-        # then c_t = f_t c_{t-1} + i_t g_t holds for the stored values to the rounding of c itself.
         i, f, g, o = (_round32(v) for v in (i, f, g, o))
+    else:
+        extra["_cell_state_carried"] = c  # the float32 state Keras itself carries (final states, outputs)
 
-        def cstep(c, inp):
-            f_t, ig_t, m_t = inp
-            return _carry(m_t, f_t * c + ig_t, c)
+    # The stored cell state is the recurrence of the gates *as stored* (float32), run in float64: then
+    # c_t = f_t c_{t-1} + i_t g_t holds for the stored values to the rounding of c itself.
+    def cstep(c, inp):
+        f_t, ig_t, m_t = inp
+        return _carry(m_t, f_t * c + ig_t, c)
 
-        c = _scan_time(cstep, (f, i * g, m), c0)
+    c = _scan_time(cstep, (_f64(f), _f64(i) * _f64(g), m), _f64(c0))
+    if h_ref is not None:
         h = tf.where(m[..., None], o * w.activation(c), h_prev)
     return {
+        **extra,
         "input_gate": i,
         "forget_gate": f,
         "candidate": g,

@@ -78,6 +78,16 @@ def _load_model_and_data(args: argparse.Namespace):
     return model, spec, data
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from analysis.store import sha256_file
     from models.extract import write_run
@@ -93,6 +103,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             "window": args.window,
             "stride": args.stride,
             "level": args.level,
+            "verify": args.verify,
         },
         "sequence": [int(v) for v in data.sequence],
         "start": [int(v) for v in data.start],
@@ -110,6 +121,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         vocabulary=data.vocabulary,
         feature_names=data.feature_names,
         manifest=manifest,
+        verify=args.verify,
+        sample_size=args.sample_size,
     )
     worst = max(trace.verification.values())
     print(
@@ -224,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="the run directory to write")
     e.add_argument("--layers", nargs="+", help="only these layers (contract names)")
     e.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    e.add_argument(
+        "--verify",
+        choices=["full", "sample"],
+        default="full",
+        help="full: every step of every sequence checked against Keras (default); sample: about 2x faster, "
+        "Keras re-runs --sample-size sequences of each batch",
+    )
+    e.add_argument(
+        "--sample-size", type=_positive_int, default=8, help="sequences per batch Keras re-runs with --verify sample"
+    )
     e.set_defaults(func=cmd_extract)
 
     v = sub.add_parser("verify", help="per layer: max |hidden state recomputed - Keras's own output|")

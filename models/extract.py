@@ -32,6 +32,18 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 DEFAULT_TOLERANCE = 1e-4
+#: ``verify="full"``: Keras runs every sequence and each layer is recomputed from Keras's own states and checked
+#: at every step; ``verify="sample"``: gatelens's own re-run drives the model and Keras re-runs a sample of each
+#: batch (``sample_size`` evenly spaced sequences plus the most-masked one), compared output for output.
+VERIFY_MODES = ("full", "sample")
+DEFAULT_SAMPLE_SIZE = 8
+
+
+def _check_verify(verify: str, sample_size: int) -> None:
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    if not isinstance(sample_size, (int, np.integer)) or isinstance(sample_size, bool) or sample_size < 1:
+        raise ValueError(f"sample_size must be a positive integer, got {sample_size!r}")
 
 
 @dataclass
@@ -42,6 +54,11 @@ class _Direction:
     info: LayerInfo
     rnn: Any  # the keras RNN layer (LSTM/GRU/SimpleRNN/RNN) whose cell we re-run
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _verify_meta(verify: str, sample_size: int) -> dict[str, Any]:
+    """How the run was verified, for ``trace.meta`` and the manifest."""
+    return {"verify": verify, "verify_sample_size": int(sample_size) if verify == "sample" else None}
 
 
 def _activation_name(fn: Any) -> str:
@@ -193,9 +210,9 @@ class Extractor:
         return self.token_input
 
     # -- the traced computation -------------------------------------------------------------
-    def _hook(self, captures: dict[str, dict[str, Any]]):
+    def _hook(self, captures: dict[str, dict[str, Any]], verify: str = "full", sample_size: int = DEFAULT_SAMPLE_SIZE):
         import tensorflow as tf
-        from keras.src import backend
+        from keras.src import backend, tree
 
         from models import cells
 
@@ -223,7 +240,9 @@ class Extractor:
             out["mask"] = mask if mask is not None else tf.ones(tf.shape(x)[:2], tf.bool)
             out["input"] = x
             out["_h_proc"] = sig["hidden_state"]
+            out["_c_proc"] = sig.get("_cell_state_carried", sig.get("cell_state"))
             out["_mask_proc"] = mp
+            out.pop("_cell_state_carried", None)
             if emb_layer is not None:
                 self._embedding[d.name] = emb_layer
             return out
@@ -237,11 +256,95 @@ class Extractor:
                 diff = tf.where(mask_proc[..., None], diff, 0.0)
             return tf.stack([tf.reduce_max(diff), tf.reduce_max(diff / (1.0 + tf.abs(ref)))])
 
+        def rnn_output(rnn, r):
+            """What the Keras RNN layer ``rnn`` returns, built from our re-run ``r`` of it (Keras 3 ``RNN.call``
+            over ``backend.rnn``): outputs in processing order; a masked step repeats the previous output (zeros
+            before the first unmasked step, or always zeros with ``zero_output_for_mask``); final states."""
+            h, m = r["_h_proc"], r["_mask_proc"]
+            outputs = h
+            if m is not None:
+                zeros = tf.zeros_like(h[:, 0])
+                held = tf.zeros_like(h) if rnn.zero_output_for_mask else cells.previous_states(h, m, zeros)
+                outputs = tf.where(m[..., None], h, held)
+            dt = rnn.compute_dtype
+            output = tf.cast(outputs if rnn.return_sequences else outputs[:, -1], dt)
+            if not rnn.return_state:
+                return output
+            states = [h[:, -1]] + ([r["_c_proc"][:, -1]] if r["_c_proc"] is not None else [])
+            return (output, *(tf.cast(st, dt) for st in states))
+
+        def bidirectional_output(layer, yf, yb):
+            """Keras 3 ``Bidirectional.call`` (non-fused path) from its two layers' outputs."""
+            states = ()
+            if layer.return_state:
+                states = tuple(yf[1:]) + tuple(yb[1:])
+                yf, yb = yf[0], yb[0]
+            if layer.return_sequences:
+                yb = tf.reverse(yb, axis=[1])
+            mode = layer.merge_mode
+            if mode is None:
+                return (yf, yb) + states if states else (yf, yb)
+            merged = {
+                "concat": lambda: tf.concat([yf, yb], axis=-1),
+                "sum": lambda: yf + yb,
+                "ave": lambda: (yf + yb) / 2,
+                "mul": lambda: yf * yb,
+            }[mode]()
+            return (merged,) + states if states else merged
+
+        def sample_rows(batch, mask):
+            """``sample_size`` evenly spaced rows of the batch, plus its most-masked sequence."""
+            n = tf.shape(batch)[0]
+            idx = tf.cast(tf.round(tf.linspace(0.0, tf.cast(n - 1, tf.float32), sample_size)), tf.int32)
+            if mask is not None:
+                most_masked = tf.argmin(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1), output_type=tf.int32)
+                idx = tf.concat([idx, most_masked[None]], axis=0)
+            return idx
+
+        def sampled(layer, args, kwargs, call, seq, mask, init, emb):
+            """verify="sample": our re-run is the layer's output; Keras re-runs a sample of the batch."""
+            if type(layer).__name__ == "Bidirectional":
+                ds = self._by_layer[id(layer)]
+                inits = [None, None]
+                if init is not None:
+                    half = len(init) // 2
+                    inits = [init[:half], init[half:]]
+                rs = [run_direction(d, seq, mask, None, i0, emb) for d, i0 in zip(ds, inits)]
+                out = bidirectional_output(layer, *(rnn_output(d.rnn, r) for d, r in zip(ds, rs)))
+            else:
+                ds = self._by_layer[id(layer)]
+                rs = [run_direction(ds[0], seq, mask, None, init, emb)]
+                out = rnn_output(layer, rs[0])
+            out_mask = layer.compute_mask(seq, mask)
+            for o, om in zip(tree.flatten(out), tree.flatten(out_mask) if out_mask is not None else []):
+                if om is not None:
+                    backend.set_keras_mask(o, om)
+            idx = sample_rows(seq, mask)
+            s_kwargs = dict(kwargs)
+            if mask is not None:
+                s_kwargs["mask"] = tf.gather(mask, idx)
+            if init is not None:
+                s_kwargs["initial_state"] = [tf.gather(st, idx) for st in init]
+            ref = call(tf.gather(seq, idx), *args[1:], **s_kwargs)
+            flat_out, flat_ref = tree.flatten(out), tree.flatten(ref)
+            if len(flat_out) != len(flat_ref):  # pragma: no cover - a Keras change in what RNN layers return
+                raise UnsupportedLayerError(f"layer {layer.name!r}: unexpected output structure from Keras")
+            worst = []
+            for o, r in zip(flat_out, flat_ref):
+                r = tf.cast(r, tf.float32)
+                diff = tf.abs(tf.cast(tf.gather(o, idx), tf.float32) - r)
+                worst.append(tf.stack([tf.reduce_max(diff), tf.reduce_max(diff / (1.0 + tf.abs(r)))]))
+            e = tf.reduce_max(tf.stack(worst), axis=0)
+            for d, r in zip(ds, rs):
+                if d.name in self._wanted:
+                    r["error"] = e
+                    captures[d.name] = r
+            return out
+
         def hook(layer, args, kwargs, call, ctx):
-            out = call(*args, **kwargs)
             dirs = [d for d in self._by_layer.get(id(layer), []) if d.name in self._wanted]
             if not dirs:
-                return out
+                return call(*args, **kwargs)
             seq = args[0]
             mask = kwargs.get("mask")
             if mask is None:
@@ -250,6 +353,9 @@ class Extractor:
                 mask = tf.cast(mask, tf.bool)
             init = kwargs.get("initial_state")
             emb = ctx.embedding_of.get(id(seq))
+            if verify == "sample":
+                return sampled(layer, args, kwargs, call, seq, mask, init, emb)
+            out = call(*args, **kwargs)
             if type(layer).__name__ == "Bidirectional":
                 y = out
                 if layer.return_state:
@@ -299,17 +405,18 @@ class Extractor:
 
         return hook
 
-    def _compiled(self, dtype: str = "float32"):
+    def _compiled(self, dtype: str = "float32", verify: str = "full", sample_size: int = DEFAULT_SAMPLE_SIZE):
         """The compiled batch function; signals come out as ``dtype`` (cast inside the graph)."""
-        if dtype in self._fns:
-            return self._fns[dtype]
+        key = (dtype, verify, int(sample_size))
+        if key in self._fns:
+            return self._fns[key]
         import tensorflow as tf
 
         from models.graph import call_with_hook
 
         def fn(x):
             captures: dict[str, dict[str, Any]] = {}
-            call_with_hook(self.model, x, self._hook(captures))
+            call_with_hook(self.model, x, self._hook(captures, verify, int(sample_size)))
             out = {}
             for name, sig in captures.items():
                 d = {k: v for k, v in sig.items() if not k.startswith("_")}
@@ -321,19 +428,23 @@ class Extractor:
 
         spec = tf.TensorSpec((None, *self.input_shape[1:]), self.input_dtype)
         plain = tf.function(fn, input_signature=[spec])
-        self._fns[dtype] = (tf.function(fn, input_signature=[spec], jit_compile=True) if self._jit else plain, plain)
-        return self._fns[dtype]
+        self._fns[key] = (tf.function(fn, input_signature=[spec], jit_compile=True) if self._jit else plain, plain)
+        return self._fns[key]
 
-    def run_batch(self, x: np.ndarray, *, dtype: str = "float32") -> dict[str, dict[str, np.ndarray]]:
+    def run_batch(
+        self, x: np.ndarray, *, dtype: str = "float32", verify: str = "full", sample_size: int = DEFAULT_SAMPLE_SIZE
+    ) -> dict[str, dict[str, np.ndarray]]:
         """Signals (as ``dtype``), ``mask``, ``input`` and ``error`` of every captured layer (time order)."""
-        fn, plain = self._compiled(dtype)
+        _check_verify(verify, sample_size)
+        key = (dtype, verify, int(sample_size))
+        fn, plain = self._compiled(dtype, verify, sample_size)
         try:
             res = fn(x)
         except Exception as e:  # XLA cannot compile some graphs: fall back to plain graph mode
             if fn is plain:
                 raise
             log.warning("XLA compilation failed (%s); falling back to graph mode", str(e).splitlines()[0][:200])
-            self._fns[dtype] = (plain, plain)
+            self._fns[key] = (plain, plain)
             res = plain(x)
         # np.asarray shares the tensor's buffer (zero-copy on CPU); .numpy() would copy every signal
         return {name: {k: np.asarray(v) for k, v in sig.items()} for name, sig in res.items()}
@@ -357,11 +468,15 @@ class Extractor:
         tolerance: float = DEFAULT_TOLERANCE,
         progress: Progress | None = None,
         dtype: str = "float32",
+        verify: str = "full",
+        sample_size: int = DEFAULT_SAMPLE_SIZE,
     ) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
         """Yield ``(start, batch)`` for consecutive batches; raise VerificationError above ``tolerance``.
 
         Signals come as ``dtype`` ("float32" or "float16"); ``mask`` bool and ``input`` float32.
+        ``verify`` and ``sample_size``: see :func:`extract`.
         """
+        _check_verify(verify, sample_size)
         x = self.check_input(x)
         n = x.shape[0]
         bs = max(1, min(int(batch_size), n))
@@ -374,7 +489,7 @@ class Extractor:
                 k = xb.shape[0]
                 if k < bs:  # pad the last batch: one compiled shape for the whole run
                     xb = np.concatenate([xb, np.repeat(xb[-1:], bs - k, axis=0)], axis=0)
-                res = self.run_batch(xb, dtype=dtype)
+                res = self.run_batch(xb, dtype=dtype, verify=verify, sample_size=sample_size)
                 for name in self.layer_names:
                     sig = res[name]
                     err, rel = (float(v) for v in sig.pop("error"))
@@ -385,9 +500,10 @@ class Extractor:
                     # float32 round-off grows with the magnitude of h (unbounded activations): the check
                     # scales the error by 1 + |h|; the reported number stays the plain max abs error.
                     if not (np.isfinite(err) and rel <= tolerance):
+                        where = "sequences" if verify == "full" else "a sample of sequences"
                         raise VerificationError(
                             f"layer {name!r}: recomputed hidden state differs from Keras's output by {err:.3g} "
-                            f"({rel:.3g} relative to 1 + |h|; tolerance {tolerance:g}) in sequences "
+                            f"({rel:.3g} relative to 1 + |h|; tolerance {tolerance:g}) in {where} "
                             f"{start}..{start + k - 1}; the extractor does not reproduce this layer."
                         )
                 yield start, res
@@ -431,6 +547,8 @@ def extract(
     progress: Progress | None = None,
     vocabulary: list[str] | None = None,
     feature_names: list[str] | None = None,
+    verify: str = "full",
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
 ) -> Trace:
     """Re-run every recurrent layer of ``model`` on ``x`` and capture all its signals in memory.
 
@@ -447,6 +565,15 @@ def extract(
     progress : callable(done, total), optional
     vocabulary, feature_names : optional
         Stored on the trace (token strings for text models, input feature names otherwise).
+    verify : {"full", "sample"}
+        ``"full"`` (default): Keras runs every sequence; each sequence-returning layer is recomputed in
+        float64 from Keras's own previous hidden states (one batched product for all steps) and every
+        step of every sequence is compared with Keras's output. ``"sample"``: faster (about one forward
+        pass instead of two): gatelens's own float32 re-run, in Keras's order of operations, drives the
+        model, and Keras re-runs ``sample_size`` evenly spaced sequences of each batch plus its most-masked
+        one; every output of the layer (sequence, final states) is compared on those sequences.
+    sample_size : int
+        Sequences per batch that Keras re-runs when ``verify="sample"``.
 
     Returns
     -------
@@ -465,7 +592,9 @@ def extract(
     x = ex.check_input(x)
     n = x.shape[0]
     store: dict[str, dict[str, np.ndarray]] = {}
-    for start, res in ex.iter_batches(x, batch_size=batch_size, tolerance=tolerance, progress=progress):
+    for start, res in ex.iter_batches(
+        x, batch_size=batch_size, tolerance=tolerance, progress=progress, verify=verify, sample_size=sample_size
+    ):
         if start == 0 and n <= batch_size:  # one batch: keep its arrays as they are, no copy
             store = res
             break
@@ -488,7 +617,7 @@ def extract(
         vocabulary=vocabulary,
         x=None if ex.integer_input else x,
         feature_names=feature_names,
-        meta={"tolerance": tolerance, "batch_size": batch_size},
+        meta={"tolerance": tolerance, "batch_size": batch_size, **_verify_meta(verify, sample_size)},
     )
 
 
@@ -505,11 +634,14 @@ def write_run(
     vocabulary: list[str] | None = None,
     feature_names: list[str] | None = None,
     manifest: dict[str, Any] | None = None,
+    verify: str = "full",
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
 ) -> Trace:
     """Extract like :func:`extract`, streaming batch by batch into a run directory; return it opened lazily.
 
     Memory is bounded by ``batch_size``, not by N. The run appears at ``out`` only once complete
-    (manifest last); an earlier run at ``out`` is replaced only then.
+    (manifest last); an earlier run at ``out`` is replaced only then. ``verify`` and ``sample_size``
+    as in :func:`extract`; the manifest records them.
 
     Examples
     --------
@@ -531,7 +663,13 @@ def write_run(
     pending = None  # at most one batch is being written while the next one is computed
     try:
         for start, res in ex.iter_batches(
-            x, batch_size=batch_size, tolerance=tolerance, progress=progress, dtype=dtype
+            x,
+            batch_size=batch_size,
+            tolerance=tolerance,
+            progress=progress,
+            dtype=dtype,
+            verify=verify,
+            sample_size=sample_size,
         ):
             if writer is None:  # weights (incl. embeddings) are known after the first batch is traced
                 writer = RunWriter(
@@ -568,6 +706,7 @@ def write_run(
             vocabulary=vocabulary,
             feature_names=feature_names or (None if ex.integer_input else [f"x{i}" for i in range(x.shape[-1])]),
             model_input_shape=list(ex.input_shape),
+            **_verify_meta(verify, sample_size),
             **(manifest or {}),
         )
     except BaseException:

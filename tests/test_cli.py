@@ -86,6 +86,26 @@ def test_extract_analyze_export_roundtrip(files, tmp_path):
     assert {"units.csv", "correlations.csv"} <= {p.name for p in out.iterdir()}
 
 
+def test_extract_with_sampled_verification(files, tmp_path):
+    d, model, x = files
+    run = tmp_path / "run"
+    r = gatelens("extract", d / "num.keras", d / "x.npy", "--out", run, "--verify", "sample", "--sample-size", "2")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["verify"] == "sample" and manifest["verify_sample_size"] == 2
+    assert all(v < 1e-5 for v in manifest["verification"].values())
+    # every sequence, not only the sample, equals Keras's own output (independent sub-model)
+    from analysis.store import open_run
+
+    h = keras.Model(model.inputs, model.get_layer("lstm").output).predict(x, verbose=0)
+    trace = open_run(run)
+    m = np.asarray(trace["lstm"].mask)[..., None]
+    np.testing.assert_allclose(np.where(m, trace["lstm"]["hidden_state"][...], 0), np.where(m, h, 0), atol=1e-5)
+
+    r = gatelens("extract", d / "num.keras", d / "x.npy", "--out", run, "--verify", "sample", "--sample-size", "0")
+    assert r.returncode == 2 and "expected a positive integer, got '0'" in r.stderr
+
+
 def test_text_model_uses_sidecar_vocabulary(files, tmp_path):
     d, _, _ = files
     r = gatelens("extract", d / "text.keras", d / "code.txt", "--out", tmp_path / "run")

@@ -206,14 +206,19 @@ def _check_identities(lt, atol=1e-5):
         np.testing.assert_allclose(np.where(mm, h, 0), np.where(mm, a(lt["hidden_state_pre"]), 0), atol=atol)
 
 
+@pytest.mark.parametrize("verify", ["full", "sample"])
 @pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_matches_keras_and_identities(name, masked, tmp_path):
+def test_matches_keras_and_identities(name, masked, verify, tmp_path):
+    """Both verification modes: "full" recomputes from Keras's states; with "sample" our own re-run drives
+    the model (its emulated layer outputs feed the next layers) and Keras checks 2 + 1 of each 4 sequences,
+    so step 2 below (every sequence against plain Keras sub-models) is the independent check of the rest."""
     model = CONFIGS[name]()
     _saturate(model, scale=4.0)
     model = _roundtrip(model, tmp_path)  # a real .keras file through the project's safe loader
     x = _inputs_for(model, masked)
-    trace = extract(model, x, batch_size=4)
+    trace = extract(model, x, batch_size=4, verify=verify, sample_size=2)
+    assert trace.meta["verify"] == verify
 
     # 1. the extractor's own verification
     assert set(trace.verification) == set(trace.layers)
@@ -424,3 +429,31 @@ def test_float_input_feeding_an_embedding_records_tokens():
     assert trace.token_strings()[0, 0] == chr(97 + ids[0, 0])
     with pytest.raises(ValueError, match="integer token ids"):
         extract(model, ids + 0.5)
+
+
+@pytest.mark.parametrize("verify", ["full", "sample"])
+@pytest.mark.parametrize("return_sequences", [True, False], ids=["seq", "last"])
+def test_a_wrong_re_run_fails_verification(verify, return_sequences, monkeypatch):
+    """The check can fail: a re-run whose forget gate is off by 1e-3 (our code, not Keras, is altered)."""
+    from models import VerificationError, cells
+
+    model = seq(L.LSTM(4, return_sequences=return_sequences))
+    x = _data(n=6)
+    assert max(extract(model, x, verify=verify, sample_size=2).verification.values()) < 1e-5
+    real = cells.run_lstm
+
+    def off(w, x, mask, h0, c0, h_ref=None):
+        w = cells.replace(w, bias=w.bias + np.r_[np.zeros(4), np.full(4, 1e-3), np.zeros(8)].astype("float32"))
+        return real(w, x, mask, h0, c0, h_ref=h_ref)
+
+    monkeypatch.setattr(cells, "run_lstm", off)
+    with pytest.raises(VerificationError, match="layer 'lstm.*differs from Keras's output"):
+        extract(model, x, verify=verify, sample_size=2, tolerance=1e-6)
+
+
+def test_verify_arguments_are_checked():
+    model = seq(L.GRU(2))
+    with pytest.raises(ValueError, match="verify must be one of .*got 'some'"):
+        extract(model, _data(), verify="some")
+    with pytest.raises(ValueError, match="sample_size must be a positive integer, got 0"):
+        extract(model, _data(), verify="sample", sample_size=0)
