@@ -44,10 +44,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ def _zarr():
 
 
 COMPRESSIONS = (None, "lz4")
+_BLOCK = 1 << 18  # bytes written and hashed at a time by the direct chunk writer (fits L2)
 
 
 def _compressors(compression: str | None) -> Any:
@@ -146,6 +148,19 @@ def _compressors(compression: str | None) -> Any:
     raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
 
 
+def _array_metadata(
+    shape: tuple[int, ...], chunk: int, dtype: str, compressors: Any, dims: tuple[str, ...] | None
+) -> Any:
+    """Zarr's own v3 metadata for an array chunked along its first axis only (made in memory, no I/O)."""
+    from zarr.storage import MemoryStore
+
+    chunks = (chunk, *shape[1:]) if shape else ()
+    arr = _zarr().create_array(
+        store=MemoryStore(), shape=shape, chunks=chunks, dtype=dtype, compressors=compressors, dimension_names=dims
+    )
+    return arr.metadata
+
+
 class _Target:
     """One chunked array of the run (chunked along sequences only) and how to write its chunks directly."""
 
@@ -157,7 +172,7 @@ class _Target:
         self.array = array
         self.rel = array.path
         self.shape = tuple(array.shape)
-        self.chunk = int(array.chunks[0])
+        self.chunk = int(array.chunks[0]) if self.shape else 1
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
         self.fill = meta.fill_value
         codecs = meta.codecs
@@ -169,7 +184,9 @@ class _Target:
             and isinstance(codecs[0], BytesCodec)
             and (codecs[0].endian is None or codecs[0].endian.value == "little")
         )
-        self.direct = direct and raw and array.order == "C" and tuple(array.chunks[1:]) == self.shape[1:]
+        self.direct = (
+            direct and raw and array.order == "C" and len(self.shape) > 0 and tuple(array.chunks[1:]) == self.shape[1:]
+        )
 
     def key(self, i: int) -> str:
         """The file of chunk ``i`` (along sequences), relative to the run directory."""
@@ -241,54 +258,62 @@ class RunWriter:
         _recover(self.out)
         self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:12]}"
         zarr = _zarr()
-        self._root = zarr.open_group(store=str(self.tmp), mode="w")
+        from zarr.core.group import GroupMetadata
+        from zarr.storage import LocalStore
+
+        n, t, c = self.n_sequences, self.n_steps, self.chunk
+        specs: dict[str, tuple] = {}  # path -> (shape, chunks, dtype, compressors, dimension names)
+        for info in self.layers:
+            p = f"layers/{info.name}"
+            for s in info.signals:
+                specs[f"{p}/{s}"] = ((n, t, info.units), c, dtype, compressors, ("sequence", "step", "unit"))
+            specs[f"{p}/mask"] = ((n, t), c, "bool", None, ("sequence", "step"))
+            specs[f"{p}/input"] = ((n, t, info.input_dim), c, "float32", compressors, ("sequence", "step", "input_dim"))
+        if with_tokens:
+            specs["tokens"] = ((n, t), c, "int32", None, ("sequence", "step"))
+        if n_features:
+            specs["x"] = ((n, t, n_features), c, "float32", compressors, ("sequence", "step", "feature"))
+        values: dict[str, np.ndarray] = {}
+        for info in self.layers:
+            for k, v in ((weights or {}).get(info.name) or {}).items():
+                v = values[f"layers/{info.name}/weights/{k}"] = np.asarray(v, np.float32)
+                specs[f"layers/{info.name}/weights/{k}"] = (
+                    v.shape,
+                    max(1, v.shape[0]) if v.ndim else 1,
+                    "float32",
+                    None,
+                    None,
+                )
+        # all the metadata documents at once (zarr writes them concurrently): 4x faster than a
+        # create_array call per array; every group on the way is created as a group
+        nodes: dict[str, Any] = {"": GroupMetadata()}
+        metas: dict[tuple, Any] = {}
+        for path, spec in specs.items():
+            if spec not in metas:
+                metas[spec] = _array_metadata(*spec)
+            nodes[path] = metas[spec]
+        created = dict(zarr.create_hierarchy(store=LocalStore(self.tmp), nodes=nodes))
         # every chunk is written, also one that holds only the fill value: zarr's path and the direct one
         # then leave the same files, and the manifest lists every chunk
-        config = {"write_empty_chunks": True}
-        n, t, c = self.n_sequences, self.n_steps, self.chunk
-
-        def create(group: Any, name: str, tail: tuple[int, ...], dt: str, dims: tuple[str, ...], comp: Any) -> Any:
-            return group.create_array(
-                name,
-                shape=(n, t, *tail),
-                chunks=(c, t, *tail),
-                dtype=dt,
-                compressors=comp,
-                dimension_names=dims,
-                config=config,
-            )
-
-        self._targets: dict[str, list[_Target]] = {}
-        for info in self.layers:
-            g = self._root.require_group(f"layers/{info.name}")
-            arrs = {
-                s: create(g, s, (info.units,), dtype, ("sequence", "step", "unit"), compressors) for s in info.signals
-            }
-            arrs["mask"] = create(g, "mask", (), "bool", ("sequence", "step"), None)
-            arrs["input"] = create(
-                g, "input", (info.input_dim,), "float32", ("sequence", "step", "input_dim"), compressors
-            )
-            self._targets[info.name] = [_Target(k, a, direct_chunks) for k, a in arrs.items()]
-            w = (weights or {}).get(info.name)
-            if w:
-                wg = g.require_group("weights")
-                for k, v in w.items():
-                    v = np.asarray(v, np.float32)
-                    wg.create_array(k, shape=v.shape, dtype="float32")[...] = v
-        self._tokens = None
-        if with_tokens:
-            self._tokens = _Target(
-                "tokens", create(self._root, "tokens", (), "int32", ("sequence", "step"), None), direct_chunks
-            )
-        self._x = None
-        if n_features:
-            arr = create(self._root, "x", (n_features,), "float32", ("sequence", "step", "feature"), compressors)
-            self._x = _Target("x", arr, direct_chunks)
+        arrays = {p: created[p].with_config({"write_empty_chunks": True}) for p in specs}
+        self._targets: dict[str, list[_Target]] = {
+            info.name: [
+                _Target(k, arrays[f"layers/{info.name}/{k}"], direct_chunks) for k in (*info.signals, "mask", "input")
+            ]
+            for info in self.layers
+        }
+        self._tokens = _Target("tokens", arrays["tokens"], direct_chunks) if with_tokens else None
+        self._x = _Target("x", arrays["x"], direct_chunks) if n_features else None
         workers = min(4, max(2, os.cpu_count() or 2))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gatelens-store")
         self._digests: dict[str, str] = {}  # sha256 of the chunk files written directly, taken from memory
         self._written = 0
         self._done = False
+        try:
+            self._write_whole({path: (_Target(path, arrays[path], direct_chunks), v) for path, v in values.items()})
+        except BaseException:
+            self.abort()
+            raise
 
     def __enter__(self) -> RunWriter:
         return self
@@ -360,31 +385,39 @@ class RunWriter:
                     for i in range(lo // c, -(-hi // c)):
                         self._digests.pop(target.key(i), None)  # zarr rewrites this chunk: hash it in finish
                     futures.append(self._pool.submit(_put_zarr, target, lo, value[lo - start : hi - start]))
-        error = None
-        for f in futures:  # wait for all before returning, also after an error: no write outlives the call
-            try:
-                f.result()
-            except BaseException as e:
-                error = error or e
-        if error is not None:
-            raise error
+        _wait_all(futures)
         self._written = max(self._written, end)
 
+    def _write_whole(self, items: Mapping[str, tuple[_Target, np.ndarray]]) -> None:
+        """Write whole arrays (the weights), each one chunk, through the same writers as :meth:`write_batch`."""
+        futures = []
+        for target, value in items.values():
+            if target.direct and value.size:
+                futures.append(self._pool.submit(self._put_chunk, target, 0, value))
+            elif value.size:
+                futures.append(self._pool.submit(_put_zarr, target, 0, value))
+        _wait_all(futures)
+
     def _put_chunk(self, target: _Target, i: int, rows: np.ndarray) -> None:
-        """Write chunk ``i`` of ``target`` as zarr would (C order, raw little-endian, edge padded); hash it."""
-        if rows.shape[0] == target.chunk and rows.dtype == target.dtype and rows.flags.c_contiguous:
-            buf = rows  # zero copy
-        else:
-            buf = np.empty((target.chunk, *target.shape[1:]), target.dtype)
-            buf[: rows.shape[0]] = rows  # the one copy (and dtype conversion)
-            buf[rows.shape[0] :] = target.fill
-        data = memoryview(buf).cast("B")
+        """Write chunk ``i`` of ``target`` as zarr would (C order, raw little-endian, edge padded); hash it.
+
+        Each block is hashed right after it is written, while it is still in the CPU cache: 1.3-1.7x
+        faster than writing the whole chunk and then hashing it (measured, 2 threads, 13 MB chunks).
+        """
         key = target.key(i)
         path = self.tmp / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
-        self._digests[key] = hashlib.sha256(data).hexdigest()  # the bytes just written, still in cache
+        h = hashlib.sha256()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for block in _chunk_blocks(target, rows):
+                while block:
+                    k = os.write(fd, block)
+                    h.update(block[:k])
+                    block = block[k:]
+        finally:
+            os.close(fd)
+        self._digests[key] = h.hexdigest()
 
     def finish(self, verification: Mapping[str, float], **manifest: Any) -> Path:
         """Write the manifest last and move the run into place; return its path.
@@ -435,8 +468,45 @@ class RunWriter:
         self._done = True
 
 
+def _chunk_blocks(target: _Target, rows: np.ndarray) -> Iterator[memoryview]:
+    """The bytes of one whole chunk (``rows``, then fill-value rows up to the chunk's size) in small blocks.
+
+    Rows already in the stored dtype and C order are not copied; others are converted block by block
+    (one copy, small enough to stay in the cache).
+    """
+    row_bytes = target.dtype.itemsize * math.prod(target.shape[1:])
+    step = max(1, _BLOCK // max(1, row_bytes))
+    if rows.dtype == target.dtype and rows.flags.c_contiguous:
+        data = memoryview(rows).cast("B")
+        for o in range(0, len(data), step * row_bytes):
+            yield data[o : o + step * row_bytes]
+    else:
+        for a in range(0, rows.shape[0], step):
+            yield memoryview(np.ascontiguousarray(rows[a : a + step], dtype=target.dtype)).cast("B")
+    pad = target.chunk - rows.shape[0]
+    if pad > 0:  # the run's last chunk: zarr stores it at full chunk size, padded with the fill value
+        fill = np.full((min(step, pad), *target.shape[1:]), target.fill, target.dtype)
+        for a in range(0, pad, step):
+            yield memoryview(fill[: min(step, pad - a)]).cast("B")
+
+
+def _wait_all(futures: list[Any]) -> None:
+    """Wait for every write, also after one failed (no write outlives the call); raise the first error."""
+    error = None
+    for f in futures:
+        try:
+            f.result()
+        except BaseException as e:
+            error = error or e
+    if error is not None:
+        raise error
+
+
 def _put_zarr(target: _Target, start: int, value: np.ndarray) -> None:
-    target.array[start : start + value.shape[0]] = value.astype(target.dtype, copy=False)
+    if value.ndim:
+        target.array[start : start + value.shape[0]] = value.astype(target.dtype, copy=False)
+    else:
+        target.array[...] = value
 
 
 def _recover(out: Path) -> None:
