@@ -110,9 +110,20 @@ def _scan_time(fn, elems, initializer):
 
 
 def run_lstm(
-    w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, c0: tf.Tensor, h_ref: tf.Tensor | None = None
+    w: CellWeights,
+    x: tf.Tensor,
+    mask: tf.Tensor | None,
+    h0: tf.Tensor,
+    c0: tf.Tensor,
+    h_ref: tf.Tensor | None = None,
+    *,
+    exact_cell_state: bool = True,
 ) -> dict[str, tf.Tensor]:
-    """All LSTM signals for ``x`` (B, T, in) in processing order."""
+    """All LSTM signals for ``x`` (B, T, in) in processing order.
+
+    ``exact_cell_state``: store the cell state as the float64 recurrence of the gates as stored (always
+    so when teacher-forced); False keeps the free-running scan's own float32 state, Keras's value.
+    """
     m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
     if h_ref is None:
         # Free-running: the per-step operations in Keras's own order, so round-off matches step by step
@@ -131,28 +142,29 @@ def run_lstm(
 
         z0 = tf.zeros(tf.concat([tf.shape(x)[:1], tf.shape(w.kernel)[1:]], 0), x.dtype)
         h, c, z = _scan_time(step, (x, m), (h0, c0, z0))
-    else:  # teacher-forced, in float64 (see module docstring)
-        w = _float64(w)
-        x, h0, c0 = _f64(x), _f64(h0), _f64(c0)
-        h_prev = previous_states(_f64(h_ref), mask, h0)
-        z = tf.einsum("bti,ij->btj", x, w.kernel) + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
-        if w.bias is not None:
-            z = z + w.bias
+    else:  # teacher-forced: the matrix product in float64, rounded once (see module docstring)
+        w64 = _float64(w)
+        h_prev = previous_states(h_ref, mask, h0)
+        z = tf.einsum("bti,ij->btj", _f64(x), w64.kernel) + tf.einsum(
+            "btu,uj->btj", _f64(h_prev), w64.recurrent_kernel
+        )
+        if w64.bias is not None:
+            z = z + w64.bias
+        z = tf.cast(z, x.dtype)  # the stored pre-activations; the gates are their float32 activations
     zi, zf, zc, zo = _split(z, 4)
     i, f, g, o = (w.recurrent_activation(zi), w.recurrent_activation(zf), w.activation(zc), w.recurrent_activation(zo))
     extra = {}
-    if h_ref is not None:
-        i, f, g, o = (_round32(v) for v in (i, f, g, o))
-    else:
+    if h_ref is None:
         extra["_cell_state_carried"] = c  # the float32 state Keras itself carries (final states, outputs)
 
-    # The stored cell state is the recurrence of the gates *as stored* (float32), run in float64: then
-    # c_t = f_t c_{t-1} + i_t g_t holds for the stored values to the rounding of c itself.
-    def cstep(c, inp):
-        f_t, ig_t, m_t = inp
-        return _carry(m_t, f_t * c + ig_t, c)
+    if h_ref is not None or exact_cell_state:
+        # The stored cell state is the recurrence of the gates *as stored* (float32), run in float64: then
+        # c_t = f_t c_{t-1} + i_t g_t holds for the stored values to the rounding of c itself.
+        def cstep(c, inp):
+            f_t, ig_t, m_t = inp
+            return _carry(m_t, f_t * c + ig_t, c)
 
-    c = _scan_time(cstep, (_f64(f), _f64(i) * _f64(g), m), _f64(c0))
+        c = tf.cast(_scan_time(cstep, (_f64(f), _f64(i) * _f64(g), m), _f64(c0)), x.dtype)
     if h_ref is not None:
         h = tf.where(m[..., None], o * w.activation(c), h_prev)
     return {

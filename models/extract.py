@@ -220,6 +220,7 @@ class Extractor:
             return None if t is None else tf.reverse(t, axis=[1])
 
         def run_direction(d: _Direction, seq, mask, ref_proc, initial_state, emb_layer):
+            # verify="sample" keeps every signal as Keras's own float32 computation gives it (the fast mode)
             w = _cell_weights(d.rnn)
             x = tf.cast(seq, tf.float32)
             b = tf.shape(x)[0]
@@ -231,7 +232,9 @@ class Extractor:
             back = d.info.go_backwards
             xp, mp = (rev(x), rev(mask)) if back else (x, mask)
             if d.info.cell_type == "lstm":
-                sig = cells.run_lstm(w, xp, mp, states[0], states[1], h_ref=ref_proc)
+                sig = cells.run_lstm(
+                    w, xp, mp, states[0], states[1], h_ref=ref_proc, exact_cell_state=verify == "full"
+                )
             elif d.info.cell_type == "gru":
                 sig = cells.run_gru(w, xp, mp, states[0], h_ref=ref_proc)
             else:

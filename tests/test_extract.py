@@ -225,7 +225,9 @@ def test_matches_keras_and_identities(name, masked, verify, tmp_path):
     for lname, err in trace.verification.items():  # float32 round-off scales with |h| for unbounded activations
         assert err < 1e-5 * max(1.0, float(np.abs(trace[lname]["hidden_state"]).max())), lname
 
-    # 2. independently: each layer's Keras output from a plain sub-model
+    # 2. independently: each layer's Keras output from a plain sub-model. With verify="sample" our free-running
+    # float32 re-run feeds the next layers, so round-off accumulates over steps as in Keras's own float32 (at
+    # |h| ~ 5 with an unbounded elu, 2e-5 apart from predict()): the tolerance scales with |h| as the extractor's.
     for lname, (layer, y) in _reference_outputs(model, x).items():
         if isinstance(layer, L.Bidirectional):
             dirs = [f"{lname}/forward", f"{lname}/backward"]
@@ -239,14 +241,15 @@ def test_matches_keras_and_identities(name, masked, verify, tmp_path):
             h = np.asarray(lt["hidden_state"])
             m = np.asarray(lt.mask)
             backwards = lt.info.go_backwards
+            atol = 1e-5 if verify == "full" else 1e-5 * max(1.0, float(np.abs(ref).max()))
             if ref.ndim == 2:  # return_sequences=False: the last processed step
                 last = h[:, 0] if backwards else h[:, -1]
-                np.testing.assert_allclose(last, ref, atol=1e-5, rtol=1e-6, err_msg=d)
+                np.testing.assert_allclose(last, ref, atol=atol, rtol=1e-6, err_msg=d)
             else:
                 if backwards and not d.endswith("/backward"):
                     ref = ref[:, ::-1]  # a plain go_backwards layer returns steps in processing order
                 np.testing.assert_allclose(
-                    np.where(m[..., None], h, 0), np.where(m[..., None], ref, 0), atol=1e-5, rtol=1e-6
+                    np.where(m[..., None], h, 0), np.where(m[..., None], ref, 0), atol=atol, rtol=1e-6
                 )
 
     # 3. identities per step, saturation reached, gates in their activation's range
@@ -442,9 +445,9 @@ def test_a_wrong_re_run_fails_verification(verify, return_sequences, monkeypatch
     assert max(extract(model, x, verify=verify, sample_size=2).verification.values()) < 1e-5
     real = cells.run_lstm
 
-    def off(w, x, mask, h0, c0, h_ref=None):
+    def off(w, x, mask, h0, c0, h_ref=None, **kw):
         w = cells.replace(w, bias=w.bias + np.r_[np.zeros(4), np.full(4, 1e-3), np.zeros(8)].astype("float32"))
-        return real(w, x, mask, h0, c0, h_ref=h_ref)
+        return real(w, x, mask, h0, c0, h_ref=h_ref, **kw)
 
     monkeypatch.setattr(cells, "run_lstm", off)
     with pytest.raises(VerificationError, match="layer 'lstm.*differs from Keras's output"):
