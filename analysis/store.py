@@ -287,11 +287,12 @@ class RunWriter:
         # all the metadata documents at once (zarr writes them concurrently): 4x faster than a
         # create_array call per array; every group on the way is created as a group
         nodes: dict[str, Any] = {"": GroupMetadata()}
-        metas: dict[tuple, Any] = {}
+        metas: dict[str, Any] = {}
         for path, spec in specs.items():
-            if spec not in metas:
-                metas[spec] = _array_metadata(*spec)
-            nodes[path] = metas[spec]
+            key = repr(spec)  # codecs are not hashable
+            if key not in metas:
+                metas[key] = _array_metadata(*spec)
+            nodes[path] = metas[key]
         created = dict(zarr.create_hierarchy(store=LocalStore(self.tmp), nodes=nodes))
         # every chunk is written, also one that holds only the fill value: zarr's path and the direct one
         # then leave the same files, and the manifest lists every chunk

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -13,8 +14,11 @@ import time
 import keras
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from analysis.store import RunStoreError, open_run
+from analysis.store import RunStoreError, RunWriter, open_run, verify_run
+from analysis.trace import LayerInfo
 from models import extract, write_run
 
 L = keras.layers
@@ -196,7 +200,227 @@ def test_writer_restores_a_run_orphaned_between_the_two_renames(model, x, tmp_pa
     write_run(model, x[:2], out)
     os.replace(out, tmp_path / ".run.old-deadbeef")  # as if killed right after the first rename
     write_run(model, x[:5], tmp_path / "other")  # unrelated runs are left alone
-    from analysis.store import RunWriter
-
     RunWriter(out, [], n_sequences=1, n_steps=1).abort()  # any new writer for this path recovers it
     assert open_run(out).n_sequences == 2
+
+
+# --- the direct chunk writer: what it writes must be what zarr writes, byte for byte ---------------------------------
+
+LSTM = LayerInfo(name="lstm", cell_type="lstm", units=3, input_dim=2)
+GRU_F = LayerInfo(name="bi/forward", cell_type="gru", units=2, input_dim=4)
+N_CHUNKED = len(LSTM.signals) + len(GRU_F.signals) + 2 * 2 + 1  # signals, masks, inputs, tokens or x
+
+
+def _data(rng, n, t, in_dtype=np.float32, n_features=None):
+    """One whole run's worth of write_batch inputs: signals, mask, inputs per layer; tokens or x."""
+    batch = {}
+    for info in (LSTM, GRU_F):
+        d = {s: rng.normal(size=(n, t, info.units)).astype(in_dtype) for s in info.signals}
+        d["mask"] = rng.random((n, t)) > 0.3
+        d["input"] = rng.normal(size=(n, t, info.input_dim)).astype(np.float32)
+        batch[info.name] = d
+    if n_features:
+        return batch, {"x": rng.normal(size=(n, t, n_features)).astype(np.float32)}
+    return batch, {"tokens": rng.integers(0, 1000, (n, t)).astype(np.int32)}
+
+
+WEIGHTS = {
+    "lstm": {
+        "kernel": np.arange(24, dtype=np.float32).reshape(2, 12),
+        "recurrent_kernel": np.ones((3, 12), np.float32),
+        "bias": np.linspace(-1, 1, 12),  # float64: stored as float32
+    }
+}
+
+
+def _write(out, batch, extra, splits, *, chunk, dtype, direct, n_features=None):
+    n, t = batch["lstm"]["mask"].shape
+    with RunWriter(
+        out,
+        [LSTM, GRU_F],
+        n_sequences=n,
+        n_steps=t,
+        dtype=dtype,
+        chunk_sequences=chunk,
+        weights=WEIGHTS,
+        with_tokens=n_features is None,
+        n_features=n_features,
+        direct_chunks=direct,
+    ) as w:
+        for lo, hi in splits:
+            part = {layer: {k: v[lo:hi] for k, v in d.items()} for layer, d in batch.items()}
+            w.write_batch(lo, part, **{k: v[lo:hi] for k, v in extra.items()})
+        direct_written = len(w._digests)
+        w.finish({"lstm": 0.0, "bi/forward": 0.0})
+    return direct_written
+
+
+def _files(run):
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def _split(n, cuts):
+    edges = sorted({0, n, *(c for c in cuts if 0 < c < n)})
+    return list(zip(edges[:-1], edges[1:]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 9),
+    t=st.integers(1, 4),
+    chunk=st.integers(1, 11),
+    dtype=st.sampled_from(["float16", "float32"]),
+    in_dtype=st.sampled_from([np.float32, np.float16, np.float64]),
+    cuts=st.lists(st.integers(1, 8), max_size=3),
+    aligned=st.booleans(),
+    numeric=st.booleans(),
+)
+def test_direct_chunks_equal_zarrs_own_bytes(tmp_path_factory, n, t, chunk, dtype, in_dtype, cuts, aligned, numeric):
+    """Whatever the batches (aligned with the chunks or not), the run's files are byte for byte those zarr's
+    own writer leaves for the same data: edge chunks padded, float16/float32/bool/int32, metadata, weights."""
+    tmp = tmp_path_factory.mktemp("direct")
+    batch, extra = _data(np.random.default_rng(n * 100 + t), n, t, in_dtype, n_features=2 if numeric else None)
+    c = min(chunk, n)
+    splits = _split(n, [k * c for k in cuts] if aligned else cuts)
+    kw = {"chunk": chunk, "dtype": dtype, "n_features": 2 if numeric else None}
+    n_direct = _write(tmp / "direct", batch, extra, splits, direct=True, **kw)
+    assert _write(tmp / "zarr", batch, extra, splits, direct=False, **kw) == 0
+    if aligned:  # every chunk of every array went the direct way
+        assert n_direct == N_CHUNKED * -(-n // c) + 3  # + the 3 weights
+    a, b = _files(tmp / "direct"), _files(tmp / "zarr")
+    assert a.keys() == b.keys()
+    for rel in a.keys() - {"manifest.json"}:
+        assert a[rel] == b[rel], rel
+    manifest = json.loads(a["manifest.json"])
+    assert manifest["files"] == {rel: hashlib.sha256(v).hexdigest() for rel, v in a.items() if rel != "manifest.json"}
+    run = open_run(tmp / "direct")  # verifies every checksum
+    for info in (LSTM, GRU_F):
+        for s in info.signals:
+            got = run[info.name][s][...]
+            assert got.dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(got, batch[info.name][s].astype(dtype))
+        np.testing.assert_array_equal(run[info.name].mask[...], batch[info.name]["mask"])
+        np.testing.assert_array_equal(run[info.name].inputs[...], batch[info.name]["input"])
+    for k, v in extra.items():
+        np.testing.assert_array_equal((run.x if k == "x" else run.tokens)[...], v)
+    for k, v in WEIGHTS["lstm"].items():
+        np.testing.assert_array_equal(run["lstm"].weights[k], v.astype(np.float32))
+
+
+def test_edge_chunk_is_stored_padded_with_the_fill_value(tmp_path):
+    batch, extra = _data(np.random.default_rng(1), 5, 2)
+    _write(tmp_path / "run", batch, extra, [(0, 4), (4, 5)], chunk=4, dtype="float16", direct=True)
+    path = tmp_path / "run" / "layers" / "lstm" / "forget_gate" / "c" / "1" / "0" / "0"
+    raw = np.frombuffer(path.read_bytes(), "<f2").reshape(4, 2, 3)  # full chunk shape, as zarr stores it
+    np.testing.assert_array_equal(raw[0], batch["lstm"]["forget_gate"][4].astype(np.float16))
+    assert not raw[1:].any()  # the fill value 0.0
+    mask = np.frombuffer((tmp_path / "run/layers/lstm/mask/c/1/0").read_bytes(), bool).reshape(4, 2)
+    np.testing.assert_array_equal(mask[0], batch["lstm"]["mask"][4])
+    assert not mask[1:].any()
+
+
+def test_zarr_dask_and_xarray_read_direct_chunks_exactly(tmp_path):
+    import dask.array as da
+    import xarray as xr
+    import zarr
+
+    batch, extra = _data(np.random.default_rng(2), 7, 3)
+    _write(tmp_path / "run", batch, extra, [(0, 3), (3, 6), (6, 7)], chunk=3, dtype="float16", direct=True)
+    root = zarr.open_group(str(tmp_path / "run"), mode="r")
+    ref = batch["bi/forward"]
+    for s in GRU_F.signals:
+        want = ref[s].astype(np.float16)
+        np.testing.assert_array_equal(root[f"layers/bi/forward/{s}"][...], want)
+        arr = da.from_zarr(str(tmp_path / "run"), component=f"layers/bi/forward/{s}")
+        assert arr.chunks[0] == (3, 3, 1) and arr.dtype == np.float16
+        np.testing.assert_array_equal(arr.compute(), want)
+    ds = xr.open_zarr(str(tmp_path / "run"), group="layers/bi/forward", consolidated=False)
+    assert ds["update_gate"].dims == ("sequence", "step", "unit")
+    np.testing.assert_array_equal(ds["update_gate"].values, ref["update_gate"].astype(np.float16))
+    np.testing.assert_array_equal(ds["mask"].values, ref["mask"])
+    np.testing.assert_array_equal(ds["input"].values, ref["input"])
+    top = xr.open_zarr(str(tmp_path / "run"), consolidated=False)
+    np.testing.assert_array_equal(top["tokens"].values, extra["tokens"])
+
+
+def test_rewriting_a_direct_chunk_through_zarr_rehashes_it(tmp_path):
+    """An unaligned batch over a chunk written directly goes through zarr; the manifest has the new bytes."""
+    batch, extra = _data(np.random.default_rng(3), 6, 2)
+    with RunWriter(tmp_path / "run", [LSTM, GRU_F], n_sequences=6, n_steps=2, chunk_sequences=3, with_tokens=True) as w:
+        w.write_batch(0, batch, **extra)
+        assert len(w._digests) == 2 * N_CHUNKED  # both chunks of every array went the direct way
+        part = {
+            layer: {k: v[1:2] + (1 if v.dtype.kind == "f" else 0) for k, v in d.items()} for layer, d in batch.items()
+        }
+        w.write_batch(1, part, tokens=extra["tokens"][1:2] + 1)
+        w.finish({})
+    run = open_run(tmp_path / "run")  # verifies
+    got = run["lstm"]["candidate"][...]
+    np.testing.assert_array_equal(got[1], batch["lstm"]["candidate"][1] + 1)
+    np.testing.assert_array_equal(np.delete(got, 1, axis=0), np.delete(batch["lstm"]["candidate"], 1, axis=0))
+    np.testing.assert_array_equal(run.tokens[1], extra["tokens"][1] + 1)
+
+
+@pytest.mark.parametrize("damage", ["flip padding byte", "truncate", "delete", "zarr.json"])
+def test_verify_run_detects_a_damaged_direct_chunk(tmp_path, damage):
+    batch, extra = _data(np.random.default_rng(4), 5, 2)
+    _write(tmp_path / "run", batch, extra, [(0, 4), (4, 5)], chunk=4, dtype="float16", direct=True)
+    verify_run(tmp_path / "run")
+    path = tmp_path / "run" / "layers" / "bi" / "forward" / "candidate" / "c" / "1" / "0" / "0"
+    if damage == "flip padding byte":  # in the edge chunk's padding: invisible to readers, not to the checksum
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0x01
+        path.write_bytes(bytes(data))
+        match = "checksum"
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-2])
+        match = "checksum"
+    elif damage == "delete":
+        path.unlink()
+        match = "missing"
+    else:
+        meta = path.parents[3] / "zarr.json"
+        meta.write_text(meta.read_text().replace('"float16"', '"float32"'))
+        match = "checksum"
+    with pytest.raises(RunStoreError, match=match):
+        verify_run(tmp_path / "run")
+    with pytest.raises(RunStoreError, match=match):
+        open_run(tmp_path / "run", verify=True)
+
+
+def test_write_batch_rejects_wrong_shapes_and_ranges(tmp_path):
+    batch, extra = _data(np.random.default_rng(5), 4, 2)
+    with RunWriter(tmp_path / "run", [LSTM, GRU_F], n_sequences=4, n_steps=2, chunk_sequences=2, with_tokens=True) as w:
+        bad = {**batch, "lstm": {**batch["lstm"], "cell_state": batch["lstm"]["cell_state"][:, :, :2]}}
+        with pytest.raises(ValueError, match=r"layer 'lstm': cell_state: got an array of shape \(4, 2, 2\), expected"):
+            w.write_batch(0, bad, **extra)
+        with pytest.raises(ValueError, match=r"sequences 2:6 are outside the run's 0:4"):
+            w.write_batch(2, batch, **extra)
+        with pytest.raises(ValueError, match="tokens="):
+            w.write_batch(0, batch)
+        with pytest.raises(ValueError, match=r"only 0 of 4 sequences"):
+            w.finish({})
+    assert not list(tmp_path.iterdir())  # the failed writer left nothing behind
+
+
+def test_lz4_compression_still_writes_a_readable_verified_run(tmp_path):
+    batch, extra = _data(np.random.default_rng(6), 5, 3)
+    with RunWriter(
+        tmp_path / "run",
+        [LSTM, GRU_F],
+        n_sequences=5,
+        n_steps=3,
+        chunk_sequences=2,
+        with_tokens=True,
+        compression="lz4",
+    ) as w:
+        w.write_batch(0, batch, **extra)
+        # compressed chunks go through zarr and are hashed in finish; the raw mask and tokens go direct
+        assert {k.split("/c/")[0] for k in w._digests} == {"layers/lstm/mask", "layers/bi/forward/mask", "tokens"}
+        w.finish({})
+    meta = json.loads((tmp_path / "run/layers/lstm/forget_gate/zarr.json").read_text())
+    assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc"]
+    run = open_run(tmp_path / "run")
+    np.testing.assert_array_equal(run["lstm"]["forget_gate"][...], batch["lstm"]["forget_gate"])
+    with pytest.raises(ValueError, match=r"compression must be one of \(None, 'lz4'\), got 'zip'"):
+        RunWriter(tmp_path / "other", [LSTM], n_sequences=1, n_steps=1, compression="zip")
