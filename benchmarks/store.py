@@ -6,7 +6,8 @@ float16: per layer 10 signals (256, 200, 128) float16, the mask, the layer's flo
 width 32, then 128), and the token ids; about 290 MB. The data (sigmoid-like values) are generated
 once; every row is the median of ``--repeats`` runs, interleaved (one run of each row per round), in
 one process, so that load from other processes hits every row alike. A ``RunWriter`` row is the whole
-write: create the arrays, one ``write_batch``, ``finish`` (hashes, manifest, rename). Nothing is asserted.
+write: create the arrays and write the weights, one ``write_batch``, ``finish`` (hashes, manifest,
+rename); a second table splits it into those three. Nothing is asserted.
 
     python benchmarks/store.py [--repeats 5] [--quick] [--dir DIR]
 """
@@ -35,14 +36,14 @@ from analysis.store import RunWriter
 from analysis.trace import LayerInfo
 
 WRITERS = {  # label: RunWriter keyword arguments
-    "RunWriter, zarr path, Blosc lz4 (before)": {"compression": "lz4", "direct_chunks": False},
+    "RunWriter, zarr path, Blosc lz4 (the codec before)": {"compression": "lz4", "direct_chunks": False},
     "RunWriter, zarr path, raw chunks": {"compression": None, "direct_chunks": False},
     "RunWriter, direct raw chunks (default)": {"compression": None, "direct_chunks": True},
 }
 
 
 def make_data(n: int, t: int, units: int, embed: int, layers: int, seed: int = 0):
-    """Layer infos and one batch as ``write_run`` hands it to ``RunWriter.write_batch`` (float16 signals)."""
+    """Layer infos, one batch as ``write_run`` hands it to ``RunWriter.write_batch`` (float16 signals), weights."""
     rng = np.random.default_rng(seed)
     infos, batch = [], {}
     for k in range(layers):
@@ -57,7 +58,16 @@ def make_data(n: int, t: int, units: int, embed: int, layers: int, seed: int = 0
         infos.append(info)
         batch[name] = sig
     tokens = rng.integers(0, 96, (n, t), dtype=np.int32)
-    return infos, batch, tokens
+    weights = {
+        info.name: {
+            "kernel": rng.standard_normal((info.input_dim, 4 * units), np.float32),
+            "recurrent_kernel": rng.standard_normal((units, 4 * units), np.float32),
+            "bias": rng.standard_normal(4 * units, np.float32),
+        }
+        for info in infos
+    }
+    weights["lstm"]["embedding"] = rng.standard_normal((96, embed), np.float32)
+    return infos, batch, tokens, weights
 
 
 def buffers(batch, tokens) -> list[np.ndarray]:
@@ -72,18 +82,34 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     n, t, units, embed, layers = (16, 20, 8, 4, 2) if args.quick else (256, 200, 128, 32, 2)
     repeats = 2 if args.quick else args.repeats
-    infos, batch, tokens = make_data(n, t, units, embed, layers)
+    infos, batch, tokens, weights = make_data(n, t, units, embed, layers)
     bufs = buffers(batch, tokens)
     total = sum(b.nbytes for b in bufs)
     root = tempfile.mkdtemp(prefix="gatelens-bench-store-", dir=args.dir)
     pool = ThreadPoolExecutor(2)
     counter = iter(range(1 << 30))
 
-    def write_run_store(kw: dict) -> None:
+    phases: dict[str, list[tuple[float, float, float]]] = {k: [] for k in WRITERS}
+
+    def write_run_store(label: str) -> None:
         out = os.path.join(root, f"run{next(counter)}")
-        w = RunWriter(out, infos, n_sequences=n, n_steps=t, dtype="float16", chunk_sequences=n, with_tokens=True, **kw)
+        t0 = time.perf_counter()
+        w = RunWriter(
+            out,
+            infos,
+            n_sequences=n,
+            n_steps=t,
+            dtype="float16",
+            chunk_sequences=n,
+            weights=weights,
+            with_tokens=True,
+            **WRITERS[label],
+        )
+        t1 = time.perf_counter()
         w.write_batch(0, batch, tokens=tokens)
+        t2 = time.perf_counter()
         w.finish({})
+        phases[label].append((t1 - t0, t2 - t1, time.perf_counter() - t2))
         shutil.rmtree(out)
 
     def sha256_all(threads: int) -> None:
@@ -92,28 +118,35 @@ def main(argv: list[str] | None = None) -> None:
 
         list(pool.map(h, bufs)) if threads == 2 else [h(b) for b in bufs]
 
-    def write_all(hash_too: bool) -> None:
+    def write_all(hash_too: bool, block: int = 0) -> None:
         d = os.path.join(root, f"raw{next(counter)}")
         os.mkdir(d)
 
         def put(k: int) -> None:
             data = memoryview(bufs[k]).cast("B")
+            h = hashlib.sha256()
             with open(os.path.join(d, str(k)), "wb") as f:
-                f.write(data)
-            if hash_too:
-                hashlib.sha256(data).hexdigest()
+                for o in range(0, len(data), block or len(data)):
+                    f.write(data[o : o + (block or len(data))])
+                    if hash_too and block:
+                        h.update(data[o : o + block])
+            if hash_too and not block:
+                h.update(data)
 
         list(pool.map(put, range(len(bufs))))
         shutil.rmtree(d)
 
-    rows: dict[str, Callable[[], None]] = {label: (lambda kw=kw: write_run_store(kw)) for label, kw in WRITERS.items()}
+    rows: dict[str, Callable[[], None]] = {label: (lambda label=label: write_run_store(label)) for label in WRITERS}
     rows["reference: sha256 of the buffers, 1 thread"] = lambda: sha256_all(1)
     rows["reference: sha256 of the buffers, 2 threads"] = lambda: sha256_all(2)
     rows["reference: plain file writes, 2 threads"] = lambda: write_all(False)
-    rows["reference: file writes + sha256, 2 threads"] = lambda: write_all(True)
+    rows["reference: file writes, then sha256 of each, 2 threads"] = lambda: write_all(True)
+    rows["reference: file writes + sha256 per 256 KiB block, 2 threads"] = lambda: write_all(True, 1 << 18)
     times: dict[str, list[float]] = {k: [] for k in rows}
     for f in rows.values():  # warm-up: imports, codecs, page cache
         f()
+    for v in phases.values():
+        v.clear()
     for _ in range(repeats):
         for k, f in rows.items():
             t0 = time.perf_counter()
@@ -132,6 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---:|")
     for k, s in med.items():
         print(f"| {k} | {s:.3f} | {total / 1e6 / s:.0f} | {s / before:.2f} |")
+    print()
+    print("| RunWriter | create arrays s | write_batch s | finish s |")
+    print("|---|---:|---:|---:|")
+    for k, v in phases.items():
+        init, write, finish = (statistics.median(x) for x in zip(*v))
+        print(f"| {k.removeprefix('RunWriter, ')} | {init:.3f} | {write:.3f} | {finish:.3f} |")
 
 
 if __name__ == "__main__":
