@@ -7,14 +7,16 @@ Layout of a run directory ``RUN/`` (a Zarr group, so ``xarray.open_zarr`` and
     RUN/layers/<layer>/<signal>          (N, T, units)   float32 or float16, chunks (batch, T, units)
     RUN/layers/<layer>/mask              (N, T)          bool
     RUN/layers/<layer>/input             (N, T, in)      float32
-    RUN/layers/<layer>/weights/<name>    kernel, recurrent_kernel, bias
+    RUN/layers/<layer>/weights/<name>    kernel, recurrent_kernel, bias (+ embedding), float32, one chunk each
     RUN/tokens                           (N, T)          int32 (text models only)
     RUN/x                                (N, T, F)       float32 (the model's numeric input, numeric models only)
     RUN/analysis/                        tables written by ``gatelens analyze`` (not part of the checksummed run)
     RUN/manifest.json                    written last; lists every file with its sha256
 
 ``<layer>`` is the contract name; a Bidirectional layer's directions nest as
-``layers/<name>/forward`` and ``layers/<name>/backward``.
+``layers/<name>/forward`` and ``layers/<name>/backward``. Arrays are chunked along sequences only,
+and every chunk is stored raw (codec ``bytes``, little-endian; see :func:`_compressors` for why),
+the last one padded to full size as zarr does. Runs written with Blosc-compressed signals read the same.
 
 The writer fills a hidden sibling directory and renames it into place only after the
 manifest is written, so a reader never sees a half-written run and an interrupted
