@@ -2,9 +2,11 @@
 """Extraction speed, measured side by side with ``model.predict`` in one process.
 
 Prints, for a 2x128 char-level LSTM (256 sequences x 200 steps) and a 1x512 LSTM, the median of
-``--repeats`` interleaved runs of: ``model.predict``; ``extract`` in memory; ``write_run`` into the
-store (float16); a naive baseline (a Python loop calling each layer's cell step by step). Ratios
-are time / predict time. Nothing is asserted: the numbers go into the README.
+``--repeats`` interleaved runs of: ``model.predict``; ``extract`` in memory and ``write_run`` into the
+store (float16), each with ``verify="full"`` (the default: every step of every sequence checked against
+Keras) and ``verify="sample"`` (Keras re-runs 8 + 1 sequences per batch); a naive baseline (a Python loop
+calling each layer's cell step by step). Ratios are time / predict time. Nothing is asserted: the numbers
+go into the README.
 
     python benchmarks/extract.py [--repeats 5] [--quick]
 """
@@ -66,9 +68,13 @@ def bench(model: keras.Model, x: np.ndarray, repeats: int, batch_size: int) -> d
     naive_n = min(32, x.shape[0])
     methods = {
         "model.predict": lambda: model.predict(x, batch_size=batch_size, verbose=0),
-        "extract, in memory": lambda: extract(ex, x, batch_size=batch_size),
-        "extract into the store (float16)": lambda: write_run(
+        "extract, in memory (verify=full)": lambda: extract(ex, x, batch_size=batch_size),
+        "extract, in memory (verify=sample)": lambda: extract(ex, x, batch_size=batch_size, verify="sample"),
+        "extract into the store, float16 (verify=full)": lambda: write_run(
             ex, x, os.path.join(tmp, "run"), batch_size=batch_size, dtype="float16"
+        ),
+        "extract into the store, float16 (verify=sample)": lambda: write_run(
+            ex, x, os.path.join(tmp, "run"), batch_size=batch_size, dtype="float16", verify="sample"
         ),
         "naive Python loop over the cell": lambda: naive_extract(model, x[:naive_n]),
     }

@@ -1,7 +1,7 @@
 """The benchmark scripts still run: each with --quick (tiny sizes) exits 0 and prints its Markdown table.
 
 Nothing about speed is asserted (benchmarks are measured, not asserted); this only keeps the scripts
-from rotting as the code they measure changes. Both run at once, as real subprocesses.
+from rotting as the code they measure changes. All run at once, as real subprocesses.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
     "extract": (["--quick"], "| model | method | seconds | x predict |"),
     "analysis": (["--quick", "--profile-steps"], "| N (sequences) | run on disk (MiB) | analyze s | peak RSS (MiB) "),
+    "store": (["--quick"], "| what | seconds | MB/s | x before |"),
 }
 
 
