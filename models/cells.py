@@ -9,13 +9,16 @@ Two ways to get the previous hidden state ``h_{t-1}``:
 * ``h_ref`` given -- *teacher-forced*: ``h_{t-1}`` is taken from the layer's own Keras output, so
   all gates of all steps come from one batched matrix product. Only the LSTM cell state, a
   linear recurrence, still needs a (cheap, element-wise) scan. The recomputed hidden state is
-  then compared with Keras's output exactly as in the free-running case. This path runs in
-  float64 (from the float32 weights, inputs and Keras states) and is rounded once when stored,
-  so the exact decompositions of :mod:`analysis.decompose` sum back to the stored float32
-  signals to their own rounding (a float32 matrix product over 100-200 terms is off by several
-  units in the last place at large pre-activations). The LSTM cell state is the float64
-  recurrence of the gates *as they will be stored*. The free-running path stays in float32, in
-  Keras's own order of operations, because it is compared step by step with Keras.
+  then compared with Keras's output exactly as in the free-running case. For the LSTM this
+  path's matrix product runs in float64 (from the float32 weights, inputs and Keras states) and
+  is rounded once, and the cell state is the float64 recurrence of the gates *as they will be
+  stored*, so the exact decompositions of :mod:`analysis.decompose` sum back to the stored
+  float32 signals to their own rounding (a float32 product over 100-200 terms is off by several
+  units in the last place at large pre-activations, and a float32 cell state accumulates them
+  over long memories). GRU and SimpleRNN stay in float32: their hidden state is the activation
+  of the pre-activation itself, so an exact value would differ from Keras's own float32 rounding
+  by up to ~1e-5 at saturating weights, the verification's scale. The free-running path stays in
+  float32, in Keras's own order of operations, because it is compared step by step with Keras.
 
 Equations (Keras 3, ``keras/src/layers/rnn/{lstm,gru,simple_rnn}.py``):
 
@@ -145,9 +148,7 @@ def run_lstm(
     else:  # teacher-forced: the matrix product in float64, rounded once (see module docstring)
         w64 = _float64(w)
         h_prev = previous_states(h_ref, mask, h0)
-        z = tf.einsum("bti,ij->btj", _f64(x), w64.kernel) + tf.einsum(
-            "btu,uj->btj", _f64(h_prev), w64.recurrent_kernel
-        )
+        z = tf.einsum("bti,ij->btj", _f64(x), w64.kernel) + tf.einsum("btu,uj->btj", _f64(h_prev), w64.recurrent_kernel)
         if w64.bias is not None:
             z = z + w64.bias
         z = tf.cast(z, x.dtype)  # the stored pre-activations; the gates are their float32 activations
@@ -234,11 +235,9 @@ def run_gru(
         zeros = tf.zeros_like(h0)
         h, z_pre, r_pre, hh_pre = _scan_time(step, (x, m), (h0, zeros, zeros, zeros))
         z, r, hh = (w.recurrent_activation(z_pre), w.recurrent_activation(r_pre), w.activation(hh_pre))
-    else:  # teacher-forced, in float64
-        w = _float64(w)
-        input_bias = None if w.bias is None else (w.bias[0] if w.reset_after else w.bias)
-        h_prev = previous_states(_f64(h_ref), mask, _f64(h0))
-        z, r, hh, h, z_pre, r_pre, hh_pre = _gru_parts(w, project(_f64(x)), h_prev)
+    else:
+        h_prev = previous_states(h_ref, mask, h0)
+        z, r, hh, h, z_pre, r_pre, hh_pre = _gru_parts(w, project(x), h_prev)
         h = tf.where(m[..., None], h, h_prev)
     return {
         "update_gate": z,
@@ -271,9 +270,8 @@ def run_simple_rnn(
             return _carry(m_t, act(pre), h), pre
 
         h, pre = _scan_time(step, (x, m), (h0, tf.zeros_like(h0)))
-    else:  # teacher-forced, in float64
-        w = _float64(w)
-        h_prev = previous_states(_f64(h_ref), mask, _f64(h0))
-        pre = project(_f64(x)) + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
+    else:
+        h_prev = previous_states(h_ref, mask, h0)
+        pre = project(x) + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
         h = tf.where(m[..., None], act(pre), h_prev)
     return {"hidden_state": h, "hidden_state_pre": pre}

@@ -569,9 +569,9 @@ def extract(
     vocabulary, feature_names : optional
         Stored on the trace (token strings for text models, input feature names otherwise).
     verify : {"full", "sample"}
-        ``"full"`` (default): Keras runs every sequence; each sequence-returning layer is recomputed in
-        float64 from Keras's own previous hidden states (one batched product for all steps) and every
-        step of every sequence is compared with Keras's output. ``"sample"``: faster (about one forward
+        ``"full"`` (default): Keras runs every sequence; each sequence-returning layer is recomputed
+        from Keras's own previous hidden states (one batched product for all steps; for LSTMs in
+        float64, see :mod:`models.cells`) and every step of every sequence is compared with Keras's output. ``"sample"``: faster (about one forward
         pass instead of two): gatelens's own float32 re-run, in Keras's order of operations, drives the
         model, and Keras re-runs ``sample_size`` evenly spaced sequences of each batch plus its most-masked
         one; every output of the layer (sequence, final states) is compared on those sequences.

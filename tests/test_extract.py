@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import keras
 import numpy as np
@@ -213,6 +214,7 @@ def test_matches_keras_and_identities(name, masked, verify, tmp_path):
     """Both verification modes: "full" recomputes from Keras's states; with "sample" our own re-run drives
     the model (its emulated layer outputs feed the next layers) and Keras checks 2 + 1 of each 4 sequences,
     so step 2 below (every sequence against plain Keras sub-models) is the independent check of the rest."""
+    keras.utils.set_random_seed(zlib.crc32(name.encode()))  # the same weights on every run: reproducible
     model = CONFIGS[name]()
     _saturate(model, scale=4.0)
     model = _roundtrip(model, tmp_path)  # a real .keras file through the project's safe loader
@@ -225,9 +227,9 @@ def test_matches_keras_and_identities(name, masked, verify, tmp_path):
     for lname, err in trace.verification.items():  # float32 round-off scales with |h| for unbounded activations
         assert err < 1e-5 * max(1.0, float(np.abs(trace[lname]["hidden_state"]).max())), lname
 
-    # 2. independently: each layer's Keras output from a plain sub-model. With verify="sample" our free-running
-    # float32 re-run feeds the next layers, so round-off accumulates over steps as in Keras's own float32 (at
-    # |h| ~ 5 with an unbounded elu, 2e-5 apart from predict()): the tolerance scales with |h| as the extractor's.
+    # 2. independently: each layer's Keras output from a plain sub-model, within 1e-5 scaled by max(1, |h|) as
+    # the extractor's own check: with unbounded activations (elu, relu) and saturating weights |h| reaches 5-10,
+    # where float32 round-off alone (Keras's own, step after step) is ~2e-5 (measured: gru elu, |h| = 5.1).
     for lname, (layer, y) in _reference_outputs(model, x).items():
         if isinstance(layer, L.Bidirectional):
             dirs = [f"{lname}/forward", f"{lname}/backward"]
@@ -241,7 +243,7 @@ def test_matches_keras_and_identities(name, masked, verify, tmp_path):
             h = np.asarray(lt["hidden_state"])
             m = np.asarray(lt.mask)
             backwards = lt.info.go_backwards
-            atol = 1e-5 if verify == "full" else 1e-5 * max(1.0, float(np.abs(ref).max()))
+            atol = 1e-5 * max(1.0, float(np.abs(ref).max()))
             if ref.ndim == 2:  # return_sequences=False: the last processed step
                 last = h[:, 0] if backwards else h[:, -1]
                 np.testing.assert_allclose(last, ref, atol=atol, rtol=1e-6, err_msg=d)
