@@ -30,6 +30,10 @@ Equations (Keras 3, ``keras/src/layers/rnn/{lstm,gru,simple_rnn}.py``):
 * SimpleRNN: ``h = a(x W + b + h U)``.
 
 Masked steps carry the state unchanged.
+
+Free-running results stay time-major, (T, B, units) as ``tf.scan`` stacks them, and an LSTM's four
+pre-activations stay stacked: transposing ten signals inside the compiled function cost more than the
+recurrence itself at 512 units; the caller presents them batch-major as NumPy views (no copy).
 """
 
 from __future__ import annotations
@@ -105,11 +109,15 @@ def previous_states(h: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor) -> tf.T
     return tf.where((prev >= 0)[..., None], gathered, h0[:, None, :])
 
 
-def _scan_time(fn, elems, initializer):
-    """tf.scan over axis 1 of batch-major tensors; returns batch-major outputs."""
-    elems_t = tf.nest.map_structure(lambda e: tf.experimental.numpy.swapaxes(e, 0, 1), elems)
-    out = tf.scan(fn, elems_t, initializer=initializer)
-    return tf.nest.map_structure(lambda e: tf.experimental.numpy.swapaxes(e, 0, 1), out)
+def _swap(t: tf.Tensor) -> tf.Tensor:
+    return tf.experimental.numpy.swapaxes(t, 0, 1)
+
+
+def _scan_time(fn, elems, initializer, *, time_major_in: bool = False, time_major_out: bool = False):
+    """tf.scan over the time axis: axis 1 of batch-major tensors (axis 0 with ``time_major_in``); returns
+    batch-major outputs, or time-major ones (T, B, ...) as the scan stacks them with ``time_major_out``."""
+    out = tf.scan(fn, elems if time_major_in else tf.nest.map_structure(_swap, elems), initializer=initializer)
+    return out if time_major_out else tf.nest.map_structure(_swap, out)
 
 
 def run_lstm(
@@ -126,6 +134,9 @@ def run_lstm(
 
     ``exact_cell_state``: store the cell state as the float64 recurrence of the gates as stored (always
     so when teacher-forced); False keeps the free-running scan's own float32 state, Keras's value.
+    Free-running (``h_ref=None``), the signals are time-major (T, B, units) as the scan stacks them and
+    the four pre-activations come as one stacked ``preactivations`` (T, B, 4 units) in gate order
+    (see :data:`TIME_MAJOR`); teacher-forced, each signal is (B, T, units).
     """
     m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
     if h_ref is None:
@@ -144,7 +155,7 @@ def run_lstm(
             return _carry(m_t, h_new, h), _carry(m_t, c_new, c), z
 
         z0 = tf.zeros(tf.concat([tf.shape(x)[:1], tf.shape(w.kernel)[1:]], 0), x.dtype)
-        h, c, z = _scan_time(step, (x, m), (h0, c0, z0))
+        h, c, z = _scan_time(step, (x, m), (h0, c0, z0), time_major_out=True)
     else:  # teacher-forced: the matrix product in float64, rounded once (see module docstring)
         w64 = _float64(w)
         h_prev = previous_states(h_ref, mask, h0)
@@ -165,16 +176,15 @@ def run_lstm(
             f_t, ig_t, m_t = inp
             return _carry(m_t, f_t * c + ig_t, c)
 
-        c = tf.cast(_scan_time(cstep, (_f64(f), _f64(i) * _f64(g), m), _f64(c0)), x.dtype)
-    if h_ref is not None:
-        h = tf.where(m[..., None], o * w.activation(c), h_prev)
+        tm = h_ref is None  # free-running gates are time-major: scan them as they are
+        elems = (_f64(f), _f64(i) * _f64(g), _swap(m) if tm else m)
+        c = tf.cast(_scan_time(cstep, elems, _f64(c0), time_major_in=tm, time_major_out=tm), x.dtype)
+    gates = {"input_gate": i, "forget_gate": f, "candidate": g, "output_gate": o, "cell_state": c}
+    if h_ref is None:
+        return {**extra, **gates, "hidden_state": h, "preactivations": z}
+    h = tf.where(m[..., None], o * w.activation(c), h_prev)
     return {
-        **extra,
-        "input_gate": i,
-        "forget_gate": f,
-        "candidate": g,
-        "output_gate": o,
-        "cell_state": c,
+        **gates,
         "hidden_state": h,
         "input_gate_pre": zi,
         "forget_gate_pre": zf,
@@ -216,7 +226,7 @@ def _gru_parts(w: CellWeights, xw: tf.Tensor, h_prev: tf.Tensor):
 def run_gru(
     w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, h_ref: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
-    """All GRU signals for ``x`` (B, T, in) in processing order."""
+    """All GRU signals for ``x`` (B, T, in) in processing order; time-major (T, B, units) when free-running."""
     input_bias = None if w.bias is None else (w.bias[0] if w.reset_after else w.bias)
 
     def project(inputs):  # Keras: matrix_x = inputs @ kernel + input_bias
@@ -233,7 +243,7 @@ def run_gru(
             return (_carry(m_t, h_new, h), z_pre, r_pre, hh_pre)
 
         zeros = tf.zeros_like(h0)
-        h, z_pre, r_pre, hh_pre = _scan_time(step, (x, m), (h0, zeros, zeros, zeros))
+        h, z_pre, r_pre, hh_pre = _scan_time(step, (x, m), (h0, zeros, zeros, zeros), time_major_out=True)
         z, r, hh = (w.recurrent_activation(z_pre), w.recurrent_activation(r_pre), w.activation(hh_pre))
     else:
         h_prev = previous_states(h_ref, mask, h0)
@@ -253,7 +263,8 @@ def run_gru(
 def run_simple_rnn(
     w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, h_ref: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
-    """SimpleRNN hidden state and its pre-activation for ``x`` (B, T, in) in processing order."""
+    """SimpleRNN hidden state and pre-activation for ``x`` (B, T, in) in processing order; time-major (T, B,
+    units) when free-running."""
 
     def project(inputs):  # Keras: h = inputs @ kernel + bias
         xw = tf.tensordot(inputs, w.kernel, axes=[[inputs.shape.rank - 1], [0]])
@@ -269,7 +280,7 @@ def run_simple_rnn(
             pre = project(x_t) + tf.matmul(h, w.recurrent_kernel)
             return _carry(m_t, act(pre), h), pre
 
-        h, pre = _scan_time(step, (x, m), (h0, tf.zeros_like(h0)))
+        h, pre = _scan_time(step, (x, m), (h0, tf.zeros_like(h0)), time_major_out=True)
     else:
         h_prev = previous_states(h_ref, mask, h0)
         pre = project(x) + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)

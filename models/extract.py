@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis.signals import PRE_ACTIVATION, WEIGHT_BLOCKS
 from analysis.store import RunWriter, open_run
 from analysis.trace import LayerInfo, LayerTrace, Trace
 from models.errors import GatelensInputError, UnsupportedLayerError, VerificationError
@@ -197,7 +198,8 @@ class Extractor:
         self.directions = [d for d in directions if d.name in self._wanted]
         self._embedding: dict[str, Any] = {}  # direction name -> the Embedding layer feeding it
         self._jit = jit_compile
-        self._fns: dict[str, tuple[Any, Any]] = {}
+        self._fns: dict[tuple, tuple[Any, Any]] = {}
+        self._layouts: dict[tuple, dict[str, tuple[bool, bool]]] = {}
 
     @property
     def layer_names(self) -> list[str]:
@@ -210,7 +212,13 @@ class Extractor:
         return self.token_input
 
     # -- the traced computation -------------------------------------------------------------
-    def _hook(self, captures: dict[str, dict[str, Any]], verify: str = "full", sample_size: int = DEFAULT_SAMPLE_SIZE):
+    def _hook(
+        self,
+        captures: dict[str, dict[str, Any]],
+        layout: dict[str, tuple[bool, bool]],
+        verify: str = "full",
+        sample_size: int = DEFAULT_SAMPLE_SIZE,
+    ):
         import tensorflow as tf
         from keras.src import backend, tree
 
@@ -232,20 +240,22 @@ class Extractor:
             back = d.info.go_backwards
             xp, mp = (rev(x), rev(mask)) if back else (x, mask)
             if d.info.cell_type == "lstm":
-                sig = cells.run_lstm(
-                    w, xp, mp, states[0], states[1], h_ref=ref_proc, exact_cell_state=verify == "full"
-                )
+                sig = cells.run_lstm(w, xp, mp, states[0], states[1], h_ref=ref_proc, exact_cell_state=verify == "full")
             elif d.info.cell_type == "gru":
                 sig = cells.run_gru(w, xp, mp, states[0], h_ref=ref_proc)
             else:
                 sig = cells.run_simple_rnn(w, xp, mp, states[0], h_ref=ref_proc)
-            out = {k: (rev(v) if back else v) for k, v in sig.items()}
+            # Signals stay in processing order, time-major when free-running: run_batch presents them in
+            # time order, batch-major, as NumPy views (a transpose or reversal here would copy each of them).
+            time_major = ref_proc is None
+            layout[d.name] = (time_major, back)
+            carried = sig.pop("_cell_state_carried", sig.get("cell_state"))
+            out = dict(sig)
             out["mask"] = mask if mask is not None else tf.ones(tf.shape(x)[:2], tf.bool)
             out["input"] = x
-            out["_h_proc"] = sig["hidden_state"]
-            out["_c_proc"] = sig.get("_cell_state_carried", sig.get("cell_state"))
+            out["_h_proc"] = cells._swap(sig["hidden_state"]) if time_major else sig["hidden_state"]
+            out["_c_proc"] = None if carried is None else cells._swap(carried) if time_major else carried
             out["_mask_proc"] = mp
-            out.pop("_cell_state_carried", None)
             if emb_layer is not None:
                 self._embedding[d.name] = emb_layer
             return out
@@ -384,9 +394,9 @@ class Extractor:
                 if parts is not None:  # concat or None: each direction against its own half
                     ef = error(rf["_h_proc"], rf["_mask_proc"], parts[0], not seqs)
                     eb = error(rb["_h_proc"], rb["_mask_proc"], bwd_ref if seqs else parts[1], not seqs)
-                else:
-                    hf = rf["hidden_state"] if seqs else rf["_h_proc"][:, -1]
-                    hb = rb["hidden_state"] if seqs else rb["_h_proc"][:, -1]
+                else:  # merged: each direction's hidden state in time order
+                    hf = rf["_h_proc"] if seqs else rf["_h_proc"][:, -1]
+                    hb = rev(rb["_h_proc"]) if seqs else rb["_h_proc"][:, -1]
                     merged = {"sum": hf + hb, "ave": (hf + hb) / 2, "mul": hf * hb}[layer.merge_mode]
                     yf = tf.cast(y, merged.dtype)
                     diff = tf.abs(merged - yf)
@@ -417,9 +427,11 @@ class Extractor:
 
         from models.graph import call_with_hook
 
+        layout = self._layouts.setdefault(key, {})  # filled while tracing: name -> (time_major, go_backwards)
+
         def fn(x):
             captures: dict[str, dict[str, Any]] = {}
-            call_with_hook(self.model, x, self._hook(captures, verify, int(sample_size)))
+            call_with_hook(self.model, x, self._hook(captures, layout, verify, int(sample_size)))
             out = {}
             for name, sig in captures.items():
                 d = {k: v for k, v in sig.items() if not k.startswith("_")}
@@ -450,7 +462,29 @@ class Extractor:
             self._fns[key] = (plain, plain)
             res = plain(x)
         # np.asarray shares the tensor's buffer (zero-copy on CPU); .numpy() would copy every signal
-        return {name: {k: np.asarray(v) for k, v in sig.items()} for name, sig in res.items()}
+        return {name: self._present(name, sig, self._layouts[key][name]) for name, sig in res.items()}
+
+    def _present(self, name: str, sig: dict[str, Any], layout: tuple[bool, bool]) -> dict[str, np.ndarray]:
+        """A layer's outputs as (B, T, ...) arrays in time order: views of the compiled function's buffers
+        (transposed when time-major, reversed for go_backwards, the stacked LSTM pre-activations split)."""
+        time_major, backwards = layout
+        out: dict[str, np.ndarray] = {}
+        for k, v in sig.items():
+            a = np.asarray(v)
+            if k in ("mask", "input", "error"):
+                out[k] = a
+                continue
+            if time_major:
+                a = a.swapaxes(0, 1)
+            if backwards:
+                a = a[:, ::-1]
+            if k == "preactivations":  # LSTM, free-running: (B, T, 4 units) in Keras's gate order i, f, c, o
+                u = a.shape[-1] // 4
+                for j, gate in enumerate(WEIGHT_BLOCKS["lstm"]):
+                    out[PRE_ACTIVATION["lstm"][gate]] = a[..., j * u : (j + 1) * u]
+            else:
+                out[k] = a
+        return out
 
     def weights(self) -> dict[str, dict[str, np.ndarray]]:
         """Per captured layer: kernel, recurrent_kernel, bias (and embedding when fed by one)."""
