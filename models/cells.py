@@ -109,15 +109,18 @@ def previous_states(h: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor) -> tf.T
     return tf.where((prev >= 0)[..., None], gathered, h0[:, None, :])
 
 
-def _swap(t: tf.Tensor) -> tf.Tensor:
+def swap_batch_time(t: tf.Tensor) -> tf.Tensor:
+    """(B, T, ...) <-> (T, B, ...)."""
     return tf.experimental.numpy.swapaxes(t, 0, 1)
 
 
 def _scan_time(fn, elems, initializer, *, time_major_in: bool = False, time_major_out: bool = False):
     """tf.scan over the time axis: axis 1 of batch-major tensors (axis 0 with ``time_major_in``); returns
     batch-major outputs, or time-major ones (T, B, ...) as the scan stacks them with ``time_major_out``."""
-    out = tf.scan(fn, elems if time_major_in else tf.nest.map_structure(_swap, elems), initializer=initializer)
-    return out if time_major_out else tf.nest.map_structure(_swap, out)
+    out = tf.scan(
+        fn, elems if time_major_in else tf.nest.map_structure(swap_batch_time, elems), initializer=initializer
+    )
+    return out if time_major_out else tf.nest.map_structure(swap_batch_time, out)
 
 
 def run_lstm(
@@ -177,7 +180,7 @@ def run_lstm(
             return _carry(m_t, f_t * c + ig_t, c)
 
         tm = h_ref is None  # free-running gates are time-major: scan them as they are
-        elems = (_f64(f), _f64(i) * _f64(g), _swap(m) if tm else m)
+        elems = (_f64(f), _f64(i) * _f64(g), swap_batch_time(m) if tm else m)
         c = tf.cast(_scan_time(cstep, elems, _f64(c0), time_major_in=tm, time_major_out=tm), x.dtype)
     gates = {"input_gate": i, "forget_gate": f, "candidate": g, "output_gate": o, "cell_state": c}
     if h_ref is None:

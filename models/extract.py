@@ -253,8 +253,8 @@ class Extractor:
             out = dict(sig)
             out["mask"] = mask if mask is not None else tf.ones(tf.shape(x)[:2], tf.bool)
             out["input"] = x
-            out["_h_proc"] = cells._swap(sig["hidden_state"]) if time_major else sig["hidden_state"]
-            out["_c_proc"] = None if carried is None else cells._swap(carried) if time_major else carried
+            out["_h_proc"] = cells.swap_batch_time(sig["hidden_state"]) if time_major else sig["hidden_state"]
+            out["_c_proc"] = None if carried is None else cells.swap_batch_time(carried) if time_major else carried
             out["_mask_proc"] = mp
             if emb_layer is not None:
                 self._embedding[d.name] = emb_layer
@@ -262,7 +262,7 @@ class Extractor:
 
         def error(h_proc, mask_proc, ref, last_only):
             """(max |h - ref|, max |h - ref| / (1 + |ref|)) over the compared (unmasked) steps."""
-            ref = tf.cast(ref, h_proc.dtype)  # float64 for teacher-forced layers (see models.cells)
+            ref = tf.cast(ref, h_proc.dtype)
             h = h_proc[:, -1] if last_only else h_proc
             diff = tf.abs(h - ref)
             if mask_proc is not None and not last_only:
