@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from analysis._reading import read, read_mask
-from analysis.store import ANALYSIS_DIR, RunStoreError, atomic_write_bytes
+from analysis.store import ANALYSIS_DIR, RunStoreError, atomic_write_bytes, sha256_file
 from analysis.trace import Trace, iter_chunks
 
 log = logging.getLogger(__name__)
@@ -282,14 +282,6 @@ def _stream_events(trace: Trace, path: Path, chunk: int) -> tuple[pd.DataFrame, 
     return empty, builder.result()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _skip(result: Analysis, step: str, why: str) -> None:
     log.warning("analysis step %r skipped: %s", step, why)
     result.skipped[step] = why
@@ -360,7 +352,7 @@ def save_analysis(analysis: Analysis, run_dir: str | os.PathLike) -> Path:
                 else:
                     shutil.move(source, target)  # a rename when on the same file system
                 analysis.events_file = str(target)
-            files[name] = {"file": target.name, "sha256": _file_sha256(target)}
+            files[name] = {"file": target.name, "sha256": sha256_file(target)}
             continue
         data = _parquet_bytes(getattr(analysis, name), EVENTS_ROW_GROUP if name == "events" else None)
         atomic_write_bytes(out / f"{name}.parquet", data)
@@ -413,7 +405,7 @@ def load_analysis(run_dir: str | os.PathLike) -> Analysis:
         try:
             if name == "events":  # hashed a block at a time, left on disk
                 data = None
-                digest = _file_sha256(path)
+                digest = sha256_file(path)
             else:
                 data = path.read_bytes()
                 digest = hashlib.sha256(data).hexdigest()

@@ -44,6 +44,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from analysis.store import sha256_file
 from models.errors import DataError
 from models.spec import WORD_PATTERN, InputSpec
 
@@ -290,14 +291,6 @@ def _decode(path: Path, raw: bytes) -> str:
     return text
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # -- .npy / .npz --------------------------------------------------------------------------------------
 
 
@@ -377,7 +370,7 @@ def _read_npy_file(path: Path, cap: int, max_rows: int | None) -> tuple[np.ndarr
         raise DataError(f"{path}: permission denied") from None
     except OSError as e:
         raise DataError(f"{path}: cannot be read: {e.strerror or e}") from None
-    return arr, _sha256_file(path)
+    return arr, sha256_file(path)
 
 
 def _read_npz_file(path: Path, cap: int, max_rows: int | None) -> tuple[np.ndarray, str]:
@@ -414,7 +407,7 @@ def _read_npz_file(path: Path, cap: int, max_rows: int | None) -> tuple[np.ndarr
     ) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{where}: not a readable .npz archive: {msg}") from None
-    return arr, _sha256_file(path)
+    return arr, sha256_file(path)
 
 
 def _array_dataset(arr: np.ndarray, spec: InputSpec, path: Path, kind: str, sha: str, max_rows: int | None) -> Dataset:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis.store import sha256_file
 from models.errors import DataError
 
 #: Repository root and the bundled data folder.
@@ -78,15 +79,6 @@ OOV_TOKEN = "[UNK]"
 #: Joining the tokens gives back the text exactly.
 WORD_PATTERN = r"\w+|\s+|[^\w\s]"
 LEVELS = ("char", "word")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def repo_relative(path: str | os.PathLike) -> str:
