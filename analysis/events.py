@@ -197,15 +197,12 @@ def detect_events(
     --------
     See the module docstring.
     """
-    _check_thresholds(forget_high, forget_low, write_threshold, read_threshold)
-    unknown = sorted(set(events) - {"forget", "write", "read"})
-    if unknown:
-        raise ValueError(f"unknown event type(s) {unknown}; expected forget, write or read")
-    thresholds = {
-        "forget_high": forget_high, "forget_low": forget_low,
-        "write_threshold": write_threshold, "read_threshold": read_threshold,
-    }  # fmt: skip
-    frames = [df for _, _, df in _event_chunks(trace, layers, events, thresholds, chunk)]
+    frames = list(
+        iter_events(
+            trace, layers=layers, events=events, forget_high=forget_high, forget_low=forget_low,
+            write_threshold=write_threshold, read_threshold=read_threshold, chunk=chunk,
+        )
+    )  # fmt: skip
     if not frames:
         return _empty_events()
     return pd.concat(frames, ignore_index=True)[EVENT_COLUMNS]
