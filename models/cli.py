@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from models.zoo.cli import positive_int
+
 log = logging.getLogger("gatelens")
 
 
@@ -76,16 +78,6 @@ def _load_model_and_data(args: argparse.Namespace):
         max_sequences=getattr(args, "max_sequences", None),
     )
     return model, spec, data
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -245,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Keras re-runs --sample-size sequences of each batch",
     )
     e.add_argument(
-        "--sample-size", type=_positive_int, default=8, help="sequences per batch Keras re-runs with --verify sample"
+        "--sample-size", type=positive_int, default=8, help="sequences per batch Keras re-runs with --verify sample"
     )
     e.set_defaults(func=cmd_extract)
 

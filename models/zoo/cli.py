@@ -25,7 +25,8 @@ from typing import Any, TextIO
 from models.errors import GatelensInputError
 
 
-def _positive_int(s: str) -> int:
+def positive_int(s: str) -> int:
+    """argparse type: an integer >= 1 (also used by the ``gatelens`` CLI)."""
     try:
         v = int(s)
     except ValueError:
@@ -122,14 +123,12 @@ def _common(p: argparse.ArgumentParser, *, units: int | None, layers: int, epoch
         "--out", "-o", type=_keras_path, help="model file to write (.keras); the card and side-car go beside it"
     )
     p.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="recurrent cell (default lstm)")
-    p.add_argument("--layers", type=_positive_int, default=layers, help=f"stacked recurrent layers (default {layers})")
-    p.add_argument("--units", type=_positive_int, default=units, help="units per recurrent layer")
-    p.add_argument(
-        "--epochs", type=_positive_int, default=epochs, help="maximum epochs (early stopping may end sooner)"
-    )
-    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--layers", type=positive_int, default=layers, help=f"stacked recurrent layers (default {layers})")
+    p.add_argument("--units", type=positive_int, default=units, help="units per recurrent layer")
+    p.add_argument("--epochs", type=positive_int, default=epochs, help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--learning-rate", type=_positive_float, default=None)
-    p.add_argument("--patience", type=_positive_int, default=None, help="early-stopping patience in epochs")
+    p.add_argument("--patience", type=positive_int, default=None, help="early-stopping patience in epochs")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same weights)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -151,15 +150,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("corpus", nargs="?", default=None, help="UTF-8 text file (default: the bundled Python corpus)")
     _common(t, units=96, layers=2, epochs=30)
     t.add_argument("--level", choices=["char", "word"], default="char")
-    t.add_argument("--embedding-dim", type=_positive_int, default=32)
-    t.add_argument("--window", type=_positive_int, default=100, help="tokens per input sequence (default 100)")
-    t.add_argument("--stride", type=_positive_int, default=None, help="training window stride (default: window)")
+    t.add_argument("--embedding-dim", type=positive_int, default=32)
+    t.add_argument("--window", type=positive_int, default=100, help="tokens per input sequence (default 100)")
+    t.add_argument("--stride", type=positive_int, default=None, help="training window stride (default: window)")
     t.add_argument("--dropout", type=_dropout, default=0.0, help="dropout between recurrent layers")
     t.add_argument("--val-fraction", type=_fraction, default=0.1)
     t.add_argument("--test-fraction", type=_fraction, default=0.1)
-    t.add_argument("--min-count", type=_positive_int, default=2, help="rarer tokens map to [UNK]")
-    t.add_argument("--max-tokens", type=_positive_int, default=None, help="vocabulary size limit")
-    t.add_argument("--max-chars", type=_positive_int, default=None, help="use only the first N characters")
+    t.add_argument("--min-count", type=positive_int, default=2, help="rarer tokens map to [UNK]")
+    t.add_argument("--max-tokens", type=positive_int, default=None, help="vocabulary size limit")
+    t.add_argument("--max-chars", type=positive_int, default=None, help="use only the first N characters")
     t.set_defaults(func=run)
 
     s = what.add_parser("timeseries", help="forecaster on a CSV series (sequence-to-one or sequence-to-sequence)")
@@ -168,8 +167,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--columns", nargs="+", default=None, help="input columns (default: every numeric column)")
     s.add_argument("--target", default=None, help="column to forecast (default: the first input column)")
     s.add_argument("--mode", choices=["one", "sequence"], default="one", help="sequence-to-one or -to-sequence")
-    s.add_argument("--horizon", type=_positive_int, default=1, help="steps ahead (default 1)")
-    s.add_argument("--window", type=_positive_int, default=24, help="steps per input window (default 24)")
+    s.add_argument("--horizon", type=positive_int, default=1, help="steps ahead (default 1)")
+    s.add_argument("--window", type=positive_int, default=24, help="steps per input window (default 24)")
     s.add_argument("--dropout", type=_dropout, default=0.0)
     s.add_argument("--val-fraction", type=_fraction, default=0.15)
     s.add_argument("--test-fraction", type=_fraction, default=0.15)
@@ -178,16 +177,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     k = what.add_parser("task", help="planted-mechanism task: brackets, recall or adding")
     k.add_argument("name", choices=["brackets", "recall", "adding"])
     _common(k, units=None, layers=1, epochs=None)
-    k.add_argument("--length", type=_positive_int, default=None, help="sequence length")
+    k.add_argument("--length", type=positive_int, default=None, help="sequence length")
     k.add_argument("--min-delay", type=_non_negative_int, default=None, help="recall: fewest steps to hold the value")
-    k.add_argument("--max-depth", type=_positive_int, default=None, help="brackets: deepest nesting")
-    k.add_argument("--n-train", type=_positive_int, default=None)
-    k.add_argument("--n-val", type=_positive_int, default=None)
-    k.add_argument("--n-test", type=_positive_int, default=None)
+    k.add_argument("--max-depth", type=positive_int, default=None, help="brackets: deepest nesting")
+    k.add_argument("--n-train", type=positive_int, default=None)
+    k.add_argument("--n-val", type=positive_int, default=None)
+    k.add_argument("--n-test", type=positive_int, default=None)
     k.add_argument("--emit-data", type=Path, default=None, help="write sample inputs as .npy (for gatelens extract)")
     k.add_argument("--emit-features", type=Path, default=None,
                    help="write their ground-truth per-step features as CSV (sequence, step, feature...)")  # fmt: skip
-    k.add_argument("--emit-n", type=_positive_int, default=64, help="sequences to emit (default 64)")
+    k.add_argument("--emit-n", type=positive_int, default=64, help="sequences to emit (default 64)")
     k.add_argument("--emit-seed", type=int, default=12345, help="seed of the emitted sequences")
     k.add_argument("--no-train", action="store_true", help="only emit data/features, train nothing")
     k.set_defaults(func=run)
