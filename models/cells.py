@@ -62,11 +62,6 @@ def _f64(t: tf.Tensor) -> tf.Tensor:
     return tf.cast(t, tf.float64)
 
 
-def _round32(t: tf.Tensor) -> tf.Tensor:
-    """``t`` rounded to float32 and back: the value that will be stored."""
-    return tf.cast(tf.cast(t, tf.float32), t.dtype)
-
-
 def _float64(w: CellWeights) -> CellWeights:
     """The same cell with float64 weights (activations are dtype-generic)."""
     return replace(
@@ -138,8 +133,8 @@ def run_lstm(
     ``exact_cell_state``: store the cell state as the float64 recurrence of the gates as stored (always
     so when teacher-forced); False keeps the free-running scan's own float32 state, Keras's value.
     Free-running (``h_ref=None``), the signals are time-major (T, B, units) as the scan stacks them and
-    the four pre-activations come as one stacked ``preactivations`` (T, B, 4 units) in gate order
-    (see :data:`TIME_MAJOR`); teacher-forced, each signal is (B, T, units).
+    the four pre-activations come as one stacked ``preactivations`` (T, B, 4 units) in gate order i, f, c, o;
+    teacher-forced, each signal is (B, T, units).
     """
     m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
     if h_ref is None:

@@ -260,14 +260,18 @@ class Extractor:
                 self._embedding[d.name] = emb_layer
             return out
 
+        def max_errors(diff, ref):
+            """(max |diff|, max |diff| / (1 + |ref|)): the reported error and the one checked against tolerance."""
+            return tf.stack([tf.reduce_max(diff), tf.reduce_max(diff / (1.0 + tf.abs(ref)))])
+
         def error(h_proc, mask_proc, ref, last_only):
-            """(max |h - ref|, max |h - ref| / (1 + |ref|)) over the compared (unmasked) steps."""
+            """:func:`max_errors` of h against ``ref`` over the compared (unmasked) steps."""
             ref = tf.cast(ref, h_proc.dtype)
             h = h_proc[:, -1] if last_only else h_proc
             diff = tf.abs(h - ref)
             if mask_proc is not None and not last_only:
                 diff = tf.where(mask_proc[..., None], diff, 0.0)
-            return tf.stack([tf.reduce_max(diff), tf.reduce_max(diff / (1.0 + tf.abs(ref)))])
+            return max_errors(diff, ref)
 
         def rnn_output(rnn, r):
             """What the Keras RNN layer ``rnn`` returns, built from our re-run ``r`` of it (Keras 3 ``RNN.call``
@@ -316,8 +320,8 @@ class Extractor:
 
         def sampled(layer, args, kwargs, call, seq, mask, init, emb):
             """verify="sample": our re-run is the layer's output; Keras re-runs a sample of the batch."""
+            ds = self._by_layer[id(layer)]  # its directions (forward, backward for a Bidirectional)
             if type(layer).__name__ == "Bidirectional":
-                ds = self._by_layer[id(layer)]
                 inits = [None, None]
                 if init is not None:
                     half = len(init) // 2
@@ -325,7 +329,6 @@ class Extractor:
                 rs = [run_direction(d, seq, mask, None, i0, emb) for d, i0 in zip(ds, inits)]
                 out = bidirectional_output(layer, *(rnn_output(d.rnn, r) for d, r in zip(ds, rs)))
             else:
-                ds = self._by_layer[id(layer)]
                 rs = [run_direction(ds[0], seq, mask, None, init, emb)]
                 out = rnn_output(layer, rs[0])
             out_mask = layer.compute_mask(seq, mask)
@@ -346,7 +349,7 @@ class Extractor:
             for o, r in zip(flat_out, flat_ref):
                 r = tf.cast(r, tf.float32)
                 diff = tf.abs(tf.cast(tf.gather(o, idx), tf.float32) - r)
-                worst.append(tf.stack([tf.reduce_max(diff), tf.reduce_max(diff / (1.0 + tf.abs(r)))]))
+                worst.append(max_errors(diff, r))
             e = tf.reduce_max(tf.stack(worst), axis=0)
             for d, r in zip(ds, rs):
                 if d.name in self._wanted:
@@ -402,7 +405,7 @@ class Extractor:
                     diff = tf.abs(merged - yf)
                     if seqs:
                         diff = tf.where(rf["mask"][..., None], diff, 0.0)
-                    ef = eb = tf.stack([tf.reduce_max(diff), tf.reduce_max(diff / (1.0 + tf.abs(yf)))])
+                    ef = eb = max_errors(diff, yf)
                 for dd, r, e in ((fwd_d, rf, ef), (bwd_d, rb, eb)):
                     if dd.name in self._wanted:
                         r["error"] = e
@@ -605,10 +608,11 @@ def extract(
     verify : {"full", "sample"}
         ``"full"`` (default): Keras runs every sequence; each sequence-returning layer is recomputed
         from Keras's own previous hidden states (one batched product for all steps; for LSTMs in
-        float64, see :mod:`models.cells`) and every step of every sequence is compared with Keras's output. ``"sample"``: faster (about one forward
-        pass instead of two): gatelens's own float32 re-run, in Keras's order of operations, drives the
-        model, and Keras re-runs ``sample_size`` evenly spaced sequences of each batch plus its most-masked
-        one; every output of the layer (sequence, final states) is compared on those sequences.
+        float64, see :mod:`models.cells`) and every step of every sequence is compared with Keras's
+        output. ``"sample"``: faster (about one forward pass instead of two): gatelens's own float32
+        re-run, in Keras's order of operations, drives the model, and Keras re-runs ``sample_size``
+        evenly spaced sequences of each batch plus its most-masked one; every output of the layer
+        (sequence, final states) is compared on those sequences.
     sample_size : int
         Sequences per batch that Keras re-runs when ``verify="sample"``.
 
@@ -620,7 +624,7 @@ def extract(
     Examples
     --------
     >>> import keras, numpy as np
-    >>> model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4)])
+    >>> model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4, name="lstm")])
     >>> trace = extract(model, np.random.default_rng(0).normal(size=(2, 5, 3)))
     >>> trace.layers, trace["lstm"]["forget_gate"].shape, trace.verification["lstm"] < 1e-5
     (['lstm'], (2, 5, 4), True)
@@ -683,7 +687,7 @@ def write_run(
     Examples
     --------
     >>> import keras, numpy as np, tempfile, os
-    >>> model = keras.Sequential([keras.Input((5, 3)), keras.layers.GRU(2, return_sequences=True)])
+    >>> model = keras.Sequential([keras.Input((5, 3)), keras.layers.GRU(2, return_sequences=True, name="gru")])
     >>> out = os.path.join(tempfile.mkdtemp(), "run")
     >>> run = write_run(model, np.zeros((3, 5, 3)), out, batch_size=2, dtype="float16")
     >>> run["gru"]["update_gate"].shape, run.meta["dtype"]
