@@ -8,10 +8,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: venv run test lint format demo-models bench clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -21,19 +21,19 @@ run: $(STAMP)
 	$(VENV)/bin/gatelens dashboard --port $(PORT)
 
 test: $(STAMP)
-	$(PY) -m ruff check analysis models dashboards tests benchmarks
-	$(PY) -m pytest analysis models dashboards tests
+	$(PY) -m ruff check gatelens analysis models dashboards data tests benchmarks examples
+	$(PY) -m pytest tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check analysis models dashboards tests benchmarks
-	$(PY) -m ruff format --check analysis models dashboards tests benchmarks
+	$(PY) -m ruff check gatelens analysis models dashboards data tests benchmarks examples
+	$(PY) -m ruff format --check gatelens analysis models dashboards data tests benchmarks examples
 
 format: $(STAMP)
-	$(PY) -m ruff format analysis models dashboards tests benchmarks
-	$(PY) -m ruff check --fix analysis models dashboards tests benchmarks
+	$(PY) -m ruff format gatelens analysis models dashboards data tests benchmarks examples
+	$(PY) -m ruff check --fix gatelens analysis models dashboards data tests benchmarks examples
 
 demo-models: $(STAMP)
-	$(PY) -m models.zoo.demos
+	$(PY) -m gatelens.models.zoo.demos
 
 bench: $(STAMP)
 	$(PY) benchmarks/extract.py

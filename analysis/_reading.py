@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.trace import LayerTrace, Trace, as_numpy, iter_chunks
+from gatelens.analysis.trace import LayerTrace, Trace, as_numpy, iter_chunks
 
 
 def get_layer(trace: Trace, layer: str) -> LayerTrace:

@@ -1,8 +1,8 @@
 """Clusters of units with similar behaviour, plain-language archetypes, and unit x token co-clusters.
 
 Behaviour profile of a unit (one row per ``layer, unit``), built by :func:`unit_profiles` from
-:func:`analysis.stats.unit_stats`, :func:`analysis.memory.half_lives` and, optionally,
-:func:`analysis.correlate.correlations`:
+:func:`gatelens.analysis.stats.unit_stats`, :func:`gatelens.analysis.memory.half_lives` and, optionally,
+:func:`gatelens.analysis.correlate.correlations`:
 
 * for every signal in the stats table (the gates and the candidate): ``<signal>:mean``,
   ``<signal>:std``, ``<signal>:frac_below_0.1``, ``<signal>:frac_above_0.9``;
@@ -59,7 +59,7 @@ from sklearn.metrics import silhouette_samples, silhouette_score
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from analysis.trace import Trace, iter_chunks
+from gatelens.analysis.trace import Trace, iter_chunks
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +203,11 @@ def unit_profiles(
     Parameters
     ----------
     units : DataFrame
-        :func:`analysis.stats.unit_stats` (``layer, unit, signal, mean, std, frac_below_0.1, frac_above_0.9``).
+        :func:`gatelens.analysis.stats.unit_stats` (``layer, unit, signal, mean, std, frac_below_0.1, frac_above_0.9``).
     half_lives : DataFrame, optional
-        :func:`analysis.memory.half_lives` (``layer, unit, half_life_steps``).
+        :func:`gatelens.analysis.memory.half_lives` (``layer, unit, half_life_steps``).
     correlations : DataFrame, optional
-        :func:`analysis.correlate.correlations` (``layer, unit, feature, pearson_r``).
+        :func:`gatelens.analysis.correlate.correlations` (``layer, unit, feature, pearson_r``).
 
     Returns
     -------
@@ -314,11 +314,11 @@ def cluster_units(
     Parameters
     ----------
     units : DataFrame
-        :func:`analysis.stats.unit_stats`.
+        :func:`gatelens.analysis.stats.unit_stats`.
     half_lives : DataFrame or None
-        :func:`analysis.memory.half_lives` (None for models without a keep gate).
+        :func:`gatelens.analysis.memory.half_lives` (None for models without a keep gate).
     correlations : DataFrame, optional
-        :func:`analysis.correlate.correlations`; adds the correlation profile and ``top_feature``.
+        :func:`gatelens.analysis.correlate.correlations`; adds the correlation profile and ``top_feature``.
     random_state : int or None
     k_min, k_max : int
         Cluster counts tried (see :class:`UnitClusterer`).
@@ -405,7 +405,7 @@ def token_unit_matrix(
 
     Examples
     --------
-    >>> from analysis.trace import LayerInfo, LayerTrace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace
     >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=2, input_dim=1)
     >>> h = np.array([[[1.0, -2.0], [3.0, 0.0], [5.0, 1.0]]], np.float32)
     >>> t = Trace({"rnn": LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((1, 3), bool),
@@ -489,7 +489,7 @@ def cocluster_units_tokens(
 
     Examples
     --------
-    >>> from analysis.trace import LayerInfo, LayerTrace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace
     >>> rng = np.random.default_rng(0)
     >>> tok = rng.integers(0, 4, size=(10, 30))
     >>> h = np.where(np.isin(tok, [0, 1])[..., None], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0])

@@ -27,7 +27,7 @@ How it is computed
 Examples
 --------
 >>> import numpy as np, pandas as pd
->>> from analysis.trace import LayerInfo, LayerTrace, Trace
+>>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=2, input_dim=1)
 >>> h = np.stack([np.arange(6.0), np.ones(6)], -1).reshape(1, 6, 2).astype(np.float32)
 >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((1, 6), bool), inputs=h[..., :1])
@@ -50,8 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.features import FeatureError, as_feature_matrix, flat_keys
-from analysis.trace import Trace, iter_chunks
+from gatelens.analysis.features import FeatureError, as_feature_matrix, flat_keys
+from gatelens.analysis.trace import Trace, iter_chunks
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ def correlations(
     trace : Trace
         In memory or from a run store; signals are read in chunks of ``chunk_sequences`` sequences.
     features : pandas.DataFrame
-        ``sequence``, ``step`` and numeric or bool feature columns (:func:`analysis.features.build_features`).
+        ``sequence``, ``step`` and numeric or bool feature columns (:func:`gatelens.analysis.features.build_features`).
         Steps of the layer without a row are left out; NaN cells are left out per feature.
     layers, signals : sequence of str, optional
         Default: every layer, every signal it has.
@@ -355,7 +355,7 @@ def correlations(
     Examples
     --------
     >>> import numpy as np, pandas as pd
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1)
     >>> h = np.array([[[0.0], [0.5], [0.9], [0.95]]], np.float32)
     >>> t = Trace({"rnn": LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h},

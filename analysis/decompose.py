@@ -1,7 +1,7 @@
 """Exact decompositions: of every gate's pre-activation into input, memory and bias, and of the cell state into past steps.
 
 Pre-activations (:func:`preactivation_decomposition`, :func:`input_contributions`, :func:`gate_drivers`)
-    Keras computes each gate block ``k`` (order :data:`analysis.signals.WEIGHT_BLOCKS`) from the
+    Keras computes each gate block ``k`` (order :data:`gatelens.analysis.signals.WEIGHT_BLOCKS`) from the
     layer's input ``x_t``, the previous hidden state ``h_{t-1}`` and the bias:
 
     * LSTM (``i, f, c, o``) and SimpleRNN: ``pre_k = x_t W_k + h_{t-1} U_k + b_k``, split as
@@ -39,7 +39,7 @@ Cell state (:func:`cell_state_decomposition`)
 Examples
 --------
 >>> import numpy as np
->>> from analysis.trace import LayerInfo, LayerTrace, Trace
+>>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
 >>> sig = {s: np.zeros((1, 3, 1), np.float32) for s in info.signals}
 >>> sig["forget_gate"][:] = 0.5; sig["input_gate"][:] = 1.0; sig["candidate"][:] = 1.0
@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis._reading import (
+from gatelens.analysis._reading import (
     get_layer,
     input_feature_names,
     iter_rows,
@@ -76,8 +76,8 @@ from analysis._reading import (
     to_time_index,
     token_strings,
 )
-from analysis.signals import WEIGHT_BLOCKS
-from analysis.trace import LayerTrace, Trace, iter_chunks
+from gatelens.analysis.signals import WEIGHT_BLOCKS
+from gatelens.analysis.trace import LayerTrace, Trace, iter_chunks
 
 PREACTIVATION_COLUMNS = ["layer", "sequence", "step", "unit", "gate", "input", "recurrent", "bias", "total"]
 INPUT_CONTRIBUTION_COLUMNS = ["layer", "sequence", "step", "unit", "gate", "feature", "contribution"]
@@ -170,7 +170,7 @@ def preactivation_decomposition(trace: Trace, layer: str, *, sequences: Any = No
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1, recurrent_activation=None)
     >>> x = np.array([[[1.0], [2.0]]], np.float32)
     >>> h = np.array([[[0.5], [0.25]]], np.float32)
@@ -240,7 +240,7 @@ def input_contributions(
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=2, recurrent_activation=None)
     >>> x = np.array([[[1.0, 3.0]]], np.float32)
     >>> w = {"kernel": np.array([[2.0], [-1.0]]), "recurrent_kernel": np.zeros((1, 1)), "bias": np.zeros(1)}
@@ -318,7 +318,7 @@ def token_gate_table(trace: Trace, layer: str, *, token_ids: Sequence[int] | Non
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1, reset_after=True)
     >>> sig = {s: np.zeros((1, 2, 1), np.float32) for s in info.signals}
     >>> w = {"kernel": np.array([[1.0, -2.0, 3.0]]), "recurrent_kernel": np.zeros((1, 3)),
@@ -420,7 +420,7 @@ def cell_state_decomposition(
     A GRU keeps ``z`` of its state and writes ``(1 - z) * candidate``:
 
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1, reset_after=True)
     >>> sig = {s: np.zeros((1, 2, 1), np.float32) for s in info.signals}
     >>> sig["update_gate"][:] = 0.5; sig["candidate"][:] = 1.0
@@ -535,7 +535,7 @@ def gate_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1, recurrent_activation=None)
     >>> h = np.array([[[1.0], [1.0]]], np.float32)
     >>> w = {"kernel": np.array([[3.0]]), "recurrent_kernel": np.array([[2.0]]), "bias": np.zeros(1)}

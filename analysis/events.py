@@ -16,7 +16,7 @@ of a sequence has no previous step and can host no event. Thresholds are paramet
 
 ``value`` is the gate at the event (for a GRU write: ``1 - update_gate``), ``previous_value`` the same
 at the previous unmasked step. ``delta_input`` and ``delta_recurrent`` split the change of the gate's
-pre-activation between the two steps exactly (see :mod:`analysis.decompose`; the bias cancels):
+pre-activation between the two steps exactly (see :mod:`gatelens.analysis.decompose`; the bias cancels):
 "did the input or the memory move this gate?" (for a GRU write the pre-activation is the update
 gate's, whose fall opens the write). They are NaN when the trace carries no weights.
 
@@ -30,7 +30,7 @@ standard deviations (:func:`event_feature_shift`).
 Examples
 --------
 >>> import numpy as np
->>> from analysis.trace import LayerInfo, LayerTrace, Trace
+>>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
 >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
 >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis._reading import (
+from gatelens.analysis._reading import (
     compress_real,
     processing,
     read,
@@ -63,7 +63,7 @@ from analysis._reading import (
     to_time_index,
     token_strings,
 )
-from analysis.trace import LayerTrace, Trace, iter_chunks
+from gatelens.analysis.trace import LayerTrace, Trace, iter_chunks
 
 EVENT_COLUMNS = [
     "layer", "sequence", "step", "unit", "event", "value", "token",
@@ -101,7 +101,7 @@ def _check_thresholds(forget_high: float, forget_low: float, write_threshold: fl
 def _layer_events(
     trace: Trace, lt: LayerTrace, rows: Any, thresholds: dict[str, float], events: Sequence[str]
 ) -> list[pd.DataFrame]:
-    from analysis.decompose import _gate_parts
+    from gatelens.analysis.decompose import _gate_parts
 
     info = lt.info
     rules = {e: r for e, r in EVENT_RULES[info.cell_type].items() if e in events}
@@ -293,7 +293,7 @@ def event_token_lift(events: pd.DataFrame, trace: Trace, *, chunk: int = 256) ->
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
     >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
     >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
@@ -337,7 +337,7 @@ def event_feature_shift(events: pd.DataFrame, trace: Trace, *, chunk: int = 256)
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
     >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
     >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.2, 0.95]
@@ -425,7 +425,7 @@ def summarize_events(
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
     >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
     >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
@@ -531,7 +531,7 @@ def iter_events(
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
     >>> sig = {s: np.zeros((3, 5, 1), np.float32) for s in info.signals}
     >>> sig["forget_gate"][:, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
@@ -569,7 +569,7 @@ class EventSummaryBuilder:
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
     >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
     >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]

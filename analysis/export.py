@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from analysis._reading import read, read_mask, read_tokens, select_layers
-from analysis.trace import Trace, iter_chunks
+from gatelens.analysis._reading import read, read_mask, read_tokens, select_layers
+from gatelens.analysis.trace import Trace, iter_chunks
 
 if TYPE_CHECKING:
-    from analysis.pipeline import Analysis
+    from gatelens.analysis.pipeline import Analysis
 
 log = logging.getLogger(__name__)
 
@@ -197,13 +197,13 @@ def write_events_csv(analysis: Analysis, path: str | os.PathLike, *, batch_size:
     """Write ``events.csv`` from the events of ``analysis``, a batch at a time (see :func:`write_csv_batches`).
 
     Events on disk (``analysis.events_file``: a loaded or streamed analysis) are read with
-    :func:`analysis.pipeline.iter_event_batches`, so memory holds one Parquet row group or batch of
+    :func:`gatelens.analysis.pipeline.iter_event_batches`, so memory holds one Parquet row group or batch of
     ``batch_size`` rows, not the table; the file is the same as :func:`write_csv` of the whole table.
 
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from analysis.pipeline import Analysis
+    >>> from gatelens.analysis.pipeline import Analysis
     >>> a = Analysis(events=pd.DataFrame({"layer": ["-x", "y"], "unit": [0, 1]}))
     >>> print(write_events_csv(a, pathlib.Path(tempfile.mkdtemp()) / "events.csv", batch_size=1).read_text())
     layer,unit
@@ -211,7 +211,7 @@ def write_events_csv(analysis: Analysis, path: str | os.PathLike, *, batch_size:
     y,1
     <BLANKLINE>
     """
-    from analysis.pipeline import iter_event_batches
+    from gatelens.analysis.pipeline import iter_event_batches
 
     if analysis.events_file is not None:
         import pyarrow.parquet as pq
@@ -262,7 +262,7 @@ def activation_columns(trace: Trace, layers: Sequence[str] | str | None = None) 
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace
     >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1)
     >>> lt = LayerTrace(info, {s: np.zeros((1, 1, 1)) for s in info.signals}, mask=np.ones((1, 1), bool),
     ...                 inputs=np.zeros((1, 1, 1)))
@@ -315,7 +315,7 @@ def write_activations_csv(
     Examples
     --------
     >>> import numpy as np, tempfile, pathlib
-    >>> from analysis.trace import LayerInfo, LayerTrace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace
     >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1)
     >>> h = np.array([[[0.1], [-0.25]]], np.float32)
     >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.array([[True, False]]),
@@ -382,19 +382,19 @@ def write_activations_csv(
 
 
 def units_table(analysis: Analysis) -> pd.DataFrame:
-    """The ``units.csv`` table: :func:`~analysis.stats.signal_stats` rows joined with the rest.
+    """The ``units.csv`` table: :func:`~gatelens.analysis.stats.signal_stats` rows joined with the rest.
 
     One row per layer, unit and signal (every signal, states and pre-activations included):
     the moments, ``half_life_steps`` on the memory gate's rows (LSTM ``forget_gate``, GRU
     ``update_gate``), the unit's ``cluster`` and ``archetype`` (from the clusters table: empty when
-    clustering was not run), and the saturation columns of :func:`~analysis.stats.unit_stats` on the
+    clustering was not run), and the saturation columns of :func:`~gatelens.analysis.stats.unit_stats` on the
     gate and candidate rows. Cells that do not apply to a row are empty.
 
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace
-    >>> from analysis.pipeline import analyze
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace
+    >>> from gatelens.analysis.pipeline import analyze
     >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
     >>> lt = LayerTrace(info, {s: np.full((1, 3, 1), 0.5, np.float32) for s in info.signals},
     ...                 mask=np.ones((1, 3), bool), inputs=np.zeros((1, 3, 1), np.float32))
@@ -438,25 +438,25 @@ def export_csvs(
     """Write every CSV of the contract into ``out_dir``; return ``{file name: path}``.
 
     ``activations.csv`` and ``units.csv`` always (``units.csv`` from ``analysis`` when given, else
-    computed from the trace, without clusters). With an :class:`~analysis.pipeline.Analysis`, also
+    computed from the trace, without clusters). With an :class:`~gatelens.analysis.pipeline.Analysis`, also
     ``correlations.csv``, ``probes.csv``, ``clusters.csv``, ``events.csv``, ``event_summary.csv``,
     ``decomposition.csv`` (the per-unit gate drivers), ``token_gates.csv``, ``half_lives.csv`` and
     ``retention.csv`` (a table that is empty is written with its header only). Each file is written
     atomically. ``events.csv`` is written a batch at a time (:func:`write_events_csv`): events kept on
-    disk (:func:`analysis.pipeline.load_analysis`, or ``analyze(..., events_path=...)``) are never
+    disk (:func:`gatelens.analysis.pipeline.load_analysis`, or ``analyze(..., events_path=...)``) are never
     read whole.
 
     Examples
     --------
     >>> import numpy as np, tempfile
-    >>> from analysis.trace import LayerInfo, LayerTrace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace
     >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
     >>> lt = LayerTrace(info, {s: np.full((1, 2, 1), 0.5, np.float32) for s in info.signals},
     ...                 mask=np.ones((1, 2), bool), inputs=np.zeros((1, 2, 1), np.float32))
     >>> sorted(export_csvs(Trace({"lstm": lt}), tempfile.mkdtemp()))
     ['activations.csv', 'units.csv']
     """
-    from analysis.pipeline import Analysis
+    from gatelens.analysis.pipeline import Analysis
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -465,8 +465,8 @@ def export_csvs(
     if progress is not None:
         progress(1, 2 + (len(ANALYSIS_FILES) if analysis is not None else 0))
     if analysis is None:
-        from analysis.memory import half_lives
-        from analysis.stats import stats_tables
+        from gatelens.analysis.memory import half_lives
+        from gatelens.analysis.stats import stats_tables
 
         units, sig = stats_tables(trace, chunk=chunk)
         table = units_table(Analysis(units=units, signal_stats=sig, half_lives=half_lives(trace, chunk=chunk)))

@@ -3,7 +3,7 @@
 :func:`build_features` returns one row per analysed step (``sequence``, ``step``, then one
 column per feature). Only steps that some recurrent layer really processed are kept (a step
 is dropped when every layer's ``mask`` is False there); analyses that work on one layer
-(:mod:`analysis.correlate`, :mod:`analysis.probes`) further keep only that layer's own
+(:mod:`gatelens.analysis.correlate`, :mod:`gatelens.analysis.probes`) further keep only that layer's own
 unmasked steps. The ``step`` column is both a key and the built-in feature ``step``.
 
 Text features (when the trace has ``tokens`` and a ``vocabulary``) are computed per token
@@ -54,7 +54,7 @@ Always: ``step``, the 0-based index of the step in the input's own time order.
 Examples
 --------
 >>> import numpy as np
->>> from analysis.trace import LayerInfo, LayerTrace, Trace
+>>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
 >>> text = '(a"b)"'
 >>> vocab = [""] + sorted(set(text))
@@ -80,7 +80,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.trace import Trace, iter_chunks
+from gatelens.analysis.trace import Trace, iter_chunks
+from gatelens.errors import FeatureError
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +109,6 @@ _CHAR_MAPS = {
     "\\": np.array([0, 3, 4, 1, 2], np.int8),
 }
 _OTHER_MAP = np.array([0, 1, 2, 1, 2], np.int8)
-
-
-class FeatureError(ValueError):
-    """A features file or table is unusable; the message names the file, the line and the problem.
-
-    ``exit_code`` is 2 (bad input), as for :class:`models.errors.GatelensInputError`.
-    """
-
-    exit_code = 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -304,7 +296,7 @@ def step_mask(trace: Trace, *, chunk_sequences: int = 1024) -> np.ndarray:
 
     Examples
     --------
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="l", cell_type="simple_rnn", units=1, input_dim=1)
     >>> z = np.zeros((1, 3, 1), np.float32)
     >>> lt = LayerTrace(info, {s: z for s in info.signals}, mask=np.array([[True, True, False]]), inputs=z)
@@ -325,7 +317,7 @@ def feature_names(trace: Trace) -> list[str]:
 
     Examples
     --------
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="l", cell_type="simple_rnn", units=1, input_dim=2)
     >>> z = np.zeros((1, 3, 1), np.float32)
     >>> lt = LayerTrace(info, {s: z for s in info.signals}, mask=np.ones((1, 3), bool), inputs=z)
@@ -383,7 +375,7 @@ def build_features(
 
     Examples
     --------
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="l", cell_type="simple_rnn", units=1, input_dim=1)
     >>> x = np.array([[[1.0], [4.0], [0.0]]], np.float32)
     >>> lt = LayerTrace(info, {s: x for s in info.signals}, mask=np.array([[True, True, False]]), inputs=x)
@@ -467,7 +459,7 @@ def load_user_features(path: str | os.PathLike, trace: Trace) -> pd.DataFrame:
     Examples
     --------
     >>> import tempfile, pathlib
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="l", cell_type="simple_rnn", units=1, input_dim=1)
     >>> z = np.zeros((2, 3, 1), np.float32)
     >>> trace = Trace({"l": LayerTrace(info, {s: z for s in info.signals}, mask=np.ones((2, 3), bool), inputs=z)})
@@ -481,7 +473,7 @@ def load_user_features(path: str | os.PathLike, trace: Trace) -> pd.DataFrame:
     >>> load_user_features(p, trace)
     Traceback (most recent call last):
     ...
-    analysis.features.FeatureError: ...f.csv: line 2: step 3 is out of range; the trace has 3 steps (0..2)
+    gatelens.errors.FeatureError: ...f.csv: line 2: step 3 is out of range; the trace has 3 steps (0..2)
     """
     path = Path(path)
     if not path.is_file():

@@ -24,7 +24,7 @@ Retention curve
 Examples
 --------
 >>> import numpy as np
->>> from analysis.trace import LayerInfo, LayerTrace, Trace
+>>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 >>> info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
 >>> sig = {s: np.zeros((2, 6, 2), np.float32) for s in info.signals}
 >>> sig["forget_gate"][..., 0] = 0.5
@@ -43,8 +43,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis._reading import compress_real, get_layer, read, read_mask, retention_signal, select_layers
-from analysis.trace import Trace, iter_chunks
+from gatelens.analysis._reading import compress_real, get_layer, read, read_mask, retention_signal, select_layers
+from gatelens.analysis.trace import Trace, iter_chunks
 
 HALF_LIFE_COLUMNS = ["layer", "unit", "signal", "mean_log_gate", "half_life_steps", "n"]
 RETENTION_COLUMNS = ["layer", "unit", "lag", "retention", "signal", "n_windows"]
@@ -71,7 +71,7 @@ def half_lives(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1, reset_after=True)
     >>> sig = {s: np.full((1, 4, 1), 0.25, np.float32) for s in info.signals}
     >>> lt = LayerTrace(info, sig, mask=np.ones((1, 4), bool), inputs=np.zeros((1, 4, 1), np.float32))
@@ -149,7 +149,7 @@ def retention_curves(trace: Trace, layer: str, *, max_lag: int = 50, chunk: int 
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
     >>> sig = {s: np.zeros((1, 4, 1), np.float32) for s in info.signals}
     >>> sig["forget_gate"][0, :, 0] = [1.0, 0.5, 0.5, 1.0]

@@ -3,8 +3,8 @@
 :func:`analyze` runs, in order: unit and signal statistics, half-lives, retention curves, gate
 drivers (the pre-activation decomposition summarised per unit), events and their summary, the
 per-token gate table (layers fed by an Embedding), then the feature-based analyses -- features,
-correlations, probes, clusters (:mod:`analysis.features`, :mod:`analysis.correlate`,
-:mod:`analysis.probes`, :mod:`analysis.clusters`). A step whose module is not available is skipped
+correlations, probes, clusters (:mod:`gatelens.analysis.features`, :mod:`gatelens.analysis.correlate`,
+:mod:`gatelens.analysis.probes`, :mod:`gatelens.analysis.clusters`). A step whose module is not available is skipped
 with a logged warning and noted in ``Analysis.skipped``; its table stays empty. Errors in the data
 (e.g. a malformed user feature file) are raised, not skipped.
 
@@ -23,7 +23,7 @@ memory or on disk.
 Examples
 --------
 >>> import numpy as np, tempfile, pathlib
->>> from analysis.trace import LayerInfo, LayerTrace, Trace
+>>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 >>> info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
 >>> rng = np.random.default_rng(0)
 >>> sig = {s: rng.uniform(0, 1, (3, 6, 2)).astype(np.float32) for s in info.signals}
@@ -54,9 +54,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis._reading import read, read_mask
-from analysis.store import ANALYSIS_DIR, RunStoreError, atomic_write_bytes, sha256_file
-from analysis.trace import Trace, iter_chunks
+from gatelens.analysis._reading import read, read_mask
+from gatelens.analysis.store import ANALYSIS_DIR, atomic_write_bytes, sha256_file
+from gatelens.analysis.trace import Trace, iter_chunks
+from gatelens.errors import RunStoreError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +79,16 @@ class Analysis:
 
     Attributes
     ----------
-    units : :func:`analysis.stats.unit_stats` (gates and candidates: moments and saturation)
-    signal_stats : :func:`analysis.stats.signal_stats` (every signal: moments)
-    half_lives : :func:`analysis.memory.half_lives`
-    retention : :func:`analysis.memory.retention_curves` of every LSTM/GRU layer
-    decomposition : :func:`analysis.decompose.gate_drivers` (input vs memory, per unit and gate)
-    events, event_summary : :func:`analysis.events.detect_events`, :func:`analysis.events.summarize_events`
-    token_gates : :func:`analysis.decompose.token_gate_table` of every Embedding-fed layer (observed tokens)
-    correlations : :func:`analysis.correlate.correlations`
-    probes : :func:`analysis.probes.probe_report`
-    clusters : :func:`analysis.clusters.cluster_units`
+    units : :func:`gatelens.analysis.stats.unit_stats` (gates and candidates: moments and saturation)
+    signal_stats : :func:`gatelens.analysis.stats.signal_stats` (every signal: moments)
+    half_lives : :func:`gatelens.analysis.memory.half_lives`
+    retention : :func:`gatelens.analysis.memory.retention_curves` of every LSTM/GRU layer
+    decomposition : :func:`gatelens.analysis.decompose.gate_drivers` (input vs memory, per unit and gate)
+    events, event_summary : :func:`gatelens.analysis.events.detect_events`, :func:`gatelens.analysis.events.summarize_events`
+    token_gates : :func:`gatelens.analysis.decompose.token_gate_table` of every Embedding-fed layer (observed tokens)
+    correlations : :func:`gatelens.analysis.correlate.correlations`
+    probes : :func:`gatelens.analysis.probes.probe_report`
+    clusters : :func:`gatelens.analysis.clusters.cluster_units`
     skipped : dict of str to str
         Step name -> why it was skipped.
     events_file : str, optional
@@ -165,7 +166,7 @@ def analyze(
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1, reset_after=True)
     >>> sig = {s: np.full((2, 3, 1), 0.25, np.float32) for s in info.signals}
     >>> lt = LayerTrace(info, sig, mask=np.ones((2, 3), bool), inputs=np.zeros((2, 3, 1), np.float32))
@@ -183,11 +184,11 @@ def analyze(
     for done, step in enumerate(todo, start=1):
         t0 = time.perf_counter()
         if step == "stats":
-            from analysis.stats import stats_tables
+            from gatelens.analysis.stats import stats_tables
 
             result.units, result.signal_stats = stats_tables(trace, chunk=chunk)
         elif step == "memory":
-            from analysis.memory import half_lives, retention_curves
+            from gatelens.analysis.memory import half_lives, retention_curves
 
             result.half_lives = half_lives(trace, chunk=chunk)
             curves = [
@@ -197,7 +198,7 @@ def analyze(
             ]
             result.retention = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
         elif step == "drivers":
-            from analysis.decompose import gate_drivers
+            from gatelens.analysis.decompose import gate_drivers
 
             with_weights = [n for n in trace.layers if {"kernel", "recurrent_kernel", "bias"} <= set(trace[n].weights)]
             if len(with_weights) < len(trace.layers):
@@ -205,7 +206,7 @@ def analyze(
             if with_weights:
                 result.decomposition = gate_drivers(trace, layers=with_weights, chunk=chunk)
         elif step == "events":
-            from analysis.events import detect_events, summarize_events
+            from gatelens.analysis.events import detect_events, summarize_events
 
             if events_path is None:
                 result.events = detect_events(trace, chunk=chunk)
@@ -214,7 +215,7 @@ def analyze(
                 result.events, result.event_summary = _stream_events(trace, Path(events_path), chunk)
                 result.events_file = str(events_path)
         elif step == "token_gates":
-            from analysis.decompose import token_gate_table
+            from gatelens.analysis.decompose import token_gate_table
 
             fed = [n for n in trace.layers if "embedding" in trace[n].weights]
             if fed and trace.tokens is not None:
@@ -223,7 +224,7 @@ def analyze(
                     ignore_index=True,
                 )
         elif step == "features":
-            fn = _optional("analysis.features", "build_features", result, step)
+            fn = _optional("gatelens.analysis.features", "build_features", result, step)
             if fn is not None:
                 feats = fn(trace, user_features=features)
         elif step in ("correlations", "probes"):
@@ -231,15 +232,15 @@ def analyze(
                 _skip(result, step, "no features (the features step did not run)")
             else:
                 name = (
-                    ("analysis.correlate", "correlations")
+                    ("gatelens.analysis.correlate", "correlations")
                     if step == "correlations"
-                    else ("analysis.probes", "probe_report")
+                    else ("gatelens.analysis.probes", "probe_report")
                 )
                 fn = _optional(*name, result, step)
                 if fn is not None:
                     setattr(result, step, fn(trace, feats))
         elif step == "clusters":
-            fn = _optional("analysis.clusters", "cluster_units", result, step)
+            fn = _optional("gatelens.analysis.clusters", "cluster_units", result, step)
             if fn is not None and not result.units.empty:
                 hl = result.half_lives if len(result.half_lives) else None
                 corr = result.correlations if len(result.correlations) else None
@@ -258,7 +259,7 @@ def _stream_events(trace: Trace, path: Path, chunk: int) -> tuple[pd.DataFrame, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from analysis.events import EventSummaryBuilder, _empty_events, iter_events
+    from gatelens.analysis.events import EventSummaryBuilder, _empty_events, iter_events
 
     empty = _empty_events()
     builder = EventSummaryBuilder(trace, chunk=chunk)
@@ -307,6 +308,60 @@ def _parquet_bytes(df: pd.DataFrame, row_group_size: int | None = None) -> bytes
 def _is_saved_events(path: Path) -> bool:
     """Whether ``path`` is a run's saved events table (``RUN/analysis/events.parquet``), not a partial file."""
     return path.name == "events.parquet" and path.parent.name == ANALYSIS_DIR
+
+
+def analyze_run(
+    run: Trace | str | os.PathLike,
+    *,
+    features: str | os.PathLike | pd.DataFrame | None = None,
+    progress: Progress | None = None,
+    steps: Sequence[str] = STEPS,
+    save: bool | None = None,
+) -> Analysis:
+    """Analyse a trace or a run directory: the Python twin of ``gatelens analyze RUN``.
+
+    Parameters
+    ----------
+    run : Trace or path
+        A trace in memory, or a run directory (opened with its checksums verified). For a directory
+        the events stream to disk a chunk at a time and every table is saved under ``RUN/analysis/``
+        (memory bounded by the chunk, not by the number of sequences).
+    features, progress, steps
+        As for :func:`analyze`.
+    save : bool, optional
+        Save the tables into the run (default: True for a run directory; a trace in memory opened from a
+        store is saved only when asked).
+
+    Returns
+    -------
+    Analysis
+
+    Examples
+    --------
+    >>> import gatelens
+    >>> from gatelens._examples import tiny_run
+    >>> result = gatelens.analyze(tiny_run())       # a run directory: analysed, saved beside the run
+    >>> sorted(result.units["signal"].unique())[:2]
+    ['candidate', 'forget_gate']
+    """
+    from gatelens.analysis.store import open_run
+
+    run_dir: Path | None
+    if isinstance(run, Trace):
+        trace = run
+        run_dir = trace.path if save else None
+        if save and run_dir is None:
+            raise UsageError("analyze(save=True) needs a run directory or a trace opened from one")
+    else:
+        run_dir = Path(run)
+        trace = open_run(run_dir)
+        if save is False:
+            run_dir = None
+    events_path = None if run_dir is None else run_dir / ANALYSIS_DIR / ".events.partial.parquet"
+    result = analyze(trace, features=features, progress=progress, steps=steps, events_path=events_path)
+    if run_dir is not None:
+        save_analysis(result, run_dir)
+    return result
 
 
 def save_analysis(analysis: Analysis, run_dir: str | os.PathLike) -> Path:
@@ -373,7 +428,7 @@ def load_analysis(run_dir: str | os.PathLike) -> Analysis:
 
     Raises
     ------
-    analysis.store.RunStoreError
+    gatelens.analysis.store.RunStoreError
         When the run has no complete analysis or a table does not match its checksum.
 
     Examples
@@ -470,7 +525,7 @@ def read_events(
     sequences : int, list of int or range, optional
     event : {"forget", "write", "read"} or a list of them, optional
     columns : list of str, optional
-        Default all (:data:`analysis.events.EVENT_COLUMNS`).
+        Default all (:data:`gatelens.analysis.events.EVENT_COLUMNS`).
 
     Returns
     -------
@@ -480,7 +535,7 @@ def read_events(
     Examples
     --------
     >>> import numpy as np, tempfile
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
     >>> sig = {s: np.zeros((1, 4, 2), np.float32) for s in info.signals}
     >>> sig["forget_gate"][0] = [[0.95, 0.95], [0.2, 0.95], [0.95, 0.95], [0.95, 0.3]]

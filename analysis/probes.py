@@ -60,9 +60,9 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from analysis.correlate import _select_layers, _select_signals, layer_rows, subsample
-from analysis.features import as_feature_matrix, feature_kind
-from analysis.trace import Trace
+from gatelens.analysis.correlate import _select_layers, _select_signals, layer_rows, subsample
+from gatelens.analysis.features import as_feature_matrix, feature_kind
+from gatelens.analysis.trace import Trace
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def run_probes(
     trace : Trace
         In memory or from a run store (read in chunks of ``chunk_sequences`` sequences).
     features : pandas.DataFrame
-        From :func:`analysis.features.build_features`.
+        From :func:`gatelens.analysis.features.build_features`.
     layers : sequence of str, optional
         Default every layer.
     signals : sequence of str, optional
@@ -321,7 +321,7 @@ def run_probes(
         Default every feature column (``step`` included).
     tasks : dict of str to str, optional
         Per feature, ``"classification"`` or ``"regression"``; default from
-        :func:`analysis.features.feature_kind` (binary -> classification, else regression).
+        :func:`gatelens.analysis.features.feature_kind` (binary -> classification, else regression).
     alpha, C, max_iter : float, float, int
         Passed to :class:`SignalProbe`.
     test_size : float
@@ -344,7 +344,7 @@ def run_probes(
     Examples
     --------
     >>> import numpy as np, pandas as pd
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> rng = np.random.default_rng(0)
     >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=3, input_dim=1)
     >>> h = rng.normal(size=(8, 20, 3)).astype(np.float32)
@@ -495,7 +495,7 @@ def probe_report(trace: Trace, features: pd.DataFrame, **kwargs) -> pd.DataFrame
     Examples
     --------
     >>> import numpy as np, pandas as pd
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=2, input_dim=1)
     >>> h = np.random.default_rng(1).normal(size=(6, 10, 2)).astype(np.float32)
     >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((6, 10), bool), inputs=h)
@@ -516,7 +516,7 @@ def probe_unit_ranking(trace: Trace, features: pd.DataFrame, **kwargs) -> pd.Dat
     Examples
     --------
     >>> import numpy as np, pandas as pd
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=3, input_dim=1)
     >>> h = np.random.default_rng(2).normal(size=(6, 10, 3)).astype(np.float32)
     >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((6, 10), bool), inputs=h)

@@ -1,6 +1,6 @@
 """The one place that names every captured signal, its cell type and its shape.
 
-Every array in a :class:`~analysis.trace.Trace`, every column of the CSV exports and
+Every array in a :class:`~gatelens.analysis.trace.Trace`, every column of the CSV exports and
 every label in the dashboard uses these names (see ``CONTRACT.md``).
 
 Shapes: every signal is ``(N, T, units)`` -- sequence, step, unit -- with ``step``
@@ -10,7 +10,7 @@ and ``input`` ``(N, T, input_dim)``, the tensor the layer received inside the mo
 
 Examples
 --------
->>> from analysis.signals import signals_for, GATES
+>>> from gatelens.analysis.signals import signals_for, GATES
 >>> signals_for("lstm")[:4]
 ('input_gate', 'forget_gate', 'candidate', 'output_gate')
 >>> GATES["gru"]

@@ -36,7 +36,7 @@ are left out. A layer with no unmasked step at all is an error.
 Examples
 --------
 >>> import numpy as np
->>> from analysis.trace import LayerInfo, LayerTrace, Trace
+>>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
 >>> sig = {s: np.zeros((1, 4, 1), np.float32) for s in info.signals}
 >>> sig["forget_gate"][0, :, 0] = [0.05, 0.5, 0.95, 0.95]
@@ -57,9 +57,9 @@ from functools import cache
 import numpy as np
 import pandas as pd
 
-from analysis._reading import read, read_mask, select_layers
-from analysis.signals import PRE_ACTIVATION, activation_of
-from analysis.trace import Trace, iter_chunks
+from gatelens.analysis._reading import read, read_mask, select_layers
+from gatelens.analysis.signals import PRE_ACTIVATION, activation_of
+from gatelens.analysis.trace import Trace, iter_chunks
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def unit_stats(
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="gru", cell_type="gru", units=2, input_dim=1, reset_after=True)
     >>> sig = {s: np.zeros((3, 5, 2), np.float32) for s in info.signals}
     >>> sig["update_gate_pre"][..., 1] = 8.0      # unit 1's update gate pinned in the sigmoid's flat tail
@@ -340,7 +340,7 @@ def signal_stats(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
     >>> sig = {s: np.zeros((1, 3, 1), np.float32) for s in info.signals}
     >>> sig["cell_state"][0, :, 0] = [1.0, 2.0, 99.0]
@@ -359,7 +359,7 @@ def stats_tables(trace: Trace, *, chunk: int = 256) -> tuple[pd.DataFrame, pd.Da
     Examples
     --------
     >>> import numpy as np
-    >>> from analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
     >>> info = LayerInfo(name="lstm", cell_type="lstm", units=3, input_dim=1)
     >>> sig = {s: np.zeros((2, 4, 3), np.float32) for s in info.signals}
     >>> lt = LayerTrace(info, sig, mask=np.ones((2, 4), bool), inputs=np.zeros((2, 4, 1), np.float32))

@@ -25,7 +25,7 @@ write leaves the previous complete run untouched.
 Examples
 --------
 >>> import numpy as np, tempfile, pathlib
->>> from analysis.trace import LayerInfo
+>>> from gatelens.analysis.trace import LayerInfo
 >>> info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
 >>> with RunWriter(out, [info], n_sequences=3, n_steps=4, chunk_sequences=2) as w:
@@ -57,7 +57,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.errors import RunStoreError
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ANALYSIS_DIR = "analysis"
 DTYPES = ("float32", "float16")
-
-
-class RunStoreError(ValueError):
-    """A run directory is missing, incomplete, or does not match its manifest."""
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -588,7 +585,7 @@ def verify_run(run: str | os.PathLike, manifest: Mapping[str, Any] | None = None
 
 
 def open_run(run: str | os.PathLike, *, verify: bool = True) -> Trace:
-    """Open a run directory lazily as a :class:`~analysis.trace.Trace` of Zarr arrays.
+    """Open a run directory lazily as a :class:`~gatelens.analysis.trace.Trace` of Zarr arrays.
 
     Parameters
     ----------
@@ -628,4 +625,5 @@ def open_run(run: str | os.PathLike, *, verify: bool = True) -> Trace:
         x=x,
         feature_names=manifest.get("feature_names"),
         meta=manifest,
+        path=Path(run),
     )

@@ -1,6 +1,6 @@
 """Trace: every captured signal of every recurrent layer, indexed by stable names.
 
-A :class:`Trace` is what :func:`models.extract` returns and what :func:`analysis.store.open_run`
+A :class:`Trace` is what :func:`gatelens.models.extract` returns and what :func:`gatelens.analysis.store.open_run`
 reads back from a run directory. It is plain storage -- analysis lives in functions
 elsewhere in :mod:`analysis` that take a trace.
 
@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from analysis.signals import signals_for
+from gatelens.analysis.signals import signals_for
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,8 @@ class Trace(Mapping):
         The model's own numeric input (None for token models: see ``tokens``).
     feature_names : list of str, optional
         Names of the F input features (CSV column names, or ``x0, x1, ...``).
+    path : Path, optional
+        The run directory, for a trace opened from a run store (None in memory).
     meta : dict
         Free-form provenance (model and data hashes, versions, options).
     """
@@ -166,6 +169,7 @@ class Trace(Mapping):
     x: Any = None
     feature_names: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
 
     @property
     def layers(self) -> list[str]:

@@ -14,7 +14,7 @@ weights (seed 0); ``--model`` benchmarks any char-level ``.keras`` model with a 
 The output says which.
 
 ``--profile-steps`` (Linux) adds a table per analysis step -- seconds, the step's own peak (above the
-RSS it started from) and the RSS held after it -- from a child that runs ``analysis.pipeline.analyze``
+RSS it started from) and the RSS held after it -- from a child that runs ``gatelens.analysis.pipeline.analyze``
 and ``save_analysis`` directly; the peak is VmHWM, reset between steps through ``/proc/self/clear_refs``.
 RSS is what the kernel reports: memory freed by one step and kept by the allocator is reused by the next
 without showing, so per-step numbers attribute growth roughly; the command's peak is exact. Nothing is
@@ -55,11 +55,11 @@ MIB = 1024 * 1024
 # What `gatelens analyze RUN` does before it analyses (models/cli.py: main, then cmd_analyze).
 BASELINE_CODE = """
 import sys
-import models.cli
-models.cli.build_parser()
-from analysis.store import RunStoreError, open_run
-from models.errors import GatelensInputError
-from analysis.pipeline import analyze, save_analysis
+import gatelens.models.cli
+gatelens.models.cli.build_parser()
+from gatelens.analysis.store import RunStoreError, open_run
+from gatelens.errors import GatelensInputError
+from gatelens.analysis.pipeline import analyze, save_analysis
 open_run(sys.argv[1])
 """
 
@@ -105,9 +105,9 @@ def measure(cmd: list[str]) -> Measured:
 
 
 def gatelens_command() -> list[str]:
-    """The installed ``gatelens`` console script beside this Python, else ``python -m models.cli``."""
+    """The installed ``gatelens`` console script beside this Python, else ``python -m gatelens.models.cli``."""
     script = Path(sys.executable).with_name("gatelens")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "models.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "gatelens"]
 
 
 def dir_mib(path: Path) -> float:
@@ -144,8 +144,8 @@ def _reset_peak() -> None:
 
 def profile_child(run: str) -> None:
     """Print JSON: RSS after open_run, then per step of the pipeline (and the save) seconds, peak and held RSS."""
-    from analysis.pipeline import STEPS, analyze, save_analysis
-    from analysis.store import open_run
+    from gatelens.analysis.pipeline import STEPS, analyze, save_analysis
+    from gatelens.analysis.store import open_run
 
     trace = open_run(run)
     open_mib = _status_kib("VmRSS") / 1024
@@ -192,11 +192,11 @@ def _find_demo(units: int = 128, layers: int = 2) -> Path | None:
 
 def build_model(model_path: str | None, steps: int):
     """(model, vocabulary tokens, steps, description)."""
-    from models.zoo.datasets import Vocabulary, read_text
+    from gatelens.models.zoo.datasets import Vocabulary, read_text
 
     path = Path(model_path) if model_path else _find_demo()
     if path is not None:
-        from models import load_model
+        from gatelens.models import load_model
 
         model = load_model(path)
         side = path.with_name(path.stem + ".vocab.json")
@@ -223,7 +223,7 @@ def windows(vocab, steps: int, n: int):
     """``n`` windows of ``steps`` token ids of the corpus (non-overlapping while the corpus lasts)."""
     import numpy as np
 
-    from models.zoo.datasets import read_text, text_windows
+    from gatelens.models.zoo.datasets import read_text, text_windows
 
     ids = vocab.encode(read_text(CORPUS))
     while len(ids) < steps + n + 1:  # only for huge N: repeat the corpus
@@ -261,14 +261,14 @@ def main() -> None:
     if args.quick:
         args.n, args.steps = 4, 20
 
-    from models._quiet import import_tensorflow_quietly
+    from gatelens.models._quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from models.extract import write_run
+    from gatelens.models.extract import write_run
 
     model, vocab, steps, described = build_model(args.model, args.steps)
     x_all, stride = windows(vocab, steps, args.n * multiples[-1])
@@ -362,7 +362,7 @@ def print_profiles(rows: list[dict], profiles: list[dict]) -> None:
         for s in p["steps"]:
             s["own_peak_mib"] = s["peak_mib"] - before
             before = s["held_mib"]
-    print(f"Per analysis step (analysis.pipeline.analyze in a child; values at {ns}):")
+    print(f"Per analysis step (gatelens.analysis.pipeline.analyze in a child; values at {ns}):")
     print()
     print(
         f"| step | seconds ({ns}) | peak above the RSS at the step's start, MiB ({ns}) | RSS held after, MiB ({ns}) |"

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.extract import Extractor, extract, write_run
+from gatelens.models.extract import Extractor, extract, write_run
 
 VOCAB = 96
 

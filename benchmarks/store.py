@@ -32,8 +32,8 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path
 import numpy as np
 import zarr
 
-from analysis.store import RunWriter
-from analysis.trace import LayerInfo
+from gatelens.analysis.store import RunWriter
+from gatelens.analysis.trace import LayerInfo
 
 WRITERS = {  # label: RunWriter keyword arguments
     "RunWriter, zarr path, Blosc lz4 (the codec before)": {"compression": "lz4", "direct_chunks": False},

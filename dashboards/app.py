@@ -1,27 +1,22 @@
 """gatelens dashboard: ``streamlit run dashboards/app.py`` (what ``gatelens dashboard`` and ``make run`` start).
 
-The navigation and the sidebar only; each page is a file in ``dashboards/pages``.
+The navigation and the sidebar only; each page is a file in ``dashboards/views`` (not ``pages/``, which Streamlit would treat as a legacy multipage folder).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `streamlit run dashboards/app.py` puts only dashboards/ on the path
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
+
+from gatelens.dashboards import state
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import streamlit as st  # noqa: E402
-
-from dashboards import state  # noqa: E402
-
-state.page_guard()
 st.set_page_config(page_title="gatelens", page_icon=":material/tune:", layout="wide")
 
-PAGES = Path(__file__).resolve().parent / "pages"
+PAGES = Path(__file__).resolve().parent / "views"
 pages = [
     st.Page(PAGES / "model.py", title="Model", icon=":material/memory:", default=True),
     st.Page(PAGES / "data.py", title="Data", icon=":material/dataset:"),

@@ -1,20 +1,20 @@
 """The dashboard's work -- load, extract, analyse, export -- as the same library calls the CLI makes.
 
-No Streamlit here: :mod:`dashboards.state` runs these functions in background jobs and caches their
+No Streamlit here: :mod:`gatelens.dashboards.state` runs these functions in background jobs and caches their
 results by content hash. The steps mirror ``gatelens extract``, ``analyze`` and ``export``:
 
-1. :func:`load_model_bundle`: :func:`models.loading.load_model_with_report` (the safe loader: the
+1. :func:`load_model_bundle`: :func:`gatelens.models.loading.load_model_with_report` (the safe loader: the
    user's file is validated and read in an isolated worker, never given to Keras directly), the
-   vocabulary (:func:`models.spec.read_vocabulary`, or the zoo side-car), :func:`models.spec.input_spec`
-   and a compiled :class:`models.extract.Extractor` (reused for every input of the model).
-2. :func:`load_data_bundle`: :func:`models.data.load_data`, then the chosen slice of sequences.
-3. :func:`run_analysis`: :func:`models.extract.write_run` (every signal, verified against Keras, into a
-   run directory with its manifest), the user's features (:func:`analysis.features.load_user_features`)
-   and :func:`analysis.pipeline.analyze`.
-4. :func:`export_zip`: :func:`analysis.export.export_csvs` and the run's ``manifest.json`` in one zip.
+   vocabulary (:func:`gatelens.models.spec.read_vocabulary`, or the zoo side-car), :func:`gatelens.models.spec.input_spec`
+   and a compiled :class:`gatelens.models.extract.Extractor` (reused for every input of the model).
+2. :func:`load_data_bundle`: :func:`gatelens.models.data.load_data`, then the chosen slice of sequences.
+3. :func:`run_analysis`: :func:`gatelens.models.extract.write_run` (every signal, verified against Keras, into a
+   run directory with its manifest), the user's features (:func:`gatelens.analysis.features.load_user_features`)
+   and :func:`gatelens.analysis.pipeline.analyze`.
+4. :func:`export_zip`: :func:`gatelens.analysis.export.export_csvs` and the run's ``manifest.json`` in one zip.
 
 Uploaded files are identified by their content (sha256) and shown by the name the user gave; that
-name is never used as a path (see :mod:`dashboards.state`). Error messages from the library name the
+name is never used as a path (see :mod:`gatelens.dashboards.state`). Error messages from the library name the
 file by its path on the server; :func:`named_files` puts the user's file name in its place.
 
 Examples
@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.store import MANIFEST, sha256_file
-from analysis.trace import LayerTrace, Trace
+from gatelens.analysis.store import MANIFEST, sha256_file
+from gatelens.analysis.trace import LayerTrace, Trace
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +178,9 @@ def named_files(*refs: FileRef | None) -> Iterator[None]:
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the input is wrong": shown as a message, never as a traceback."""
-    from analysis.features import FeatureError
-    from analysis.store import RunStoreError
-    from models.errors import GatelensInputError, VerificationError
+    from gatelens.analysis.features import FeatureError
+    from gatelens.analysis.store import RunStoreError
+    from gatelens.errors import GatelensInputError, VerificationError
 
     return (GatelensInputError, FeatureError, RunStoreError, VerificationError)
 
@@ -195,7 +195,7 @@ def error_title(e: BaseException) -> str:
 
     Examples
     --------
-    >>> from models.errors import UnsafeModelError
+    >>> from gatelens.errors import UnsafeModelError
     >>> error_title(UnsafeModelError("m.keras: Lambda layer"))
     'The model was refused as unsafe'
     """
@@ -224,9 +224,9 @@ class ModelBundle:
 
     choice: ModelChoice
     model: Any
-    spec: Any  # models.spec.InputSpec
+    spec: Any  # gatelens.models.spec.InputSpec
     vocabulary: list[str] | None
-    extractor: Any  # models.extract.Extractor, compiled once per model
+    extractor: Any  # gatelens.models.extract.Extractor, compiled once per model
     architecture: pd.DataFrame
     recurrent: pd.DataFrame
     params: int
@@ -302,9 +302,9 @@ def recurrent_table(extractor: Any) -> pd.DataFrame:
 
 def load_model_bundle(choice: ModelChoice, stage: StageProgress = _no_progress) -> ModelBundle:
     """Load a model safely, read its vocabulary and input, and compile its extractor."""
-    from models.extract import Extractor
-    from models.loading import load_model_with_report
-    from models.spec import input_spec, read_vocabulary
+    from gatelens.models.extract import Extractor
+    from gatelens.models.loading import load_model_with_report
+    from gatelens.models.spec import input_spec, read_vocabulary
 
     progress = stage("Loading the model safely (validated, read in an isolated worker)")
     progress(0, 3)
@@ -341,7 +341,7 @@ class DataBundle:
     """The analysed slice of a data file, ready for the model."""
 
     choice: DataChoice
-    dataset: Any  # models.data.Dataset (the slice)
+    dataset: Any  # gatelens.models.data.Dataset (the slice)
     n_available: int  # sequences in the whole file, before slicing
 
     @property
@@ -351,8 +351,8 @@ class DataBundle:
 
 def load_data_bundle(model: ModelBundle, choice: DataChoice) -> DataBundle:
     """Read the data file against the model's input spec and keep the chosen slice of sequences."""
-    from models.data import load_data
-    from models.errors import DataError
+    from gatelens.errors import DataError
+    from gatelens.models.data import load_data
 
     with named_files(choice.data):
         ds = load_data(
@@ -425,16 +425,16 @@ FAST_STEPS = ("stats", "memory", "drivers", "events", "token_gates", "features",
 class RunResult:
     """A verified trace, its run directory and its analysis (read-only; arrays are not writeable).
 
-    ``analysis`` holds every table of :func:`analysis.pipeline.analyze` but the probes, which
+    ``analysis`` holds every table of :func:`gatelens.analysis.pipeline.analyze` but the probes, which
     :func:`run_probes` adds (:func:`with_probes`). Its events are on disk, in the run's temporary
-    directory (``analysis.events_file``; ``analysis.events`` is empty): read them with
-    :func:`analysis.pipeline.read_events` (one unit's rows) or :func:`analysis.pipeline.iter_event_batches`.
+    directory (``analysis.events_file``; ``gatelens.analysis.events`` is empty): read them with
+    :func:`gatelens.analysis.pipeline.read_events` (one unit's rows) or :func:`gatelens.analysis.pipeline.iter_event_batches`.
     """
 
     key: str
     trace: Trace
     run_dir: Path
-    analysis: Any  # analysis.pipeline.Analysis
+    analysis: Any  # gatelens.analysis.pipeline.Analysis
     tolerance: float
     seconds: dict[str, float]
     user_features: pd.DataFrame | None = None
@@ -502,7 +502,7 @@ def slice_features(ref: FileRef, data: DataBundle, n_steps: int) -> pd.DataFrame
     """
     from types import SimpleNamespace
 
-    from analysis.features import load_user_features
+    from gatelens.analysis.features import load_user_features
 
     whole = SimpleNamespace(n_sequences=data.n_available, n_steps=int(n_steps))  # the ranges it checks
     with named_files(ref):
@@ -516,8 +516,8 @@ def slice_features(ref: FileRef, data: DataBundle, n_steps: int) -> pd.DataFrame
 
 def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _no_progress) -> RunResult:
     """Extract (verified against Keras) into a run directory, then analyse: ``gatelens extract`` + ``analyze``."""
-    from analysis.pipeline import analyze
-    from models.extract import DEFAULT_TOLERANCE, write_run
+    from gatelens.analysis.pipeline import analyze
+    from gatelens.models.extract import DEFAULT_TOLERANCE, write_run
 
     ds = data.dataset
     key = run_key(model.choice, data.choice)
@@ -574,7 +574,7 @@ def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _n
         steps=FAST_STEPS,
         progress=stage("Analysing (statistics, memory, events, correlations, clusters)"),
         # the events stream to the run's temporary directory a chunk at a time (memory bounded by the chunk, not
-        # by the number of sequences); read them with analysis.pipeline.read_events / iter_event_batches
+        # by the number of sequences); read them with gatelens.analysis.pipeline.read_events / iter_event_batches
         events_path=Path(tmp.name) / "events.parquet",
     )
     seconds["analyze"] = time.perf_counter() - t0
@@ -591,9 +591,9 @@ def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _n
 
 
 def run_probes(run: RunResult, progress: Progress | None = None) -> pd.DataFrame:
-    """The probes step of :func:`analysis.pipeline.analyze` (features, then ``probe_report``), with progress."""
-    from analysis.features import build_features
-    from analysis.probes import probe_report
+    """The probes step of :func:`gatelens.analysis.pipeline.analyze` (features, then ``probe_report``), with progress."""
+    from gatelens.analysis.features import build_features
+    from gatelens.analysis.probes import probe_report
 
     feats = build_features(run.trace, user_features=run.user_features)
     return probe_report(run.trace, feats, progress=progress)
@@ -609,12 +609,12 @@ def with_probes(run: RunResult, probes: pd.DataFrame) -> Any:
 
 
 def export_zip(run: RunResult, analysis: Any, progress: Progress | None = None) -> tuple[bytes, dict[str, int]]:
-    """Every CSV of the contract (``analysis.export.export_csvs``) and ``manifest.json`` in one zip.
+    """Every CSV of the contract (``gatelens.analysis.export.export_csvs``) and ``manifest.json`` in one zip.
 
     ``analysis`` is the run's full analysis (:func:`with_probes`). Returns the zip's bytes and the
     size in bytes of each file in it.
     """
-    from analysis.export import export_csvs
+    from gatelens.analysis.export import export_csvs
 
     with tempfile.TemporaryDirectory(prefix="gatelens-export-") as d:
         paths = export_csvs(run.trace, d, analysis=analysis, progress=progress)
@@ -654,7 +654,7 @@ def csv_header(path: str | Path, *, max_bytes: int = 1 << 16) -> list[str]:
     """Column names of a CSV file (its first non-blank line), for choosing input columns.
 
     Returns an empty list when the first line is all numbers (a file without a header) or unreadable;
-    :func:`models.data.load_data` reports the real problem, if any.
+    :func:`gatelens.models.data.load_data` reports the real problem, if any.
 
     Examples
     --------

@@ -1,8 +1,8 @@
 """The bundled demo models: ``data/demo/<stem>.keras`` with a model card ``<stem>.card.json``.
 
-Each demo is a model the zoo trained (:mod:`models.zoo.train`), its card (what it was trained on, how
+Each demo is a model the zoo trained (:mod:`gatelens.models.zoo.train`), its card (what it was trained on, how
 well it does beside a baseline) and, for text models, the vocabulary side-car ``<stem>.vocab.json``.
-The demo's input is the data file the zoo's registry (:data:`models.zoo.demos.DEMOS`) names for it --
+The demo's input is the data file the zoo's registry (:data:`gatelens.models.zoo.demos.DEMOS`) names for it --
 held-out text, the sunspot series, planted-task inputs with their ground-truth features CSV -- else a
 file ``<stem>.demo.<ext>`` beside the model, else the card's own data source. Only a few sequences are
 analysed by default (:data:`DEFAULT_SEQUENCES`), so that the first page opens in seconds; from the
@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gatelens.data import DEMO_DIR as _DEMO_DIR
+
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_DIR = REPO_ROOT / "data" / "demo"
+DEMO_DIR = _DEMO_DIR
 DATA_SUFFIXES = (".txt", ".csv", ".npy", ".npz")
 #: Sequences of the demo input analysed by default (the first page must open in seconds).
 DEFAULT_SEQUENCES = 8
@@ -132,14 +133,15 @@ def _card_source(card: dict[str, Any]) -> Path | None:
     rel = source.get("path") if isinstance(source, dict) else None
     if not isinstance(rel, str) or not rel:
         return None
-    p = Path(rel)
-    return p if p.is_absolute() else REPO_ROOT / p
+    from gatelens.models.zoo.datasets import resolve_data_path
+
+    return resolve_data_path(rel)
 
 
 def _zoo_registry() -> dict[str, Any]:
     """The zoo's demo registry by name (empty when the zoo has none)."""
     try:
-        from models.zoo.demos import DEMOS
+        from gatelens.models.zoo.demos import DEMOS
     except ImportError:
         return {}
     return {d.name: d for d in DEMOS}

@@ -1,4 +1,4 @@
-"""A unit explained in plain language, with the numbers, from the tables of :func:`analysis.pipeline.analyze`.
+"""A unit explained in plain language, with the numbers, from the tables of :func:`gatelens.analysis.pipeline.analyze`.
 
 :func:`explain_unit` reads one unit's rows from the analysis -- half-life and retention, gate
 saturation, forget/write events and what the input was there, correlations and probes, the
@@ -362,7 +362,7 @@ def explain_unit(trace: Any, analysis: Any, layer: str, unit: int) -> UnitSummar
     Parameters
     ----------
     trace : Trace
-    analysis : analysis.pipeline.Analysis
+    analysis : gatelens.analysis.pipeline.Analysis
     layer : str
     unit : int
 

@@ -3,7 +3,7 @@
 A :class:`Job` runs a function in a small shared thread pool. The function receives ``stage(label)``,
 which returns the library's ``progress(done, total)`` callback for that stage; the job records the
 latest values, so a page can draw ``st.progress`` from them while the work goes on. The page's
-script thread only polls (see :func:`dashboards.state.wait_for`): a click elsewhere reruns the page
+script thread only polls (see :func:`gatelens.dashboards.state.wait_for`): a click elsewhere reruns the page
 at once and the job keeps running; coming back finds it further along, or done.
 
 No Streamlit here. Jobs are cached by content hash in ``st.cache_resource`` (bounded), so two

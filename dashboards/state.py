@@ -22,8 +22,8 @@ from typing import Any
 
 import streamlit as st
 
-from dashboards import core, demos
-from dashboards.jobs import Job
+from gatelens.dashboards import core, demos
+from gatelens.dashboards.jobs import Job
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +42,6 @@ UNIT = "gatelens_unit"  # (layer, unit) opened on the Units / Memory / Unit expl
 SEQUENCE = "gatelens_sequence"
 _SESSION_DIR = "_gatelens_session_dir"
 _UPLOADS = "_gatelens_uploads"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# navigation
-
-
-def page_guard() -> None:
-    """Make sure the page runs inside the app's own ``st.navigation`` (call first in every page).
-
-    Streamlit treats a ``pages/`` folder beside the entry script as a legacy (v1) multipage app until
-    ``st.navigation`` has run once in the server process: a first visit straight to ``/units`` would
-    run ``pages/units.py`` alone, without ``app.py``'s navigation and sidebar. Here the page turns the
-    legacy mode off for the process (Streamlit does the same when ``st.navigation`` runs) and reruns,
-    so that ``app.py`` runs and opens this page.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -119,7 +99,7 @@ def save_upload(uploaded: Any, kind: str) -> core.FileRef:
     The same upload (same widget file id) is written once. Raises DataError for a file type the kind
     does not take, or one above the upload limit.
     """
-    from models.errors import DataError
+    from gatelens.errors import DataError
 
     allowed = UPLOAD_SUFFIXES[kind]
     name = str(uploaded.name)
@@ -379,7 +359,7 @@ def require_run() -> core.RunResult:
 
 def selected_unit(run: core.RunResult) -> tuple[str, int]:
     """The unit the user opened (valid for ``run``), else the most telling one of the analysis."""
-    from dashboards.explain import interesting_unit
+    from gatelens.dashboards.explain import interesting_unit
 
     layer, unit = st.session_state.get(UNIT, (None, None))
     if layer in run.trace.layers and isinstance(unit, int) and 0 <= unit < run.trace[layer].info.units:
@@ -454,16 +434,16 @@ def try_run() -> tuple[core.RunResult | None, BaseException | None]:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def cell_decomposition(key: str, layer: str, sequence: int, step: int, unit: int, _run: core.RunResult):
-    """:func:`analysis.decompose.cell_state_decomposition` of one unit at one step."""
-    from analysis.decompose import cell_state_decomposition
+    """:func:`gatelens.analysis.decompose.cell_state_decomposition` of one unit at one step."""
+    from gatelens.analysis.decompose import cell_state_decomposition
 
     return cell_state_decomposition(_run.trace, layer, sequence, step=step, units=[unit])
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def preactivations(key: str, layer: str, sequence: int, unit: int, _run: core.RunResult):
-    """:func:`analysis.decompose.preactivation_decomposition` of one sequence, one unit's rows."""
-    from analysis.decompose import preactivation_decomposition
+    """:func:`gatelens.analysis.decompose.preactivation_decomposition` of one sequence, one unit's rows."""
+    from gatelens.analysis.decompose import preactivation_decomposition
 
     df = preactivation_decomposition(_run.trace, layer, sequences=[sequence])
     return df[df["unit"] == unit].reset_index(drop=True)

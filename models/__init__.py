@@ -2,11 +2,9 @@
 
 Examples
 --------
->>> import keras, numpy as np, os, tempfile
->>> from models import load_model, extract
->>> path = os.path.join(tempfile.mkdtemp(), "my.keras")
->>> keras.Sequential([keras.Input((4, 2)), keras.layers.LSTM(3, name="lstm")]).save(path)
->>> trace = extract(load_model(path), np.ones((2, 4, 2)))
+>>> from gatelens.models import load_model, extract
+>>> from gatelens._examples import tiny_model_path, tiny_inputs
+>>> trace = extract(load_model(tiny_model_path()), tiny_inputs())
 >>> trace["lstm"]["cell_state"].shape
 (2, 4, 3)
 """
@@ -17,7 +15,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow itself is imported lazily, where it is needed
 
-from models.errors import (
+from gatelens.errors import (
     DataError,
     GatelensInputError,
     ModelFormatError,
@@ -25,8 +23,8 @@ from models.errors import (
     UnsupportedLayerError,
     VerificationError,
 )
-from models.extract import Extractor, extract, write_run
-from models.loading import load_model
+from gatelens.models.extract import Extractor, extract, write_run
+from gatelens.models.loading import load_model
 
 __all__ = [
     "DataError",

@@ -12,7 +12,7 @@ Two ways to get the previous hidden state ``h_{t-1}``:
   then compared with Keras's output exactly as in the free-running case. For the LSTM this
   path's matrix product runs in float64 (from the float32 weights, inputs and Keras states) and
   is rounded once, and the cell state is the float64 recurrence of the gates *as they will be
-  stored*, so the exact decompositions of :mod:`analysis.decompose` sum back to the stored
+  stored*, so the exact decompositions of :mod:`gatelens.analysis.decompose` sum back to the stored
   float32 signals to their own rounding (a float32 product over 100-200 terms is off by several
   units in the last place at large pre-activations, and a float32 cell state accumulates them
   over long memories). GRU and SimpleRNN stay in float32: their hidden state is the activation

@@ -15,13 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from models.zoo.cli import positive_int
+from gatelens.errors import UsageError
+from gatelens.models.zoo.cli import positive_int, register
 
 log = logging.getLogger("gatelens")
-
-
-class UsageError(Exception):
-    """Bad command-line usage (exit code 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,9 +52,9 @@ class ProgressBar:
 
 
 def _load_model_and_data(args: argparse.Namespace):
-    from models import load_model
-    from models.data import load_data
-    from models.spec import input_spec, read_vocabulary, sidecar_vocabulary_path
+    from gatelens.models import load_model
+    from gatelens.models.data import load_data
+    from gatelens.models.spec import input_spec, read_vocabulary, sidecar_vocabulary_path
 
     model = load_model(args.model)
     vocab = None
@@ -81,8 +78,8 @@ def _load_model_and_data(args: argparse.Namespace):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from analysis.store import sha256_file
-    from models.extract import write_run
+    from gatelens.analysis.store import sha256_file
+    from gatelens.models.extract import write_run
 
     model, spec, data = _load_model_and_data(args)
     manifest: dict[str, Any] = {
@@ -125,7 +122,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from models.extract import Extractor
+    from gatelens.models.extract import Extractor
 
     model, spec, data = _load_model_and_data(args)
     ex = Extractor(model)
@@ -144,14 +141,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from analysis.pipeline import analyze, save_analysis
-    from analysis.store import ANALYSIS_DIR, open_run
+    from gatelens.analysis.pipeline import analyze_run
+    from gatelens.analysis.store import ANALYSIS_DIR
 
-    trace = open_run(args.run)
-    # events stream to disk a chunk at a time (memory bounded by the chunk, not the number of sequences)
-    partial = Path(args.run) / ANALYSIS_DIR / ".events.partial.parquet"
-    result = analyze(trace, features=args.features, progress=ProgressBar("analyze"), events_path=partial)
-    where = save_analysis(result, args.run)
+    result = analyze_run(args.run, features=args.features, progress=ProgressBar("analyze"))
+    where = Path(args.run) / ANALYSIS_DIR
     rows = {name: len(getattr(result, name)) for name in result.tables()}
     if result.events_file is not None:
         import pyarrow.parquet as pq
@@ -165,9 +159,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from analysis.export import export_csvs
-    from analysis.pipeline import load_analysis
-    from analysis.store import open_run
+    from gatelens.analysis.export import export_csvs
+    from gatelens.analysis.pipeline import load_analysis
+    from gatelens.analysis.store import open_run
 
     trace = open_run(args.run)
     if (Path(args.run) / "analysis").is_dir():
@@ -260,13 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--address", default=None)
     d.set_defaults(func=cmd_dashboard)
 
-    try:
-        from models.zoo.cli import register
-    except ImportError:  # pragma: no cover - the zoo is part of the package
-        register = None
-    if register is not None:
-        register(sub)
+    register(sub)
     return p
+
+
+def _one_line(e: BaseException) -> str:
+    """An error's message on one line (a user's error is always reported as exactly one line)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -275,34 +269,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from analysis.store import RunStoreError
-    from models.errors import GatelensInputError, VerificationError
+    from gatelens.errors import GatelensError, VerificationError, exit_code_of, is_user_error
 
+    raise_internal: BaseException
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except UsageError as e:
-        sys.stderr.write(f"{e}\n")
-        return 2
-    except GatelensInputError as e:
-        sys.stderr.write(f"gatelens: {e}\n")
-        return e.exit_code
-    except (RunStoreError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        sys.stderr.write(f"gatelens: {e}\n")
-        return 2
-    except ValueError as e:
-        # analysis-side input errors (features CSV, ...) are ValueErrors with a message for the user
-        if type(e).__module__.startswith("analysis"):
-            sys.stderr.write(f"gatelens: {e}\n")
-            return 2
-        raise_internal = e
     except VerificationError as e:
         sys.stderr.write(f"gatelens: verification failed: {e}\n")
-        return 1
+        return e.exit_code
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        sys.stderr.write(f"gatelens: {e}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("gatelens: interrupted\n")
         return 130
-    except Exception as e:  # the last resort: one line, and the traceback with --debug
+    except Exception as e:  # user errors: one line; anything else: one line, and the traceback with --debug
+        if is_user_error(e):
+            prefix = "" if isinstance(e, UsageError) else "gatelens: "  # argparse's message names the command
+            sys.stderr.write(f"{prefix}{_one_line(e)}\n")
+            return exit_code_of(e)
+        if isinstance(e, GatelensError) and not debug:  # internal but deliberate (CompatError): its own message
+            sys.stderr.write(f"gatelens: internal error: {_one_line(e)}\n")
+            return exit_code_of(e)
         raise_internal = e
     if debug:
         raise raise_internal

@@ -1,8 +1,8 @@
 """Read a user's data file (``.npy``, ``.npz``, ``.csv``, ``.txt``) into the arrays a model takes.
 
-:func:`load_data` checks the data against an :class:`~models.spec.InputSpec` (what the model takes)
+:func:`load_data` checks the data against an :class:`~gatelens.models.spec.InputSpec` (what the model takes)
 and cuts long series and texts into windows of the model's length. Every user mistake raises
-:class:`models.errors.DataError` with one plain line naming the file and the problem (row, column,
+:class:`gatelens.errors.DataError` with one plain line naming the file and the problem (row, column,
 step, what was expected); nothing here imports TensorFlow or Keras.
 
 - ``.npy``: float (N, T, F) for float models, integer (N, T) token ids for models that start with
@@ -17,7 +17,7 @@ step, what was expected); nothing here imports TensorFlow or Keras.
 Examples
 --------
 >>> import os, tempfile
->>> from models.spec import InputSpec
+>>> from gatelens.models.spec import InputSpec
 >>> p = os.path.join(tempfile.mkdtemp(), "series.csv")
 >>> with open(p, "w") as f:
 ...     _ = f.write("year,value\\n2000,1\\n2001,2\\n2002,3\\n2003,4\\n2004,5\\n")
@@ -44,9 +44,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from analysis.store import sha256_file
-from models.errors import DataError
-from models.spec import WORD_PATTERN, InputSpec
+from gatelens.analysis.store import sha256_file
+from gatelens.errors import DataError
+from gatelens.models.spec import WORD_PATTERN, InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def load_data(
     Parameters
     ----------
     path : a ``.npy``, ``.npz`` (key ``x``), ``.csv`` or ``.txt`` file
-    spec : what the model takes (see :func:`models.spec.input_spec`)
+    spec : what the model takes (see :func:`gatelens.models.spec.input_spec`)
     columns : CSV columns to use as features, in order (default: the numeric columns)
     window : steps per row when cutting a CSV series or a text (default: the model's length; a
         model of variable length takes each sequence whole)

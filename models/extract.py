@@ -7,7 +7,7 @@ pre-activations, cell and hidden states from the layer's weights on exactly the 
 output|. Above ``tolerance`` the extraction fails loudly.
 
 When a layer returns its whole sequence, ``h_{t-1}`` is read from Keras's own output and all
-gates of all steps come out of one batched matrix product (see :mod:`models.cells`); the
+gates of all steps come out of one batched matrix product (see :mod:`gatelens.models.cells`); the
 layer's cell state and hidden state are then recomputed and checked against Keras. A layer
 that returns only its last step is re-run free (a scan over time) and checked on that step.
 """
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from analysis.signals import PRE_ACTIVATION, WEIGHT_BLOCKS
-from analysis.store import RunWriter, open_run
-from analysis.trace import LayerInfo, LayerTrace, Trace
-from models.errors import GatelensInputError, UnsupportedLayerError, VerificationError
+from gatelens.analysis.signals import PRE_ACTIVATION, WEIGHT_BLOCKS
+from gatelens.analysis.store import RunWriter, open_run
+from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.errors import GatelensInputError, UnsupportedLayerError, VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _activation_name(fn: Any) -> str:
 
 
 def _direction(rnn: Any, name: str, input_dim: int) -> _Direction:
-    from models.graph import CELL_TYPES
+    from gatelens.models.graph import CELL_TYPES
 
     cell = rnn.cell
     cell_type = CELL_TYPES[type(cell).__name__]
@@ -102,8 +102,8 @@ def _direction(rnn: Any, name: str, input_dim: int) -> _Direction:
 
 
 def _cell_weights(rnn: Any):
-    from models.cells import CellWeights
-    from models.graph import CELL_TYPES
+    from gatelens.models.cells import CellWeights
+    from gatelens.models.graph import CELL_TYPES
 
     cell = rnn.cell
     cell_type = CELL_TYPES[type(cell).__name__]
@@ -139,10 +139,10 @@ class Extractor:
     """
 
     def __init__(self, model: Any, *, layers: Sequence[str] | None = None, jit_compile: bool = True) -> None:
-        from models._quiet import import_tensorflow_quietly
+        from gatelens.models._quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()
-        from models.graph import recurrent_layers
+        from gatelens.models.graph import recurrent_layers
 
         if len(model.inputs) != 1:
             raise UnsupportedLayerError(
@@ -157,7 +157,7 @@ class Extractor:
                 "extracts from models that take token ids: save the model without the lookup layer and pass "
                 "its vocabulary with --vocab."
             )
-        from models.spec import input_spec
+        from gatelens.models.spec import input_spec
 
         #: True when the model takes token ids (an int input, or a float input that feeds an Embedding).
         self.token_input = "int" in self.input_dtype or input_spec(model).integer_tokens
@@ -222,7 +222,7 @@ class Extractor:
         import tensorflow as tf
         from keras.src import backend, tree
 
-        from models import cells
+        from gatelens.models import cells
 
         def rev(t):
             return None if t is None else tf.reverse(t, axis=[1])
@@ -428,7 +428,7 @@ class Extractor:
             return self._fns[key]
         import tensorflow as tf
 
-        from models.graph import call_with_hook
+        from gatelens.models.graph import call_with_hook
 
         layout = self._layouts.setdefault(key, {})  # filled while tracing: name -> (time_major, go_backwards)
 
@@ -552,7 +552,7 @@ class Extractor:
 
     def check_input(self, x: Any) -> np.ndarray:
         """Validate ``x`` against the model's input shape; return it as a NumPy array."""
-        from models.errors import DataError
+        from gatelens.errors import DataError
 
         x = np.asarray(x)
         want = self.input_shape
@@ -608,7 +608,7 @@ def extract(
     verify : {"full", "sample"}
         ``"full"`` (default): Keras runs every sequence; each sequence-returning layer is recomputed
         from Keras's own previous hidden states (one batched product for all steps; for LSTMs in
-        float64, see :mod:`models.cells`) and every step of every sequence is compared with Keras's
+        float64, see :mod:`gatelens.models.cells`) and every step of every sequence is compared with Keras's
         output. ``"sample"``: faster (about one forward pass instead of two): gatelens's own float32
         re-run, in Keras's order of operations, drives the model, and Keras re-runs ``sample_size``
         evenly spaced sequences of each batch plus its most-masked one; every output of the layer
@@ -623,11 +623,10 @@ def extract(
 
     Examples
     --------
-    >>> import keras, numpy as np
-    >>> model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(4, name="lstm")])
-    >>> trace = extract(model, np.random.default_rng(0).normal(size=(2, 5, 3)))
+    >>> from gatelens._examples import tiny_model, tiny_inputs
+    >>> trace = extract(tiny_model(), tiny_inputs())
     >>> trace.layers, trace["lstm"]["forget_gate"].shape, trace.verification["lstm"] < 1e-5
-    (['lstm'], (2, 5, 4), True)
+    (['lstm'], (2, 4, 3), True)
     """
     ex = model if isinstance(model, Extractor) else Extractor(model, layers=layers)
     x = ex.check_input(x)
@@ -686,12 +685,12 @@ def write_run(
 
     Examples
     --------
-    >>> import keras, numpy as np, tempfile, os
-    >>> model = keras.Sequential([keras.Input((5, 3)), keras.layers.GRU(2, return_sequences=True, name="gru")])
+    >>> import os, tempfile
+    >>> from gatelens._examples import tiny_model, tiny_inputs
     >>> out = os.path.join(tempfile.mkdtemp(), "run")
-    >>> run = write_run(model, np.zeros((3, 5, 3)), out, batch_size=2, dtype="float16")
+    >>> run = write_run(tiny_model("gru"), tiny_inputs(n=3), out, batch_size=2, dtype="float16")
     >>> run["gru"]["update_gate"].shape, run.meta["dtype"]
-    ((3, 5, 2), 'float16')
+    ((3, 4, 3), 'float16')
     """
     import keras
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import keras
 
-from models.errors import UnsupportedLayerError
+from gatelens.errors import UnsupportedLayerError
 
 #: Keras classes of recurrent layers gatelens re-runs, by the cell they hold.
 CELL_TYPES = {"LSTMCell": "lstm", "GRUCell": "gru", "SimpleRNNCell": "simple_rnn"}

@@ -3,20 +3,20 @@
 :func:`load_model` never hands the user's file to Keras. It
 
 1. copies the file into a private temporary directory (so it cannot change while it is checked);
-2. validates the archive and the whole nested config in pure Python (:mod:`models.safety`):
+2. validates the archive and the whole nested config in pure Python (:mod:`gatelens.models.safety`):
    exact members, no path tricks, bounded sizes and compression ratios, allowlisted Keras classes
    only (no Lambda, bytecode, custom or non-Keras objects), parameter count capped from the config;
 3. reads the weights in a separate worker process under memory and time limits
-   (:mod:`models.worker`): HDF5 links and datasets checked, weights returned as plain arrays
+   (:mod:`gatelens.models.worker`): HDF5 links and datasets checked, weights returned as plain arrays
    (``.npz``, no pickle). A model whose size the config does not pin down exactly, or above
-   :attr:`~models.safety.LoadLimits.fast_path_max_params`, is also built once by Keras inside the
+   :attr:`~gatelens.models.safety.LoadLimits.fast_path_max_params`, is also built once by Keras inside the
    worker (a trial under the limits) before the parent builds it; legacy ``.h5`` files are
    converted inside the worker and the result is validated again;
 4. composes a fresh ``.keras`` archive from the validated config and the arrays, and only that is
    given to ``keras.saving.load_model(..., safe_mode=True, compile=False)``.
 
-Refusals raise :class:`~models.errors.UnsafeModelError` (CLI exit code 3), unreadable files
-:class:`~models.errors.ModelFormatError` (exit code 2); both name the file and what was found.
+Refusals raise :class:`~gatelens.errors.UnsafeModelError` (CLI exit code 3), unreadable files
+:class:`~gatelens.errors.ModelFormatError` (exit code 2); both name the file and what was found.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.errors import GatelensInputError, ModelFormatError, UnsafeModelError
-from models.safety import (
+from gatelens.errors import GatelensInputError, ModelFormatError, UnsafeModelError
+from gatelens.models.safety import (
     LoadLimits,
     check_weight_keys,
     inspect_keras_archive,
     write_clean_archive,
 )
-from models.worker import WorkerResult, run_worker
+from gatelens.models.worker import WorkerResult, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,8 @@ def load_model(path: str | os.PathLike, *, limits: LoadLimits | None = None, dis
 
     Examples
     --------
-    >>> import keras, tempfile, os
-    >>> m = keras.Sequential([keras.Input((3, 2)), keras.layers.LSTM(4)])
-    >>> p = os.path.join(tempfile.mkdtemp(), "m.keras"); m.save(p)
-    >>> load_model(p).layers[0].__class__.__name__
+    >>> from gatelens._examples import tiny_model_path
+    >>> load_model(tiny_model_path()).layers[0].__class__.__name__
     'LSTM'
     """
     model, _ = load_model_with_report(path, limits=limits, display_name=display_name)
@@ -104,12 +102,10 @@ def load_model_with_report(
 
     Examples
     --------
-    >>> import keras, tempfile, os
-    >>> m = keras.Sequential([keras.Input((3, 2)), keras.layers.LSTM(4)])
-    >>> p = os.path.join(tempfile.mkdtemp(), "m.keras"); m.save(p)
-    >>> model, report = load_model_with_report(p)
+    >>> from gatelens._examples import tiny_model_path
+    >>> model, report = load_model_with_report(tiny_model_path())
     >>> report.params, report.worker_task
-    (112, 'keras_weights')
+    (76, 'keras_weights')
     """
     t0 = time.perf_counter()
     limits = limits or LoadLimits.from_env()
@@ -211,7 +207,7 @@ def _read_npz(path: Path, name: str, limits: LoadLimits) -> dict[str, Any]:
 
 
 def _build(archive, weights: dict, work: Path, name: str, limits: LoadLimits, report: LoadReport):
-    from models._quiet import import_tensorflow_quietly
+    from gatelens.models._quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import keras

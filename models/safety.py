@@ -18,8 +18,8 @@ importing TensorFlow or Keras:
 * HDF5 weights (in the isolated worker, :func:`read_h5_weights`): only hard links, no external or
   virtual storage, numeric datasets only, no unknown filters, bounded declared sizes.
 
-Everything refused raises :class:`~models.errors.UnsafeModelError`; a file that is not a readable
-model raises :class:`~models.errors.ModelFormatError`. Nothing else escapes the validator.
+Everything refused raises :class:`~gatelens.errors.UnsafeModelError`; a file that is not a readable
+model raises :class:`~gatelens.errors.ModelFormatError`. Nothing else escapes the validator.
 
 Examples
 --------
@@ -33,7 +33,7 @@ Examples
 >>> validate_config(bad, "m.keras")
 Traceback (most recent call last):
 ...
-models.errors.UnsafeModelError: m.keras: the config names class 'system' from module 'os', ...
+gatelens.errors.UnsafeModelError: m.keras: the config names class 'system' from module 'os', ...
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from models.errors import GatelensInputError, ModelFormatError, UnsafeModelError
+from gatelens.errors import GatelensInputError, ModelFormatError, UnsafeModelError
 
 # --------------------------------------------------------------------------------------------
 # Limits
@@ -799,7 +799,7 @@ def validate_config(config: Any, name: str, limits: LoadLimits | None = None) ->
     >>> validate_config(cfg, "m.keras")
     Traceback (most recent call last):
     ...
-    models.errors.UnsafeModelError: m.keras: the config implies at least 10,000,800,000 parameters ...
+    gatelens.errors.UnsafeModelError: m.keras: the config implies at least 10,000,800,000 parameters ...
     """
     limits = limits or LoadLimits()
     if not isinstance(config, dict):
@@ -975,7 +975,7 @@ def inspect_keras_archive(path: str | os.PathLike, name: str | None = None,
     >>> inspect_keras_archive(p, "evil.keras")
     Traceback (most recent call last):
     ...
-    models.errors.UnsafeModelError: evil.keras: archive member '../x' has a '..', ...
+    gatelens.errors.UnsafeModelError: evil.keras: archive member '../x' has a '..', ...
     """
     limits = limits or LoadLimits()
     name = name or str(path)

@@ -1,6 +1,6 @@
 """What a model takes as input: :class:`InputSpec`, read off a Keras model by :func:`input_spec`.
 
-The data loaders (:mod:`models.data`) check and cut a user's data against an ``InputSpec``;
+The data loaders (:mod:`gatelens.models.data`) check and cut a user's data against an ``InputSpec``;
 they never look at the model itself, so an ``InputSpec`` can also be built by hand (no
 TensorFlow needed). Text models take their vocabulary from a ``StringLookup`` or
 ``TextVectorization`` layer inside the model, or from a JSON file (``--vocab FILE``, or the
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.errors import DataError, UnsupportedLayerError
+from gatelens.errors import DataError, UnsupportedLayerError
 
 #: Tokenisation levels of text data.
 LEVELS = ("char", "word")

@@ -6,12 +6,12 @@ first lowers its own limits (``RLIMIT_AS``, ``RLIMIT_CPU``, ``RLIMIT_FSIZE``, no
 does one task and writes ``result.json``:
 
 ``keras_weights``
-    Re-validate the ``.keras`` archive (:func:`models.safety.inspect_keras_archive`), extract
-    ``model.weights.h5``, check every HDF5 link and dataset (:func:`models.safety.read_h5_weights`)
+    Re-validate the ``.keras`` archive (:func:`gatelens.models.safety.inspect_keras_archive`), extract
+    ``model.weights.h5``, check every HDF5 link and dataset (:func:`gatelens.models.safety.read_h5_weights`)
     and write the weights as plain arrays to ``weights.npz``. No TensorFlow import.
 ``keras_trial``
     The same, then build the model with Keras from the validated config and those arrays (a clean
-    archive, :func:`models.safety.write_clean_archive`) and report its parameter count: a trial
+    archive, :func:`gatelens.models.safety.write_clean_archive`) and report its parameter count: a trial
     of what the parent will do, under the worker's limits.
 ``h5``
     A legacy HDF5 model: check all links and datasets, validate the ``model_config`` attribute,
@@ -20,7 +20,7 @@ does one task and writes ``result.json``:
 
 The parent waits with a wall-clock deadline (the process group is killed on timeout), collects the
 child's resource usage with ``os.wait4`` (peak RSS) and turns every failure, crash or limit into a
-:class:`~models.errors.UnsafeModelError` or :class:`~models.errors.ModelFormatError` that names the file.
+:class:`~gatelens.errors.UnsafeModelError` or :class:`~gatelens.errors.ModelFormatError` that names the file.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from models.errors import GatelensInputError, ModelFormatError, UnsafeModelError
-from models.safety import (
+from gatelens.errors import GatelensInputError, ModelFormatError, UnsafeModelError
+from gatelens.models.safety import (
     LoadLimits,
     check_h5_tree,
     check_weight_keys,
@@ -52,13 +52,20 @@ from models.safety import (
 log = logging.getLogger(__name__)
 
 TASKS = ("keras_weights", "keras_trial", "h5")
-#: The worker's entry: ``models`` as a bare package (its ``__init__``, which imports TensorFlow, is not
-#: run), so the worker starts in a fraction of a second and imports only what its task needs.
+#: The worker's entry: ``gatelens`` and ``gatelens.models`` as bare packages (their ``__init__``, which
+#: imports TensorFlow for ``gatelens.models``, is not run), so the worker starts in a fraction of a second
+#: and imports only what its task needs. Their folders are passed as arguments: the same in a checkout
+#: (editable install) and in an installed wheel.
 _BOOTSTRAP = (
-    "import sys, types; pkg = types.ModuleType('models'); pkg.__path__ = [sys.argv.pop(1)]; "
-    "sys.modules['models'] = pkg; from models.worker import main; sys.exit(main())"
+    "import sys, types\n"
+    "for name in ('gatelens', 'gatelens.models'):\n"
+    "    pkg = types.ModuleType(name); pkg.__path__ = [sys.argv.pop(1)]; sys.modules[name] = pkg\n"
+    "from gatelens.models.worker import main; sys.exit(main())"
 )
-_ROOT = Path(__file__).resolve().parent.parent  # the directory that holds the `models` package
+_PACKAGE_DIRS = (
+    str(Path(sys.modules["gatelens"].__path__[0]).resolve()),  # gatelens/ (errors, ...)
+    str(Path(__file__).resolve().parent),  # gatelens.models
+)
 
 
 @dataclass
@@ -96,7 +103,6 @@ def _child_env() -> dict[str, str]:
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "KERAS_BACKEND", "KERAS_HOME", "VIRTUAL_ENV")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(
-        PYTHONPATH=str(_ROOT),
         PYTHONDONTWRITEBYTECODE="1",
         PYTHONNOUSERSITE="1",
         TF_CPP_MIN_LOG_LEVEL="3",
@@ -147,7 +153,7 @@ def run_worker(
     t0 = time.perf_counter()
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-s", "-c", _BOOTSTRAP, str(_ROOT / "models"), str(job_path)],
+            [sys.executable, "-s", "-c", _BOOTSTRAP, *_PACKAGE_DIRS, str(job_path)],
             cwd=str(work),
             env=_child_env(),
             stdin=subprocess.DEVNULL,

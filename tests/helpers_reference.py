@@ -1,4 +1,4 @@
-"""Hand-written NumPy reference cells that build a :class:`~analysis.trace.Trace` (tests only).
+"""Hand-written NumPy reference cells that build a :class:`~gatelens.analysis.trace.Trace` (tests only).
 
 Deliberately plain: one Python loop over sequences and one over steps, each step written out
 exactly as the Keras 3 cell equations read (``keras/src/layers/rnn/{lstm,gru}.py``), in float64,
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from analysis.signals import GRU_SIGNALS, LSTM_SIGNALS
-from analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.analysis.signals import GRU_SIGNALS, LSTM_SIGNALS
+from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 
 
 def _sigmoid(x):
@@ -231,8 +231,8 @@ def merge_traces(*traces: Trace) -> Trace:
 
 
 def write_store(trace: Trace, out, *, chunk_sequences: int = 3, dtype: str = "float32") -> Trace:
-    """Write ``trace`` to a run store with :class:`analysis.store.RunWriter`; return it opened lazily."""
-    from analysis.store import RunWriter, open_run
+    """Write ``trace`` to a run store with :class:`gatelens.analysis.store.RunWriter`; return it opened lazily."""
+    from gatelens.analysis.store import RunWriter, open_run
 
     infos = [trace[name].info for name in trace.layers]
     n, t = trace.n_sequences, trace.n_steps

@@ -9,7 +9,7 @@ from helpers_reference import merge_traces, reference_gru_trace, reference_lstm_
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
-from analysis.clusters import (
+from gatelens.analysis.clusters import (
     ARCHETYPE_THRESHOLDS,
     CLUSTER_COLUMNS,
     COCLUSTER_COLUMNS,
@@ -20,10 +20,10 @@ from analysis.clusters import (
     token_unit_matrix,
     unit_profiles,
 )
-from analysis.correlate import correlations
-from analysis.features import build_features
-from analysis.memory import half_lives
-from analysis.stats import unit_stats
+from gatelens.analysis.correlate import correlations
+from gatelens.analysis.features import build_features
+from gatelens.analysis.memory import half_lives
+from gatelens.analysis.stats import unit_stats
 
 VOCAB = ["", "a", "r", "o", "x", "y"]
 BIG = 10.0

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
-from analysis.correlate import COLUMNS, Moments, correlations, rank_pearson, top_units
-from analysis.features import FeatureError, build_features
-from analysis.store import RunWriter, open_run
-from analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.analysis.correlate import COLUMNS, Moments, correlations, rank_pearson, top_units
+from gatelens.analysis.features import FeatureError, build_features
+from gatelens.analysis.store import RunWriter, open_run
+from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 
 
 def random_trace(n=6, t=9, units=3, seed=0, n_features=2, mask_frac=0.2):
@@ -220,7 +220,7 @@ def test_top_units_orders_by_absolute_value():
 def test_average_ranks_equal_scipy_rankdata(m, p, levels, seed):
     from scipy.stats import rankdata
 
-    from analysis.correlate import average_ranks
+    from gatelens.analysis.correlate import average_ranks
 
     x = np.random.default_rng(seed).integers(0, levels, size=(m, p)).astype(np.float32)  # many ties
     np.testing.assert_array_equal(average_ranks(x), rankdata(x, axis=0))

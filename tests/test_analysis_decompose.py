@@ -13,14 +13,14 @@ from helpers_reference import merge_traces, reference_gru_trace, reference_lstm_
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analysis.decompose import (
+from gatelens.analysis.decompose import (
     cell_state_decomposition,
     gate_drivers,
     input_contributions,
     preactivation_decomposition,
     token_gate_table,
 )
-from analysis.signals import PRE_ACTIVATION
+from gatelens.analysis.signals import PRE_ACTIVATION
 
 ATOL = 1e-5
 
@@ -341,7 +341,7 @@ def test_lazy_store_gives_identical_tables(tmp_path):
 def test_against_the_extractor_on_keras_models():
     """The decompositions hold on real extracted traces (masking, bidirectional, GRU both ways, embedding)."""
     keras = pytest.importorskip("keras")
-    from models import extract
+    from gatelens.models import extract
 
     L = keras.layers
     rng = np.random.default_rng(0)
@@ -376,7 +376,7 @@ def test_against_the_extractor_on_keras_models():
 def test_reference_cells_match_keras():
     """The NumPy reference cells reproduce Keras (via the extractor) to 1e-5: they are a valid reference."""
     keras = pytest.importorskip("keras")
-    from models import extract
+    from gatelens.models import extract
 
     L = keras.layers
     rng = np.random.default_rng(1)

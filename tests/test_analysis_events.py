@@ -9,9 +9,9 @@ from helpers_reference import reference_gru_trace, reference_lstm_trace, write_s
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.events import detect_events, event_feature_shift, event_token_lift, summarize_events
-from analysis.signals import PRE_ACTIVATION
-from analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.analysis.events import detect_events, event_feature_shift, event_token_lift, summarize_events
+from gatelens.analysis.signals import PRE_ACTIVATION
+from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 
 VOCAB = ["<pad>", "a", "b", ";", "="]
 

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from helpers_reference import merge_traces, reference_gru_trace, reference_lstm_trace, write_store
 
-from analysis.events import EVENT_COLUMNS, EventSummaryBuilder, detect_events, iter_events, summarize_events
-from analysis.export import export_csvs, read_csv, write_csv, write_events_csv
-from analysis.pipeline import (
+from gatelens.analysis.events import EVENT_COLUMNS, EventSummaryBuilder, detect_events, iter_events, summarize_events
+from gatelens.analysis.export import export_csvs, read_csv, write_csv, write_events_csv
+from gatelens.analysis.pipeline import (
     Analysis,
     analyze,
     count_events,
@@ -22,7 +22,7 @@ from analysis.pipeline import (
     read_events,
     save_analysis,
 )
-from analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 
 VOCAB = ["<pad>", "a", "b", ";", "="]
 
@@ -177,7 +177,7 @@ def test_saving_a_loaded_analysis_elsewhere_copies_its_events(tmp_path):
         read_events(load_analysis(tmp_path / "one")), read_events(load_analysis(tmp_path / "two"))
     )
     (tmp_path / "two" / "analysis" / "events.parquet").write_bytes(b"not parquet")
-    from analysis.store import RunStoreError
+    from gatelens.analysis.store import RunStoreError
 
     with pytest.raises(RunStoreError, match="events.parquet: does not match its checksum"):
         load_analysis(tmp_path / "two")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from helpers_reference import merge_traces, reference_gru_trace, reference_lstm_trace, write_store
 
-from analysis.export import (
+from gatelens.analysis.export import (
     FORMULA_PREFIXES,
     activation_columns,
     export_csvs,
@@ -22,9 +22,9 @@ from analysis.export import (
     write_activations_csv,
     write_csv,
 )
-from analysis.pipeline import STEPS, Analysis, analyze, load_analysis, read_events, save_analysis
-from analysis.store import RunStoreError
-from analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.analysis.pipeline import STEPS, Analysis, analyze, load_analysis, read_events, save_analysis
+from gatelens.analysis.store import RunStoreError
+from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 
 NASTY = [
     '=HYPERLINK("http://x","y")',
@@ -283,17 +283,17 @@ def test_analysis_from_lazy_store_equals_in_memory(tmp_path):
     assert read_events(load_analysis(tmp_path / "run")).equals(b.events)
     assert files["activations.csv"].exists()
     # the analysis directory does not break the run's own checksums
-    from analysis.store import open_run
+    from gatelens.analysis.store import open_run
 
     open_run(tmp_path / "run", verify=True)
 
 
 def test_missing_module_is_skipped_not_fatal(monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "analysis.clusters", None)  # import fails as if the file were absent
+    monkeypatch.setitem(sys.modules, "gatelens.analysis.clusters", None)  # import fails as if the file were absent
     trace = text_trace(8)
     result = analyze(trace, steps=("stats", "memory", "clusters"))
     assert "clusters" in result.skipped and result.clusters.empty
-    assert "analysis.clusters.cluster_units is not available" in caplog.text
+    assert "gatelens.analysis.clusters.cluster_units is not available" in caplog.text
     with pytest.raises(ValueError, match="unknown analysis step"):
         analyze(trace, steps=("stats", "magic"))
 
@@ -342,13 +342,13 @@ def test_analysis_never_imports_tensorflow_or_keras():
 
     code = (
         "import sys, numpy as np\n"
-        "import analysis.pipeline, analysis.export, analysis.stats, analysis.memory, analysis.decompose\n"
-        "import analysis.events, analysis.store\n"
-        "from analysis.trace import LayerInfo, LayerTrace, Trace\n"
+        "import gatelens.analysis.pipeline, gatelens.analysis.export, gatelens.analysis.stats, gatelens.analysis.memory, gatelens.analysis.decompose\n"
+        "import gatelens.analysis.events, gatelens.analysis.store\n"
+        "from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace\n"
         "info = LayerInfo(name='lstm', cell_type='lstm', units=1, input_dim=1)\n"
         "lt = LayerTrace(info, {s: np.full((1, 3, 1), 0.5, np.float32) for s in info.signals},\n"
         "                mask=np.ones((1, 3), bool), inputs=np.zeros((1, 3, 1), np.float32))\n"
-        "analysis.pipeline.analyze(Trace({'lstm': lt}), steps=('stats', 'memory', 'events'))\n"
+        "gatelens.analysis.pipeline.analyze(Trace({'lstm': lt}), steps=('stats', 'memory', 'events'))\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
         "assert not bad, bad\n"
     )

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.features import (
+from gatelens.analysis.features import (
     TEXT_FEATURES,
     FeatureError,
     as_feature_matrix,
@@ -22,8 +22,8 @@ from analysis.features import (
     step_mask,
     text_features,
 )
-from analysis.store import RunWriter, open_run
-from analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.analysis.store import RunWriter, open_run
+from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 
 ALPHABET = "ab Z9_(){}[]'\"\\\n.,"
 

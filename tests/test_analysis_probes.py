@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
-from analysis.features import build_features
-from analysis.probes import (
+from gatelens.analysis.features import build_features
+from gatelens.analysis.probes import (
     RANKING_COLUMNS,
     REPORT_COLUMNS,
     SignalProbe,
@@ -19,8 +19,8 @@ from analysis.probes import (
     run_probes,
     split_by_sequence,
 )
-from analysis.store import RunWriter, open_run
-from analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.analysis.store import RunWriter, open_run
+from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 
 
 def applicable_checks(estimators):

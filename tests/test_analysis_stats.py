@@ -12,9 +12,16 @@ from helpers_reference import reference_gru_trace, reference_lstm_trace, write_s
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.memory import half_lives, retention_curves
-from analysis.stats import ACTIVATION_SLOPES, activation_slope, max_slope, signal_stats, stats_tables, unit_stats
-from analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.analysis.memory import half_lives, retention_curves
+from gatelens.analysis.stats import (
+    ACTIVATION_SLOPES,
+    activation_slope,
+    max_slope,
+    signal_stats,
+    stats_tables,
+    unit_stats,
+)
+from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 
 
 def hand_trace(values, pre=None, mask=None, cell_type="lstm", signal="forget_gate", recurrent_activation="sigmoid"):

@@ -86,6 +86,6 @@ def test_analysis_benchmark_measures_every_size_and_says_a_verdict(outputs):
         assert peak >= baseline > 0, row  # the analysis cannot need less than its own start-up
     assert re.search(r"^verdict: .*N grows 2x", out, re.M), out
     steps = _rows(out, "| step | seconds")
-    from analysis.pipeline import STEPS
+    from gatelens.analysis.pipeline import STEPS
 
     assert [r[0] for r in steps] == ["open_run", *STEPS, "save_analysis"], steps

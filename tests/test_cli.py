@@ -20,7 +20,7 @@ NO_OOV = ["<pad>", *list("abc ()'\"\n")]
 def gatelens(*args, cwd=None):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run(
-        [sys.executable, "-m", "models.cli", *map(str, args)],
+        [sys.executable, "-m", "gatelens", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
@@ -95,7 +95,7 @@ def test_extract_with_sampled_verification(files, tmp_path):
     assert manifest["verify"] == "sample" and manifest["verify_sample_size"] == 2
     assert all(v < 1e-5 for v in manifest["verification"].values())
     # every sequence, not only the sample, equals Keras's own output (independent sub-model)
-    from analysis.store import open_run
+    from gatelens.analysis.store import open_run
 
     h = keras.Model(model.inputs, model.get_layer("lstm").output).predict(x, verbose=0)
     trace = open_run(run)

@@ -2,7 +2,7 @@
 
 The app runs in this process; its caches are shared between the tests (keyed by content hash), so the
 model is loaded and analysed once and each page test then opens its page in a fresh session. The
-numbers a page shows are checked against the library's own (models.extract, analysis.*) here.
+numbers a page shows are checked against the library's own (gatelens.models.extract, analysis.*) here.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _open(page: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     _no_exception(at)
     if page is not None:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
         _no_exception(at)
     return at
 
@@ -146,7 +146,7 @@ def test_gates_page_colours_text_escapes_html_and_hovers_every_signal(demo_dir):
 
 def test_gates_page_series_heat_strips(demo_dir):
     at = _select_series_demo(_open())
-    at.switch_page("pages/gates.py").run()
+    at.switch_page("views/gates.py").run()
     _no_exception(at)
     (spec,) = _charts(at)
     titles = [c.get("title") for c in spec["vconcat"]]
@@ -246,7 +246,7 @@ def test_unsafe_model_upload_is_refused(demo_dir, tmp_path):
 def test_uploaded_model_and_npy_data_run_and_verify(demo_dir, tmp_path):
     import keras
 
-    from models import extract
+    from gatelens.models import extract
 
     keras.utils.set_random_seed(1)
     model = keras.Sequential(
@@ -262,17 +262,17 @@ def test_uploaded_model_and_npy_data_run_and_verify(demo_dir, tmp_path):
     at.file_uploader(key="model_upload").upload("mine.keras", path.read_bytes(), "application/zip").run()
     _no_exception(at)
     assert any("Verification needs input" in i.value for i in at.info)
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     _no_exception(at)
     assert at.radio(key="data_source").options == ["Upload"]
     at.file_uploader(key="data_upload").upload("x.npy", buf.getvalue(), "application/octet-stream").run()
     _no_exception(at)
     assert {m.label: m.value for m in at.metric}["Sequences analysed"] == "5"
-    at.switch_page("pages/model.py").run()
+    at.switch_page("views/model.py").run()
     _no_exception(at)
     assert any("Verification: PASS" in m for m in _texts(at, "markdown"))
     # the Export page's activations equal the library's own extraction of the same model and data
-    at.switch_page("pages/export.py").run()
+    at.switch_page("views/export.py").run()
     _no_exception(at)
     ref = extract(keras.saving.load_model(path), x)
     doc = json.loads(at.get("json")[0].proto.body)
@@ -306,9 +306,9 @@ def test_sessions_do_not_see_each_others_uploads(demo_dir, tmp_path):
 
 
 def test_export_zip_matches_the_library(demo_dir, tmp_path):
-    """The export's CSVs are those of analysis.export.export_csvs on the same run (same bytes)."""
-    from analysis.export import export_csvs, read_csv
-    from dashboards import core, demos
+    """The export's CSVs are those of gatelens.analysis.export.export_csvs on the same run (same bytes)."""
+    from gatelens.analysis.export import export_csvs, read_csv
+    from gatelens.dashboards import core, demos
 
     demo = demos.list_demos()[0]
     mc = core.ModelChoice(core.FileRef.of(demo.model_path), core.FileRef.of(demo.vocabulary_path), demo=demo.name)
@@ -324,7 +324,7 @@ def test_export_zip_matches_the_library(demo_dir, tmp_path):
             if name != "probes.csv":  # probes are retrained (same seed, same data): compare values below
                 assert zf.read(name) == p.read_bytes(), name
     acts = read_csv(paths["activations.csv"])  # byte-equal to the zip's copy (checked above)
-    from models import extract
+    from gatelens.models import extract
 
     ref = extract(model.model, data.dataset.x)
     got = acts[(acts.layer == "lstm") & (acts.sequence == 1) & (acts.step == 7)].sort_values("unit")
@@ -333,7 +333,7 @@ def test_export_zip_matches_the_library(demo_dir, tmp_path):
 
 
 def _series_data_upload(at: AppTest, name: str, content: bytes) -> AppTest:
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     _no_exception(at)
     at.radio(key="data_source").set_value("Upload").run()
     _no_exception(at)
@@ -356,14 +356,14 @@ def test_csv_upload_with_windowing_options_and_user_features(demo_dir):
     at.file_uploader(key="features_upload").upload("phase.csv", "\n".join(rows).encode(), "text/csv").run()
     _no_exception(at)
     assert any("features: phase.csv" in _plain(s.value) for s in at.success)
-    at.switch_page("pages/features.py").run()
+    at.switch_page("views/features.py").run()
     _no_exception(at)
     assert "phase" in at.selectbox(key="features_feature").options
 
 
 def test_malformed_features_file_shows_a_readable_error(demo_dir):
     at = _select_series_demo(_open())
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     _no_exception(at)
     bad = b"sequence,step,phase\n0,0,1.0\n0,999,2.0\n"  # step 999: the series has 24 steps
     at.file_uploader(key="features_upload").upload("bad features.csv", bad, "text/csv").run()
@@ -385,15 +385,15 @@ def test_server_config_limits_uploads_and_runs_headless():
 def test_demo_features_are_cut_to_the_analysed_slice(demo_dir):
     """The series demo's features CSV covers all 10 windows; the slice of 8 from #1 uses windows 1..8."""
     at = _select_series_demo(_open())
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     _no_exception(at)
     at.number_input(key="data_first_demo").set_value(1).run()
     _no_exception(at)
     assert any("features: tiny_series.features.csv" in _plain(s.value) for s in at.success)
-    at.switch_page("pages/features.py").run()
+    at.switch_page("views/features.py").run()
     _no_exception(at)
     assert "phase" in at.selectbox(key="features_feature").options
-    from dashboards import core, state  # noqa: F401  (the same slice, computed by the library here)
+    from gatelens.dashboards import core, state  # noqa: F401  (the same slice, computed by the library here)
 
     feats = core.slice_features(
         core.FileRef.of(demo_dir["series_features"]),

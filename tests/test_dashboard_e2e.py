@@ -4,7 +4,7 @@ One server and one browser for the module. The tour opens the bundled demo (anal
 upload), waits for each page's charts to be drawn and saves a screenshot of every page to
 ``docs/screenshots/<page>.png`` (the README shows them). The upload test sends a ``.keras`` model and an
 ``.npy`` file this test made with Keras, sees the verification badge pass, opens a unit, downloads the
-export and checks its CSVs against :func:`models.extract` and :func:`analysis.stats.unit_stats` computed
+export and checks its CSVs against :func:`gatelens.models.extract` and :func:`gatelens.analysis.stats.unit_stats` computed
 here; then a broken model file must give its error message, not a traceback.
 
 Chromium is ``/usr/bin/chromium`` (never downloaded). Outside CI the tests skip when it is missing; with
@@ -180,9 +180,9 @@ def _upload(page, index: int, path: Path) -> None:
 def test_upload_verify_open_unit_export(page, server, tmp_path):
     import keras
 
-    from analysis.export import read_csv
-    from analysis.stats import unit_stats
-    from models import extract
+    from gatelens.analysis.export import read_csv
+    from gatelens.analysis.stats import unit_stats
+    from gatelens.models import extract
 
     keras.utils.set_random_seed(7)
     model = keras.Sequential(

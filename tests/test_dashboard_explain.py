@@ -1,7 +1,7 @@
 """The plain-language unit summary: planted units whose memory, forgetting and tracking are known by construction.
 
 The trace is hand-set (an LSTM layer of three units over random text), the analysis is the real
-:func:`analysis.pipeline.analyze`, and the expected answers are computed here independently:
+:func:`gatelens.analysis.pipeline.analyze`, and the expected answers are computed here independently:
 
 * unit 0: forget gate fixed at 0.5 -> half-life exactly 1 step;
 * unit 1: forget gate exactly 1 -> no decay, an infinite half-life;
@@ -16,10 +16,10 @@ import math
 import numpy as np
 import pytest
 
-from analysis.features import build_features
-from analysis.pipeline import analyze
-from analysis.trace import LayerInfo, LayerTrace, Trace
-from dashboards.explain import describe_half_life, explain_unit, interesting_unit, notable_units, primer
+from gatelens.analysis.features import build_features
+from gatelens.analysis.pipeline import analyze
+from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.dashboards.explain import describe_half_life, explain_unit, interesting_unit, notable_units, primer
 
 VOCAB = ["", "a", "b", "(", ")", ";", " "]
 N, T = 6, 48

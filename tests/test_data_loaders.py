@@ -10,9 +10,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from models.data import Dataset, check_array, load_data, window_series
-from models.errors import DataError
-from models.spec import InputSpec, TokenList, input_spec, read_vocabulary, sidecar_vocabulary_path
+from gatelens.errors import DataError
+from gatelens.models.data import Dataset, check_array, load_data, window_series
+from gatelens.models.spec import InputSpec, TokenList, input_spec, read_vocabulary, sidecar_vocabulary_path
 
 keras = pytest.importorskip("keras")
 
@@ -28,7 +28,7 @@ def _roundtrip(model, tmp_path_factory, name):
     Used for the Embedding and StringLookup models (what a user uploads: the vocabulary must survive the
     safe rebuild); the other models stay in memory to keep this file fast.
     """
-    from models import load_model
+    from gatelens.models import load_model
 
     path = tmp_path_factory.mktemp("models") / f"{name}.keras"
     model.save(path)
@@ -625,7 +625,7 @@ def test_check_array_in_memory():
 
 @pytest.mark.parametrize(("level", "window"), [("char", 16), ("word", 8)])
 def test_txt_matches_the_zoo_vocabulary(tmp_path, level, window):
-    from models.zoo.datasets import Vocabulary
+    from gatelens.models.zoo.datasets import Vocabulary
 
     text = 'def f(x):\n    return x + 1  # ok\n\nclass C:\n    """Doc."""\n    y = f(2) * 3\n'
     vocab = Vocabulary.from_text(text[:40], level)  # the rest holds tokens outside the vocabulary

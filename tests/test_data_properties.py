@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from models.data import Dataset, load_data, window_series
-from models.errors import DataError
-from models.spec import InputSpec
+from gatelens.errors import DataError
+from gatelens.models.data import Dataset, load_data, window_series
+from gatelens.models.spec import InputSpec
 
 #: Modest by default (CI budget); raise it to fuzz harder: GATELENS_FUZZ_EXAMPLES=5000 pytest tests/test_data_properties.py
 EXAMPLES = int(os.environ.get("GATELENS_FUZZ_EXAMPLES", "60"))

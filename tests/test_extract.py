@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models import UnsupportedLayerError, extract, load_model
+from gatelens.models import UnsupportedLayerError, extract, load_model
 
 L = keras.layers
 T, F = 9, 3
@@ -440,7 +440,7 @@ def test_float_input_feeding_an_embedding_records_tokens():
 @pytest.mark.parametrize("return_sequences", [True, False], ids=["seq", "last"])
 def test_a_wrong_re_run_fails_verification(verify, return_sequences, monkeypatch):
     """The check can fail: a re-run whose forget gate is off by 1e-3 (our code, not Keras, is altered)."""
-    from models import VerificationError, cells
+    from gatelens.models import VerificationError, cells
 
     model = seq(L.LSTM(4, return_sequences=return_sequences))
     x = _data(n=6)

@@ -13,7 +13,7 @@ Units 4-7 are distractors with random weights that read every unit. For each fea
 planted unit must rank first in the correlation table with ``|r| > 0.95`` and rank first in its
 probe. The same weights run (1) through the NumPy reference cell of tests/helpers_reference.py,
 (2) as a real Keras model saved to a ``.keras`` file, loaded with the safe loader and extracted
-with ``models.extract`` (padded batch with ``mask_zero``), and (3) streamed into a run store
+with ``gatelens.models.extract`` (padded batch with ``mask_zero``), and (3) streamed into a run store
 with ``models.write_run`` and analysed lazily.
 """
 
@@ -24,9 +24,9 @@ import pandas as pd
 import pytest
 from helpers_reference import reference_lstm_trace
 
-from analysis.correlate import correlations, top_units
-from analysis.features import build_features
-from analysis.probes import run_probes
+from gatelens.analysis.correlate import correlations, top_units
+from gatelens.analysis.features import build_features
+from gatelens.analysis.probes import run_probes
 
 B = 20.0
 VOCAB = ["", "a", "b", " ", "(", ")", '"', "#", *"0123456789"]
@@ -189,7 +189,7 @@ def keras_model_file(tmp_path_factory):
 
 
 def test_planted_units_found_in_a_real_keras_model(keras_model_file, tmp_path):
-    from models import extract, load_model
+    from gatelens.models import extract, load_model
 
     ids, marked = make_data(seed=1, pad=True)
     model = load_model(keras_model_file)
@@ -206,7 +206,7 @@ def test_planted_units_found_in_a_real_keras_model(keras_model_file, tmp_path):
 
 
 def test_planted_units_found_in_a_run_store_written_by_the_extractor(keras_model_file, tmp_path):
-    from models import load_model, write_run
+    from gatelens.models import load_model, write_run
 
     ids, marked = make_data(seed=2, pad=True)
     run = write_run(load_model(keras_model_file), ids, tmp_path / "run", batch_size=16, vocabulary=VOCAB)

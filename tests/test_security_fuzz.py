@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,8 +21,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from models.errors import ModelFormatError, UnsafeModelError
-from models.safety import KERAS_MEMBERS, LoadLimits, inspect_keras_archive, parse_config_json, validate_config
+from gatelens.errors import ModelFormatError, UnsafeModelError
+from gatelens.models.safety import KERAS_MEMBERS, LoadLimits, inspect_keras_archive, parse_config_json, validate_config
+from gatelens.models.worker import _PACKAGE_DIRS
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = settings(
@@ -265,22 +265,23 @@ def test_random_json_text(text, depth):
 
 
 def test_validator_imports_neither_tensorflow_nor_keras(tmp_path):
-    """Run in a fresh interpreter (``models`` as a bare package, like the worker) on a real archive."""
+    """Run in a fresh interpreter (``gatelens.models`` as a bare package, like the worker) on a real archive."""
     path = tmp_path / "ok.keras"
     path.write_bytes(VALID_ARCHIVE)
     code = (
-        "import sys, types; pkg = types.ModuleType('models'); pkg.__path__ = [sys.argv[1]]; "
-        "sys.modules['models'] = pkg; from models.safety import inspect_keras_archive; "
-        "a = inspect_keras_archive(sys.argv[2]); "
+        "import sys, types\n"
+        "for i, name in ((1, 'gatelens'), (2, 'gatelens.models')):\n"
+        "    pkg = types.ModuleType(name); pkg.__path__ = [sys.argv[i]]; sys.modules[name] = pkg\n"
+        "from gatelens.models.safety import inspect_keras_archive; "
+        "a = inspect_keras_archive(sys.argv[3]); "
         "bad = [m for m in ('tensorflow', 'keras', 'h5py', 'numpy') if m in sys.modules]; "
         "print(a.report.params, bad)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(ROOT / "models"), str(path)],
+        [sys.executable, "-c", code, *_PACKAGE_DIRS, str(path)],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["138", "[]"], out.stdout

@@ -22,10 +22,10 @@ import keras
 import numpy as np
 import pytest
 
-from models import load_model
-from models.errors import ModelFormatError, UnsafeModelError
-from models.loading import load_model_with_report
-from models.safety import (
+from gatelens.errors import ModelFormatError, UnsafeModelError
+from gatelens.models import load_model
+from gatelens.models.loading import load_model_with_report
+from gatelens.models.safety import (
     ACTIVATIONS,
     CONSTRAINT_CLASSES,
     INITIALIZER_CLASSES,
@@ -568,9 +568,9 @@ def test_cli_exits_3_on_an_unsafe_model(tmp_path):
     path = _lambda_model(tmp_path / "canary", tmp_path, ".keras")
     data = tmp_path / "x.npy"
     np.save(data, np.zeros((2, 6, 3), np.float32))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(
-        [sys.executable, "-m", "models.cli", "verify", str(path), str(data)],
+        [sys.executable, "-m", "gatelens", "verify", str(path), str(data)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analysis.store import RunStoreError, RunWriter, open_run, verify_run
-from analysis.trace import LayerInfo
-from models import extract, write_run
+from gatelens.analysis.store import RunStoreError, RunWriter, open_run, verify_run
+from gatelens.analysis.trace import LayerInfo
+from gatelens.models import extract, write_run
 
 L = keras.layers
 
@@ -131,7 +131,7 @@ def test_failure_midway_keeps_previous_run(model, x, tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys, numpy as np, keras
-    from models import write_run
+    from gatelens.models import write_run
     m = keras.Sequential([keras.Input((11, 2)), keras.layers.LSTM(4, return_sequences=True, name="lstm")])
     m.set_weights([np.full(w.shape, 0.3, np.float32) for w in m.get_weights()])
     x = np.random.default_rng(int(sys.argv[2])).normal(size=(64, 11, 2)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Bundled data (checked against its manifests) and the text/series helpers of models.zoo.datasets."""
+"""Bundled data (checked against its manifests) and the text/series helpers of gatelens.models.zoo.datasets."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.errors import DataError
-from models.zoo import datasets as ds
+from gatelens.errors import DataError
+from gatelens.models.zoo import datasets as ds
 
 
 def test_corpus_is_the_listed_stdlib_modules_concatenated():
@@ -68,7 +68,7 @@ def test_vocabulary_order_encoding_and_side_car_round_trip(tmp_path):
 
 
 def test_word_vocabulary_side_car_is_read_by_the_extract_loader(tmp_path):
-    from models.spec import read_vocabulary
+    from gatelens.models.spec import read_vocabulary
 
     v = ds.Vocabulary.from_text("def f(x):\n    return x\n", level="word")
     p = tmp_path / "m.vocab.json"

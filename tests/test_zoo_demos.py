@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models import extract, load_model
-from models.zoo import datasets as ds
-from models.zoo import demos
-from models.zoo import train as tr
+from gatelens.models import extract, load_model
+from gatelens.models.zoo import datasets as ds
+from gatelens.models.zoo import demos
+from gatelens.models.zoo import train as tr
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_demo_files_are_small_and_consistent(name):
     assert size < 1_000_000, f"{model_path.name} is {size} bytes"
     assert card["sha256"] == ds.sha256_file(model_path), "the card describes another version of the model"
     assert card["file"] == model_path.name and card["training"]["seed"] == d.kwargs["seed"]
-    assert card["versions"]["keras"] and card["command"] == f"python -m models.zoo.demos --only {name}"
+    assert card["versions"]["keras"] and card["command"] == f"python -m gatelens.models.zoo.demos --only {name}"
     if "path" in card["data"]["source"]:
         src = card["data"]["source"]
         assert ds.sha256_file(ds.resolve_data_path(src["path"])) == src["sha256"]
@@ -65,7 +65,7 @@ def test_demo_card_metrics_are_reproduced_and_beat_their_baselines(name):
 
 
 def test_char_lstm_bits_per_char_recomputed_independently():
-    """From the corpus, the side-car JSON and the model alone (none of models.zoo's text helpers)."""
+    """From the corpus, the side-car JSON and the model alone (none of gatelens.models.zoo's text helpers)."""
     path = demos.demo("char_lstm").model_path
     card = tr.read_card(path)
     tokens = json.loads(tr.vocabulary_path(path).read_text())["tokens"]
@@ -90,8 +90,8 @@ def test_char_lstm_bits_per_char_recomputed_independently():
 
 @pytest.mark.parametrize("name", DEMO_NAMES)
 def test_demo_extracts_with_its_bundled_data(name):
-    from models.data import load_data
-    from models.spec import input_spec, read_vocabulary, sidecar_vocabulary_path
+    from gatelens.models.data import load_data
+    from gatelens.models.spec import input_spec, read_vocabulary, sidecar_vocabulary_path
 
     d = demos.demo(name)
     model = load_model(d.model_path)
@@ -107,7 +107,7 @@ def test_demo_extracts_with_its_bundled_data(name):
 
 
 def test_gatelens_extract_runs_on_a_demo(tmp_path, capsys):
-    from models.cli import main
+    from gatelens.models.cli import main
 
     out = tmp_path / "run"
     code = main(["extract", str(demos.DEMO_DIR / "brackets_lstm.keras"), str(demos.DEMO_DIR / "brackets_lstm.demo.npy"),

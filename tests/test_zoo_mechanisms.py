@@ -2,9 +2,9 @@
 decompositions sum back to the stored signals on every committed demo model.
 
 Every number comes from the committed files in ``data/demo/``: the ``.keras`` model (safe loader), its bundled
-data and, for the planted tasks, the ground-truth per-step features CSV; traces come from ``models.extract``
-(checked against Keras) and every statistic from the analysis library (``analysis.correlate.correlations``,
-``analysis.memory.half_lives``, ``analysis.decompose``).
+data and, for the planted tasks, the ground-truth per-step features CSV; traces come from ``gatelens.models.extract``
+(checked against Keras) and every statistic from the analysis library (``gatelens.analysis.correlate.correlations``,
+``gatelens.analysis.memory.half_lives``, ``gatelens.analysis.decompose``).
 
 Thresholds
     A unit "tracks" a feature when ``|r| > 0.9``: its state alone explains more than 81% (r^2) of the feature's
@@ -29,22 +29,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.correlate import correlations
-from analysis.decompose import cell_state_decomposition, input_contributions, preactivation_decomposition
-from analysis.features import build_features, load_user_features
-from analysis.memory import half_lives
-from analysis.signals import WEIGHT_BLOCKS
-from analysis.trace import LayerTrace, Trace
-from models import extract, load_model
-from models.data import load_data
-from models.spec import input_spec, read_vocabulary, sidecar_vocabulary_path
-from models.zoo import demos
+from gatelens.analysis.correlate import correlations
+from gatelens.analysis.decompose import cell_state_decomposition, input_contributions, preactivation_decomposition
+from gatelens.analysis.features import build_features, load_user_features
+from gatelens.analysis.memory import half_lives
+from gatelens.analysis.signals import WEIGHT_BLOCKS
+from gatelens.analysis.trace import LayerTrace, Trace
+from gatelens.models import extract, load_model
+from gatelens.models.data import load_data
+from gatelens.models.spec import input_spec, read_vocabulary, sidecar_vocabulary_path
+from gatelens.models.zoo import demos
 
 TRACKS = 0.9  # |r| above which a unit's state "tracks" a feature (r^2 > 0.81); see the module docstring
 STATES = ["cell_state", "hidden_state"]
 DECOMPOSITION_ATOL = 1e-5  # the standard: decompositions sum back to the stored float32 signals within 1e-5.
 # Sequence-returning LSTM layers are recomputed with a float64 matrix product from Keras's own hidden states,
-# rounded once to float32, and the cell state is the float64 recurrence of the gates as stored (models.cells);
+# rounded once to float32, and the cell state is the float64 recurrence of the gates as stored (gatelens.models.cells);
 # measured on these demos at most 3.9e-6 for the LSTMs and 6.3e-6 for char_gru's pre-activations (GRU stays
 # float32). It was 2.1e-5 (char_lstm cell state) and 1.02e-5 (an output_gate_pre) with float32 sums.
 SMALL = 8  # sequences extracted from the bundled data of the text and series demos

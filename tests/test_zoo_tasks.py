@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.zoo import tasks as tk
+from gatelens.models.zoo import tasks as tk
 
 
 def _reference_brackets(text: str) -> tuple[list[int], list[int], list[int]]:
@@ -145,7 +145,7 @@ def test_write_task_data_writes_a_plain_npy(tmp_path):
 
 
 def test_tasks_module_does_not_import_tensorflow():
-    code = "import sys, models.zoo.tasks, models.zoo.datasets, models.zoo; print('tensorflow' in sys.modules)"
+    code = "import sys, gatelens.models.zoo.tasks, gatelens.models.zoo.datasets, gatelens.models.zoo; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -10,10 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from models import load_model
-from models.errors import DataError, GatelensInputError
-from models.zoo import datasets as ds
-from models.zoo import train as tr
+from gatelens.errors import DataError, GatelensInputError
+from gatelens.models import load_model
+from gatelens.models.zoo import datasets as ds
+from gatelens.models.zoo import train as tr
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def test_text_model_files_card_and_side_car(text_model):
     assert card["data"]["source"]["sha256"] == ds.sha256_file(ds.CORPUS_PATH)
     assert "PSF" in card["data"]["source"]["licence"]
     assert card["training"]["seed"] == 0 and card["versions"]["keras"]
-    assert card["command"].startswith("models.zoo.train.train_text(") and "units=4" in card["command"]
+    assert card["command"].startswith("gatelens.models.zoo.train.train_text(") and "units=4" in card["command"]
     m = card["metrics"]
     assert m["split"] == "test" and m["bits_per_char"] > 0 and m["unigram_bits_per_char"] > 0
     assert card["vocabulary"]["file"] == "tiny_text.vocab.json" and card["vocabulary"]["size"] == len(
@@ -71,8 +71,8 @@ def test_text_model_files_card_and_side_car(text_model):
 
 
 def test_text_side_car_is_found_and_read_by_the_extract_loader(text_model):
-    from models.data import load_data
-    from models.spec import input_spec, read_vocabulary, sidecar_vocabulary_path
+    from gatelens.models.data import load_data
+    from gatelens.models.spec import input_spec, read_vocabulary, sidecar_vocabulary_path
 
     r, _ = text_model
     side = sidecar_vocabulary_path(r.model_path)
@@ -90,8 +90,8 @@ def test_text_side_car_is_found_and_read_by_the_extract_loader(text_model):
 
 
 def test_word_level_model_and_its_side_car_agree_with_the_extract_loader(tmp_path):
-    from models.data import load_data
-    from models.spec import input_spec, read_vocabulary
+    from gatelens.models.data import load_data
+    from gatelens.models.spec import input_spec, read_vocabulary
 
     r = tr.train_text(out=tmp_path / "w.keras", level="word", units=3, layers=1, embedding_dim=3, window=12,
                       epochs=1, max_chars=8000, max_tokens=200)  # fmt: skip
@@ -198,7 +198,7 @@ def test_bad_input_is_named(tmp_path):
 
 
 def test_cli_trains_a_task_and_emits_features(tmp_path, capsys):
-    from models.cli import main
+    from gatelens.models.cli import main
 
     out, feats, data = tmp_path / "t.keras", tmp_path / "f.csv", tmp_path / "x.npy"
     code = main(["train", "task", "adding", "--units", "2", "--epochs", "1", "--n-train", "32", "--n-val", "16",
@@ -231,7 +231,7 @@ def test_cli_trains_a_task_and_emits_features(tmp_path, capsys):
     ],
 )  # fmt: skip
 def test_cli_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, message):
-    from models.cli import main
+    from gatelens.models.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2

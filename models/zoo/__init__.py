@@ -4,17 +4,17 @@ Importing this package does not import TensorFlow; the training functions do, wh
 
 Examples
 --------
->>> from models.zoo import generate_task
+>>> from gatelens.models.zoo import generate_task
 >>> generate_task("brackets", 2, length=10, seed=0).x.shape
 (2, 10)
 """
 
 from __future__ import annotations
 
-from models.zoo.datasets import Vocabulary, tokenize
-from models.zoo.tasks import TASKS, TaskData, write_features_csv
-from models.zoo.tasks import generate as generate_task
-from models.zoo.train import (
+from gatelens.models.zoo.datasets import Vocabulary, tokenize
+from gatelens.models.zoo.tasks import TASKS, TaskData, write_features_csv
+from gatelens.models.zoo.tasks import generate as generate_task
+from gatelens.models.zoo.train import (
     TrainResult,
     build_series_model,
     build_text_model,

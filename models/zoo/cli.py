@@ -1,4 +1,4 @@
-"""``gatelens train text|timeseries|task``: the training subcommand (registered by :mod:`models.cli`).
+"""``gatelens train text|timeseries|task``: the training subcommand (registered by :mod:`gatelens.models.cli`).
 
 TensorFlow is imported only when a command runs, so ``gatelens --help`` stays fast. Progress is a
 bar on stderr; the result (files written, held-out metrics) goes to stdout.
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from models.errors import GatelensInputError
+from gatelens.errors import GatelensInputError
 
 
 def positive_int(s: str) -> int:
@@ -248,7 +248,7 @@ def _command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
     """Execute a parsed ``gatelens train ...`` command; returns the exit code (0).
 
-    Bad input raises :class:`models.errors.GatelensInputError` (the caller turns it into exit code 2).
+    Bad input raises :class:`gatelens.errors.GatelensInputError` (the caller turns it into exit code 2).
     """
     stdout = stdout if stdout is not None else sys.stdout
     command = _command_line(args)
@@ -261,8 +261,8 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
     common = dict(cell=args.cell, layers=args.layers, seed=args.seed, progress=bar, command=command, **opt)
     t0 = time.perf_counter()
     if args.what == "text":
-        from models.zoo import datasets as ds
-        from models.zoo.train import train_text
+        from gatelens.models.zoo import datasets as ds
+        from gatelens.models.zoo.train import train_text
 
         corpus = Path(args.corpus) if args.corpus else ds.CORPUS_PATH
         out = args.out or Path(f"{corpus.stem}_{args.cell}.keras")
@@ -273,8 +273,8 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
             max_chars=args.max_chars, **common,
         )  # fmt: skip
     elif args.what == "timeseries":
-        from models.zoo import datasets as ds
-        from models.zoo.train import train_timeseries
+        from gatelens.models.zoo import datasets as ds
+        from gatelens.models.zoo.train import train_timeseries
 
         csv = Path(args.csv) if args.csv else ds.SUNSPOTS_PATH
         out = args.out or Path(f"{csv.stem}_{args.cell}.keras")
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
             test_fraction=args.test_fraction, **common,
         )  # fmt: skip
     else:
-        from models.zoo import tasks as tk
+        from gatelens.models.zoo import tasks as tk
 
         params = _task_params(args)
         if args.emit_data or args.emit_features:
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
             if not (args.emit_data or args.emit_features):
                 raise GatelensInputError("--no-train needs --emit-data and/or --emit-features")
             return 0
-        from models.zoo.train import train_task
+        from gatelens.models.zoo.train import train_task
 
         out = args.out or Path(f"{args.name}_{args.cell}.keras")
         try:  # the generator checks its own parameters (plain ValueError: tasks.py does not import models)

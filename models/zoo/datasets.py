@@ -31,12 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from analysis.store import sha256_file
-from models.errors import DataError
+from gatelens.analysis.store import sha256_file
+from gatelens.data import DATA_DIR as _DATA_DIR
+from gatelens.errors import DataError
 
-#: Repository root and the bundled data folder.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR = REPO_ROOT / "data"
+#: The bundled data folder (``data/`` in a checkout, ``gatelens/data`` installed) and the folder holding it,
+#: against which the paths in model cards and manifests are written (``data/corpus/...``).
+DATA_DIR = _DATA_DIR
+REPO_ROOT = DATA_DIR.parent
 CORPUS_PATH = DATA_DIR / "corpus" / "python_stdlib.txt"
 SUNSPOTS_PATH = DATA_DIR / "series" / "sunspots_yearly.csv"
 CO2_PATH = DATA_DIR / "series" / "co2_mauna_loa_monthly.csv"
@@ -352,7 +354,7 @@ def build_corpus(out: str | os.PathLike = CORPUS_PATH, stdlib: str | os.PathLike
 
     Returns a description (files, sizes, sha256) that the corpus README records.
     """
-    from analysis.store import atomic_write_bytes
+    from gatelens.analysis.store import atomic_write_bytes
 
     stdlib = Path(stdlib)
     parts, files = [], []
@@ -380,7 +382,7 @@ def build_series(out_dir: str | os.PathLike = DATA_DIR / "series") -> dict[str, 
     """
     from statsmodels.datasets import co2, sunspots
 
-    from analysis.store import atomic_write_bytes
+    from gatelens.analysis.store import atomic_write_bytes
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -394,7 +396,7 @@ def build_series(out_dir: str | os.PathLike = DATA_DIR / "series") -> dict[str, 
     return {p.name: sha256_file(p) for p in (out_dir / SUNSPOTS_PATH.name, out_dir / CO2_PATH.name)}
 
 
-if __name__ == "__main__":  # pragma: no cover - development helper: python -m models.zoo.datasets
+if __name__ == "__main__":  # pragma: no cover - development helper: python -m gatelens.models.zoo.datasets
     import sys
 
     what = sys.argv[1:] or ["corpus", "series"]

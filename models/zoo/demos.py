@@ -1,13 +1,13 @@
-"""The bundled demo models and their data (``make demo-models`` runs ``python -m models.zoo.demos``).
+"""The bundled demo models and their data (``make demo-models`` runs ``python -m gatelens.models.zoo.demos``).
 
 Each demo is a ``.keras`` model with its card (and vocabulary side-car for token models) in
 ``data/demo/``, plus a small data file that ``gatelens extract data/demo/<model>.keras data/demo/<data>``
 reads out of the box. Retraining is deterministic given the seeds below (on the same platform and
 library versions); ``make run`` never trains.
 
-    python -m models.zoo.demos                      # retrain every demo and rewrite the demo data
-    python -m models.zoo.demos --only char_lstm     # one demo
-    python -m models.zoo.demos --data-only          # rewrite the demo data files, train nothing
+    python -m gatelens.models.zoo.demos                      # retrain every demo and rewrite the demo data
+    python -m gatelens.models.zoo.demos --only char_lstm     # one demo
+    python -m gatelens.models.zoo.demos --data-only          # rewrite the demo data files, train nothing
 
 Examples
 --------
@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.zoo import datasets as ds
-from models.zoo import tasks as tk
+from gatelens.models.zoo import datasets as ds
+from gatelens.models.zoo import tasks as tk
 
 log = logging.getLogger(__name__)
 
-DEMO_DIR = ds.DATA_DIR / "demo"
+DEMO_DIR = ds.DATA_DIR / "demo"  # == gatelens.data.DEMO_DIR
 #: Seed of the sequences in the demo task data files (distinct from the training/validation/test seeds).
 DEMO_DATA_SEED = 12345
 DEMO_DATA_SEQUENCES = 64
@@ -50,7 +50,7 @@ class Demo:
         File stem in ``data/demo/``.
     kind : {"text", "timeseries", "task"}
     kwargs : dict
-        Arguments of the training function (:func:`models.zoo.train.train_text`, ...).
+        Arguments of the training function (:func:`gatelens.models.zoo.train.train_text`, ...).
     data : str
         The demo data file (in ``data/demo/``) for ``gatelens extract``.
     features : str or None
@@ -121,7 +121,7 @@ def demo(name: str) -> Demo:
 def text_excerpt(n_chars: int = TEXT_EXCERPT_CHARS) -> str:
     """About ``n_chars`` of held-out corpus text: whole lines from the start of the test part.
 
-    Uses the default split of :func:`models.zoo.train.train_text` (the last 10% of the corpus), so the
+    Uses the default split of :func:`gatelens.models.zoo.train.train_text` (the last 10% of the corpus), so the
     demo text models never saw it in training.
     """
     text = ds.read_text(ds.CORPUS_PATH)
@@ -133,7 +133,7 @@ def text_excerpt(n_chars: int = TEXT_EXCERPT_CHARS) -> str:
 
 def write_demo_data(out_dir: str | Path = DEMO_DIR) -> list[Path]:
     """Write the demo data files (text excerpt, sunspot CSV, task inputs and features). Returns their paths."""
-    from analysis.store import atomic_write_bytes
+    from gatelens.analysis.store import atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,11 +155,11 @@ def write_demo_data(out_dir: str | Path = DEMO_DIR) -> list[Path]:
 
 
 def train_demo(d: Demo, out_dir: str | Path = DEMO_DIR, *, progress: Any = None):
-    """Train one demo into ``out_dir``; returns the :class:`models.zoo.train.TrainResult`."""
-    from models.zoo import train
+    """Train one demo into ``out_dir``; returns the :class:`gatelens.models.zoo.train.TrainResult`."""
+    from gatelens.models.zoo import train
 
     out = Path(out_dir) / f"{d.name}.keras"
-    command = f"python -m models.zoo.demos --only {d.name}"
+    command = f"python -m gatelens.models.zoo.demos --only {d.name}"
     if d.kind == "text":
         return train.train_text(ds.CORPUS_PATH, out, progress=progress, command=command, **d.kwargs)
     if d.kind == "timeseries":
@@ -169,10 +169,10 @@ def train_demo(d: Demo, out_dir: str | Path = DEMO_DIR, *, progress: Any = None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line of ``python -m models.zoo.demos``."""
-    from models.zoo.cli import ProgressBar
+    """Command line of ``python -m gatelens.models.zoo.demos``."""
+    from gatelens.models.zoo.cli import ProgressBar
 
-    parser = argparse.ArgumentParser(prog="python -m models.zoo.demos", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gatelens.models.zoo.demos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=[d.name for d in DEMOS], help="train only these demos")
     parser.add_argument("--data-only", action="store_true", help="rewrite the demo data files, train nothing")
     parser.add_argument("--out", type=Path, default=DEMO_DIR, help="output folder (default data/demo)")

@@ -297,7 +297,7 @@ def features_csv_text(features: dict[str, np.ndarray]) -> str:
 
 def write_features_csv(path: str | os.PathLike, features: dict[str, np.ndarray]) -> Path:
     """Write ``features`` (each (N, T)) as a features CSV, atomically. Returns the path."""
-    from analysis.store import atomic_write_bytes
+    from gatelens.analysis.store import atomic_write_bytes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,7 +309,7 @@ def write_task_data(data: TaskData, x_path: str | os.PathLike, features_path: st
     """Save ``data.x`` as ``.npy`` (for ``gatelens extract``) and, optionally, its features CSV."""
     import io
 
-    from analysis.store import atomic_write_bytes
+    from gatelens.analysis.store import atomic_write_bytes
 
     buf = io.BytesIO()
     np.save(buf, data.x, allow_pickle=False)

@@ -6,7 +6,7 @@ Every function here writes three things next to each other, atomically, the card
     The model, uncompiled, built only from layers the safe loader accepts (Input, Embedding,
     LSTM/GRU, Dropout, Dense) and taking fixed-length inputs: ``(T,)`` token ids or ``(T, F)`` floats.
 ``<stem>.vocab.json``
-    For token models: the vocabulary side-car (see :class:`models.zoo.datasets.Vocabulary`).
+    For token models: the vocabulary side-car (see :class:`gatelens.models.zoo.datasets.Vocabulary`).
 ``<stem>.card.json``
     The model card: data source and sha256, split, command, seed, versions, training history and
     the held-out metrics beside their baselines. :func:`evaluate` recomputes those metrics from
@@ -46,9 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import DataError, GatelensInputError
-from models.zoo import datasets as ds
-from models.zoo import tasks as tk
+from gatelens.errors import DataError, GatelensInputError
+from gatelens.models.zoo import datasets as ds
+from gatelens.models.zoo import tasks as tk
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ def _save(model, out: Path, card: dict[str, Any], vocabulary: ds.Vocabulary | No
     """Write model (uncompiled, no optimizer state), side-car and card, each atomically, card last."""
     import keras
 
-    from analysis.store import atomic_write_bytes
+    from gatelens.analysis.store import atomic_write_bytes
 
     out = _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -426,7 +426,7 @@ def _source(path: Path) -> dict[str, Any]:
 
 def _command(name: str, kwargs: dict[str, Any]) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k not in ("progress", "command"))
-    return f"models.zoo.train.{name}({args})"
+    return f"gatelens.models.zoo.train.{name}({args})"
 
 
 # -- text ---------------------------------------------------------------------------------------------
@@ -879,7 +879,7 @@ def train_task(
     command: str | None = None,
     chrono_init: bool | None = None,
 ) -> TrainResult:
-    """Train a model on a planted-mechanism task of :mod:`models.zoo.tasks`.
+    """Train a model on a planted-mechanism task of :mod:`gatelens.models.zoo.tasks`.
 
     ``brackets``: Embedding -> LSTM/GRU (sequences) -> Dense(max_depth + 1, softmax), the depth at
     each step. ``recall`` and ``adding``: (T, 2) floats -> LSTM/GRU -> Dense(1), one value per
@@ -977,7 +977,7 @@ def train_task(
             input_names=test.input_names,
         ),  # fmt: skip
         "data": {
-            "source": {"generator": f"models.zoo.tasks.{tk.TASKS[name].__name__}", "params": params},
+            "source": {"generator": f"gatelens.models.zoo.tasks.{tk.TASKS[name].__name__}", "params": params},
             "task": name,
             "seeds": {"train": s_train, "validation": s_val, "test": s_test},
             "sequences": {"train": cfg["n_train"], "validation": cfg["n_val"], "test": cfg["n_test"]},
@@ -1009,7 +1009,7 @@ def evaluate(model_path: str | os.PathLike) -> dict[str, Any]:
     dict
         The same keys as the card's ``metrics``.
     """
-    from models.loading import load_model
+    from gatelens.models.loading import load_model
 
     model_path = Path(model_path)
     card = read_card(model_path)

@@ -1,4 +1,4 @@
-"""Unit explained: a plain-language summary of one unit, with the numbers, built by dashboards.explain."""
+"""Unit explained: a plain-language summary of one unit, with the numbers, built by gatelens.dashboards.explain."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboards import charts, core, state
-from dashboards.explain import explain_unit, primer
+from gatelens.dashboards import charts, core, state
+from gatelens.dashboards.explain import explain_unit, primer
 
-state.page_guard()
 st.title("Unit explained")
 run = state.require_run()
 trace = run.trace
@@ -54,8 +53,8 @@ df = pd.concat(
 )
 st.altair_chart(charts.unit_lines(df, title=f"unit {unit} of {layer} on sequence {seq}"), width="content")
 c1, c2 = st.columns(2)
-c1.page_link("pages/memory.py", label="What its memory holds, step by step", icon=":material/history:")
-c2.page_link("pages/gates.py", label="Its gates over the text", icon=":material/text_fields:")
+c1.page_link("views/memory.py", label="What its memory holds, step by step", icon=":material/history:")
+c2.page_link("views/gates.py", label="Its gates over the text", icon=":material/text_fields:")
 with st.expander("The numbers quoted above"):
     st.dataframe(
         pd.DataFrame({"quantity": list(summary.numbers), "value": list(summary.numbers.values())}), hide_index=True

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboards import charts, core, render, state
-from dashboards.explain import notable_units
+from gatelens.dashboards import charts, core, render, state
+from gatelens.dashboards.explain import notable_units
 
-state.page_guard()
 st.title("Gates over the input")
 run = state.require_run()
 trace = run.trace

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.correlate import top_units
-from dashboards import charts, state
+from gatelens.analysis.correlate import top_units
+from gatelens.dashboards import charts, state
 
-state.page_guard()
 st.title("Features")
 run = state.require_run()
 a = run.analysis
@@ -40,7 +39,7 @@ if not top.empty and top["pearson_r"].notna().any():
     best = top.iloc[0]
     if st.button(f"Open unit {int(best['unit'])} of {best['layer']}", key="features_open"):
         state.open_unit(str(best["layer"]), int(best["unit"]))
-        st.switch_page("pages/explain.py")
+        st.switch_page("views/explain.py")
 
 st.subheader("Probes")
 probes = state.require_probes(run)

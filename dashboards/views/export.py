@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboards import core, state
+from gatelens.dashboards import core, state
 
-state.page_guard()
 st.title("Export")
 run = state.require_run()
 st.caption(

@@ -8,9 +8,8 @@ from pathlib import Path
 import altair as alt
 import streamlit as st
 
-from dashboards import core, state
+from gatelens.dashboards import core, state
 
-state.page_guard()
 st.title("Data")
 model = state.require_model()
 spec = model.spec

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboards import charts, state
+from gatelens.dashboards import charts, state
 
-state.page_guard()
 st.title("Units")
 run = state.require_run()
 a = run.analysis
@@ -123,5 +122,5 @@ st.dataframe(
     hide_index=True,
 )
 c1, c2 = st.columns(2)
-c1.page_link("pages/explain.py", label="Unit explained", icon=":material/school:")
-c2.page_link("pages/memory.py", label="Its memory", icon=":material/history:")
+c1.page_link("views/explain.py", label="Unit explained", icon=":material/school:")
+c2.page_link("views/memory.py", label="Its memory", icon=":material/history:")

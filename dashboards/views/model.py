@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboards import core, demos, state
+from gatelens.dashboards import core, demos, state
 
-state.page_guard()
 st.title("Model")
 st.caption(
     "A bundled demo, or your own Keras model. Uploaded models are checked and read by gatelens's safe loader "
@@ -91,7 +90,7 @@ with st.expander("Architecture: every layer", expanded=True):
 st.markdown("**Verification**: the cells re-run from the weights against Keras's own hidden states")
 if state.data_choice() is None:
     st.info("Verification needs input: upload data on the Data page.", icon=":material/info:")
-    st.page_link("pages/data.py", label="Go to the Data page", icon=":material/dataset:")
+    st.page_link("views/data.py", label="Go to the Data page", icon=":material/dataset:")
     st.stop()
 run, err = state.try_run()
 if err is not None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboards import charts, core, render, state
+from gatelens.dashboards import charts, core, render, state
 
-state.page_guard()
 st.title("Memory")
 run = state.require_run()
 trace = run.trace

@@ -1,0 +1,8 @@
+"""``python -m gatelens``: the ``gatelens`` command line."""
+
+import sys
+
+from gatelens.models.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Small, seeded models, data and runs for the docstring examples and the notebook (one shared set-up).
+
+Each helper builds a real Keras model with fixed names and seeded weights, so an example's output does
+not depend on which other examples ran first (Keras's global name counter) or on a random draw.
+
+Examples
+--------
+>>> from gatelens._examples import tiny_model, tiny_inputs
+>>> tiny_model().layers[0].name, tiny_inputs().shape
+('lstm', (2, 4, 2))
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def tiny_inputs(n: int = 2, steps: int = 4, features: int = 2, seed: int = 0) -> np.ndarray:
+    """Float inputs ``(n, steps, features)`` drawn from a seeded normal distribution."""
+    return np.random.default_rng(seed).normal(size=(n, steps, features)).astype("float32")
+
+
+def tiny_model(cell: str = "lstm", units: int = 3, steps: int = 4, features: int = 2, seed: int = 0) -> Any:
+    """A ``Sequential`` model of one recurrent layer named ``cell`` (``lstm``, ``gru`` or ``simple_rnn``)
+    returning its whole sequence, then a ``Dense(1)`` named ``head``; weights drawn from a seeded generator."""
+    import keras
+
+    layer = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple_rnn": keras.layers.SimpleRNN}[cell]
+    model = keras.Sequential(
+        [
+            keras.Input((steps, features)),
+            layer(units, return_sequences=True, name=cell),
+            keras.layers.Dense(1, name="head"),
+        ]
+    )
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32") for w in model.get_weights()])
+    return model
+
+
+def tiny_model_path(directory: str | os.PathLike | None = None, **kwargs: Any) -> Path:
+    """:func:`tiny_model` saved as a real ``.keras`` file (in a new temporary folder by default)."""
+    folder = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="gatelens-example-"))
+    path = folder / "tiny.keras"
+    tiny_model(**kwargs).save(path)
+    return path
+
+
+def tiny_lstm_model(**kwargs: Any) -> Any:
+    """:func:`tiny_model` saved and loaded back through gatelens's safe loader."""
+    from gatelens.models.loading import load_model
+
+    return load_model(tiny_model_path(**kwargs))
+
+
+def tiny_run(directory: str | os.PathLike | None = None, n: int = 6, **kwargs: Any) -> Path:
+    """A run directory written by :func:`gatelens.write_run` for :func:`tiny_model` on ``n`` sequences."""
+    from gatelens.models.extract import write_run
+
+    folder = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="gatelens-example-"))
+    out = folder / "run"
+    write_run(tiny_model(**kwargs), tiny_inputs(n=n), out, batch_size=4)
+    return out

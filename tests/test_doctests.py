@@ -1,0 +1,76 @@
+"""Every docstring example of the installed ``gatelens`` package runs and prints what it shows.
+
+Modules are imported under their real names (``gatelens.analysis.stats``), not by file path, so the
+examples see the same objects as a user. ``NUMBER`` and ``ELLIPSIS`` as in pytest's doctest options:
+a float in the expected output matches to the precision it is written with.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+
+import gatelens
+
+SKIP = {"gatelens.dashboards.app"}  # Streamlit scripts: they run as pages, not as importable modules
+SKIP_PREFIX = ("gatelens.dashboards.views",)
+FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
+
+_NUMBER = re.compile(r"(?<![\w.])([-+]?(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\w.])")
+
+
+class _NumberChecker(doctest.OutputChecker):
+    """Floats in ``want`` match ``got`` to the number of decimals written in ``want`` (pytest's NUMBER)."""
+
+    def check_output(self, want: str, got: str, optionflags: int) -> bool:
+        if super().check_output(want, got, optionflags):
+            return True
+        wants, gots = list(_NUMBER.finditer(want)), list(_NUMBER.finditer(got))
+        if not wants or len(wants) != len(gots):
+            return False
+        offset = 0
+        for w, g in zip(wants, gots):
+            text = w.group(1)
+            decimals = len(text.split(".")[1].split("e")[0].split("E")[0]) if "." in text else 0
+            exp = re.search(r"[eE]([-+]?\d+)", text)
+            scale = 10.0 ** (-decimals + (int(exp.group(1)) if exp else 0))
+            if abs(float(g.group(1)) - float(text)) <= scale / 2 + 1e-12:
+                start, end = g.start() + offset, g.end() + offset
+                got = got[:start] + text + got[end:]
+                offset += len(text) - (g.end() - g.start())
+        return super().check_output(want, got, optionflags)
+
+
+def _modules() -> list[str]:
+    names = ["gatelens"]  # its own modules (its __path__ also holds a checkout's root: not walked)
+    names += [i.name for i in pkgutil.iter_modules([str(Path(gatelens.__file__).parent)], "gatelens.")]
+    for sub in ("analysis", "models", "dashboards", "data"):
+        pkg = importlib.import_module(f"gatelens.{sub}")
+        names += [i.name for i in pkgutil.walk_packages(pkg.__path__, f"gatelens.{sub}.")]
+    return sorted({n for n in names if n not in SKIP and not n.startswith(SKIP_PREFIX)})
+
+
+MODULES = _modules()
+
+
+def test_every_subpackage_is_walked():
+    assert {"gatelens.analysis.stats", "gatelens.models.extract", "gatelens.dashboards.core", "gatelens.errors"} <= set(
+        MODULES
+    )
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(checker=_NumberChecker(), optionflags=FLAGS)
+    tests = [t for t in finder.find(module, name) if t.examples]
+    for test in tests:
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name} (output above)"
