@@ -62,6 +62,7 @@ from threadpoolctl import threadpool_limits
 
 from gatelens.analysis.correlate import _select_layers, _select_signals, layer_rows, subsample
 from gatelens.analysis.features import as_feature_matrix, feature_kind
+from gatelens.analysis.probe_fit import fit_logistic, fit_ridge, standardize
 from gatelens.analysis.trace import Trace
 
 log = logging.getLogger(__name__)
@@ -389,10 +390,10 @@ def run_probes(
             types, control_by = _types(trace, rows, take, fmat, frow)
             for signal in per_layer[layer]:
                 x = _gather(trace[layer][signal], rows, take)
-                for j, feat in enumerate(fnames):
-                    rep, rank = _probe_one(
-                        x, fmat[frow, j], is_test, kinds[feat], params, types, control_by, j, random_state, top_k
-                    )
+                results = _probe_signal(
+                    x, fmat[frow], is_test, fnames, kinds, params, types, control_by, random_state, top_k
+                )
+                for feat, (rep, rank) in zip(fnames, results):
                     reports.append({"layer": layer, "signal": signal, "feature": feat, "split": split, **rep})
                     if rank is not None:
                         rankings.append(
@@ -449,6 +450,123 @@ def _gather_2d(arr, rows, take, t) -> np.ndarray:
         parts.append(v)
         offset += local.size
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def _empty_report(task: str, control_by: str, n_train: int, n_test: int) -> dict:
+    return {
+        "task": task, "score": np.nan, "control_score": np.nan, "selectivity": np.nan, "baseline_score": np.nan,
+        "n_train": n_train, "n_test": n_test, "control_by": control_by, "top_units": "", "note": "",
+    }  # fmt: skip
+
+
+def _ranked(w: np.ndarray, top_k: int) -> tuple[str, dict]:
+    order = np.argsort(-w, kind="stable")
+    rank = np.empty(w.size, np.int64)
+    rank[order] = np.arange(1, w.size + 1)
+    return ",".join(str(int(u)) for u in order[:top_k]), {"unit": np.arange(w.size), "weight": w, "rank": rank}
+
+
+def _probe_signal(x, F, is_test, fnames, kinds, params, types, control_by, random_state, top_k):
+    """Every feature's probe and control probe on one signal's unit values ``x``, fitted together.
+
+    Features whose rows (non-NaN values) and task agree form one batch (:mod:`gatelens.analysis.probe_fit`):
+    the probes and their controls are the columns of one ridge solve or one vectorised logistic fit.
+    Binary classification and regression take this path; a multi-class classification falls back to one
+    :class:`SignalProbe` per feature (:func:`_probe_one`).
+    """
+    results: list = [None] * len(fnames)
+    groups: dict[tuple, list[int]] = {}
+    for j, feat in enumerate(fnames):
+        y = F[:, j]
+        ok = ~np.isnan(y)
+        test = is_test[ok]
+        n_train, n_test = int((~test).sum()), int(test.sum())
+        task = kinds[feat]
+        if n_train == 0 or n_test == 0:
+            rep = _empty_report(task, control_by, n_train, n_test)
+            rep["note"] = "no training rows" if n_train == 0 else "no test rows"
+            results[j] = (rep, None)
+            continue
+        yv = y[ok]
+        if task == "classification" and np.all(yv == np.round(yv)):
+            yv = yv.astype(np.int64)
+        if np.unique(yv[~test]).size < 2:
+            rep = _empty_report(task, control_by, n_train, n_test)
+            rep["note"] = "constant feature in the training rows"
+            results[j] = (rep, None)
+            continue
+        if task == "classification" and np.unique(yv).size != 2:
+            results[j] = _probe_one(x, y, is_test, task, params, types, control_by, j, random_state, top_k)
+            continue
+        groups.setdefault((task, ok.tobytes()), []).append(j)
+    for (task, _), cols in groups.items():
+        ok = ~np.isnan(F[:, cols[0]])
+        test = is_test[ok]
+        train = ~test
+        xs_train, xs_test = standardize(x[ok][train], x[ok][test])
+        t = types[ok] if types is not None else None
+        targets, controls = [], []
+        for j in cols:
+            y = F[ok, j]
+            seed = None if random_state is None else random_state * 1_000_003 + j
+            targets.append(y)
+            controls.append(control_labels(t if t is not None else _bin_ids(y), y, train, random_state=seed))
+        Y = np.stack(targets + controls, axis=1)
+        scores, baselines = _fit_and_score(task, xs_train, Y[train], xs_test, Y[test], params)
+        fit_w = scores.pop("weights")
+        k = len(cols)
+        for c, j in enumerate(cols):
+            rep = _empty_report(task, control_by, int(train.sum()), int(test.sum()))
+            top, rank = _ranked(fit_w[:, c], top_k)
+            s, cs = scores["score"][c], scores["score"][k + c]
+            rep.update(score=s, control_score=cs, selectivity=s - cs, baseline_score=baselines[c], top_units=top)
+            results[j] = (rep, rank)
+    return results
+
+
+def _fit_and_score(task, Xtr, Ytr, Xte, Yte, params):
+    """Fit every column of ``Ytr`` on ``Xtr`` and score on the test rows, as :func:`_fit_score` does one probe.
+
+    A column with a single class (value) in training is a constant predictor: its score is its baseline.
+    Returns ``({"score": (k,), "weights": (d, k) |coef|}, baseline (k,))``.
+    """
+    k = Ytr.shape[1]
+    weights = np.zeros((Xtr.shape[1], k))
+    score = np.full(k, np.nan)
+    if task == "classification":
+        classes = [np.unique(Ytr[:, c]) for c in range(k)]
+        # DummyClassifier(most_frequent): the most frequent training class, the smallest on ties
+        majority = np.array([np.unique(Ytr[:, c], return_counts=True) for c in range(k)], dtype=object)
+        base_cls = np.array([u[np.argmax(n)] for u, n in majority])
+        baseline = (Yte == base_cls).mean(axis=0) if len(Yte) else np.full(k, np.nan)
+        fit_cols = [c for c in range(k) if classes[c].size == 2]
+        if fit_cols:
+            hi = np.array([classes[c][1] for c in fit_cols])
+            lo = np.array([classes[c][0] for c in fit_cols])
+            fit = fit_logistic(Xtr, (Ytr[:, fit_cols] == hi).astype(np.float64), C=params["C"])
+            pred = np.where(fit.decision(Xte) > 0, hi, lo)
+            score[fit_cols] = (pred == Yte[:, fit_cols]).mean(axis=0) if len(Yte) >= 1 else np.nan
+            weights[:, fit_cols] = np.abs(fit.coef)
+        const = [c for c in range(k) if classes[c].size < 2]
+        score[const] = baseline[const]
+        return {"score": score, "weights": weights}, baseline
+    mean = Ytr.mean(axis=0)
+    ss_tot = ((Yte - Yte.mean(axis=0)) ** 2).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        baseline = 1.0 - ((Yte - mean) ** 2).sum(axis=0) / ss_tot if len(Yte) >= 2 else np.full(k, np.nan)
+        fit = fit_ridge(Xtr, Ytr, alpha=params["alpha"])
+        score = 1.0 - ((Yte - fit.decision(Xte)) ** 2).sum(axis=0) / ss_tot if len(Yte) >= 2 else np.full(k, np.nan)
+    # r2_score's conventions for a constant test target: 1.0 when predicted exactly, else 0.0
+    flat = ss_tot == 0
+    if len(Yte) >= 2 and flat.any():
+        exact = np.isclose(((Yte - fit.decision(Xte)) ** 2).sum(axis=0), 0.0)
+        score[flat] = np.where(exact[flat], 1.0, 0.0)
+        base_exact = np.isclose(((Yte - mean) ** 2).sum(axis=0), 0.0)
+        baseline[flat] = np.where(base_exact[flat], 1.0, 0.0)
+    const = np.array([np.unique(Ytr[:, c]).size < 2 for c in range(k)])
+    score[const] = baseline[const]
+    weights[:, ~const] = np.abs(fit.coef[:, ~const])
+    return {"score": score, "weights": weights}, baseline
 
 
 def _probe_one(x, y, is_test, task, params, types, control_by, j, random_state, top_k):
