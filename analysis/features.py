@@ -561,27 +561,27 @@ def _check_user_frame(
         raise FeatureError(
             f"{source}: {where(a)} and {where(b)}: duplicate key (sequence={out['sequence'][a]}, step={out['step'][a]})"
         )
-    for name in feats:
-        col = table[name]
-        if text_cells:
-            s = col.astype(str).str.strip()
-            missing_cell = (s == "") | s.str.lower().isin(["nan", "na", "null"])
-            num = pd.to_numeric(s.where(~missing_cell, "nan"), errors="coerce").to_numpy(np.float64, na_value=np.nan)
-            bad = np.isnan(num) & ~missing_cell.to_numpy()
-        else:
-            if col.dtype == bool:
-                col = col.astype(np.float64)
-            num = pd.to_numeric(col, errors="coerce").to_numpy(np.float64, na_value=np.nan)
-            bad = np.isnan(num) & col.notna().to_numpy()
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise FeatureError(f"{source}: {where(i)}, column {name!r}: not a number: {col.iloc[i]!r}")
-        inf = np.isinf(num)
-        if inf.any():
-            i = int(np.argmax(inf))
-            raise FeatureError(f"{source}: {where(i)}, column {name!r}: not a finite number: {col.iloc[i]!r}")
-        out[name] = num
-    return pd.DataFrame(out)
+    cells = table[feats]
+    if text_cells:  # every feature cell parsed in one pass: strip, missing markers, numbers
+        s = pd.Series(cells.to_numpy(dtype=object).ravel(order="F"), dtype=object).astype(str).str.strip()
+        missing_cell = ((s == "") | s.str.lower().isin(["nan", "na", "null"])).to_numpy()
+        num = pd.to_numeric(s.where(~missing_cell, "nan"), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        bad = np.isnan(num) & ~missing_cell
+    else:
+        cols_num = [
+            (cells[c].astype(np.float64) if cells[c].dtype == bool else pd.to_numeric(cells[c], errors="coerce"))
+            for c in feats
+        ]
+        num = np.concatenate([c.to_numpy(np.float64, na_value=np.nan) for c in cols_num])
+        bad = np.isnan(num) & cells.notna().to_numpy().ravel(order="F")
+    n_rows = len(table)
+    num = num.reshape(len(feats), n_rows)  # column-major: one row of `num` per feature column
+    for mask, what in ((bad.reshape(len(feats), n_rows), "not a number"), (np.isinf(num), "not a finite number")):
+        if mask.any():  # the first offending column, then its first offending row (file order)
+            j = int(np.argmax(mask.any(axis=1)))
+            i = int(np.argmax(mask[j]))
+            raise FeatureError(f"{source}: {where(i)}, column {feats[j]!r}: {what}: {cells.iloc[i, j]!r}")
+    return pd.DataFrame({**out, **dict(zip(feats, num))})
 
 
 def feature_columns(features: pd.DataFrame) -> list[str]:

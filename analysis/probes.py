@@ -388,25 +388,32 @@ def run_probes(
             steps = features["step"].to_numpy(np.int64)[frow]
             is_test, split = split_by_sequence(seqs, steps, test_size=test_size, random_state=random_state)
             types, control_by = _types(trace, rows, take, fmat, frow)
+            F = fmat[frow]
+            plan = _plan(F, is_test, fnames, kinds, types, control_by, random_state)
             for signal in per_layer[layer]:
                 x = _gather(trace[layer][signal], rows, take)
-                results = _probe_signal(
-                    x, fmat[frow], is_test, fnames, kinds, params, types, control_by, random_state, top_k
-                )
+                results = _probe_signal(x, F, is_test, plan, params, types, control_by, random_state, top_k)
                 for feat, (rep, rank) in zip(fnames, results):
                     reports.append({"layer": layer, "signal": signal, "feature": feat, "split": split, **rep})
                     if rank is not None:
-                        rankings.append(
-                            pd.DataFrame(
-                                {"layer": layer, "signal": signal, "feature": feat, **rank}, columns=RANKING_COLUMNS
-                            )
-                        )
+                        rankings.append(((layer, signal, feat), rank))
                 done += 1
                 if progress is not None:
                     progress(done, total)
     report = pd.DataFrame(reports, columns=REPORT_COLUMNS)
-    ranking = pd.concat(rankings, ignore_index=True) if rankings else pd.DataFrame({c: [] for c in RANKING_COLUMNS})
-    return ProbeResults(report, ranking)
+    return ProbeResults(report, _ranking_frame(rankings))
+
+
+def _ranking_frame(rankings: list) -> pd.DataFrame:
+    """One frame from ``[((layer, signal, feature), {"unit", "weight", "rank"}), ...]``, built column-wise."""
+    if not rankings:
+        return pd.DataFrame({c: [] for c in RANKING_COLUMNS})
+    sizes = [len(r["unit"]) for _, r in rankings]
+    keys = {
+        name: np.repeat([k[i] for k, _ in rankings], sizes) for i, name in enumerate(("layer", "signal", "feature"))
+    }
+    cols = {name: np.concatenate([r[name] for _, r in rankings]) for name in ("unit", "weight", "rank")}
+    return pd.DataFrame({**keys, **cols}, columns=RANKING_COLUMNS)
 
 
 def _gather(arr, rows, take) -> np.ndarray:
@@ -466,15 +473,24 @@ def _ranked(w: np.ndarray, top_k: int) -> tuple[str, dict]:
     return ",".join(str(int(u)) for u in order[:top_k]), {"unit": np.arange(w.size), "weight": w, "rank": rank}
 
 
-def _probe_signal(x, F, is_test, fnames, kinds, params, types, control_by, random_state, top_k):
-    """Every feature's probe and control probe on one signal's unit values ``x``, fitted together.
+@dataclass
+class _Plan:
+    """What the probes of one layer share across its signals: per feature, its rows, task and control labels."""
+
+    fixed: dict  # feature index -> (report, None): no probe (and why)
+    multiclass: list  # feature indices fitted one by one (SignalProbe)
+    batches: list  # (task, ok rows, feature indices, Y = targets then control labels)
+
+
+def _plan(F, is_test, fnames, kinds, types, control_by, random_state) -> _Plan:
+    """Group the features of one layer into batches (same rows, same task); done once, used by every signal.
 
     Features whose rows (non-NaN values) and task agree form one batch (:mod:`gatelens.analysis.probe_fit`):
     the probes and their controls are the columns of one ridge solve or one vectorised logistic fit.
     Binary classification and regression take this path; a multi-class classification falls back to one
     :class:`SignalProbe` per feature (:func:`_probe_one`).
     """
-    results: list = [None] * len(fnames)
+    plan = _Plan({}, [], [])
     groups: dict[tuple, list[int]] = {}
     for j, feat in enumerate(fnames):
         y = F[:, j]
@@ -485,25 +501,21 @@ def _probe_signal(x, F, is_test, fnames, kinds, params, types, control_by, rando
         if n_train == 0 or n_test == 0:
             rep = _empty_report(task, control_by, n_train, n_test)
             rep["note"] = "no training rows" if n_train == 0 else "no test rows"
-            results[j] = (rep, None)
+            plan.fixed[j] = (rep, None)
             continue
         yv = y[ok]
-        if task == "classification" and np.all(yv == np.round(yv)):
-            yv = yv.astype(np.int64)
         if np.unique(yv[~test]).size < 2:
             rep = _empty_report(task, control_by, n_train, n_test)
             rep["note"] = "constant feature in the training rows"
-            results[j] = (rep, None)
+            plan.fixed[j] = (rep, None)
             continue
         if task == "classification" and np.unique(yv).size != 2:
-            results[j] = _probe_one(x, y, is_test, task, params, types, control_by, j, random_state, top_k)
+            plan.multiclass.append(j)
             continue
         groups.setdefault((task, ok.tobytes()), []).append(j)
     for (task, _), cols in groups.items():
         ok = ~np.isnan(F[:, cols[0]])
-        test = is_test[ok]
-        train = ~test
-        xs_train, xs_test = standardize(x[ok][train], x[ok][test])
+        train = ~is_test[ok]
         t = types[ok] if types is not None else None
         targets, controls = [], []
         for j in cols:
@@ -511,7 +523,21 @@ def _probe_signal(x, F, is_test, fnames, kinds, params, types, control_by, rando
             seed = None if random_state is None else random_state * 1_000_003 + j
             targets.append(y)
             controls.append(control_labels(t if t is not None else _bin_ids(y), y, train, random_state=seed))
-        Y = np.stack(targets + controls, axis=1)
+        plan.batches.append((task, ok, cols, np.stack(targets + controls, axis=1)))
+    return plan
+
+
+def _probe_signal(x, F, is_test, plan: _Plan, params, types, control_by, random_state, top_k):
+    """Every feature's probe and control probe on one signal's unit values ``x``, batch by batch."""
+    results: dict = dict(plan.fixed)
+    for j in plan.multiclass:
+        results[j] = _probe_one(
+            x, F[:, j], is_test, "classification", params, types, control_by, j, random_state, top_k
+        )
+    for task, ok, cols, Y in plan.batches:
+        test = is_test[ok]
+        train = ~test
+        xs_train, xs_test = standardize(x[ok][train], x[ok][test])
         scores, baselines = _fit_and_score(task, xs_train, Y[train], xs_test, Y[test], params)
         fit_w = scores.pop("weights")
         k = len(cols)
@@ -521,7 +547,7 @@ def _probe_signal(x, F, is_test, fnames, kinds, params, types, control_by, rando
             s, cs = scores["score"][c], scores["score"][k + c]
             rep.update(score=s, control_score=cs, selectivity=s - cs, baseline_score=baselines[c], top_units=top)
             results[j] = (rep, rank)
-    return results
+    return [results[j] for j in range(F.shape[1])]
 
 
 def _fit_and_score(task, Xtr, Ytr, Xte, Yte, params):
