@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from gatelens.analysis import signals
 from gatelens.analysis.trace import LayerTrace, Trace, as_numpy, iter_chunks
 
 
@@ -143,5 +144,5 @@ def input_feature_names(trace: Trace, layer: str) -> list[str]:
 
 
 def retention_signal(cell_type: str) -> str | None:
-    """The gate that multiplies the carried memory: LSTM forget gate, GRU update gate."""
-    return {"lstm": "forget_gate", "gru": "update_gate"}.get(cell_type)
+    """The gate that multiplies the carried memory (role ``"keep"``): LSTM forget gate, GRU update gate."""
+    return signals.with_role(cell_type, "keep")

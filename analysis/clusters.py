@@ -59,6 +59,7 @@ from sklearn.metrics import silhouette_samples, silhouette_score
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from gatelens.analysis.signals import memory_state, records
 from gatelens.analysis.trace import Trace, iter_chunks
 
 log = logging.getLogger(__name__)
@@ -258,6 +259,14 @@ def _col(p: pd.DataFrame, name: str) -> np.ndarray:
     return p[name].to_numpy(np.float64) if name in p.columns else np.full(len(p), np.nan)
 
 
+def _role_col(p: pd.DataFrame, role: str, stat: str) -> np.ndarray:
+    """``<gate>:<stat>`` of the gate with ``role`` (registry): per row the first gate of that role it has."""
+    out = np.full(len(p), np.nan)
+    for gate in (r.name for r in records() if r.role == role):
+        out = np.where(np.isnan(out), _col(p, f"{gate}:{stat}"), out)
+    return out
+
+
 def archetypes(profiles: pd.DataFrame, thresholds: dict[str, float] | None = None) -> np.ndarray:
     """The archetype of each row of a profile table (rules and thresholds in the module docstring).
 
@@ -282,15 +291,15 @@ def archetypes(profiles: pd.DataFrame, thresholds: dict[str, float] | None = Non
     """
     th = {**ARCHETYPE_THRESHOLDS, **(thresholds or {})}
     hl = _col(profiles, "half_life_steps")
-    f_open, f_closed = _col(profiles, "forget_gate:frac_above_0.9"), _col(profiles, "forget_gate:frac_below_0.1")
-    z_open, z_closed = _col(profiles, "update_gate:frac_above_0.9"), _col(profiles, "update_gate:frac_below_0.1")
-    keep_open = np.where(np.isnan(f_open), z_open, f_open)
-    keep_closed = np.where(np.isnan(f_closed), z_closed, f_closed)
-    i_open = _col(profiles, "input_gate:frac_above_0.9")
-    o_open, o_closed = _col(profiles, "output_gate:frac_above_0.9"), _col(profiles, "output_gate:frac_below_0.1")
+    keep_open, keep_closed = (
+        _role_col(profiles, "keep", "frac_above_0.9"),
+        _role_col(profiles, "keep", "frac_below_0.1"),
+    )
+    i_open = _role_col(profiles, "write", "frac_above_0.9")
+    o_open, o_closed = _role_col(profiles, "read", "frac_above_0.9"), _role_col(profiles, "read", "frac_below_0.1")
     with np.errstate(invalid="ignore"):
         conditions = [
-            (i_open >= th["always_on_open"]) & (f_open >= th["always_on_open"]) & (o_open >= th["always_on_open"]),
+            (i_open >= th["always_on_open"]) & (keep_open >= th["always_on_open"]) & (o_open >= th["always_on_open"]),
             (hl >= th["integrator_half_life"]) & (keep_open >= th["integrator_keep_open"]),
             (keep_closed >= th["resetter_keep_closed"]) & (keep_open >= th["resetter_keep_open"]),
             (o_closed >= th["reader_closed"]) & (o_open < th["reader_open"]),
@@ -394,9 +403,11 @@ def cluster_units(
 
 
 def token_unit_matrix(
-    trace: Trace, *, layer: str, signal: str = "cell_state", chunk_sequences: int = 256
+    trace: Trace, *, layer: str, signal: str | None = None, chunk_sequences: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``|signal|`` per (token id, unit) over the layer's unmasked steps, and each token's count.
+
+    ``signal`` defaults to the state the layer's memory lives in (LSTM ``cell_state``, else ``hidden_state``).
 
     Returns
     -------
@@ -419,6 +430,7 @@ def token_unit_matrix(
     if layer not in trace.layers:
         raise ValueError(f"unknown layer {layer!r}; the trace has {trace.layers}")
     lt = trace[layer]
+    signal = signal or memory_state(lt.info.cell_type)
     if signal not in lt.info.signals:
         raise ValueError(
             f"layer {layer!r} ({lt.info.cell_type}) has no signal {signal!r}; it has {list(lt.info.signals)}"
@@ -454,7 +466,7 @@ def cocluster_units_tokens(
     trace: Trace,
     *,
     layer: str,
-    signal: str = "cell_state",
+    signal: str | None = None,
     n_clusters: int = 4,
     min_count: int = 1,
     random_state: int | None = 0,
@@ -473,7 +485,8 @@ def cocluster_units_tokens(
     trace : Trace
         A text model's trace (``tokens`` and ``vocabulary``).
     layer : str
-    signal : str
+    signal : str, optional
+        Default: the state the layer's memory lives in (LSTM ``cell_state``, else ``hidden_state``).
     n_clusters : int
         At most the number of tokens kept and the number of units.
     min_count : int
@@ -526,7 +539,7 @@ def cocluster_units_tokens(
         }
     )
     out = pd.concat([unit_rows, token_rows], ignore_index=True)
-    out.insert(0, "signal", signal)
+    out.insert(0, "signal", signal or memory_state(trace[layer].info.cell_type))
     out.insert(0, "layer", layer)
     return out[COCLUSTER_COLUMNS]
 

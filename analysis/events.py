@@ -63,6 +63,7 @@ from gatelens.analysis._reading import (
     to_time_index,
     token_strings,
 )
+from gatelens.analysis.signals import with_role
 from gatelens.analysis.trace import LayerTrace, Trace, iter_chunks
 
 EVENT_COLUMNS = [
@@ -73,19 +74,29 @@ SUMMARY_COLUMNS = ["layer", "unit", "event", "count", "rate", "input_driven", "t
 LIFT_COLUMNS = ["layer", "unit", "event", "token", "count", "share", "base_share", "lift"]
 SHIFT_COLUMNS = ["layer", "unit", "event", "feature", "mean_at_events", "mean", "std", "z"]
 
-#: Per cell type: event -> (gate signal, whether the event value is 1 - gate, kind of crossing)
-EVENT_RULES: dict[str, dict[str, tuple[str, bool, str]]] = {
-    "lstm": {
-        "forget": ("forget_gate", False, "drop"),
-        "write": ("input_gate", False, "rise_write"),
-        "read": ("output_gate", False, "rise_read"),
-    },
-    "gru": {
-        "forget": ("update_gate", False, "drop"),
-        "write": ("update_gate", True, "rise_write"),
-    },
-    "simple_rnn": {},
-}
+
+def event_rules(cell_type: str) -> dict[str, tuple[str, bool, str]]:
+    """Event -> (gate signal, whether the event value is 1 - gate, kind of crossing), from the gates' roles.
+
+    ``forget``: the ``keep`` gate drops; ``write``: the ``write`` gate rises (a cell without one, the GRU,
+    writes the share ``1 - keep``); ``read``: the ``read`` gate rises.
+
+    Examples
+    --------
+    >>> event_rules("gru")
+    {'forget': ('update_gate', False, 'drop'), 'write': ('update_gate', True, 'rise_write')}
+    >>> event_rules("simple_rnn")
+    {}
+    """
+    keep, write, read_ = (with_role(cell_type, r) for r in ("keep", "write", "read"))
+    rules: dict[str, tuple[str, bool, str]] = {}
+    if keep is not None:
+        rules["forget"] = (keep, False, "drop")
+    if write is not None or keep is not None:
+        rules["write"] = (write, False, "rise_write") if write is not None else (keep, True, "rise_write")
+    if read_ is not None:
+        rules["read"] = (read_, False, "rise_read")
+    return rules
 
 
 def _check_thresholds(forget_high: float, forget_low: float, write_threshold: float, read_threshold: float) -> None:
@@ -104,7 +115,7 @@ def _layer_events(
     from gatelens.analysis.decompose import _gate_parts
 
     info = lt.info
-    rules = {e: r for e, r in EVENT_RULES[info.cell_type].items() if e in events}
+    rules = {e: r for e, r in event_rules(info.cell_type).items() if e in events}
     if not rules:
         return []
     m = read_mask(lt, rows)
@@ -464,7 +475,7 @@ def _summary_table(
     frames = []
     for name in select_layers(trace, layers):
         lt = trace[name]
-        kinds = list(EVENT_RULES[lt.info.cell_type])
+        kinds = list(event_rules(lt.info.cell_type))
         if not kinds:
             continue
         u = lt.info.units

@@ -63,6 +63,7 @@ from threadpoolctl import threadpool_limits
 from gatelens.analysis.correlate import _select_layers, _select_signals, layer_rows, subsample
 from gatelens.analysis.features import as_feature_matrix, feature_kind
 from gatelens.analysis.probe_fit import fit_logistic, fit_ridge, standardize
+from gatelens.analysis.signals import not_pre
 from gatelens.analysis.trace import Trace
 
 log = logging.getLogger(__name__)
@@ -359,7 +360,7 @@ def run_probes(
     """
     names = _select_layers(trace, layers)
     if signals is None:
-        per_layer = {name: [s for s in trace[name].info.signals if not s.endswith("_pre")] for name in names}
+        per_layer = {name: not_pre(trace[name].info.signals) for name in names}
     else:
         per_layer = _select_signals(trace, names, signals)
     fmat, fnames = as_feature_matrix(features, feature_columns)

@@ -16,11 +16,11 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from gatelens.analysis import signals as registry
+
 #: Name of the point selection of the saturation scatter (read back by the Units page).
 UNIT_PICK = "unit_pick"
 GATE_DOMAIN = [0.0, 1.0]
-STRIP_SIGNALS = ("input_gate", "forget_gate", "output_gate", "candidate", "cell_state")
-GRU_STRIP_SIGNALS = ("update_gate", "reset_gate", "candidate", "hidden_state")
 
 #: Layers in clearly different colours (the default theme's blues are hard to tell apart).
 LAYER_COLOURS = alt.Scale(scheme="tableau10")
@@ -28,13 +28,39 @@ LAYER_COLOURS = alt.Scale(scheme="tableau10")
 alt.data_transformers.disable_max_rows()  # every chart below is built from bounded, aggregated tables
 
 
-def _signal_scale(signal: str, values: np.ndarray) -> alt.Scale:
-    if signal.endswith("_gate"):
-        return alt.Scale(scheme="blues", domain=GATE_DOMAIN)
+def strip_signals(cell_type: str) -> list[str]:
+    """The heat strips shown by default for a cell type, from the signal registry: its gates, its candidate,
+    then the state its memory lives in (LSTM ``cell_state``, GRU/SimpleRNN ``hidden_state``).
+
+    Examples
+    --------
+    >>> strip_signals("lstm")
+    ['input_gate', 'forget_gate', 'output_gate', 'candidate', 'cell_state']
+    >>> strip_signals("gru")
+    ['update_gate', 'reset_gate', 'candidate', 'hidden_state']
+    """
+    names = registry.signals_for(cell_type)
+    return [*registry.of_kind(names, "gate"), *registry.of_kind(names, "candidate"), registry.memory_state(cell_type)]
+
+
+def signal_colour_scale(signal: str, values: np.ndarray) -> alt.Scale:
+    """The colour scale of a signal's heat strip: the registry's range for a signal in [0, 1] (blues), else
+    red-blue symmetric around 0, at least the registry's bounds and wide enough for ``values``.
+
+    Examples
+    --------
+    >>> signal_colour_scale("forget_gate", np.array([0.2])).to_dict()["domain"]
+    [0.0, 1.0]
+    >>> signal_colour_scale("cell_state", np.array([-3.0, 2.0])).to_dict()["domain"]
+    [-3.0, 3.0]
+    """
+    bounds = registry.value_range(signal)
+    if bounds is not None and bounds[0] >= 0.0:
+        return alt.Scale(scheme="blues", domain=[float(bounds[0]), float(bounds[1])])
     m = float(np.nanmax(np.abs(values))) if values.size else 1.0
     m = m if np.isfinite(m) and m > 0 else 1.0
-    if signal in ("candidate", "hidden_state"):
-        m = max(m, 1.0) if m > 1.0 else 1.0
+    if bounds is not None:
+        m = max(m, -bounds[0], bounds[1])
     return alt.Scale(scheme="redblue", domain=[-m, m])
 
 
@@ -87,7 +113,7 @@ def series_with_strips(
         ).assign(step_end=lambda d: d["step"] + 1)
         last = i == len(strips) - 1
         charts.append(
-            alt.Chart(df, title=signal)
+            alt.Chart(df, title=registry.label(signal))
             .mark_rect()
             .encode(
                 x=alt.X(
@@ -95,7 +121,9 @@ def series_with_strips(
                 ),
                 x2="step_end:Q",
                 y=alt.Y("unit:O", title="unit"),
-                color=alt.Color("value:Q", scale=_signal_scale(signal, a), legend=alt.Legend(title=signal)),
+                color=alt.Color(
+                    "value:Q", scale=signal_colour_scale(signal, a), legend=alt.Legend(title=registry.label(signal))
+                ),
                 tooltip=["step:Q", "unit:O", alt.Tooltip("value:Q", format=".3f")],
             )
             .properties(width=width, height=max(40, 9 * len(units)))
@@ -131,7 +159,7 @@ def saturation_scatter(units: pd.DataFrame, gate: str) -> alt.Chart:
         )
         .add_params(pick)
     )
-    return (edge + points).properties(title=gate, height=260)
+    return (edge + points).properties(title=registry.label(gate), height=260)
 
 
 def half_life_histogram(half_lives: pd.DataFrame, *, bins: int = 24) -> tuple[alt.Chart, int]:
@@ -186,7 +214,7 @@ def correlation_heatmap(corr: pd.DataFrame, signal: str, *, sort_by: str | None 
         labels = list(key.sort_values(ascending=False, kind="stable").index)
     n = len(labels)
     return (
-        alt.Chart(df, title=f"Pearson r of {signal} with each feature ({n} units)")
+        alt.Chart(df, title=f"Pearson r of {registry.label(signal)} with each feature ({n} units)")
         .mark_rect()
         .encode(
             x=alt.X(
@@ -330,7 +358,7 @@ def preactivation_chart(df: pd.DataFrame, gates: list[str]) -> alt.VConcatChart:
             .mark_line(color="black", point=alt.OverlayMarkDef(color="black", size=12))
             .encode(x="step:O", y="total:Q", tooltip=["step:Q", alt.Tooltip("total:Q", format=".3f")])
         )
-        charts.append((bars + total).properties(title=gate, width=640, height=150))
+        charts.append((bars + total).properties(title=registry.label(gate), width=640, height=150))
     return alt.vconcat(*charts)
 
 

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gatelens.analysis import signals as registry
 from gatelens.analysis.store import MANIFEST, sha256_file
 from gatelens.analysis.trace import LayerTrace, Trace
 
@@ -691,7 +692,7 @@ def sequence_signals(
 ) -> dict[str, np.ndarray]:
     """The signals of one sequence of one layer: ``{signal: (T, units) float32}`` (pre-activations left out by default)."""
     lt = trace[layer]
-    names = signals or [s for s in lt.info.signals if not s.endswith("_pre")]
+    names = signals or registry.not_pre(lt.info.signals)
     return {s: np.asarray(lt[s][sequence], np.float32) for s in names}
 
 

@@ -27,19 +27,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gatelens.analysis import signals as registry
+
 #: |r| above which a feature is said to be tracked, and above which strongly.
 TRACKS_R = 0.3
 STRONG_R = 0.7
-#: Signals whose correlations describe what a unit holds (its state), in order of preference.
-STATE_SIGNALS = ("cell_state", "hidden_state")
 
-GATE_WORDS = {
-    "input_gate": "input gate (how much of the new candidate it writes)",
-    "forget_gate": "forget gate (how much of its cell it keeps)",
-    "output_gate": "output gate (how much of its cell it shows)",
-    "update_gate": "update gate (how much of its old state it keeps)",
-    "reset_gate": "reset gate (how much of its old state the candidate sees)",
-}
+
+def _state_signals() -> tuple[str, ...]:
+    """Signals whose correlations describe what a unit holds (the registry's states, in its order)."""
+    return registry.state_names()
+
+
+def _gate_words(signal: str) -> str:
+    """``"forget gate (how much of its cell it keeps)"``: the registry's label and description."""
+    record = registry.get(signal)
+    return f"{record.label} ({record.description})" if record.description else record.label
 
 
 @dataclass
@@ -101,7 +104,7 @@ def primer(cell_type: str) -> str:
 
 def describe_half_life(half_life: float, signal: str) -> str:
     """The half-life in words (see the module examples)."""
-    gate = signal.replace("_", " ")
+    gate = registry.label(signal)
     if not math.isfinite(half_life):
         return f"its {gate} never lets the memory decay on this input (half-life: infinite)"
     if half_life < 1.0:
@@ -150,7 +153,7 @@ def _memory_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) 
     if gate is not None:
         mean = float(gate["mean"])
         summary.numbers[f"{signal}:mean"] = mean
-        text = f"Its {GATE_WORDS.get(signal, signal)} is {mean:.2f} on average. " + text[0].upper() + text[1:]
+        text = f"Its {_gate_words(signal)} is {mean:.2f} on average. " + text[0].upper() + text[1:]
     ret = _rows(analysis.retention, layer, unit)
     if not ret.empty:
         lag = 10 if (ret["lag"] == 10).any() else int(ret["lag"].max())
@@ -175,14 +178,14 @@ def _gates_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) -
     if units.empty:
         return
     bits = []
-    for signal in ("input_gate", "forget_gate", "output_gate", "update_gate", "reset_gate"):
+    for signal in registry.gate_names():
         row = _row(units, signal=signal)
         if row is None:
             continue
         hi, lo = float(row["frac_above_0.9"]), float(row["frac_below_0.1"])
         summary.numbers[f"{signal}:frac_above_0.9"] = hi
         summary.numbers[f"{signal}:frac_below_0.1"] = lo
-        name = signal.replace("_", " ")
+        name = registry.label(signal)
         bits.append(f"{name} {_pct(hi)} open, {_pct(lo)} shut ({_gate_state(hi, lo)})")
     if bits:
         text = "Share of steps with each gate open (> 0.9) and shut (< 0.1): " + "; ".join(bits) + "."
@@ -216,9 +219,10 @@ def _events_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) 
     if forget is not None:
         summary.numbers["forget_events"] = float(forget["count"])
         summary.numbers["forget_rate"] = float(forget["rate"])
-        gate = "forget" if summary.cell_type == "lstm" else "update"
-        what = f"forgets (its {gate} gate falls from above 0.9 to below 0.5)"
-        none = f"It never forgets at once: its {gate} gate never falls from above 0.9 to below 0.5 on this input"
+        keep = registry.with_role(summary.cell_type, "keep")
+        gate = registry.label(keep) if keep else "keep gate"
+        what = f"forgets (its {gate} falls from above 0.9 to below 0.5)"
+        none = f"It never forgets at once: its {gate} never falls from above 0.9 to below 0.5 on this input"
         half = summary.numbers.get("half_life_steps", float("inf"))
         none += "; its memory fades gradually instead, at the half-life above." if math.isfinite(half) else "."
         summary.sections.append(("What makes it forget", _event_text(forget, what, none)))
@@ -257,7 +261,7 @@ def _tracks_section(summary: UnitSummary, analysis: Any, layer: str, unit: int) 
     if corr.empty:
         return
     corr = corr.dropna(subset=["pearson_r"])
-    state = corr[corr["signal"].isin(STATE_SIGNALS)]
+    state = corr[corr["signal"].isin(_state_signals())]
     pool = state if not state.empty else corr
     if pool.empty:
         summary.sections.append(("What it tracks", "No feature correlates with it (its signals are constant here)."))
@@ -311,9 +315,10 @@ def _drivers_section(summary: UnitSummary, analysis: Any, layer: str, unit: int)
     d = _rows(analysis.decomposition, layer, unit)
     if d.empty:
         return
-    keep = "forget_gate" if summary.cell_type == "lstm" else "update_gate"
+    keep = registry.with_role(summary.cell_type, "keep")
+    gates = registry.GATES.get(summary.cell_type, ())
     bits = []
-    for gate in (keep, "input_gate", "output_gate", "reset_gate"):
+    for gate in [keep, *(g for g in gates if g != keep)]:
         row = _row(d, gate=gate)
         if row is None or not pd.notna(row["input_share"]):
             continue
@@ -322,9 +327,7 @@ def _drivers_section(summary: UnitSummary, analysis: Any, layer: str, unit: int)
         bias = float(row["mean_bias"])
         summary.numbers[f"{gate}:bias"] = bias
         lean = "pushes it open" if bias >= 0.5 else "pushes it shut" if bias <= -0.5 else "about neutral"
-        bits.append(
-            f"{gate.replace('_', ' ')} {_pct(share)} input, {_pct(1 - share)} memory, bias {bias:+.2f} ({lean})"
-        )
+        bits.append(f"{registry.label(gate)} {_pct(share)} input, {_pct(1 - share)} memory, bias {bias:+.2f} ({lean})")
     if bits:
         text = (
             "How much of each gate's movement comes from the current input (mean |x W|) and how much from the "
@@ -410,7 +413,7 @@ def interesting_unit(trace: Any, analysis: Any) -> tuple[str, int]:
     """
     corr = getattr(analysis, "correlations", None) if analysis is not None else None
     if corr is not None and not corr.empty:
-        c = corr[corr["signal"].isin(STATE_SIGNALS) & ~corr["feature"].isin(["step", "position_in_line"])]
+        c = corr[corr["signal"].isin(_state_signals()) & ~corr["feature"].isin(["step", "position_in_line"])]
         c = c.dropna(subset=["pearson_r"])
         if not c.empty:
             best = c.loc[c["pearson_r"].abs().idxmax()]
@@ -439,7 +442,7 @@ def notable_units(analysis: Any, layer: str, n_units: int, k: int = 6) -> list[i
     corr = getattr(analysis, "correlations", None)
     order: list[int] = []
     if corr is not None and not corr.empty:
-        c = corr[(corr["layer"] == layer) & corr["signal"].isin(STATE_SIGNALS) & (corr["feature"] != "step")]
+        c = corr[(corr["layer"] == layer) & corr["signal"].isin(_state_signals()) & (corr["feature"] != "step")]
         if not c.empty:
             best = c.assign(_a=c["pearson_r"].abs()).groupby("unit")["_a"].max().sort_values(ascending=False)
             order = [int(u) for u in best.index if np.isfinite(best[u])]

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Bounded signals: gates in [0, 1]; candidate and hidden state in [-1, 1] for the default activations.
-UNIT_RANGE = ("input_gate", "forget_gate", "output_gate", "update_gate", "reset_gate")
-SIGNED_RANGE = ("candidate", "hidden_state")
+from gatelens.analysis import signals as registry
 
 # sequential (0 -> 1): white to deep blue; diverging (-1 -> 1): red, white, blue
 _SEQ = [(247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107)]
@@ -63,17 +61,20 @@ class Scale:
 
 
 def signal_scale(signal: str, max_abs: float) -> Scale:
-    """The colour scale of ``signal``: fixed for gates ([0, 1]) and bounded states ([-1, 1]), else symmetric.
+    """The colour scale of ``signal``: its fixed range from the signal registry (gates [0, 1], bounded states
+    [-1, 1]), else symmetric around 0 up to ``max_abs``.
 
     Examples
     --------
     >>> signal_scale("forget_gate", 5.0), signal_scale("cell_state", 2.5)
     (Scale(kind='sequential', lo=0.0, hi=1.0), Scale(kind='diverging', lo=-2.5, hi=2.5))
     """
-    if signal in UNIT_RANGE:
-        return Scale("sequential", 0.0, 1.0)
-    if signal in SIGNED_RANGE:
-        return Scale("diverging", -1.0, 1.0)
+    bounds = registry.value_range(signal)
+    if bounds is not None:
+        lo, hi = bounds
+        if lo >= 0.0:
+            return Scale("sequential", lo, hi)
+        return Scale("diverging", -max(-lo, hi), max(-lo, hi))
     m = float(max_abs) if np.isfinite(max_abs) and max_abs > 0 else 1.0
     return Scale("diverging", -m, m)
 
@@ -230,18 +231,19 @@ def unit_rows_html(
     """
     arr = np.asarray(signals[color_by], np.float64)
     real = np.ones(arr.shape[0], bool) if mask is None else np.asarray(mask, bool)
-    fixed = color_by in UNIT_RANGE or color_by in SIGNED_RANGE
+    fixed = registry.value_range(color_by) is not None
     names = list(signals)
     out = [STYLE]
+    name = registry.label(color_by)
     if fixed:
-        out.append(legend_html(signal_scale(color_by, 1.0), color_by))
+        out.append(legend_html(signal_scale(color_by, 1.0), name))
     else:
-        out.append(legend_html(Scale("diverging", -1.0, 1.0), f"{color_by} / its largest |value| in the row"))
+        out.append(legend_html(Scale("diverging", -1.0, 1.0), f"{name} / its largest |value| in the row"))
     for u in units:
         col = arr[:, u]
         top = float(np.nanmax(np.abs(col[real]))) if real.any() else 1.0
         scale = signal_scale(color_by, top if top > 0 else 1.0)
-        label = f"{layer} unit {u} · {color_by}" + ("" if fixed else f" (±{scale.hi:.3g})")
+        label = f"{layer} unit {u} · {name}" + ("" if fixed else f" (±{scale.hi:.3g})")
         hover = [hover_text(t, str(tokens[t]), {s: float(signals[s][t, u]) for s in names}) for t in range(len(tokens))]
         out.append(colored_text_html(tokens, col, scale=scale, hover=hover, mask=mask, label=label))
     return "".join(out)

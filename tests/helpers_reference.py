@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gatelens.analysis.signals import GRU_SIGNALS, LSTM_SIGNALS
+from gatelens.analysis.signals import signals_for
 from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 
 
@@ -108,7 +108,7 @@ def reference_lstm_trace(
     W, U, b = kernel.astype(np.float64), recurrent_kernel.astype(np.float64), bias.astype(np.float64)
     a, ra = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
     n, t_len = mask.shape
-    names = LSTM_SIGNALS
+    names = signals_for("lstm")
     out = {s: np.zeros((n, t_len, units)) for s in names}
     order = range(t_len - 1, -1, -1) if go_backwards else range(t_len)
     for s in range(n):
@@ -173,7 +173,7 @@ def reference_gru_trace(
     b_in, b_rec = (b[0], b[1]) if reset_after else (b, np.zeros(3 * units))
     a, ra = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
     n, t_len = mask.shape
-    names = GRU_SIGNALS
+    names = signals_for("gru")
     out = {s: np.zeros((n, t_len, units)) for s in names}
     order = range(t_len - 1, -1, -1) if go_backwards else range(t_len)
     sl = [slice(0, units), slice(units, 2 * units), slice(2 * units, 3 * units)]

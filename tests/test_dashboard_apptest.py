@@ -150,14 +150,14 @@ def test_gates_page_series_heat_strips(demo_dir):
     _no_exception(at)
     (spec,) = _charts(at)
     titles = [c.get("title") for c in spec["vconcat"]]
-    assert titles == ["input", "update_gate", "reset_gate", "candidate", "hidden_state"]
+    assert titles == ["input", "update gate", "reset gate", "candidate", "hidden state"]  # the registry's labels
 
 
 def test_units_page_saturation_half_lives_clusters(demo_dir):
     at = _open("units")
     specs = _charts(at)
     titles = [s.get("title") if isinstance(s.get("title"), str) else s.get("title", {}).get("text") for s in specs]
-    assert titles[:3] == ["input_gate", "forget_gate", "output_gate"]
+    assert titles[:3] == ["input gate", "forget gate", "output gate"]
     assert "memory half-life of each unit" in titles
     clusters = _frame(at, "cluster", "members")
     assert {"cluster", "archetype", "units", "members"} <= set(clusters.columns)
@@ -168,7 +168,7 @@ def test_units_page_saturation_half_lives_clusters(demo_dir):
 def test_features_page_heatmap_top_units_probes(demo_dir):
     at = _open("features")
     titles = [str(s.get("title")) for s in _charts(at)]
-    assert any("Pearson r of cell_state with each feature" in t for t in titles)
+    assert any("Pearson r of cell state with each feature" in t for t in titles)
     assert any("probe selectivity" in t for t in titles)
     top = _frame(at, "rank", "pearson_r")
     assert top["rank"].tolist()[:3] == [1, 2, 3]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from gatelens.dashboards import charts, core, state
+from gatelens.dashboards import charts, core, signal_lists, state
 from gatelens.dashboards.explain import explain_unit, primer
 
 st.title("Unit explained")
@@ -35,7 +35,7 @@ seq = state.selected_sequence(run)
 signals = core.sequence_signals(trace, layer, seq)
 mask = core.sequence_mask(trace, layer, seq)
 tokens = core.sequence_tokens(trace, seq)
-names = [s for s in signals if s.endswith("_gate")] + [s for s in ("cell_state", "hidden_state") if s in signals]
+names = signal_lists.unit_line_signals(signals)
 steps = np.nonzero(mask)[0]
 df = pd.concat(
     [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from gatelens.analysis.correlate import top_units
-from gatelens.dashboards import charts, state
+from gatelens.dashboards import charts, signal_lists, state
 
 st.title("Features")
 run = state.require_run()
@@ -16,7 +16,7 @@ if corr.empty:
     st.stop()
 
 signals = list(dict.fromkeys(corr["signal"]))
-default = next((s for s in ("cell_state", "hidden_state") if s in signals), signals[0])
+default = signal_lists.correlation_default(signals)
 features = list(dict.fromkeys(corr["feature"]))
 c1, c2 = st.columns(2)
 signal = c1.selectbox("Signal", signals, index=signals.index(default), key="features_signal")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from gatelens.dashboards import charts, core, render, state
+from gatelens.dashboards import charts, core, render, signal_lists, state
 from gatelens.dashboards.explain import notable_units
 
 st.title("Gates over the input")
@@ -33,9 +33,8 @@ default_units = list(dict.fromkeys(start + notable_units(run.analysis, layer, n_
 tokens = core.sequence_tokens(trace, int(seq))
 
 if tokens is not None:
-    gate_first = [s for s in signals if s.endswith("_gate")] + [s for s in signals if not s.endswith("_gate")]
     # the state by default: the units shown first are those whose state follows a feature best
-    keep = next((s for s in ("cell_state", "hidden_state") if s in signals), gate_first[0])
+    gate_first, keep = signal_lists.colour_options(list(signals))
     c1, c2 = st.columns([1, 2])
     color_by = c1.selectbox("Colour by", gate_first, index=gate_first.index(keep), key="gates_signal")
     units = c2.multiselect("Units", list(range(n_units)), default=default_units, key="gates_units")
@@ -48,8 +47,7 @@ if tokens is not None:
         st.stop()
     st.html(render.unit_rows_html(tokens, signals, color_by, units, mask=mask, layer=layer))
 else:
-    strip_names = charts.STRIP_SIGNALS if lt.info.cell_type == "lstm" else charts.GRU_STRIP_SIGNALS
-    strip_names = [s for s in strip_names if s in signals]
+    strip_names = signal_lists.strip_options(lt.info.cell_type, signals)
     c1, c2 = st.columns([2, 1])
     default = list(range(n_units)) if n_units <= 32 else notable_units(run.analysis, layer, n_units, k=12)
     units = c1.multiselect("Units", list(range(n_units)), default=sorted(default), key="gates_units")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from gatelens.dashboards import charts, core, render, state
+from gatelens.analysis import signals as registry
+from gatelens.dashboards import charts, core, render, signal_lists, state
 
 st.title("Memory")
 run = state.require_run()
 trace = run.trace
-layers = [n for n in trace.layers if trace[n].info.cell_type in ("lstm", "gru")]
+layers = signal_lists.memory_layers(trace)
 if not layers:
     st.info("No LSTM or GRU layer: a SimpleRNN has no gated memory to decompose.")
     st.stop()
@@ -40,11 +41,11 @@ if real.size == 0:
     st.stop()
 step = st.select_slider("Step", options=[int(s) for s in real], value=int(real[-1]), key="memory_step")
 
-state_signal = "cell_state" if trace[layer].info.cell_type == "lstm" else "hidden_state"
+state_signal = registry.memory_state(trace[layer].info.cell_type)
 dec = state.cell_decomposition(run.key, layer, seq, int(step), unit, run)
 stored = float(np.asarray(trace[layer][state_signal][seq, step, unit]))
 total = float(dec["contribution"].sum())
-st.subheader(f"What the {state_signal.replace('_', ' ')} of unit {unit} holds at step {step}")
+st.subheader(f"What the {registry.label(state_signal)} of unit {unit} holds at step {step}")
 c1, c2, c3 = st.columns(3)
 c1.metric(f"stored {state_signal}", f"{stored:+.6f}")
 c2.metric(
@@ -65,7 +66,8 @@ if tokens is not None:
     values = np.zeros(len(tokens))
     src = dec[dec["source_step"] >= 0]
     values[src["source_step"].to_numpy()] = src["contribution"].to_numpy()
-    scale = render.signal_scale("cell_state", float(np.abs(values).max()) or 1.0)
+    top = float(np.abs(values).max()) or 1.0
+    scale = render.Scale("diverging", -top, top)  # a share of the state: scaled to its largest part
     hover = [f"step {t} · {tokens[t]!r}\nstill in the state: {values[t]:+.4f}" for t in range(len(tokens))]
     shown = np.arange(len(tokens)) <= step
     st.html(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from gatelens.dashboards import charts, state
+from gatelens.dashboards import charts, signal_lists, state
 
 st.title("Units")
 run = state.require_run()
@@ -44,9 +44,7 @@ def _on_unit() -> None:
 if OPEN_LAYER not in st.session_state:
     _open(*state.selected_unit(run))
 
-gates = [
-    g for g in ("input_gate", "forget_gate", "output_gate", "update_gate", "reset_gate") if g in set(a.units["signal"])
-]
+gates = signal_lists.saturation_gates(a.units["signal"])
 st.markdown(
     "**Saturation**: one point per unit. Right: the gate is shut (< 0.1) on many steps; top: open (> 0.9) on many "
     "steps; near the origin it mostly sits in between. Click a point to open that unit."
