@@ -243,16 +243,33 @@ def unit_profiles(
     prof["log_half_life"] = np.log1p(np.clip(np.where(np.isnan(h), np.nan, h), 0.0, HALF_LIFE_CAP))
     if correlations is not None and len(correlations):
         _require(correlations, ["layer", "unit", "feature", "pearson_r"], "correlations")
-        c = correlations.assign(abs_r=correlations["pearson_r"].abs().fillna(0.0))
-        best = c.pivot_table(index=["layer", "unit"], columns="feature", values="abs_r", aggfunc="max", sort=False)
-        best.columns = [f"corr:{f}" for f in best.columns]
-        prof = prof.merge(best.reset_index(), on=["layer", "unit"], how="left")
-        corr_cols = list(best.columns)
+        best = _max_abs_r(correlations)
+        prof = prof.merge(best, on=["layer", "unit"], how="left")
+        corr_cols = [c for c in best.columns if c.startswith("corr:")]
         prof[corr_cols] = prof[corr_cols].fillna(0.0)
     prof["_order"] = prof["layer"].map({name: k for k, name in enumerate(order)})
     prof = prof.sort_values(["_order", "unit"], kind="stable").drop(columns="_order").reset_index(drop=True)
     lead = ["layer", "unit", "half_life_steps"]
     return prof[lead + [c for c in prof.columns if c not in lead]]
+
+
+def _max_abs_r(correlations: pd.DataFrame) -> pd.DataFrame:
+    """Per (layer, unit), the largest |pearson_r| over signals for each feature: columns ``corr:<feature>``.
+
+    A gather into a (units x features) array (``np.maximum.at``), in order of first appearance of the keys,
+    instead of a pivot table: a correlations table has units x signals x features rows.
+    """
+    lu = correlations.groupby(["layer", "unit"], sort=False).ngroup().to_numpy()  # first-appearance order
+    lu_first = np.unique(lu, return_index=True)[1]
+    lu_keys = correlations[["layer", "unit"]].iloc[lu_first]
+    f, f_uniq = pd.factorize(correlations["feature"], sort=False)
+    table = np.full((len(lu_first), len(f_uniq)), -np.inf)
+    np.maximum.at(table, (lu, f), np.nan_to_num(np.abs(correlations["pearson_r"].to_numpy(np.float64)), nan=0.0))
+    table[np.isneginf(table)] = np.nan
+    out = pd.DataFrame(table, columns=[f"corr:{name}" for name in f_uniq])
+    out.insert(0, "unit", lu_keys["unit"].to_numpy())
+    out.insert(0, "layer", lu_keys["layer"].to_numpy())
+    return out
 
 
 def _col(p: pd.DataFrame, name: str) -> np.ndarray:
@@ -385,7 +402,7 @@ def cluster_units(
         offset += est.n_clusters_
     if correlations is not None and len(correlations):
         c = correlations.assign(abs_r=correlations["pearson_r"].abs()).dropna(subset=["abs_r"])
-        best = c.sort_values("abs_r", ascending=False, kind="stable").drop_duplicates(["layer", "unit"])
+        best = c.loc[c.groupby(["layer", "unit"], sort=False)["abs_r"].idxmax()]  # the first of equal maxima
         best = best[["layer", "unit", "feature", "abs_r"]].rename(
             columns={"feature": "top_feature", "abs_r": "top_abs_r"}
         )

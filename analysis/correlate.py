@@ -145,13 +145,16 @@ def constant_note(const_x: np.ndarray, const_y: np.ndarray, n: int | np.ndarray)
     >>> constant_note(np.array([True, False]), np.array([False, True]), 10).tolist()
     [['constant signal', 'constant signal and feature'], ['', 'constant feature']]
     """
-    cx = np.asarray(const_x)[:, None]
-    cy = np.asarray(const_y)[None, :]
-    note = np.where(
-        cx & cy, "constant signal and feature", np.where(cx, "constant signal", np.where(cy, "constant feature", ""))
-    )
-    few = np.broadcast_to(np.asarray(n) < 3, note.shape)
-    return np.where(few, "fewer than 3 steps", note).astype(object)
+    cx = np.asarray(const_x, bool)[:, None]
+    cy = np.asarray(const_y, bool)[None, :]
+    code = cx.astype(np.int8) + 2 * cy.astype(np.int8)  # 0 none, 1 signal, 2 feature, 3 both
+    code = np.where(np.broadcast_to(np.asarray(n) < 3, code.shape), 4, code)
+    return _NOTES[code]  # one gather from five strings, not string arrays compared per cell
+
+
+_NOTES = np.array(
+    ["", "constant signal", "constant feature", "constant signal and feature", "fewer than 3 steps"], object
+)
 
 
 def _row_ranks(rows: np.ndarray) -> np.ndarray:

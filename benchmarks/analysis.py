@@ -249,6 +249,12 @@ def main() -> None:
     ap.add_argument("--profile-steps", action="store_true", help="also time and measure every analysis step")
     ap.add_argument("--workdir", help="where to write the runs (default: a temporary directory, removed)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run): N=4 and 8, 20 steps")
+    ap.add_argument(
+        "--widths",
+        type=lambda s: [int(w) for w in s.split(",") if w],
+        default=[10, 100, 1000],
+        help="feature-column counts of the width table, on a 4 x 10 run (default 10,100,1000; '' to skip)",
+    )
     ap.add_argument("--profile-child", metavar="RUN", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.profile_child:
@@ -268,8 +274,6 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from gatelens.models.extract import write_run
-
     model, vocab, steps, described = build_model(args.model, args.steps)
     x_all, stride = windows(vocab, steps, args.n * multiples[-1])
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gatelens-bench-analysis-"))
@@ -288,11 +292,20 @@ def main() -> None:
     print(f"command: {' '.join(Path(c).name if i == 0 else c for i, c in enumerate(cli))} analyze RUN")
     print()
     rows, profiles = [], []
+    model_path = work / "model.keras"
+    model.save(model_path)
+    vocab_path = work / "vocab.json"
+    vocab_path.write_text(json.dumps(list(vocab.tokens)))
     try:
         for mult in multiples:
             n = args.n * mult
             run = work / f"run_{n}"
-            write_run(model, x_all[:n], run, batch_size=256, dtype=args.dtype, vocabulary=list(vocab.tokens))
+            data = work / f"x_{n}.npy"
+            np.save(data, x_all[:n])
+            ext = measure(
+                [*cli, "extract", str(model_path), str(data), "--out", str(run), "--dtype", args.dtype,
+                 "--vocab", str(vocab_path)]
+            )  # fmt: skip
             base = measure([sys.executable, "-c", BASELINE_CODE, str(run)])
             size = dir_mib(run)
             res = measure([*cli, "analyze", str(run)])
@@ -302,6 +315,7 @@ def main() -> None:
                     "n": n,
                     "size": size,
                     "seconds": res.seconds,
+                    "extract": ext.seconds,
                     "peak": res.peak_mib,
                     "base": base.peak_mib,
                     "events": event_rows(run),
@@ -311,6 +325,7 @@ def main() -> None:
                 prof = measure([sys.executable, str(Path(__file__).resolve()), "--profile-child", str(run)])
                 profiles.append(json.loads(prof.stdout.strip().splitlines()[-1]))
             shutil.rmtree(run, ignore_errors=True)
+        widths = measure_widths(work, cli, args.widths) if args.widths else None
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
@@ -318,24 +333,64 @@ def main() -> None:
     peaks = [r["peak"] for r in rows]
     above = [r["peak"] - r["base"] for r in rows]
     print(
-        "| N (sequences) | run on disk (MiB) | analyze s | peak RSS (MiB) "
+        "| N (sequences) | run on disk (MiB) | extract s | analyze s | analyze / extract | peak RSS (MiB) "
         "| start-up + open_run RSS (MiB) | analysis above start-up (MiB) | peak vs 1x | above start-up vs 1x "
         "| event rows |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r, pr, ar, a in zip(rows, _ratio(peaks), _ratio(above), above):
         ev = "-" if r["events"] is None else f"{r['events']:,}"
         print(
-            f"| {r['n']} ({r['mult']}x) | {r['size']:.1f} | {r['seconds']:.1f} | {r['peak']:.0f} "
-            f"| {r['base']:.0f} | {a:.0f} | {pr} | {ar} | {ev} |"
+            f"| {r['n']} ({r['mult']}x) | {r['size']:.1f} | {r['extract']:.1f} | {r['seconds']:.1f} "
+            f"| {r['seconds'] / r['extract']:.2f} | {r['peak']:.0f} | {r['base']:.0f} | {a:.0f} | {pr} | {ar} | {ev} |"
         )
     print()
     print(verdict(rows))
+    if widths:
+        print()
+        print_widths(widths)
     if profiles:
         print()
         print_profiles(rows, profiles)
     print()
     print(f"(the whole benchmark took {time.perf_counter() - started:.0f} s)")
+
+
+def measure_widths(work: Path, cli: list[str], widths) -> dict:
+    """``gatelens analyze RUN --features F.csv`` on a small run (a 1 x 8 LSTM on 4 sequences x 10 steps, as in the
+    issue) with 10, 100 and 1,000 random feature columns; the time is the whole command's."""
+    import numpy as np
+    import pandas as pd
+
+    from gatelens._examples import tiny_inputs, tiny_model_path
+
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        tmp = Path(tmp)
+        model_path = tiny_model_path(tmp, units=8, steps=10, features=2)
+        data = tmp / "x.npy"
+        np.save(data, tiny_inputs(n=4, steps=10, features=2))
+        steps = 10
+        rng = np.random.default_rng(0)
+        seq, step = np.divmod(np.arange(4 * steps), steps)
+        run = tmp / "run"
+        measure([*cli, "extract", str(model_path), str(data), "--out", str(run)])
+        times = []
+        for w in widths:
+            csv = tmp / f"features_{w}.csv"
+            cols = {f"f{i}": rng.normal(size=seq.size).round(4) for i in range(w)}
+            pd.DataFrame({"sequence": seq, "step": step, **cols}).to_csv(csv, index=False)
+            times.append(measure([*cli, "analyze", str(run), "--features", str(csv)]).seconds)
+    return {"steps": steps, "widths": list(widths), "seconds": times}
+
+
+def print_widths(res: dict) -> None:
+    steps, widths, times = res["steps"], res["widths"], res["seconds"]
+    print(f"Feature columns (gatelens analyze RUN --features F.csv; a 1 x 8 LSTM on 4 sequences x {steps} steps):")
+    print()
+    print("| feature columns | analyze s | vs the narrowest |")
+    print("|---:|---:|---:|")
+    for w, s in zip(widths, times):
+        print(f"| {w} | {s:.1f} | {s / times[0]:.2f} |")
 
 
 def verdict(rows: list[dict]) -> str:

@@ -17,7 +17,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
     "extract": (["--quick"], "| model | method | seconds | x predict |"),
-    "analysis": (["--quick", "--profile-steps"], "| N (sequences) | run on disk (MiB) | analyze s | peak RSS (MiB) "),
+    "analysis": (
+        ["--quick", "--profile-steps", "--widths", "2,20"],
+        "| N (sequences) | run on disk (MiB) | extract s | analyze s | analyze / extract | peak RSS (MiB) ",
+    ),
     "store": (["--quick"], "| what | seconds | MB/s | x before |"),
 }
 
@@ -82,8 +85,12 @@ def test_analysis_benchmark_measures_every_size_and_says_a_verdict(outputs):
     rows = _rows(out, SCRIPTS["analysis"][1])
     assert [r[0] for r in rows] == ["4 (1x)", "8 (2x)"], rows
     for row in rows:
-        peak, baseline = float(row[3]), float(row[4])
+        extract, analyze, ratio = float(row[2]), float(row[3]), float(row[4])
+        assert ratio == pytest.approx(analyze / extract, abs=0.01), row
+        peak, baseline = float(row[5]), float(row[6])
         assert peak >= baseline > 0, row  # the analysis cannot need less than its own start-up
+    widths = _rows(out, "| feature columns | analyze s")
+    assert [r[0] for r in widths] == ["2", "20"] and float(widths[0][2]) == 1.0, widths
     assert re.search(r"^verdict: .*N grows 2x", out, re.M), out
     steps = _rows(out, "| step | seconds")
     from gatelens.analysis.pipeline import STEPS
