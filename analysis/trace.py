@@ -203,6 +203,20 @@ class Trace(Mapping):
         first = next(iter(self.layer_traces.values()))
         return first.shape[1]
 
+    def to_xarray(self, layer: str | None = None, *, signals: Any = None, chunks: Any = None) -> Any:
+        """The trace as an ``xarray.Dataset`` (lazy for a run from the store): see :func:`gatelens.analysis.convert.to_xarray`."""
+        from gatelens.analysis.convert import to_xarray
+
+        return to_xarray(self, layer, signals=signals, chunks=chunks)
+
+    def to_frame(
+        self, layer: str, signals: Any = None, sequences: Any = None, *, wide: bool = False, drop_masked: bool = True
+    ) -> Any:
+        """One layer's signals as a tidy ``pandas.DataFrame``: see :func:`gatelens.analysis.convert.to_frame`."""
+        from gatelens.analysis.convert import to_frame
+
+        return to_frame(self, layer, signals, sequences, wide=wide, drop_masked=drop_masked)
+
     def token_strings(self) -> np.ndarray | None:
         """``(N, T)`` array of token strings, or None when the model input is not text."""
         if self.tokens is None or self.vocabulary is None:
