@@ -70,6 +70,7 @@ _LAZY: dict[str, str] = {
     "analysis": "gatelens.analysis",
     "models": "gatelens.models",
     "dashboards": "gatelens.dashboards",
+    "plot": "gatelens.plot",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,0 +1,401 @@
+"""The dashboard's charts for notebooks: each function picks its data from a Trace or an Analysis and returns
+the same Altair chart the dashboard draws (:mod:`gatelens.dashboards.charts`), which Jupyter shows inline.
+
+Charts of a sequence take the :class:`~gatelens.analysis.trace.Trace` (in memory or from the store: only
+that sequence is read); charts of the whole run take the :class:`~gatelens.analysis.pipeline.Analysis` of
+:func:`gatelens.analyze`. A bad layer, unit, sequence or signal raises :class:`gatelens.errors.UsageError`
+with one line that names the choices there are.
+
+==========================  ===========================================================================
+:func:`gates`               the input on top, a heat strip per signal (unit x step): the Gates page
+:func:`text`                text coloured by a signal, one row per unit (HTML): the Gates page of a text model
+:func:`unit`                one unit's gates and states over one sequence: the Unit explained page
+:func:`decomposition`       what the state of a unit at a step is made of, write by write: the Memory page
+:func:`preactivations`      each gate's pre-activation split into input, memory and bias: the Memory page
+:func:`retention`           retention curves of a layer's units, one highlighted: the Memory page
+:func:`saturation`          share of steps each unit's gate is shut against open: the Units page
+:func:`half_lives`          histogram of the units' memory half-lives: the Units page
+:func:`correlations`        Pearson r of every unit with every feature: the Features page
+:func:`probes`              held-out probe scores with their control tasks, for one feature: the Features page
+:func:`selectivity`         probe selectivity, signal x feature: the Features page
+==========================  ===========================================================================
+
+Examples
+--------
+>>> import gatelens
+>>> from gatelens._examples import tiny_inputs, tiny_lstm_model
+>>> trace = gatelens.extract(tiny_lstm_model(), tiny_inputs(n=2))
+>>> chart = gatelens.plot.gates(trace, "lstm", units=[0, 2], sequence=1)
+>>> [c.title for c in chart.vconcat]
+['input', 'input_gate', 'forget_gate', 'output_gate', 'candidate', 'cell_state']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gatelens.analysis.signals import GATES
+from gatelens.analysis.trace import LayerTrace, Trace
+from gatelens.dashboards import charts, core, render
+from gatelens.errors import UsageError
+
+__all__ = [
+    "Html",
+    "correlations",
+    "decomposition",
+    "gates",
+    "half_lives",
+    "preactivations",
+    "probes",
+    "retention",
+    "saturation",
+    "selectivity",
+    "text",
+    "unit",
+]
+
+#: The gate whose product over steps is what a unit keeps of its memory, per cell type.
+MEMORY_GATE = {"lstm": "forget_gate", "gru": "update_gate"}
+
+
+class Html(str):
+    """An HTML fragment that Jupyter renders (``_repr_html_``); as a ``str`` it is the markup itself."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
+
+
+def _layer(trace: Trace, layer: str) -> LayerTrace:
+    if layer not in trace.layer_traces:
+        raise UsageError(f"no recurrent layer {layer!r}; the trace has {trace.layers}")
+    return trace[layer]
+
+
+def _sequence(trace: Trace, sequence: int) -> int:
+    n = trace.n_sequences
+    if not isinstance(sequence, (int, np.integer)) or isinstance(sequence, bool) or not 0 <= sequence < n:
+        raise UsageError(f"sequence must be an integer in 0..{n - 1}, got {sequence!r}")
+    return int(sequence)
+
+
+def _units(lt: LayerTrace, units: Sequence[int] | int | None) -> list[int]:
+    n = lt.info.units
+    if units is None:
+        return list(range(n))
+    picked = [units] if isinstance(units, (int, np.integer)) else list(units)
+    bad = [u for u in picked if not isinstance(u, (int, np.integer)) or not 0 <= u < n]
+    if bad or not picked:
+        raise UsageError(f"units must be integers in 0..{n - 1} of layer {lt.info.name!r}, got {units!r}")
+    return sorted({int(u) for u in picked})
+
+
+def _unit(lt: LayerTrace, unit: int) -> int:
+    if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)):
+        raise UsageError(f"unit must be one integer in 0..{lt.info.units - 1} of layer {lt.info.name!r}, got {unit!r}")
+    return _units(lt, unit)[0]
+
+
+def _signals(lt: LayerTrace, signals: Sequence[str] | str | None, default: Sequence[str]) -> list[str]:
+    if signals is None:
+        return [s for s in default if s in lt.info.signals]
+    picked = [signals] if isinstance(signals, str) else list(signals)
+    unknown = [s for s in picked if s not in lt.info.signals]
+    if unknown or not picked:
+        raise UsageError(
+            f"layer {lt.info.name!r} ({lt.info.cell_type}) has no signal(s) {unknown or picked}; "
+            f"it has {list(lt.info.signals)}"
+        )
+    return picked
+
+
+def _table(analysis: Any, name: str, step: str | None = None) -> Any:
+    """``analysis.<name>``, or a UsageError that says why the table is empty."""
+    df = getattr(analysis, name, None)
+    if df is None:
+        raise UsageError(f"expected an Analysis (gatelens.analyze), got {type(analysis).__name__}")
+    if df.empty:
+        why = getattr(analysis, "skipped", {}).get(step or name, "the analysis step did not run or found nothing")
+        raise UsageError(f"the analysis has no {name} table: {why}")
+    return df
+
+
+def gates(
+    trace: Trace,
+    layer: str,
+    units: Sequence[int] | int | None = None,
+    sequence: int = 0,
+    *,
+    signals: Sequence[str] | str | None = None,
+    width: int = 700,
+) -> Any:
+    """The input of one sequence on top, then a heat strip per signal: a row per unit, a column per step.
+
+    Parameters
+    ----------
+    trace : Trace
+    layer : str
+    units : int or list of int, optional
+        Rows of the strips (default every unit).
+    sequence : int
+    signals : str or list of str, optional
+        Default the gates, the candidate and the state (LSTM ``input_gate, forget_gate, candidate,
+        output_gate, cell_state``; GRU ``update_gate, reset_gate, candidate, hidden_state``).
+    width : int
+        Of the plot area, in pixels.
+
+    Returns
+    -------
+    altair.VConcatChart
+        Padded steps are left out; gates on a fixed [0, 1] scale, signed signals on a symmetric one.
+    """
+    lt = _layer(trace, layer)
+    seq = _sequence(trace, sequence)
+    default = charts.STRIP_SIGNALS if lt.info.cell_type == "lstm" else charts.GRU_STRIP_SIGNALS
+    names = _signals(lt, signals, default)
+    strips = core.sequence_signals(trace, layer, seq, names)
+    mask = core.sequence_mask(trace, layer, seq)
+    return charts.series_with_strips(
+        core.input_frame(trace, layer, seq), strips, _units(lt, units), mask=mask, width=width
+    )
+
+
+def text(
+    trace: Trace,
+    layer: str,
+    units: Sequence[int] | int | None = None,
+    sequence: int = 0,
+    *,
+    signal: str | None = None,
+) -> Html:
+    """The text of one sequence once per unit, each character coloured by ``signal`` (hover: every signal).
+
+    Parameters
+    ----------
+    trace : Trace
+        Of a text model (token inputs).
+    layer : str
+    units : int or list of int, optional
+        Default the first 6.
+    sequence : int
+    signal : str, optional
+        Default the state (``cell_state``, else ``hidden_state``).
+
+    Returns
+    -------
+    Html
+        Every token goes through ``html.escape``: a token such as ``<script>`` shows as text.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gatelens.analysis.trace import LayerInfo
+    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1)
+    >>> h = np.array([[[0.2], [-0.7]]], np.float32)
+    >>> t = Trace({"rnn": LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((1, 2), bool),
+    ...                              inputs=h)}, tokens=np.array([[0, 1]]), vocabulary=["<b>", "x"])
+    >>> page = text(t, "rnn")
+    >>> "&lt;b&gt;" in page and "<b>" not in page
+    True
+    """
+    lt = _layer(trace, layer)
+    seq = _sequence(trace, sequence)
+    tokens = core.sequence_tokens(trace, seq)
+    if tokens is None:
+        raise UsageError("text() needs a text model's trace (token inputs); for numeric inputs use gates()")
+    state = next(s for s in ("cell_state", "hidden_state") if s in lt.info.signals)
+    color_by = _signals(lt, signal, ())[0] if signal is not None else state
+    signals = core.sequence_signals(trace, layer, seq)
+    signals.setdefault(color_by, np.asarray(lt[color_by][seq], np.float32))
+    picked = _units(lt, units) if units is not None else list(range(min(6, lt.info.units)))
+    mask = core.sequence_mask(trace, layer, seq)
+    return Html(render.unit_rows_html(tokens, signals, color_by, picked, mask=mask, layer=layer))
+
+
+def unit(trace: Trace, layer: str, unit: int, sequence: int = 0) -> Any:
+    """One unit's gates and states over the real steps of one sequence, a line per signal.
+
+    Examples
+    --------
+    >>> import gatelens
+    >>> from gatelens._examples import tiny_inputs, tiny_lstm_model
+    >>> trace = gatelens.extract(tiny_lstm_model(), tiny_inputs(n=2))
+    >>> chart = gatelens.plot.unit(trace, "lstm", 1, sequence=0)
+    >>> sorted(set(chart.data["signal"])), len(chart.data)    # 3 gates + 2 states over 4 steps
+    (['cell_state', 'forget_gate', 'hidden_state', 'input_gate', 'output_gate'], 20)
+    """
+    lt = _layer(trace, layer)
+    seq = _sequence(trace, sequence)
+    u = _unit(lt, unit)
+    names = [*GATES[lt.info.cell_type], *(s for s in ("cell_state", "hidden_state") if s in lt.info.signals)]
+    df = trace.to_frame(layer, names, [seq])
+    df = df[df["unit"] == u].reset_index(drop=True)
+    if "token" not in df:
+        df["token"] = ""
+    return charts.unit_lines(df[["step", "signal", "value", "token"]], title=f"unit {u} of {layer} on sequence {seq}")
+
+
+def decomposition(trace: Trace, layer: str, unit: int, sequence: int = 0, step: int | None = None) -> Any:
+    """What the state of ``unit`` at ``step`` holds from each past step's write (exact: the bars sum to it).
+
+    LSTM: the cell state, ``c_t = sum_j (f_(j+1) ... f_t) i_j g_j``; GRU: the hidden state. ``step``
+    defaults to the last real step of the sequence.
+
+    Examples
+    --------
+    >>> import gatelens
+    >>> from gatelens._examples import tiny_inputs, tiny_lstm_model
+    >>> trace = gatelens.extract(tiny_lstm_model(), tiny_inputs(n=2))
+    >>> chart = gatelens.plot.decomposition(trace, "lstm", unit=0, sequence=1)
+    >>> parts = chart.layer[0].data                          # bars: the initial state and 4 writes
+    >>> len(parts), bool(abs(parts["contribution"].sum() - trace["lstm"]["cell_state"][1, 3, 0]) < 1e-5)
+    (5, True)
+    """
+    from gatelens.analysis.decompose import cell_state_decomposition
+
+    lt = _layer(trace, layer)
+    if lt.info.cell_type not in MEMORY_GATE:
+        raise UsageError(f"layer {layer!r} is a {lt.info.cell_type}: it has no gated memory to decompose")
+    seq = _sequence(trace, sequence)
+    u = _unit(lt, unit)
+    real = np.nonzero(core.sequence_mask(trace, layer, seq))[0]
+    if real.size == 0:
+        raise UsageError(f"every step of sequence {seq} is padding")
+    if step is None:
+        step = int(real[-1])
+    elif not isinstance(step, (int, np.integer)) or int(step) not in set(real.tolist()):
+        raise UsageError(f"step must be a real step of sequence {seq} (0..{trace.n_steps - 1}, unpadded), got {step!r}")
+    df = cell_state_decomposition(trace, layer, seq, step=int(step), units=[u])
+    return charts.cell_decomposition_chart(df, int(step))
+
+
+def preactivations(
+    trace: Trace, layer: str, unit: int, sequence: int = 0, *, gates: Sequence[str] | str | None = None
+) -> Any:
+    """Per gate, the pre-activation of ``unit`` at every step split into input, memory and bias, and the total.
+
+    ``gates`` defaults to every block of the layer (LSTM ``input_gate, forget_gate, candidate,
+    output_gate``). Needs the layer's weights (a trace from :func:`gatelens.extract` or a run has them).
+
+    Examples
+    --------
+    >>> import gatelens
+    >>> from gatelens._examples import tiny_inputs, tiny_lstm_model
+    >>> trace = gatelens.extract(tiny_lstm_model(), tiny_inputs(n=2))
+    >>> chart = gatelens.plot.preactivations(trace, "lstm", 2, gates="forget_gate")
+    >>> total = chart.vconcat[0].layer[1].data["total"].to_numpy()
+    >>> bool(abs(total - trace["lstm"]["forget_gate_pre"][0, :, 2]).max() < 1e-5)
+    True
+    """
+    from gatelens.analysis.decompose import preactivation_decomposition
+    from gatelens.analysis.signals import WEIGHT_BLOCKS
+
+    lt = _layer(trace, layer)
+    seq = _sequence(trace, sequence)
+    u = _unit(lt, unit)
+    blocks = WEIGHT_BLOCKS[lt.info.cell_type]
+    picked = list(blocks) if gates is None else ([gates] if isinstance(gates, str) else list(gates))
+    unknown = [g for g in picked if g not in blocks]
+    if unknown or not picked:
+        raise UsageError(f"layer {layer!r} has no gate(s) {unknown or picked}; it has {list(blocks)}")
+    df = preactivation_decomposition(trace, layer, sequences=[seq])
+    return charts.preactivation_chart(df[df["unit"] == u].reset_index(drop=True), picked)
+
+
+def retention(analysis: Any, layer: str, unit: int) -> Any:
+    """Retention curves (share of memory kept over L steps) of every unit of ``layer``, ``unit`` in red."""
+    df = _table(analysis, "retention", "memory")
+    if not (df["layer"] == layer).any():
+        raise UsageError(f"no retention curves for layer {layer!r}; there are for {sorted(set(df['layer']))}")
+    units = set(df.loc[df["layer"] == layer, "unit"].tolist())
+    if unit not in units:
+        raise UsageError(f"layer {layer!r} has no unit {unit!r} (0..{max(units)})")
+    return charts.retention_chart(df, layer, int(unit))
+
+
+def saturation(analysis: Any, gate: str | None = None) -> Any:
+    """One point per unit: share of steps with ``gate`` below 0.1 (shut) against above 0.9 (open).
+
+    ``gate`` defaults to the memory gate (``forget_gate``, else ``update_gate``), else the first gate there is.
+    Click a point to select a unit (the selection is named :data:`gatelens.dashboards.charts.UNIT_PICK`).
+
+    Examples
+    --------
+    >>> import gatelens
+    >>> from gatelens._examples import tiny_inputs, tiny_lstm_model
+    >>> result = gatelens.analyze(gatelens.extract(tiny_lstm_model(), tiny_inputs(n=2)), steps=["stats"])
+    >>> chart = gatelens.plot.saturation(result)
+    >>> chart.title, len(chart.layer[1].data)                 # one point per unit
+    ('forget_gate', 3)
+    """
+    units = _table(analysis, "units", "stats")
+    present = [g for cell in GATES.values() for g in cell if (units["signal"] == g).any()]
+    if gate is None:
+        memory = [g for g in MEMORY_GATE.values() if g in present]
+        if not (memory or present):
+            raise UsageError("these layers have no gates (SimpleRNN)")
+        gate = (memory or present)[0]
+    elif gate not in present:
+        raise UsageError(f"no gate {gate!r} in the analysis; it has {present}")
+    return charts.saturation_scatter(units, gate)
+
+
+def half_lives(analysis: Any, *, bins: int = 24) -> Any:
+    """Histogram of the units' memory half-lives (log-spaced bins, stacked by layer).
+
+    Units with an infinite half-life (a keep gate of exactly 1) cannot be drawn on a log axis: their
+    number is the chart's subtitle.
+
+    Examples
+    --------
+    >>> import gatelens
+    >>> from gatelens._examples import tiny_inputs, tiny_lstm_model
+    >>> result = gatelens.analyze(gatelens.extract(tiny_lstm_model(), tiny_inputs(n=2)), steps=["memory"])
+    >>> chart = gatelens.plot.half_lives(result)
+    >>> int(chart.data["units"].sum())                         # all 3 units are finite
+    3
+    """
+    import altair as alt
+
+    df = _table(analysis, "half_lives", "memory")
+    chart, n_inf = charts.half_life_histogram(df, bins=bins)
+    if n_inf:
+        chart = chart.properties(
+            title=alt.Title(
+                "memory half-life of each unit", subtitle=f"{n_inf} unit(s) with an infinite half-life not drawn"
+            )
+        )
+    return chart
+
+
+def correlations(analysis: Any, signal: str | None = None, *, sort_by: str | None = None) -> Any:
+    """Features (rows) x units (columns) coloured by Pearson r of ``signal`` (default the state).
+
+    ``sort_by`` (a feature) orders the units by their r with it, strongest positive first.
+    """
+    df = _table(analysis, "correlations")
+    present = list(dict.fromkeys(df["signal"]))
+    if signal is None:
+        signal = next((s for s in ("cell_state", "hidden_state") if s in present), present[0])
+    elif signal not in present:
+        raise UsageError(f"no correlations of {signal!r}; there are of {present}")
+    if sort_by is not None and not (df["feature"] == sort_by).any():
+        raise UsageError(f"no feature {sort_by!r}; the features are {list(dict.fromkeys(df['feature']))}")
+    return charts.correlation_heatmap(df, signal, sort_by=sort_by)
+
+
+def probes(analysis: Any, feature: str) -> Any:
+    """Held-out score of the linear probe of ``feature`` per layer and signal, a tick at its control task."""
+    df = _table(analysis, "probes")
+    scored = df[(df["feature"] == feature) & df["score"].notna()]
+    if scored.empty:
+        have = list(dict.fromkeys(df.loc[df["score"].notna(), "feature"]))
+        raise UsageError(f"no probe scores for feature {feature!r}; there are for {have}")
+    return charts.probe_chart(df, feature)
+
+
+def selectivity(analysis: Any) -> Any:
+    """Selectivity (score minus control score) of every probe: signal x feature, a row per layer and signal."""
+    return charts.selectivity_heatmap(_table(analysis, "probes"))
