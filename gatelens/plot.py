@@ -27,7 +27,7 @@ Examples
 >>> trace = gatelens.extract(tiny_lstm_model(), tiny_inputs(n=2))
 >>> chart = gatelens.plot.gates(trace, "lstm", units=[0, 2], sequence=1)
 >>> [c.title for c in chart.vconcat]
-['input', 'input_gate', 'forget_gate', 'output_gate', 'candidate', 'cell_state']
+['input', 'input gate', 'forget gate', 'output gate', 'candidate', 'cell state']
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from gatelens.analysis.signals import GATES
+from gatelens.analysis import signals as registry
 from gatelens.analysis.trace import LayerTrace, Trace
-from gatelens.dashboards import charts, core, render
+from gatelens.dashboards import charts, core, render, signal_lists
 from gatelens.errors import UsageError
 
 __all__ = [
@@ -56,9 +56,6 @@ __all__ = [
     "text",
     "unit",
 ]
-
-#: The gate whose product over steps is what a unit keeps of its memory, per cell type.
-MEMORY_GATE = {"lstm": "forget_gate", "gru": "update_gate"}
 
 
 class Html(str):
@@ -153,8 +150,7 @@ def gates(
     """
     lt = _layer(trace, layer)
     seq = _sequence(trace, sequence)
-    default = charts.STRIP_SIGNALS if lt.info.cell_type == "lstm" else charts.GRU_STRIP_SIGNALS
-    names = _signals(lt, signals, default)
+    names = _signals(lt, signals, signal_lists.strip_options(lt.info.cell_type, lt.info.signals))
     strips = core.sequence_signals(trace, layer, seq, names)
     mask = core.sequence_mask(trace, layer, seq)
     return charts.series_with_strips(
@@ -205,8 +201,7 @@ def text(
     tokens = core.sequence_tokens(trace, seq)
     if tokens is None:
         raise UsageError("text() needs a text model's trace (token inputs); for numeric inputs use gates()")
-    state = next(s for s in ("cell_state", "hidden_state") if s in lt.info.signals)
-    color_by = _signals(lt, signal, ())[0] if signal is not None else state
+    color_by = _signals(lt, signal, ())[0] if signal is not None else signal_lists.colour_options(lt.info.signals)[1]
     signals = core.sequence_signals(trace, layer, seq)
     signals.setdefault(color_by, np.asarray(lt[color_by][seq], np.float32))
     picked = _units(lt, units) if units is not None else list(range(min(6, lt.info.units)))
@@ -229,8 +224,7 @@ def unit(trace: Trace, layer: str, unit: int, sequence: int = 0) -> Any:
     lt = _layer(trace, layer)
     seq = _sequence(trace, sequence)
     u = _unit(lt, unit)
-    names = [*GATES[lt.info.cell_type], *(s for s in ("cell_state", "hidden_state") if s in lt.info.signals)]
-    df = trace.to_frame(layer, names, [seq])
+    df = trace.to_frame(layer, signal_lists.unit_line_signals(lt.info.signals), [seq])
     df = df[df["unit"] == u].reset_index(drop=True)
     if "token" not in df:
         df["token"] = ""
@@ -256,7 +250,7 @@ def decomposition(trace: Trace, layer: str, unit: int, sequence: int = 0, step: 
     from gatelens.analysis.decompose import cell_state_decomposition
 
     lt = _layer(trace, layer)
-    if lt.info.cell_type not in MEMORY_GATE:
+    if registry.with_role(lt.info.cell_type, "keep") is None:
         raise UsageError(f"layer {layer!r} is a {lt.info.cell_type}: it has no gated memory to decompose")
     seq = _sequence(trace, sequence)
     u = _unit(lt, unit)
@@ -290,12 +284,11 @@ def preactivations(
     True
     """
     from gatelens.analysis.decompose import preactivation_decomposition
-    from gatelens.analysis.signals import WEIGHT_BLOCKS
 
     lt = _layer(trace, layer)
     seq = _sequence(trace, sequence)
     u = _unit(lt, unit)
-    blocks = WEIGHT_BLOCKS[lt.info.cell_type]
+    blocks = registry.WEIGHT_BLOCKS[lt.info.cell_type]
     picked = list(blocks) if gates is None else ([gates] if isinstance(gates, str) else list(gates))
     unknown = [g for g in picked if g not in blocks]
     if unknown or not picked:
@@ -328,12 +321,13 @@ def saturation(analysis: Any, gate: str | None = None) -> Any:
     >>> result = gatelens.analyze(gatelens.extract(tiny_lstm_model(), tiny_inputs(n=2)), steps=["stats"])
     >>> chart = gatelens.plot.saturation(result)
     >>> chart.title, len(chart.layer[1].data)                 # one point per unit
-    ('forget_gate', 3)
+    ('forget gate', 3)
     """
     units = _table(analysis, "units", "stats")
-    present = [g for cell in GATES.values() for g in cell if (units["signal"] == g).any()]
+    present = signal_lists.saturation_gates(units["signal"])
     if gate is None:
-        memory = [g for g in MEMORY_GATE.values() if g in present]
+        keep = {registry.with_role(cell, "keep") for cell in registry.CELL_TYPES}
+        memory = [g for g in present if g in keep]
         if not (memory or present):
             raise UsageError("these layers have no gates (SimpleRNN)")
         gate = (memory or present)[0]
@@ -378,7 +372,7 @@ def correlations(analysis: Any, signal: str | None = None, *, sort_by: str | Non
     df = _table(analysis, "correlations")
     present = list(dict.fromkeys(df["signal"]))
     if signal is None:
-        signal = next((s for s in ("cell_state", "hidden_state") if s in present), present[0])
+        signal = signal_lists.correlation_default(present)
     elif signal not in present:
         raise UsageError(f"no correlations of {signal!r}; there are of {present}")
     if sort_by is not None and not (df["feature"] == sort_by).any():

@@ -13,6 +13,7 @@ import pytest
 import gatelens
 from gatelens import plot
 from gatelens._examples import tiny_inputs, tiny_model
+from gatelens.analysis.signals import label
 from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 from gatelens.errors import UsageError
 
@@ -44,17 +45,17 @@ def planted() -> Trace:
 def test_gates_strips_hold_the_signals_of_the_chosen_units(trace):
     chart = plot.gates(trace, "lstm", units=[2, 0], sequence=5)
     chart.to_dict()
-    titles = [c.title for c in chart.vconcat]
-    assert titles == ["input", "input_gate", "forget_gate", "output_gate", "candidate", "cell_state"]
+    names = ["input_gate", "forget_gate", "output_gate", "candidate", "cell_state"]
+    assert [c.title for c in chart.vconcat] == ["input", *map(label, names)]
     x = chart.vconcat[0].data
     assert len(x) == T * 2  # two input features, long form
     ref_x = np.asarray(trace.x[5], np.float64)
     for j, name in enumerate(trace.feature_names or ["x0", "x1"]):
         got = x[x["feature"] == name].sort_values("step")["value"].to_numpy()
         assert np.array_equal(got, ref_x[:, j])
-    for c in chart.vconcat[1:]:
+    for signal, c in zip(names, chart.vconcat[1:]):
         d = c.data.sort_values(["step", "unit"])
-        ref = np.asarray(trace["lstm"][c.title][5], np.float64)[:, [0, 2]]
+        ref = np.asarray(trace["lstm"][signal][5], np.float64)[:, [0, 2]]
         assert list(d["unit"].unique()) == [0, 2]
         assert np.array_equal(d["value"].to_numpy(), ref.reshape(-1))
 
@@ -112,11 +113,11 @@ def test_preactivation_parts_are_x_w_h_u_and_b(trace):
 def test_saturation_points_are_the_shares_of_steps(trace, result):
     chart = plot.saturation(result)
     chart.to_dict()
-    assert chart.title == "forget_gate"
+    assert chart.title == label("forget_gate")
     pts = chart.layer[1].data.sort_values("unit")
     f = np.asarray(trace["lstm"]["forget_gate"][...], np.float64).reshape(-1, 3)
     assert np.allclose(pts["shut"], (f < 0.1).mean(axis=0)) and np.allclose(pts["open"], (f > 0.9).mean(axis=0))
-    assert plot.saturation(result, "output_gate").title == "output_gate"
+    assert plot.saturation(result, "output_gate").title == label("output_gate")
 
 
 def test_half_lives_count_units_and_name_the_infinite_ones(trace, planted):
