@@ -179,26 +179,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    import subprocess
+    from gatelens.dashboards.server import serve
 
-    root = Path(__file__).resolve().parent.parent
-    app = root / "dashboards" / "app.py"
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(app),
-        "--server.port",
-        str(args.port),
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
-    if args.address:
-        cmd += ["--server.address", args.address]
-    return subprocess.call(cmd, cwd=root)  # .streamlit/config.toml (upload limit, theme) is read from here
+    return serve(args.port, args.address)  # SIGTERM/SIGINT reach the Streamlit server; it is waited for
 
 
 def build_parser() -> argparse.ArgumentParser:
