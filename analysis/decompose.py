@@ -83,6 +83,10 @@ PREACTIVATION_COLUMNS = ["layer", "sequence", "step", "unit", "gate", "input", "
 INPUT_CONTRIBUTION_COLUMNS = ["layer", "sequence", "step", "unit", "gate", "feature", "contribution"]
 TOKEN_GATE_COLUMNS = ["layer", "token_id", "token", "unit", "gate", "push"]
 CELL_DECOMPOSITION_COLUMNS = ["layer", "sequence", "step", "source_step", "unit", "contribution", "token"]
+FEATURE_DRIVER_COLUMNS = [
+    "layer", "unit", "gate", "feature", "weight", "mean_value", "mean_abs_value",
+    "mean_contribution", "mean_abs_contribution", "input_push_share", "n",
+]  # fmt: skip
 GATE_DRIVER_COLUMNS = [
     "layer", "unit", "gate", "mean_input", "mean_recurrent", "mean_bias",
     "mean_abs_input", "mean_abs_recurrent", "input_share", "n",
@@ -583,6 +587,91 @@ def gate_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
         )
     if not frames:
         return _empty(GATE_DRIVER_COLUMNS, ("layer", "gate"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def feature_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk: int = 256) -> pd.DataFrame:
+    """Which input feature moves each gate: the input part of every pre-activation split by feature, averaged.
+
+    The input part of gate block ``k`` of unit ``u`` at a step is ``sum_f x_t[f] W[f, k, u]`` exactly
+    (:func:`input_contributions` gives it per step). Averaged over the layer's unmasked steps, feature
+    ``f`` contributes ``mean_contribution = W[f, k, u] * mean(x[f])`` and pushes with
+    ``mean_abs_contribution = |W[f, k, u]| * mean(|x[f]|)``; ``input_push_share`` is the feature's share of
+    the summed pushes of all features (1 for a gate that reads one feature only). Layers fed by an
+    Embedding are left out (their per-token view is :func:`token_gate_table`); a stacked layer's
+    features are the previous layer's units (``input[k]``).
+
+    Returns
+    -------
+    DataFrame
+        :data:`FEATURE_DRIVER_COLUMNS`, one row per ``layer, unit, gate, feature``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=2, recurrent_activation=None)
+    >>> x = np.array([[[1.0, 3.0], [-1.0, 1.0]]], np.float32)
+    >>> w = {"kernel": np.array([[2.0], [-1.0]]), "recurrent_kernel": np.zeros((1, 1)), "bias": np.zeros(1)}
+    >>> z = np.zeros((1, 2, 1), np.float32)
+    >>> lt = LayerTrace(info, {"hidden_state": z, "hidden_state_pre": z}, mask=np.ones((1, 2), bool),
+    ...                 inputs=x, weights=w)
+    >>> feature_drivers(Trace({"rnn": lt}, x=x, feature_names=["a", "b"]))[["feature", "mean_abs_contribution",
+    ...                                                                      "input_push_share"]]
+      feature  mean_abs_contribution  input_push_share
+    0       a                    2.0               0.5
+    1       b                    2.0               0.5
+    """
+    frames = []
+    for name in select_layers(trace, layers):
+        lt = trace[name]
+        if "embedding" in lt.weights:
+            continue
+        kernel, _, _ = _weights(lt)  # (in, G*U), gate-major blocks
+        blocks = list(WEIGHT_BLOCKS[lt.info.cell_type])
+        u, g = lt.info.units, len(blocks)
+        feats = np.asarray(input_feature_names(trace, name), dtype=object)
+        n_in = len(feats)
+        s1 = np.zeros(n_in)
+        s_abs = np.zeros(n_in)
+        n = 0
+        for rows in iter_chunks(lt.shape[0], chunk):
+            m = read_mask(lt, rows)
+            if not m.any():
+                continue
+            x = read(lt.inputs, rows)[m].astype(np.float64)  # (k, in)
+            s1 += x.sum(0)
+            s_abs += np.abs(x).sum(0)
+            n += int(m.sum())
+        if n == 0:
+            continue
+        mean_x, mean_abs_x = s1 / n, s_abs / n
+        w = np.asarray(kernel, np.float64).reshape(n_in, g, u)  # (feature, gate, unit)
+        contrib = w * mean_x[:, None, None]
+        push = np.abs(w) * mean_abs_x[:, None, None]
+        total = push.sum(axis=0, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(total > 0, push / total, np.nan)
+        order = (2, 1, 0)  # rows: unit, gate, feature
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": name,
+                    "unit": np.repeat(np.arange(u), g * n_in),
+                    "gate": np.tile(np.repeat(np.asarray(blocks, dtype=object), n_in), u),
+                    "feature": np.tile(feats, u * g),
+                    "weight": w.transpose(order).reshape(-1),
+                    "mean_value": np.tile(mean_x, u * g),
+                    "mean_abs_value": np.tile(mean_abs_x, u * g),
+                    "mean_contribution": contrib.transpose(order).reshape(-1),
+                    "mean_abs_contribution": push.transpose(order).reshape(-1),
+                    "input_push_share": share.transpose(order).reshape(-1),
+                    "n": n,
+                }
+            )
+        )
+    if not frames:
+        return _empty(FEATURE_DRIVER_COLUMNS, ("layer", "gate", "feature"))
     return pd.concat(frames, ignore_index=True)
 
 
