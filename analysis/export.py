@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from gatelens.analysis._reading import read, read_mask, read_tokens, select_layers
+from gatelens.analysis.pipeline import EXPORT_FILES
 from gatelens.analysis.trace import Trace, iter_chunks
 
 if TYPE_CHECKING:
@@ -54,18 +55,9 @@ UNITS_COLUMNS = [
     "archetype", "frac_saturated", "frac_linear", "mean_slope", "activation", "min", "max", "n",
 ]  # fmt: skip
 
-#: CSV file name -> the Analysis table it is written from (besides activations.csv and units.csv).
-ANALYSIS_FILES = {
-    "correlations.csv": "correlations",
-    "probes.csv": "probes",
-    "clusters.csv": "clusters",
-    "events.csv": "events",
-    "event_summary.csv": "event_summary",
-    "decomposition.csv": "decomposition",
-    "token_gates.csv": "token_gates",
-    "half_lives.csv": "half_lives",
-    "retention.csv": "retention",
-}
+#: CSV file name -> the Analysis table it is written from (besides activations.csv and units.csv): the
+#: ``files`` of the steps of :data:`gatelens.analysis.pipeline.STEP_REGISTRY`.
+ANALYSIS_FILES = EXPORT_FILES
 
 
 def neutralize_cell(value: Any) -> str:

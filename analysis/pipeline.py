@@ -1,12 +1,20 @@
 """The whole analysis of a trace in one call, and its tables saved beside the run (``gatelens analyze``).
 
-:func:`analyze` runs, in order: unit and signal statistics, half-lives, retention curves, gate
-drivers (the pre-activation decomposition summarised per unit), events and their summary, the
-per-token gate table (layers fed by an Embedding), then the feature-based analyses -- features,
-correlations, probes, clusters (:mod:`gatelens.analysis.features`, :mod:`gatelens.analysis.correlate`,
-:mod:`gatelens.analysis.probes`, :mod:`gatelens.analysis.clusters`). A step whose module is not available is skipped
-with a logged warning and noted in ``Analysis.skipped``; its table stays empty. Errors in the data
-(e.g. a malformed user feature file) are raised, not skipped.
+:func:`analyze` runs the steps of :data:`STEP_REGISTRY` in order: unit and signal statistics, half-lives,
+retention curves, gate drivers (the pre-activation decomposition summarised per unit), events and their
+summary, the per-token gate table (layers fed by an Embedding), then the feature-based analyses --
+features, correlations, probes, clusters (:mod:`gatelens.analysis.features`, :mod:`gatelens.analysis.correlate`,
+:mod:`gatelens.analysis.probes`, :mod:`gatelens.analysis.clusters`). A step that cannot run on this trace
+(no weights, no features, no unit statistics) notes why in ``Analysis.skipped``; its table stays empty.
+Errors in the data (e.g. a malformed user feature file) are raised, not skipped.
+
+Adding an analysis step: write one function ``_name(ctx: StepContext) -> dict[str, DataFrame]`` (the trace is
+``ctx.trace``, earlier tables ``ctx.result.<table>``, the features ``ctx.feature_table``; ``ctx.skip(why)``
+notes why it produced nothing) and add one :class:`Step` entry to :data:`STEP_REGISTRY` naming the step, the
+function, the tables it fills, the CSV files they are exported as and a one-line description. From that
+entry come the :class:`Analysis` attribute, :data:`STEPS`, saving and loading (``RUN/analysis/<table>.parquet``),
+the CSV export (:data:`EXPORT_FILES`) and the docs (:func:`steps_markdown`, the ``Analysis`` docstring);
+``tests/test_pipeline_registry.py`` checks that ``docs/csv-columns.md`` documents every exported file.
 
 :func:`save_analysis` writes every table as Parquet under ``RUN/analysis/`` (each file atomically,
 then ``index.json`` last, listing the files with their sha256: a reader never sees a half-written
@@ -47,7 +55,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,26 +77,212 @@ FORMAT_VERSION = 1
 #: Rows per Parquet row group of a saved events table (what a streamed read holds at once, at most).
 EVENTS_ROW_GROUP = 65_536
 
-#: The steps of :func:`analyze`, in order.
-STEPS = ("stats", "memory", "drivers", "events", "token_gates", "features", "correlations", "probes", "clusters")
+# ----------------------------------------------------------------------------------------------------------------
+# the steps: one function and one STEP_REGISTRY entry each
 
 
 @dataclass
-class Analysis:
-    """Every table of one analysis (all pandas DataFrames; a table of a step not run is empty).
+class StepContext:
+    """What a step function receives: the trace, the tables of the steps before it, the options.
+
+    A step returns ``{table: DataFrame}`` for the tables its entry declares (those it leaves out stay empty)
+    and calls :meth:`skip` to note why it produced nothing. ``feature_table`` is the features step's output,
+    read by the steps after it.
+    """
+
+    trace: Trace
+    result: Analysis
+    features: str | os.PathLike | pd.DataFrame | None = None
+    chunk: int = 256
+    max_lag: int = 50
+    events_path: str | os.PathLike | None = None
+    feature_table: pd.DataFrame | None = None
+    step: str = ""
+
+    def skip(self, why: str) -> None:
+        """Note (and log) why the current step produced nothing."""
+        _skip(self.result, self.step, why)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One analysis step.
 
     Attributes
     ----------
-    units : :func:`gatelens.analysis.stats.unit_stats` (gates and candidates: moments and saturation)
-    signal_stats : :func:`gatelens.analysis.stats.signal_stats` (every signal: moments)
-    half_lives : :func:`gatelens.analysis.memory.half_lives`
-    retention : :func:`gatelens.analysis.memory.retention_curves` of every LSTM/GRU layer
-    decomposition : :func:`gatelens.analysis.decompose.gate_drivers` (input vs memory, per unit and gate)
-    events, event_summary : :func:`gatelens.analysis.events.detect_events`, :func:`gatelens.analysis.events.summarize_events`
-    token_gates : :func:`gatelens.analysis.decompose.token_gate_table` of every Embedding-fed layer (observed tokens)
-    correlations : :func:`gatelens.analysis.correlate.correlations`
-    probes : :func:`gatelens.analysis.probes.probe_report`
-    clusters : :func:`gatelens.analysis.clusters.cluster_units`
+    name : str
+        The step's name (``analyze(steps=...)``).
+    run : callable(StepContext) -> dict of str to DataFrame
+    tables : tuple of str
+        The :class:`Analysis` attributes it fills (saved as ``RUN/analysis/<table>.parquet``).
+    files : dict of str to str
+        CSV file of ``gatelens export --csv`` -> the table it is written from.
+    doc : str
+        One line for the docs: what the step computes.
+    """
+
+    name: str
+    run: Callable[[StepContext], dict[str, pd.DataFrame]]
+    tables: tuple[str, ...]
+    files: dict[str, str]
+    doc: str
+
+
+def _stats(ctx: StepContext) -> dict[str, pd.DataFrame]:
+    from gatelens.analysis.stats import stats_tables
+
+    units, signal_stats = stats_tables(ctx.trace, chunk=ctx.chunk)
+    return {"units": units, "signal_stats": signal_stats}
+
+
+def _memory(ctx: StepContext) -> dict[str, pd.DataFrame]:
+    from gatelens.analysis.memory import half_lives, retention_curves
+    from gatelens.analysis.signals import with_role
+
+    trace = ctx.trace
+    curves = [
+        retention_curves(trace, name, max_lag=ctx.max_lag, chunk=ctx.chunk)
+        for name in trace.layers
+        if with_role(trace[name].info.cell_type, "keep")
+    ]
+    retention = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+    return {"half_lives": half_lives(trace, chunk=ctx.chunk), "retention": retention}
+
+
+def _drivers(ctx: StepContext) -> dict[str, pd.DataFrame]:
+    from gatelens.analysis.decompose import gate_drivers
+
+    trace = ctx.trace
+    with_weights = [n for n in trace.layers if {"kernel", "recurrent_kernel", "bias"} <= set(trace[n].weights)]
+    if len(with_weights) < len(trace.layers):
+        ctx.skip(f"no weights stored for {sorted(set(trace.layers) - set(with_weights))}")
+    return {"decomposition": gate_drivers(trace, layers=with_weights, chunk=ctx.chunk)} if with_weights else {}
+
+
+def _events(ctx: StepContext) -> dict[str, pd.DataFrame]:
+    from gatelens.analysis.events import detect_events, summarize_events
+
+    if ctx.events_path is None:
+        events = detect_events(ctx.trace, chunk=ctx.chunk)
+        return {"events": events, "event_summary": summarize_events(events, ctx.trace, chunk=ctx.chunk)}
+    events, summary = _stream_events(ctx.trace, Path(ctx.events_path), ctx.chunk)
+    ctx.result.events_file = str(ctx.events_path)
+    return {"events": events, "event_summary": summary}
+
+
+def _token_gates(ctx: StepContext) -> dict[str, pd.DataFrame]:
+    from gatelens.analysis.decompose import token_gate_table
+
+    trace = ctx.trace
+    fed = [n for n in trace.layers if "embedding" in trace[n].weights]
+    if not fed or trace.tokens is None:
+        return {}
+    tables = [token_gate_table(trace, n, token_ids=_observed_tokens(trace, n, ctx.chunk)) for n in fed]
+    return {"token_gates": pd.concat(tables, ignore_index=True)}
+
+
+def _features(ctx: StepContext) -> dict[str, pd.DataFrame]:
+    from gatelens.analysis.features import build_features
+
+    ctx.feature_table = build_features(ctx.trace, user_features=ctx.features)
+    return {}
+
+
+def _correlations(ctx: StepContext) -> dict[str, pd.DataFrame]:
+    from gatelens.analysis.correlate import correlations
+
+    if ctx.feature_table is None:
+        ctx.skip("no features (the features step did not run)")
+        return {}
+    return {"correlations": correlations(ctx.trace, ctx.feature_table)}
+
+
+def _probes(ctx: StepContext) -> dict[str, pd.DataFrame]:
+    from gatelens.analysis.probes import probe_report
+
+    if ctx.feature_table is None:
+        ctx.skip("no features (the features step did not run)")
+        return {}
+    return {"probes": probe_report(ctx.trace, ctx.feature_table)}
+
+
+def _clusters(ctx: StepContext) -> dict[str, pd.DataFrame]:
+    from gatelens.analysis.clusters import cluster_units
+
+    r = ctx.result
+    if r.units.empty:
+        ctx.skip("no unit statistics to cluster (the stats step did not run)")
+        return {}
+    hl = r.half_lives if len(r.half_lives) else None
+    corr = r.correlations if len(r.correlations) else None
+    return {"clusters": cluster_units(r.units, hl, corr)}
+
+
+#: The steps of :func:`analyze`, in the order they run (see the module docstring to add one).
+STEP_REGISTRY: tuple[Step, ...] = (
+    Step("stats", _stats, ("units", "signal_stats"), {},
+         "moments of every signal; saturation of every gate and candidate, per unit (`units.csv`)"),
+    Step("memory", _memory, ("half_lives", "retention"), {"half_lives.csv": "half_lives", "retention.csv": "retention"},
+         "memory half-life of every unit from its keep gate, and retention curves"),
+    Step("drivers", _drivers, ("decomposition",), {"decomposition.csv": "decomposition"},
+         "each gate's pre-activation split into input, memory and bias, summarised per unit"),
+    Step("events", _events, ("events", "event_summary"),
+         {"events.csv": "events", "event_summary.csv": "event_summary"},
+         "forget, write and read events of every unit, and their summary"),
+    Step("token_gates", _token_gates, ("token_gates",), {"token_gates.csv": "token_gates"},
+         "the gates' input part for every observed token (layers fed by an Embedding)"),
+    Step("features", _features, (), {}, "built-in and user features of every step (input of the next steps)"),
+    Step("correlations", _correlations, ("correlations",), {"correlations.csv": "correlations"},
+         "Pearson and Spearman correlation of every unit and signal with every feature"),
+    Step("probes", _probes, ("probes",), {"probes.csv": "probes"},
+         "held-out linear probes per layer, signal and feature, with control tasks"),
+    Step("clusters", _clusters, ("clusters",), {"clusters.csv": "clusters"},
+         "units clustered by behaviour, each cluster named by its archetype"),
+)  # fmt: skip
+
+#: The names of the steps of :func:`analyze`, in order.
+STEPS = tuple(step.name for step in STEP_REGISTRY)
+#: Every table of an :class:`Analysis`, in order.
+TABLES = tuple(t for step in STEP_REGISTRY for t in step.tables)
+#: CSV file of ``gatelens export --csv`` -> the table it is written from (besides activations.csv, units.csv).
+EXPORT_FILES = {f: t for step in STEP_REGISTRY for f, t in step.files.items()}
+
+
+def steps_markdown() -> str:
+    """The steps as a Markdown list, one line each (for the docs).
+
+    Examples
+    --------
+    >>> print(steps_markdown().splitlines()[1])
+    - `memory` -> `half_lives`, `retention`: memory half-life of every unit from its keep gate, and retention curves
+    """
+    lines = []
+    for step in STEP_REGISTRY:
+        tables = ", ".join(f"`{t}`" for t in step.tables) or "(no table)"
+        lines.append(f"- `{step.name}` -> {tables}: {step.doc}")
+    return "\n".join(lines)
+
+
+class _AnalysisBase:
+    @classmethod
+    def tables(cls) -> tuple[str, ...]:
+        """Names of the DataFrame attributes, in order."""
+        return TABLES
+
+
+def _analysis_doc() -> str:
+    attrs = "\n".join(
+        f"    {t} : DataFrame\n        From step ``{step.name}``: {step.doc}."
+        for step in STEP_REGISTRY
+        for t in step.tables
+    )
+    return f"""Every table of one analysis (all pandas DataFrames; a table of a step not run is empty).
+
+    One attribute per table of :data:`STEP_REGISTRY`.
+
+    Attributes
+    ----------
+{attrs}
     skipped : dict of str to str
         Step name -> why it was skipped.
     events_file : str, optional
@@ -99,24 +293,15 @@ class Analysis:
         serve both cases.
     """
 
-    units: pd.DataFrame = field(default_factory=pd.DataFrame)
-    signal_stats: pd.DataFrame = field(default_factory=pd.DataFrame)
-    half_lives: pd.DataFrame = field(default_factory=pd.DataFrame)
-    retention: pd.DataFrame = field(default_factory=pd.DataFrame)
-    decomposition: pd.DataFrame = field(default_factory=pd.DataFrame)
-    events: pd.DataFrame = field(default_factory=pd.DataFrame)
-    event_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
-    token_gates: pd.DataFrame = field(default_factory=pd.DataFrame)
-    correlations: pd.DataFrame = field(default_factory=pd.DataFrame)
-    probes: pd.DataFrame = field(default_factory=pd.DataFrame)
-    clusters: pd.DataFrame = field(default_factory=pd.DataFrame)
-    skipped: dict[str, str] = field(default_factory=dict)
-    events_file: str | None = None
 
-    @classmethod
-    def tables(cls) -> tuple[str, ...]:
-        """Names of the DataFrame attributes, in order."""
-        return tuple(f.name for f in fields(cls) if f.name not in ("skipped", "events_file"))
+#: Every table of one analysis: a dataclass with one DataFrame attribute per table of :data:`STEP_REGISTRY`.
+Analysis = make_dataclass(
+    "Analysis",
+    [(t, pd.DataFrame, field(default_factory=pd.DataFrame)) for t in TABLES]
+    + [("skipped", dict, field(default_factory=dict)), ("events_file", "str | None", None)],
+    bases=(_AnalysisBase,),
+    namespace={"__doc__": _analysis_doc(), "__module__": __name__},
+)
 
 
 def _observed_tokens(trace: Trace, layer: str, chunk: int) -> np.ndarray:
@@ -176,78 +361,21 @@ def analyze(
     """
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
-        raise ValueError(f"unknown analysis step(s) {unknown}; the steps are {list(STEPS)}")
-    todo = [s for s in STEPS if s in steps]
+        raise UsageError(f"unknown analysis step(s) {unknown}; the steps are {list(STEPS)}")
+    todo = [step for step in STEP_REGISTRY if step.name in steps]
     result = Analysis()
-    feats: pd.DataFrame | None = None
+    ctx = StepContext(trace, result, features=features, chunk=chunk, max_lag=max_lag, events_path=events_path)
     started = time.perf_counter()
     for done, step in enumerate(todo, start=1):
         t0 = time.perf_counter()
-        if step == "stats":
-            from gatelens.analysis.stats import stats_tables
-
-            result.units, result.signal_stats = stats_tables(trace, chunk=chunk)
-        elif step == "memory":
-            from gatelens.analysis.memory import half_lives, retention_curves
-
-            result.half_lives = half_lives(trace, chunk=chunk)
-            curves = [
-                retention_curves(trace, name, max_lag=max_lag, chunk=chunk)
-                for name in trace.layers
-                if trace[name].info.cell_type in ("lstm", "gru")
-            ]
-            result.retention = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
-        elif step == "drivers":
-            from gatelens.analysis.decompose import gate_drivers
-
-            with_weights = [n for n in trace.layers if {"kernel", "recurrent_kernel", "bias"} <= set(trace[n].weights)]
-            if len(with_weights) < len(trace.layers):
-                _skip(result, step, f"no weights stored for {sorted(set(trace.layers) - set(with_weights))}")
-            if with_weights:
-                result.decomposition = gate_drivers(trace, layers=with_weights, chunk=chunk)
-        elif step == "events":
-            from gatelens.analysis.events import detect_events, summarize_events
-
-            if events_path is None:
-                result.events = detect_events(trace, chunk=chunk)
-                result.event_summary = summarize_events(result.events, trace, chunk=chunk)
-            else:
-                result.events, result.event_summary = _stream_events(trace, Path(events_path), chunk)
-                result.events_file = str(events_path)
-        elif step == "token_gates":
-            from gatelens.analysis.decompose import token_gate_table
-
-            fed = [n for n in trace.layers if "embedding" in trace[n].weights]
-            if fed and trace.tokens is not None:
-                result.token_gates = pd.concat(
-                    [token_gate_table(trace, n, token_ids=_observed_tokens(trace, n, chunk)) for n in fed],
-                    ignore_index=True,
-                )
-        elif step == "features":
-            fn = _optional("gatelens.analysis.features", "build_features", result, step)
-            if fn is not None:
-                feats = fn(trace, user_features=features)
-        elif step in ("correlations", "probes"):
-            if feats is None:
-                _skip(result, step, "no features (the features step did not run)")
-            else:
-                name = (
-                    ("gatelens.analysis.correlate", "correlations")
-                    if step == "correlations"
-                    else ("gatelens.analysis.probes", "probe_report")
-                )
-                fn = _optional(*name, result, step)
-                if fn is not None:
-                    setattr(result, step, fn(trace, feats))
-        elif step == "clusters":
-            fn = _optional("gatelens.analysis.clusters", "cluster_units", result, step)
-            if fn is not None and not result.units.empty:
-                hl = result.half_lives if len(result.half_lives) else None
-                corr = result.correlations if len(result.correlations) else None
-                result.clusters = fn(result.units, hl, corr)
-            elif fn is not None:
-                _skip(result, step, "no unit statistics to cluster (the stats step did not run)")
-        log.info("analysis step %s took %.2f s", step, time.perf_counter() - t0)
+        ctx.step = step.name
+        tables = step.run(ctx) or {}
+        undeclared = set(tables) - set(step.tables)
+        if undeclared:
+            raise RuntimeError(f"analysis step {step.name!r} returned undeclared table(s) {sorted(undeclared)}")
+        for name, table in tables.items():
+            setattr(result, name, table)
+        log.info("analysis step %s took %.2f s", step.name, time.perf_counter() - t0)
         if progress is not None:
             progress(done, len(todo))
     log.info("analysis of %d layer(s) took %.2f s", len(trace.layers), time.perf_counter() - started)
@@ -286,17 +414,6 @@ def _stream_events(trace: Trace, path: Path, chunk: int) -> tuple[pd.DataFrame, 
 def _skip(result: Analysis, step: str, why: str) -> None:
     log.warning("analysis step %r skipped: %s", step, why)
     result.skipped[step] = why
-
-
-def _optional(module: str, name: str, result: Analysis, step: str) -> Callable[..., Any] | None:
-    """``module.name`` or None (with a warning and a note in ``result.skipped``) when it is not there."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        _skip(result, step, f"{module}.{name} is not available ({e})")
-        return None
 
 
 def _parquet_bytes(df: pd.DataFrame, row_group_size: int | None = None) -> bytes:

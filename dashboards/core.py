@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from gatelens.analysis import signals as registry
+from gatelens.analysis.pipeline import STEPS
 from gatelens.analysis.store import MANIFEST, sha256_file
 from gatelens.analysis.trace import LayerTrace, Trace
 
@@ -419,7 +420,7 @@ def preview_frame(data: DataBundle, k: int = 2) -> pd.DataFrame:
 
 
 #: The analysis steps run at once; the probes (many small model fits, the slow part) run after, in their own job.
-FAST_STEPS = ("stats", "memory", "drivers", "events", "token_gates", "features", "correlations", "clusters")
+FAST_STEPS = tuple(s for s in STEPS if s != "probes")
 
 
 @dataclass

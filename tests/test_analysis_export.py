@@ -25,6 +25,7 @@ from gatelens.analysis.export import (
 from gatelens.analysis.pipeline import STEPS, Analysis, analyze, load_analysis, read_events, save_analysis
 from gatelens.analysis.store import RunStoreError
 from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.errors import UsageError
 
 NASTY = [
     '=HYPERLINK("http://x","y")',
@@ -288,13 +289,12 @@ def test_analysis_from_lazy_store_equals_in_memory(tmp_path):
     open_run(tmp_path / "run", verify=True)
 
 
-def test_missing_module_is_skipped_not_fatal(monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "gatelens.analysis.clusters", None)  # import fails as if the file were absent
+def test_a_step_that_cannot_run_is_skipped_and_an_unknown_step_refused(caplog):
     trace = text_trace(8)
-    result = analyze(trace, steps=("stats", "memory", "clusters"))
-    assert "clusters" in result.skipped and result.clusters.empty
-    assert "gatelens.analysis.clusters.cluster_units is not available" in caplog.text
-    with pytest.raises(ValueError, match="unknown analysis step"):
+    result = analyze(trace, steps=("memory", "clusters"))  # no stats: nothing to cluster
+    assert "the stats step did not run" in result.skipped["clusters"] and result.clusters.empty
+    assert "analysis step 'clusters' skipped" in caplog.text
+    with pytest.raises(UsageError, match="unknown analysis step"):
         analyze(trace, steps=("stats", "magic"))
 
 
