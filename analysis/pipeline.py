@@ -218,6 +218,22 @@ def _clusters(ctx: StepContext) -> dict[str, pd.DataFrame]:
     return {"clusters": cluster_units(r.units, hl, corr)}
 
 
+def _examples(ctx: StepContext) -> dict[str, pd.DataFrame]:
+    from gatelens.analysis.examples import unit_examples
+
+    examples, histograms = unit_examples(ctx.trace, chunk=ctx.chunk)
+    return {"examples": examples, "histograms": histograms}
+
+
+def _explanations(ctx: StepContext) -> dict[str, pd.DataFrame]:
+    from gatelens.analysis.explain_score import explanation_scores
+
+    if ctx.feature_table is None:
+        ctx.skip("no features (the features step did not run)")
+        return {}
+    return {"explanations": explanation_scores(ctx.trace, ctx.feature_table, chunk=ctx.chunk)}
+
+
 #: The steps of :func:`analyze`, in the order they run (see the module docstring to add one).
 STEP_REGISTRY: tuple[Step, ...] = (
     Step("stats", _stats, ("units", "signal_stats"), {},
@@ -238,6 +254,11 @@ STEP_REGISTRY: tuple[Step, ...] = (
          "held-out linear probes per layer, signal and feature, with control tasks"),
     Step("clusters", _clusters, ("clusters",), {"clusters.csv": "clusters"},
          "units clustered by behaviour, each cluster named by its archetype"),
+    Step("examples", _examples, ("examples", "histograms"),
+         {"examples.csv": "examples", "histograms.csv": "histograms"},
+         "top, bottom, rise, drop and decile examples of every unit with their context, and histograms"),
+    Step("explanations", _explanations, ("explanations",), {"explanations.csv": "explanations"},
+         "one explanation per unit (feature, sign, lag) scored on held-out sequences, with a shuffled control"),
 )  # fmt: skip
 
 #: The names of the steps of :func:`analyze`, in order.

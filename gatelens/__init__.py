@@ -53,6 +53,7 @@ _LAZY: dict[str, str] = {
     "Analysis": "gatelens.analysis.pipeline:Analysis",
     "SIGNALS": "gatelens.analysis.signals:SIGNALS",
     "signals_for": "gatelens.analysis.signals:signals_for",
+    "search": "gatelens.analysis.search:search",
     # errors
     "GatelensError": "gatelens.errors:GatelensError",
     "GatelensInputError": "gatelens.errors:GatelensInputError",

@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_dashboard)
 
     register(sub)
+    __import__("gatelens.models.cli_search", fromlist=["register"]).register(sub)
     return p
 
 

@@ -1,0 +1,462 @@
+"""Top, bottom, rise, drop and decile examples of every unit, with their context, and activation histograms.
+
+For every layer, unit and signal, over every real (unmasked) step of the whole run, streamed a chunk of
+sequences at a time (memory bounded by the chunk and by ``k``, never by the number of sequences):
+
+``top`` / ``bottom``
+    The ``k`` steps with the largest / smallest value.
+``rise`` / ``drop`` (gates only)
+    The ``k`` largest increases / decreases from the previous real step in processing order (``t - 1``;
+    ``t + 1`` for a ``go_backwards`` layer): where the gate opens / shuts. ``value`` is the change, the
+    float32 difference of the two stored values; the first real step of a sequence has no change.
+``decile_0`` ... ``decile_9``
+    ``k_decile`` steps drawn from each tenth of the unit's range ``[min, max]`` of that signal
+    (decile ``j`` holds the values of histogram bins ``j * bins/10`` to ``(j + 1) * bins/10 - 1``; the
+    maximum is in the last). The draw is uniform and reproducible: each step's priority is a hash of its
+    position, and the ``k_decile`` steps of lowest priority are kept.
+
+**Ties** are broken by position: of equal values the earlier step wins, "earlier" meaning the smaller
+``(sequence, step)``, sequence first. Ranks count from 0. Values are compared as the stored float32
+(``-0.0`` equals ``0.0``); the selection is exact: it equals sorting every value of the run in memory
+(``tests/test_examples_search.py`` checks this against NumPy's ``lexsort``).
+
+**Histograms**: ``bins`` (default 50) equal-width bins over ``[min, max]`` of each unit's signal, the last
+bin closed; bin of ``v`` = ``floor(bins * (v - min) / (max - min))`` in float64, clipped to the last bin
+(all in bin 0 when ``min == max``). Counts sum to the unit's number of real steps.
+
+Each example carries its **context**: the window of ``context`` steps either side (clipped to the
+sequence) as a JSON list -- the tokens for text, the model's input vector (one value per feature) for
+numeric inputs -- with ``context_start`` (the first step of the window), ``position`` (the example's
+index in it) and ``context_values`` (that unit's signal over the window, JSON, ``null`` on masked steps).
+
+Two passes over the run: the first finds the extremes and each unit's range, the second counts the
+histograms and draws the decile examples; the contexts of the chosen examples are read last, a chunk of
+the sequences that hold them at a time.
+
+Examples
+--------
+>>> import numpy as np
+>>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+>>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
+>>> sig = {s: np.zeros((2, 4, 1), np.float32) for s in info.signals}
+>>> sig["forget_gate"][:, :, 0] = [[0.9, 0.1, 0.8, 0.8], [0.2, 0.8, 0.3, 0.9]]
+>>> lt = LayerTrace(info, sig, mask=np.ones((2, 4), bool), inputs=np.zeros((2, 4, 1), np.float32))
+>>> ex, hist = unit_examples(Trace({"lstm": lt}), signals=["forget_gate"], k=2, context=1)
+>>> ex[ex.kind == "top"][["rank", "sequence", "step"]].values.tolist()   # 0.9 twice: the earlier first
+[[0, 0, 0], [1, 1, 3]]
+>>> d = ex[ex.kind == "drop"].iloc[0]                               # 0.9 -> 0.1 at step 1
+>>> int(d.sequence), int(d.step), round(float(d.value), 4)
+(0, 1, -0.8)
+>>> int(hist["count"].sum())
+8
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gatelens.analysis._reading import (
+    compress_real,
+    processing,
+    read,
+    read_mask,
+    select_layers,
+    to_time_index,
+    token_strings,
+)
+from gatelens.analysis.signals import GATES
+from gatelens.analysis.trace import Trace, iter_chunks
+
+log = logging.getLogger(__name__)
+
+DECILES = tuple(f"decile_{j}" for j in range(10))
+KINDS = ("top", "bottom", "rise", "drop", *DECILES)
+EXAMPLE_COLUMNS = [
+    "layer", "unit", "signal", "kind", "rank", "sequence", "step", "value",
+    "context", "context_start", "position", "context_values",
+]  # fmt: skip
+HISTOGRAM_COLUMNS = ["layer", "unit", "signal", "bin", "lo", "hi", "count"]
+
+_LOW32 = np.uint64(0xFFFFFFFF)
+_MAX_POSITIONS = 0xFFFFFFFF  # positions sequence * T + step must fit in 32 bits (and never be all ones)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# exact, tie-free keys: (value order, position) packed into one uint64
+
+
+def ordered_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values -> uint64 whose unsigned order is the values' order (``-0.0`` maps with ``0.0``).
+
+    Examples
+    --------
+    >>> o = ordered_bits(np.array([-2.0, -0.0, 0.0, 1e-30, 3.0], np.float32))
+    >>> bool(np.all(np.diff(o.astype(np.int64)) >= 0)), bool(o[1] == o[2])
+    (True, True)
+    """
+    v = np.asarray(values, np.float32) + np.float32(0.0)  # -0.0 + 0.0 is +0.0
+    b = v.view(np.uint32).astype(np.uint64)
+    neg = (b >> np.uint64(31)) == 1
+    return np.where(neg, (~b) & _LOW32, b | np.uint64(0x80000000))
+
+
+def _from_ordered(o: np.ndarray) -> np.ndarray:
+    o = np.asarray(o, np.uint64)
+    pos = (o >> np.uint64(31)) == 1
+    b = np.where(pos, o & np.uint64(0x7FFFFFFF), (~o) & _LOW32).astype(np.uint32)
+    return b.view(np.float32)
+
+
+def _key(order_bits: np.ndarray, positions: np.ndarray, *, descending: bool) -> np.ndarray:
+    """uint64 keys, larger = ranked first: by value (descending or ascending), then by earlier position."""
+    hi = order_bits if descending else (_LOW32 - order_bits)
+    return (hi << np.uint64(32)) | (_LOW32 - positions.astype(np.uint64))
+
+
+def _unkey(keys: np.ndarray, *, descending: bool) -> tuple[np.ndarray, np.ndarray]:
+    hi = keys >> np.uint64(32)
+    bits = hi if descending else (_LOW32 - hi)
+    return _from_ordered(bits), (_LOW32 - (keys & _LOW32)).astype(np.int64)
+
+
+def position_priority(positions: np.ndarray) -> np.ndarray:
+    """A reproducible pseudo-random 32-bit priority per position (splitmix64's finaliser, top bits).
+
+    Examples
+    --------
+    >>> position_priority(np.array([0, 1, 2])).tolist() == position_priority(np.array([0, 1, 2])).tolist()
+    True
+    """
+    z = np.asarray(positions, np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return z >> np.uint64(32)
+
+
+def _top_keys(running: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest keys per column of ``running`` and ``keys`` together (unsorted)."""
+    both = np.concatenate([running, keys], axis=0) if len(running) else keys
+    if len(both) <= k:
+        return both
+    return np.partition(both, len(both) - k, axis=0)[len(both) - k :]
+
+
+def _sorted_desc(keys: np.ndarray) -> np.ndarray:
+    return np.sort(keys, axis=0)[::-1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the two passes
+
+
+def _default_signals(info: Any, signals: Sequence[str] | None) -> list[str]:
+    if signals is None:
+        return [s for s in info.signals if not s.endswith("_pre")]
+    unknown = [s for s in signals if s not in info.signals]
+    if len(unknown) == len(signals):
+        raise ValueError(f"layer {info.name!r} has none of the signals {list(signals)}; it has {list(info.signals)}")
+    return [s for s in info.signals if s in set(signals)]
+
+
+def _chunk_real(lt: Any, rows: slice, t_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mask (n, T), flat indices of the real steps in the chunk, their global positions)."""
+    m = read_mask(lt, rows)
+    flat = np.flatnonzero(m.ravel())
+    seq = rows.start + flat // t_len
+    return m, flat, seq * t_len + flat % t_len
+
+
+def _changes(values: np.ndarray, m: np.ndarray, back: bool, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 changes from the previous real step (processing order) and the global positions of their steps."""
+    t_len = m.shape[1]
+    order, n_real = compress_real(processing(m, back))
+    comp = np.take_along_axis(processing(values, back), order[..., None], axis=1)
+    delta = comp[:, 1:] - comp[:, :-1]  # float32 - float32
+    valid = np.arange(1, t_len)[None, :] < n_real[:, None]
+    s, pos = np.nonzero(valid)
+    step = to_time_index(order[s, pos + 1], t_len, back)
+    return delta[s, pos], (start + s) * t_len + step
+
+
+def unit_examples(
+    trace: Trace,
+    *,
+    layers: Sequence[str] | str | None = None,
+    signals: Sequence[str] | None = None,
+    k: int = 5,
+    k_decile: int = 2,
+    context: int = 8,
+    bins: int = 50,
+    chunk: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The examples and histograms of every unit (see the module docstring).
+
+    Parameters
+    ----------
+    trace : Trace
+        In memory or opened from a run store (read ``chunk`` sequences at a time).
+    layers : str or list of str, optional
+        Default all layers.
+    signals : list of str, optional
+        Default every signal but the pre-activations. Signals a layer does not have are skipped.
+    k : int
+        Examples per unit and signal of each of ``top``, ``bottom``, ``rise``, ``drop``.
+    k_decile : int
+        Examples per decile.
+    context : int
+        Steps of context either side of each example.
+    bins : int
+        Histogram bins, a multiple of 10 (the deciles group them).
+    chunk : int
+        Sequences read at a time.
+    progress : callable(done, total), optional
+        Called after each chunk of each pass.
+
+    Returns
+    -------
+    examples : DataFrame
+        :data:`EXAMPLE_COLUMNS`, ordered by layer, signal, unit, kind (as in :data:`KINDS`), rank.
+    histograms : DataFrame
+        :data:`HISTOGRAM_COLUMNS`, ``lo``/``hi`` the bin's edges.
+
+    Examples
+    --------
+    See the module docstring.
+    """
+    if k < 1 or k_decile < 0 or context < 0:
+        raise ValueError(f"need k >= 1, k_decile >= 0 and context >= 0, got {k!r}, {k_decile!r}, {context!r}")
+    if bins < 10 or bins % 10:
+        raise ValueError(f"bins must be a positive multiple of 10, got {bins!r}")
+    names = select_layers(trace, layers)
+    plans = []
+    for name in names:
+        lt = trace[name]
+        plans.append((name, lt, _default_signals(lt.info, signals)))
+    total = 2 * sum(len(list(iter_chunks(lt.shape[0], chunk))) for _, lt, _ in plans)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    ex_frames: list[pd.DataFrame] = []
+    hist_frames: list[pd.DataFrame] = []
+    for name, lt, sigs in plans:
+        n, t_len, units = lt.shape
+        if n * t_len >= _MAX_POSITIONS:
+            raise ValueError(f"layer {name!r}: {n} x {t_len} steps is more than examples can index (2^32 - 1)")
+        gates = set(GATES[lt.info.cell_type])
+        back = lt.info.go_backwards
+        empty = np.zeros((0, units), np.uint64)
+        best = {(s, kind): empty for s in sigs for kind in ("top", "bottom", "rise", "drop")}
+        lo = {s: np.full(units, np.inf, np.float32) for s in sigs}
+        hi = {s: np.full(units, -np.inf, np.float32) for s in sigs}
+        n_real = 0
+        # pass 1: extremes, changes, ranges
+        for rows in iter_chunks(n, chunk):
+            m, flat, gpos = _chunk_real(lt, rows, t_len)
+            n_real += len(flat)
+            if len(flat):
+                for s in sigs:
+                    v = read(lt[s], rows, np.float32)
+                    real = v.reshape(-1, units)[flat]
+                    o = ordered_bits(real)
+                    p = np.broadcast_to(gpos[:, None], o.shape)
+                    best[s, "top"] = _top_keys(best[s, "top"], _key(o, p, descending=True), k)
+                    best[s, "bottom"] = _top_keys(best[s, "bottom"], _key(o, p, descending=False), k)
+                    lo[s] = np.minimum(lo[s], real.min(axis=0))
+                    hi[s] = np.maximum(hi[s], real.max(axis=0))
+                    if s in gates:
+                        d, dpos = _changes(v, m, back, rows.start)
+                        if len(d):
+                            od = ordered_bits(d)
+                            pd_ = np.broadcast_to(dpos[:, None], od.shape)
+                            best[s, "rise"] = _top_keys(best[s, "rise"], _key(od, pd_, descending=True), k)
+                            best[s, "drop"] = _top_keys(best[s, "drop"], _key(od, pd_, descending=False), k)
+            tick()
+        # pass 2: histograms and decile draws
+        counts = {s: np.zeros((bins, units), np.int64) for s in sigs}
+        draws = {(s, j): empty for s in sigs for j in range(10)}
+        per_decile = bins // 10
+        for rows in iter_chunks(n, chunk):
+            m, flat, gpos = _chunk_real(lt, rows, t_len)
+            if len(flat):
+                prio = position_priority(gpos)
+                dkey = ((_LOW32 - prio) << np.uint64(32)) | (_LOW32 - gpos.astype(np.uint64))
+                for s in sigs:
+                    real = read(lt[s], rows, np.float32).reshape(-1, units)[flat]
+                    b = bin_index(real, lo[s], hi[s], bins)
+                    counts[s] += np.bincount((b * units + np.arange(units)).ravel(), minlength=bins * units).reshape(
+                        bins, units
+                    )
+                    if k_decile:
+                        dec = b // per_decile
+                        for j in range(10):
+                            keys = np.where(dec == j, dkey[:, None], np.uint64(0))
+                            draws[s, j] = _top_keys(draws[s, j], keys, k_decile)
+            tick()
+        # the chosen steps
+        picks: list[pd.DataFrame] = []
+        for s in sigs:
+            for kind in ("top", "bottom", "rise", "drop"):
+                keys = best[s, kind]
+                if not len(keys):
+                    continue
+                keys = _sorted_desc(keys)
+                vals, pos = _unkey(keys, descending=kind in ("top", "rise"))
+                picks.append(_pick_frame(name, s, kind, vals, pos, t_len))
+            for j in range(10):
+                keys = draws[s, j]
+                if not len(keys):
+                    continue
+                keys = _sorted_desc(keys)
+                ok = keys != 0
+                pos = (_LOW32 - (keys & _LOW32)).astype(np.int64)
+                r, u = np.nonzero(ok)
+                picks.append(
+                    pd.DataFrame(
+                        {"layer": name, "unit": u, "signal": s, "kind": DECILES[j], "rank": r,
+                         "sequence": pos[r, u] // t_len, "step": pos[r, u] % t_len, "value": np.nan}
+                    )
+                )  # fmt: skip
+            edges = _edges(lo[s], hi[s], bins) if n_real else None
+            if edges is not None:
+                hist_frames.append(
+                    pd.DataFrame(
+                        {
+                            "layer": name,
+                            "unit": np.tile(np.arange(units), bins),
+                            "signal": s,
+                            "bin": np.repeat(np.arange(bins), units),
+                            "lo": edges[:-1].ravel(),
+                            "hi": edges[1:].ravel(),
+                            "count": counts[s].ravel(),
+                        }
+                    )
+                )
+        if picks:
+            ex_frames.append(_with_context(trace, lt, pd.concat(picks, ignore_index=True), context, chunk))
+    examples = pd.concat(ex_frames, ignore_index=True) if ex_frames else _empty(EXAMPLE_COLUMNS)
+    if len(examples):
+        kind_rank = examples["kind"].map({kd: i for i, kd in enumerate(KINDS)})
+        layer_rank = examples["layer"].map({nm: i for i, nm in enumerate(names)})
+        sig_rank = examples["signal"].map({s: i for i, s in enumerate(trace[names[0]].info.signals)}).fillna(99)
+        order = np.lexsort((examples["rank"], kind_rank, examples["unit"], sig_rank, layer_rank))
+        examples = examples.iloc[order].reset_index(drop=True)
+    histograms = pd.concat(hist_frames, ignore_index=True) if hist_frames else _empty(HISTOGRAM_COLUMNS)
+    if len(histograms):
+        histograms = histograms.sort_values(["layer", "signal", "unit", "bin"], kind="stable").reset_index(drop=True)
+    return examples[EXAMPLE_COLUMNS], histograms[HISTOGRAM_COLUMNS]
+
+
+def bin_index(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int) -> np.ndarray:
+    """Histogram bin of each value (see the module docstring): ``values`` (m, units), ``lo``/``hi`` (units,).
+
+    Examples
+    --------
+    >>> bin_index(np.array([[0.0], [0.5], [1.0]], np.float32), np.array([0.0]), np.array([1.0]), 10)[:, 0].tolist()
+    [0, 5, 9]
+    """
+    lo64, hi64 = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    width = hi64 - lo64
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f = np.floor(bins * (np.asarray(values, np.float64) - lo64) / np.where(width > 0, width, 1.0))
+    return np.clip(np.where(width > 0, f, 0.0), 0, bins - 1).astype(np.int64)
+
+
+def _edges(lo: np.ndarray, hi: np.ndarray, bins: int) -> np.ndarray:
+    lo64, hi64 = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    return lo64[None, :] + (hi64 - lo64)[None, :] * (np.arange(bins + 1)[:, None] / bins)
+
+
+def _pick_frame(layer: str, signal: str, kind: str, vals: np.ndarray, pos: np.ndarray, t_len: int) -> pd.DataFrame:
+    r, u = np.indices(vals.shape)
+    return pd.DataFrame(
+        {
+            "layer": layer,
+            "unit": u.ravel(),
+            "signal": signal,
+            "kind": kind,
+            "rank": r.ravel(),
+            "sequence": pos.ravel() // t_len,
+            "step": pos.ravel() % t_len,
+            "value": vals.ravel().astype(np.float64),
+        }
+    )
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+def _json_floats(values: np.ndarray, real: np.ndarray) -> str:
+    return json.dumps([float(v) if ok else None for v, ok in zip(values.tolist(), real.tolist())])
+
+
+def _with_context(trace: Trace, lt: Any, picks: pd.DataFrame, context: int, chunk: int) -> pd.DataFrame:
+    """``picks`` with the context columns (and the decile examples' values), read a chunk of sequences at a time."""
+    t_len = lt.shape[1]
+    picks = picks.sort_values(["sequence", "step"], kind="stable").reset_index(drop=True)
+    start = np.maximum(picks["step"].to_numpy() - context, 0)
+    stop = np.minimum(picks["step"].to_numpy() + context + 1, t_len)
+    ctx = np.empty(len(picks), object)
+    ctx_vals = np.empty(len(picks), object)
+    value = picks["value"].to_numpy(np.float64).copy()
+    seqs = np.unique(picks["sequence"].to_numpy())
+    for a in range(0, len(seqs), chunk):
+        group = seqs[a : a + chunk]
+        sel = np.flatnonzero(np.isin(picks["sequence"].to_numpy(), group))
+        local = np.searchsorted(group, picks["sequence"].to_numpy()[sel])
+        m = read_mask(lt, group)
+        if trace.tokens is not None:
+            toks = token_strings(trace, read(trace.tokens, group, np.int64))
+        else:
+            x = read(trace.x if trace.x is not None else lt.inputs, group, np.float64)
+        signals = {s: read(lt[s], group, np.float32) for s in picks["signal"].iloc[sel].unique()}
+        for i, li in zip(sel, local):
+            a0, b0 = int(start[i]), int(stop[i])
+            sig = signals[picks["signal"].iat[i]][li, a0:b0, int(picks["unit"].iat[i])]
+            ctx_vals[i] = _json_floats(sig, m[li, a0:b0])
+            if trace.tokens is not None:
+                ctx[i] = json.dumps([str(t) for t in toks[li, a0:b0]])
+            else:
+                ctx[i] = json.dumps(x[li, a0:b0].tolist())
+            if picks["kind"].iat[i].startswith("decile_"):
+                value[i] = float(sig[int(picks["step"].iat[i]) - a0])
+    return picks.assign(
+        value=value,
+        context=ctx,
+        context_start=start,
+        position=picks["step"].to_numpy() - start,
+        context_values=ctx_vals,
+    )
+
+
+def unit_example_rows(examples: pd.DataFrame, layer: str, unit: int, signal: str) -> pd.DataFrame:
+    """One unit's examples of one signal, with ``context``/``context_values`` decoded to lists.
+
+    Examples
+    --------
+    >>> ex = pd.DataFrame({"layer": ["l"], "unit": [0], "signal": ["s"], "kind": ["top"], "rank": [0],
+    ...                    "context": ['["a", "b"]'], "context_values": ["[0.5, null]"]})
+    >>> unit_example_rows(ex, "l", 0, "s")[["tokens", "values"]].iloc[0].tolist()
+    [['a', 'b'], [0.5, nan]]
+    """
+    if examples is None or examples.empty:
+        return pd.DataFrame(columns=[*EXAMPLE_COLUMNS, "tokens", "values"])
+    rows = examples[(examples["layer"] == layer) & (examples["unit"] == unit) & (examples["signal"] == signal)]
+    rows = rows.copy()
+    rows["tokens"] = [json.loads(c) for c in rows["context"]]
+    rows["values"] = [[np.nan if v is None else float(v) for v in json.loads(c)] for c in rows["context_values"]]
+    return rows.reset_index(drop=True)
