@@ -70,7 +70,7 @@ from gatelens.analysis._reading import (
     to_time_index,
     token_strings,
 )
-from gatelens.analysis.signals import GATES
+from gatelens.analysis.signals import GATES, not_pre
 from gatelens.analysis.trace import Trace, iter_chunks
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def _sorted_desc(keys: np.ndarray) -> np.ndarray:
 
 def _default_signals(info: Any, signals: Sequence[str] | None) -> list[str]:
     if signals is None:
-        return [s for s in info.signals if not s.endswith("_pre")]
+        return not_pre(info.signals)
     unknown = [s for s in signals if s not in info.signals]
     if len(unknown) == len(signals):
         raise ValueError(f"layer {info.name!r} has none of the signals {list(signals)}; it has {list(info.signals)}")

@@ -46,13 +46,14 @@ import numpy as np
 import pandas as pd
 
 from gatelens.analysis._reading import read, read_mask, select_layers
+from gatelens.analysis.signals import state_names
 from gatelens.analysis.trace import Trace, iter_chunks
 
 SCORE_COLUMNS = [
     "layer", "unit", "signal", "feature", "sign", "lag", "fit_r", "score", "control", "n_fit", "n_heldout",
     "explanation",
 ]  # fmt: skip
-STATE_SIGNALS = ("cell_state", "hidden_state")
+STATE_SIGNALS = state_names()  # the registry's states, cell_state first
 _SPLITS = ("fit", "held", "control")
 
 
