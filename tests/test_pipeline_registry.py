@@ -27,7 +27,7 @@ def _trace(n=3, t=6, units=2):
 
 def test_everything_is_derived_from_the_entries():
     assert STEPS == ("stats", "memory", "drivers", "events", "token_gates", "features", "correlations", "probes",
-                     "clusters")  # fmt: skip
+                     "clusters", "examples", "explanations")  # fmt: skip
     tables = [t for s in STEP_REGISTRY for t in s.tables]
     assert len(tables) == len(set(tables))
     assert Analysis.tables() == tuple(tables)
