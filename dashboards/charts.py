@@ -24,6 +24,28 @@ GATE_DOMAIN = [0.0, 1.0]
 
 #: Layers in clearly different colours (the default theme's blues are hard to tell apart).
 LAYER_COLOURS = alt.Scale(scheme="tableau10")
+#: Integer step axes: no 0.5 ticks on a 12-step series.
+STEP_AXIS = {"format": "d", "tickMinStep": 1}
+#: Share of points within :data:`CROWD_RADIUS` of the origin above which the saturation scatter uses
+#: square-root axes (the points of an unsaturated model otherwise all pile at (0, 0)).
+CROWD_SHARE, CROWD_RADIUS = 0.5, 0.05
+
+
+def layer_colours(layers) -> alt.Scale:
+    """:data:`LAYER_COLOURS` with every layer in its domain, so each legend lists all of them, in order.
+
+    Examples
+    --------
+    >>> layer_colours(["lstm", "bi/forward", "bi/backward"]).to_dict()["domain"]
+    ['lstm', 'bi/forward', 'bi/backward']
+    """
+    return alt.Scale(scheme="tableau10", domain=[str(x) for x in dict.fromkeys(layers)])
+
+
+def full_labels(**kw) -> alt.Axis:
+    """An axis whose labels are never cut or dropped (long layer and feature names are shown in full)."""
+    return alt.Axis(labelLimit=0, labelOverlap=False, **kw)
+
 
 alt.data_transformers.disable_max_rows()  # every chart below is built from bounded, aggregated tables
 
@@ -117,7 +139,10 @@ def series_with_strips(
             .mark_rect()
             .encode(
                 x=alt.X(
-                    "step:Q", scale=step_scale, title="step" if last else None, axis=alt.Axis(labels=last, ticks=last)
+                    "step:Q",
+                    scale=step_scale,
+                    title="step" if last else None,
+                    axis=alt.Axis(labels=last, ticks=last, **STEP_AXIS),
                 ),
                 x2="step_end:Q",
                 y=alt.Y("unit:O", title="unit"),
@@ -131,35 +156,49 @@ def series_with_strips(
     return alt.vconcat(*charts, spacing=6).resolve_scale(color="independent")
 
 
-def saturation_scatter(units: pd.DataFrame, gate: str) -> alt.Chart:
+def saturation_scatter(units: pd.DataFrame, gate: str, *, scale: str = "auto") -> alt.Chart:
     """One point per unit: share of steps with the gate below 0.1 (x) against above 0.9 (y), coloured by layer.
 
     Left-saturated units sit on the x axis' right, right-saturated units at the top; units whose gate
-    stays in between sit near the origin. The point selection :data:`UNIT_PICK` returns ``layer`` and ``unit``.
+    stays in between sit near the origin. ``scale`` is ``"linear"``, ``"sqrt"`` or ``"auto"`` (square-root
+    axes when most units crowd the origin, so that they spread out); the chart zooms and pans (scroll,
+    drag) and its legend lists every layer of ``units``. The point selection :data:`UNIT_PICK` returns
+    ``layer`` and ``unit``.
     """
     df = units[units["signal"] == gate].rename(columns={"frac_below_0.1": "shut", "frac_above_0.9": "open"})
+    if scale == "auto":
+        near = (df["shut"].to_numpy(np.float64) < CROWD_RADIUS) & (df["open"].to_numpy(np.float64) < CROWD_RADIUS)
+        scale = "sqrt" if len(df) and near.mean() > CROWD_SHARE else "linear"
+    if scale not in ("linear", "sqrt"):
+        raise ValueError(f"scale must be 'linear', 'sqrt' or 'auto', got {scale!r}")
+    note = " (square-root scale)" if scale == "sqrt" else ""
     pick = alt.selection_point(name=UNIT_PICK, fields=["layer", "unit"], on="click")
-    diag = pd.DataFrame({"a": [0.0, 1.0], "b": [1.0, 0.0]})
+    diag = pd.DataFrame({"a": np.linspace(0.0, 1.0, 41), "b": 1.0 - np.linspace(0.0, 1.0, 41)})
     edge = alt.Chart(diag).mark_line(color="#ccc", strokeDash=[4, 4]).encode(x="a:Q", y="b:Q")
+    axis_scale = alt.Scale(domain=[0, 1], type=scale)
     points = (
         alt.Chart(df)
         .mark_circle(size=70, opacity=0.8)
         .encode(
-            x=alt.X("shut:Q", title="share of steps < 0.1 (shut)", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("open:Q", title="share of steps > 0.9 (open)", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("layer:N", scale=LAYER_COLOURS, legend=alt.Legend(orient="bottom", title="layer")),
+            x=alt.X("shut:Q", title="share of steps < 0.1 (shut)" + note, scale=axis_scale),
+            y=alt.Y("open:Q", title="share of steps > 0.9 (open)" + note, scale=axis_scale),
+            color=alt.Color(
+                "layer:N",
+                scale=layer_colours(units["layer"]),
+                legend=alt.Legend(orient="bottom", title="layer", labelLimit=0, columns=4),
+            ),
             size=alt.condition(pick, alt.value(140), alt.value(60)),
             tooltip=[
                 "layer:N",
                 "unit:Q",
-                alt.Tooltip("shut:Q", format=".2f", title="share < 0.1"),
-                alt.Tooltip("open:Q", format=".2f", title="share > 0.9"),
+                alt.Tooltip("shut:Q", format=".3f", title="share < 0.1"),
+                alt.Tooltip("open:Q", format=".3f", title="share > 0.9"),
                 alt.Tooltip("mean:Q", format=".3f"),
             ],
         )
         .add_params(pick)
     )
-    return (edge + points).properties(title=registry.label(gate), height=260)
+    return (edge + points).properties(title=registry.label(gate), height=260).interactive()
 
 
 def half_life_histogram(half_lives: pd.DataFrame, *, bins: int = 24) -> tuple[alt.Chart, int]:
@@ -193,7 +232,9 @@ def half_life_histogram(half_lives: pd.DataFrame, *, bins: int = 24) -> tuple[al
             x2="hi:Q",
             y=alt.Y("bottom:Q", title="units"),
             y2="top:Q",
-            color=alt.Color("layer:N", scale=LAYER_COLOURS, legend=alt.Legend(orient="right")),
+            color=alt.Color(
+                "layer:N", scale=layer_colours(half_lives["layer"]), legend=alt.Legend(orient="right", labelLimit=0)
+            ),
             tooltip=["layer:N", "units:Q", alt.Tooltip("lo:Q", format=".3g"), alt.Tooltip("hi:Q", format=".3g")],
         )
         .properties(width=560, height=200)
@@ -221,9 +262,9 @@ def correlation_heatmap(corr: pd.DataFrame, signal: str, *, sort_by: str | None 
                 "unit_label:N",
                 sort=labels,
                 title="units" + (f", by r with {sort_by}" if sort_by else ""),
-                axis=alt.Axis(labels=n <= 48, ticks=n <= 48, labelFontSize=9),
+                axis=alt.Axis(labels=n <= 48, ticks=n <= 48, labelFontSize=9, labelLimit=0),
             ),
-            y=alt.Y("feature:N", title=None, sort=None),
+            y=alt.Y("feature:N", title=None, sort=None, axis=full_labels()),
             color=alt.Color("pearson_r:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1]), title="r"),
             tooltip=[
                 "layer:N",
@@ -235,7 +276,7 @@ def correlation_heatmap(corr: pd.DataFrame, signal: str, *, sort_by: str | None 
                 "note:N",
             ],
         )
-        .properties(height=max(120, 26 * df["feature"].nunique()))
+        .properties(height=alt.Step(18))  # one 18 px row per feature, whatever the container's height
     )
 
 
@@ -243,7 +284,7 @@ def probe_chart(probes: pd.DataFrame, feature: str) -> alt.LayerChart:
     """Held-out probe score by signal (bars, one per layer) with the control task's score (ticks) for one feature."""
     df = probes[(probes["feature"] == feature) & probes["score"].notna()]
     base = alt.Chart(df).encode(
-        y=alt.Y("signal:N", title=None),
+        y=alt.Y("signal:N", title=None, axis=full_labels()),
         yOffset="layer:N",
         tooltip=[
             "layer:N",
@@ -257,7 +298,10 @@ def probe_chart(probes: pd.DataFrame, feature: str) -> alt.LayerChart:
         ],
     )
     bars = base.mark_bar().encode(
-        x=alt.X("score:Q", title="held-out score"), color=alt.Color("layer:N", scale=LAYER_COLOURS)
+        x=alt.X("score:Q", title="held-out score"),
+        color=alt.Color(
+            "layer:N", scale=layer_colours(probes["layer"]), legend=alt.Legend(title="layer", labelLimit=0)
+        ),
     )
     ticks = base.mark_tick(color="black", thickness=2, size=12).encode(x="control_score:Q")
     return (bars + ticks).properties(title=f"probes for {feature} (tick: control task)", width=520)
@@ -268,11 +312,11 @@ def selectivity_heatmap(probes: pd.DataFrame) -> alt.Chart:
     df = probes[probes["selectivity"].notna()].copy()
     df["row"] = df["layer"].astype(str) + " · " + df["signal"].astype(str)
     return (
-        alt.Chart(df, title="probe selectivity (held-out score minus control task)")
+        alt.Chart(df, title=alt.TitleParams(["probe selectivity", "(held-out score minus control task)"]))
         .mark_rect()
         .encode(
-            x=alt.X("feature:N", title=None, axis=alt.Axis(labelAngle=-40)),
-            y=alt.Y("row:N", title="layer · signal"),
+            x=alt.X("feature:N", title=None, axis=full_labels(labelAngle=-40)),
+            y=alt.Y("row:N", title="layer · signal", axis=full_labels()),
             color=alt.Color("selectivity:Q", scale=alt.Scale(scheme="purplegreen", domainMid=0), title="selectivity"),
             tooltip=[
                 "layer:N",
@@ -283,7 +327,7 @@ def selectivity_heatmap(probes: pd.DataFrame) -> alt.Chart:
                 alt.Tooltip("selectivity:Q", format=".3f"),
             ],
         )
-        .properties(width=max(240, 34 * df["feature"].nunique()))
+        .properties(width=alt.Step(34), height=alt.Step(18))  # a cell per probe, labels outside it
     )
 
 
@@ -294,7 +338,9 @@ def retention_chart(retention: pd.DataFrame, layer: str, unit: int) -> alt.Layer
         alt.Chart(df[df["unit"] != unit])
         .mark_line(color="#ccc", strokeWidth=1)
         .encode(
-            x=alt.X("lag:Q", title="steps later (lag)"), y=alt.Y("retention:Q", title="share kept"), detail="unit:N"
+            x=alt.X("lag:Q", title="steps later (lag)", axis=alt.Axis(**STEP_AXIS)),
+            y=alt.Y("retention:Q", title="share kept"),
+            detail="unit:N",
         )
     )
     mine = (
@@ -362,16 +408,27 @@ def preactivation_chart(df: pd.DataFrame, gates: list[str]) -> alt.VConcatChart:
     return alt.vconcat(*charts)
 
 
-def unit_lines(df: pd.DataFrame, *, title: str) -> alt.Chart:
-    """Signals of one unit over the steps of one sequence (``step, signal, value``), one line per signal."""
-    return (
-        alt.Chart(df, title=title)
-        .mark_line(point=alt.OverlayMarkDef(size=10))
-        .encode(
-            x=alt.X("step:Q", title="step"),
-            y=alt.Y("value:Q", title=None),
-            color=alt.Color("signal:N", legend=alt.Legend(orient="top", title=None)),
-            tooltip=["step:Q", "signal:N", "token:N", alt.Tooltip("value:Q", format=".3f")],
+def unit_lines(df: pd.DataFrame, *, title: str) -> alt.VConcatChart:
+    """Signals of one unit over the steps of one sequence (``step, signal, value``): one small panel per
+    signal, each with its own y axis (a gate in [0, 1] is not flattened by a cell state of +-20), on one
+    shared integer step axis."""
+    signals = list(dict.fromkeys(df["signal"]))
+    tooltip = ["step:Q", "signal:N", alt.Tooltip("value:Q", format=".3f")]
+    if "token" in df.columns:
+        tooltip.insert(2, "token:N")
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    panels = []
+    for i, sig in enumerate(signals):
+        last = i == len(signals) - 1
+        panels.append(
+            alt.Chart(title=alt.TitleParams(registry.label(sig), fontSize=12, anchor="start"))
+            .transform_filter(alt.datum.signal == sig)
+            .mark_line(point=alt.OverlayMarkDef(size=10), color=palette[i % len(palette)])
+            .encode(
+                x=alt.X("step:Q", title="step" if last else None, axis=alt.Axis(labels=last, **STEP_AXIS)),
+                y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+                tooltip=tooltip,
+            )
+            .properties(width=640, height=70)
         )
-        .properties(width=640, height=220)
-    )
+    return alt.vconcat(*panels, data=df, spacing=4, title=title).resolve_scale(y="independent")
