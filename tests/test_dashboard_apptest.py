@@ -412,3 +412,23 @@ def test_demo_features_are_cut_to_the_analysed_slice(demo_dir):
     # window k of the slice is window k + 1 of the file: phase = (24 * (k + 1) + t) % 31
     row = feats[(feats.sequence == 2) & (feats.step == 5)]
     assert float(row["phase"].iloc[0]) == (24 * 3 + 5) % 31
+
+
+def test_search_page_span_units_and_matches(demo_dir):
+    at = _open()
+    at.switch_page("views/search.py").run()
+    assert not at.exception
+    if at.error:  # no unit of the tiny demo is on over the default span at 0.5: a bad query is one readable line
+        assert "lower the threshold" in _errors(at)[0]
+        at.number_input(key="search_threshold").set_value(-1.0).run()  # every unit is on at >= -1
+    _no_exception(at)
+    assert "Units on over the span" in " ".join(_texts(at, "markdown"))
+    table = _frame(at, "rank", "sequence", "start", "end", "score")
+    assert len(table) >= 1 and list(table["rank"]) == list(range(len(table)))
+    seq = int(at.number_input(key="search_seq").value)
+    # the query span itself is inside one of the matches
+    hit = table[(table["sequence"] == seq) & (table["start"] <= 0) & (table["end"] >= 5)]
+    assert len(hit) == 1
+    at.radio(key="search_mode").set_value("A condition").run()
+    at.text_input(key="search_where").set_value("nosuch of lstm:0 below 0.1").run()
+    assert any("no signal 'nosuch'" in e for e in _errors(at)) or any("unknown layer" in e for e in _errors(at))

@@ -23,6 +23,8 @@ seq = c2.number_input(
     key="gates_sequence",
 )
 state.set_sequence(int(seq))
+if (opened := st.session_state.pop("gatelens_step", None)) is not None:
+    st.info(f"Opened from Search: sequence {int(seq)} at step {opened}.", icon=":material/search:")
 st.caption(f"Sequence {int(seq)} of the analysed slice, {state.md_escape(core.sequence_origin(run, int(seq)))}.")
 lt = trace[layer]
 n_units = lt.info.units
