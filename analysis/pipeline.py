@@ -150,13 +150,18 @@ def _memory(ctx: StepContext) -> dict[str, pd.DataFrame]:
 
 
 def _drivers(ctx: StepContext) -> dict[str, pd.DataFrame]:
-    from gatelens.analysis.decompose import gate_drivers
+    from gatelens.analysis.decompose import feature_drivers, gate_drivers
 
     trace = ctx.trace
     with_weights = [n for n in trace.layers if {"kernel", "recurrent_kernel", "bias"} <= set(trace[n].weights)]
     if len(with_weights) < len(trace.layers):
         ctx.skip(f"no weights stored for {sorted(set(trace.layers) - set(with_weights))}")
-    return {"decomposition": gate_drivers(trace, layers=with_weights, chunk=ctx.chunk)} if with_weights else {}
+    if not with_weights:
+        return {}
+    return {
+        "decomposition": gate_drivers(trace, layers=with_weights, chunk=ctx.chunk),
+        "gate_drivers": feature_drivers(trace, layers=with_weights, chunk=ctx.chunk),
+    }
 
 
 def _events(ctx: StepContext) -> dict[str, pd.DataFrame]:
@@ -240,8 +245,9 @@ STEP_REGISTRY: tuple[Step, ...] = (
          "moments of every signal; saturation of every gate and candidate, per unit (`units.csv`)"),
     Step("memory", _memory, ("half_lives", "retention"), {"half_lives.csv": "half_lives", "retention.csv": "retention"},
          "memory half-life of every unit from its keep gate, and retention curves"),
-    Step("drivers", _drivers, ("decomposition",), {"decomposition.csv": "decomposition"},
-         "each gate's pre-activation split into input, memory and bias, summarised per unit"),
+    Step("drivers", _drivers, ("decomposition", "gate_drivers"),
+         {"decomposition.csv": "decomposition", "gate_drivers.csv": "gate_drivers"},
+         "each gate's pre-activation split into input, memory and bias, and its input part by input feature"),
     Step("events", _events, ("events", "event_summary"),
          {"events.csv": "events", "event_summary.csv": "event_summary"},
          "forget, write and read events of every unit, and their summary"),
