@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register(sub)
     __import__("gatelens.models.cli_search", fromlist=["register"]).register(sub)
+    __import__("gatelens.models.cli_intervene", fromlist=["register"]).register(sub)  # intervene, sweep
     return p
 
 
