@@ -42,6 +42,8 @@ _LAZY: dict[str, str] = {
     "extract": "gatelens.models.extract:extract",
     "write_run": "gatelens.models.extract:write_run",
     "Extractor": "gatelens.models.extract:Extractor",
+    "intervene": "gatelens.models.intervene:intervene",
+    "Intervention": "gatelens.models.intervene:Intervention",
     # analysis (pandas + scikit-learn)
     "open_run": "gatelens.analysis.store:open_run",
     "analyze": "gatelens.analysis.pipeline:analyze_run",
