@@ -192,6 +192,34 @@ def is_user_error(e: BaseException) -> bool:
     return isinstance(e, user_error_types())
 
 
+#: Command-line flags named in library messages -> the dashboard control that does the same.
+CONTROL_FOR_FLAG = {
+    "pass --vocab FILE": "upload its vocabulary on the Data page (a JSON list of tokens)",
+    "leave --vocab out": "remove the vocabulary upload on the Data page",
+    "--vocab FILE": "the Data page's vocabulary upload",
+    "--features": "the Data page's features upload",
+    "--window": "the Data page's window field",
+    "--stride": "the Data page's stride field",
+    "--columns": "the Data page's column choice",
+    "--level": "the Data page's text level",
+}
+
+
+def dashboard_message(e: BaseException) -> str:
+    """A user error's message with command-line flags replaced by the dashboard controls that do the same.
+
+    Examples
+    --------
+    >>> from gatelens.errors import DataError
+    >>> dashboard_message(DataError("x.txt: the model has no vocabulary; pass --vocab FILE (a JSON list)"))
+    'x.txt: the model has no vocabulary; upload its vocabulary on the Data page (a JSON list of tokens) (a JSON list)'
+    """
+    text = str(e)
+    for flag, control in CONTROL_FOR_FLAG.items():  # longest phrases first (dict order above)
+        text = text.replace(flag, control)
+    return text
+
+
 def error_title(e: BaseException) -> str:
     """A short heading for a user error.
 

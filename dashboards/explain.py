@@ -349,14 +349,25 @@ def _cluster_section(summary: UnitSummary, analysis: Any, layer: str, unit: int)
     summary.numbers["cluster"] = float(cluster)
     text = f"It belongs to cluster {cluster} ({size} unit{'s' if size != 1 else ''} with similar statistics)"
     if group and group != "mixed":
-        text += f", whose typical member is a {group}"
+        text += f", whose typical member is {with_article(group)}"
     elif group:
         text += ", whose typical member fits none of the named archetypes"
     text += "."
     if own and own != group and own != "mixed":
-        text += f" On its own statistics it reads as a {own}."
+        text += f" On its own statistics it reads as {with_article(own)}."
     summary.sections.append(("Its group", text))
     return own if own and own != "mixed" else group
+
+
+def with_article(noun: str) -> str:
+    """``noun`` with its indefinite article ("an input-driven", "a resetter").
+
+    Examples
+    --------
+    >>> with_article("input-driven"), with_article("long-memory integrator"), with_article("always-on")
+    ('an input-driven', 'a long-memory integrator', 'an always-on')
+    """
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def explain_unit(trace: Any, analysis: Any, layer: str, unit: int) -> UnitSummary:
@@ -388,7 +399,7 @@ def explain_unit(trace: Any, analysis: Any, layer: str, unit: int) -> UnitSummar
     kind = _cluster_section(summary, analysis, layer, unit)
     head = f"Unit {unit} of layer {layer} ({info.cell_type.upper()}, {info.units} units)"
     if kind and kind != "mixed":
-        head += f" is a {kind}"
+        head += f" is {with_article(kind)}"
     facts = []
     half = summary.numbers.get("half_life_steps")
     if half is not None:

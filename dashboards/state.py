@@ -64,7 +64,7 @@ def md_escape(text: Any) -> str:
 
 def show_error(e: BaseException) -> None:
     """A user error as a readable message (no traceback)."""
-    st.error(f"**{core.error_title(e)}**\n\n{md_escape(e)}", icon=":material/error:")
+    st.error(f"**{core.error_title(e)}**\n\n{md_escape(core.dashboard_message(e))}", icon=":material/error:")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def save_upload(uploaded: Any, kind: str) -> core.FileRef:
     suffix = Path(name).suffix.lower()
     if suffix not in allowed:
         raise DataError(
-            f"{name}: expected a {' or '.join(allowed)} file for the {kind}, got {suffix or 'no extension'!r}"
+            f"{name}: expected a file ending in {' or '.join(allowed)} for the {kind}, got {suffix or 'no extension'!r}"
         )
     uploads: dict[str, core.FileRef] = st.session_state.setdefault(_UPLOADS, {})
     file_id = f"{kind}:{getattr(uploaded, 'file_id', '')}:{name}:{uploaded.size}"

@@ -54,7 +54,8 @@ df = pd.concat(
 st.altair_chart(charts.unit_lines(df, title=f"unit {unit} of {layer} on sequence {seq}"), width="content")
 c1, c2 = st.columns(2)
 c1.page_link("views/memory.py", label="What its memory holds, step by step", icon=":material/history:")
-c2.page_link("views/gates.py", label="Its gates over the text", icon=":material/text_fields:")
+over = "text" if trace.tokens is not None else "series"
+c2.page_link("views/gates.py", label=f"Its gates over the {over}", icon=":material/text_fields:")
 with st.expander("The numbers quoted above"):
     st.dataframe(
         pd.DataFrame({"quantity": list(summary.numbers), "value": list(summary.numbers.values())}), hide_index=True
