@@ -13,12 +13,13 @@ import numpy as np
 
 from gatelens.analysis import signals
 from gatelens.analysis.trace import LayerTrace, Trace, as_numpy, iter_chunks
+from gatelens.errors import UsageError
 
 
 def get_layer(trace: Trace, layer: str) -> LayerTrace:
     """``trace[layer]`` with an error that lists the layers there are."""
     if layer not in trace.layer_traces:
-        raise ValueError(f"No recurrent layer {layer!r}; the trace has {trace.layers}.")
+        raise UsageError(f"No recurrent layer {layer!r}; the trace has {trace.layers}.")
     return trace[layer]
 
 
@@ -30,7 +31,7 @@ def select_layers(trace: Trace, layers: Sequence[str] | str | None) -> list[str]
         layers = [layers]
     unknown = [name for name in layers if name not in trace.layer_traces]
     if unknown:
-        raise ValueError(f"No recurrent layer(s) {unknown}; the trace has {trace.layers}.")
+        raise UsageError(f"No recurrent layer(s) {unknown}; the trace has {trace.layers}.")
     return [name for name in trace.layers if name in set(layers)]
 
 
@@ -42,10 +43,10 @@ def select_sequences(sequences: Any, n: int) -> np.ndarray | None:
         return np.arange(n)[sequences]
     idx = np.atleast_1d(np.asarray(sequences))
     if idx.size and not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"sequences must be integers, a slice or None, got {sequences!r}")
+        raise UsageError(f"sequences must be integers, a slice or None, got {sequences!r}")
     bad = idx[(idx < 0) | (idx >= n)]
     if bad.size:
-        raise ValueError(f"sequence {int(bad[0])} is out of range: the trace has {n} sequences (0..{n - 1})")
+        raise UsageError(f"sequence {int(bad[0])} is out of range: the trace has {n} sequences (0..{n - 1})")
     return np.unique(idx.astype(np.int64))
 
 
@@ -55,7 +56,7 @@ def iter_rows(n: int, chunk: int, sequences: np.ndarray | None = None) -> Iterat
         yield from iter_chunks(n, chunk)
         return
     if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk!r}")
+        raise UsageError(f"chunk must be >= 1, got {chunk!r}")
     for start in range(0, len(sequences), chunk):
         yield sequences[start : start + chunk]
 

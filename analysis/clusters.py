@@ -61,6 +61,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from gatelens.analysis.signals import memory_state, records
 from gatelens.analysis.trace import Trace, iter_chunks
+from gatelens.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,9 @@ class UnitClusterer(ClusterMixin, BaseEstimator):
         """Cluster the rows of ``X`` (n_units, n_profile_columns)."""
         X = validate_data(self, X, dtype=np.float64)
         if not (isinstance(self.k_min, int | np.integer) and isinstance(self.k_max, int | np.integer)):
-            raise ValueError(f"k_min and k_max must be integers, got {self.k_min!r} and {self.k_max!r}")
+            raise UsageError(f"k_min and k_max must be integers, got {self.k_min!r} and {self.k_max!r}")
         if not 2 <= self.k_min <= self.k_max:
-            raise ValueError(f"need 2 <= k_min <= k_max, got k_min={self.k_min!r}, k_max={self.k_max!r}")
+            raise UsageError(f"need 2 <= k_min <= k_max, got k_min={self.k_min!r}, k_max={self.k_max!r}")
         n = X.shape[0]
         self.scaler_ = StandardScaler().fit(X)
         Z = self.scaler_.transform(X)
@@ -193,7 +194,7 @@ class UnitClusterer(ClusterMixin, BaseEstimator):
 def _require(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise ValueError(f"{what} needs columns {list(columns)}; missing {missing} (it has {list(table.columns)})")
+        raise UsageError(f"{what} needs columns {list(columns)}; missing {missing} (it has {list(table.columns)})")
 
 
 def unit_profiles(
@@ -443,13 +444,13 @@ def token_unit_matrix(
     ([[3.0, 1.5], [3.0, 0.0]], [2, 1])
     """
     if trace.tokens is None:
-        raise ValueError("co-clusters of units and tokens need a text model: this trace has no token ids")
+        raise DataError("co-clusters of units and tokens need a text model: this trace has no token ids")
     if layer not in trace.layers:
-        raise ValueError(f"unknown layer {layer!r}; the trace has {trace.layers}")
+        raise UsageError(f"unknown layer {layer!r}; the trace has {trace.layers}")
     lt = trace[layer]
     signal = signal or memory_state(lt.info.cell_type)
     if signal not in lt.info.signals:
-        raise ValueError(
+        raise UsageError(
             f"layer {layer!r} ({lt.info.cell_type}) has no signal {signal!r}; it has {list(lt.info.signals)}"
         )
     arr = lt[signal]
@@ -534,7 +535,7 @@ def cocluster_units_tokens(
     keep = np.nonzero(counts >= max(1, int(min_count)))[0]
     units = means.shape[1]
     if not isinstance(n_clusters, int | np.integer) or not 2 <= n_clusters <= min(keep.size, units):
-        raise ValueError(
+        raise UsageError(
             f"n_clusters must be an integer from 2 to min(tokens kept, units) = {min(keep.size, units)}, got {n_clusters!r}"
         )
     mat = means[keep]

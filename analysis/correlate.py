@@ -52,6 +52,7 @@ import pandas as pd
 
 from gatelens.analysis.features import FeatureError, as_feature_matrix, flat_keys
 from gatelens.analysis.trace import Trace, iter_chunks
+from gatelens.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ def _select_layers(trace: Trace, layers: Sequence[str] | None) -> list[str]:
         layers = [layers]
     unknown = [name for name in layers if name not in trace.layers]
     if unknown:
-        raise ValueError(f"unknown layer(s) {unknown}; the trace has {trace.layers}")
+        raise UsageError(f"unknown layer(s) {unknown}; the trace has {trace.layers}")
     return list(layers)
 
 
@@ -242,7 +243,7 @@ def _select_signals(trace: Trace, layers: list[str], signals: Sequence[str] | No
     known = {s for name in layers for s in trace[name].info.signals}
     unknown = [s for s in signals if s not in known]
     if unknown:
-        raise ValueError(f"unknown signal(s) {unknown}; the selected layers have {sorted(known)}")
+        raise UsageError(f"unknown signal(s) {unknown}; the selected layers have {sorted(known)}")
     return {name: [s for s in signals if s in trace[name].info.signals] for name in layers}
 
 
@@ -485,10 +486,10 @@ def top_units(
     [[1, 1], [0, 2], [2, 3]]
     """
     if by not in table.columns:
-        raise ValueError(f"by must be a column of the table, got {by!r}")
+        raise UsageError(f"by must be a column of the table, got {by!r}")
     sel = table["feature"] == feature
     if not sel.any():
-        raise ValueError(f"no rows for feature {feature!r}; the table has {sorted(table['feature'].unique())}")
+        raise UsageError(f"no rows for feature {feature!r}; the table has {sorted(table['feature'].unique())}")
     if signals is not None:
         sel &= table["signal"].isin([signals] if isinstance(signals, str) else list(signals))
     if layers is not None:

@@ -78,6 +78,7 @@ from gatelens.analysis._reading import (
 )
 from gatelens.analysis.signals import WEIGHT_BLOCKS
 from gatelens.analysis.trace import LayerTrace, Trace, iter_chunks
+from gatelens.errors import DataError, UsageError
 
 PREACTIVATION_COLUMNS = ["layer", "sequence", "step", "unit", "gate", "input", "recurrent", "bias", "total"]
 INPUT_CONTRIBUTION_COLUMNS = ["layer", "sequence", "step", "unit", "gate", "feature", "contribution"]
@@ -100,7 +101,7 @@ def _weights(lt: LayerTrace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     w = lt.weights
     missing = [k for k in ("kernel", "recurrent_kernel", "bias") if k not in w]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"layer {lt.info.name!r}: the trace has no {missing} weights (it has {sorted(w)}); "
             "decompositions need kernel, recurrent_kernel and bias"
         )
@@ -110,7 +111,7 @@ def _weights(lt: LayerTrace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     k = len(WEIGHT_BLOCKS[lt.info.cell_type])
     u = lt.info.units
     if kernel.shape[1] != k * u or rk.shape != (u, k * u):
-        raise ValueError(
+        raise DataError(
             f"layer {lt.info.name!r}: kernel {kernel.shape} / recurrent_kernel {rk.shape} do not fit "
             f"{lt.info.cell_type} with {u} units (expected (in, {k * u}) and ({u}, {k * u}))"
         )
@@ -266,7 +267,7 @@ def input_contributions(
     gate_names = blocks if gates is None else list(gates)
     bad = [x for x in gate_names if x not in blocks]
     if bad:
-        raise ValueError(f"unknown gate(s) {bad} for a {lt.info.cell_type} layer; its gates are {blocks}")
+        raise UsageError(f"unknown gate(s) {bad} for a {lt.info.cell_type} layer; its gates are {blocks}")
     cols = np.concatenate([blocks.index(gname) * u + unit_idx for gname in gate_names])  # gate-major
     wsel = kernel[:, cols]  # (in, G*U')
     feats = np.asarray(input_feature_names(trace, layer), dtype=object)
@@ -337,7 +338,7 @@ def token_gate_table(trace: Trace, layer: str, *, token_ids: Sequence[int] | Non
     """
     lt = get_layer(trace, layer)
     if "embedding" not in lt.weights:
-        raise ValueError(
+        raise UsageError(
             f"layer {layer!r} is not fed straight by an Embedding layer (its weights are {sorted(lt.weights)}), "
             "so it has no per-token table; use preactivation_decomposition or input_contributions"
         )
@@ -347,7 +348,7 @@ def token_gate_table(trace: Trace, layer: str, *, token_ids: Sequence[int] | Non
     ids = np.arange(vocab_size) if token_ids is None else np.unique(np.asarray(token_ids, np.int64))
     bad = ids[(ids < 0) | (ids >= vocab_size)]
     if bad.size:
-        raise ValueError(f"token id {int(bad[0])} is outside the embedding's vocabulary of {vocab_size} tokens")
+        raise UsageError(f"token id {int(bad[0])} is outside the embedding's vocabulary of {vocab_size} tokens")
     blocks = list(WEIGHT_BLOCKS[lt.info.cell_type])
     u, g = lt.info.units, len(blocks)
     push = (emb[ids] @ kernel).reshape(len(ids), g, u).transpose(0, 2, 1)  # (tokens, unit, gate)
@@ -368,10 +369,10 @@ def _select_units(units: Sequence[int] | None, n_units: int) -> np.ndarray:
         return np.arange(n_units)
     idx = np.atleast_1d(np.asarray(units))
     if idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"units must be a non-empty list of integers, got {units!r}")
+        raise UsageError(f"units must be a non-empty list of integers, got {units!r}")
     bad = idx[(idx < 0) | (idx >= n_units)]
     if bad.size:
-        raise ValueError(f"unit {int(bad[0])} is out of range: the layer has {n_units} units (0..{n_units - 1})")
+        raise UsageError(f"unit {int(bad[0])} is out of range: the layer has {n_units} units (0..{n_units - 1})")
     return np.unique(idx.astype(np.int64))
 
 
@@ -383,7 +384,7 @@ def _memory_terms(lt: LayerTrace, rows: Any) -> tuple[str, np.ndarray, np.ndarra
     if lt.info.cell_type == "gru":
         z = read(lt["update_gate"], rows)
         return "hidden_state", z, (1.0 - z) * read(lt["candidate"], rows)
-    raise ValueError(
+    raise UsageError(
         f"layer {lt.info.name!r} is a {lt.info.cell_type} layer: its state is not a gated sum of past writes, "
         "so it has no cell-state decomposition"
     )
@@ -439,7 +440,7 @@ def cell_state_decomposition(
     lt = get_layer(trace, layer)
     n_seq, t_len, n_units = lt.shape
     if not isinstance(sequence, (int, np.integer)) or not 0 <= int(sequence) < n_seq:
-        raise ValueError(f"sequence must be an integer in 0..{n_seq - 1}, got {sequence!r}")
+        raise UsageError(f"sequence must be an integer in 0..{n_seq - 1}, got {sequence!r}")
     seq = int(sequence)
     unit_idx = _select_units(units, n_units)
     rows = slice(seq, seq + 1)
@@ -456,13 +457,13 @@ def cell_state_decomposition(
     else:
         targets_t = np.unique(np.atleast_1d(np.asarray(step)))
         if targets_t.size == 0 or not np.issubdtype(targets_t.dtype, np.integer):
-            raise ValueError(f"step must be an integer or a list of integers, got {step!r}")
+            raise UsageError(f"step must be an integer or a list of integers, got {step!r}")
         out = targets_t[(targets_t < 0) | (targets_t >= t_len)]
         if out.size:
-            raise ValueError(f"step {int(out[0])} is out of range: sequences have {t_len} steps (0..{t_len - 1})")
+            raise UsageError(f"step {int(out[0])} is out of range: sequences have {t_len} steps (0..{t_len - 1})")
         masked = targets_t[~m[targets_t]]
         if masked.size:
-            raise ValueError(f"step {int(masked[0])} of sequence {seq} is masked (padding): it has no cell state")
+            raise UsageError(f"step {int(masked[0])} of sequence {seq} is masked (padding): it has no cell state")
     targets_p = to_time_index(targets_t, t_len, back)  # the map is its own inverse
     contrib, init = _unroll(f_eff, w_eff, targets_p, dense=step is None)  # (K, T, u'), (K, u')
     tokens = read_tokens(trace, rows)
@@ -565,7 +566,7 @@ def gate_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
                 inp, rec, bia = parts[b][0][m], parts[b][1][m], np.broadcast_to(parts[b][2], parts[b][0].shape)[m]
                 sums[:, :, k] += np.stack([inp.sum(0), rec.sum(0), bia.sum(0), np.abs(inp).sum(0), np.abs(rec).sum(0)])
         if n == 0:
-            raise ValueError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
+            raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
         means = sums / n
         with np.errstate(invalid="ignore", divide="ignore"):
             share = means[3] / (means[3] + means[4])

@@ -65,6 +65,7 @@ from gatelens.analysis._reading import (
 )
 from gatelens.analysis.signals import with_role
 from gatelens.analysis.trace import LayerTrace, Trace, iter_chunks
+from gatelens.errors import UsageError
 
 EVENT_COLUMNS = [
     "layer", "sequence", "step", "unit", "event", "value", "token",
@@ -101,12 +102,12 @@ def event_rules(cell_type: str) -> dict[str, tuple[str, bool, str]]:
 
 def _check_thresholds(forget_high: float, forget_low: float, write_threshold: float, read_threshold: float) -> None:
     if not 0.0 <= forget_low <= forget_high <= 1.0:
-        raise ValueError(
+        raise UsageError(
             f"need 0 <= forget_low <= forget_high <= 1, got forget_low={forget_low!r}, forget_high={forget_high!r}"
         )
     for name, v in (("write_threshold", write_threshold), ("read_threshold", read_threshold)):
         if not 0.0 < v <= 1.0:
-            raise ValueError(f"{name} must be in (0, 1], got {v!r}")
+            raise UsageError(f"{name} must be in (0, 1], got {v!r}")
 
 
 def _layer_events(
@@ -553,7 +554,7 @@ def iter_events(
     _check_thresholds(forget_high, forget_low, write_threshold, read_threshold)
     unknown = sorted(set(events) - {"forget", "write", "read"})
     if unknown:
-        raise ValueError(f"unknown event type(s) {unknown}; expected forget, write or read")
+        raise UsageError(f"unknown event type(s) {unknown}; expected forget, write or read")
     thresholds = {
         "forget_high": forget_high, "forget_low": forget_low,
         "write_threshold": write_threshold, "read_threshold": read_threshold,

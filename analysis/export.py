@@ -40,6 +40,7 @@ import pandas as pd
 from gatelens.analysis._reading import read, read_mask, read_tokens, select_layers
 from gatelens.analysis.pipeline import EXPORT_FILES
 from gatelens.analysis.trace import Trace, iter_chunks
+from gatelens.errors import UsageError
 
 if TYPE_CHECKING:
     from gatelens.analysis.pipeline import Analysis
@@ -179,7 +180,7 @@ def write_csv_batches(batches: Iterable[pd.DataFrame], path: str | os.PathLike, 
         safe_frame(pd.DataFrame(columns=header)).to_csv(f, index=False, lineterminator="\r\n")
         for k, df in enumerate(batches):
             if list(df.columns) != header:
-                raise ValueError(f"{path}: batch {k} has columns {list(df.columns)}, expected {header}")
+                raise UsageError(f"{path}: batch {k} has columns {list(df.columns)}, expected {header}")
             safe_frame(df).to_csv(f, index=False, header=False, lineterminator="\r\n")
 
     return _atomic_csv(path, write)

@@ -81,7 +81,7 @@ import numpy as np
 import pandas as pd
 
 from gatelens.analysis.trace import Trace, iter_chunks
-from gatelens.errors import FeatureError
+from gatelens.errors import FeatureError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def text_features(
     """
     ids = np.asarray(token_ids)
     if ids.ndim != 2:
-        raise ValueError(f"token_ids must be 2-D (sequences, steps), got shape {ids.shape}")
+        raise UsageError(f"token_ids must be 2-D (sequences, steps), got shape {ids.shape}")
     mask = np.ones(ids.shape, bool) if mask is None else np.asarray(mask, bool)
     props = token_properties(vocabulary)
     ids = np.clip(ids, 0, len(props["word"]) - 1)
@@ -277,7 +277,7 @@ def numeric_features(x: np.ndarray, names: Sequence[str], mask: np.ndarray | Non
     """
     x = np.asarray(x, np.float64)
     if x.ndim != 3 or x.shape[2] != len(names):
-        raise ValueError(f"x must have shape (n, T, {len(names)}) to match {list(names)}, got {x.shape}")
+        raise UsageError(f"x must have shape (n, T, {len(names)}) to match {list(names)}, got {x.shape}")
     mask = np.ones(x.shape[:2], bool) if mask is None else np.asarray(mask, bool)
     prev = _prev_unmasked(x, mask, np.nan)
     out: dict[str, np.ndarray] = {}

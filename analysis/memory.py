@@ -45,6 +45,7 @@ import pandas as pd
 
 from gatelens.analysis._reading import compress_real, get_layer, read, read_mask, retention_signal, select_layers
 from gatelens.analysis.trace import Trace, iter_chunks
+from gatelens.errors import DataError, UsageError
 
 HALF_LIFE_COLUMNS = ["layer", "unit", "signal", "mean_log_gate", "half_life_steps", "n"]
 RETENTION_COLUMNS = ["layer", "unit", "lag", "retention", "signal", "n_windows"]
@@ -102,7 +103,7 @@ def half_lives(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk
             s1 += np.where(is_zero, 0.0, logs - shift).sum(axis=0)
             n += g.shape[0]
         if n == 0:
-            raise ValueError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
+            raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
         finite = n - zeros
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(finite > 0, shift + s1 / np.maximum(finite, 1), 0.0)
@@ -163,11 +164,11 @@ def retention_curves(trace: Trace, layer: str, *, max_lag: int = 50, chunk: int 
     lt = get_layer(trace, layer)
     signal = retention_signal(lt.info.cell_type)
     if signal is None:
-        raise ValueError(
+        raise UsageError(
             f"layer {layer!r} is a {lt.info.cell_type} layer: it has no forget or update gate, so no retention curve"
         )
     if int(max_lag) < 1:
-        raise ValueError(f"max_lag must be >= 1, got {max_lag!r}")
+        raise UsageError(f"max_lag must be >= 1, got {max_lag!r}")
     n_seq, t_len, u = lt.shape
     max_lag = min(int(max_lag), t_len)
     sums = np.zeros((max_lag, u))

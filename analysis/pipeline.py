@@ -642,7 +642,7 @@ def _as_list(value: Any, kind: type, what: str) -> list[Any] | None:
     try:
         return [kind(v) for v in values]
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be {kind.__name__} or a list of them, got {value!r}") from None
+        raise UsageError(f"{what} must be {kind.__name__} or a list of them, got {value!r}") from None
 
 
 def read_events(
@@ -744,7 +744,7 @@ def iter_event_batches(
     [[0, 1], [2, 3], [4]]
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        raise UsageError(f"batch_size must be >= 1, got {batch_size!r}")
     cols = None if columns is None else list(columns)
     if analysis.events_file is None:
         df = analysis.events if cols is None else analysis.events[cols]

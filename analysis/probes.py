@@ -65,6 +65,7 @@ from gatelens.analysis.features import as_feature_matrix, feature_kind
 from gatelens.analysis.probe_fit import fit_logistic, fit_ridge, standardize
 from gatelens.analysis.signals import not_pre
 from gatelens.analysis.trace import Trace
+from gatelens.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class SignalProbe(BaseEstimator):
 
     def _resolve_task(self, y: np.ndarray) -> str:
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+            raise UsageError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.task != "auto":
             return self.task
         if y.dtype.kind in "OUSb" or type_of_target(y) == "binary":
@@ -232,7 +233,7 @@ def split_by_sequence(
     [False, False, False, True]
     """
     if not 0.0 < test_size < 1.0:
-        raise ValueError(f"test_size must be in (0, 1), got {test_size!r}")
+        raise UsageError(f"test_size must be in (0, 1), got {test_size!r}")
     uniq = np.unique(sequences)
     if uniq.size >= 2:
         rng = np.random.default_rng([0 if random_state is None else random_state, 1])
@@ -367,7 +368,7 @@ def run_probes(
     tasks = dict(tasks or {})
     bad = {k: v for k, v in tasks.items() if v not in ("classification", "regression")}
     if bad:
-        raise ValueError(f"tasks must map features to 'classification' or 'regression', got {bad}")
+        raise UsageError(f"tasks must map features to 'classification' or 'regression', got {bad}")
     kinds = {
         f: tasks.get(f) or ("classification" if feature_kind(fmat[:, j]) == "binary" else "regression")
         for j, f in enumerate(fnames)

@@ -60,6 +60,7 @@ import pandas as pd
 from gatelens.analysis._reading import read, read_mask, select_layers
 from gatelens.analysis.signals import PRE_ACTIVATION, activation_of
 from gatelens.analysis.trace import Trace, iter_chunks
+from gatelens.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def max_slope(activation: str) -> float:
     1.0998
     """
     if activation not in ACTIVATION_SLOPES:
-        raise ValueError(f"unknown activation {activation!r}; gatelens knows {sorted(ACTIVATION_SLOPES)}")
+        raise UsageError(f"unknown activation {activation!r}; gatelens knows {sorted(ACTIVATION_SLOPES)}")
     if activation in _MAX_SLOPE:
         return _MAX_SLOPE[activation]
     grid = np.linspace(-10.0, 10.0, 2_000_001)
@@ -156,7 +157,7 @@ def activation_slope(activation: str, x: np.ndarray) -> np.ndarray:
     try:
         fn = ACTIVATION_SLOPES[activation]
     except KeyError:
-        raise ValueError(f"unknown activation {activation!r}; gatelens knows {sorted(ACTIVATION_SLOPES)}") from None
+        raise UsageError(f"unknown activation {activation!r}; gatelens knows {sorted(ACTIVATION_SLOPES)}") from None
     return fn(np.asarray(x, np.float64))
 
 
@@ -218,7 +219,7 @@ def _scan(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One pass over the trace: (unit_stats, signal_stats)."""
     if not 0.0 <= saturated_slope < linear_slope <= 1.0:
-        raise ValueError(
+        raise UsageError(
             f"need 0 <= saturated_slope < linear_slope <= 1, got saturated_slope={saturated_slope!r}, "
             f"linear_slope={linear_slope!r}"
         )
@@ -257,7 +258,7 @@ def _scan(
                     curve[s][2] += slope.sum(axis=0)
         n = mom[signals[0]].n
         if n == 0:
-            raise ValueError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
+            raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
         res = {s: mom[s].result() for s in signals}
         cols = ["mean", "std", "min", "max", "frac_below_0.1", "frac_above_0.9"]
         sig_df = _long(name, signals, u, {c: np.stack([res[s][c] for s in signals]) for c in cols})

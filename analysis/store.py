@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-from gatelens.errors import RunStoreError
+from gatelens.errors import RunStoreError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def _compressors(compression: str | None) -> Any:
         from zarr.codecs import BloscCodec
 
         return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
-    raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+    raise UsageError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
 
 
 def _array_metadata(
@@ -242,9 +242,9 @@ class RunWriter:
         direct_chunks: bool = True,
     ) -> None:
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+            raise UsageError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if n_sequences < 1 or n_steps < 1:
-            raise ValueError(f"a run needs at least one sequence and one step, got N={n_sequences}, T={n_steps}")
+            raise UsageError(f"a run needs at least one sequence and one step, got N={n_sequences}, T={n_steps}")
         compressors = _compressors(compression)
         self.out = Path(out)
         self.layers = list(layers)
@@ -344,29 +344,29 @@ class RunWriter:
                 n = value.shape[0] if value.ndim else 0
             expected = (n, *target.shape[1:])
             if value.shape != expected:
-                raise ValueError(f"{where}: got an array of shape {value.shape}, expected {expected}")
+                raise UsageError(f"{where}: got an array of shape {value.shape}, expected {expected}")
             jobs.append((target, value))
 
         for info in self.layers:
             b = batch[info.name]
             for target in self._targets[info.name]:
                 if target.name not in b:
-                    raise ValueError(f"layer {info.name!r}: the batch has no {target.name!r}")
+                    raise UsageError(f"layer {info.name!r}: the batch has no {target.name!r}")
                 add(target, b[target.name], f"layer {info.name!r}: {target.name}")
         if self._tokens is not None:
             if tokens is None:
-                raise ValueError("this run stores tokens: pass tokens= to write_batch")
+                raise UsageError("this run stores tokens: pass tokens= to write_batch")
             add(self._tokens, tokens, "tokens")
         if self._x is not None:
             if x is None:
-                raise ValueError("this run stores the model input: pass x= to write_batch")
+                raise UsageError("this run stores the model input: pass x= to write_batch")
             add(self._x, x, "x")
         if not n:
             return
         start = int(start)
         end = start + n
         if start < 0 or end > self.n_sequences:
-            raise ValueError(f"sequences {start}:{end} are outside the run's 0:{self.n_sequences}")
+            raise UsageError(f"sequences {start}:{end} are outside the run's 0:{self.n_sequences}")
         c = self.chunk
         # whole chunks inside start:end; the run's last chunk may be short (zarr pads it to full size)
         first = -(-start // c)
@@ -425,7 +425,7 @@ class RunWriter:
         Extra keyword arguments are stored in the manifest as given (JSON-serialisable).
         """
         if self._written < self.n_sequences:
-            raise ValueError(f"only {self._written} of {self.n_sequences} sequences were written")
+            raise UsageError(f"only {self._written} of {self.n_sequences} sequences were written")
         rels = sorted(p.relative_to(self.tmp).as_posix() for p in self.tmp.rglob("*") if p.is_file())
         todo = [r for r in rels if r not in self._digests]  # metadata, weights, chunks written by zarr
         digests = dict(zip(todo, self._pool.map(sha256_file, [self.tmp / r for r in todo])))

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from gatelens.analysis.signals import signals_for
+from gatelens.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class LayerTrace(Mapping):
     ) -> None:
         missing = [s for s in info.signals if s not in signals]
         if missing:
-            raise ValueError(f"Layer {info.name!r}: missing signals {missing}.")
+            raise UsageError(f"Layer {info.name!r}: missing signals {missing}.")
         self.info = info
         self._signals = dict(signals)
         self.mask = mask
@@ -254,6 +255,6 @@ def iter_chunks(n: int, chunk: int) -> Iterator[slice]:
     [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
     """
     if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk!r}")
+        raise UsageError(f"chunk must be >= 1, got {chunk!r}")
     for start in range(0, n, chunk):
         yield slice(start, min(start + chunk, n))

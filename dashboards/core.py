@@ -178,18 +178,20 @@ def named_files(*refs: FileRef | None) -> Iterator[None]:
 # errors the user can fix
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "the input is wrong": shown as a message, never as a traceback."""
-    from gatelens.analysis.features import FeatureError
-    from gatelens.analysis.store import RunStoreError
-    from gatelens.errors import GatelensInputError, VerificationError
-
-    return (GatelensInputError, FeatureError, RunStoreError, VerificationError)
-
-
 def is_user_error(e: BaseException) -> bool:
-    """True when ``e`` is a mistake in the user's input (see :func:`user_error_types`)."""
-    return isinstance(e, user_error_types())
+    """True when ``e`` is shown as a message, never as a traceback: a user error
+    (:func:`gatelens.errors.is_user_error`, the same test as the CLI's exit 2/3) or a failed verification.
+
+    Examples
+    --------
+    >>> from gatelens.errors import DataError, VerificationError
+    >>> is_user_error(DataError("x.csv: row 3")), is_user_error(VerificationError("h differs")), is_user_error(KeyError())
+    (True, True, False)
+    """
+    from gatelens.errors import VerificationError
+    from gatelens.errors import is_user_error as user_error
+
+    return user_error(e) or isinstance(e, VerificationError)
 
 
 #: Command-line flags named in library messages -> the dashboard control that does the same.

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from gatelens.analysis import signals as registry
+from gatelens.errors import UsageError
 
 #: |r| above which a feature is said to be tracked, and above which strongly.
 TRACKS_R = 0.3
@@ -385,10 +386,10 @@ def explain_unit(trace: Any, analysis: Any, layer: str, unit: int) -> UnitSummar
     UnitSummary
     """
     if layer not in trace.layers:
-        raise ValueError(f"unknown layer {layer!r}; the trace has {trace.layers}")
+        raise UsageError(f"unknown layer {layer!r}; the trace has {trace.layers}")
     info = trace[layer].info
     if not 0 <= int(unit) < info.units:
-        raise ValueError(f"unit {unit!r} is out of range: layer {layer!r} has {info.units} units (0..{info.units - 1})")
+        raise UsageError(f"unit {unit!r} is out of range: layer {layer!r} has {info.units} units (0..{info.units - 1})")
     unit = int(unit)
     summary = UnitSummary(layer=layer, unit=unit, cell_type=info.cell_type, headline="")
     _memory_section(summary, analysis, layer, unit)

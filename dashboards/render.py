@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gatelens.analysis import signals as registry
+from gatelens.errors import UsageError
 
 # sequential (0 -> 1): white to deep blue; diverging (-1 -> 1): red, white, blue
 _SEQ = [(247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107)]
@@ -160,7 +161,7 @@ def colored_text_html(
     """
     values = np.asarray(values, np.float64)
     if len(tokens) != len(values):
-        raise ValueError(f"{len(tokens)} tokens but {len(values)} values")
+        raise UsageError(f"{len(tokens)} tokens but {len(values)} values")
     cols = colours(values, scale)
     parts = []
     if label:

@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except VerificationError as e:
-        sys.stderr.write(f"gatelens: verification failed: {e}\n")
+        sys.stderr.write(f"gatelens: verification failed: {_one_line(e)}\n")
         return e.exit_code
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         sys.stderr.write(f"gatelens: {e}\n")
