@@ -93,8 +93,12 @@ def series_with_strips(
     *,
     mask: np.ndarray | None = None,
     width: int = 700,
+    relative: bool = False,
 ) -> alt.VConcatChart:
     """The input series on top, then one heat strip (unit x step) per signal, on one shared step axis.
+
+    With ``relative``, each unit's row of each strip is coloured from its own minimum (0) to its own maximum (1)
+    over the shown steps (the tooltip keeps the value itself).
 
     Parameters
     ----------
@@ -126,13 +130,20 @@ def series_with_strips(
     steps = np.arange(t_len)[keep]
     for i, (signal, arr) in enumerate(strips.items()):
         a = np.asarray(arr, np.float64)[keep][:, units]
+        shown = a
+        if relative and a.size:
+            lo, hi = np.nanmin(a, axis=0), np.nanmax(a, axis=0)
+            shown = (a - lo) / np.where(hi > lo, hi - lo, 1.0)
         df = pd.DataFrame(
             {
                 "step": np.repeat(steps, len(units)),
                 "unit": np.tile(np.asarray(units), len(steps)),
                 "value": a.reshape(-1),
+                "shade": shown.reshape(-1),
             }
         ).assign(step_end=lambda d: d["step"] + 1)
+        colour_scale = alt.Scale(scheme="blues", domain=[0.0, 1.0]) if relative else signal_colour_scale(signal, a)
+        legend_title = f"{registry.label(signal)} (per unit, min to max)" if relative else registry.label(signal)
         last = i == len(strips) - 1
         charts.append(
             alt.Chart(df, title=registry.label(signal))
@@ -146,9 +157,7 @@ def series_with_strips(
                 ),
                 x2="step_end:Q",
                 y=alt.Y("unit:O", title="unit"),
-                color=alt.Color(
-                    "value:Q", scale=signal_colour_scale(signal, a), legend=alt.Legend(title=registry.label(signal))
-                ),
+                color=alt.Color("shade:Q", scale=colour_scale, legend=alt.Legend(title=legend_title, labelLimit=0)),
                 tooltip=["step:Q", "unit:O", alt.Tooltip("value:Q", format=".3f")],
             )
             .properties(width=width, height=max(40, 9 * len(units)))

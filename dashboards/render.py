@@ -212,11 +212,14 @@ def unit_rows_html(
     *,
     mask: np.ndarray | None = None,
     layer: str = "",
+    relative: bool = False,
 ) -> str:
     """The text once per unit, coloured by ``color_by``; hovering a token shows every signal of that unit there.
 
     Gates and bounded states share one fixed scale; an unbounded signal (the cell state, pre-activations)
-    is scaled per unit to its own largest ``|value|`` on the real steps, given in the row's label.
+    is scaled per unit to its own largest ``|value|`` on the real steps, given in the row's label. With
+    ``relative``, every row is scaled from its own minimum to its own maximum on the real steps (a forget gate
+    between 0.85 and 0.99 then spans the whole ramp), the range given in the row's label.
 
     Parameters
     ----------
@@ -236,15 +239,22 @@ def unit_rows_html(
     names = list(signals)
     out = [STYLE]
     name = registry.label(color_by)
-    if fixed:
+    if relative:
+        out.append(legend_html(Scale("sequential", 0.0, 1.0), f"{name}: each row from its own min (0) to max (1)"))
+    elif fixed:
         out.append(legend_html(signal_scale(color_by, 1.0), name))
     else:
         out.append(legend_html(Scale("diverging", -1.0, 1.0), f"{name} / its largest |value| in the row"))
     for u in units:
         col = arr[:, u]
-        top = float(np.nanmax(np.abs(col[real]))) if real.any() else 1.0
-        scale = signal_scale(color_by, top if top > 0 else 1.0)
-        label = f"{layer} unit {u} · {name}" + ("" if fixed else f" (±{scale.hi:.3g})")
+        if relative:
+            lo, hi = (float(np.nanmin(col[real])), float(np.nanmax(col[real]))) if real.any() else (0.0, 1.0)
+            scale = Scale("sequential", lo, hi if hi > lo else lo + 1.0)
+            label = f"{layer} unit {u} · {name} ({lo:.3g} to {hi:.3g})"
+        else:
+            top = float(np.nanmax(np.abs(col[real]))) if real.any() else 1.0
+            scale = signal_scale(color_by, top if top > 0 else 1.0)
+            label = f"{layer} unit {u} · {name}" + ("" if fixed else f" (±{scale.hi:.3g})")
         hover = [hover_text(t, str(tokens[t]), {s: float(signals[s][t, u]) for s in names}) for t in range(len(tokens))]
         out.append(colored_text_html(tokens, col, scale=scale, hover=hover, mask=mask, label=label))
     return "".join(out)

@@ -37,9 +37,10 @@ tokens = core.sequence_tokens(trace, int(seq))
 if tokens is not None:
     # the state by default: the units shown first are those whose state follows a feature best
     gate_first, keep = signal_lists.colour_options(list(signals))
-    c1, c2 = st.columns([1, 2])
+    c1, c2, c3 = st.columns([1, 2, 1])
     color_by = c1.selectbox("Colour by", gate_first, index=gate_first.index(keep), key="gates_signal")
     units = c2.multiselect("Units", list(range(n_units)), default=default_units, key="gates_units")
+    relative = c3.toggle("Relative scale", key="gates_relative", help="each unit from its own min to its own max")
     st.caption(
         "Each character is one step, its background the chosen signal there (blue: high; for signed signals "
         "red is negative). Hover a character to see every gate and state of that unit at that step."
@@ -47,13 +48,14 @@ if tokens is not None:
     if not units:
         st.info("Choose at least one unit.")
         st.stop()
-    st.html(render.unit_rows_html(tokens, signals, color_by, units, mask=mask, layer=layer))
+    st.html(render.unit_rows_html(tokens, signals, color_by, units, mask=mask, layer=layer, relative=relative))
 else:
     strip_names = signal_lists.strip_options(lt.info.cell_type, signals)
-    c1, c2 = st.columns([2, 1])
+    c1, c2, c3 = st.columns([2, 1, 1])
     default = list(range(n_units)) if n_units <= 32 else notable_units(run.analysis, layer, n_units, k=12)
     units = c1.multiselect("Units", list(range(n_units)), default=sorted(default), key="gates_units")
     shown = c2.multiselect("Signals", strip_names, default=strip_names, key="gates_strips")
+    relative = c3.toggle("Relative scale", key="gates_relative", help="each unit from its own min to its own max")
     if not units or not shown:
         st.info("Choose at least one unit and one signal.")
         st.stop()
@@ -62,6 +64,10 @@ else:
         "white, shut, to blue, open; candidate and cell state red below 0, blue above). Hover for values."
     )
     chart = charts.series_with_strips(
-        core.input_frame(trace, layer, int(seq)), {s: signals[s] for s in shown}, sorted(units), mask=mask
+        core.input_frame(trace, layer, int(seq)),
+        {s: signals[s] for s in shown},
+        sorted(units),
+        mask=mask,
+        relative=relative,
     )
     st.altair_chart(chart, width="content")
