@@ -53,7 +53,8 @@ class Signal:
         Bounds for the default activations (gates in [0, 1], tanh outputs in [-1, 1]); None if unbounded.
     role : str or None
         What the gate does to the memory: ``"keep"`` (the share of the carried memory kept: LSTM forget,
-        GRU update), ``"write"``, ``"read"``, ``"reset"``; None for the others.
+        GRU update), ``"write"``, ``"read"``, ``"reset"``; ``"output"`` for the state the layer outputs
+        (``hidden_state``); None for the others.
     label : str
         Short human name ("forget gate").
     description : str
@@ -110,7 +111,7 @@ _BUILTIN: tuple[Signal, ...] = (
         "state",
         ("lstm", "gru", "simple_rnn"),
         _SIGNED,
-        None,
+        "output",
         "hidden state",
         "what it outputs",
         block=0,

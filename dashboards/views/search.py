@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from gatelens.analysis import signals as registry
 from gatelens.analysis.search import QueryError, SpanQuery, search
 from gatelens.dashboards import state
 
@@ -23,8 +24,9 @@ n, t_len, _ = lt.shape
 try:
     if mode == "A span of a sequence":
         c1, c2, c3, c4, c5 = st.columns(5)
-        signals = [s for s in lt.info.signals if not s.endswith("_pre")]
-        default = signals.index("hidden_state") if "hidden_state" in signals else 0
+        signals = registry.not_pre(lt.info.signals)
+        output = registry.with_role(lt.info.cell_type, "output")
+        default = signals.index(output) if output in signals else 0
         signal = c1.selectbox("Signal", signals, index=default, key="search_signal")
         seq = c2.number_input(f"Sequence (0..{n - 1})", 0, n - 1, value=state.selected_sequence(run), key="search_seq")
         start = c3.number_input(f"From step (0..{t_len - 1})", 0, t_len - 1, value=0, key="search_start")
@@ -33,7 +35,8 @@ try:
         result = search(trace, SpanQuery(int(seq), int(start), int(end), float(thr), layer, signal))
         st.markdown(f"**Units on over the span** ({signal} >= {thr:g}): {', '.join(map(str, result.units))}")
     else:
-        text = st.text_input("Condition", value=f"forget_gate of {layer}:0 below 0.1", key="search_where")
+        keep = registry.with_role(lt.info.cell_type, "keep") or registry.memory_state(lt.info.cell_type)
+        text = st.text_input("Condition", value=f"{keep} of {layer}:0 below 0.1", key="search_where")
         result = search(trace, text, layer=layer)
 except QueryError as e:
     state.show_error(e)
