@@ -25,6 +25,7 @@ pages = [
     st.Page(PAGES / "features.py", title="Features", icon=":material/grid_on:"),
     st.Page(PAGES / "memory.py", title="Memory", icon=":material/history:"),
     st.Page(PAGES / "explain.py", title="Unit explained", icon=":material/school:"),
+    st.Page(PAGES / "whatif.py", title="What if", icon=":material/science:"),
     st.Page(PAGES / "search.py", title="Search", icon=":material/search:"),
     st.Page(PAGES / "export.py", title="Export", icon=":material/download:"),
 ]

@@ -460,3 +460,32 @@ def notable_units(analysis: Any, layer: str, n_units: int, k: int = 6) -> list[i
             order = [int(u) for u in best.index if np.isfinite(best[u])]
     order += [u for u in range(n_units) if u not in order]
     return order[:k]
+
+
+def sweep_sentence(sweep: Any, unit: int) -> str:
+    """One sentence on ``unit`` from a single-unit sweep (:func:`gatelens.models.intervene.sweep`'s table).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"unit": [4, 2], "op": ["zero"] * 2, "signal": ["hidden_state"] * 2,
+    ...                    "metric": ["loss"] * 2, "effect": [0.31, 0.02], "rank": [1, 2]})
+    >>> sweep_sentence(df, 2)
+    'Silencing it raises the loss by 0.02 nats, rank 2 of 2.'
+    """
+    rows = sweep[sweep["unit"] == int(unit)]
+    if rows.empty:
+        return ""
+    metric = "loss" if "loss" in set(rows["metric"]) else str(rows["metric"].iloc[0])
+    row = rows[rows["metric"] == metric].iloc[0]
+    n = int((sweep["metric"] == metric).sum())
+    verb = {"zero": "Silencing", "mean": "Replacing its state by its mean", "resample": "Resampling its state"}.get(
+        str(row["op"]), "Intervening on"
+    )
+    e = float(row["effect"])
+    what = {"loss": ("the loss", " nats"), "mse": ("the squared error", ""), "accuracy": ("the accuracy", "")}
+    name, unit_text = what.get(metric, ("the output" if metric == "output_change" else metric, ""))
+    if metric == "output_change":
+        return f"{verb} it changes the output by {e:.2g} on average, rank {int(row['rank'])} of {n}."
+    direction = "raises" if e >= 0 else "lowers"
+    return f"{verb} it {direction} {name} by {abs(e):.2g}{unit_text}, rank {int(row['rank'])} of {n}."

@@ -30,6 +30,11 @@ with st.expander("What the gates do", expanded=False):
 st.markdown(f"#### {state.md_escape(summary.headline)}")
 for title, body in summary.sections:
     st.markdown(f"**{state.md_escape(title)}.** {state.md_escape(body)}")
+_sweep = st.session_state.get(f"whatif_sweep::{run.key}::{layer}")  # from the What if page's sweep
+if _sweep is not None:
+    from gatelens.dashboards.explain import sweep_sentence
+
+    st.markdown(f"**What silencing it does.** {state.md_escape(sweep_sentence(_sweep, unit))}")
 
 seq = state.selected_sequence(run)
 signals = core.sequence_signals(trace, layer, seq)
