@@ -204,3 +204,20 @@ def test_plot_works_on_a_run_from_the_store(tmp_path, trace):
     b = plot.gates(trace, "lstm", units=[1], sequence=6).vconcat[2].data
     assert np.array_equal(a["value"].to_numpy(), b["value"].to_numpy())
     assert gatelens.plot is plot
+
+
+def test_a_registered_signal_shows_up_in_the_charts_and_conversions():
+    """Charts and conversions take their signal lists and labels from the registry (no list of their own)."""
+    from gatelens.analysis import signals as registry
+
+    record = registry.register(registry.Signal("write_share", "gate", ("lstm",), (0.0, 1.0), label="write share"))
+    try:
+        info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
+        rng = np.random.default_rng(0)
+        sig = {s: rng.uniform(size=(2, 4, 2)).astype(np.float32) for s in info.signals}
+        t = Trace({"lstm": LayerTrace(info, sig, mask=np.ones((2, 4), bool), inputs=np.zeros((2, 4, 1), np.float32))})
+        assert "write share" in [c.title for c in plot.gates(t, "lstm").vconcat]
+        assert "write_share" in set(plot.unit(t, "lstm", 0).data["signal"])
+        assert "write_share" in t.to_xarray("lstm") and "write_share" in set(t.to_frame("lstm")["signal"])
+    finally:
+        registry.unregister(record.name)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from gatelens.dashboards import charts, core, signal_lists, state
+from gatelens import plot
+from gatelens.dashboards import state
 from gatelens.dashboards.explain import explain_unit, primer
 
 st.title("Unit explained")
@@ -37,26 +37,7 @@ if _sweep is not None:
     st.markdown(f"**What silencing it does.** {state.md_escape(sweep_sentence(_sweep, unit))}")
 
 seq = state.selected_sequence(run)
-signals = core.sequence_signals(trace, layer, seq)
-mask = core.sequence_mask(trace, layer, seq)
-tokens = core.sequence_tokens(trace, seq)
-names = signal_lists.unit_line_signals(signals)
-steps = np.nonzero(mask)[0]
-df = pd.concat(
-    [
-        pd.DataFrame(
-            {
-                "step": steps,
-                "signal": s,
-                "value": signals[s][steps, unit],
-                "token": [tokens[t] if tokens else "" for t in steps],
-            }
-        )
-        for s in names
-    ],
-    ignore_index=True,
-)
-st.altair_chart(charts.unit_lines(df, title=f"unit {unit} of {layer} on sequence {seq}"), width="content")
+st.altair_chart(plot.unit(trace, layer, unit, seq), width="content")  # the chart gatelens.plot.unit draws
 c1, c2 = st.columns(2)
 c1.page_link("views/memory.py", label="What its memory holds, step by step", icon=":material/history:")
 over = "text" if trace.tokens is not None else "series"
