@@ -143,6 +143,7 @@ def colored_text_html(
     hover: Sequence[str] | None = None,
     mask: np.ndarray | None = None,
     label: str | None = None,
+    marked: int | None = None,
 ) -> str:
     """One line of text, each token's background coloured by ``values`` (see the module docstring).
 
@@ -158,6 +159,8 @@ def colored_text_html(
         False for padded steps (drawn faint, no colour).
     label : str, optional
         A caption before the text (escaped here).
+    marked : int, optional
+        The index of a token to outline (an example's own step).
     """
     values = np.asarray(values, np.float64)
     if len(tokens) != len(values):
@@ -172,8 +175,9 @@ def colored_text_html(
         real = mask is None or bool(mask[t])
         title = hover[t] if hover is not None else f"step {t} · {tok!r}: {values[t]:.3f}"
         bg, fg = cols[t] if real else ("transparent", "#bbb")
+        cls = "gl-tok gl-mark" if marked is not None and t == marked else "gl-tok"
         parts.append(
-            f'<span class="gl-tok" style="background:{bg};color:{fg}" title="{html.escape(str(title), quote=True)}">'
+            f'<span class="{cls}" style="background:{bg};color:{fg}" title="{html.escape(str(title), quote=True)}">'
             f"{html.escape(visible_token(tok))}</span>"
         )
         if "\n" in tok:
@@ -187,6 +191,7 @@ STYLE = (
     ".gl-text{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:14px;line-height:1.9;"
     "white-space:normal;word-break:break-all;margin:0 0 10px 0}"
     ".gl-tok{padding:2px 0;border-radius:2px;cursor:default}"
+    ".gl-mark{outline:2px solid #e6550d;outline-offset:-1px}"
     ".gl-label{font-size:12px;color:#555;margin:6px 0 2px 0}"
     ".gl-legend{display:flex;align-items:center;gap:6px;font-size:12px;color:#555;margin:4px 0 10px 0}"
     ".gl-bar{width:180px;height:10px;border-radius:2px}"

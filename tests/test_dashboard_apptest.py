@@ -77,6 +77,19 @@ def _charts(at: AppTest) -> list[dict]:
     return [json.loads(e.proto.spec) for e in at.get("vega_lite_chart")]
 
 
+def _chart_data(at: AppTest, contains: str):
+    """The data of the one chart whose spec mentions ``contains`` (Streamlit ships it apart, as Arrow)."""
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    hits = [e for e in at.get("vega_lite_chart") if contains in e.proto.spec]
+    assert len(hits) == 1, f"{len(hits)} charts mention {contains!r}"
+    proto = hits[0].proto
+    frames = [convert_arrow_bytes_to_pandas_df(d.data.data) for d in proto.datasets]
+    if proto.HasField("data"):
+        frames.append(convert_arrow_bytes_to_pandas_df(proto.data.data))
+    return max(frames, key=len)
+
+
 def _select_series_demo(at: AppTest) -> AppTest:
     at.selectbox(key="demo_model").set_value("tiny_series").run()
     _no_exception(at)
@@ -192,7 +205,84 @@ def test_explain_page_summary(demo_dir):
     assert len(headline) == 1
     for section in ("How long it remembers", "How its gates sit", "What makes it forget", "What it tracks"):
         assert any(m.startswith(f"**{section}.**") for m in md), section
-    assert len(_charts(at)) == 1
+    assert len(_charts(at)) == 2  # the unit's lines and its histogram
+
+
+def _score_labels(at: AppTest) -> list[tuple[int, float]]:
+    """The unit picker's options as (unit, score), in the order shown."""
+    out = []
+    for label in at.selectbox(key="explain_unit").options:
+        m = re.fullmatch(r"(\d+) · score (-?\d\.\d\d)", label)
+        assert m, label
+        out.append((int(m.group(1)), float(m.group(2))))
+    return out
+
+
+def test_explain_page_scored_explanation_examples_and_histogram(demo_dir):
+    at = _open("explain")
+    md = [_plain(m) for m in _texts(at, "markdown")]
+    scored = [m for m in md if m.startswith("**Scored explanation.**")]
+    assert len(scored) == 1 and re.search(r"score -?\d\.\d\d on held-out sequences \(shuffled control", scored[0])
+    # units ordered by their explanation score, best first; the score shown is the one in the picker
+    picked = _score_labels(at)
+    assert sorted(u for u, _ in picked) == list(range(8))
+    assert [s for _, s in picked] == sorted((s for _, s in picked), reverse=True)
+    unit = int(at.selectbox(key="explain_unit").value)
+    assert f"score {dict(picked)[unit]:.2f} on held-out" in scored[0]
+    at.radio(key="explain_order").set_value("by number").run()
+    assert [int(o.split(" ")[0]) for o in at.selectbox(key="explain_unit").options] == list(range(8))
+
+    # top examples as coloured text: one line per example, best first, its own step outlined and hovering its value
+    at.selectbox(key="explain_ex_signal").set_value("forget_gate").run()
+    at.selectbox(key="explain_ex_kind").set_value("top").run()
+    _no_exception(at)
+    body = [h.proto.body for h in at.get("html") if "gl-mark" in h.proto.body]
+    assert len(body) == 1
+    captions = re.findall(
+        r'<div class="gl-label">#(\d+) · sequence (\d+), step (\d+) · forget gate (-?[\d.]+)</div>', body[0]
+    )
+    assert [int(c[0]) for c in captions] == list(range(len(captions))) and len(captions) == 5
+    values = [float(c[3]) for c in captions]
+    assert values == sorted(values, reverse=True)
+    marks = re.findall(r'class="gl-tok gl-mark"[^>]*title="step (\d+) · [^"]*: (-?[\d.]+)"', body[0])
+    assert [int(m[0]) for m in marks] == [int(c[2]) for c in captions]
+    assert [float(m[1]) for m in marks] == values
+    # the histogram: every real step of the analysed slice (8 sequences of 40 characters), counted once
+    hist = _chart_data(at, "steps of the run")
+    assert hist["count"].sum() == 8 * 40 and len(hist) == 50
+    # the top value is the largest of the histogram's range
+    assert values[0] == pytest.approx(float(hist["hi"].max()), abs=5e-4)
+
+    # the same step on the gates page (read from the trace, not from the examples table) shows the same value
+    rank0 = captions[0]
+    at.session_state["gatelens_sequence"] = int(rank0[1])
+    at.switch_page("views/gates.py").run()
+    at.number_input(key="gates_sequence").set_value(int(rank0[1])).run()
+    at.selectbox(key="gates_layer").set_value("lstm").run()
+    at.multiselect(key="gates_units").set_value([unit]).run()
+    gates = [h.proto.body for h in at.get("html") if "gl-tok" in h.proto.body][0]
+    hovers = re.findall(r'title="step (\d+) · [^\n]*\n([^"]*)"', html.unescape(gates).replace("&#x27;", "'"))
+    fg = {int(s): float(re.search(r"forget_gate (-?[\d.]+)", rest).group(1)) for s, rest in hovers}
+    assert fg[int(rank0[2])] == pytest.approx(values[0], abs=1e-3)
+
+
+def test_explain_page_series_examples_as_strips(demo_dir):
+    at = _select_series_demo(_open())
+    at.switch_page("views/explain.py").run()
+    _no_exception(at)
+    kinds = at.selectbox(key="explain_ex_kind").options  # of the hidden state: no rise/drop (gates only)
+    assert (
+        kinds
+        == ["top (its largest values)", "bottom (its smallest values)"]
+        + [f"decile {j} ({10 * j}-{10 * (j + 1)}% of its range)" for j in range(10)][: len(kinds) - 2]
+    )
+    data = _chart_data(at, "relative to the example")
+    examples = list(dict.fromkeys(data["example"]))
+    assert len(examples) == 5 and all(re.fullmatch(r"#\d · seq \d+, step \d+", e) for e in examples)
+    at0 = data[data["offset"] == 0]
+    assert len(at0) == 5  # every example's own step is in its strip
+    assert list(at0["value"]) == sorted(at0["value"], reverse=True)  # top examples, best first
+    assert _chart_data(at, "steps of the run")["count"].sum() == 8 * 24
 
 
 def test_export_page_zip_and_manifest(demo_dir):
