@@ -59,7 +59,7 @@ from sklearn.metrics import silhouette_samples, silhouette_score
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from gatelens.analysis.signals import memory_state, records
+from gatelens.analysis.signals import kind_of, label, memory_state, records
 from gatelens.analysis.trace import Trace, iter_chunks
 from gatelens.errors import DataError, UsageError
 
@@ -69,7 +69,13 @@ HALF_LIFE_CAP = 1000.0
 STATS = ("mean", "std", "frac_below_0.1", "frac_above_0.9")
 CLUSTER_COLUMNS = [
     "layer", "unit", "cluster", "archetype", "silhouette", "unit_archetype", "half_life_steps", "top_feature", "top_abs_r",
+    "traits",
 ]  # fmt: skip
+#: How many traits :func:`cluster_traits` names per cluster.
+N_TRAITS = 2
+#: A trait needs the cluster's median at least this many standard deviations (over all units of the group)
+#: from the group's median.
+TRAIT_MIN_Z = 0.5
 COCLUSTER_COLUMNS = ["layer", "signal", "kind", "id", "name", "cluster", "count"]
 
 #: Thresholds of the archetype rules (fractions of unmasked steps; half-lives in steps).
@@ -326,6 +332,63 @@ def archetypes(profiles: pd.DataFrame, thresholds: dict[str, float] | None = Non
     return np.select(conditions, list(ARCHETYPES[:-1]), default=ARCHETYPES[-1]).astype(object)
 
 
+def _trait(column: str, high: bool) -> str | None:
+    """Plain words for a profile column that is high (or low) in a cluster, or None for columns not described."""
+    if column == "log_half_life":
+        return "long memory" if high else "short memory"
+    if column.startswith("corr:"):
+        return f"follows {column[5:]}" if high else None
+    signal, _, stat = column.partition(":")
+    if kind_of(signal) is None:
+        return None
+    name = label(signal)
+    if stat == "frac_above_0.9":
+        return f"{name} often open" if high else f"{name} rarely open"
+    if stat == "frac_below_0.1":
+        return f"{name} often shut" if high else f"{name} rarely shut"
+    if stat == "mean":
+        return f"{name} high" if high else f"{name} low"
+    if stat == "std":
+        return f"{name} switching" if high else f"{name} steady"
+    return None
+
+
+def cluster_traits(profiles: pd.DataFrame, labels: np.ndarray) -> dict[int, str]:
+    """What sets each cluster apart, in words: its :data:`N_TRAITS` most distinctive profile columns.
+
+    For every profile column, the cluster's median is compared with the median of all the rows, in units
+    of the rows' standard deviation (a robust z); the columns furthest from 0 (at least :data:`TRAIT_MIN_Z`)
+    name the cluster, e.g. ``"long memory, output gate often shut"``. A cluster that differs in nothing
+    is ``"like the others"``. Unlike the archetypes, this says something on any model.
+
+    Examples
+    --------
+    >>> p = pd.DataFrame({"log_half_life": [4.0, 4.2, 0.1, 0.2], "forget_gate:frac_above_0.9": [0.9, 0.8, 0.1, 0.0]})
+    >>> cluster_traits(p, np.array([0, 0, 1, 1]))
+    {0: 'long memory, forget gate often open', 1: 'forget gate rarely open, short memory'}
+    """
+    cols = [c for c in profiles.columns if c not in ("layer", "unit", "half_life_steps") and _trait(c, True)]
+    X = profiles[cols].to_numpy(np.float64)
+    center = np.nanmedian(X, axis=0) if len(X) else np.zeros(len(cols))
+    spread = np.nanstd(X, axis=0) if len(X) else np.ones(len(cols))
+    spread = np.where(spread > 0, spread, np.inf)
+    out: dict[int, str] = {}
+    for c in np.unique(labels):
+        with np.errstate(all="ignore"):
+            z = (np.nanmedian(X[labels == c], axis=0) - center) / spread
+        z = np.nan_to_num(z, nan=0.0)
+        order = np.argsort(-np.abs(z), kind="stable")
+        words = []
+        for j in order:
+            if abs(z[j]) < TRAIT_MIN_Z or len(words) == N_TRAITS:
+                break
+            w = _trait(cols[j], bool(z[j] > 0))
+            if w and w not in words:
+                words.append(w)
+        out[int(c)] = ", ".join(words) or "like the others"
+    return out
+
+
 def cluster_units(
     units: pd.DataFrame,
     half_lives: pd.DataFrame | None,
@@ -385,6 +448,7 @@ def cluster_units(
     out["silhouette"] = np.nan
     out["archetype"] = ""
     out["unit_archetype"] = archetypes(prof, thresholds)
+    out["traits"] = ""
     feature_cols = [c for c in prof.columns if c not in ("layer", "unit", "half_life_steps")]
     signature = units.groupby("layer", sort=False)["signal"].agg(lambda s: tuple(sorted(set(s))))
     offset = 0
@@ -400,6 +464,8 @@ def cluster_units(
         med = prof.loc[rows].assign(_c=labels).groupby("_c").median(numeric_only=True)
         names = dict(zip(med.index, archetypes(med, thresholds)))
         out.loc[rows, "archetype"] = [names[c] for c in labels]
+        traits = cluster_traits(prof.loc[rows], labels)
+        out.loc[rows, "traits"] = [traits[c] for c in labels]
         offset += est.n_clusters_
     if correlations is not None and len(correlations):
         c = correlations.assign(abs_r=correlations["pearson_r"].abs()).dropna(subset=["abs_r"])

@@ -353,6 +353,9 @@ def _cluster_section(summary: UnitSummary, analysis: Any, layer: str, unit: int)
         text += f", whose typical member is {with_article(group)}"
     elif group:
         text += ", whose typical member fits none of the named archetypes"
+    traits = str(row.get("traits", "") or "")
+    if traits and traits != "like the others":
+        text += f"; what sets the group apart: {traits}"
     text += "."
     if own and own != group and own != "mixed":
         text += f" On its own statistics it reads as {with_article(own)}."

@@ -84,7 +84,8 @@ if cl.empty:
 else:
     summary = (
         cl.assign(member=cl["layer"].astype(str) + ":" + cl["unit"].astype(str))
-        .groupby(["cluster", "archetype"], sort=True)
+        .assign(traits=cl["traits"] if "traits" in cl.columns else "")
+        .groupby(["cluster", "archetype", "traits"], sort=True)
         .agg(
             units=("unit", "size"),
             members=("member", lambda s: ", ".join(list(s)[:24]) + (" …" if len(s) > 24 else "")),
@@ -94,7 +95,8 @@ else:
     st.dataframe(summary, hide_index=True)
     st.caption(
         "Units clustered by their gate statistics, half-life and correlations (k-means, k by silhouette); each "
-        "cluster is named by the archetype of its median member. Select a row below to open a unit."
+        "cluster is named by the archetype of its median member, and by what sets it apart from the other units "
+        "(traits: its most distinctive statistics). Select a row below to open a unit."
     )
     table = cl[
         ["layer", "unit", "cluster", "archetype", "unit_archetype", "half_life_steps", "top_feature", "top_abs_r"]
