@@ -127,6 +127,7 @@ def gates(
     *,
     signals: Sequence[str] | str | None = None,
     width: int = 700,
+    relative: bool = False,
 ) -> Any:
     """The input of one sequence on top, then a heat strip per signal: a row per unit, a column per step.
 
@@ -142,6 +143,9 @@ def gates(
         output_gate, cell_state``; GRU ``update_gate, reset_gate, candidate, hidden_state``).
     width : int
         Of the plot area, in pixels.
+    relative : bool
+        Colour each unit's row from its own minimum to its own maximum over the shown steps (a gate between
+        0.85 and 0.99 then spans the whole ramp); the tooltip keeps the value itself.
 
     Returns
     -------
@@ -154,7 +158,7 @@ def gates(
     strips = core.sequence_signals(trace, layer, seq, names)
     mask = core.sequence_mask(trace, layer, seq)
     return charts.series_with_strips(
-        core.input_frame(trace, layer, seq), strips, _units(lt, units), mask=mask, width=width
+        core.input_frame(trace, layer, seq), strips, _units(lt, units), mask=mask, width=width, relative=relative
     )
 
 
@@ -165,6 +169,7 @@ def text(
     sequence: int = 0,
     *,
     signal: str | None = None,
+    relative: bool = False,
 ) -> Html:
     """The text of one sequence once per unit, each character coloured by ``signal`` (hover: every signal).
 
@@ -178,6 +183,8 @@ def text(
     sequence : int
     signal : str, optional
         Default the state (``cell_state``, else ``hidden_state``).
+    relative : bool
+        Scale each row from its own minimum to its own maximum on the real steps.
 
     Returns
     -------
@@ -206,7 +213,7 @@ def text(
     signals.setdefault(color_by, np.asarray(lt[color_by][seq], np.float32))
     picked = _units(lt, units) if units is not None else list(range(min(6, lt.info.units)))
     mask = core.sequence_mask(trace, layer, seq)
-    return Html(render.unit_rows_html(tokens, signals, color_by, picked, mask=mask, layer=layer))
+    return Html(render.unit_rows_html(tokens, signals, color_by, picked, mask=mask, layer=layer, relative=relative))
 
 
 def unit(trace: Trace, layer: str, unit: int, sequence: int = 0) -> Any:

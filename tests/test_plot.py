@@ -221,3 +221,15 @@ def test_a_registered_signal_shows_up_in_the_charts_and_conversions():
         assert "write_share" in t.to_xarray("lstm") and "write_share" in set(t.to_frame("lstm")["signal"])
     finally:
         registry.unregister(record.name)
+
+
+def test_relative_strips_shade_each_unit_from_its_min_to_its_max(trace):
+    strip = plot.gates(trace, "lstm", units=[0, 1], sequence=2, signals="forget_gate", relative=True).vconcat[1].data
+    for u in (0, 1):
+        rows = strip[strip["unit"] == u].sort_values("step")
+        v = np.asarray(trace["lstm"]["forget_gate"][2, :, u], np.float64)
+        assert np.array_equal(rows["value"].to_numpy(), v)  # the value itself is kept for the tooltip
+        assert np.allclose(rows["shade"].to_numpy(), (v - v.min()) / (v.max() - v.min()))
+    text_trace = Trace({"lstm": trace["lstm"]}, tokens=np.zeros((N, T), np.int32), vocabulary=["a"])
+    html = plot.text(text_trace, "lstm", units=[0], relative=True)
+    assert html.count('class="gl-tok"') == T
