@@ -14,6 +14,7 @@ from gatelens.dashboards import state
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+state.sweep_orphans_once()  # temporary runs of a previous server that was killed
 st.set_page_config(page_title="gatelens", page_icon=":material/tune:", layout="wide")
 
 PAGES = Path(__file__).resolve().parent / "views"

@@ -33,7 +33,6 @@ import io
 import json
 import logging
 import math
-import tempfile
 import threading
 import time
 import zipfile
@@ -50,6 +49,7 @@ from gatelens.analysis import signals as registry
 from gatelens.analysis.pipeline import STEPS
 from gatelens.analysis.store import MANIFEST, sha256_file
 from gatelens.analysis.trace import LayerTrace, Trace
+from gatelens.dashboards.tempdirs import owned_tempdir
 
 log = logging.getLogger(__name__)
 
@@ -553,7 +553,7 @@ def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _n
 
     ds = data.dataset
     key = run_key(model.choice, data.choice)
-    tmp = tempfile.TemporaryDirectory(prefix="gatelens-run-")
+    tmp = owned_tempdir("gatelens-run-")
     out = Path(tmp.name) / "run"
     manifest = {
         "created_by": "gatelens dashboard",
@@ -648,7 +648,7 @@ def export_zip(run: RunResult, analysis: Any, progress: Progress | None = None) 
     """
     from gatelens.analysis.export import export_csvs
 
-    with tempfile.TemporaryDirectory(prefix="gatelens-export-") as d:
+    with owned_tempdir("gatelens-export-") as d:
         paths = export_csvs(run.trace, d, analysis=analysis, progress=progress)
         buf = io.BytesIO()
         sizes = {}

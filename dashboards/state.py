@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import streamlit as st
 
 from gatelens.dashboards import core, demos
 from gatelens.dashboards.jobs import Job
+from gatelens.dashboards.tempdirs import owned_tempdir
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,14 @@ def md_escape(text: Any) -> str:
     return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text))
 
 
+@st.cache_resource(show_spinner=False)
+def sweep_orphans_once() -> int:
+    """Remove the temporary folders of dead dashboard servers, once per server process."""
+    from gatelens.dashboards.tempdirs import sweep_orphans
+
+    return len(sweep_orphans())
+
+
 def show_error(e: BaseException) -> None:
     """A user error as a readable message (no traceback)."""
     st.error(f"**{core.error_title(e)}**\n\n{md_escape(core.dashboard_message(e))}", icon=":material/error:")
@@ -75,7 +83,7 @@ class _SessionDir:
     """A private temporary directory, removed when the session's state is dropped."""
 
     def __init__(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="gatelens-session-")
+        self._tmp = owned_tempdir("gatelens-session-")
         self.path = Path(self._tmp.name)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 # `analysis/` of the same checkout as this file, also in a second worktree or with PYTHONPATH pointing at one.
 _ROOT = Path(__file__).resolve().parent.parent
 if not (Path(__file__).resolve().parent / "analysis").is_dir() and (_ROOT / "analysis" / "__init__.py").is_file():
-    __path__.append(str(_ROOT))  # noqa: F821 - the package's own __path__
+    __path__.append(str(_ROOT))  # the package's own __path__
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow itself is imported lazily, where it is needed
 
