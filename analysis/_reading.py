@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from gatelens.analysis import signals
-from gatelens.analysis.trace import LayerTrace, Trace, as_numpy, iter_chunks
+from gatelens.analysis.trace import LayerTrace, Trace, as_numpy, iter_chunks, token_text
 from gatelens.errors import UsageError
 
 
@@ -104,14 +104,7 @@ def compress_real(mask_proc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def token_strings(trace: Trace, ids: np.ndarray) -> np.ndarray:
     """Token strings for an int array of ids (object array); ids outside the vocabulary read as ``str(id)``."""
-    ids = np.asarray(ids, np.int64)
-    vocab = trace.vocabulary
-    if vocab is None:
-        return ids.astype(str).astype(object)
-    table = np.asarray(list(vocab), dtype=object)
-    ok = (ids >= 0) & (ids < len(table))
-    out = np.where(ok, table[np.where(ok, ids, 0)], ids.astype(str).astype(object))
-    return out.astype(object)
+    return token_text(trace.vocabulary, ids)
 
 
 def read_tokens(trace: Trace, rows: np.ndarray | slice) -> np.ndarray | None:

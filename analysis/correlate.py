@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from gatelens.analysis._reading import select_layers
 from gatelens.analysis.features import FeatureError, as_feature_matrix, flat_keys
 from gatelens.analysis.trace import Trace, iter_chunks
 from gatelens.errors import UsageError
@@ -224,17 +225,6 @@ def rank_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(const | (m < 3), np.nan, out)
 
 
-def _select_layers(trace: Trace, layers: Sequence[str] | None) -> list[str]:
-    if layers is None:
-        return trace.layers
-    if isinstance(layers, str):
-        layers = [layers]
-    unknown = [name for name in layers if name not in trace.layers]
-    if unknown:
-        raise UsageError(f"unknown layer(s) {unknown}; the trace has {trace.layers}")
-    return list(layers)
-
-
 def _select_signals(trace: Trace, layers: list[str], signals: Sequence[str] | None) -> dict[str, list[str]]:
     if signals is None:
         return {name: list(trace[name].info.signals) for name in layers}
@@ -369,7 +359,7 @@ def correlations(
     >>> round(float(r.pearson_r), 4), float(r.spearman_rho), int(r.n)
     (0.9527, 1.0, 4)
     """
-    names = _select_layers(trace, layers)
+    names = select_layers(trace, layers)
     per_layer = _select_signals(trace, names, signals)
     fmat, fnames = as_feature_matrix(features, feature_columns)
     valid = ~np.isnan(fmat)

@@ -60,7 +60,8 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from gatelens.analysis.correlate import _select_layers, _select_signals, layer_rows, subsample
+from gatelens.analysis._reading import select_layers
+from gatelens.analysis.correlate import _select_signals, layer_rows, subsample
 from gatelens.analysis.features import as_feature_matrix, feature_kind
 from gatelens.analysis.probe_fit import fit_logistic, fit_ridge, standardize
 from gatelens.analysis.signals import not_pre
@@ -359,7 +360,7 @@ def run_probes(
     >>> r.task, bool(r.score > 0.9), r.top_units.split(",")[0], int(r.n_train + r.n_test)
     ('classification', True, '1', 160)
     """
-    names = _select_layers(trace, layers)
+    names = select_layers(trace, layers)
     if signals is None:
         per_layer = {name: not_pre(trace[name].info.signals) for name in names}
     else:

@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -538,6 +539,32 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def run_manifest(model: Mapping[str, Any], dataset: Any, options: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """The caller's part of a run's manifest (``write_run(manifest=...)``): ``extra`` keys first, then the model,
+    the data source, the options, the source sequence and first step of each row, and the time (UTC).
+
+    ``dataset`` is a :class:`gatelens.models.data.Dataset` (``source``, ``sequence``, ``start``); the CLI and
+    the dashboard both build their manifests here.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> ds = SimpleNamespace(source={"path": "d.csv"}, sequence=np.array([0, 0]), start=np.array([0, 8]))
+    >>> m = run_manifest({"name": "m"}, ds, {"window": 8}, created_by="me")
+    >>> list(m)[:4], m["start"]
+    (['created_by', 'model', 'data', 'options'], [0, 8])
+    """
+    return {
+        **extra,
+        "model": dict(model),
+        "data": dict(dataset.source),
+        "options": dict(options),
+        "sequence": [int(v) for v in dataset.sequence],
+        "start": [int(v) for v in dataset.start],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def read_manifest(run: str | os.PathLike) -> dict[str, Any]:

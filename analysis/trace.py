@@ -21,7 +21,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,13 +222,25 @@ class Trace(Mapping):
         """``(N, T)`` array of token strings, or None when the model input is not text."""
         if self.tokens is None or self.vocabulary is None:
             return None
-        vocab = np.asarray([*self.vocabulary, ""], dtype=object)
-        ids = np.asarray(self.tokens[...] if not isinstance(self.tokens, np.ndarray) else self.tokens)
-        inside = (ids >= 0) & (ids < len(self.vocabulary))
-        out = vocab[np.where(inside, ids, len(self.vocabulary))]
-        if not inside.all():  # ids outside the vocabulary are shown as their number
-            out[~inside] = ids[~inside].astype(str)
-        return out
+        return token_text(self.vocabulary, self.tokens[...] if not isinstance(self.tokens, np.ndarray) else self.tokens)
+
+
+def token_text(vocabulary: Sequence[str] | None, ids: Any) -> np.ndarray:
+    """Token strings (object array, the shape of ``ids``) for integer token ids; an id outside the vocabulary,
+    or any id when there is no vocabulary, reads as its number.
+
+    Examples
+    --------
+    >>> token_text(["a", "b"], [[1, 0, 7]]).tolist(), token_text(None, [3]).tolist()
+    ([['b', 'a', '7']], ['3'])
+    """
+    ids = np.asarray(ids, np.int64)
+    numbers = ids.astype(str).astype(object)
+    if vocabulary is None:
+        return numbers
+    table = np.asarray(list(vocabulary), dtype=object)
+    inside = (ids >= 0) & (ids < len(table))
+    return np.where(inside, table[np.where(inside, ids, 0)] if len(table) else numbers, numbers).astype(object)
 
 
 def as_numpy(array: Any, dtype: Any = np.float32) -> np.ndarray:

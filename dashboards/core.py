@@ -32,7 +32,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import threading
 import time
 import zipfile
@@ -47,8 +46,8 @@ import pandas as pd
 
 from gatelens.analysis import signals as registry
 from gatelens.analysis.pipeline import STEPS
-from gatelens.analysis.store import MANIFEST, sha256_file
-from gatelens.analysis.trace import LayerTrace, Trace
+from gatelens.analysis.store import MANIFEST, run_manifest, sha256_file
+from gatelens.analysis.trace import LayerTrace, Trace, token_text
 from gatelens.dashboards.tempdirs import owned_tempdir
 
 log = logging.getLogger(__name__)
@@ -555,17 +554,16 @@ def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _n
     key = run_key(model.choice, data.choice)
     tmp = owned_tempdir("gatelens-run-")
     out = Path(tmp.name) / "run"
-    manifest = {
-        "created_by": "gatelens dashboard",
-        "model": {
+    manifest = run_manifest(
+        {
             "name": model.choice.model.name,
             "sha256": model.choice.model.sha256,
             "demo": model.choice.demo,
             "keras_name": model.model.name,
             "vocabulary": None if model.choice.vocabulary is None else model.choice.vocabulary.name,
         },
-        "data": dict(ds.source),
-        "options": {
+        ds,
+        {
             "batch_size": BATCH_SIZE,
             "window": data.choice.window,
             "stride": data.choice.stride,
@@ -575,10 +573,8 @@ def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _n
             "sequences": data.n_sequences,
             "features": None if data.choice.features is None else data.choice.features.name,
         },
-        "sequence": [int(v) for v in ds.sequence],
-        "start": [int(v) for v in ds.start],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+        created_by="gatelens dashboard",
+    )
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     with model.lock:  # one extractor per model; its per-run state is not shared between threads
@@ -667,21 +663,6 @@ def zip_member(archive: bytes, name: str) -> bytes:
         return zf.read(name)
 
 
-def finite_or_none(v: Any) -> float | None:
-    """``float(v)`` when finite, else None (for display).
-
-    Examples
-    --------
-    >>> finite_or_none(2), finite_or_none(float("inf")), finite_or_none(None)
-    (2.0, None, None)
-    """
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def csv_header(path: str | Path, *, max_bytes: int = 1 << 16) -> list[str]:
     """Column names of a CSV file (its first non-blank line), for choosing input columns.
 
@@ -736,11 +717,7 @@ def sequence_tokens(trace: Trace, sequence: int) -> list[str] | None:
     """Token strings of one sequence (``str(id)`` without a vocabulary); None for numeric inputs."""
     if trace.tokens is None:
         return None
-    ids = np.asarray(trace.tokens[sequence], np.int64)
-    if trace.vocabulary is None:
-        return [str(i) for i in ids]
-    vocab = trace.vocabulary
-    return [vocab[i] if 0 <= i < len(vocab) else str(i) for i in ids]
+    return token_text(trace.vocabulary, trace.tokens[sequence]).tolist()
 
 
 def input_frame(trace: Trace, layer: str, sequence: int) -> pd.DataFrame:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from gatelens.data import DEMO_DIR as _DEMO_DIR
+from gatelens.models.spec import sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +179,9 @@ def list_demos(directory: str | os.PathLike | None = None) -> list[Demo]:
     for model_path in sorted(d.glob("*.keras")):
         if model_path.name.startswith("."):
             continue  # a temporary file of an interrupted write
-        card_path = model_path.with_name(model_path.stem + ".card.json")
+        card_path = sidecar_path(model_path, "card")
         card = _read_card(card_path) if card_path.is_file() else {}
-        vocab = model_path.with_name(model_path.stem + ".vocab.json")
+        vocab = sidecar_path(model_path, "vocab")
         entry = zoo.get(model_path.stem)
         demos.append(
             Demo(

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from gatelens.errors import UsageError
 from gatelens.models.zoo.cli import positive_int, register
@@ -78,26 +78,16 @@ def _load_model_and_data(args: argparse.Namespace):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from gatelens.analysis.store import sha256_file
+    from gatelens.analysis.store import run_manifest, sha256_file
     from gatelens.models.extract import write_run
 
     model, spec, data = _load_model_and_data(args)
-    manifest: dict[str, Any] = {
-        "model": {"path": str(args.model), "sha256": sha256_file(args.model), "name": model.name},
-        "data": {k: v for k, v in data.source.items()},
-        "options": {
-            "batch_size": args.batch_size,
-            "dtype": args.dtype,
-            "layers": args.layers,
-            "window": args.window,
-            "stride": args.stride,
-            "level": args.level,
-            "verify": args.verify,
-        },
-        "sequence": [int(v) for v in data.sequence],
-        "start": [int(v) for v in data.start],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    options = ("batch_size", "dtype", "layers", "window", "stride", "level", "verify")
+    manifest = run_manifest(
+        {"path": str(args.model), "sha256": sha256_file(args.model), "name": model.name},
+        data,
+        {k: getattr(args, k) for k in options},
+    )
     trace = write_run(
         model,
         data.x,

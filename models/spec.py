@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gatelens.errors import DataError, UnsupportedLayerError
+from gatelens.errors import DataError, UnsupportedLayerError, UsageError
 
 #: Tokenisation levels of text data.
 LEVELS = ("char", "word")
@@ -267,6 +267,25 @@ def read_vocabulary(path: str | os.PathLike) -> TokenList:
     return TokenList(tokens, level=level, oov_token=oov, pattern=pattern, path=str(path))
 
 
+#: The side-car files the model zoo writes beside ``<stem>.keras``: ``<stem>.<kind>.json``.
+SIDECAR_KINDS = ("vocab", "card")
+
+
+def sidecar_path(model_path: str | os.PathLike, kind: str) -> Path:
+    """``<stem>.<kind>.json`` beside the model file ``<stem>.keras`` (``kind`` "vocab" or "card"): the one place
+    side-car names are built.
+
+    Examples
+    --------
+    >>> sidecar_path("data/demo/char_lstm.keras", "card").as_posix()
+    'data/demo/char_lstm.card.json'
+    """
+    if kind not in SIDECAR_KINDS:
+        raise UsageError(f"side-car kind must be one of {SIDECAR_KINDS}, got {kind!r}")
+    p = Path(model_path)
+    return p.with_name(f"{p.stem}.{kind}.json")
+
+
 def sidecar_vocabulary_path(model_path: str | os.PathLike) -> Path | None:
     """The zoo's vocabulary side-car ``<model stem>.vocab.json`` next to a model file, if it exists.
 
@@ -275,8 +294,7 @@ def sidecar_vocabulary_path(model_path: str | os.PathLike) -> Path | None:
     >>> sidecar_vocabulary_path("/nonexistent/model.keras") is None
     True
     """
-    p = Path(model_path)
-    side = p.with_name(p.stem + ".vocab.json")
+    side = sidecar_path(model_path, "vocab")
     return side if side.is_file() else None
 
 

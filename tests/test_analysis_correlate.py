@@ -190,7 +190,7 @@ def test_rank_pearson_matches_scipy_with_ties():
 def test_errors_quote_what_was_received():
     trace = random_trace()
     feats = build_features(trace)
-    with pytest.raises(ValueError, match=r"unknown layer\(s\) \['nope'\]"):
+    with pytest.raises(ValueError, match=r"No recurrent layer\(s\) \['nope'\]"):
         correlations(trace, feats, layers=["nope"])
     with pytest.raises(ValueError, match=r"unknown signal\(s\) \['forget_gate'\]"):
         correlations(trace, feats, layers=["gru"], signals=["forget_gate"])

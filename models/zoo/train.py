@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from gatelens.errors import DataError, GatelensInputError
+from gatelens.models.spec import sidecar_path
 from gatelens.models.zoo import datasets as ds
 from gatelens.models.zoo import tasks as tk
 
@@ -94,12 +95,12 @@ def card_path(model_path: str | os.PathLike) -> Path:
     >>> card_path("data/demo/char_lstm.keras").as_posix()
     'data/demo/char_lstm.card.json'
     """
-    return Path(model_path).with_suffix(".card.json")
+    return sidecar_path(model_path, "card")
 
 
 def vocabulary_path(model_path: str | os.PathLike) -> Path:
     """``<stem>.vocab.json`` beside ``<stem>.keras``."""
-    return Path(model_path).with_suffix(".vocab.json")
+    return sidecar_path(model_path, "vocab")
 
 
 def read_card(model_path: str | os.PathLike) -> dict[str, Any]:
