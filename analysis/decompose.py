@@ -40,11 +40,10 @@ Examples
 --------
 >>> import numpy as np
 >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
->>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
->>> sig = {s: np.zeros((1, 3, 1), np.float32) for s in info.signals}
+>>> from gatelens._examples import example_layer
+>>> lt, sig = example_layer("lstm", n=1, steps=3, units=1)
 >>> sig["forget_gate"][:] = 0.5; sig["input_gate"][:] = 1.0; sig["candidate"][:] = 1.0
 >>> sig["cell_state"][0, :, 0] = [1.0, 1.5, 1.75]          # c_t = 0.5 c_{t-1} + 1
->>> lt = LayerTrace(info, sig, mask=np.ones((1, 3), bool), inputs=np.zeros((1, 3, 1), np.float32))
 >>> df = cell_state_decomposition(Trace({"lstm": lt}), "lstm", 0, step=2)
 >>> df[["source_step", "contribution"]]
    source_step  contribution

@@ -31,10 +31,9 @@ Examples
 --------
 >>> import numpy as np
 >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
->>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
->>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
+>>> from gatelens._examples import example_layer
+>>> lt, sig = example_layer("lstm", n=1, steps=5, units=1)
 >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
->>> lt = LayerTrace(info, sig, mask=np.ones((1, 5), bool), inputs=np.zeros((1, 5, 1), np.float32))
 >>> trace = Trace({"lstm": lt}, tokens=np.array([[1, 2, 1, 1, 2]]), vocabulary=["", "a", ";"])
 >>> ev = detect_events(trace)
 >>> ev[ev.event == "forget"][["step", "value", "token"]]
@@ -306,10 +305,9 @@ def event_token_lift(events: pd.DataFrame, trace: Trace, *, chunk: int = 256) ->
     --------
     >>> import numpy as np
     >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
-    >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=1, steps=5, units=1)
     >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
-    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 5), bool), inputs=np.zeros((1, 5, 1), np.float32))
     >>> trace = Trace({"lstm": lt}, tokens=np.array([[1, 2, 1, 1, 2]]), vocabulary=["", "a", ";"])
     >>> event_token_lift(detect_events(trace, events=["forget"]), trace)[["token", "count", "base_share", "lift"]]
       token  count  base_share  lift
@@ -438,10 +436,9 @@ def summarize_events(
     --------
     >>> import numpy as np
     >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
-    >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=1, steps=5, units=1)
     >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
-    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 5), bool), inputs=np.zeros((1, 5, 1), np.float32))
     >>> trace = Trace({"lstm": lt}, tokens=np.array([[1, 2, 1, 1, 2]]), vocabulary=["", "a", ";"])
     >>> summarize_events(detect_events(trace), trace)[["event", "count", "rate", "top_tokens"]]
         event  count  rate             top_tokens
@@ -544,10 +541,9 @@ def iter_events(
     --------
     >>> import numpy as np
     >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
-    >>> sig = {s: np.zeros((3, 5, 1), np.float32) for s in info.signals}
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=3, steps=5, units=1)
     >>> sig["forget_gate"][:, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
-    >>> lt = LayerTrace(info, sig, mask=np.ones((3, 5), bool), inputs=np.zeros((3, 5, 1), np.float32))
     >>> [len(df) for df in iter_events(Trace({"lstm": lt}), events=["forget"], chunk=2)]
     [4, 2]
     """
@@ -582,10 +578,9 @@ class EventSummaryBuilder:
     --------
     >>> import numpy as np
     >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
-    >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=1, steps=5, units=1)
     >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
-    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 5), bool), inputs=np.zeros((1, 5, 1), np.float32))
     >>> trace = Trace({"lstm": lt}, tokens=np.array([[1, 2, 1, 1, 2]]), vocabulary=["", "a", ";"])
     >>> b = EventSummaryBuilder(trace)
     >>> _ = list(iter_events(trace, summary=b))

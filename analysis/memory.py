@@ -25,11 +25,10 @@ Examples
 --------
 >>> import numpy as np
 >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
->>> info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
->>> sig = {s: np.zeros((2, 6, 2), np.float32) for s in info.signals}
+>>> from gatelens._examples import example_layer
+>>> lt, sig = example_layer("lstm", n=2, steps=6, units=2)
 >>> sig["forget_gate"][..., 0] = 0.5
 >>> sig["forget_gate"][..., 1] = 1.0
->>> lt = LayerTrace(info, sig, mask=np.ones((2, 6), bool), inputs=np.zeros((2, 6, 1), np.float32))
 >>> half_lives(Trace({"lstm": lt}))[["unit", "half_life_steps"]]
    unit  half_life_steps
 0     0              1.0
@@ -73,9 +72,8 @@ def half_lives(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk
     --------
     >>> import numpy as np
     >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1, reset_after=True)
-    >>> sig = {s: np.full((1, 4, 1), 0.25, np.float32) for s in info.signals}
-    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 4), bool), inputs=np.zeros((1, 4, 1), np.float32))
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("gru", n=1, steps=4, units=1, fill=0.25, reset_after=True)
     >>> float(half_lives(Trace({"gru": lt}))["half_life_steps"].iloc[0])   # 0.25 = 0.5 ** 2
     0.5
     """
@@ -151,10 +149,9 @@ def retention_curves(trace: Trace, layer: str, *, max_lag: int = 50, chunk: int 
     --------
     >>> import numpy as np
     >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
-    >>> sig = {s: np.zeros((1, 4, 1), np.float32) for s in info.signals}
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=1, steps=4, units=1)
     >>> sig["forget_gate"][0, :, 0] = [1.0, 0.5, 0.5, 1.0]
-    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 4), bool), inputs=np.zeros((1, 4, 1), np.float32))
     >>> retention_curves(Trace({"lstm": lt}), "lstm", max_lag=3)[["lag", "retention", "n_windows"]]
        lag  retention  n_windows
     0    1     0.7500          4

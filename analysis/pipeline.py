@@ -379,9 +379,8 @@ def analyze(
     --------
     >>> import numpy as np
     >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1, reset_after=True)
-    >>> sig = {s: np.full((2, 3, 1), 0.25, np.float32) for s in info.signals}
-    >>> lt = LayerTrace(info, sig, mask=np.ones((2, 3), bool), inputs=np.zeros((2, 3, 1), np.float32))
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("gru", n=2, steps=3, units=1, fill=0.25, reset_after=True)
     >>> a = analyze(Trace({"gru": lt}), steps=("stats", "memory", "events"))
     >>> float(a.half_lives["half_life_steps"].iloc[0]), len(a.events), sorted(a.skipped)
     (0.5, 0, [])
@@ -680,10 +679,9 @@ def read_events(
     --------
     >>> import numpy as np, tempfile
     >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
-    >>> sig = {s: np.zeros((1, 4, 2), np.float32) for s in info.signals}
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=1, steps=4, units=2)
     >>> sig["forget_gate"][0] = [[0.95, 0.95], [0.2, 0.95], [0.95, 0.95], [0.95, 0.3]]
-    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 4), bool), inputs=np.zeros((1, 4, 1), np.float32))
     >>> run = tempfile.mkdtemp()
     >>> _ = save_analysis(analyze(Trace({"lstm": lt}), steps=("events",)), run)
     >>> a = load_analysis(run)

@@ -37,11 +37,10 @@ Examples
 --------
 >>> import numpy as np
 >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
->>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
->>> sig = {s: np.zeros((1, 4, 1), np.float32) for s in info.signals}
+>>> from gatelens._examples import example_layer
+>>> lt, sig = example_layer("lstm", n=1, steps=4, units=1)
 >>> sig["forget_gate"][0, :, 0] = [0.05, 0.5, 0.95, 0.95]
 >>> sig["forget_gate_pre"][0, :, 0] = np.log(sig["forget_gate"][0, :, 0] / (1 - sig["forget_gate"][0, :, 0]))
->>> lt = LayerTrace(info, sig, mask=np.ones((1, 4), bool), inputs=np.zeros((1, 4, 1), np.float32))
 >>> df = unit_stats(Trace({"lstm": lt}))
 >>> row = df[df.signal == "forget_gate"].iloc[0]
 >>> float(row["frac_below_0.1"]), float(row["frac_above_0.9"]), round(float(row["mean"]), 4)
@@ -317,10 +316,9 @@ def unit_stats(
     --------
     >>> import numpy as np
     >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="gru", cell_type="gru", units=2, input_dim=1, reset_after=True)
-    >>> sig = {s: np.zeros((3, 5, 2), np.float32) for s in info.signals}
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("gru", n=3, steps=5, units=2, reset_after=True)
     >>> sig["update_gate_pre"][..., 1] = 8.0      # unit 1's update gate pinned in the sigmoid's flat tail
-    >>> lt = LayerTrace(info, sig, mask=np.ones((3, 5), bool), inputs=np.zeros((3, 5, 1), np.float32))
     >>> df = unit_stats(Trace({"gru": lt}))
     >>> df[df.signal == "update_gate"][["unit", "frac_saturated", "frac_linear", "mean_slope"]].round(4)
        unit  frac_saturated  frac_linear  mean_slope
@@ -361,9 +359,8 @@ def stats_tables(trace: Trace, *, chunk: int = 256) -> tuple[pd.DataFrame, pd.Da
     --------
     >>> import numpy as np
     >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=3, input_dim=1)
-    >>> sig = {s: np.zeros((2, 4, 3), np.float32) for s in info.signals}
-    >>> lt = LayerTrace(info, sig, mask=np.ones((2, 4), bool), inputs=np.zeros((2, 4, 1), np.float32))
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=2, steps=4, units=3)
     >>> units, signals = stats_tables(Trace({"lstm": lt}))
     >>> len(units), len(signals)      # 4 activated signals x 3 units; 10 signals x 3 units
     (12, 30)

@@ -66,3 +66,33 @@ def tiny_run(directory: str | os.PathLike | None = None, n: int = 6, **kwargs: A
     out = folder / "run"
     write_run(tiny_model(**kwargs), tiny_inputs(n=n), out, batch_size=4)
     return out
+
+
+def example_layer(
+    cell: str = "lstm",
+    n: int = 1,
+    steps: int = 4,
+    units: int = 1,
+    *,
+    fill: float = 0.0,
+    name: str | None = None,
+    **info,
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """A hand-made layer trace for examples: every signal ``fill`` (float32, writable), every step real, inputs 0.
+
+    Returns ``(layer_trace, signals)``; ``signals`` holds the layer's own arrays, so setting values in it sets
+    them in the trace. ``info`` goes to :class:`gatelens.analysis.trace.LayerInfo` (e.g. ``reset_after=True``).
+
+    Examples
+    --------
+    >>> lt, sig = example_layer("gru", n=2, steps=3, units=1, fill=0.25, reset_after=True)
+    >>> sig["update_gate"][0, 1, 0] = 0.9
+    >>> lt.info.name, float(lt["update_gate"][0, 1, 0]), lt["reset_gate"].shape
+    ('gru', 0.9, (2, 3, 1))
+    """
+    from gatelens.analysis.trace import LayerInfo, LayerTrace
+
+    layer_info = LayerInfo(name=name or cell, cell_type=cell, units=units, input_dim=1, **info)
+    sig = {s: np.full((n, steps, units), fill, np.float32) for s in layer_info.signals}
+    lt = LayerTrace(layer_info, sig, mask=np.ones((n, steps), bool), inputs=np.zeros((n, steps, 1), np.float32))
+    return lt, sig
