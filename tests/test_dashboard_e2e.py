@@ -35,6 +35,8 @@ PAGES = {
     "features": "Features",
     "memory": "Memory",
     "explain": "Unit explained",
+    "whatif": "What if",
+    "search": "Search",
     "export": "Export",
 }
 
@@ -149,6 +151,11 @@ def test_demo_tour_draws_every_page(page, server):
     wait_charts(page, 1)
     assert page.get_by_text("How long it remembers.").count() == 1
     _shot(page, "explain")
+
+    for name in ("whatif", "search"):
+        _nav(page, PAGES[name])
+        _no_exception(page)
+        _shot(page, name)
 
     _nav(page, "Export")
     page.get_by_role("button", name=re.compile("Download everything")).wait_for()
