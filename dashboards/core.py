@@ -32,7 +32,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -263,7 +262,6 @@ class ModelBundle:
     params: int
     load_seconds: float
     load_path: str  # how the safe loader read it ("keras_weights", "keras_trial", "h5")
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def needs_vocabulary(self) -> bool:
@@ -577,18 +575,18 @@ def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _n
     )
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    with model.lock:  # one extractor per model; its per-run state is not shared between threads
-        trace = write_run(
-            model.extractor,
-            ds.x,
-            out,
-            batch_size=BATCH_SIZE,
-            tolerance=DEFAULT_TOLERANCE,
-            progress=stage("Re-running the cells from the weights (verified against Keras)"),
-            vocabulary=ds.vocabulary,
-            feature_names=ds.feature_names,
-            manifest=manifest,
-        )
+    # no lock: the extractor keeps no per-run state, and its compiled functions are shared and thread-safe
+    trace = write_run(
+        model.extractor,
+        ds.x,
+        out,
+        batch_size=BATCH_SIZE,
+        tolerance=DEFAULT_TOLERANCE,
+        progress=stage("Re-running the cells from the weights (verified against Keras)"),
+        vocabulary=ds.vocabulary,
+        feature_names=ds.feature_names,
+        manifest=manifest,
+    )
     seconds["extract"] = time.perf_counter() - t0
     if trace_bytes(trace) <= IN_MEMORY_BYTES:
         trace = in_memory(trace)

@@ -1,24 +1,25 @@
-"""The cell equations, written once, vectorised over batch and time (TensorFlow ops).
+"""The cell equations, written once, vectorised over batch and time (TensorFlow ops, float32).
 
-Each function takes a layer's weights and the sequence the layer received (in *processing*
-order: reversed for ``go_backwards``) and returns every signal, ``(B, T, units)``.
+Each ``run_*`` function takes a layer's weights and the sequence the layer received (batch-major
+``(B, T, in)``, in *processing* order: reversed for ``go_backwards``) and returns every signal in one
+form, whatever the mode: a dict of **time-major** ``(T, B, units)`` tensors in processing order (as
+``tf.scan`` stacks them: transposing ten signals inside the compiled function cost more than the
+recurrence itself at 512 units; the caller presents them batch-major as NumPy views), with the
+pre-activations stacked as one ``preactivations`` ``(T, B, k units)`` tensor in Keras's block order
+(:data:`gatelens.analysis.signals.WEIGHT_BLOCKS`).
 
 Two ways to get the previous hidden state ``h_{t-1}``:
 
-* ``h_ref=None`` -- *free-running*: a scan over time with our own state (the re-run proper);
-* ``h_ref`` given -- *teacher-forced*: ``h_{t-1}`` is taken from the layer's own Keras output, so
-  all gates of all steps come from one batched matrix product. Only the LSTM cell state, a
-  linear recurrence, still needs a (cheap, element-wise) scan. The recomputed hidden state is
-  then compared with Keras's output exactly as in the free-running case. For the LSTM this
-  path's matrix product runs in float64 (from the float32 weights, inputs and Keras states) and
-  is rounded once, and the cell state is the float64 recurrence of the gates *as they will be
-  stored*, so the exact decompositions of :mod:`gatelens.analysis.decompose` sum back to the stored
-  float32 signals to their own rounding (a float32 product over 100-200 terms is off by several
-  units in the last place at large pre-activations, and a float32 cell state accumulates them
-  over long memories). GRU and SimpleRNN stay in float32: their hidden state is the activation
-  of the pre-activation itself, so an exact value would differ from Keras's own float32 rounding
-  by up to ~1e-5 at saturating weights, the verification's scale. The free-running path stays in
-  float32, in Keras's own order of operations, because it is compared step by step with Keras.
+* ``h_ref=None`` -- *free-running*: a scan over time with our own state (the re-run proper). The input
+  projection of all steps is one matrix product hoisted out of the loop; inside it, the operations
+  follow Keras's own order (``x W``, then ``+ h U``, then ``+ b``), so round-off matches Keras's step
+  by step.
+* ``h_ref`` given -- *teacher-forced*: ``h_{t-1}`` is the layer's own Keras output, so all gates of all
+  steps come from one batched matrix product; the LSTM cell state, a linear recurrence, is then a
+  cheap element-wise scan.
+
+Everything is float32, as Keras computes it: the decompositions of :mod:`gatelens.analysis.decompose`
+hold for the stored signals to float32 round-off (``1e-5 * max(1, sum |parts|)``).
 
 Equations (Keras 3, ``keras/src/layers/rnn/{lstm,gru,simple_rnn}.py``):
 
@@ -30,15 +31,11 @@ Equations (Keras 3, ``keras/src/layers/rnn/{lstm,gru,simple_rnn}.py``):
 * SimpleRNN: ``h = a(x W + b + h U)``.
 
 Masked steps carry the state unchanged.
-
-Free-running results stay time-major, (T, B, units) as ``tf.scan`` stacks them, and an LSTM's four
-pre-activations stay stacked: transposing ten signals inside the compiled function cost more than the
-recurrence itself at 512 units; the caller presents them batch-major as NumPy views (no copy).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, replace  # noqa: F401  (replace: tests derive altered cells from a real one)
 from typing import Any
 
 import tensorflow as tf
@@ -58,26 +55,17 @@ class CellWeights:
     reset_after: bool = False
 
 
-def _f64(t: tf.Tensor) -> tf.Tensor:
-    return tf.cast(t, tf.float64)
-
-
-def _float64(w: CellWeights) -> CellWeights:
-    """The same cell with float64 weights (activations are dtype-generic)."""
-    return replace(
-        w,
-        kernel=_f64(w.kernel),
-        recurrent_kernel=_f64(w.recurrent_kernel),
-        bias=None if w.bias is None else _f64(w.bias),
-    )
-
-
 def _split(z: tf.Tensor, k: int) -> list[tf.Tensor]:
     return tf.split(z, k, axis=-1)
 
 
 def _carry(mask_t: tf.Tensor | None, new: tf.Tensor, old: tf.Tensor) -> tf.Tensor:
     return new if mask_t is None else tf.where(mask_t[..., None], new, old)
+
+
+def _matmul_last(a: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    """``a @ w`` over the last axis of ``a`` (any leading dims)."""
+    return tf.tensordot(a, w, axes=[[a.shape.rank - 1], [0]])
 
 
 def previous_states(h: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor) -> tf.Tensor:
@@ -109,13 +97,36 @@ def swap_batch_time(t: tf.Tensor) -> tf.Tensor:
     return tf.experimental.numpy.swapaxes(t, 0, 1)
 
 
-def _scan_time(fn, elems, initializer, *, time_major_in: bool = False, time_major_out: bool = False):
-    """tf.scan over the time axis: axis 1 of batch-major tensors (axis 0 with ``time_major_in``); returns
-    batch-major outputs, or time-major ones (T, B, ...) as the scan stacks them with ``time_major_out``."""
-    out = tf.scan(
-        fn, elems if time_major_in else tf.nest.map_structure(swap_batch_time, elems), initializer=initializer
-    )
-    return out if time_major_out else tf.nest.map_structure(swap_batch_time, out)
+def shift_in_time(h_tm: tf.Tensor, h0: tf.Tensor) -> tf.Tensor:
+    """``h_{t-1}`` for every step of a time-major state sequence that already carries over masked steps."""
+    return tf.concat([h0[None], h_tm[:-1]], axis=0)
+
+
+def _time_major_mask(x: tf.Tensor, mask: tf.Tensor | None) -> tf.Tensor:
+    if mask is None:
+        return tf.ones(tf.stack([tf.shape(x)[1], tf.shape(x)[0]]), tf.bool)
+    return swap_batch_time(mask)
+
+
+# -- LSTM -------------------------------------------------------------------------------------------------------
+
+
+def lstm_gates(w: CellWeights, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``i, f, g, o`` from the stacked pre-activations ``z`` (Keras's block order i, f, c, o)."""
+    zi, zf, zc, zo = _split(z, 4)
+    ra = w.recurrent_activation
+    return ra(zi), ra(zf), w.activation(zc), ra(zo)
+
+
+def lstm_cell_state(f: tf.Tensor, i: tf.Tensor, g: tf.Tensor, c_prev: tf.Tensor) -> tf.Tensor:
+    """``c_t = f c_{t-1} + i g`` in Keras's order of operations."""
+    return f * c_prev + i * g
+
+
+def _lstm_z(w: CellWeights, xw: tf.Tensor, h_prev: tf.Tensor) -> tf.Tensor:
+    """Keras's order: ``z = x W``; ``z += h U``; ``z += b`` (``xw`` is the hoisted ``x W``)."""
+    z = xw + _matmul_last(h_prev, w.recurrent_kernel)
+    return z if w.bias is None else z + w.bias
 
 
 def run_lstm(
@@ -125,70 +136,46 @@ def run_lstm(
     h0: tf.Tensor,
     c0: tf.Tensor,
     h_ref: tf.Tensor | None = None,
-    *,
-    exact_cell_state: bool = True,
 ) -> dict[str, tf.Tensor]:
-    """All LSTM signals for ``x`` (B, T, in) in processing order.
-
-    ``exact_cell_state``: store the cell state as the float64 recurrence of the gates as stored (always
-    so when teacher-forced); False keeps the free-running scan's own float32 state, Keras's value.
-    Free-running (``h_ref=None``), the signals are time-major (T, B, units) as the scan stacks them and
-    the four pre-activations come as one stacked ``preactivations`` (T, B, 4 units) in gate order i, f, c, o;
-    teacher-forced, each signal is (B, T, units).
-    """
-    m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
+    """All LSTM signals for ``x`` (B, T, in) in processing order, time-major (see the module docstring)."""
+    m = _time_major_mask(x, mask)
+    xw = _matmul_last(swap_batch_time(x), w.kernel)  # (T, B, 4u): the input projection of every step at once
     if h_ref is None:
-        # Free-running: the per-step operations in Keras's own order, so round-off matches step by step
-        # (a hoisted input projection would differ in the last bit, which chaotic weights amplify).
 
         def step(carry, inp):
             h, c, _ = carry
-            x_t, m_t = inp
-            z = tf.matmul(x_t, w.kernel) + tf.matmul(h, w.recurrent_kernel)
-            if w.bias is not None:
-                z = z + w.bias
-            zi, zf, zc, zo = _split(z, 4)
-            c_new = w.recurrent_activation(zf) * c + w.recurrent_activation(zi) * w.activation(zc)
-            h_new = w.recurrent_activation(zo) * w.activation(c_new)
+            xw_t, m_t = inp
+            z = _lstm_z(w, xw_t, h)
+            i, f, g, o = lstm_gates(w, z)
+            c_new = lstm_cell_state(f, i, g, c)
+            h_new = o * w.activation(c_new)
             return _carry(m_t, h_new, h), _carry(m_t, c_new, c), z
 
-        z0 = tf.zeros(tf.concat([tf.shape(x)[:1], tf.shape(w.kernel)[1:]], 0), x.dtype)
-        h, c, z = _scan_time(step, (x, m), (h0, c0, z0), time_major_out=True)
-    else:  # teacher-forced: the matrix product in float64, rounded once (see module docstring)
-        w64 = _float64(w)
-        h_prev = previous_states(h_ref, mask, h0)
-        z = tf.einsum("bti,ij->btj", _f64(x), w64.kernel) + tf.einsum("btu,uj->btj", _f64(h_prev), w64.recurrent_kernel)
-        if w64.bias is not None:
-            z = z + w64.bias
-        z = tf.cast(z, x.dtype)  # the stored pre-activations; the gates are their float32 activations
-    zi, zf, zc, zo = _split(z, 4)
-    i, f, g, o = (w.recurrent_activation(zi), w.recurrent_activation(zf), w.activation(zc), w.recurrent_activation(zo))
-    extra = {}
-    if h_ref is None:
-        extra["_cell_state_carried"] = c  # the float32 state Keras itself carries (final states, outputs)
+        h, c, z = tf.scan(step, (xw, m), initializer=(h0, c0, tf.zeros_like(xw[0])))
+        i, f, g, o = lstm_gates(w, z)
+    else:
+        h_prev = swap_batch_time(previous_states(h_ref, mask, h0))
+        z = _lstm_z(w, xw, h_prev)
+        i, f, g, o = lstm_gates(w, z)
 
-    if h_ref is not None or exact_cell_state:
-        # The stored cell state is the recurrence of the gates *as stored* (float32), run in float64: then
-        # c_t = f_t c_{t-1} + i_t g_t holds for the stored values to the rounding of c itself.
         def cstep(c, inp):
-            f_t, ig_t, m_t = inp
-            return _carry(m_t, f_t * c + ig_t, c)
+            f_t, i_t, g_t, m_t = inp
+            return _carry(m_t, lstm_cell_state(f_t, i_t, g_t, c), c)
 
-        tm = h_ref is None  # free-running gates are time-major: scan them as they are
-        elems = (_f64(f), _f64(i) * _f64(g), swap_batch_time(m) if tm else m)
-        c = tf.cast(_scan_time(cstep, elems, _f64(c0), time_major_in=tm, time_major_out=tm), x.dtype)
-    gates = {"input_gate": i, "forget_gate": f, "candidate": g, "output_gate": o, "cell_state": c}
-    if h_ref is None:
-        return {**extra, **gates, "hidden_state": h, "preactivations": z}
-    h = tf.where(m[..., None], o * w.activation(c), h_prev)
+        c = tf.scan(cstep, (f, i, g, m), initializer=c0)
+        h = tf.where(m[..., None], o * w.activation(c), h_prev)
     return {
-        **gates,
+        "input_gate": i,
+        "forget_gate": f,
+        "candidate": g,
+        "output_gate": o,
+        "cell_state": c,
         "hidden_state": h,
-        "input_gate_pre": zi,
-        "forget_gate_pre": zf,
-        "candidate_pre": zc,
-        "output_gate_pre": zo,
+        "preactivations": z,
     }
+
+
+# -- GRU --------------------------------------------------------------------------------------------------------
 
 
 def _gru_parts(w: CellWeights, xw: tf.Tensor, h_prev: tf.Tensor):
@@ -200,12 +187,12 @@ def _gru_parts(w: CellWeights, xw: tf.Tensor, h_prev: tf.Tensor):
         rb = w.bias[1]
     x_z, x_r, x_h = _split(xw, 3)
     if w.reset_after:
-        inner = tf.tensordot(h_prev, rk, axes=[[h_prev.shape.rank - 1], [0]])
+        inner = _matmul_last(h_prev, rk)
         if rb is not None:
             inner = inner + rb
         r_z, r_r, r_h = _split(inner, 3)
     else:
-        inner = tf.tensordot(h_prev, rk[:, : 2 * u], axes=[[h_prev.shape.rank - 1], [0]])
+        inner = _matmul_last(h_prev, rk[:, : 2 * u])
         r_z, r_r = _split(inner, 2)
     z_pre = x_z + r_z
     r_pre = x_r + r_r
@@ -214,73 +201,68 @@ def _gru_parts(w: CellWeights, xw: tf.Tensor, h_prev: tf.Tensor):
     if w.reset_after:
         rec_h = r * r_h
     else:
-        rec_h = tf.tensordot(r * h_prev, rk[:, 2 * u :], axes=[[h_prev.shape.rank - 1], [0]])
+        rec_h = _matmul_last(r * h_prev, rk[:, 2 * u :])
     hh_pre = x_h + rec_h
     hh = w.activation(hh_pre)
     h = z * h_prev + (1 - z) * hh
-    return z, r, hh, h, z_pre, r_pre, hh_pre
+    return z, r, hh, h, tf.concat([z_pre, r_pre, hh_pre], axis=-1)
 
 
 def run_gru(
     w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, h_ref: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
-    """All GRU signals for ``x`` (B, T, in) in processing order; time-major (T, B, units) when free-running."""
+    """All GRU signals for ``x`` (B, T, in) in processing order, time-major (see the module docstring)."""
     input_bias = None if w.bias is None else (w.bias[0] if w.reset_after else w.bias)
-
-    def project(inputs):  # Keras: matrix_x = inputs @ kernel + input_bias
-        xw = tf.tensordot(inputs, w.kernel, axes=[[inputs.shape.rank - 1], [0]])
-        return xw if input_bias is None else xw + input_bias
-
-    m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
-    if h_ref is None:  # free-running, per step in Keras's order (see run_lstm)
+    m = _time_major_mask(x, mask)
+    xw = _matmul_last(swap_batch_time(x), w.kernel)  # Keras: matrix_x = inputs @ kernel + input_bias
+    if input_bias is not None:
+        xw = xw + input_bias
+    if h_ref is None:
 
         def step(carry, inp):
-            h, *_ = carry
-            x_t, m_t = inp
-            z, r, hh, h_new, z_pre, r_pre, hh_pre = _gru_parts(w, project(x_t), h)
-            return (_carry(m_t, h_new, h), z_pre, r_pre, hh_pre)
+            h, _ = carry
+            xw_t, m_t = inp
+            *_, h_new, pre = _gru_parts(w, xw_t, h)
+            return _carry(m_t, h_new, h), pre
 
-        zeros = tf.zeros_like(h0)
-        h, z_pre, r_pre, hh_pre = _scan_time(step, (x, m), (h0, zeros, zeros, zeros), time_major_out=True)
-        z, r, hh = (w.recurrent_activation(z_pre), w.recurrent_activation(r_pre), w.activation(hh_pre))
+        h, pre = tf.scan(step, (xw, m), initializer=(h0, tf.zeros_like(xw[0])))
     else:
-        h_prev = previous_states(h_ref, mask, h0)
-        z, r, hh, h, z_pre, r_pre, hh_pre = _gru_parts(w, project(x), h_prev)
+        h_prev = swap_batch_time(previous_states(h_ref, mask, h0))
+        *_, h, pre = _gru_parts(w, xw, h_prev)
         h = tf.where(m[..., None], h, h_prev)
+    z_pre, r_pre, hh_pre = _split(pre, 3)
     return {
-        "update_gate": z,
-        "reset_gate": r,
-        "candidate": hh,
+        "update_gate": w.recurrent_activation(z_pre),
+        "reset_gate": w.recurrent_activation(r_pre),
+        "candidate": w.activation(hh_pre),
         "hidden_state": h,
-        "update_gate_pre": z_pre,
-        "reset_gate_pre": r_pre,
-        "candidate_pre": hh_pre,
+        "preactivations": pre,
     }
+
+
+# -- SimpleRNN --------------------------------------------------------------------------------------------------
 
 
 def run_simple_rnn(
     w: CellWeights, x: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor, h_ref: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
-    """SimpleRNN hidden state and pre-activation for ``x`` (B, T, in) in processing order; time-major (T, B,
-    units) when free-running."""
-
-    def project(inputs):  # Keras: h = inputs @ kernel + bias
-        xw = tf.tensordot(inputs, w.kernel, axes=[[inputs.shape.rank - 1], [0]])
-        return xw if w.bias is None else xw + w.bias
-
-    m = tf.ones(tf.shape(x)[:2], tf.bool) if mask is None else mask
+    """SimpleRNN hidden state and pre-activation for ``x`` (B, T, in), time-major (see the module docstring)."""
+    m = _time_major_mask(x, mask)
     act = w.activation if w.activation is not None else (lambda v: v)
-    if h_ref is None:  # free-running, per step in Keras's order (see run_lstm)
+    xw = _matmul_last(swap_batch_time(x), w.kernel)  # Keras: h = inputs @ kernel + bias; h + prev @ recurrent
+    if w.bias is not None:
+        xw = xw + w.bias
+    if h_ref is None:
 
         def step(carry, inp):
             h, _ = carry
-            x_t, m_t = inp
-            pre = project(x_t) + tf.matmul(h, w.recurrent_kernel)
+            xw_t, m_t = inp
+            pre = xw_t + tf.matmul(h, w.recurrent_kernel)
             return _carry(m_t, act(pre), h), pre
 
-        h, pre = _scan_time(step, (x, m), (h0, tf.zeros_like(h0)), time_major_out=True)
+        h, pre = tf.scan(step, (xw, m), initializer=(h0, tf.zeros_like(h0)))
     else:
-        h_prev = previous_states(h_ref, mask, h0)
-        pre = project(x) + tf.einsum("btu,uj->btj", h_prev, w.recurrent_kernel)
+        h_prev = swap_batch_time(previous_states(h_ref, mask, h0))
+        pre = xw + _matmul_last(h_prev, w.recurrent_kernel)
         h = tf.where(m[..., None], act(pre), h_prev)
-    return {"hidden_state": h, "hidden_state_pre": pre}
+    return {"hidden_state": h, "preactivations": pre}

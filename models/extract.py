@@ -1,43 +1,81 @@
 """The extractor: re-run every recurrent layer's cell from its weights and capture every signal.
 
-For each batch, one compiled TensorFlow function runs the Keras model itself and, at each
-recurrent layer, (1) calls the Keras layer as the model would, (2) recomputes all gates,
-pre-activations, cell and hidden states from the layer's weights on exactly the tensor
-(and mask) that layer received, and (3) measures max |recomputed hidden state - Keras
-output|. Above ``tolerance`` the extraction fails loudly.
+For each batch, one compiled TensorFlow function runs the Keras model's own layer graph and, at each
+recurrent layer, recomputes all gates, pre-activations, cell and hidden states from the layer's weights
+on exactly the tensor (and mask) that layer received (:mod:`gatelens.models.cells`), and checks them
+against Keras's own code. How it checks is the verification mode (:data:`VERIFY_CHECKS` says exactly
+what each checks; the manifest of a run records it):
 
-When a layer returns its whole sequence, ``h_{t-1}`` is read from Keras's own output and all
-gates of all steps come out of one batched matrix product (see :mod:`gatelens.models.cells`); the
-layer's cell state and hidden state are then recomputed and checked against Keras. A layer
-that returns only its last step is re-run free (a scan over time) and checked on that step.
+* ``"cell"`` (the default): gatelens's float32 re-run, in Keras's order of operations, drives the model;
+  Keras's own cell is called once on all ``N x T`` steps at once, teacher-forced from gatelens's states,
+  and every ``h_t`` (and LSTM ``c_t``) of every sequence is compared with gatelens's; Keras's layer
+  re-runs a sample of each batch end to end (masking, direction, merge mode, final states).
+* ``"full"``: Keras's layer runs every sequence (a second full forward pass); each layer is recomputed
+  from Keras's own previous hidden states and every step of every sequence is compared.
+* ``"sample"``: as ``"cell"`` without the all-steps cell check (the fastest).
+
+Above ``tolerance`` the extraction fails loudly (:class:`~gatelens.errors.VerificationError`).
+
+**Compiled once.** The compiled function is built once per model (and layer selection, dtype, verification
+mode) and kept in a per-model cache that :func:`extract`, :func:`write_run`, :func:`verification_errors`,
+the CLI and the dashboard share without holding an :class:`Extractor`; the model is referenced weakly, so
+a model that is garbage-collected frees its compiled functions. Batches are padded to a power of two (at
+most ``batch_size``), so no input length traces the function again and at most
+``log2(batch_size) + 1`` shapes are ever compiled per mode. It is safe to call from several threads.
+
+**The hook** (for code that builds on the extractor, e.g. interventions): :func:`capture` runs the model
+once, inside a TensorFlow trace, and returns a :class:`Capture` -- the model's output, each captured
+layer's signals (time-major, processing order, as :mod:`gatelens.models.cells` returns them) and the
+Embedding layer feeding it. All per-call state is in that return value; nothing is stored on the
+:class:`Extractor`. :func:`run_direction` re-runs one recurrent computation.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from gatelens.analysis.signals import PRE_ACTIVATION, WEIGHT_BLOCKS
 from gatelens.analysis.store import RunWriter, open_run
 from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-from gatelens.errors import GatelensInputError, UnsupportedLayerError, VerificationError
+from gatelens.errors import GatelensError, GatelensInputError, UnsupportedLayerError, VerificationError
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 DEFAULT_TOLERANCE = 1e-4
-#: ``verify="full"``: Keras runs every sequence and each layer is recomputed from Keras's own states and checked
-#: at every step; ``verify="sample"``: gatelens's own re-run drives the model and Keras re-runs a sample of each
-#: batch (``sample_size`` evenly spaced sequences plus the most-masked one), compared output for output.
-VERIFY_MODES = ("full", "sample")
+#: The verification modes; :data:`DEFAULT_VERIFY` is the default.
+VERIFY_MODES = ("cell", "full", "sample")
+DEFAULT_VERIFY = "cell"
 DEFAULT_SAMPLE_SIZE = 8
+#: Exactly what each verification mode checks (stored in the manifest as ``verify_checks``).
+VERIFY_CHECKS = {
+    "cell": (
+        "every step of every sequence: Keras's own cell, called once on all steps teacher-forced from gatelens's "
+        "states, gives each hidden state (and LSTM cell state), compared with gatelens's; and Keras's layer "
+        "re-runs sample_size evenly spaced sequences of each batch plus its most-masked one end to end, "
+        "compared output for output (sequence, final states; masking, direction, merge mode)"
+    ),
+    "full": (
+        "every step of every sequence: Keras's layer runs every sequence (a second forward pass) and each "
+        "layer is recomputed from Keras's own previous hidden states; every hidden state compared with Keras's "
+        "(a layer returning only its last step: that step, after gatelens's own re-run)"
+    ),
+    "sample": (
+        "a sample: Keras's layer re-runs sample_size evenly spaced sequences of each batch plus its most-masked "
+        "one end to end, compared output for output (sequence, final states; masking, direction, merge mode)"
+    ),
+}
 
 
 def _check_verify(verify: str, sample_size: int) -> None:
@@ -45,6 +83,28 @@ def _check_verify(verify: str, sample_size: int) -> None:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     if not isinstance(sample_size, (int, np.integer)) or isinstance(sample_size, bool) or sample_size < 1:
         raise ValueError(f"sample_size must be a positive integer, got {sample_size!r}")
+
+
+def _verify_meta(verify: str, sample_size: int) -> dict[str, Any]:
+    """How the run was verified, for ``trace.meta`` and the manifest."""
+    return {
+        "verify": verify,
+        "verify_sample_size": int(sample_size) if verify != "full" else None,
+        "verify_checks": VERIFY_CHECKS[verify],
+    }
+
+
+def bucket(k: int, batch_size: int) -> int:
+    """The compiled batch size a batch of ``k`` sequences runs at: the next power of two, at most ``batch_size``.
+
+    Examples
+    --------
+    >>> [bucket(k, 256) for k in (1, 7, 44, 256)], bucket(300, 256), bucket(70, 100)
+    ([1, 8, 64, 256], 256, 100)
+    """
+    if k >= batch_size:
+        return batch_size
+    return min(1 << max(0, int(k) - 1).bit_length(), batch_size)
 
 
 @dataclass
@@ -55,11 +115,6 @@ class _Direction:
     info: LayerInfo
     rnn: Any  # the keras RNN layer (LSTM/GRU/SimpleRNN/RNN) whose cell we re-run
     weights: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def _verify_meta(verify: str, sample_size: int) -> dict[str, Any]:
-    """How the run was verified, for ``trace.meta`` and the manifest."""
-    return {"verify": verify, "verify_sample_size": int(sample_size) if verify == "sample" else None}
 
 
 def _activation_name(fn: Any) -> str:
@@ -124,31 +179,51 @@ def _input_dim(layer: Any) -> int:
     return int(shape[-1])
 
 
-class Extractor:
-    """Compiled re-runner for one model (reusable across batches and inputs).
+# -- the plan of a model and its compiled functions (the per-model cache) ----------------------------------------
 
-    Parameters
-    ----------
-    model : keras.Model
-        A Sequential or functional model (nested sub-models allowed) with one input.
-    layers : sequence of str, optional
-        Contract names to capture (a Bidirectional's plain name selects both directions);
-        default all.
-    jit_compile : bool
-        Compile with XLA (default True; falls back to plain graph mode if XLA fails).
+
+class _Compiled:
+    """One compiled batch function (one key: code, dtype, verification mode, sample size) and its shapes."""
+
+    def __init__(self, jit: Any, plain: Any) -> None:
+        self.fn = jit
+        self.plain = plain
+        self.shapes: set[tuple[int, ...]] = set()  # padded input shapes run so far (one XLA compilation each)
+        self.lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray) -> Any:
+        fn = self.fn
+        try:
+            out = fn(x)
+        except Exception as e:  # XLA cannot compile some graphs: fall back to plain graph mode
+            if fn is self.plain or isinstance(e, GatelensError):
+                raise
+            log.warning("XLA compilation failed (%s); falling back to graph mode", str(e).splitlines()[0][:200])
+            with self.lock:
+                self.fn = self.plain
+            out = self.plain(x)
+        with self.lock:
+            self.shapes.add(tuple(x.shape))
+        return out
+
+
+class _Plan:
+    """What gatelens re-runs in one model for one layer selection: its directions, and the compiled functions.
+
+    Holds the model only weakly (the compiled functions close over the plan), so the per-model cache never
+    keeps a model alive.
     """
 
-    def __init__(self, model: Any, *, layers: Sequence[str] | None = None, jit_compile: bool = True) -> None:
-        from gatelens.models._quiet import import_tensorflow_quietly
-
-        import_tensorflow_quietly()
+    def __init__(self, model: Any, layers: Sequence[str] | None, jit_compile: bool) -> None:
         from gatelens.models.graph import recurrent_layers
+        from gatelens.models.spec import input_spec
 
         if len(model.inputs) != 1:
             raise UnsupportedLayerError(
                 f"model {model.name!r} has {len(model.inputs)} inputs; gatelens extracts from single-input models."
             )
-        self.model = model
+        self.model_ref = weakref.ref(model)
+        self.model_name = model.name
         self.input_shape = tuple(model.inputs[0].shape)
         self.input_dtype = str(model.inputs[0].dtype)
         if "string" in self.input_dtype:
@@ -157,8 +232,6 @@ class Extractor:
                 "extracts from models that take token ids: save the model without the lookup layer and pass "
                 "its vocabulary with --vocab."
             )
-        from gatelens.models.spec import input_spec
-
         #: True when the model takes token ids (an int input, or a float input that feeds an Embedding).
         self.token_input = "int" in self.input_dtype or input_spec(model).integer_tokens
         rnns = recurrent_layers(model)
@@ -167,7 +240,7 @@ class Extractor:
                 f"model {model.name!r} has no recurrent layer (LSTM, GRU, SimpleRNN or Bidirectional) to extract."
             )
         seen: dict[str, int] = {}
-        self._by_layer: dict[int, list[_Direction]] = {}
+        self.by_layer: dict[int, list[_Direction]] = {}
         directions: list[_Direction] = []
         for layer in rnns:
             base = layer.name
@@ -182,7 +255,7 @@ class Extractor:
                 ]
             else:
                 ds = [_direction(layer, base, dim)]
-            self._by_layer[id(layer)] = ds
+            self.by_layer[id(layer)] = ds
             directions.extend(ds)
         available = [d.name for d in directions]
         if layers:
@@ -192,14 +265,464 @@ class Extractor:
                 if not match:
                     raise GatelensInputError(f"no recurrent layer named {name!r}; the model has {available}")
                 wanted.update(match)
-            self._wanted = wanted
         else:
-            self._wanted = set(available)
-        self.directions = [d for d in directions if d.name in self._wanted]
-        self._embedding: dict[str, Any] = {}  # direction name -> the Embedding layer feeding it
-        self._jit = jit_compile
-        self._fns: dict[tuple, tuple[Any, Any]] = {}
-        self._layouts: dict[tuple, dict[str, tuple[bool, bool]]] = {}
+            wanted = set(available)
+        self.wanted = frozenset(wanted)
+        self.directions = [d for d in directions if d.name in self.wanted]
+        self.jit = jit_compile
+        #: direction name -> the Embedding layer feeding it; a static fact of the graph, found while tracing.
+        self.embedding: dict[str, Any] = {}
+        self.traced = False
+        self._compiled: dict[tuple, _Compiled] = {}
+        self._lock = threading.Lock()
+
+    def model(self) -> Any:
+        model = self.model_ref()
+        if model is None:  # pragma: no cover - only reachable through a plan kept past its model
+            raise RuntimeError(f"model {self.model_name!r} was garbage-collected")
+        return model
+
+    def compiled(self, dtype: str, verify: str, sample_size: int) -> _Compiled:
+        """The compiled batch function for this key, built (not yet traced) on first use; thread-safe."""
+        from gatelens.models import cells
+
+        # the cell code is part of the key: a test or an intervention that swaps a cell function gets its own
+        code = (cells.run_lstm, cells.run_gru, cells.run_simple_rnn)
+        key = (code, dtype, verify, int(sample_size))
+        with self._lock:
+            entry = self._compiled.get(key)
+            if entry is None:
+                entry = self._compiled[key] = self._build(dtype, verify, int(sample_size))
+            return entry
+
+    def compiled_shapes(self) -> dict[tuple[str, str, int], set[tuple[int, ...]]]:
+        """``(dtype, verify, sample_size)`` -> the padded input shapes compiled for it (the bucketing's record)."""
+        with self._lock:
+            return {k[1:]: set(v.shapes) for k, v in self._compiled.items()}
+
+    def tf_functions(self) -> list[Any]:
+        """Every ``tf.function`` this plan built (their tracing counts are the tests' record of retracing)."""
+        with self._lock:
+            return [f for c in self._compiled.values() for f in {id(c.fn): c.fn, id(c.plain): c.plain}.values()]
+
+    def _build(self, dtype: str, verify: str, sample_size: int) -> _Compiled:
+        import tensorflow as tf
+
+        plan = self
+
+        def fn(x):
+            cap = capture(plan, x, verify=verify, sample_size=sample_size)
+            plan.embedding.update(cap.embeddings)  # the same layers at every trace
+            plan.traced = True
+            out = {}
+            for name, sig in cap.signals.items():
+                d = {k: v for k, v in sig.items() if not k.startswith("_")}
+                for k in list(d):
+                    if k not in ("mask", "input", "error"):
+                        d[k] = tf.cast(d[k], dtype)
+                out[name] = d
+            return out
+
+        spec = tf.TensorSpec((None, *self.input_shape[1:]), self.input_dtype)
+        # autograph off: the hook has no tensor-dependent Python control flow, and tracing is faster without it
+        plain = tf.function(fn, input_signature=[spec], autograph=False)
+        jit = tf.function(fn, input_signature=[spec], jit_compile=True, autograph=False) if self.jit else plain
+        return _Compiled(jit, plain)
+
+    def ensure_traced(self) -> None:
+        """Trace the default function once (if nothing was traced yet), so that :attr:`embedding` is known."""
+        if self.traced:
+            return
+        import tensorflow as tf
+
+        c = self.compiled("float32", DEFAULT_VERIFY, DEFAULT_SAMPLE_SIZE)
+        c.fn.get_concrete_function(tf.TensorSpec((None, *self.input_shape[1:]), self.input_dtype))
+
+
+_CACHE: dict[int, dict[tuple, _Plan]] = {}  # id(model) -> {(layers, jit): plan}; entries leave with the model
+_CACHE_LOCK = threading.Lock()
+
+
+def _plan_for(model: Any, layers: Sequence[str] | None = None, jit_compile: bool = True) -> _Plan:
+    """The cached plan of ``model`` for this layer selection (built once; freed when the model is collected)."""
+    from gatelens.models._quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from gatelens.models import compat
+
+    compat.check()  # a missing private Keras API: one clear CompatError here, not an error inside a trace
+    key = (tuple(layers) if layers else None, bool(jit_compile))
+    with _CACHE_LOCK:
+        plans = _CACHE.get(id(model))
+        if plans is None:
+            plans = _CACHE[id(model)] = {}
+            weakref.finalize(model, _CACHE.pop, id(model), None)
+        plan = plans.get(key)
+        if plan is None or plan.model_ref() is not model:
+            plan = plans[key] = _Plan(model, layers, jit_compile)
+        return plan
+
+
+def cached_models() -> int:
+    """How many models the compile cache holds (a collected model leaves it)."""
+    with _CACHE_LOCK:
+        return len(_CACHE)
+
+
+# -- the hook: plain functions, called while TensorFlow traces the batch function -------------------------------
+
+
+class Capture(NamedTuple):
+    """What one traced call of the model gives (all per-call state; see :func:`capture`)."""
+
+    output: Any  # what the model returns
+    signals: dict[str, dict[str, Any]]  # direction name -> its signals, "mask", "input", "error"
+    embeddings: dict[str, Any]  # direction name -> the Embedding layer feeding it
+
+
+def capture(plan: _Plan, x: Any, *, verify: str = DEFAULT_VERIFY, sample_size: int = DEFAULT_SAMPLE_SIZE) -> Capture:
+    """Run the model on the symbolic batch ``x`` with every captured recurrent layer re-run and checked.
+
+    Call it inside a ``tf.function`` (that is what the compiled batch function does). Each entry of
+    ``Capture.signals`` holds the cell's signals as :mod:`gatelens.models.cells` returns them (time-major, in
+    processing order, pre-activations stacked as ``preactivations``), ``mask`` (B, T) and ``input`` (B, T, in)
+    in time order, and ``error``: ``[max |diff|, max |diff| / (1 + |ref|)]`` of the verification. Keys that
+    start with ``_`` are internal (what the layer received, in processing order).
+    """
+    from gatelens.models.graph import call_with_hook
+
+    signals: dict[str, dict[str, Any]] = {}
+    embeddings: dict[str, Any] = {}
+    hook = functools.partial(_hook, plan, verify, int(sample_size), signals, embeddings)
+    output = call_with_hook(plan.model(), x, hook)
+    return Capture(output, signals, embeddings)
+
+
+def _hook(plan, verify, sample_size, signals, embeddings, layer, args, kwargs, call, ctx):
+    """:func:`gatelens.models.graph.call_with_hook`'s hook: one recurrent layer, re-run and checked."""
+    import tensorflow as tf
+
+    from gatelens.models import compat
+
+    dirs = [d for d in plan.by_layer.get(id(layer), []) if d.name in plan.wanted]
+    if not dirs:
+        return call(*args, **kwargs)
+    seq = args[0]
+    mask = kwargs.get("mask")
+    if mask is None:
+        mask = compat.get_mask(seq)
+    if mask is not None:
+        mask = tf.cast(mask, tf.bool)
+    init = kwargs.get("initial_state")
+    if verify == "full":
+        out, got = _layer_full(plan, layer, args, kwargs, call, seq, mask, init)
+    else:
+        out, got = _layer_free(plan, layer, args, kwargs, call, seq, mask, init, verify, sample_size)
+    emb = ctx.embedding_of.get(id(seq))
+    for name, r in got.items():
+        if name in plan.wanted:
+            signals[name] = r
+            if emb is not None:
+                embeddings[name] = emb
+    return out
+
+
+def _rev(t):
+    import tensorflow as tf
+
+    return None if t is None else tf.reverse(t, axis=[1])
+
+
+def _split_states(init, n):
+    if init is None:
+        return [None] * n
+    half = len(init) // 2
+    return [init[:half], init[half:]] if n == 2 else [init]
+
+
+def run_direction(d: _Direction, seq: Any, mask: Any, ref_proc: Any = None, initial_state: Any = None) -> dict:
+    """Re-run one recurrent computation on the tensor (and mask) its layer received.
+
+    ``ref_proc`` (optional): Keras's own output sequence in processing order, to teacher-force from. Returns the
+    cell's signals (:mod:`gatelens.models.cells`: time-major, processing order), ``mask`` and ``input`` (time
+    order, batch-major) and what the checks need (``_x_proc``, ``_mask_proc``, ``_h0``, ``_c0``).
+    """
+    import tensorflow as tf
+
+    from gatelens.models import cells
+
+    w = _cell_weights(d.rnn)
+    x = tf.cast(seq, tf.float32)
+    b = tf.shape(x)[0]
+    lstm = d.info.cell_type == "lstm"
+    if initial_state is not None:
+        states = [tf.cast(s, tf.float32) for s in initial_state]
+    else:
+        states = [tf.zeros(tf.stack([b, d.info.units]), tf.float32)] * (2 if lstm else 1)
+    xp, mp = (_rev(x), _rev(mask)) if d.info.go_backwards else (x, mask)
+    runner = getattr(cells, f"run_{d.info.cell_type}")  # looked up at trace time: a swapped cell is used
+    sig = runner(w, xp, mp, *states[: 2 if lstm else 1], h_ref=ref_proc)
+    out = dict(sig)
+    out["mask"] = mask if mask is not None else tf.ones(tf.shape(x)[:2], tf.bool)
+    out["input"] = x
+    out["_x_proc"], out["_mask_proc"], out["_h0"] = xp, mp, states[0]
+    if lstm:
+        out["_c0"] = states[1]
+    return out
+
+
+def _max_errors(diff, ref):
+    """(max |diff|, max |diff| / (1 + |ref|)): the reported error and the one checked against tolerance."""
+    import tensorflow as tf
+
+    return tf.stack([tf.reduce_max(diff), tf.reduce_max(diff / (1.0 + tf.abs(ref)))])
+
+
+def _teacher_error(r: dict, ref: Any, last_only: bool):
+    """:func:`_max_errors` of our hidden state against Keras's ``ref`` (batch-major, processing order)."""
+    import tensorflow as tf
+
+    from gatelens.models.cells import swap_batch_time
+
+    h = r["hidden_state"]
+    ref = tf.cast(ref, tf.float32)
+    if last_only:
+        return _max_errors(tf.abs(h[-1] - ref), ref)
+    ref = swap_batch_time(ref)
+    diff = tf.abs(h - ref)
+    if r["_mask_proc"] is not None:
+        diff = tf.where(swap_batch_time(r["_mask_proc"])[..., None], diff, 0.0)
+    return _max_errors(diff, ref)
+
+
+def _emulated_output(rnn: Any, r: dict) -> Any:
+    """What the Keras RNN layer ``rnn`` returns, built from our re-run ``r`` of it (Keras 3 ``RNN.call`` over
+    ``backend.rnn``): outputs in processing order; a masked step repeats the previous output (zeros before the
+    first unmasked step, or always zeros with ``zero_output_for_mask``); final states."""
+    import tensorflow as tf
+
+    from gatelens.models.cells import swap_batch_time
+
+    h = r["hidden_state"]
+    outputs = h
+    if r["_mask_proc"] is not None:
+        m = swap_batch_time(r["_mask_proc"])
+        if not rnn.zero_output_for_mask:  # h carries over masked steps: it is the previous output once one came
+            m = tf.cumsum(tf.cast(m, tf.int32), axis=0) > 0
+        outputs = tf.where(m[..., None], h, 0.0)
+    dt = rnn.compute_dtype
+    output = tf.cast(swap_batch_time(outputs) if rnn.return_sequences else outputs[-1], dt)
+    if not rnn.return_state:
+        return output
+    states = [h[-1]] + ([r["cell_state"][-1]] if "cell_state" in r else [])
+    return (output, *(tf.cast(st, dt) for st in states))
+
+
+def _bidirectional_output(layer: Any, yf: Any, yb: Any) -> Any:
+    """Keras 3 ``Bidirectional.call`` (non-fused path) from its two layers' outputs."""
+    import tensorflow as tf
+
+    states = ()
+    if layer.return_state:
+        states = tuple(yf[1:]) + tuple(yb[1:])
+        yf, yb = yf[0], yb[0]
+    if layer.return_sequences:
+        yb = tf.reverse(yb, axis=[1])
+    mode = layer.merge_mode
+    if mode is None:
+        return (yf, yb) + states if states else (yf, yb)
+    merged = {
+        "concat": lambda: tf.concat([yf, yb], axis=-1),
+        "sum": lambda: yf + yb,
+        "ave": lambda: (yf + yb) / 2,
+        "mul": lambda: yf * yb,
+    }[mode]()
+    return (merged,) + states if states else merged
+
+
+def _sample_rows(batch: Any, mask: Any, sample_size: int):
+    """``sample_size`` evenly spaced rows of the batch, plus its most-masked sequence."""
+    import tensorflow as tf
+
+    n = tf.shape(batch)[0]
+    idx = tf.cast(tf.round(tf.linspace(0.0, tf.cast(n - 1, tf.float32), sample_size)), tf.int32)
+    if mask is not None:
+        most_masked = tf.argmin(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1), output_type=tf.int32)
+        idx = tf.concat([idx, most_masked[None]], axis=0)
+    return idx
+
+
+def _sample_errors(layer, args, kwargs, call, seq, mask, init, out, sample_size):
+    """Keras's layer re-runs a sample of the batch end to end; every output compared with ours on it."""
+    import keras
+    import tensorflow as tf
+
+    idx = _sample_rows(seq, mask, sample_size)
+    s_kwargs = dict(kwargs)
+    if mask is not None:
+        s_kwargs["mask"] = tf.gather(mask, idx)
+    if init is not None:
+        s_kwargs["initial_state"] = [tf.gather(st, idx) for st in init]
+    ref = call(tf.gather(seq, idx), *args[1:], **s_kwargs)
+    flat_out, flat_ref = keras.tree.flatten(out), keras.tree.flatten(ref)
+    if len(flat_out) != len(flat_ref):  # pragma: no cover - a Keras change in what RNN layers return
+        raise UnsupportedLayerError(f"layer {layer.name!r}: unexpected output structure from Keras")
+    worst = []
+    for o, r in zip(flat_out, flat_ref):
+        r = tf.cast(r, tf.float32)
+        worst.append(_max_errors(tf.abs(tf.cast(tf.gather(o, idx), tf.float32) - r), r))
+    return tf.reduce_max(tf.stack(worst), axis=0)
+
+
+def _cell_errors(d: _Direction, r: dict):
+    """Keras's own cell, called once on every step of every sequence (``T x B`` rows), teacher-forced from our
+    states: its hidden state (and LSTM cell state) against ours at every unmasked step."""
+    import tensorflow as tf
+
+    from gatelens.models.cells import shift_in_time, swap_batch_time
+
+    h = r["hidden_state"]
+
+    def flat(t):
+        return tf.reshape(t, tf.stack([-1, tf.shape(t)[-1]]))
+
+    states = [flat(shift_in_time(h, r["_h0"]))]
+    ours = [h]
+    if "cell_state" in r:
+        states.append(flat(shift_in_time(r["cell_state"], r["_c0"])))
+        ours.append(r["cell_state"])
+    x_tm = swap_batch_time(r["_x_proc"])
+    y, new_states = d.rnn.cell(flat(x_tm), states, training=False)
+    theirs = [y] + ([new_states[1]] if len(ours) == 2 else [])
+    keep = None if r["_mask_proc"] is None else tf.reshape(swap_batch_time(r["_mask_proc"]), [-1, 1])
+    worst = []
+    for o, k in zip(ours, theirs):
+        k = tf.cast(k, tf.float32)
+        diff = tf.abs(flat(o) - k)
+        if keep is not None:
+            diff = tf.where(keep, diff, 0.0)
+        worst.append(_max_errors(diff, k))
+    return tf.reduce_max(tf.stack(worst), axis=0)
+
+
+def _layer_free(plan, layer, args, kwargs, call, seq, mask, init, verify, sample_size):
+    """verify="cell" / "sample": our re-run is the layer's output; Keras checks it (see :data:`VERIFY_CHECKS`)."""
+    import keras
+    import tensorflow as tf
+
+    from gatelens.models import compat
+
+    ds = plan.by_layer[id(layer)]  # its directions (forward, backward for a Bidirectional)
+    rs = [run_direction(d, seq, mask, None, i0) for d, i0 in zip(ds, _split_states(init, len(ds)))]
+    if len(ds) == 2:
+        out = _bidirectional_output(layer, *(_emulated_output(d.rnn, r) for d, r in zip(ds, rs)))
+    else:
+        out = _emulated_output(layer, rs[0])
+    out_mask = layer.compute_mask(seq, mask)
+    for o, om in zip(keras.tree.flatten(out), keras.tree.flatten(out_mask) if out_mask is not None else []):
+        if om is not None:
+            compat.set_mask(o, om)
+    e = _sample_errors(layer, args, kwargs, call, seq, mask, init, out, sample_size)
+    got = {}
+    for d, r in zip(ds, rs):
+        if d.name in plan.wanted:
+            r["error"] = e if verify == "sample" else tf.maximum(e, _cell_errors(d, r))
+            got[d.name] = r
+    return out, got
+
+
+def _layer_full(plan, layer, args, kwargs, call, seq, mask, init):
+    """verify="full": Keras's layer runs the whole batch; each direction is recomputed from Keras's states."""
+    import tensorflow as tf
+
+    from gatelens.models.cells import swap_batch_time
+
+    out = call(*args, **kwargs)
+    ds = plan.by_layer[id(layer)]
+    if len(ds) == 1:
+        (d,) = ds
+        y = out[0] if layer.return_state else out
+        r = run_direction(d, seq, mask, y if layer.return_sequences else None, init)
+        r["error"] = _teacher_error(r, y, not layer.return_sequences)
+        return out, {d.name: r}
+    y = out
+    if layer.return_state:
+        y = out[:2] if layer.merge_mode is None else out[0]
+    seqs = layer.return_sequences
+    half = layer.forward_layer.cell.units
+    if layer.merge_mode == "concat":
+        parts = [y[..., :half], y[..., half:]]
+    elif layer.merge_mode is None:
+        parts = list(y)
+    else:
+        parts = None
+    fwd_ref = bwd_ref = None
+    if seqs and parts is not None:
+        fwd_ref, bwd_ref = parts[0], _rev(parts[1])
+    fwd_d, bwd_d = ds  # built in this order by _Plan
+    i_f, i_b = _split_states(init, 2)
+    rf = run_direction(fwd_d, seq, mask, fwd_ref, i_f)
+    rb = run_direction(bwd_d, seq, mask, bwd_ref, i_b)
+    if parts is not None:  # concat or None: each direction against its own half
+        ef = _teacher_error(rf, parts[0], not seqs)
+        eb = _teacher_error(rb, bwd_ref if seqs else parts[1], not seqs)
+    else:  # merged: each direction's hidden state in time order
+        hf = rf["hidden_state"] if seqs else rf["hidden_state"][-1]
+        hb = tf.reverse(rb["hidden_state"], axis=[0]) if seqs else rb["hidden_state"][-1]
+        merged = {"sum": hf + hb, "ave": (hf + hb) / 2, "mul": hf * hb}[layer.merge_mode]
+        yf = tf.cast(swap_batch_time(y) if seqs else y, tf.float32)
+        diff = tf.abs(merged - yf)
+        if seqs:
+            diff = tf.where(swap_batch_time(rf["mask"])[..., None], diff, 0.0)
+        ef = eb = _max_errors(diff, yf)
+    rf["error"], rb["error"] = ef, eb
+    return out, {fwd_d.name: rf, bwd_d.name: rb}
+
+
+# -- the public objects ------------------------------------------------------------------------------------------
+
+
+class Batch(NamedTuple):
+    """One extracted batch: its first sequence, the signals of every captured layer, their verification errors."""
+
+    start: int
+    signals: dict[str, dict[str, np.ndarray]]
+    errors: dict[str, float]  # layer -> max |hidden state recomputed - Keras| in this batch
+
+
+class Extractor:
+    """Compiled re-runner for one model (reusable across batches and inputs).
+
+    Optional: :func:`extract`, :func:`write_run` and :func:`verification_errors` take the model itself and
+    share the per-model cache of compiled functions that every ``Extractor`` of the model uses too. An
+    ``Extractor`` holds no per-run state, so one can serve several threads.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A Sequential or functional model (nested sub-models allowed) with one input.
+    layers : sequence of str, optional
+        Contract names to capture (a Bidirectional's plain name selects both directions);
+        default all.
+    jit_compile : bool
+        Compile with XLA (default True; falls back to plain graph mode if XLA fails).
+
+    Examples
+    --------
+    >>> from gatelens._examples import tiny_model, tiny_inputs
+    >>> model = tiny_model()
+    >>> ex = Extractor(model)
+    >>> ex.layer_names, Extractor(model).compile_stats() == ex.compile_stats()
+    (['lstm'], True)
+    """
+
+    def __init__(self, model: Any, *, layers: Sequence[str] | None = None, jit_compile: bool = True) -> None:
+        self.model = model
+        self._plan = _plan_for(model, layers, jit_compile)
+        self.input_shape = self._plan.input_shape
+        self.input_dtype = self._plan.input_dtype
+        self.token_input = self._plan.token_input
+        self.directions = self._plan.directions
 
     @property
     def layer_names(self) -> list[str]:
@@ -211,293 +734,68 @@ class Extractor:
         """True when the model takes token ids."""
         return self.token_input
 
-    # -- the traced computation -------------------------------------------------------------
-    def _hook(
-        self,
-        captures: dict[str, dict[str, Any]],
-        layout: dict[str, tuple[bool, bool]],
-        verify: str = "full",
-        sample_size: int = DEFAULT_SAMPLE_SIZE,
-    ):
-        import tensorflow as tf
-        from keras.src import backend, tree
-
-        from gatelens.models import cells
-
-        def rev(t):
-            return None if t is None else tf.reverse(t, axis=[1])
-
-        def run_direction(d: _Direction, seq, mask, ref_proc, initial_state, emb_layer):
-            # verify="sample" keeps every signal as Keras's own float32 computation gives it (the fast mode)
-            w = _cell_weights(d.rnn)
-            x = tf.cast(seq, tf.float32)
-            b = tf.shape(x)[0]
-            units = d.info.units
-            if initial_state is not None:
-                states = [tf.cast(s, tf.float32) for s in initial_state]
-            else:
-                states = [tf.zeros((b, units), tf.float32)] * (2 if d.info.cell_type == "lstm" else 1)
-            back = d.info.go_backwards
-            xp, mp = (rev(x), rev(mask)) if back else (x, mask)
-            if d.info.cell_type == "lstm":
-                sig = cells.run_lstm(w, xp, mp, states[0], states[1], h_ref=ref_proc, exact_cell_state=verify == "full")
-            elif d.info.cell_type == "gru":
-                sig = cells.run_gru(w, xp, mp, states[0], h_ref=ref_proc)
-            else:
-                sig = cells.run_simple_rnn(w, xp, mp, states[0], h_ref=ref_proc)
-            # Signals stay in processing order, time-major when free-running: run_batch presents them in
-            # time order, batch-major, as NumPy views (a transpose or reversal here would copy each of them).
-            time_major = ref_proc is None
-            layout[d.name] = (time_major, back)
-            carried = sig.pop("_cell_state_carried", sig.get("cell_state"))
-            out = dict(sig)
-            out["mask"] = mask if mask is not None else tf.ones(tf.shape(x)[:2], tf.bool)
-            out["input"] = x
-            out["_h_proc"] = cells.swap_batch_time(sig["hidden_state"]) if time_major else sig["hidden_state"]
-            out["_c_proc"] = None if carried is None else cells.swap_batch_time(carried) if time_major else carried
-            out["_mask_proc"] = mp
-            if emb_layer is not None:
-                self._embedding[d.name] = emb_layer
-            return out
-
-        def max_errors(diff, ref):
-            """(max |diff|, max |diff| / (1 + |ref|)): the reported error and the one checked against tolerance."""
-            return tf.stack([tf.reduce_max(diff), tf.reduce_max(diff / (1.0 + tf.abs(ref)))])
-
-        def error(h_proc, mask_proc, ref, last_only):
-            """:func:`max_errors` of h against ``ref`` over the compared (unmasked) steps."""
-            ref = tf.cast(ref, h_proc.dtype)
-            h = h_proc[:, -1] if last_only else h_proc
-            diff = tf.abs(h - ref)
-            if mask_proc is not None and not last_only:
-                diff = tf.where(mask_proc[..., None], diff, 0.0)
-            return max_errors(diff, ref)
-
-        def rnn_output(rnn, r):
-            """What the Keras RNN layer ``rnn`` returns, built from our re-run ``r`` of it (Keras 3 ``RNN.call``
-            over ``backend.rnn``): outputs in processing order; a masked step repeats the previous output (zeros
-            before the first unmasked step, or always zeros with ``zero_output_for_mask``); final states."""
-            h, m = r["_h_proc"], r["_mask_proc"]
-            outputs = h
-            if m is not None:
-                zeros = tf.zeros_like(h[:, 0])
-                held = tf.zeros_like(h) if rnn.zero_output_for_mask else cells.previous_states(h, m, zeros)
-                outputs = tf.where(m[..., None], h, held)
-            dt = rnn.compute_dtype
-            output = tf.cast(outputs if rnn.return_sequences else outputs[:, -1], dt)
-            if not rnn.return_state:
-                return output
-            states = [h[:, -1]] + ([r["_c_proc"][:, -1]] if r["_c_proc"] is not None else [])
-            return (output, *(tf.cast(st, dt) for st in states))
-
-        def bidirectional_output(layer, yf, yb):
-            """Keras 3 ``Bidirectional.call`` (non-fused path) from its two layers' outputs."""
-            states = ()
-            if layer.return_state:
-                states = tuple(yf[1:]) + tuple(yb[1:])
-                yf, yb = yf[0], yb[0]
-            if layer.return_sequences:
-                yb = tf.reverse(yb, axis=[1])
-            mode = layer.merge_mode
-            if mode is None:
-                return (yf, yb) + states if states else (yf, yb)
-            merged = {
-                "concat": lambda: tf.concat([yf, yb], axis=-1),
-                "sum": lambda: yf + yb,
-                "ave": lambda: (yf + yb) / 2,
-                "mul": lambda: yf * yb,
-            }[mode]()
-            return (merged,) + states if states else merged
-
-        def sample_rows(batch, mask):
-            """``sample_size`` evenly spaced rows of the batch, plus its most-masked sequence."""
-            n = tf.shape(batch)[0]
-            idx = tf.cast(tf.round(tf.linspace(0.0, tf.cast(n - 1, tf.float32), sample_size)), tf.int32)
-            if mask is not None:
-                most_masked = tf.argmin(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1), output_type=tf.int32)
-                idx = tf.concat([idx, most_masked[None]], axis=0)
-            return idx
-
-        def sampled(layer, args, kwargs, call, seq, mask, init, emb):
-            """verify="sample": our re-run is the layer's output; Keras re-runs a sample of the batch."""
-            ds = self._by_layer[id(layer)]  # its directions (forward, backward for a Bidirectional)
-            if type(layer).__name__ == "Bidirectional":
-                inits = [None, None]
-                if init is not None:
-                    half = len(init) // 2
-                    inits = [init[:half], init[half:]]
-                rs = [run_direction(d, seq, mask, None, i0, emb) for d, i0 in zip(ds, inits)]
-                out = bidirectional_output(layer, *(rnn_output(d.rnn, r) for d, r in zip(ds, rs)))
-            else:
-                rs = [run_direction(ds[0], seq, mask, None, init, emb)]
-                out = rnn_output(layer, rs[0])
-            out_mask = layer.compute_mask(seq, mask)
-            for o, om in zip(tree.flatten(out), tree.flatten(out_mask) if out_mask is not None else []):
-                if om is not None:
-                    backend.set_keras_mask(o, om)
-            idx = sample_rows(seq, mask)
-            s_kwargs = dict(kwargs)
-            if mask is not None:
-                s_kwargs["mask"] = tf.gather(mask, idx)
-            if init is not None:
-                s_kwargs["initial_state"] = [tf.gather(st, idx) for st in init]
-            ref = call(tf.gather(seq, idx), *args[1:], **s_kwargs)
-            flat_out, flat_ref = tree.flatten(out), tree.flatten(ref)
-            if len(flat_out) != len(flat_ref):  # pragma: no cover - a Keras change in what RNN layers return
-                raise UnsupportedLayerError(f"layer {layer.name!r}: unexpected output structure from Keras")
-            worst = []
-            for o, r in zip(flat_out, flat_ref):
-                r = tf.cast(r, tf.float32)
-                diff = tf.abs(tf.cast(tf.gather(o, idx), tf.float32) - r)
-                worst.append(max_errors(diff, r))
-            e = tf.reduce_max(tf.stack(worst), axis=0)
-            for d, r in zip(ds, rs):
-                if d.name in self._wanted:
-                    r["error"] = e
-                    captures[d.name] = r
-            return out
-
-        def hook(layer, args, kwargs, call, ctx):
-            dirs = [d for d in self._by_layer.get(id(layer), []) if d.name in self._wanted]
-            if not dirs:
-                return call(*args, **kwargs)
-            seq = args[0]
-            mask = kwargs.get("mask")
-            if mask is None:
-                mask = backend.get_keras_mask(seq) if hasattr(seq, "_keras_mask") else None
-            if mask is not None:
-                mask = tf.cast(mask, tf.bool)
-            init = kwargs.get("initial_state")
-            emb = ctx.embedding_of.get(id(seq))
-            if verify == "sample":
-                return sampled(layer, args, kwargs, call, seq, mask, init, emb)
-            out = call(*args, **kwargs)
-            if type(layer).__name__ == "Bidirectional":
-                y = out
-                if layer.return_state:
-                    y = out[:2] if layer.merge_mode is None else out[0]
-                seqs = layer.return_sequences
-                half = layer.forward_layer.cell.units
-                if layer.merge_mode == "concat":
-                    parts = [y[..., :half], y[..., half:]]
-                elif layer.merge_mode is None:
-                    parts = list(y)
-                else:
-                    parts = None
-                fwd_ref = bwd_ref = None
-                if seqs and parts is not None:
-                    fwd_ref, bwd_ref = parts[0], rev(parts[1])
-                inits = [None, None]
-                if init is not None:
-                    h = len(init) // 2
-                    inits = [init[:h], init[h:]]
-                fwd_d, bwd_d = self._by_layer[id(layer)]  # built in this order in __init__
-                rf = run_direction(fwd_d, seq, mask, fwd_ref, inits[0], emb)
-                rb = run_direction(bwd_d, seq, mask, bwd_ref, inits[1], emb)
-                if parts is not None:  # concat or None: each direction against its own half
-                    ef = error(rf["_h_proc"], rf["_mask_proc"], parts[0], not seqs)
-                    eb = error(rb["_h_proc"], rb["_mask_proc"], bwd_ref if seqs else parts[1], not seqs)
-                else:  # merged: each direction's hidden state in time order
-                    hf = rf["_h_proc"] if seqs else rf["_h_proc"][:, -1]
-                    hb = rev(rb["_h_proc"]) if seqs else rb["_h_proc"][:, -1]
-                    merged = {"sum": hf + hb, "ave": (hf + hb) / 2, "mul": hf * hb}[layer.merge_mode]
-                    yf = tf.cast(y, merged.dtype)
-                    diff = tf.abs(merged - yf)
-                    if seqs:
-                        diff = tf.where(rf["mask"][..., None], diff, 0.0)
-                    ef = eb = max_errors(diff, yf)
-                for dd, r, e in ((fwd_d, rf, ef), (bwd_d, rb, eb)):
-                    if dd.name in self._wanted:
-                        r["error"] = e
-                        captures[dd.name] = r
-            else:
-                (d,) = dirs
-                y = out[0] if layer.return_state else out
-                ref = y if layer.return_sequences else None
-                r = run_direction(d, seq, mask, ref, init, emb)
-                r["error"] = error(r["_h_proc"], r["_mask_proc"], y, not layer.return_sequences)
-                captures[d.name] = r
-            return out
-
-        return hook
-
-    def _compiled(self, dtype: str = "float32", verify: str = "full", sample_size: int = DEFAULT_SAMPLE_SIZE):
-        """The compiled batch function; signals come out as ``dtype`` (cast inside the graph)."""
-        key = (dtype, verify, int(sample_size))
-        if key in self._fns:
-            return self._fns[key]
-        import tensorflow as tf
-
-        from gatelens.models.graph import call_with_hook
-
-        layout = self._layouts.setdefault(key, {})  # filled while tracing: name -> (time_major, go_backwards)
-
-        def fn(x):
-            captures: dict[str, dict[str, Any]] = {}
-            call_with_hook(self.model, x, self._hook(captures, layout, verify, int(sample_size)))
-            out = {}
-            for name, sig in captures.items():
-                d = {k: v for k, v in sig.items() if not k.startswith("_")}
-                for k in list(d):
-                    if k not in ("mask", "input", "error"):
-                        d[k] = tf.cast(d[k], dtype)
-                out[name] = d
-            return out
-
-        spec = tf.TensorSpec((None, *self.input_shape[1:]), self.input_dtype)
-        plain = tf.function(fn, input_signature=[spec])
-        self._fns[key] = (tf.function(fn, input_signature=[spec], jit_compile=True) if self._jit else plain, plain)
-        return self._fns[key]
+    def compile_stats(self) -> dict[str, Any]:
+        """``traces``: how often TensorFlow traced this model's batch functions (all modes); ``shapes``:
+        ``(dtype, verify, sample_size)`` -> the padded input shapes compiled for it."""
+        traces = sum(f.experimental_get_tracing_count() for f in self._plan.tf_functions())
+        return {"traces": int(traces), "shapes": self._plan.compiled_shapes()}
 
     def run_batch(
-        self, x: np.ndarray, *, dtype: str = "float32", verify: str = "full", sample_size: int = DEFAULT_SAMPLE_SIZE
+        self,
+        x: np.ndarray,
+        *,
+        dtype: str = "float32",
+        verify: str = DEFAULT_VERIFY,
+        sample_size: int = DEFAULT_SAMPLE_SIZE,
     ) -> dict[str, dict[str, np.ndarray]]:
-        """Signals (as ``dtype``), ``mask``, ``input`` and ``error`` of every captured layer (time order)."""
-        _check_verify(verify, sample_size)
-        key = (dtype, verify, int(sample_size))
-        fn, plain = self._compiled(dtype, verify, sample_size)
-        try:
-            res = fn(x)
-        except Exception as e:  # XLA cannot compile some graphs: fall back to plain graph mode
-            if fn is plain:
-                raise
-            log.warning("XLA compilation failed (%s); falling back to graph mode", str(e).splitlines()[0][:200])
-            self._fns[key] = (plain, plain)
-            res = plain(x)
-        # np.asarray shares the tensor's buffer (zero-copy on CPU); .numpy() would copy every signal
-        return {name: self._present(name, sig, self._layouts[key][name]) for name, sig in res.items()}
+        """Signals (as ``dtype``), ``mask``, ``input`` and ``error`` of every captured layer (time order).
 
-    def _present(self, name: str, sig: dict[str, Any], layout: tuple[bool, bool]) -> dict[str, np.ndarray]:
+        ``x`` runs as it is (no padding): prefer :meth:`iter_batches`, which pads to the compiled shapes.
+        """
+        _check_verify(verify, sample_size)
+        res = self._plan.compiled(dtype, verify, sample_size)(x)
+        # np.asarray shares the tensor's buffer (zero-copy on CPU); .numpy() would copy every signal
+        return {name: self._present(name, sig) for name, sig in res.items()}
+
+    def _present(self, name: str, sig: dict[str, Any]) -> dict[str, np.ndarray]:
         """A layer's outputs as (B, T, ...) arrays in time order: views of the compiled function's buffers
-        (transposed when time-major, reversed for go_backwards, the stacked LSTM pre-activations split)."""
-        time_major, backwards = layout
+        (transposed from time-major, reversed for go_backwards, the stacked pre-activations split)."""
+        info = next(d.info for d in self.directions if d.name == name)
         out: dict[str, np.ndarray] = {}
         for k, v in sig.items():
             a = np.asarray(v)
             if k in ("mask", "input", "error"):
                 out[k] = a
                 continue
-            if time_major:
-                a = a.swapaxes(0, 1)
-            if backwards:
+            a = a.swapaxes(0, 1)
+            if info.go_backwards:
                 a = a[:, ::-1]
-            if k == "preactivations":  # LSTM, free-running: (B, T, 4 units) in Keras's gate order i, f, c, o
-                u = a.shape[-1] // 4
-                for j, gate in enumerate(WEIGHT_BLOCKS["lstm"]):
-                    out[PRE_ACTIVATION["lstm"][gate]] = a[..., j * u : (j + 1) * u]
+            if k == "preactivations":  # (B, T, k units) in Keras's block order
+                blocks = WEIGHT_BLOCKS[info.cell_type]
+                u = a.shape[-1] // len(blocks)
+                for j, gate in enumerate(blocks):
+                    out[PRE_ACTIVATION[info.cell_type][gate]] = a[..., j * u : (j + 1) * u]
             else:
                 out[k] = a
         return out
 
     def weights(self) -> dict[str, dict[str, np.ndarray]]:
         """Per captured layer: kernel, recurrent_kernel, bias (and embedding when fed by one)."""
+        self._plan.ensure_traced()
         out = {}
         for d in self.directions:
             w = dict(d.weights)
-            if d.name in self._embedding:
-                w["embedding"] = np.asarray(self._embedding[d.name].embeddings.numpy(), np.float32)
+            if d.name in self._plan.embedding:
+                w["embedding"] = np.asarray(self._plan.embedding[d.name].embeddings.numpy(), np.float32)
             out[d.name] = w
         return out
+
+    def prepare(self, dtype: str = "float32", verify: str = DEFAULT_VERIFY, sample_size: int = DEFAULT_SAMPLE_SIZE):
+        """Trace the batch function for this key now (no-op when done), e.g. to know :meth:`weights` early."""
+        import tensorflow as tf
+
+        c = self._plan.compiled(dtype, verify, sample_size)
+        c.fn.get_concrete_function(tf.TensorSpec((None, *self.input_shape[1:]), self.input_dtype))
 
     # -- batching ----------------------------------------------------------------------------
     def iter_batches(
@@ -508,45 +806,47 @@ class Extractor:
         tolerance: float = DEFAULT_TOLERANCE,
         progress: Progress | None = None,
         dtype: str = "float32",
-        verify: str = "full",
+        verify: str = DEFAULT_VERIFY,
         sample_size: int = DEFAULT_SAMPLE_SIZE,
-    ) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
-        """Yield ``(start, batch)`` for consecutive batches; raise VerificationError above ``tolerance``.
+    ) -> Iterator[Batch]:
+        """Yield a :class:`Batch` for consecutive batches; raise VerificationError above ``tolerance``.
 
         Signals come as ``dtype`` ("float32" or "float16"); ``mask`` bool and ``input`` float32.
-        ``verify`` and ``sample_size``: see :func:`extract`.
+        ``verify`` and ``sample_size``: see :func:`extract`. A batch shorter than ``batch_size`` is padded
+        to the next power of two (:func:`bucket`) and the padding dropped from what is yielded.
         """
         _check_verify(verify, sample_size)
         x = self.check_input(x)
         n = x.shape[0]
         bs = max(1, min(int(batch_size), n))
-        self.errors = {name: 0.0 for name in self.layer_names}
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1):  # NumPy beside TF: one BLAS thread avoids oversubscription
             for start in range(0, n, bs):
                 xb = x[start : start + bs]
                 k = xb.shape[0]
-                if k < bs:  # pad the last batch: one compiled shape for the whole run
-                    xb = np.concatenate([xb, np.repeat(xb[-1:], bs - k, axis=0)], axis=0)
+                size = bucket(k, int(batch_size))
+                if k < size:
+                    xb = np.concatenate([xb, np.repeat(xb[-1:], size - k, axis=0)], axis=0)
                 res = self.run_batch(xb, dtype=dtype, verify=verify, sample_size=sample_size)
+                errors = {}
                 for name in self.layer_names:
                     sig = res[name]
                     err, rel = (float(v) for v in sig.pop("error"))
-                    self.errors[name] = max(self.errors[name], err)
-                    if k < bs:
+                    errors[name] = err
+                    if k < size:
                         for key in sig:
                             sig[key] = sig[key][:k]
                     # float32 round-off grows with the magnitude of h (unbounded activations): the check
                     # scales the error by 1 + |h|; the reported number stays the plain max abs error.
                     if not (np.isfinite(err) and rel <= tolerance):
-                        where = "sequences" if verify == "full" else "a sample of sequences"
+                        where = {"full": "sequences", "cell": "sequences", "sample": "a sample of sequences"}
                         raise VerificationError(
                             f"layer {name!r}: recomputed hidden state differs from Keras's output by {err:.3g} "
-                            f"({rel:.3g} relative to 1 + |h|; tolerance {tolerance:g}) in {where} "
-                            f"{start}..{start + k - 1}; the extractor does not reproduce this layer."
+                            f"({rel:.3g} relative to 1 + |h|; tolerance {tolerance:g}; verify={verify!r}) in "
+                            f"{where[verify]} {start}..{start + k - 1}; the extractor does not reproduce this layer."
                         )
-                yield start, res
+                yield Batch(start, res, errors)
                 if progress is not None:
                     progress(start + k, n)
 
@@ -577,6 +877,10 @@ class Extractor:
         return x
 
 
+def _extractor(model: Any, layers: Sequence[str] | None) -> Extractor:
+    return model if isinstance(model, Extractor) else Extractor(model, layers=layers)
+
+
 def extract(
     model: Any,
     x: Any,
@@ -587,10 +891,13 @@ def extract(
     progress: Progress | None = None,
     vocabulary: list[str] | None = None,
     feature_names: list[str] | None = None,
-    verify: str = "full",
+    verify: str = DEFAULT_VERIFY,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
 ) -> Trace:
     """Re-run every recurrent layer of ``model`` on ``x`` and capture all its signals in memory.
+
+    The compiled function is built on the first call for a model and reused by every later call (any ``x``,
+    any N: see the module docstring).
 
     Parameters
     ----------
@@ -601,20 +908,21 @@ def extract(
     layers : sequence of str, optional
         Capture only these layers (contract names).
     tolerance : float
-        Largest accepted max |hidden state recomputed - Keras output|; above it VerificationError.
+        Largest accepted max |hidden state recomputed - Keras output| (scaled by 1 + |h|); above it
+        VerificationError.
     progress : callable(done, total), optional
     vocabulary, feature_names : optional
         Stored on the trace (token strings for text models, input feature names otherwise).
-    verify : {"full", "sample"}
-        ``"full"`` (default): Keras runs every sequence; each sequence-returning layer is recomputed
-        from Keras's own previous hidden states (one batched product for all steps; for LSTMs in
-        float64, see :mod:`gatelens.models.cells`) and every step of every sequence is compared with Keras's
-        output. ``"sample"``: faster (about one forward pass instead of two): gatelens's own float32
-        re-run, in Keras's order of operations, drives the model, and Keras re-runs ``sample_size``
-        evenly spaced sequences of each batch plus its most-masked one; every output of the layer
-        (sequence, final states) is compared on those sequences.
+    verify : {"cell", "full", "sample"}
+        What is checked against Keras's own code (:data:`VERIFY_CHECKS`). ``"cell"`` (default): gatelens's
+        float32 re-run drives the model; Keras's own cell, called once on every step of every sequence
+        teacher-forced from gatelens's states, checks each hidden state (and LSTM cell state), and Keras's
+        layer re-runs ``sample_size`` sequences of each batch (plus its most-masked one) end to end.
+        ``"full"``: Keras's layer runs every sequence (a second forward pass) and each layer is recomputed
+        from Keras's states and compared at every step. ``"sample"``: ``"cell"`` without the all-steps cell
+        check (the fastest).
     sample_size : int
-        Sequences per batch that Keras re-runs when ``verify="sample"``.
+        Sequences per batch that Keras's layer re-runs (``"cell"`` and ``"sample"``).
 
     Returns
     -------
@@ -628,13 +936,15 @@ def extract(
     >>> trace.layers, trace["lstm"]["forget_gate"].shape, trace.verification["lstm"] < 1e-5
     (['lstm'], (2, 4, 3), True)
     """
-    ex = model if isinstance(model, Extractor) else Extractor(model, layers=layers)
+    ex = _extractor(model, layers)
     x = ex.check_input(x)
     n = x.shape[0]
     store: dict[str, dict[str, np.ndarray]] = {}
-    for start, res in ex.iter_batches(
+    errors = {name: 0.0 for name in ex.layer_names}
+    for start, res, errs in ex.iter_batches(
         x, batch_size=batch_size, tolerance=tolerance, progress=progress, verify=verify, sample_size=sample_size
     ):
+        errors = {k: max(v, errs[k]) for k, v in errors.items()}
         if start == 0 and n <= batch_size:  # one batch: keep its arrays as they are, no copy
             store = res
             break
@@ -652,13 +962,44 @@ def extract(
         traces[d.name] = LayerTrace(d.info, s, mask=mask, inputs=inputs, weights=weights[d.name])
     return Trace(
         traces,
-        verification=dict(ex.errors),
+        verification=errors,
         tokens=x.astype(np.int32) if ex.integer_input else None,
         vocabulary=vocabulary,
         x=None if ex.integer_input else x,
         feature_names=feature_names,
         meta={"tolerance": tolerance, "batch_size": batch_size, **_verify_meta(verify, sample_size)},
     )
+
+
+def verification_errors(
+    model: Any,
+    x: Any,
+    *,
+    batch_size: int = 256,
+    layers: Sequence[str] | None = None,
+    verify: str = "full",
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """Per captured layer, the max |hidden state recomputed - Keras's own| over ``x`` (nothing is kept).
+
+    ``verify`` as in :func:`extract` (default ``"full"``: Keras's layer runs every sequence). Never raises
+    :class:`~gatelens.errors.VerificationError`: the numbers are the answer.
+
+    Examples
+    --------
+    >>> from gatelens._examples import tiny_model, tiny_inputs
+    >>> errs = verification_errors(tiny_model(), tiny_inputs())
+    >>> list(errs), errs["lstm"] < 1e-5
+    (['lstm'], True)
+    """
+    ex = _extractor(model, layers)
+    errors = {name: 0.0 for name in ex.layer_names}
+    for batch in ex.iter_batches(
+        x, batch_size=batch_size, tolerance=float("inf"), progress=progress, verify=verify, sample_size=sample_size
+    ):
+        errors = {k: max(v, batch.errors[k]) for k, v in errors.items()}
+    return errors
 
 
 def write_run(
@@ -674,14 +1015,15 @@ def write_run(
     vocabulary: list[str] | None = None,
     feature_names: list[str] | None = None,
     manifest: dict[str, Any] | None = None,
-    verify: str = "full",
+    verify: str = DEFAULT_VERIFY,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
 ) -> Trace:
     """Extract like :func:`extract`, streaming batch by batch into a run directory; return it opened lazily.
 
-    Memory is bounded by ``batch_size``, not by N. The run appears at ``out`` only once complete
-    (manifest last); an earlier run at ``out`` is replaced only then. ``verify`` and ``sample_size``
-    as in :func:`extract`; the manifest records them.
+    Memory is bounded by ``batch_size``, not by N. Writing and hashing a batch (a writer thread) overlaps the
+    computation of the next one. The run appears at ``out`` only once complete (manifest last); an earlier
+    run at ``out`` is replaced only then. ``verify`` and ``sample_size`` as in :func:`extract`; the manifest
+    records them and what they check (``verify_checks``).
 
     Examples
     --------
@@ -689,20 +1031,33 @@ def write_run(
     >>> from gatelens._examples import tiny_model, tiny_inputs
     >>> out = os.path.join(tempfile.mkdtemp(), "run")
     >>> run = write_run(tiny_model("gru"), tiny_inputs(n=3), out, batch_size=2, dtype="float16")
-    >>> run["gru"]["update_gate"].shape, run.meta["dtype"]
-    ((3, 4, 3), 'float16')
+    >>> run["gru"]["update_gate"].shape, run.meta["dtype"], run.meta["verify"]
+    ((3, 4, 3), 'float16', 'cell')
     """
     import keras
+    import tensorflow as tf
 
-    ex = model if isinstance(model, Extractor) else Extractor(model, layers=layers)
+    ex = _extractor(model, layers)
+    _check_verify(verify, sample_size)
     x = ex.check_input(x)
     n, t = x.shape[0], x.shape[1]
-    infos = [d.info for d in ex.directions]
-    writer = None
+    ex.prepare(dtype, verify, sample_size)  # traced (not compiled) now: the weights, embeddings included, are known
+    writer = RunWriter(
+        out,
+        [d.info for d in ex.directions],
+        n_sequences=n,
+        n_steps=t,
+        dtype=dtype,
+        chunk_sequences=batch_size,
+        weights=ex.weights(),
+        with_tokens=ex.integer_input,
+        n_features=None if ex.integer_input else int(x.shape[2]) if x.ndim == 3 else None,
+    )
+    errors = {name: 0.0 for name in ex.layer_names}
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatelens-writer")
     pending = None  # at most one batch is being written while the next one is computed
     try:
-        for start, res in ex.iter_batches(
+        for start, res, errs in ex.iter_batches(
             x,
             batch_size=batch_size,
             tolerance=tolerance,
@@ -711,18 +1066,7 @@ def write_run(
             verify=verify,
             sample_size=sample_size,
         ):
-            if writer is None:  # weights (incl. embeddings) are known after the first batch is traced
-                writer = RunWriter(
-                    out,
-                    infos,
-                    n_sequences=n,
-                    n_steps=t,
-                    dtype=dtype,
-                    chunk_sequences=batch_size,
-                    weights=ex.weights(),
-                    with_tokens=ex.integer_input,
-                    n_features=None if ex.integer_input else int(x.shape[2]) if x.ndim == 3 else None,
-                )
+            errors = {k: max(v, errs[k]) for k, v in errors.items()}
             xb = x[start : start + next(iter(res.values()))["mask"].shape[0]]
             if pending is not None:
                 pending.result()
@@ -735,10 +1079,8 @@ def write_run(
             )
         if pending is not None:
             pending.result()
-        import tensorflow as tf
-
         writer.finish(
-            ex.errors,
+            errors,
             tolerance=tolerance,
             batch_size=batch_size,
             keras_version=keras.__version__,
@@ -756,8 +1098,7 @@ def write_run(
                 pending.result()
             except BaseException:  # the first error is the one to report
                 pass
-        if writer is not None:
-            writer.abort()
+        writer.abort()
         raise
     finally:
         pool.shutdown(wait=True)

@@ -1,7 +1,8 @@
 """Walk a Keras model's layer graph: find its recurrent layers and call it with a hook on them.
 
 The model object is never modified: :func:`call_with_hook` runs the model's own graph
-(``Functional._run_through_graph``, the function Keras itself calls), substituting a
+(``Functional._run_through_graph``, the function Keras itself calls, through :mod:`gatelens.models.compat`),
+substituting a
 callable for each recurrent layer, so the hook sees exactly the tensors and the mask
 that layer receives inside the model, nested sub-models included.
 """
@@ -15,6 +16,7 @@ from typing import Any
 import keras
 
 from gatelens.errors import UnsupportedLayerError
+from gatelens.models import compat
 
 #: Keras classes of recurrent layers gatelens re-runs, by the cell they hold.
 CELL_TYPES = {"LSTMCell": "lstm", "GRUCell": "gru", "SimpleRNNCell": "simple_rnn"}
@@ -107,7 +109,7 @@ def _layer_call(layer: Any, hook: Hook, ctx: CallContext) -> Callable:
     cls = type(layer).__name__
 
     def call(*args, **kwargs):
-        if getattr(layer, "_call_has_training_arg", False):
+        if compat.call_has_training_arg(layer):
             kwargs["training"] = False
         if is_recurrent(layer):
             return hook(layer, args, kwargs, layer, ctx)
@@ -125,19 +127,9 @@ def _layer_call(layer: Any, hook: Hook, ctx: CallContext) -> Callable:
 
 
 def _run(model: Any, inputs: Any, hook: Hook, ctx: CallContext) -> Any:
-    functional = model if isinstance(model, keras.src.models.functional.Functional) else None
-    if functional is None and isinstance(model, keras.Sequential):
-        functional = getattr(model, "_functional", None)
+    functional = compat.functional_of(model)
     if functional is not None:
-        from keras.src import backend, tree
-
-        flat_in = tree.flatten(inputs)
-        std = functional._standardize_inputs(inputs)
-        for x, y in zip(flat_in, std):
-            m = backend.get_keras_mask(x) if hasattr(x, "_keras_mask") else None
-            if m is not None:
-                backend.set_keras_mask(y, m)
-        out = functional._run_through_graph(std, operation_fn=lambda op: _layer_call(op, hook, ctx))
+        out = compat.run_through_graph(functional, inputs, lambda op: _layer_call(op, hook, ctx))
         return out[0] if isinstance(out, (list, tuple)) and len(out) == 1 else out
     if isinstance(model, keras.Sequential):
         x = inputs

@@ -365,9 +365,9 @@ def _task_h5(job: dict, limits: LoadLimits) -> dict:
         report = validate_config(config, name, limits)
         if "model_weights" not in f:
             raise ModelFormatError(f"{name}: the HDF5 file holds no model_weights group.")
-        import keras  # noqa: F401  (the legacy reader below needs Keras initialised)
-        from keras.src.legacy.saving import legacy_h5_format, saving_options, saving_utils
-        from keras.src.saving import serialization_lib
+        from gatelens.models.compat import legacy_h5  # Keras's private legacy reader, checked there
+
+        legacy_h5_format, saving_options, saving_utils, serialization_lib = legacy_h5()
 
         with saving_options.keras_option_scope(use_legacy_config=True), serialization_lib.SafeModeScope(True):
             model = saving_utils.model_from_config(report.config, custom_objects={})

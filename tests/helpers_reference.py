@@ -266,3 +266,23 @@ def write_store(trace: Trace, out, *, chunk_sequences: int = 3, dtype: str = "fl
             )
         w.finish(verification=trace.verification, vocabulary=trace.vocabulary, feature_names=trace.feature_names)
     return open_run(out)
+
+
+def float32_sum_bound(abs_parts) -> np.ndarray:
+    """``1e-5 * max(1, sum |parts|)``: how far a sum of float32 parts may lie from its exact value (the standard
+    bound for a float32 sum, about 80 units in the last place of the sum of magnitudes, and never below 1e-5)."""
+    return 1e-5 * np.maximum(1.0, np.asarray(abs_parts, np.float64))
+
+
+def assert_sums_back(total, stored, abs_parts, err_msg: str = "") -> None:
+    """``total`` (a decomposition's float64 sum) equals the ``stored`` float32 signal within
+    :func:`float32_sum_bound` of the sum of the parts' absolute values, element by element."""
+    total = np.asarray(total, np.float64)
+    stored = np.asarray(stored, np.float64)
+    bound = float32_sum_bound(abs_parts)
+    excess = np.abs(total - stored) - bound
+    worst = int(np.argmax(excess)) if excess.size else 0
+    assert excess.size == 0 or excess.flat[worst] <= 0, (
+        f"{err_msg}: |sum of parts - stored| = {np.abs(total - stored).flat[worst]:.3g} exceeds the float32 bound "
+        f"{bound.flat[worst]:.3g} (1e-5 * max(1, sum |parts| = {np.asarray(abs_parts).flat[worst]:.3g}))"
+    )

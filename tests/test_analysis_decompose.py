@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers_reference import merge_traces, reference_gru_trace, reference_lstm_trace, write_store
+from helpers_reference import assert_sums_back, merge_traces, reference_gru_trace, reference_lstm_trace, write_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -68,7 +68,8 @@ def stored_pre_long(trace, layer):
 
 def assert_preactivations_match(trace, layer):
     df = preactivation_decomposition(trace, layer)
-    np.testing.assert_allclose(df["total"], stored_pre_long(trace, layer), atol=ATOL, rtol=0)
+    parts = df["input"].abs() + df["recurrent"].abs() + df["bias"].abs()
+    assert_sums_back(df["total"], stored_pre_long(trace, layer), parts, err_msg=f"{layer} pre-activations")
     np.testing.assert_allclose(df["input"] + df["recurrent"] + df["bias"], df["total"], atol=1e-12, rtol=0)
     return df
 
@@ -83,9 +84,11 @@ def assert_cells_sum_back(trace, layer, sequences=None):
         if not mask[s].any():
             assert df.empty
             continue
-        sums = df.groupby(["step", "unit"])["contribution"].sum().unstack("unit")
+        by_cell = df.assign(magnitude=df["contribution"].abs()).groupby(["step", "unit"])
+        sums = by_cell["contribution"].sum().unstack("unit")
         np.testing.assert_array_equal(sums.index, np.nonzero(mask[s])[0])
-        np.testing.assert_allclose(sums.to_numpy(), stored[s][mask[s]], atol=ATOL, rtol=0)
+        magnitude = by_cell["magnitude"].sum().unstack("unit")
+        assert_sums_back(sums.to_numpy(), stored[s][mask[s]], magnitude.to_numpy(), err_msg=f"{layer} seq {s}")
         # no row for a masked source step, and no source after its target in processing order
         real = df[df.source_step >= 0]
         assert mask[s][real.source_step].all()

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatelens.models import UnsupportedLayerError, extract, load_model
+from gatelens.models.extract import VERIFY_MODES
 
 L = keras.layers
 T, F = 9, 3
@@ -207,7 +208,7 @@ def _check_identities(lt, atol=1e-5):
         np.testing.assert_allclose(np.where(mm, h, 0), np.where(mm, a(lt["hidden_state_pre"]), 0), atol=atol)
 
 
-@pytest.mark.parametrize("verify", ["full", "sample"])
+@pytest.mark.parametrize("verify", VERIFY_MODES)
 @pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_matches_keras_and_identities(name, masked, verify, tmp_path):
@@ -436,7 +437,7 @@ def test_float_input_feeding_an_embedding_records_tokens():
         extract(model, ids + 0.5)
 
 
-@pytest.mark.parametrize("verify", ["full", "sample"])
+@pytest.mark.parametrize("verify", VERIFY_MODES)
 @pytest.mark.parametrize("return_sequences", [True, False], ids=["seq", "last"])
 def test_a_wrong_re_run_fails_verification(verify, return_sequences, monkeypatch):
     """The check can fail: a re-run whose forget gate is off by 1e-3 (our code, not Keras, is altered)."""

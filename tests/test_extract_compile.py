@@ -1,0 +1,177 @@
+"""Compile once: the per-model cache of compiled batch functions, its bucketing, its lifetime, its threads;
+and the one place of private Keras calls (models/compat.py), with a fault injected into it."""
+
+from __future__ import annotations
+
+import gc
+import math
+import threading
+import weakref
+
+import keras
+import numpy as np
+import pytest
+
+from gatelens.models.extract import VERIFY_MODES, Extractor, bucket, cached_models, extract
+
+L = keras.layers
+T, F = 5, 3
+
+
+def _model(name="compile_once"):
+    keras.utils.set_random_seed(3)
+    return keras.Sequential(
+        [keras.Input((T, F)), L.Masking(0.0), L.LSTM(4, return_sequences=True), L.GRU(3, return_sequences=True)],
+        name=name,
+    )
+
+
+def _x(n, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, T, F)).astype(np.float32)
+    x[0, 3:] = 0  # a padded tail: the mask reaches both layers
+    return x
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+def test_bucket_is_the_next_power_of_two_capped_at_the_batch_size():
+    assert [bucket(k, 256) for k in (1, 2, 3, 7, 8, 9, 44, 129, 255, 256, 1000)] == [
+        1, 2, 4, 8, 8, 16, 64, 256, 256, 256, 256
+    ]  # fmt: skip
+    assert {bucket(k, 100) for k in range(1, 101)} == {1, 2, 4, 8, 16, 32, 64, 100}
+
+
+@pytest.mark.slow
+def test_each_input_size_compiles_once_per_mode(model):
+    """extract(model, x) twice for each N: the second call traces and compiles nothing; 7 runs at 8, not 256."""
+    ex = Extractor(model)
+    sizes = (256, 300, 7, 1)
+    for verify in VERIFY_MODES:
+        for n in sizes:
+            x = _x(n)
+            first = extract(model, x, verify=verify)
+            stats = ex.compile_stats()
+            second = extract(model, x, verify=verify)
+            assert ex.compile_stats() == stats, (verify, n)
+            for name in first.layers:  # and the cached function gives the same numbers
+                np.testing.assert_array_equal(second[name]["hidden_state"], first[name]["hidden_state"])
+            assert first["lstm"]["hidden_state"].shape == (n, T, 4)
+        shapes = ex.compile_stats()["shapes"][("float32", verify, 8)]
+        # 256 (N=256 and the first batch of 300), 64 (the 44 left of 300), 8 (N=7), 1 (N=1)
+        assert {s[0] for s in shapes} == {256, 64, 8, 1}, verify
+        assert len(shapes) <= math.log2(256) + 1
+    # one trace per mode: the input signature leaves the batch axis open, XLA compiles each bucket once
+    assert ex.compile_stats()["traces"] == len(VERIFY_MODES)
+
+
+def test_padding_does_not_change_values(model):
+    """A batch padded to its bucket gives the values the same sequences give alone (and the short batch's)."""
+    x = _x(12, seed=1)
+    whole = extract(model, x, batch_size=8)  # batches of 8 and 4 (the 4 run at bucket 4)
+    for i in (0, 9, 11):
+        alone = extract(model, x[i : i + 1])
+        for name in whole.layers:
+            for sig in ("hidden_state", "forget_gate" if name == "lstm" else "update_gate"):
+                np.testing.assert_allclose(alone[name][sig][0], whole[name][sig][i], atol=1e-6, rtol=0)
+
+
+def test_a_collected_model_frees_its_compiled_functions():
+    m = _model("collected")
+    extract(m, _x(3))
+    ref = weakref.ref(m)
+    before = cached_models()
+    del m
+    gc.collect()
+    assert ref() is None, "the cache must not keep the model alive"
+    assert cached_models() == before - 1
+
+
+def test_threads_share_one_compiled_function(model):
+    """Several threads extracting from one model at once: the same numbers as one by one, no extra trace."""
+    xs = [_x(n, seed=n) for n in (5, 6, 7, 8)]  # buckets 8 (three of them) and 8: one shape
+    expected = [extract(model, x)["lstm"]["cell_state"] for x in xs]
+    traces = Extractor(model).compile_stats()["traces"]
+    got: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                got[i] = extract(model, xs[i])["lstm"]["cell_state"]
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, want in enumerate(expected):
+        np.testing.assert_array_equal(got[i], want)
+    assert Extractor(model).compile_stats()["traces"] == traces
+
+
+def test_layer_selection_and_dtype_are_separate_cache_entries(model):
+    ex_all, ex_gru = Extractor(model), Extractor(model, layers=["gru"])
+    x = _x(4)
+    a = extract(model, x, layers=["gru"])
+    assert a.layers == ["gru"]
+    b = extract(model, x)
+    np.testing.assert_array_equal(a["gru"]["hidden_state"], b["gru"]["hidden_state"])
+    assert ex_gru.compile_stats()["shapes"] != ex_all.compile_stats()["shapes"] or ex_gru._plan is not ex_all._plan
+
+
+# -- models/compat.py ----------------------------------------------------------------------------------------------
+
+
+def test_compat_finds_every_api_of_the_installed_keras():
+    from gatelens.models import compat
+
+    assert compat.missing_apis() == []
+    assert compat.supported()
+
+
+@pytest.mark.parametrize(
+    "owner, attr, api",
+    [
+        ("keras.src.models.functional:Functional", "_standardize_inputs", "Functional._standardize_inputs"),
+        # Keras's own loader calls _run_through_graph (and get_keras_mask): deleting them would break Keras
+        # itself, so these are "renamed" as gatelens sees them (the name compat looks for)
+        ("compat:run_through_graph", "_run_through_graph_v2", "Functional._run_through_graph_v2"),
+        ("compat:call_has_training_arg", "_call_takes_training", "Layer._call_takes_training"),
+    ],
+)
+def test_a_renamed_private_keras_api_exits_1_naming_version_and_api(owner, attr, api, tmp_path, monkeypatch, capsys):
+    """A Keras that renamed a private attribute: `gatelens extract` exits 1 with one line naming the Keras
+    version and the missing API (the real CLI entry point, a real .keras file through the safe loader)."""
+    import importlib
+
+    from gatelens.models.cli import main
+
+    m = _model("compat_fault")
+    m.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", _x(3))
+    mod_name, _, cls_name = owner.partition(":")
+    if mod_name == "compat":
+        from gatelens.models import compat
+
+        monkeypatch.setitem(compat.NAMES, cls_name, attr)
+    else:
+        target = importlib.import_module(mod_name)
+        if cls_name:
+            target = getattr(target, cls_name)
+        value = getattr(target, attr)
+        monkeypatch.delattr(target, attr)
+        monkeypatch.setattr(target, attr + "_renamed", value, raising=False)
+    rc = main(["extract", str(tmp_path / "m.keras"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert f"Keras {keras.__version__}" in lines[0] and api in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
