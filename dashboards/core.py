@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -262,6 +263,8 @@ class ModelBundle:
     params: int
     load_seconds: float
     load_path: str  # how the safe loader read it ("keras_weights", "keras_trial", "h5")
+    # the What-if page's interventions run one at a time per model (extraction needs no lock)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def needs_vocabulary(self) -> bool:

@@ -725,6 +725,14 @@ class Extractor:
         self.directions = self._plan.directions
 
     @property
+    def by_layer(self) -> dict[int, list[_Direction]]:
+        """``id(keras layer)`` -> its directions (one, or forward and backward of a Bidirectional), all of the
+        model's recurrent layers (the hook's lookup; :mod:`gatelens.models.intervene` uses it too)."""
+        return self._plan.by_layer
+
+    _by_layer = by_layer  # the name gatelens.models.intervene reads
+
+    @property
     def layer_names(self) -> list[str]:
         """Contract names of the captured layers, in model order."""
         return [d.name for d in self.directions]
