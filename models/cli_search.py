@@ -16,26 +16,10 @@ import math
 from typing import Any
 
 from gatelens.analysis.search import DEFAULT_LIMIT, QueryError
+from gatelens.models.argtypes import checked
 
-
-def _number(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return v
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
-    return v
+_number = checked(float, math.isfinite, "a finite number", "a number")
+_count = checked(int, lambda v: v >= 1, "a number >= 1", "a whole number")
 
 
 def cmd_search(args: argparse.Namespace) -> int:

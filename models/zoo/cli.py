@@ -23,57 +23,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gatelens.errors import GatelensInputError
+from gatelens.models.argtypes import checked
 
-
-def positive_int(s: str) -> int:
-    """argparse type: an integer >= 1 (also used by the ``gatelens`` CLI)."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
-def _non_negative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    return v
-
-
-def _fraction(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {s!r}") from None
-    if not 0.0 < v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {s!r}")
-    return v
-
-
-def _dropout(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1), got {s!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1), got {s!r}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-    return v
+positive_int = checked(int, lambda v: v >= 1, "a positive integer")  # also used by the ``gatelens`` CLI
+_non_negative_int = checked(int, lambda v: v >= 0, "an integer >= 0")
+_fraction = checked(float, lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1", "a number between 0 and 1")
+_dropout = checked(float, lambda v: 0.0 <= v < 1.0, "a rate in [0, 1)")
+_positive_float = checked(float, lambda v: v > 0, "a positive number")
 
 
 def _keras_path(s: str) -> Path:
