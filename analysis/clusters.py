@@ -500,11 +500,9 @@ def token_unit_matrix(
 
     Examples
     --------
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace
-    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=2, input_dim=1)
+    >>> from gatelens._examples import example_states
     >>> h = np.array([[[1.0, -2.0], [3.0, 0.0], [5.0, 1.0]]], np.float32)
-    >>> t = Trace({"rnn": LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((1, 3), bool),
-    ...                              inputs=h)}, tokens=np.array([[0, 1, 0]]), vocabulary=["a", "b"])
+    >>> t = Trace({"rnn": example_states(h)}, tokens=np.array([[0, 1, 0]]), vocabulary=["a", "b"])
     >>> m, c = token_unit_matrix(t, layer="rnn", signal="hidden_state")
     >>> m.tolist(), c.tolist()
     ([[3.0, 1.5], [3.0, 0.0]], [2, 1])
@@ -586,13 +584,10 @@ def cocluster_units_tokens(
 
     Examples
     --------
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace
-    >>> rng = np.random.default_rng(0)
-    >>> tok = rng.integers(0, 4, size=(10, 30))
+    >>> from gatelens._examples import example_states
+    >>> tok = np.random.default_rng(0).integers(0, 4, size=(10, 30))
     >>> h = np.where(np.isin(tok, [0, 1])[..., None], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0])
-    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=4, input_dim=1)
-    >>> t = Trace({"rnn": LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((10, 30), bool),
-    ...                              inputs=h)}, tokens=tok, vocabulary=list("abcd"))
+    >>> t = Trace({"rnn": example_states(h)}, tokens=tok, vocabulary=list("abcd"))
     >>> cc = cocluster_units_tokens(t, layer="rnn", signal="hidden_state", n_clusters=2)
     >>> cc.groupby("cluster")["name"].apply(lambda s: "".join(sorted(s.astype(str)))).tolist()
     ['01ab', '23cd']

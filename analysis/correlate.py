@@ -27,10 +27,10 @@ How it is computed
 Examples
 --------
 >>> import numpy as np, pandas as pd
->>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
->>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=2, input_dim=1)
+>>> from gatelens.analysis.trace import Trace
+>>> from gatelens._examples import example_states
 >>> h = np.stack([np.arange(6.0), np.ones(6)], -1).reshape(1, 6, 2).astype(np.float32)
->>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((1, 6), bool), inputs=h[..., :1])
+>>> lt = example_states(h, inputs=h[..., :1])
 >>> feats = pd.DataFrame({"sequence": 0, "step": np.arange(6), "twice": 2.0 * np.arange(6)})
 >>> c = correlations(Trace({"rnn": lt}), feats, signals=["hidden_state"])
 >>> c[["unit", "feature", "pearson_r", "spearman_rho", "n", "note"]]
@@ -349,11 +349,9 @@ def correlations(
     Examples
     --------
     >>> import numpy as np, pandas as pd
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1)
-    >>> h = np.array([[[0.0], [0.5], [0.9], [0.95]]], np.float32)
-    >>> t = Trace({"rnn": LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h},
-    ...                              mask=np.ones((1, 4), bool), inputs=h)})
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_states
+    >>> t = Trace({"rnn": example_states(np.array([[[0.0], [0.5], [0.9], [0.95]]], np.float32))})
     >>> f = pd.DataFrame({"sequence": 0, "step": [0, 1, 2, 3]})
     >>> r = correlations(t, f, signals="hidden_state").iloc[0]
     >>> round(float(r.pearson_r), 4), float(r.spearman_rho), int(r.n)

@@ -174,13 +174,12 @@ def preactivation_decomposition(trace: Trace, layer: str, *, sequences: Any = No
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1, recurrent_activation=None)
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_states
     >>> x = np.array([[[1.0], [2.0]]], np.float32)
     >>> h = np.array([[[0.5], [0.25]]], np.float32)
     >>> w = {"kernel": np.array([[2.0]]), "recurrent_kernel": np.array([[4.0]]), "bias": np.array([0.1])}
-    >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((1, 2), bool),
-    ...                 inputs=x, weights=w)
+    >>> lt = example_states(h, inputs=x, weights=w, recurrent_activation=None)
     >>> preactivation_decomposition(Trace({"rnn": lt}), "rnn")[["step", "input", "recurrent", "bias", "total"]]
        step  input  recurrent  bias  total
     0     0    2.0        0.0   0.1    2.1
@@ -244,13 +243,11 @@ def input_contributions(
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=2, recurrent_activation=None)
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_states
     >>> x = np.array([[[1.0, 3.0]]], np.float32)
     >>> w = {"kernel": np.array([[2.0], [-1.0]]), "recurrent_kernel": np.zeros((1, 1)), "bias": np.zeros(1)}
-    >>> z = np.zeros((1, 1, 1), np.float32)
-    >>> lt = LayerTrace(info, {"hidden_state": z, "hidden_state_pre": z}, mask=np.ones((1, 1), bool),
-    ...                 inputs=x, weights=w)
+    >>> lt = example_states(np.zeros((1, 1, 1), np.float32), inputs=x, weights=w, input_dim=2, recurrent_activation=None)
     >>> t = Trace({"rnn": lt}, x=x, feature_names=["a", "b"])
     >>> input_contributions(t, "rnn")[["feature", "contribution"]]
       feature  contribution
@@ -539,12 +536,11 @@ def gate_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1, recurrent_activation=None)
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_states
     >>> h = np.array([[[1.0], [1.0]]], np.float32)
     >>> w = {"kernel": np.array([[3.0]]), "recurrent_kernel": np.array([[2.0]]), "bias": np.zeros(1)}
-    >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((1, 2), bool),
-    ...                 inputs=np.ones((1, 2, 1), np.float32), weights=w)
+    >>> lt = example_states(h, inputs=np.ones((1, 2, 1), np.float32), weights=w, recurrent_activation=None)
     >>> gate_drivers(Trace({"rnn": lt}))[["mean_abs_input", "mean_abs_recurrent", "input_share"]]
        mean_abs_input  mean_abs_recurrent  input_share
     0             3.0                 1.0         0.75
@@ -609,13 +605,11 @@ def feature_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, 
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=2, recurrent_activation=None)
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_states
     >>> x = np.array([[[1.0, 3.0], [-1.0, 1.0]]], np.float32)
     >>> w = {"kernel": np.array([[2.0], [-1.0]]), "recurrent_kernel": np.zeros((1, 1)), "bias": np.zeros(1)}
-    >>> z = np.zeros((1, 2, 1), np.float32)
-    >>> lt = LayerTrace(info, {"hidden_state": z, "hidden_state_pre": z}, mask=np.ones((1, 2), bool),
-    ...                 inputs=x, weights=w)
+    >>> lt = example_states(np.zeros((1, 2, 1), np.float32), inputs=x, weights=w, input_dim=2, recurrent_activation=None)
     >>> feature_drivers(Trace({"rnn": lt}, x=x, feature_names=["a", "b"]))[["feature", "mean_abs_contribution",
     ...                                                                      "input_push_share"]]
       feature  mean_abs_contribution  input_push_share

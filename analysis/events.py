@@ -347,12 +347,11 @@ def event_feature_shift(events: pd.DataFrame, trace: Trace, *, chunk: int = 256)
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
-    >>> sig = {s: np.zeros((1, 5, 1), np.float32) for s in info.signals}
-    >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.2, 0.95]
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_layer
     >>> x = np.array([[[0.0], [5.0], [0.0], [5.0], [0.0]]], np.float32)
-    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 5), bool), inputs=x)
+    >>> lt, sig = example_layer("lstm", n=1, steps=5, units=1, inputs=x)
+    >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.2, 0.95]
     >>> trace = Trace({"lstm": lt}, x=x, feature_names=["load"])
     >>> event_feature_shift(detect_events(trace, events=["forget"]), trace)[["feature", "mean_at_events", "z"]]
       feature  mean_at_events    z

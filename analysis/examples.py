@@ -35,12 +35,10 @@ the sequences that hold them at a time.
 
 Examples
 --------
->>> import numpy as np
->>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
->>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
->>> sig = {s: np.zeros((2, 4, 1), np.float32) for s in info.signals}
+>>> from gatelens.analysis.trace import Trace
+>>> from gatelens._examples import example_layer
+>>> lt, sig = example_layer("lstm", n=2, steps=4, units=1)
 >>> sig["forget_gate"][:, :, 0] = [[0.9, 0.1, 0.8, 0.8], [0.2, 0.8, 0.3, 0.9]]
->>> lt = LayerTrace(info, sig, mask=np.ones((2, 4), bool), inputs=np.zeros((2, 4, 1), np.float32))
 >>> ex, hist = unit_examples(Trace({"lstm": lt}), signals=["forget_gate"], k=2, context=1)
 >>> ex[ex.kind == "top"][["rank", "sequence", "step"]].values.tolist()   # 0.9 twice: the earlier first
 [[0, 0, 0], [1, 1, 3]]

@@ -19,14 +19,13 @@ every unit and feature at once), a chunk of sequences at a time.
 Examples
 --------
 >>> import numpy as np, pandas as pd
->>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+>>> from gatelens.analysis.trace import Trace
+>>> from gatelens._examples import example_layer
 >>> rng = np.random.default_rng(0)
 >>> f = rng.normal(size=(40, 30))
->>> info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
->>> sig = {s: np.zeros((40, 30, 2), np.float32) for s in info.signals}
+>>> lt, sig = example_layer("lstm", n=40, steps=30, units=2)
 >>> sig["cell_state"][:, 1:, 0] = -f[:, :-1]                      # unit 0 follows f one step later, negated
 >>> sig["cell_state"][..., 1] = rng.normal(size=(40, 30))          # unit 1 follows nothing
->>> lt = LayerTrace(info, sig, mask=np.ones((40, 30), bool), inputs=np.zeros((40, 30, 1), np.float32))
 >>> feats = pd.DataFrame({"sequence": np.repeat(np.arange(40), 30), "step": np.tile(np.arange(30), 40),
 ...                       "f": f.ravel()})
 >>> s = explanation_scores(Trace({"lstm": lt}), feats)

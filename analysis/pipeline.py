@@ -31,11 +31,12 @@ memory or on disk.
 Examples
 --------
 >>> import numpy as np, tempfile, pathlib
->>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
->>> info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
+>>> from gatelens.analysis.trace import Trace
+>>> from gatelens._examples import example_layer
+>>> lt, sig = example_layer("lstm", n=3, steps=6, units=2)
 >>> rng = np.random.default_rng(0)
->>> sig = {s: rng.uniform(0, 1, (3, 6, 2)).astype(np.float32) for s in info.signals}
->>> lt = LayerTrace(info, sig, mask=np.ones((3, 6), bool), inputs=np.zeros((3, 6, 1), np.float32))
+>>> for s in sig:
+...     sig[s][:] = rng.uniform(0, 1, (3, 6, 2))
 >>> result = analyze(Trace({"lstm": lt}), steps=("stats", "memory"))
 >>> result.half_lives[["unit", "signal"]].values.tolist()
 [[0, 'forget_gate'], [1, 'forget_gate']]

@@ -348,11 +348,10 @@ def run_probes(
     Examples
     --------
     >>> import numpy as np, pandas as pd
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> rng = np.random.default_rng(0)
-    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=3, input_dim=1)
-    >>> h = rng.normal(size=(8, 20, 3)).astype(np.float32)
-    >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((8, 20), bool), inputs=h)
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_states
+    >>> h = np.random.default_rng(0).normal(size=(8, 20, 3)).astype(np.float32)
+    >>> lt = example_states(h)
     >>> seq, step = np.divmod(np.arange(160), 20)
     >>> feats = pd.DataFrame({"sequence": seq, "step": step, "up": h[seq, step, 1] > 0})
     >>> res = run_probes(Trace({"rnn": lt}), feats, feature_columns=["up"])
@@ -642,13 +641,12 @@ def probe_report(trace: Trace, features: pd.DataFrame, **kwargs) -> pd.DataFrame
     Examples
     --------
     >>> import numpy as np, pandas as pd
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=2, input_dim=1)
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_states
     >>> h = np.random.default_rng(1).normal(size=(6, 10, 2)).astype(np.float32)
-    >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((6, 10), bool), inputs=h)
     >>> seq, step = np.divmod(np.arange(60), 10)
     >>> f = pd.DataFrame({"sequence": seq, "step": step, "v": 2 * h[seq, step, 0]})
-    >>> probe_report(Trace({"rnn": lt}), f, feature_columns=["v"])[["task", "top_units", "n_test"]]
+    >>> probe_report(Trace({"rnn": example_states(h)}), f, feature_columns=["v"])[["task", "top_units", "n_test"]]
              task top_units  n_test
     0  regression       0,1      20
     """
@@ -663,13 +661,12 @@ def probe_unit_ranking(trace: Trace, features: pd.DataFrame, **kwargs) -> pd.Dat
     Examples
     --------
     >>> import numpy as np, pandas as pd
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=3, input_dim=1)
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_states
     >>> h = np.random.default_rng(2).normal(size=(6, 10, 3)).astype(np.float32)
-    >>> lt = LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((6, 10), bool), inputs=h)
     >>> seq, step = np.divmod(np.arange(60), 10)
     >>> f = pd.DataFrame({"sequence": seq, "step": step, "v": h[seq, step, 2] - 0.1 * h[seq, step, 0]})
-    >>> probe_unit_ranking(Trace({"rnn": lt}), f, feature_columns=["v"]).sort_values("rank")["unit"].tolist()
+    >>> probe_unit_ranking(Trace({"rnn": example_states(h)}), f, feature_columns=["v"]).sort_values("rank")["unit"].tolist()
     [2, 0, 1]
     """
     return run_probes(trace, features, **kwargs).ranking

@@ -29,12 +29,11 @@ Matches are ranked by ``score`` (descending), then ``length`` (descending), then
 
 Examples
 --------
->>> import numpy as np
->>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
->>> info = LayerInfo(name="lstm", cell_type="lstm", units=2, input_dim=1)
->>> sig = {s: np.zeros((2, 6, 2), np.float32) for s in info.signals}
+>>> from gatelens.analysis.trace import Trace
+>>> from gatelens._examples import example_layer
+>>> lt, sig = example_layer("lstm", n=2, steps=6, units=2)
 >>> sig["forget_gate"][:, :, 1] = [[0.9, 0.05, 0.9, 0.9, 0.02, 0.03], [0.9, 0.9, 0.9, 0.9, 0.9, 0.01]]
->>> trace = Trace({"lstm": LayerTrace(info, sig, mask=np.ones((2, 6), bool), inputs=np.zeros((2, 6, 1), np.float32))})
+>>> trace = Trace({"lstm": lt})
 >>> r = search(trace, "forget_gate of lstm:1 below 0.1")
 >>> r.matches[["rank", "sequence", "start", "end"]].values.tolist()
 [[0, 1, 5, 6], [1, 0, 4, 6], [2, 0, 1, 2]]
@@ -214,10 +213,9 @@ def parse_conditions(trace: Trace, text: str, *, layer: str | None = None, chunk
 
     Examples
     --------
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=3, input_dim=1)
-    >>> lt = LayerTrace(info, {s: np.zeros((1, 2, 3)) for s in info.signals}, mask=np.ones((1, 2), bool),
-    ...                 inputs=np.zeros((1, 2, 1)))
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_layer
+    >>> lt, _ = example_layer("lstm", n=1, steps=2, units=3)
     >>> parse_conditions(Trace({"lstm": lt}), "cell_state of unit 2 rising by more than 1")
     [Condition(layer='lstm', unit=2, signal='cell_state', op='rising', value=1.0)]
     """

@@ -339,12 +339,10 @@ def signal_stats(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="lstm", cell_type="lstm", units=1, input_dim=1)
-    >>> sig = {s: np.zeros((1, 3, 1), np.float32) for s in info.signals}
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=1, steps=3, units=1, mask=np.array([[True, True, False]]))  # padded last
     >>> sig["cell_state"][0, :, 0] = [1.0, 2.0, 99.0]
-    >>> mask = np.array([[True, True, False]])      # the padded last step is left out
-    >>> lt = LayerTrace(info, sig, mask=mask, inputs=np.zeros((1, 3, 1), np.float32))
     >>> row = signal_stats(Trace({"lstm": lt})).query("signal == 'cell_state'").iloc[0]
     >>> float(row["mean"]), float(row["std"]), float(row["max"]), int(row["n"])
     (1.5, 0.5, 2.0, 2)

@@ -76,12 +76,16 @@ def example_layer(
     *,
     fill: float = 0.0,
     name: str | None = None,
+    mask: np.ndarray | None = None,
+    inputs: np.ndarray | None = None,
+    weights: dict[str, np.ndarray] | None = None,
     **info,
 ) -> tuple[Any, dict[str, np.ndarray]]:
     """A hand-made layer trace for examples: every signal ``fill`` (float32, writable), every step real, inputs 0.
 
     Returns ``(layer_trace, signals)``; ``signals`` holds the layer's own arrays, so setting values in it sets
-    them in the trace. ``info`` goes to :class:`gatelens.analysis.trace.LayerInfo` (e.g. ``reset_after=True``).
+    them in the trace. ``mask``, ``inputs`` and ``weights`` replace the defaults (every step real, inputs 0, no
+    weights); ``info`` goes to :class:`gatelens.analysis.trace.LayerInfo` (e.g. ``reset_after=True``).
 
     Examples
     --------
@@ -90,9 +94,52 @@ def example_layer(
     >>> lt.info.name, float(lt["update_gate"][0, 1, 0]), lt["reset_gate"].shape
     ('gru', 0.9, (2, 3, 1))
     """
-    from gatelens.analysis.trace import LayerInfo, LayerTrace
+    from gatelens.analysis.trace import LayerInfo
 
-    layer_info = LayerInfo(name=name or cell, cell_type=cell, units=units, input_dim=1, **info)
+    info.setdefault("input_dim", 1)
+    layer_info = LayerInfo(name=name or cell, cell_type=cell, units=units, **info)
     sig = {s: np.full((n, steps, units), fill, np.float32) for s in layer_info.signals}
-    lt = LayerTrace(layer_info, sig, mask=np.ones((n, steps), bool), inputs=np.zeros((n, steps, 1), np.float32))
+    lt = _layer_trace(layer_info, sig, mask, inputs, weights)
     return lt, sig
+
+
+def example_states(
+    h: np.ndarray,
+    *,
+    name: str = "rnn",
+    mask: np.ndarray | None = None,
+    inputs: np.ndarray | None = None,
+    weights: dict[str, np.ndarray] | None = None,
+    **info,
+) -> Any:
+    """A hand-made SimpleRNN layer trace whose hidden state and its pre-activation are both ``h`` ``(n, steps, units)``.
+
+    ``inputs`` default ``h`` itself, ``mask`` every step real; ``info`` goes to
+    :class:`gatelens.analysis.trace.LayerInfo` (``input_dim`` default 1).
+
+    Examples
+    --------
+    >>> lt = example_states(np.array([[[0.2], [-0.7]]], np.float32))
+    >>> lt.info.name, lt.info.cell_type, float(lt["hidden_state_pre"][0, 1, 0])
+    ('rnn', 'simple_rnn', -0.7)
+    """
+    from gatelens.analysis.trace import LayerInfo
+
+    info.setdefault("input_dim", 1)
+    layer_info = LayerInfo(name=name, cell_type="simple_rnn", units=h.shape[-1], **info)
+    return _layer_trace(
+        layer_info, {s: h for s in layer_info.signals}, mask, inputs if inputs is not None else h, weights
+    )
+
+
+def _layer_trace(layer_info: Any, sig: dict, mask: Any, inputs: Any, weights: Any) -> Any:
+    from gatelens.analysis.trace import LayerTrace
+
+    n, steps = next(iter(sig.values())).shape[:2]
+    return LayerTrace(
+        layer_info,
+        sig,
+        mask=np.ones((n, steps), bool) if mask is None else mask,
+        inputs=np.zeros((n, steps, 1), np.float32) if inputs is None else inputs,
+        weights=weights,
+    )

@@ -194,11 +194,9 @@ def text(
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo
-    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=1, input_dim=1)
-    >>> h = np.array([[[0.2], [-0.7]]], np.float32)
-    >>> t = Trace({"rnn": LayerTrace(info, {"hidden_state": h, "hidden_state_pre": h}, mask=np.ones((1, 2), bool),
-    ...                              inputs=h)}, tokens=np.array([[0, 1]]), vocabulary=["<b>", "x"])
+    >>> from gatelens._examples import example_states
+    >>> lt = example_states(np.array([[[0.2], [-0.7]]], np.float32))
+    >>> t = Trace({"rnn": lt}, tokens=np.array([[0, 1]]), vocabulary=["<b>", "x"])
     >>> page = text(t, "rnn")
     >>> "&lt;b&gt;" in page and "<b>" not in page
     True
