@@ -178,6 +178,75 @@ def test_demo_tour_draws_every_page(page, server):
     _no_exception(page)
 
 
+def _grid_rows(page) -> list[list[str]]:
+    """The cells of the first st.dataframe, row by row (the grid's accessible table; the first row is the header)."""
+    rows = page.locator('[data-testid="stDataFrame"]').first.locator('[role="row"]')
+    return [r.locator('[role="columnheader"], [role="gridcell"]').all_inner_texts() for r in rows.all()]
+
+
+def test_search_a_span_then_open_a_match(page, server):
+    """Select a span by step numbers on the Search page, see the units on and the matches, click one to open it."""
+    import math
+
+    goto(page, server.url, "")
+    page.get_by_text(re.compile(r"Verification: PASS")).wait_for()
+    _nav(page, PAGES["search"])
+    for label, value in [("From step", "2"), ("To step", "6")]:
+        box = page.get_by_label(re.compile(f"^{label} \\("))
+        box.fill(value)
+        box.press("Enter")
+        wait_idle(page)
+    error = page.locator('[data-testid="stAlertContentError"]')
+    if error.count():  # no unit is that high over this span: the page says the highest minimum; go just below it
+        low = float(re.search(r"highest minimum is (-?[\d.e+-]+)", error.inner_text()).group(1))
+        box = page.get_by_label("On at >=", exact=True)
+        box.fill(f"{math.floor(low * 100) / 100:.2f}")
+        box.press("Enter")
+        wait_idle(page)
+    _no_exception(page)
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    units = page.locator('[data-testid="stMarkdownContainer"] p').filter(has_text="Units on over the span").inner_text()
+    assert re.search(r": \d+(, \d+)*$", units), units
+    caption = page.get_by_text(re.compile(r"matching span\(s\) of span 0:2:6 of hidden_state")).inner_text()
+    n_matches = int(re.match(r"(\d+) matching", caption).group(1))
+    rows = _grid_rows(page)
+    assert rows[0] == ["rank", "sequence", "start", "end", "length", "score", "overlap"], rows[0]
+    body = [r for r in rows[1:] if r]
+    assert n_matches >= 1 and len(body) >= 1
+    # the query span itself is one of the matches
+    assert any(r[1:3] == ["0", "2"] and int(r[3]) >= 6 for r in rows[1:]) or n_matches > len(body)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "search_matches.png"), full_page=False)
+    # click the checkbox of the second match (row marker column; header and rows 35 px high)
+    pick = body[1] if len(body) > 1 else body[0]
+    index = body.index(pick)
+    grid = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
+    page.mouse.click(grid["x"] + 18, grid["y"] + 35 * (index + 1) + 17)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stMain\"] h1')].some(h => h.innerText.trim() === "
+        f"{PAGES['gates']!r})",
+        timeout=60_000,
+    )
+    wait_idle(page)
+    seq, start = int(pick[1]), int(pick[2])
+    page.get_by_text(f"Opened from Search: sequence {seq} at step {start}.").wait_for()
+    assert page.get_by_label(re.compile(r"^Sequence \(")).input_value() == str(seq)
+    assert page.locator("span.gl-tok").count() >= 100
+    _no_exception(page)
+
+
+def test_explain_page_examples_and_histogram(page, server):
+    goto(page, server.url, "")
+    page.get_by_text(re.compile(r"Verification: PASS")).wait_for()
+    _nav(page, PAGES["explain"])
+    wait_charts(page, 2)  # the unit's lines and its histogram
+    assert page.get_by_text(re.compile(r"score -?\d\.\d\d on held-out sequences")).count() == 1
+    assert page.locator("span.gl-mark").count() == 5  # the five top examples, each step outlined
+    _no_exception(page)
+    page.get_by_text("Where else it does this").scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOTS / "explain_examples.png"), full_page=True)
+
+
 def _upload(page, index: int, path: Path) -> None:
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').nth(index).set_input_files(str(path))
     page.wait_for_timeout(500)
