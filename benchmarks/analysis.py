@@ -172,6 +172,37 @@ def profile_child(run: str) -> None:
     print(json.dumps({"open_mib": open_mib, "steps": rows}))
 
 
+def search_child(run: str) -> None:
+    """Print JSON: seconds and own peak (above the RSS after open_run) of unit_examples and of two searches."""
+    from gatelens.analysis.examples import unit_examples
+    from gatelens.analysis.search import SpanQuery, search
+    from gatelens.analysis.store import open_run
+
+    trace = open_run(run)
+    layer = trace.layers[0]
+    gate = next(s for s in trace[layer].info.signals if s.endswith("_gate"))
+    out: dict = {}
+    jobs = {
+        "examples": lambda: len(unit_examples(trace)[0]),
+        # threshold -1: every unit is on over the span, the most work for the matcher
+        "search_span": lambda: search(trace, SpanQuery(0, 2, 6, -1.0, layer, "hidden_state")).n_matches,
+        "search_where": lambda: search(trace, f"{gate} of {layer}:0 below 0.1").n_matches,
+    }
+    linux = Path("/proc/self/clear_refs").exists()  # elsewhere the peaks are not measured (NaN)
+    for name, job in jobs.items():
+        before = _status_kib("VmRSS") / 1024 if linux else float("nan")
+        if linux:
+            _reset_peak()
+        t0 = time.perf_counter()
+        rows = job()
+        out[name] = {
+            "seconds": time.perf_counter() - t0,
+            "own_peak_mib": (_status_kib("VmHWM") / 1024 if linux else float("nan")) - before,
+            "rows": int(rows),
+        }
+    print(json.dumps(out))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the model and the runs
 
@@ -256,9 +287,13 @@ def main() -> None:
         help="feature-column counts of the width table, on a 4 x 10 run (default 10,100,1000; '' to skip)",
     )
     ap.add_argument("--profile-child", metavar="RUN", help=argparse.SUPPRESS)
+    ap.add_argument("--search-child", metavar="RUN", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.profile_child:
         profile_child(args.profile_child)
+        return
+    if args.search_child:
+        search_child(args.search_child)
         return
     if args.profile_steps and not Path("/proc/self/clear_refs").exists():
         sys.exit("benchmark: --profile-steps needs Linux (/proc/self/clear_refs to reset the peak RSS)")
@@ -291,7 +326,7 @@ def main() -> None:
     )
     print(f"command: {' '.join(Path(c).name if i == 0 else c for i, c in enumerate(cli))} analyze RUN")
     print()
-    rows, profiles = [], []
+    rows, profiles, searches = [], [], []
     model_path = work / "model.keras"
     model.save(model_path)
     vocab_path = work / "vocab.json"
@@ -321,6 +356,8 @@ def main() -> None:
                     "events": event_rows(run),
                 }
             )
+            found = measure([sys.executable, str(Path(__file__).resolve()), "--search-child", str(run)])
+            searches.append(json.loads(found.stdout.strip().splitlines()[-1]))
             if args.profile_steps:
                 prof = measure([sys.executable, str(Path(__file__).resolve()), "--profile-child", str(run)])
                 profiles.append(json.loads(prof.stdout.strip().splitlines()[-1]))
@@ -346,6 +383,8 @@ def main() -> None:
         )
     print()
     print(verdict(rows))
+    print()
+    print_searches(rows, searches)
     if widths:
         print()
         print_widths(widths)
@@ -391,6 +430,24 @@ def print_widths(res: dict) -> None:
     print("|---:|---:|---:|")
     for w, s in zip(widths, times):
         print(f"| {w} | {s:.1f} | {s / times[0]:.2f} |")
+
+
+def print_searches(rows: list[dict], searches: list[dict]) -> None:
+    """Examples and search at each N: seconds, own peak above the RSS after open_run, rows found."""
+    print(
+        "Examples and search (gatelens.analysis.examples.unit_examples; analysis.search with a span of sequence 0, "
+        "steps 2:6, hidden_state >= -1, and with 'GATE of LAYER:0 below 0.1'; in a child, after open_run):"
+    )
+    print()
+    print("| N (sequences) | what | seconds | own peak (MiB) | own peak vs 1x | rows or matches |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for name in ("examples", "search_span", "search_where"):
+        peaks = [max(s[name]["own_peak_mib"], 1.0) for s in searches]
+        for r, s, pr in zip(rows, searches, _ratio(peaks)):
+            m = s[name]
+            print(
+                f"| {r['n']} ({r['mult']}x) | {name} | {m['seconds']:.2f} | {m['own_peak_mib']:.0f} | {pr} | {m['rows']} |"
+            )
 
 
 def verdict(rows: list[dict]) -> str:

@@ -96,3 +96,16 @@ def test_analysis_benchmark_measures_every_size_and_says_a_verdict(outputs):
     from gatelens.analysis.pipeline import STEPS
 
     assert [r[0] for r in steps] == ["open_run", *STEPS, "save_analysis"], steps
+
+
+def test_analysis_benchmark_measures_examples_and_search_at_every_size(outputs):
+    out = outputs["analysis"].stdout
+    rows = _rows(out, "| N (sequences) | what | seconds | own peak (MiB)")
+    assert [(r[0], r[1]) for r in rows] == [
+        (n, what) for what in ("examples", "search_span", "search_where") for n in ("4 (1x)", "8 (2x)")
+    ], rows
+    for row in rows:
+        assert float(row[2]) >= 0 and int(row[5]) >= 0, row
+    # every step of the run is an example candidate: the examples table is never empty; with threshold -1 every
+    # unit is on everywhere, so the span query matches at least the query span itself
+    assert all(int(r[5]) > 0 for r in rows if r[1] in ("examples", "search_span")), rows
