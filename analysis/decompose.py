@@ -39,7 +39,7 @@ Cell state (:func:`cell_state_decomposition`)
 Examples
 --------
 >>> import numpy as np
->>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+>>> from gatelens.analysis.trace import Trace
 >>> from gatelens._examples import example_layer
 >>> lt, sig = example_layer("lstm", n=1, steps=3, units=1)
 >>> sig["forget_gate"][:] = 0.5; sig["input_gate"][:] = 1.0; sig["candidate"][:] = 1.0
@@ -319,12 +319,11 @@ def token_gate_table(trace: Trace, layer: str, *, token_ids: Sequence[int] | Non
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1, reset_after=True)
-    >>> sig = {s: np.zeros((1, 2, 1), np.float32) for s in info.signals}
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_layer
     >>> w = {"kernel": np.array([[1.0, -2.0, 3.0]]), "recurrent_kernel": np.zeros((1, 3)),
     ...      "bias": np.zeros((2, 3)), "embedding": np.array([[0.0], [0.5]])}
-    >>> lt = LayerTrace(info, sig, mask=np.ones((1, 2), bool), inputs=np.zeros((1, 2, 1)), weights=w)
+    >>> lt, _ = example_layer("gru", n=1, steps=2, units=1, weights=w, reset_after=True)
     >>> t = Trace({"gru": lt}, tokens=np.array([[0, 1]]), vocabulary=["", "("])
     >>> token_gate_table(t, "gru", token_ids=[1])
       layer  token_id token  unit         gate  push
@@ -421,12 +420,12 @@ def cell_state_decomposition(
     A GRU keeps ``z`` of its state and writes ``(1 - z) * candidate``:
 
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-    >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1, reset_after=True)
-    >>> sig = {s: np.zeros((1, 2, 1), np.float32) for s in info.signals}
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("gru", n=1, steps=2, units=1, reset_after=True)
     >>> sig["update_gate"][:] = 0.5; sig["candidate"][:] = 1.0
     >>> sig["hidden_state"][0, :, 0] = [0.5, 0.75]
-    >>> t = Trace({"gru": LayerTrace(info, sig, mask=np.ones((1, 2), bool), inputs=np.zeros((1, 2, 1)))})
+    >>> t = Trace({"gru": lt})
     >>> cell_state_decomposition(t, "gru", 0, step=1)[["source_step", "contribution"]]
        source_step  contribution
     0           -1          0.00

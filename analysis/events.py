@@ -30,7 +30,7 @@ standard deviations (:func:`event_feature_shift`).
 Examples
 --------
 >>> import numpy as np
->>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+>>> from gatelens.analysis.trace import Trace
 >>> from gatelens._examples import example_layer
 >>> lt, sig = example_layer("lstm", n=1, steps=5, units=1)
 >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
@@ -304,7 +304,7 @@ def event_token_lift(events: pd.DataFrame, trace: Trace, *, chunk: int = 256) ->
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import Trace
     >>> from gatelens._examples import example_layer
     >>> lt, sig = example_layer("lstm", n=1, steps=5, units=1)
     >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
@@ -434,7 +434,7 @@ def summarize_events(
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import Trace
     >>> from gatelens._examples import example_layer
     >>> lt, sig = example_layer("lstm", n=1, steps=5, units=1)
     >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
@@ -539,7 +539,7 @@ def iter_events(
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import Trace
     >>> from gatelens._examples import example_layer
     >>> lt, sig = example_layer("lstm", n=3, steps=5, units=1)
     >>> sig["forget_gate"][:, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
@@ -576,7 +576,7 @@ class EventSummaryBuilder:
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import Trace
     >>> from gatelens._examples import example_layer
     >>> lt, sig = example_layer("lstm", n=1, steps=5, units=1)
     >>> sig["forget_gate"][0, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]

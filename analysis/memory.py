@@ -24,7 +24,7 @@ Retention curve
 Examples
 --------
 >>> import numpy as np
->>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+>>> from gatelens.analysis.trace import Trace
 >>> from gatelens._examples import example_layer
 >>> lt, sig = example_layer("lstm", n=2, steps=6, units=2)
 >>> sig["forget_gate"][..., 0] = 0.5
@@ -71,7 +71,7 @@ def half_lives(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import Trace
     >>> from gatelens._examples import example_layer
     >>> lt, sig = example_layer("gru", n=1, steps=4, units=1, fill=0.25, reset_after=True)
     >>> float(half_lives(Trace({"gru": lt}))["half_life_steps"].iloc[0])   # 0.25 = 0.5 ** 2
@@ -148,7 +148,7 @@ def retention_curves(trace: Trace, layer: str, *, max_lag: int = 50, chunk: int 
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import Trace
     >>> from gatelens._examples import example_layer
     >>> lt, sig = example_layer("lstm", n=1, steps=4, units=1)
     >>> sig["forget_gate"][0, :, 0] = [1.0, 0.5, 0.5, 1.0]

@@ -379,7 +379,7 @@ def analyze(
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import Trace
     >>> from gatelens._examples import example_layer
     >>> lt, sig = example_layer("gru", n=2, steps=3, units=1, fill=0.25, reset_after=True)
     >>> a = analyze(Trace({"gru": lt}), steps=("stats", "memory", "events"))
@@ -679,7 +679,7 @@ def read_events(
     Examples
     --------
     >>> import numpy as np, tempfile
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import Trace
     >>> from gatelens._examples import example_layer
     >>> lt, sig = example_layer("lstm", n=1, steps=4, units=2)
     >>> sig["forget_gate"][0] = [[0.95, 0.95], [0.2, 0.95], [0.95, 0.95], [0.95, 0.3]]

@@ -36,7 +36,7 @@ are left out. A layer with no unmasked step at all is an error.
 Examples
 --------
 >>> import numpy as np
->>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+>>> from gatelens.analysis.trace import Trace
 >>> from gatelens._examples import example_layer
 >>> lt, sig = example_layer("lstm", n=1, steps=4, units=1)
 >>> sig["forget_gate"][0, :, 0] = [0.05, 0.5, 0.95, 0.95]
@@ -315,7 +315,7 @@ def unit_stats(
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import Trace
     >>> from gatelens._examples import example_layer
     >>> lt, sig = example_layer("gru", n=3, steps=5, units=2, reset_after=True)
     >>> sig["update_gate_pre"][..., 1] = 8.0      # unit 1's update gate pinned in the sigmoid's flat tail
@@ -356,7 +356,7 @@ def stats_tables(trace: Trace, *, chunk: int = 256) -> tuple[pd.DataFrame, pd.Da
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+    >>> from gatelens.analysis.trace import Trace
     >>> from gatelens._examples import example_layer
     >>> lt, sig = example_layer("lstm", n=2, steps=4, units=3)
     >>> units, signals = stats_tables(Trace({"lstm": lt}))
