@@ -1,7 +1,8 @@
-"""argparse ``type=`` functions for the ``gatelens`` commands: parse, check a bound, or say what was expected.
+"""argparse pieces the ``gatelens`` commands share: bounded ``type=`` functions and the model/data options.
 
-One factory, :func:`checked`, builds them all, so every option of every subcommand rejects a bad value
-with the same one-line message (``expected a positive integer, got '0'``) and exit 2.
+One factory, :func:`checked`, builds the types, so every option of every subcommand rejects a bad value
+with the same one-line message (``expected a positive integer, got '0'``) and exit 2. :func:`add_input_options`
+declares the model, data and windowing options once for every subcommand that runs a model over data.
 
 Examples
 --------
@@ -64,3 +65,25 @@ def checked(
         return v
 
     return parse
+
+
+def add_input_options(sp: argparse.ArgumentParser) -> None:
+    """The model file, the data and how the data is read (tokens, windows, columns), for one subcommand.
+
+    Examples
+    --------
+    >>> p = argparse.ArgumentParser()
+    >>> add_input_options(p)
+    >>> a = p.parse_args(["m.keras", "x.csv", "--columns", "a", "b", "--window", "8"])
+    >>> a.model, a.columns, a.window, a.batch_size
+    ('m.keras', ['a', 'b'], 8, 256)
+    """
+    sp.add_argument("model", help="a .keras (or legacy .h5) model file")
+    sp.add_argument("data", help="input data: .npy, .npz (key x), .csv or .txt")
+    sp.add_argument("--batch-size", type=int, default=256, help="rows per forward pass (bounds memory)")
+    sp.add_argument("--vocab", help="JSON list of tokens in id order (text models without a vocabulary)")
+    sp.add_argument("--level", choices=["char", "word"], default=None, help="text tokenisation (default char)")
+    sp.add_argument("--window", type=int, help="steps per sequence for long series/text (default: model length)")
+    sp.add_argument("--stride", type=int, help="steps between window starts (default: the window)")
+    sp.add_argument("--columns", nargs="+", help="CSV columns to use as input features, in order")
+    sp.add_argument("--max-sequences", type=int, help="use only the first N sequences (windows)")

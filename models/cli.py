@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from gatelens.errors import UsageError
+from gatelens.models.argtypes import add_input_options
 from gatelens.models.zoo.cli import positive_int, register
 
 log = logging.getLogger("gatelens")
@@ -175,15 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def data_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="a .keras (or legacy .h5) model file")
-        sp.add_argument("data", help="input data: .npy, .npz (key x), .csv or .txt")
-        sp.add_argument("--batch-size", type=int, default=256)
-        sp.add_argument("--vocab", help="JSON list of tokens in id order (text models without a vocabulary)")
-        sp.add_argument("--level", choices=["char", "word"], default=None, help="text tokenisation (default char)")
-        sp.add_argument("--window", type=int, help="steps per sequence for long series/text (default: model length)")
-        sp.add_argument("--stride", type=int, help="steps between window starts (default: the window)")
-        sp.add_argument("--columns", nargs="+", help="CSV columns to use as input features, in order")
-        sp.add_argument("--max-sequences", type=int, help="use only the first N sequences (windows)")
+        add_input_options(sp)
         sp.add_argument("--tolerance", type=float, default=1e-4, help="max accepted |h recomputed - Keras|")
 
     e = sub.add_parser("extract", help="re-run the recurrent layers and store every gate in a run directory")

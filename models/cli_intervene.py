@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gatelens.errors import DataError, UsageError
+from gatelens.models.argtypes import add_input_options
 
 INTERVENTIONS_COLUMNS = [
     "intervention", "layer", "units", "signal", "op", "value", "steps", "metric",
@@ -35,16 +36,8 @@ SWEEP_COLUMNS = [
 
 
 def _data_opts(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("model", help="a .keras (or legacy .h5) model file")
-    sp.add_argument("data", help="input data: .npy, .npz (key x), .csv or .txt")
+    add_input_options(sp)
     sp.add_argument("--out", required=True, help="output directory (created; only gatelens's own CSVs are replaced)")
-    sp.add_argument("--batch-size", type=int, default=256, help="rows per forward pass (bounds memory)")
-    sp.add_argument("--vocab", help="JSON list of tokens in id order (text models without a vocabulary)")
-    sp.add_argument("--level", choices=["char", "word"], default=None, help="text tokenisation (default char)")
-    sp.add_argument("--window", type=int, help="steps per sequence for long series/text (default: model length)")
-    sp.add_argument("--stride", type=int, help="steps between window starts (default: the window)")
-    sp.add_argument("--columns", nargs="+", help="CSV columns to use as input features, in order")
-    sp.add_argument("--max-sequences", type=int, help="use only the first N sequences (windows)")
     sp.add_argument(
         "--targets",
         help="targets: .npy/.npz (key y) or a CSV (sequence[, step], target) with one value per sequence or "
