@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import altair as alt
 import streamlit as st
 
 from gatelens.dashboards import core, state, whatif
@@ -33,28 +32,22 @@ state.open_unit(layer, unit)
 actions = whatif.ACTIONS[trace[layer].info.cell_type]
 label = st.radio("Intervention", list(actions), horizontal=True, key="whatif_action")
 action = actions[label]
-st.caption(
-    f"The unit's {action[0].replace('_', ' ')} is forced at every step; the changed value flows on through the "
-    "recurrence and the rest of the model. Below: the model's output before and after, and its change per step."
-)
 x = data.dataset.x[seq : seq + 1]
 with model.lock:
     df = whatif.what_if(model.model, x, layer, unit, action)
+st.caption(
+    f"The unit's {action[0].replace('_', ' ')} is forced at every step; the changed value flows on through the "
+    "recurrence and the rest of the model. Below: "
+    + (
+        "the loss of the next token (−log p, nats) before and after, and its change per step."
+        if df.attrs["measure"] == "loss"
+        else "the model's output before and after, and its change per step."
+    )
+)
 tokens = core.sequence_tokens(trace, seq)
+st.altair_chart(whatif.change_chart(df, tokens), width="stretch")
 if tokens is not None and len(tokens) == len(df):
     df.insert(1, "input", list(tokens))
-chart = (
-    alt.Chart(df)
-    .mark_bar()
-    .encode(
-        x=alt.X("step:O", title="step"),
-        y=alt.Y("change:Q", title="mean |output change|"),
-        color=alt.Color("change:Q", scale=alt.Scale(scheme="blues"), legend=None),
-        tooltip=list(df.columns),
-    )
-    .properties(height=180, title="Output change per step")
-)
-st.altair_chart(chart, width="stretch")
 st.dataframe(df, hide_index=True, key="whatif_table")
 
 if st.button("Rank this unit: silence every unit of the layer in turn", key="whatif_sweep"):
