@@ -73,6 +73,7 @@ def _set_number(page, label: str, value: int) -> None:
     box.fill(str(value))
     box.press("Enter")
     wait_idle(page)
+    assert box.input_value() == str(value)
 
 
 def test_whatif_clamp_draws_the_librarys_output_change(server, demos, tmp_path):
@@ -104,6 +105,10 @@ def test_whatif_clamp_draws_the_librarys_output_change(server, demos, tmp_path):
             page.get_by_test_id("stRadioGroup").get_by_text("forget now (f = 0)", exact=True).click()
             wait_idle(page)
             wait_charts(page, 1)
+            # the page stands where the test put it (else the comparison below is with another intervention)
+            assert page.get_by_label(re.compile(r"^Unit \(0\.\.7\)")).input_value() == "3"
+            assert page.get_by_label(re.compile(r"^Sequence \(0\.\.7\)")).input_value() == "1"
+            assert page.get_by_role("radio", name="forget now (f = 0)").is_checked()
             assert page.locator('[data-testid="stException"]').count() == 0
             chart = page.locator('[data-testid="stVegaLiteChart"]').filter(has_text=TITLE)
             bars = chart.locator("svg.marks .mark-rect path").evaluate_all(
