@@ -97,13 +97,18 @@ def what_if(model: Any, x: np.ndarray, layer: str, unit: int, action: tuple[str,
     return df
 
 
+#: Up to this many steps the chart's x axis shows every token (about 8 px each on a wide page); beyond, step numbers.
+MAX_TOKEN_LABELS = 120
+
+
 def change_chart(df: pd.DataFrame, tokens: list[str] | None = None):
     """The page's bar chart of ``df["change"]`` per step (:func:`what_if`'s frame), under the input's tokens.
 
     The y title is short on purpose: Vega fits the whole chart, a rotated title taller than the plot included,
     into its height, so a long one squeezes the bars flat. A loss change is signed (red: the intervention makes the next token less likely, blue: more), on a scale
-    centred at 0; an output change is a magnitude (blues). With ``tokens`` (one per step) the x axis shows
-    them, visible (a space as ␣, a newline as ↵); the step is in the tooltip.
+    centred at 0; an output change is a magnitude (blues). With ``tokens`` (one per step, at most
+    :data:`MAX_TOKEN_LABELS`) the x axis shows every one, visible (a space as ␣, a newline as ↵); the step is in
+    the tooltip.
 
     Examples
     --------
@@ -120,13 +125,23 @@ def change_chart(df: pd.DataFrame, tokens: list[str] | None = None):
     data = df.copy()
     loss = df.attrs.get("measure") == "loss"
     tooltip = [alt.Tooltip(c, format=".6g") if data[c].dtype.kind == "f" else c for c in data.columns]
-    if tokens is not None and len(tokens) == len(data):
+    shown = tokens is not None and len(tokens) == len(data)
+    if shown:
         data.insert(1, "input", [visible_token(t).replace("\u00a0", "␣") or "∅" for t in tokens])
-        data["key"] = [f"{s}\u241f{t}" for s, t in zip(data["step"], data["input"])]
-        # the order given explicitly: with sort=None Chromium drew a step out of place (Vega's domain order)
-        axis = alt.Axis(labelExpr="split(datum.label, '\u241f')[1]", labelAngle=0, labelFontSize=12, labelPadding=4)
-        x = alt.X("key:O", sort=list(data["key"]), title="input", axis=axis)
         tooltip.insert(1, "input")
+    if shown and len(data) <= MAX_TOKEN_LABELS:
+        data["key"] = [f"{s}\u241f{t}" for s, t in zip(data["step"], data["input"])]
+        # every token shown (Vega would drop every other one, and the text would read wrong), in the order given
+        # explicitly (with sort=None Chromium drew a step out of place: Vega's domain order)
+        axis = alt.Axis(
+            labelExpr="split(datum.label, '\u241f')[1]",
+            labelAngle=0,
+            labelFont="monospace",
+            labelFontSize=11,
+            labelOverlap=False,
+            labelPadding=4,
+        )
+        x = alt.X("key:O", sort=list(data["key"]), title="input", axis=axis)
     else:
         x = alt.X("step:O", title="step", axis=alt.Axis(labelAngle=0, labelOverlap=True))
     if loss:
