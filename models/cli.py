@@ -13,10 +13,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from gatelens.errors import UsageError
 from gatelens.models.argtypes import add_input_options
+from gatelens.models.distributed import add_cluster_options, local_path, wants_cluster
 from gatelens.models.zoo.cli import positive_int, register
 
 log = logging.getLogger("gatelens")
@@ -89,7 +90,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
         data,
         {k: getattr(args, k) for k in options},
     )
-    trace = write_run(
+    run = write_run
+    if wants_cluster(args):  # the same run, written by the workers of a Dask cluster
+        from gatelens.models.distributed import cli_write_run as run
+    trace = run(
         model,
         data.x,
         args.out,
@@ -103,6 +107,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         manifest=manifest,
         verify=args.verify,
         sample_size=args.sample_size,
+        **_cluster(args, model_path=args.model),
     )
     worst = max(trace.verification.values())
     print(
@@ -130,8 +135,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from gatelens.analysis.pipeline import analyze_run
     from gatelens.analysis.store import ANALYSIS_DIR
 
-    result = analyze_run(args.run, features=args.features, progress=ProgressBar("analyze"))
-    where = Path(args.run) / ANALYSIS_DIR
+    run_analysis = analyze_run
+    if wants_cluster(args):  # the same tables, computed by the workers of a Dask cluster
+        from gatelens.analysis.distributed import cli_analyze_run as run_analysis
+    result = run_analysis(args.run, features=args.features, progress=ProgressBar("analyze"), **_cluster(args))
+    where = local_path(args.run) / ANALYSIS_DIR
     rows = {name: len(getattr(result, name)) for name in result.tables()}
     if result.events_file is not None:
         import pyarrow.parquet as pq
@@ -142,6 +150,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for step, why in result.skipped.items():
         print(f"  skipped {step}: {why}")
     return 0
+
+
+def _cluster(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The keyword arguments of the distributed twin of a command (none without --workers/--scheduler)."""
+    return {"workers": args.workers, "scheduler": args.scheduler, **extra} if wants_cluster(args) else {}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -198,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=8,
         help="sequences per batch Keras's layer re-runs with --verify cell or sample",
     )
+    add_cluster_options(e)
     e.set_defaults(func=cmd_extract)
 
     v = sub.add_parser("verify", help="per layer: max |hidden state recomputed - Keras's own output|")
@@ -207,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="statistics, memory, correlations, probes, clusters, events of a run")
     a.add_argument("run")
     a.add_argument("--features", help="CSV with columns sequence, step and one column per feature")
+    add_cluster_options(a)
     a.set_defaults(func=cmd_analyze)
 
     x = sub.add_parser("export", help="write the analysis of a run as CSV files")

@@ -1,0 +1,746 @@
+"""Distributed analysis: the tables of ``gatelens analyze`` computed by the workers of a Dask cluster.
+
+:func:`analyze_distributed` gives the tables :func:`gatelens.analysis.pipeline.analyze_run` gives, for the
+same run, computed as Dask tasks over the run store (every worker opens the store itself; only small
+partial results travel):
+
+* the run's checksums: the files are hashed by the workers, a batch of files per task;
+* **statistics, saturation, half-lives, retention** (one task per layer and chunk of sequences): each
+  task returns its chunk's sums (shifted sums of the signals, counts below/above the thresholds and of
+  saturated/linear steps, slope sums, min/max, log-gate sums, window products) and the client adds them
+  up in chunk order, with the same shift as the single-process pass -- the same floating-point
+  operations in the same order, so the tables are equal to it, not only close;
+* **events**: the same task writes its chunk's events as one Parquet file (a dataset of parts); the
+  client builds the event summary from the parts and joins them, in order, into the run's
+  ``events.parquet`` (a part at a time, never the whole table in memory);
+* **correlations**: one task per layer and chunk returns the chunk's centred moments (per group of
+  features with the same missing cells) and its rows of the bounded Spearman subsample; the client
+  merges the moments in chunk order with the update of Chan, Golub & LeVeque (the single-process
+  merge) and ranks the gathered subsample;
+* **features, drivers, token table, probes, clusters** run on the client with the single-process code
+  (features and the token table read the store a chunk at a time; probes fit on the bounded sample
+  they gather; clusters use the tables above).
+
+``RUN`` may be a path or a ``file://`` URL that every worker sees.
+
+Examples
+--------
+In Python::
+
+    from gatelens.models.distributed import local_client
+    with local_client(2) as client:
+        result = analyze_distributed("runs/big", client=client)
+
+(tests/test_distributed.py runs it on a two-process cluster and compares every table.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gatelens.analysis.pipeline import EVENTS_ROW_GROUP, STEPS, Analysis, _optional, _skip, save_analysis
+from gatelens.analysis.store import ANALYSIS_DIR, MANIFEST, read_manifest, sha256_file
+from gatelens.analysis.trace import Trace, iter_chunks
+from gatelens.errors import RunStoreError, UsageError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+#: Environment of every worker process: one thread for TensorFlow, BLAS and OpenMP (the cluster's
+#: parallelism is its processes), and TensorFlow's start-up chatter off.
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+_FILES_PER_TASK = 64
+_TRACES: dict[tuple[str, float], Trace] = {}  # per worker process: the opened run, by path and manifest time
+_TRACES_LOCK = threading.Lock()
+
+
+def _trace(run: str) -> Trace:
+    """The run opened lazily on this worker (once; the client has checked the checksums)."""
+    from gatelens.analysis.store import open_run
+
+    key = (run, os.stat(Path(run) / MANIFEST).st_mtime)
+    with _TRACES_LOCK:
+        if key not in _TRACES:
+            _TRACES[key] = open_run(run, verify=False)
+        return _TRACES[key]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# clusters and paths
+
+
+def local_cluster(n_workers: int, **kwargs: Any) -> Any:
+    """A :class:`~distributed.LocalCluster` of ``n_workers`` single-threaded processes with :data:`WORKER_ENV`."""
+    import dask
+    from distributed import LocalCluster
+
+    options = {"n_workers": int(n_workers), "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
+    options.update(kwargs)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": dict(WORKER_ENV)}):
+        return LocalCluster(**options)
+
+
+@contextlib.contextmanager
+def local_client(n_workers: int, **kwargs: Any) -> Iterator[Any]:
+    """A client of a fresh :func:`local_cluster`, closed (cluster and all) at the end of the block."""
+    from distributed import Client
+
+    with local_cluster(n_workers, **kwargs) as cluster, Client(cluster) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def cluster_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
+    """The client the command line asked for: a local cluster of ``workers`` or the cluster at ``scheduler``."""
+    from distributed import Client
+
+    if workers:
+        with local_client(workers) as client:
+            yield client
+        return
+    if not scheduler:
+        raise UsageError("give --workers N or --scheduler ADDRESS")
+    try:
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError) as e:
+        raise UsageError(f"--scheduler {scheduler}: no Dask scheduler answered ({' '.join(str(e).split())})") from None
+    with client:
+        yield client
+
+
+def local_path(url: str | os.PathLike) -> Path:
+    """A run location as a local path: a path, or a ``file://`` URL (what every worker must also see).
+
+    Raises
+    ------
+    UsageError
+        For another fsspec protocol (``s3://``, ``memory://``, ...): the run store commits a run with a
+        directory rename, which object stores lack, and a ``memory://`` store is private to one process.
+
+    Examples
+    --------
+    >>> str(local_path("file:///tmp/run")), str(local_path("/tmp/run"))
+    ('/tmp/run', '/tmp/run')
+    """
+    text = os.fspath(url)
+    if "://" not in text:
+        return Path(text)
+    import fsspec
+
+    protocol, path = fsspec.core.split_protocol(text)
+    fs = fsspec.filesystem(protocol)
+    if not isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        raise UsageError(
+            f"{text}: runs are written to and read from a file system every worker sees (a path or a file:// URL); "
+            f"{protocol}:// is not supported"
+        )
+    return Path(fs._strip_protocol(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# worker tasks
+
+
+def _hash_files(run: str, rels: list[str]) -> dict[str, str]:
+    return {rel: sha256_file(Path(run) / rel) for rel in rels}
+
+
+def _chunk_task(
+    run: str, layer: str, start: int, stop: int, shifts: dict[str, Any], thresholds: dict[str, float] | None,
+    events_dir: str | None, part: str, max_lag: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One layer, sequences ``start:stop``: stats, saturation, half-life and retention sums; events to Parquet."""
+    from gatelens.analysis._reading import compress_real, read, read_mask, retention_signal
+    from gatelens.analysis.signals import PRE_ACTIVATION, activation_of
+    from gatelens.analysis.stats import ACTIVATION_SLOPES, HIGH, LOW, activation_slope, max_slope
+
+    trace = _trace(run)
+    lt = trace[layer]
+    info = lt.info
+    rows = slice(start, stop)
+    m = read_mask(lt, rows)
+    out: dict[str, Any] = {"any": bool(m.any()), "stats": {}, "curve": {}, "half": None, "retention": None}
+    if m.any():
+        activated = {}
+        for s, pre in PRE_ACTIVATION[info.cell_type].items():
+            act = activation_of(info.cell_type, s, info.activation, info.recurrent_activation)
+            if act in ACTIVATION_SLOPES:
+                activated[s] = (pre, act)
+        curve = {s: np.zeros((3, info.units)) for s in activated}
+        for sig in info.signals:
+            v = read(lt[sig], rows)[m]
+            d = v - shifts["stats"][sig]
+            out["stats"][sig] = (
+                v.shape[0], d.sum(axis=0), (d * d).sum(axis=0), v.min(axis=0), v.max(axis=0),
+                (v < LOW).sum(axis=0), (v > HIGH).sum(axis=0),
+            )  # fmt: skip
+            for s, (pre, act) in activated.items():
+                if pre == sig:
+                    slope = activation_slope(act, v)
+                    top = max_slope(act)
+                    curve[s][0] = (slope <= 0.1 * top).sum(axis=0)
+                    curve[s][1] = (slope >= 0.9 * top).sum(axis=0)
+                    curve[s][2] = slope.sum(axis=0)
+        out["curve"] = curve
+        signal = retention_signal(info.cell_type)
+        if signal is not None:
+            g = np.abs(read(lt[signal], rows)[m])
+            is_zero = g == 0.0
+            with np.errstate(divide="ignore"):
+                logs = np.log(g)
+            shift = shifts["half"]
+            out["half"] = (is_zero.sum(axis=0), np.where(is_zero, 0.0, logs - shift).sum(axis=0), g.shape[0])
+            t_len = m.shape[1]
+            lags = min(int(max_lag), t_len)
+            order, n_real = compress_real(m)
+            g = np.take_along_axis(np.abs(read(lt[signal], rows)), order[..., None], axis=1)
+            sums = np.zeros((lags, info.units))
+            counts = np.zeros(lags, np.int64)
+            prod = g
+            for lag in range(1, lags + 1):  # lags (a few dozen), each one array op over the chunk
+                if lag > 1:
+                    prod = prod[:, 1:] * g[:, : t_len - lag + 1]
+                ends = np.arange(lag - 1, t_len)
+                valid = ends[None, :] < n_real[:, None]
+                sums[lag - 1] = np.where(valid[..., None], prod, 0.0).sum(axis=(0, 1))
+                counts[lag - 1] = int(valid.sum())
+            out["retention"] = (sums, counts)
+    out["events"] = None
+    if events_dir is not None and thresholds is not None:
+        from gatelens.analysis.events import EVENT_COLUMNS, _layer_events
+
+        frames = _layer_events(trace, lt, rows, thresholds, ("forget", "write", "read"))
+        if frames:
+            df = pd.concat(frames, ignore_index=True)
+            rank = df["event"].map({"forget": 0, "write": 1, "read": 2})
+            order = np.lexsort((rank, df["unit"], df["step"], df["sequence"]))
+            df = df.iloc[order].reset_index(drop=True)[EVENT_COLUMNS]
+            path = Path(events_dir) / f"{part}.parquet"
+            df.to_parquet(path, index=False)
+            out["events"] = str(path)
+    return out
+
+
+def _corr_task(run: str, layer: str, start: int, stop: int, signals: list[str], local: np.ndarray,
+               frow: np.ndarray, pick: np.ndarray | None, fmat: np.ndarray, groups: list[np.ndarray]) -> dict:  # fmt: skip
+    """One layer, sequences ``start:stop``: per signal, the chunk's moments per feature group and its sampled rows."""
+    from gatelens.analysis.correlate import Moments
+
+    trace = _trace(run)
+    valid = ~np.isnan(fmat)
+    out = {}
+    for signal in signals:
+        arr = trace[layer][signal]
+        units = int(arr.shape[2])
+        x = np.asarray(arr[start:stop], np.float32).reshape(-1, units)[local]
+        moments = []
+        for cols in groups:
+            ok = valid[frow, cols[0]]
+            mo = Moments()
+            mo.update(x[ok], fmat[np.ix_(frow[ok], cols)])
+            moments.append(mo)
+        out[signal] = (moments, x if pick is None else x[pick])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the client
+
+
+def _verify(client: Any, run: Path, manifest: dict[str, Any]) -> None:
+    """:func:`gatelens.analysis.store.verify_run`, the hashing done by the workers."""
+    files = manifest.get("files", {})
+    present = {
+        rel
+        for p in run.rglob("*")
+        if p.is_file() and not (rel := p.relative_to(run).as_posix()).startswith(ANALYSIS_DIR + "/")
+    } - {MANIFEST}
+    missing = sorted(set(files) - present)
+    extra = sorted(present - set(files))
+    if missing:
+        raise RunStoreError(f"{run}: {len(missing)} file(s) listed in the manifest are missing, e.g. {missing[0]}")
+    if extra:
+        raise RunStoreError(f"{run}: {len(extra)} file(s) not listed in the manifest, e.g. {extra[0]}")
+    rels = sorted(files)
+    batches = [rels[i : i + _FILES_PER_TASK] for i in range(0, len(rels), _FILES_PER_TASK)]
+    for digests in client.gather(client.map(_hash_files, [str(run)] * len(batches), batches, pure=False)):
+        for rel, digest in digests.items():
+            if digest != files[rel]:
+                raise RunStoreError(f"{run}: {rel} does not match its checksum in the manifest")
+
+
+def _first_real(lt: Any, chunk: int) -> tuple[slice, tuple[int, int]] | None:
+    """The first chunk with an unmasked step, and the first unmasked (sequence, step) in it."""
+    from gatelens.analysis._reading import read_mask
+
+    for rows in iter_chunks(lt.shape[0], chunk):
+        m = read_mask(lt, rows)
+        if m.any():
+            s, t = np.argwhere(m)[0]
+            return rows, (rows.start + int(s), int(t))
+    return None
+
+
+def _shifts(lt: Any, chunk: int) -> dict[str, Any] | None:
+    """The shifts of the single-process pass: the first unmasked value of every signal; the largest finite
+    log gate of the first chunk with an unmasked step (half-lives)."""
+    from gatelens.analysis._reading import read, read_mask, retention_signal
+
+    first = _first_real(lt, chunk)
+    if first is None:
+        return None
+    rows, (s, t) = first
+    stats = {sig: np.asarray(lt[sig][s, t], np.float64) for sig in lt.info.signals}
+    half = None
+    signal = retention_signal(lt.info.cell_type)
+    if signal is not None:
+        g = np.abs(read(lt[signal], rows)[read_mask(lt, rows)])
+        is_zero = g == 0.0
+        with np.errstate(divide="ignore"):
+            logs = np.log(g)
+        half = np.where(is_zero.all(axis=0), 0.0, np.max(np.where(is_zero, -np.inf, logs), axis=0))
+    return {"stats": stats, "half": half}
+
+
+def _stats_frames(
+    name: str, info: Any, shifts: dict[str, np.ndarray], parts: list[dict]
+) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+    """unit_stats and signal_stats rows of one layer from its chunks' sums (added in chunk order)."""
+    from gatelens.analysis.stats import UNIT_STATS_COLUMNS, _long, _Moments
+
+    u = info.units
+    signals = list(info.signals)
+    mom = {s: _Moments(u) for s in signals}
+    for s in signals:
+        mom[s].shift = shifts[s]
+    curve = {s: np.zeros((3, u)) for s in (parts[0]["curve"] if parts else {})}
+    for p in parts:
+        for sig, (n, s1, s2, lo, hi, below, above) in p["stats"].items():
+            mo = mom[sig]
+            mo.n += n
+            mo.s1 += s1
+            mo.s2 += s2
+            mo.min = np.minimum(mo.min, lo)
+            mo.max = np.maximum(mo.max, hi)
+            mo.below += below
+            mo.above += above
+        for s, c in p["curve"].items():
+            curve[s][0] += c[0]
+            curve[s][1] += c[1]
+            curve[s][2] += c[2]
+    n = mom[signals[0]].n
+    if n == 0:
+        raise ValueError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
+    res = {s: mom[s].result() for s in signals}
+    cols = ["mean", "std", "min", "max", "frac_below_0.1", "frac_above_0.9"]
+    sig_df = _long(name, signals, u, {c: np.stack([res[s][c] for s in signals]) for c in cols})
+    sig_df["n"] = n
+    act_signals = [s for s in signals if s in curve]
+    unit_df = None
+    if act_signals:
+        from gatelens.analysis.signals import activation_of
+
+        columns = {c: np.stack([res[s][c] for s in act_signals]) for c in cols if c not in ("min", "max")}
+        columns["frac_saturated"] = np.stack([curve[s][0] / n for s in act_signals])
+        columns["frac_linear"] = np.stack([curve[s][1] / n for s in act_signals])
+        columns["mean_slope"] = np.stack([curve[s][2] / n for s in act_signals])
+        acts = {s: activation_of(info.cell_type, s, info.activation, info.recurrent_activation) for s in act_signals}
+        columns["activation"] = np.stack([np.full(u, acts[s], dtype=object) for s in act_signals])
+        unit_df = _long(name, act_signals, u, columns)
+        unit_df["n"] = n
+        unit_df = unit_df[UNIT_STATS_COLUMNS]
+    return unit_df, sig_df
+
+
+def _half_frame(name: str, info: Any, shift: np.ndarray, parts: list[dict]) -> pd.DataFrame:
+    from gatelens.analysis._reading import retention_signal
+
+    u = info.units
+    n, s1, zeros = 0, np.zeros(u), np.zeros(u, np.int64)
+    for p in parts:
+        if p["half"] is None:
+            continue
+        z, s, k = p["half"]
+        zeros += z
+        s1 += s
+        n += k
+    finite = n - zeros
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite > 0, shift + s1 / np.maximum(finite, 1), 0.0)
+    mean = np.where(zeros > 0, -np.inf, mean)
+    with np.errstate(divide="ignore"):
+        half = np.where(mean < 0, np.log(0.5) / np.where(mean < 0, mean, -1.0), np.inf)
+    half = np.abs(half)
+    signal = retention_signal(info.cell_type)
+    return pd.DataFrame(
+        {"layer": name, "unit": np.arange(u), "signal": signal, "mean_log_gate": mean, "half_life_steps": half, "n": n}
+    )
+
+
+def _retention_frame(name: str, info: Any, n_steps: int, max_lag: int, parts: list[dict]) -> pd.DataFrame:
+    from gatelens.analysis._reading import retention_signal
+    from gatelens.analysis.memory import RETENTION_COLUMNS
+
+    u = info.units
+    lags_n = min(int(max_lag), n_steps)
+    sums = np.zeros((lags_n, u))
+    counts = np.zeros(lags_n, np.int64)
+    for p in parts:
+        if p["retention"] is not None:
+            sums += p["retention"][0]
+            counts += p["retention"][1]
+    keep = counts > 0
+    lags = np.arange(1, lags_n + 1)[keep]
+    ret = (sums[keep] / counts[keep, None]).T
+    k = len(lags)
+    return pd.DataFrame(
+        {
+            "layer": name,
+            "unit": np.repeat(np.arange(u), k),
+            "lag": np.tile(lags, u),
+            "retention": ret.reshape(-1),
+            "signal": retention_signal(info.cell_type),
+            "n_windows": np.tile(counts[keep], u),
+        }
+    )[RETENTION_COLUMNS]
+
+
+def _merge(a: Any, b: Any) -> Any:
+    """``a`` updated with the chunk moments ``b``: :meth:`gatelens.analysis.correlate.Moments.update`'s merge."""
+    if b.n == 0:
+        return a
+    if a.n == 0:
+        return b
+    na, nb = a.n, b.n
+    n = na + nb
+    dx, dy = b.mx - a.mx, b.my - a.my
+    f = na * nb / n
+    a.mx = a.mx + dx * (nb / n)
+    a.my = a.my + dy * (nb / n)
+    a.sxx = a.sxx + b.sxx + dx * dx * f
+    a.syy = a.syy + b.syy + dy * dy * f
+    a.sxy = a.sxy + b.sxy + np.outer(dx, dy) * f
+    a.min_x, a.max_x = np.minimum(a.min_x, b.min_x), np.maximum(a.max_x, b.max_x)
+    a.min_y, a.max_y = np.minimum(a.min_y, b.min_y), np.maximum(a.max_y, b.max_y)
+    a.n = n
+    return a
+
+
+def correlations_distributed(
+    client: Any, run: str, trace: Trace, features: pd.DataFrame, *, chunk_sequences: int = 256
+) -> pd.DataFrame:
+    """:func:`gatelens.analysis.correlate.correlations` (default arguments) with the chunks' moments on workers."""
+    from gatelens.analysis.correlate import (
+        COLUMNS,
+        DEFAULT_MAX_RANK_ROWS,
+        Moments,
+        _select_layers,
+        _select_signals,
+        constant_note,
+        layer_rows,
+        rank_pearson,
+        subsample,
+    )
+    from gatelens.analysis.features import as_feature_matrix
+
+    names = _select_layers(trace, None)
+    per_layer = _select_signals(trace, names, None)
+    fmat, fnames = as_feature_matrix(features, None)
+    valid = ~np.isnan(fmat)
+    by_pattern: dict[bytes, list[int]] = {}
+    for j in range(valid.shape[1]):
+        by_pattern.setdefault(np.packbits(valid[:, j]).tobytes(), []).append(j)
+    groups = [np.asarray(cols) for cols in by_pattern.values()]
+    fmat_f = client.scatter(fmat, broadcast=True)
+    frames = []
+    for layer in names:
+        rows = layer_rows(trace, layer, features, chunk_sequences=chunk_sequences)
+        take = subsample(rows.total, DEFAULT_MAX_RANK_ROWS, 0)
+        futures, offset = [], 0
+        for sl, local, frow in rows.chunks:
+            if local.size == 0:
+                continue
+            pick = None
+            if take is not None:
+                lo, hi = np.searchsorted(take, [offset, offset + local.size])
+                pick = take[lo:hi] - offset
+            offset += local.size
+            futures.append(
+                (
+                    frow if pick is None else frow[pick],
+                    client.submit(
+                        _corr_task, run, layer, sl.start, sl.stop, per_layer[layer], local, frow, pick, fmat_f, groups,
+                        pure=False,
+                    ),
+                )
+            )  # fmt: skip
+        parts = [(fr, fut.result()) for fr, fut in futures]
+        for signal in per_layer[layer]:
+            units = int(trace[layer][signal].shape[2])
+            moments = [Moments() for _ in groups]
+            sub_x, sub_rows = [], []
+            for fr, res in parts:
+                chunk_moments, xs = res[signal]
+                moments = [_merge(a, b) for a, b in zip(moments, chunk_moments)]
+                sub_x.append(xs)
+                sub_rows.append(fr)
+            xs = np.concatenate(sub_x) if sub_x else np.empty((0, units), np.float32)
+            fr = np.concatenate(sub_rows) if sub_rows else np.empty(0, np.int64)
+            n_feat = fmat.shape[1]
+            pearson = np.full((units, n_feat), np.nan)
+            spearman = np.full((units, n_feat), np.nan)
+            n = np.zeros(n_feat, np.int64)
+            sn = np.zeros(n_feat, np.int64)
+            note = np.full((units, n_feat), "fewer than 3 steps", dtype=object)
+            for g, cols in enumerate(groups):
+                mo = moments[g]
+                n[cols] = mo.n
+                if mo.n == 0:
+                    continue
+                pearson[:, cols] = mo.pearson()
+                note[:, cols] = constant_note(mo.constant_x(), mo.constant_y(), mo.n)
+                ok = valid[fr, cols[0]]
+                sn[cols] = int(ok.sum())
+                if ok.sum() >= 3:
+                    spearman[:, cols] = rank_pearson(xs[ok], fmat[np.ix_(fr[ok], cols)])
+            lost = np.isnan(spearman) & ~np.isnan(pearson)
+            note[lost] = "spearman: constant on the ranked subsample"
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "layer": layer,
+                        "unit": np.repeat(np.arange(units), n_feat),
+                        "signal": signal,
+                        "feature": np.tile(np.asarray(fnames, dtype=object), units),
+                        "pearson_r": pearson.ravel(),
+                        "spearman_rho": spearman.ravel(),
+                        "n": np.tile(n, units),
+                        "spearman_n": np.tile(sn, units),
+                        "note": note.ravel(),
+                    },
+                    columns=COLUMNS,
+                )
+            )
+    if not frames:
+        return pd.DataFrame({c: [] for c in COLUMNS})
+    return pd.concat(frames, ignore_index=True)
+
+
+def _join_events(trace: Trace, parts: list[tuple[str, slice, str | None]], path: Path, chunk: int):
+    """The event summary from the parts (in order) and the parts joined into ``path``; (empty events, summary)."""
+    import pyarrow.parquet as pq
+
+    from gatelens.analysis.events import EventSummaryBuilder, _empty_events
+
+    builder = EventSummaryBuilder(trace, chunk=chunk)
+    writer = None
+    try:
+        for layer, rows, part in parts:
+            if part is None:
+                continue
+            table = pq.read_table(part)
+            builder.add(table.to_pandas(), layer, rows)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table.cast(writer.schema), row_group_size=EVENTS_ROW_GROUP)
+            del table
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        path.unlink(missing_ok=True)
+        raise
+    if writer is None:
+        _empty_events().to_parquet(path, index=False)
+    else:
+        writer.close()
+    return _empty_events(), builder.result()
+
+
+def analyze_distributed(
+    run: str | os.PathLike,
+    *,
+    client: Any,
+    features: str | os.PathLike | pd.DataFrame | None = None,
+    progress: Progress | None = None,
+    steps: Sequence[str] = STEPS,
+    chunk: int = 256,
+    max_lag: int = 50,
+    save: bool = True,
+) -> Analysis:
+    """:func:`gatelens.analysis.pipeline.analyze_run` of a run directory on the Dask cluster of ``client``.
+
+    Parameters
+    ----------
+    run : path or ``file://`` URL
+        A run directory every worker sees. Its checksums are verified first (by the workers).
+    client : distributed.Client
+    features, progress, steps, chunk, max_lag
+        As for :func:`gatelens.analysis.pipeline.analyze`.
+    save : bool
+        Save the tables under ``RUN/analysis/`` (default True), as ``gatelens analyze`` does.
+
+    Returns
+    -------
+    Analysis
+        Equal, table for table, to the single-process analysis of the run.
+    """
+    from gatelens.analysis.store import open_run
+
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown analysis step(s) {unknown}; the steps are {list(STEPS)}")
+    todo = [s for s in STEPS if s in steps]
+    run_dir = local_path(run).resolve()
+    manifest = read_manifest(run_dir)
+    _verify(client, run_dir, manifest)
+    trace = open_run(run_dir, verify=False)
+    result = Analysis()
+    total = len(todo)
+    done = 0
+
+    def step_done() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    # one pass of tasks: stats, memory and events of every layer and chunk
+    want_stats, want_memory, want_events = "stats" in todo, "memory" in todo, "events" in todo
+    events_path = None
+    parts_dir = None
+    chunk_results: dict[str, list[tuple[slice, Any]]] = {}
+    if want_stats or want_memory or want_events:
+        from gatelens.analysis.events import _check_thresholds
+
+        thresholds = {"forget_high": 0.9, "forget_low": 0.5, "write_threshold": 0.5, "read_threshold": 0.5}
+        _check_thresholds(**thresholds)
+        if want_events:
+            out = run_dir / ANALYSIS_DIR
+            out.mkdir(exist_ok=True)
+            parts_dir = out / f".events-parts-{uuid.uuid4().hex[:12]}"
+            parts_dir.mkdir()
+            events_path = out / ".events.partial.parquet"
+        shifts_of = {}
+        for i, name in enumerate(trace.layers):
+            lt = trace[name]
+            shifts = _shifts(lt, chunk)
+            if shifts is None:
+                raise ValueError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
+            shifts_of[name] = shifts
+            chunk_results[name] = [
+                (
+                    rows,
+                    client.submit(
+                        _chunk_task, str(run_dir), name, rows.start, rows.stop, shifts,
+                        thresholds if want_events else None, None if parts_dir is None else str(parts_dir),
+                        f"{i:04d}-{j:08d}", max_lag, pure=False,
+                    ),
+                )
+                for j, rows in enumerate(iter_chunks(lt.shape[0], chunk))
+            ]  # fmt: skip
+        try:
+            gathered = {name: [(rows, f.result()) for rows, f in items] for name, items in chunk_results.items()}
+            if want_stats:
+                units, sigs = [], []
+                for name in trace.layers:
+                    u, s = _stats_frames(
+                        name, trace[name].info, shifts_of[name]["stats"], [p for _, p in gathered[name] if p["any"]]
+                    )
+                    if u is not None:
+                        units.append(u)
+                    sigs.append(s)
+                from gatelens.analysis.stats import SIGNAL_STATS_COLUMNS, UNIT_STATS_COLUMNS, _empty
+
+                result.units = pd.concat(units, ignore_index=True) if units else _empty(UNIT_STATS_COLUMNS)
+                result.signal_stats = pd.concat(sigs, ignore_index=True)[SIGNAL_STATS_COLUMNS]
+                step_done()
+            if want_memory:
+                from gatelens.analysis.memory import HALF_LIFE_COLUMNS, half_lives
+
+                gated = [n for n in trace.layers if trace[n].info.cell_type in ("lstm", "gru")]
+                frames = [
+                    _half_frame(n, trace[n].info, shifts_of[n]["half"], [p for _, p in gathered[n] if p["any"]])
+                    for n in gated
+                ]
+                result.half_lives = (
+                    pd.concat(frames, ignore_index=True)[HALF_LIFE_COLUMNS] if frames else half_lives(trace, layers=[])
+                )
+                curves = [
+                    _retention_frame(n, trace[n].info, trace.n_steps, max_lag, [p for _, p in gathered[n]])
+                    for n in gated
+                ]
+                result.retention = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+                step_done()
+            if want_events:
+                parts = [(name, rows, p["events"]) for name in trace.layers for rows, p in gathered[name]]
+                result.events, result.event_summary = _join_events(trace, parts, events_path, chunk)
+                result.events_file = str(events_path)
+                step_done()
+        finally:
+            if parts_dir is not None:
+                for p in parts_dir.glob("*.parquet"):
+                    p.unlink(missing_ok=True)
+                parts_dir.rmdir()
+    # the rest on the client, with the single-process code
+    from gatelens.analysis.pipeline import analyze
+
+    local = [s for s in ("drivers", "token_gates") if s in todo]
+    if local:
+        part = analyze(trace, steps=local, chunk=chunk)
+        result.decomposition, result.token_gates = part.decomposition, part.token_gates
+        result.skipped.update(part.skipped)
+        for _ in local:
+            step_done()
+    feats = None
+    if "features" in todo:
+        fn = _optional("gatelens.analysis.features", "build_features", result, "features")
+        if fn is not None:
+            feats = fn(trace, user_features=features)
+        step_done()
+    for step in ("correlations", "probes"):
+        if step not in todo:
+            continue
+        if feats is None:
+            _skip(result, step, "no features (the features step did not run)")
+        elif step == "correlations":
+            result.correlations = correlations_distributed(client, str(run_dir), trace, feats, chunk_sequences=256)
+        else:
+            fn = _optional("gatelens.analysis.probes", "probe_report", result, step)
+            if fn is not None:
+                result.probes = fn(trace, feats)
+        step_done()
+    if "clusters" in todo:
+        fn = _optional("gatelens.analysis.clusters", "cluster_units", result, "clusters")
+        if fn is not None and not result.units.empty:
+            hl = result.half_lives if len(result.half_lives) else None
+            corr = result.correlations if len(result.correlations) else None
+            result.clusters = fn(result.units, hl, corr)
+        elif fn is not None:
+            _skip(result, "clusters", "no unit statistics to cluster (the stats step did not run)")
+        step_done()
+    if save:
+        save_analysis(result, run_dir)
+    return result
+
+
+def cli_analyze_run(run: str | os.PathLike, *, workers: int | None, scheduler: str | None, **kwargs: Any) -> Analysis:
+    """``gatelens analyze RUN --workers N | --scheduler ADDRESS``: :func:`analyze_distributed` on that cluster."""
+    with cluster_client(workers, scheduler) as client:
+        return analyze_distributed(run, client=client, **kwargs)
