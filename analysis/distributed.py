@@ -17,9 +17,9 @@ partial results travel):
   features with the same missing cells) and its rows of the bounded Spearman subsample; the client
   merges the moments in chunk order with the update of Chan, Golub & LeVeque (the single-process
   merge) and ranks the gathered subsample;
-* **features, drivers, token table, probes, clusters** run on the client with the single-process code
-  (features and the token table read the store a chunk at a time; probes fit on the bounded sample
-  they gather; clusters use the tables above).
+* every other step of :data:`gatelens.analysis.pipeline.STEP_REGISTRY` (features, drivers, token table,
+  probes, clusters, examples, explanations, and any step added later) runs on the client with its
+  single-process code (reading the store a chunk at a time; probes fit on the bounded sample they gather).
 
 ``RUN`` may be a path or a ``file://`` URL that every worker sees.
 
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gatelens.analysis.pipeline import EVENTS_ROW_GROUP, STEPS, Analysis, _optional, _skip, save_analysis
+from gatelens.analysis.pipeline import EVENTS_ROW_GROUP, STEPS, Analysis, save_analysis
 from gatelens.analysis.store import ANALYSIS_DIR, MANIFEST, read_manifest, sha256_file
 from gatelens.analysis.trace import Trace, iter_chunks
 from gatelens.errors import RunStoreError, UsageError
@@ -347,7 +347,9 @@ def _stats_frames(
             curve[s][2] += c[2]
     n = mom[signals[0]].n
     if n == 0:
-        raise ValueError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
+        from gatelens.errors import DataError
+
+        raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
     res = {s: mom[s].result() for s in signals}
     cols = ["mean", "std", "min", "max", "frac_below_0.1", "frac_above_0.9"]
     sig_df = _long(name, signals, u, {c: np.stack([res[s][c] for s in signals]) for c in cols})
@@ -573,6 +575,99 @@ def _join_events(trace: Trace, parts: list[tuple[str, slice, str | None]], path:
     return _empty_events(), builder.result()
 
 
+class _ChunkPass:
+    """The one pass of tasks over every layer and chunk that stats, memory and events share (run once)."""
+
+    def __init__(self, client: Any, run_dir: Path, trace: Trace, chunk: int, max_lag: int, events: bool) -> None:
+        from gatelens.analysis.events import _check_thresholds
+
+        self.trace, self.chunk, self.max_lag = trace, chunk, max_lag
+        self.thresholds = {"forget_high": 0.9, "forget_low": 0.5, "write_threshold": 0.5, "read_threshold": 0.5}
+        _check_thresholds(**self.thresholds)
+        self.parts_dir = None
+        if events:
+            out = run_dir / ANALYSIS_DIR
+            out.mkdir(exist_ok=True)
+            self.parts_dir = out / f".events-parts-{uuid.uuid4().hex[:12]}"
+            self.parts_dir.mkdir()
+        self.shifts: dict[str, dict[str, Any]] = {}
+        futures: dict[str, list[tuple[slice, Any]]] = {}
+        for i, name in enumerate(trace.layers):
+            lt = trace[name]
+            shifts = _shifts(lt, chunk)
+            if shifts is None:
+                from gatelens.errors import DataError
+
+                raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
+            self.shifts[name] = shifts
+            futures[name] = [
+                (
+                    rows,
+                    client.submit(
+                        _chunk_task, str(run_dir), name, rows.start, rows.stop, shifts,
+                        self.thresholds if events else None, None if self.parts_dir is None else str(self.parts_dir),
+                        f"{i:04d}-{j:08d}", max_lag, pure=False,
+                    ),
+                )
+                for j, rows in enumerate(iter_chunks(lt.shape[0], chunk))
+            ]  # fmt: skip
+        try:
+            self.parts = {name: [(rows, f.result()) for rows, f in items] for name, items in futures.items()}
+        except BaseException:
+            self.close()
+            raise
+
+    def real(self, name: str) -> list[dict]:
+        return [p for _, p in self.parts[name] if p["any"]]
+
+    def stats(self) -> dict[str, pd.DataFrame]:
+        from gatelens.analysis.stats import SIGNAL_STATS_COLUMNS, UNIT_STATS_COLUMNS, _empty
+
+        units, sigs = [], []
+        for name in self.trace.layers:
+            u, s = _stats_frames(name, self.trace[name].info, self.shifts[name]["stats"], self.real(name))
+            if u is not None:
+                units.append(u)
+            sigs.append(s)
+        return {
+            "units": pd.concat(units, ignore_index=True) if units else _empty(UNIT_STATS_COLUMNS),
+            "signal_stats": pd.concat(sigs, ignore_index=True)[SIGNAL_STATS_COLUMNS],
+        }
+
+    def memory(self) -> dict[str, pd.DataFrame]:
+        from gatelens.analysis._reading import retention_signal
+        from gatelens.analysis.memory import HALF_LIFE_COLUMNS, half_lives
+
+        trace = self.trace
+        gated = [n for n in trace.layers if retention_signal(trace[n].info.cell_type) is not None]
+        frames = [_half_frame(n, trace[n].info, self.shifts[n]["half"], self.real(n)) for n in gated]
+        curves = [
+            _retention_frame(n, trace[n].info, trace.n_steps, self.max_lag, [p for _, p in self.parts[n]])
+            for n in gated
+        ]
+        return {
+            "half_lives": pd.concat(frames, ignore_index=True)[HALF_LIFE_COLUMNS]
+            if frames
+            else half_lives(trace, layers=[]),
+            "retention": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+        }
+
+    def events(self, path: Path) -> dict[str, pd.DataFrame]:
+        parts = [(name, rows, p["events"]) for name in self.trace.layers for rows, p in self.parts[name]]
+        events, summary = _join_events(self.trace, parts, path, self.chunk)
+        return {"events": events, "event_summary": summary}
+
+    def close(self) -> None:
+        if self.parts_dir is not None and self.parts_dir.is_dir():
+            for p in self.parts_dir.glob("*.parquet"):
+                p.unlink(missing_ok=True)
+            self.parts_dir.rmdir()
+
+
+#: The steps that run as Dask tasks; every other step of the registry runs on the client.
+DISTRIBUTED_STEPS = ("stats", "memory", "events", "correlations")
+
+
 def analyze_distributed(
     run: str | os.PathLike,
     *,
@@ -585,6 +680,9 @@ def analyze_distributed(
     save: bool = True,
 ) -> Analysis:
     """:func:`gatelens.analysis.pipeline.analyze_run` of a run directory on the Dask cluster of ``client``.
+
+    The steps of :data:`DISTRIBUTED_STEPS` run as tasks over the store (see the module docstring); every
+    other step of :data:`gatelens.analysis.pipeline.STEP_REGISTRY` runs on the client, as in one process.
 
     Parameters
     ----------
@@ -601,140 +699,45 @@ def analyze_distributed(
     Analysis
         Equal, table for table, to the single-process analysis of the run.
     """
+    from gatelens.analysis.pipeline import STEP_REGISTRY, StepContext
     from gatelens.analysis.store import open_run
 
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
-        raise ValueError(f"unknown analysis step(s) {unknown}; the steps are {list(STEPS)}")
-    todo = [s for s in STEPS if s in steps]
+        raise UsageError(f"unknown analysis step(s) {unknown}; the steps are {list(STEPS)}")
+    todo = [step for step in STEP_REGISTRY if step.name in steps]
     run_dir = local_path(run).resolve()
     manifest = read_manifest(run_dir)
     _verify(client, run_dir, manifest)
     trace = open_run(run_dir, verify=False)
     result = Analysis()
-    total = len(todo)
-    done = 0
-
-    def step_done() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-
-    # one pass of tasks: stats, memory and events of every layer and chunk
-    want_stats, want_memory, want_events = "stats" in todo, "memory" in todo, "events" in todo
-    events_path = None
-    parts_dir = None
-    chunk_results: dict[str, list[tuple[slice, Any]]] = {}
-    if want_stats or want_memory or want_events:
-        from gatelens.analysis.events import _check_thresholds
-
-        thresholds = {"forget_high": 0.9, "forget_low": 0.5, "write_threshold": 0.5, "read_threshold": 0.5}
-        _check_thresholds(**thresholds)
-        if want_events:
-            out = run_dir / ANALYSIS_DIR
-            out.mkdir(exist_ok=True)
-            parts_dir = out / f".events-parts-{uuid.uuid4().hex[:12]}"
-            parts_dir.mkdir()
-            events_path = out / ".events.partial.parquet"
-        shifts_of = {}
-        for i, name in enumerate(trace.layers):
-            lt = trace[name]
-            shifts = _shifts(lt, chunk)
-            if shifts is None:
-                raise ValueError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
-            shifts_of[name] = shifts
-            chunk_results[name] = [
-                (
-                    rows,
-                    client.submit(
-                        _chunk_task, str(run_dir), name, rows.start, rows.stop, shifts,
-                        thresholds if want_events else None, None if parts_dir is None else str(parts_dir),
-                        f"{i:04d}-{j:08d}", max_lag, pure=False,
-                    ),
-                )
-                for j, rows in enumerate(iter_chunks(lt.shape[0], chunk))
-            ]  # fmt: skip
-        try:
-            gathered = {name: [(rows, f.result()) for rows, f in items] for name, items in chunk_results.items()}
-            if want_stats:
-                units, sigs = [], []
-                for name in trace.layers:
-                    u, s = _stats_frames(
-                        name, trace[name].info, shifts_of[name]["stats"], [p for _, p in gathered[name] if p["any"]]
-                    )
-                    if u is not None:
-                        units.append(u)
-                    sigs.append(s)
-                from gatelens.analysis.stats import SIGNAL_STATS_COLUMNS, UNIT_STATS_COLUMNS, _empty
-
-                result.units = pd.concat(units, ignore_index=True) if units else _empty(UNIT_STATS_COLUMNS)
-                result.signal_stats = pd.concat(sigs, ignore_index=True)[SIGNAL_STATS_COLUMNS]
-                step_done()
-            if want_memory:
-                from gatelens.analysis.memory import HALF_LIFE_COLUMNS, half_lives
-
-                gated = [n for n in trace.layers if trace[n].info.cell_type in ("lstm", "gru")]
-                frames = [
-                    _half_frame(n, trace[n].info, shifts_of[n]["half"], [p for _, p in gathered[n] if p["any"]])
-                    for n in gated
-                ]
-                result.half_lives = (
-                    pd.concat(frames, ignore_index=True)[HALF_LIFE_COLUMNS] if frames else half_lives(trace, layers=[])
-                )
-                curves = [
-                    _retention_frame(n, trace[n].info, trace.n_steps, max_lag, [p for _, p in gathered[n]])
-                    for n in gated
-                ]
-                result.retention = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
-                step_done()
-            if want_events:
-                parts = [(name, rows, p["events"]) for name in trace.layers for rows, p in gathered[name]]
-                result.events, result.event_summary = _join_events(trace, parts, events_path, chunk)
+    events_path = run_dir / ANALYSIS_DIR / ".events.partial.parquet"
+    ctx = StepContext(trace, result, features=features, chunk=chunk, max_lag=max_lag, events_path=events_path)
+    names = {step.name for step in todo}
+    shared = None
+    try:
+        if names & {"stats", "memory", "events"}:
+            shared = _ChunkPass(client, run_dir, trace, chunk, max_lag, events="events" in names)
+        for done, step in enumerate(todo, start=1):
+            ctx.step = step.name
+            if step.name == "stats":
+                tables = shared.stats()
+            elif step.name == "memory":
+                tables = shared.memory()
+            elif step.name == "events":
+                tables = shared.events(events_path)
                 result.events_file = str(events_path)
-                step_done()
-        finally:
-            if parts_dir is not None:
-                for p in parts_dir.glob("*.parquet"):
-                    p.unlink(missing_ok=True)
-                parts_dir.rmdir()
-    # the rest on the client, with the single-process code
-    from gatelens.analysis.pipeline import analyze
-
-    local = [s for s in ("drivers", "token_gates") if s in todo]
-    if local:
-        part = analyze(trace, steps=local, chunk=chunk)
-        result.decomposition, result.token_gates = part.decomposition, part.token_gates
-        result.skipped.update(part.skipped)
-        for _ in local:
-            step_done()
-    feats = None
-    if "features" in todo:
-        fn = _optional("gatelens.analysis.features", "build_features", result, "features")
-        if fn is not None:
-            feats = fn(trace, user_features=features)
-        step_done()
-    for step in ("correlations", "probes"):
-        if step not in todo:
-            continue
-        if feats is None:
-            _skip(result, step, "no features (the features step did not run)")
-        elif step == "correlations":
-            result.correlations = correlations_distributed(client, str(run_dir), trace, feats, chunk_sequences=256)
-        else:
-            fn = _optional("gatelens.analysis.probes", "probe_report", result, step)
-            if fn is not None:
-                result.probes = fn(trace, feats)
-        step_done()
-    if "clusters" in todo:
-        fn = _optional("gatelens.analysis.clusters", "cluster_units", result, "clusters")
-        if fn is not None and not result.units.empty:
-            hl = result.half_lives if len(result.half_lives) else None
-            corr = result.correlations if len(result.correlations) else None
-            result.clusters = fn(result.units, hl, corr)
-        elif fn is not None:
-            _skip(result, "clusters", "no unit statistics to cluster (the stats step did not run)")
-        step_done()
+            elif step.name == "correlations" and ctx.feature_table is not None:
+                tables = {"correlations": correlations_distributed(client, str(run_dir), trace, ctx.feature_table)}
+            else:
+                tables = step.run(ctx) or {}
+            for name, table in tables.items():
+                setattr(result, name, table)
+            if progress is not None:
+                progress(done, len(todo))
+    finally:
+        if shared is not None:
+            shared.close()
     if save:
         save_analysis(result, run_dir)
     return result
