@@ -449,11 +449,11 @@ def correlations_distributed(
     client: Any, run: str, trace: Trace, features: pd.DataFrame, *, chunk_sequences: int = 256
 ) -> pd.DataFrame:
     """:func:`gatelens.analysis.correlate.correlations` (default arguments) with the chunks' moments on workers."""
+    from gatelens.analysis._reading import select_layers
     from gatelens.analysis.correlate import (
         COLUMNS,
         DEFAULT_MAX_RANK_ROWS,
         Moments,
-        _select_layers,
         _select_signals,
         constant_note,
         layer_rows,
@@ -462,7 +462,7 @@ def correlations_distributed(
     )
     from gatelens.analysis.features import as_feature_matrix
 
-    names = _select_layers(trace, None)
+    names = select_layers(trace, None)
     per_layer = _select_signals(trace, names, None)
     fmat, fnames = as_feature_matrix(features, None)
     valid = ~np.isnan(fmat)
