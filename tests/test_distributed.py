@@ -135,7 +135,7 @@ def runs(client, models, tmp_path_factory):
         target = f"file://{dist}" if kind == "series" else dist  # a file:// URL as well as a path
         write_run_distributed(
             model, x, target, client=client, model_path=path, batch_size=4, vocabulary=vocab,
-            shard_sequences=8, stats=stats, progress=lambda a, b: seen.append((a, b)),
+            shard_sequences=8, stats=stats, progress=lambda a, b, seen=seen: seen.append((a, b)),
         )  # fmt: skip
         out[kind] = {"single": single, "dist": dist, "stats": stats, "progress": seen, "x": x}
     return out
@@ -329,7 +329,9 @@ def test_failing_shard_fails_the_run_and_leaves_the_previous_run(client, runs, m
     assert planted, (code, err)
     assert code == 1
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "sequences 16..19 failed on every try (3)" in lines[0] and "IsADirectoryError" in lines[0]
+    assert (
+        len(lines) == 1 and "sequences 16..19 failed on every try (3)" in lines[0] and "IsADirectoryError" in lines[0]
+    )
     after = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     verify_run(out)
