@@ -260,8 +260,9 @@ def extract_shard(spec: ShardSpec, x: np.ndarray | str, start: int) -> dict[str,
         pad = -n % spec.batch  # the single-process run pads its last batch with the last sequence: so do we
         xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
         writer = _region_writer(spec)
+        errors = {name: 0.0 for name in ex.layer_names}
         try:
-            for s, res in ex.iter_batches(
+            for s, res, errs in ex.iter_batches(
                 xp,
                 batch_size=spec.batch,
                 tolerance=spec.tolerance,
@@ -272,6 +273,7 @@ def extract_shard(spec: ShardSpec, x: np.ndarray | str, start: int) -> dict[str,
                 k = min(spec.batch, n - s)
                 if k <= 0:
                     break
+                errors = {name: max(v, errs[name]) for name, v in errors.items()}
                 if k < spec.batch:
                     res = {name: {key: v[:k] for key, v in sig.items()} for name, sig in res.items()}
                 xb = x[s : s + k]
@@ -288,7 +290,7 @@ def extract_shard(spec: ShardSpec, x: np.ndarray | str, start: int) -> dict[str,
     return {
         "start": int(start),
         "stop": int(stop),
-        "errors": {k: float(v) for k, v in ex.errors.items()},
+        "errors": {k: float(v) for k, v in errors.items()},
         "digests": digests,
         "load_seconds": load_seconds,
         "compute_seconds": time.perf_counter() - t0 - load_seconds,
@@ -359,7 +361,7 @@ def write_run_distributed(
     vocabulary: list[str] | None = None,
     feature_names: list[str] | None = None,
     manifest: Mapping[str, Any] | None = None,
-    verify: str = "full",
+    verify: str | None = None,
     sample_size: int | None = None,
     shard_sequences: int | None = None,
     retries: int = DEFAULT_RETRIES,
@@ -400,16 +402,24 @@ def write_run_distributed(
     from distributed import as_completed
 
     from gatelens.analysis.store import RunWriter, open_run, sha256_file
-    from gatelens.models.extract import DEFAULT_SAMPLE_SIZE, DEFAULT_TOLERANCE, Extractor, _verify_meta
+    from gatelens.models.extract import (
+        DEFAULT_SAMPLE_SIZE,
+        DEFAULT_TOLERANCE,
+        DEFAULT_VERIFY,
+        Extractor,
+        _check_verify,
+        _verify_meta,
+    )
 
     tolerance = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
+    verify = DEFAULT_VERIFY if verify is None else verify
     sample_size = DEFAULT_SAMPLE_SIZE if sample_size is None else int(sample_size)
     out = local_path(out)
     ex = model if isinstance(model, Extractor) else Extractor(model, layers=layers)
     x = ex.check_input(x)
     n, t = int(x.shape[0]), int(x.shape[1])
-    # trace once without running a batch: embeddings (part of the weights) are found while tracing
-    ex._compiled(dtype, verify, sample_size)[1].get_concrete_function()
+    _check_verify(verify, sample_size)
+    ex.prepare(dtype, verify, sample_size)  # traced, not run: the weights (embeddings included) are known
     infos = [d.info for d in ex.directions]
     with_tokens = bool(ex.integer_input)
     n_features = None if with_tokens else int(x.shape[2]) if x.ndim == 3 else None
