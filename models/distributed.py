@@ -8,8 +8,8 @@ address). How it works:
    run) and creates the run's partial directory with every array's metadata and the weights
    (:class:`gatelens.analysis.store.RunWriter`).
 2. The sequences are cut into **shards of whole batches** (and so of whole chunks of the store: a shard
-   starts where a batch of the single-process run starts, and its last batch is padded as that run pads
-   it, so every batch the workers compute is the batch the single-process run computes).
+   starts where a batch of the single-process run starts, and the run's short last batch is padded as that
+   run pads it, so every batch the workers compute is the batch the single-process run computes).
 3. One task per shard: on its worker it checks the model file's sha256, loads the model through the safe
    loader (:func:`gatelens.models.loading.load_model`) **once per worker** (cached by path, checksum and
    layers), extracts the shard and writes its chunks straight into the partial directory (nothing of the
@@ -104,7 +104,8 @@ class ShardSpec:
     infos: tuple[Any, ...]  # LayerInfo of every captured layer
     n_sequences: int
     chunk: int
-    batch: int  # the batch size of the single-process run (min(batch_size, N))
+    batch: int  # sequences per batch of the single-process run (min(batch_size, N)): shards align to it
+    batch_size: int  # the batch_size asked for (the extractor pads a short last batch by it)
     dtype: str
     tolerance: float
     verify: str
@@ -257,25 +258,21 @@ def extract_shard(spec: ShardSpec, x: np.ndarray | str, start: int) -> dict[str,
         x = np.load(x, allow_pickle=False) if isinstance(x, str) else np.asarray(x)
         n = x.shape[0]
         stop = start + n
-        pad = -n % spec.batch  # the single-process run pads its last batch with the last sequence: so do we
-        xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
         writer = _region_writer(spec)
         errors = {name: 0.0 for name in ex.layer_names}
         try:
+            # a shard starts on a batch boundary of the single-process run and iter_batches pads a short last
+            # batch by its length and batch_size alone: every batch is the one a single process computes
             for s, res, errs in ex.iter_batches(
-                xp,
-                batch_size=spec.batch,
+                x,
+                batch_size=spec.batch_size,
                 tolerance=spec.tolerance,
                 dtype=spec.dtype,
                 verify=spec.verify,
                 sample_size=spec.sample_size,
             ):
-                k = min(spec.batch, n - s)
-                if k <= 0:
-                    break
                 errors = {name: max(v, errs[name]) for name, v in errors.items()}
-                if k < spec.batch:
-                    res = {name: {key: v[:k] for key, v in sig.items()} for name, sig in res.items()}
+                k = next(iter(res.values()))["mask"].shape[0]
                 xb = x[s : s + k]
                 writer.write_batch(
                     start + s,
@@ -455,6 +452,7 @@ def write_run_distributed(
             n_sequences=n,
             chunk=writer.chunk,
             batch=max(1, min(int(batch_size), n)),
+            batch_size=int(batch_size),
             dtype=dtype,
             tolerance=tolerance,
             verify=verify,
