@@ -480,6 +480,36 @@ def test_sweep_streams_with_bounded_rows(tmp_path):
     assert iv2.max_rows == 128 and iv2.calls == 1 + units // 8
 
 
+def test_sweep_at_the_issues_width_and_length_holds_one_batch(tmp_path):
+    """256 units and 10,000 sequences (issue 14's size; a few units swept to keep it cheap): each compiled call
+    gets at most one batch of rows, and the NumPy memory the sweep allocates (tracemalloc: slot arrays, outputs,
+    per-step effects) stays within a few batches' worth, far below one full-data array of the layer's units."""
+    import tracemalloc
+
+    keras.utils.set_random_seed(0)
+    units, n, t, batch = 256, 10_000, 2, 512
+    model = keras.Sequential([keras.Input((t, 1)), L.LSTM(units, return_sequences=True, name="lstm"), L.Dense(1)])
+    iv = CountingIntervener(model)
+    x = np.random.default_rng(0).normal(size=(n, t, 1)).astype(np.float32)
+    swept = [0, 255]
+    # compiled (tracing allocates ~10 MB once) outside the measurement, on the same batch shapes
+    sweep(iv, x[:batch], "lstm", units=[0], batch_size=batch, n_boot=20)
+    tracemalloc.start()
+    try:
+        df = sweep(iv, x, "lstm", units=swept, batch_size=batch, n_boot=20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sorted(df["unit"]) == swept and df["rank"].min() == 1
+    assert iv.max_rows == batch
+    one_batch_slots = batch * t * units * 5  # a bool mask and a float32 value per row, step and unit
+    assert iv.max_bytes <= one_batch_slots
+    full_data = n * t * units * 4  # one float32 signal of the layer over all the data: what must never be held
+    results = 4 * len(swept) * n * 8  # the per-sequence values kept (float64, variants x sequences)
+    assert peak <= 4 * one_batch_slots + results, (peak, one_batch_slots, full_data)
+    assert 4 * one_batch_slots + results < full_data / 2  # the bound is tight enough to catch a full-data array
+
+
 def test_evaluate_matches_intervene_per_sequence(tmp_path):
     from gatelens.analysis.effects import per_sequence, step_effects
 
