@@ -22,6 +22,7 @@ SCRIPTS = {
         "| N (sequences) | run on disk (MiB) | extract s | analyze s | analyze / extract | peak RSS (MiB) ",
     ),
     "store": (["--quick"], "| what | seconds | MB/s | x before |"),
+    "scale": (["--quick"], "| path | extract seq/s (first run) | extract seq/s (warm) |"),
 }
 
 
