@@ -143,3 +143,25 @@ def _layer_trace(layer_info: Any, sig: dict, mask: Any, inputs: Any, weights: An
         inputs=np.zeros((n, steps, 1), np.float32) if inputs is None else inputs,
         weights=weights,
     )
+
+
+def string_lookup_model(vocabulary: tuple[str, ...] = ("a", "b", "c"), steps: int = 4, units: int = 2,
+                        seed: int = 0) -> Any:  # fmt: skip
+    """A model that takes ``(N, steps)`` token strings: ``StringLookup`` (named ``lookup``) -> ``Embedding``
+    -> ``LSTM`` (named ``lstm``), weights drawn from a seeded generator.
+
+    The lookup has ``mask_token=""`` (id 0, the padding) and ``[UNK]`` id 1, then ``vocabulary``.
+    """
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((steps,), dtype="string"),
+            keras.layers.StringLookup(vocabulary=list(vocabulary), mask_token="", name="lookup"),
+            keras.layers.Embedding(len(vocabulary) + 2, 3, mask_zero=True, name="embedding"),
+            keras.layers.LSTM(units, return_sequences=True, name="lstm"),
+        ]
+    )
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32") for w in model.get_weights()])
+    return model

@@ -81,20 +81,30 @@ def _load_model_and_data(args: argparse.Namespace):
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from gatelens.analysis.store import run_manifest, sha256_file
-    from gatelens.models.extract import write_run
+    from gatelens.errors import DataError
+    from gatelens.models.extract import Extractor, write_run
+    from gatelens.models.strings import UnknownTokens
 
     model, spec, data = _load_model_and_data(args)
+    ex = Extractor(model, layers=args.layers)
     options = ("batch_size", "dtype", "layers", "window", "stride", "level", "verify")
     manifest = run_manifest(
         {"path": str(args.model), "sha256": sha256_file(args.model), "name": model.name},
         data,
         {k: getattr(args, k) for k in options},
     )
+    loader_unknown = manifest["data"].pop("unknown_tokens", None)
+    if ex.front is not None:  # the model's own layer tokenises: its count is the one that holds
+        manifest["data"].pop("n_oov", None)
+    elif loader_unknown is not None:
+        manifest["unknown_tokens"] = loader_unknown
+        if args.strict_vocab and loader_unknown["count"]:
+            raise DataError(f"{args.data}: --strict-vocab: {UnknownTokens.from_dict(loader_unknown).describe()}")
     run = write_run
     if wants_cluster(args):  # the same run, written by the workers of a Dask cluster
         from gatelens.models.distributed import cli_write_run as run
     trace = run(
-        model,
+        model if wants_cluster(args) else ex,
         data.x,
         args.out,
         batch_size=args.batch_size,
@@ -108,11 +118,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
         verify=args.verify,
         sample_size=args.sample_size,
         **_cluster(args, model_path=args.model),
+        **({} if wants_cluster(args) else {"strict_vocab": args.strict_vocab}),
     )
     worst = max(trace.verification.values())
+    unknown = trace.meta.get("unknown_tokens")
+    vocab_note = f"; {UnknownTokens.from_dict(unknown).describe()}" if unknown else ""
     print(
         f"wrote {args.out}: {trace.n_sequences} sequences x {trace.n_steps} steps, layers {', '.join(trace.layers)}; "
-        f"max |h recomputed - Keras| = {worst:.2e}"
+        f"max |h recomputed - Keras| = {worst:.2e}{vocab_note}"
     )
     return 0
 
@@ -197,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="the run directory to write")
     e.add_argument("--layers", nargs="+", help="only these layers (contract names)")
     e.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    e.add_argument(
+        "--strict-vocab", action="store_true", help="fail (exit 2) when a token is not in the model's vocabulary"
+    )
     e.add_argument(
         "--verify",
         choices=["cell", "full", "sample"],

@@ -862,6 +862,15 @@ def _tokenize(text: str, spec: InputSpec, level: str) -> tuple[np.ndarray, Calla
     return ids, offset, strings
 
 
+def _unknown_tokens(strings: Any, unknown: np.ndarray, n_tokens: int) -> dict[str, Any]:
+    """The manifest's ``unknown_tokens``: count and the most frequent of the tokens not in the vocabulary."""
+    from gatelens.models.strings import UnknownTokens
+
+    idx = np.flatnonzero(unknown)
+    bad = np.array([strings[k] for k in idx.tolist()], dtype=object)
+    return UnknownTokens.count_tokens(bad, np.ones(len(bad), bool), n_tokens).to_dict()
+
+
 def _load_txt(path, text, sha, spec: InputSpec, level, window, stride, max_rows, cap) -> Dataset:
     if not spec.is_text:
         raise DataError(f"{path}: a text file, but the model takes {spec.describe()}; give a .csv, .npy or .npz file")
@@ -874,11 +883,11 @@ def _load_txt(path, text, sha, spec: InputSpec, level, window, stride, max_rows,
     if spec.string_input == "text":
         cfg = spec.string_layer or {}
         tv_level = {"character": "char", "whitespace": "word"}.get(cfg.get("split"))
-        if cfg.get("standardize") is not None or tv_level is None or cfg.get("ngrams"):
+        if tv_level is None or cfg.get("ngrams"):
             raise DataError(
                 f"{path}: the model's TextVectorization {cfg.get('name', '')!r} (split={cfg.get('split')!r}, "
-                f"standardize={cfg.get('standardize')!r}) changes the text in ways gatelens cannot reproduce token "
-                f"by token; gatelens supports standardize=None with split='character' or 'whitespace'"
+                f"ngrams={cfg.get('ngrams')!r}) does not cut the text into one token per step; gatelens reads "
+                f"split='character' or 'whitespace' without ngrams"
             )
         if level is not None and level != tv_level:
             raise DataError(
@@ -893,6 +902,7 @@ def _load_txt(path, text, sha, spec: InputSpec, level, window, stride, max_rows,
         raise DataError(f"{path}: no {lvl} tokens in the text (only whitespace)")
     unknown = ids < 0
     n_oov = int(unknown.sum())
+    unknown_tokens = _unknown_tokens(strings, unknown, n)
     if n_oov:
         k = int(np.argmax(unknown))
         tok = strings[k]
@@ -959,6 +969,7 @@ def _load_txt(path, text, sha, spec: InputSpec, level, window, stride, max_rows,
         "n_tokens": int(n),
         "level": lvl,
         "n_oov": n_oov,
+        "unknown_tokens": unknown_tokens,
         "window": int(w),
         "stride": int(s),
         "padded_steps": padded,

@@ -117,6 +117,29 @@ class _Direction:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def _check_strict(ex: Extractor, unknown: Any, strict: bool) -> None:
+    from gatelens.errors import DataError
+
+    if strict and unknown is not None and unknown.count:
+        raise DataError(f"--strict-vocab: {unknown.describe()}: not in the vocabulary of {ex.front.describe()}")
+
+
+def _front_meta(ex: Extractor, unknown: Any) -> dict[str, Any]:
+    """The model's own tokeniser and the unknown tokens it met, for ``trace.meta`` and the manifest."""
+    if ex.front is None:
+        return {}
+    return {
+        "tokenizer": {"class": ex.front.cls, "name": ex.front.layer.name, "vocabulary_size": len(ex.front.vocabulary)},
+        "unknown_tokens": unknown.to_dict() if unknown is not None else None,
+    }
+
+
+def _all_layers(model: Any) -> list[Any]:
+    from gatelens.models.graph import iter_layers
+
+    return list(iter_layers(model))
+
+
 def _activation_name(fn: Any) -> str:
     if fn is None:
         return "linear"
@@ -222,18 +245,31 @@ class _Plan:
             raise UnsupportedLayerError(
                 f"model {model.name!r} has {len(model.inputs)} inputs; gatelens extracts from single-input models."
             )
+        from gatelens.models.strings import TextFront
+
         self.model_ref = weakref.ref(model)
         self.model_name = model.name
+        #: The model's own lookup layer (StringLookup, TextVectorization, IntegerLookup) when it starts with one:
+        #: it tokenises the input (eagerly) and the rest of the model (``front.tail``, held here: it holds the
+        #: model's layers, not the model) is what the compiled functions re-run, on its ids.
+        self.front = TextFront.of(model)
+        if self.front is not None:
+            model = self.front.tail
         self.input_shape = tuple(model.inputs[0].shape)
         self.input_dtype = str(model.inputs[0].dtype)
         if "string" in self.input_dtype:
             raise UnsupportedLayerError(
-                f"model {model.name!r} takes strings (a StringLookup or TextVectorization layer); gatelens "
-                "extracts from models that take token ids: save the model without the lookup layer and pass "
-                "its vocabulary with --vocab."
+                f"model {model.name!r} takes strings but does not start with a StringLookup or TextVectorization "
+                "layer; gatelens reads text through the model's own lookup layer."
             )
+        spec = input_spec(model)
         #: True when the model takes token ids (an int input, or a float input that feeds an Embedding).
-        self.token_input = "int" in self.input_dtype or input_spec(model).integer_tokens
+        self.token_input = self.front is not None or "int" in self.input_dtype or spec.integer_tokens
+        #: Valid ids are 0 .. input_dim - 1 (the first Embedding's input_dim; None without one).
+        self.input_dim = spec.input_dim if self.token_input else None
+        self._embedding_name = next(
+            (la.name for la in _all_layers(model) if type(la).__name__ == "Embedding"), None
+        )
         rnns = recurrent_layers(model)
         if not rnns:
             raise UnsupportedLayerError(
@@ -277,6 +313,8 @@ class _Plan:
         self._lock = threading.Lock()
 
     def model(self) -> Any:
+        if self.front is not None:  # the model from its lookup layer's output on (held by the front)
+            return self.front.tail
         model = self.model_ref()
         if model is None:  # pragma: no cover - only reachable through a plan kept past its model
             raise RuntimeError(f"model {self.model_name!r} was garbage-collected")
@@ -723,6 +761,11 @@ class Extractor:
         self.input_dtype = self._plan.input_dtype
         self.token_input = self._plan.token_input
         self.directions = self._plan.directions
+        #: The model's own lookup layer and the rest of the model (:class:`~gatelens.models.strings.TextFront`),
+        #: None when the model takes numbers or ids.
+        self.front = self._plan.front
+        self.input_dim = self._plan.input_dim
+        self._embedding_name = self._plan._embedding_name
 
     @property
     def by_layer(self) -> dict[int, list[_Direction]]:
@@ -816,15 +859,17 @@ class Extractor:
         dtype: str = "float32",
         verify: str = DEFAULT_VERIFY,
         sample_size: int = DEFAULT_SAMPLE_SIZE,
+        _prepared: bool = False,
     ) -> Iterator[Batch]:
         """Yield a :class:`Batch` for consecutive batches; raise VerificationError above ``tolerance``.
 
-        Signals come as ``dtype`` ("float32" or "float16"); ``mask`` bool and ``input`` float32.
+        ``x`` as :meth:`to_ids` takes it (raw text for a model with a lookup layer). Signals come as
+        ``dtype`` ("float32" or "float16"); ``mask`` bool and ``input`` float32.
         ``verify`` and ``sample_size``: see :func:`extract`. A batch shorter than ``batch_size`` is padded
         to the next power of two (:func:`bucket`) and the padding dropped from what is yielded.
         """
         _check_verify(verify, sample_size)
-        x = self.check_input(x)
+        x = self.check_input(x) if _prepared else self.to_ids(x)[0]
         n = x.shape[0]
         bs = max(1, min(int(batch_size), n))
         from threadpoolctl import threadpool_limits
@@ -858,11 +903,35 @@ class Extractor:
                 if progress is not None:
                     progress(start + k, n)
 
+    @property
+    def vocabulary(self) -> list[str] | None:
+        """The model's own vocabulary (from its lookup layer), None when it has none."""
+        return None if self.front is None else list(self.front.vocabulary)
+
+    def to_ids(self, x: Any) -> tuple[np.ndarray, Any]:
+        """``x`` as the user gives it -> (the checked array the compiled function takes, the unknown tokens).
+
+        For a model that starts with a lookup layer, ``x`` is strings (or raw integers for
+        IntegerLookup), tokenised by that layer itself, and the second item is the
+        :class:`~gatelens.models.strings.UnknownTokens` it did not know. Other models:
+        (:meth:`check_input` of ``x``, None).
+        """
+        if self.front is not None:
+            ids, unknown = self.front.tokenize(x)
+            return self.check_input(ids), unknown
+        return self.check_input(x), None
+
     def check_input(self, x: Any) -> np.ndarray:
-        """Validate ``x`` against the model's input shape; return it as a NumPy array."""
+        """Validate ``x`` (ids for a model with a lookup layer) against the model's input; return it as NumPy.
+
+        Token ids outside ``[0, input_dim)`` of the first Embedding raise :class:`~gatelens.errors.DataError`
+        naming the first offending sequence, step and value (Keras refuses them too).
+        """
         from gatelens.errors import DataError
 
         x = np.asarray(x)
+        if self.front is not None and x.dtype.kind not in "iu":
+            raise DataError(f"{self.front.describe()} ids expected; pass raw input through Extractor.to_ids")
         want = self.input_shape
         if x.ndim != len(want):
             raise DataError(f"input has shape {x.shape}, but the model expects {len(want)} dimensions {want}")
@@ -877,6 +946,16 @@ class Extractor:
             if not np.issubdtype(x.dtype, np.integer):
                 if not (np.issubdtype(x.dtype, np.floating) and np.all(np.isfinite(x)) and np.all(x == np.round(x))):
                     raise DataError(f"the model takes integer token ids, got {x.dtype} values")
+            if self.input_dim is not None and x.size:
+                bad = (x < 0) | (x >= self.input_dim)
+                if bad.any():
+                    s, t = (int(v) for v in np.argwhere(bad)[0][:2])
+                    origin = f" (ids given by {self.front.describe()})" if self.front is not None else ""
+                    raise DataError(
+                        f"token id {int(x[s, t])} at sequence {s}, step {t} is outside [0, {self.input_dim}) of "
+                        f"the Embedding {self._embedding_name!r}{origin}; {int(bad.sum())} id(s) in all are out "
+                        "of range"
+                    )
             return x.astype(self.input_dtype, copy=False)
         x = x.astype(np.float32, copy=False)
         if not np.all(np.isfinite(x)):
@@ -901,6 +980,7 @@ def extract(
     feature_names: list[str] | None = None,
     verify: str = DEFAULT_VERIFY,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
+    strict_vocab: bool = False,
 ) -> Trace:
     """Re-run every recurrent layer of ``model`` on ``x`` and capture all its signals in memory.
 
@@ -931,6 +1011,10 @@ def extract(
         check (the fastest).
     sample_size : int
         Sequences per batch that Keras's layer re-runs (``"cell"`` and ``"sample"``).
+    strict_vocab : bool
+        For a model that starts with a lookup layer (``x`` then raw strings, or integers for
+        IntegerLookup): raise :class:`~gatelens.errors.DataError` when a token is not in its vocabulary
+        (by default unknown tokens become the OOV token and are counted in ``trace.meta["unknown_tokens"]``).
 
     Returns
     -------
@@ -945,12 +1029,19 @@ def extract(
     (['lstm'], (2, 4, 3), True)
     """
     ex = _extractor(model, layers)
-    x = ex.check_input(x)
+    x, unknown = ex.to_ids(x)
+    _check_strict(ex, unknown, strict_vocab)
     n = x.shape[0]
     store: dict[str, dict[str, np.ndarray]] = {}
     errors = {name: 0.0 for name in ex.layer_names}
     for start, res, errs in ex.iter_batches(
-        x, batch_size=batch_size, tolerance=tolerance, progress=progress, verify=verify, sample_size=sample_size
+        x,
+        batch_size=batch_size,
+        tolerance=tolerance,
+        progress=progress,
+        verify=verify,
+        sample_size=sample_size,
+        _prepared=True,
     ):
         errors = {k: max(v, errs[k]) for k, v in errors.items()}
         if start == 0 and n <= batch_size:  # one batch: keep its arrays as they are, no copy
@@ -972,10 +1063,15 @@ def extract(
         traces,
         verification=errors,
         tokens=x.astype(np.int32) if ex.integer_input else None,
-        vocabulary=vocabulary,
+        vocabulary=ex.vocabulary if ex.vocabulary is not None else vocabulary,
         x=None if ex.integer_input else x,
         feature_names=feature_names,
-        meta={"tolerance": tolerance, "batch_size": batch_size, **_verify_meta(verify, sample_size)},
+        meta={
+            "tolerance": tolerance,
+            "batch_size": batch_size,
+            **_verify_meta(verify, sample_size),
+            **_front_meta(ex, unknown),
+        },
     )
 
 
@@ -1025,13 +1121,15 @@ def write_run(
     manifest: dict[str, Any] | None = None,
     verify: str = DEFAULT_VERIFY,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
+    strict_vocab: bool = False,
 ) -> Trace:
     """Extract like :func:`extract`, streaming batch by batch into a run directory; return it opened lazily.
 
     Memory is bounded by ``batch_size``, not by N. Writing and hashing a batch (a writer thread) overlaps the
     computation of the next one. The run appears at ``out`` only once complete (manifest last); an earlier
     run at ``out`` is replaced only then. ``verify`` and ``sample_size`` as in :func:`extract`; the manifest
-    records them and what they check (``verify_checks``).
+    records them and what they check (``verify_checks``). ``strict_vocab`` as in
+    :func:`extract`; the unknown tokens a model's own lookup layer met are in the manifest's ``unknown_tokens``.
 
     Examples
     --------
@@ -1047,7 +1145,8 @@ def write_run(
 
     ex = _extractor(model, layers)
     _check_verify(verify, sample_size)
-    x = ex.check_input(x)
+    x, unknown = ex.to_ids(x)
+    _check_strict(ex, unknown, strict_vocab)
     n, t = x.shape[0], x.shape[1]
     ex.prepare(dtype, verify, sample_size)  # traced (not compiled) now: the weights, embeddings included, are known
     writer = RunWriter(
@@ -1073,6 +1172,7 @@ def write_run(
             dtype=dtype,
             verify=verify,
             sample_size=sample_size,
+            _prepared=True,
         ):
             errors = {k: max(v, errs[k]) for k, v in errors.items()}
             xb = x[start : start + next(iter(res.values()))["mask"].shape[0]]
@@ -1093,11 +1193,10 @@ def write_run(
             batch_size=batch_size,
             keras_version=keras.__version__,
             tensorflow_version=tf.__version__,
-            vocabulary=vocabulary,
+            vocabulary=ex.vocabulary if ex.vocabulary is not None else vocabulary,
             feature_names=feature_names or (None if ex.integer_input else [f"x{i}" for i in range(x.shape[-1])]),
             model_input_shape=list(ex.input_shape),
-            **_verify_meta(verify, sample_size),
-            **(manifest or {}),
+            **{**_verify_meta(verify, sample_size), **_front_meta(ex, unknown), **(manifest or {})},
         )
     except BaseException:
         if pending is not None:

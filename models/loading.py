@@ -37,7 +37,7 @@ from gatelens.models.safety import (
     inspect_keras_archive,
     write_clean_archive,
 )
-from gatelens.models.worker import WorkerResult, run_worker
+from gatelens.models.worker import WorkerResult, keras_reason, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +218,7 @@ def _build(archive, weights: dict, work: Path, name: str, limits: LoadLimits, re
     except GatelensInputError:
         raise
     except Exception as e:  # Keras raises many types for configs/weights that do not fit together
-        text = str(e).strip().splitlines()
-        msg = text[0][:400] if text else type(e).__name__
-        raise ModelFormatError(f"{name}: cannot be loaded as a Keras model: {msg}") from None
+        raise ModelFormatError(f"{name}: cannot be loaded as a Keras model: {keras_reason(e)}") from None
     report.params = int(model.count_params())
     if report.params > limits.max_params:
         raise UnsafeModelError(

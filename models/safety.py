@@ -74,6 +74,8 @@ class LoadLimits:
         Largest ``config.json`` / ``metadata.json`` (uncompressed).
     max_assets_bytes, max_members : int
         Total size of ``assets/`` files; most archive members.
+    max_vocabulary_tokens : int
+        Most lines (tokens) of one vocabulary asset (``assets/.../vocabulary.txt``).
     max_compression_ratio : float
         Largest uncompressed/compressed ratio of a member above 1 MiB (Keras stores members
         uncompressed; DEFLATE of real weights or JSON stays far below 100).
@@ -100,6 +102,7 @@ class LoadLimits:
     max_config_bytes: int = 8 * _MiB
     max_metadata_bytes: int = 64 * 1024
     max_assets_bytes: int = 64 * _MiB
+    max_vocabulary_tokens: int = 5_000_000
     max_members: int = 1000
     max_compression_ratio: float = 100.0
     max_layers: int = 2000
@@ -265,7 +268,7 @@ _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 SUPPORTED_TEXT = (
     "InputLayer, Embedding, Masking, Dense, Dropout, LSTM, GRU, SimpleRNN (or RNN over their cells), "
     "Bidirectional, TimeDistributed, Conv1D, normalisation, 1-D pooling, Activation, shape and merge "
-    "layers, TextVectorization/StringLookup, in Sequential or functional models (nested allowed), "
+    "layers, TextVectorization/StringLookup/IntegerLookup, in Sequential or functional models (nested allowed), "
     "with Keras's built-in activations, initializers, regularizers and constraints"
 )
 
@@ -399,6 +402,15 @@ def _check_function(name: str, node: dict, path: tuple, layer: str | None) -> No
     fn = node.get("config")
     module = node.get("module")
     registered = node.get("registered_name")
+    if path and path[-1] in ("standardize", "split"):  # a TextVectorization given a Python callable
+        key = path[-1]
+        shown = fn if isinstance(fn, str) else type(fn).__name__
+        allowed = TEXT_STANDARDIZE | {"None"} if key == "standardize" else TEXT_SPLIT | {"None"}
+        raise UnsafeModelError(
+            f"{name}: layer {layer or '?'!r}: {key} is the custom function {shown!r} (module {module!r}), which is "
+            f"Python code gatelens never runs; save the layer with {key} one of {', '.join(sorted(allowed))} "
+            f"and apply your own {key} to the text before gatelens reads it."
+        )
     ok_module = module is None or (
         isinstance(module, str) and any(module == m or module.startswith(m + ".") for m in _FUNCTION_MODULES)
     )
@@ -946,6 +958,65 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, name: s
     return data
 
 
+#: Where Keras writes a lookup layer's vocabulary: ``assets/layers/<layer>/[_lookup_layer/]vocabulary.txt``
+#: (``<layer>`` the snake-case class name, ``_N`` for the N-th; nested models add ``layers/<model>/``).
+_VOCAB_ASSET_RE = re.compile(
+    r"^assets/(?:layers/[a-z0-9_]{1,100}/){0,20}layers/(?P<layer>string_lookup|integer_lookup|text_vectorization)(?:_\d{1,6})?/"
+    r"(?:_lookup_layer/)?vocabulary\.txt$"
+)
+
+_INT_TOKEN_RE = re.compile(r"^-?\d{1,19}$")
+
+
+def check_vocabulary_assets(assets: Mapping[str, bytes], name: str, limits: LoadLimits | None = None) -> None:
+    """Refuse assets that are not a lookup layer's vocabulary as Keras writes it: UTF-8 text, one token a line.
+
+    Each member must be named ``assets/layers/<lookup layer>/[_lookup_layer/]vocabulary.txt`` (the
+    names ``StringLookup``, ``IntegerLookup`` and ``TextVectorization`` save under), decode as UTF-8,
+    and hold at most :attr:`LoadLimits.max_vocabulary_tokens` lines; an ``IntegerLookup`` vocabulary
+    holds integers only. (Sizes are bounded by ``max_assets_bytes`` before anything is read.)
+
+    Raises
+    ------
+    UnsafeModelError
+        Naming the member and what was found.
+
+    Examples
+    --------
+    >>> check_vocabulary_assets({"assets/layers/string_lookup/vocabulary.txt": b"[UNK]\\na"}, "m.keras")
+    >>> check_vocabulary_assets({"assets/layers/string_lookup/run.sh": b"x"}, "m.keras")
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.UnsafeModelError: m.keras: asset 'assets/layers/string_lookup/run.sh' is not a vocabulary ...
+    """
+    limits = limits or LoadLimits()
+    for fn, data in assets.items():
+        m = _VOCAB_ASSET_RE.match(fn)
+        if not m:
+            raise UnsafeModelError(
+                f"{name}: asset {fn!r} is not a vocabulary where Keras writes one "
+                "(assets/layers/<string_lookup|integer_lookup|text_vectorization>/vocabulary.txt); refused."
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UnsafeModelError(
+                f"{name}: vocabulary asset {fn!r} is not UTF-8 text (byte {e.start}: {e.reason}); refused."
+            ) from None
+        n = text.count("\n") + 1 if text else 0
+        if n > limits.max_vocabulary_tokens:
+            raise UnsafeModelError(
+                f"{name}: vocabulary asset {fn!r} holds {n:,} tokens; the limit is {limits.max_vocabulary_tokens:,}."
+            )
+        if m.group("layer") == "integer_lookup":
+            bad = next((i for i, t in enumerate(text.split("\n")) if not _INT_TOKEN_RE.match(t)), None)
+            if bad is not None:
+                raise UnsafeModelError(
+                    f"{name}: vocabulary asset {fn!r}, line {bad + 1}: an IntegerLookup vocabulary holds integers "
+                    "only; refused."
+                )
+
+
 def inspect_keras_archive(path: str | os.PathLike, name: str | None = None,
                           limits: LoadLimits | None = None) -> KerasArchive:  # fmt: skip
     """Validate a ``.keras`` archive and its config without importing Keras.
@@ -1096,6 +1167,7 @@ def _inspect_keras_archive(path: Path, name: str, limits: LoadLimits) -> KerasAr
                     f"vocabulary ({', '.join(sorted(ASSET_LAYERS))}); refused."
                 )
             asset_data = {i.filename: _read_member(zf, i, limits.max_assets_bytes, name) for i in assets}
+            check_vocabulary_assets(asset_data, name, limits)
             return KerasArchive(
                 report=report,
                 metadata=metadata,

@@ -421,9 +421,28 @@ def _out_of_memory(e: BaseException) -> bool:
     return False
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:400]
+#: Longest Keras message passed on (whole sentences are kept; only a runaway message is shortened).
+MAX_REASON_CHARS = 2000
+
+
+def keras_reason(e: BaseException, limit: int = MAX_REASON_CHARS) -> str:
+    """A Keras error's whole message on one line: every line kept (Keras often gives its reason after a
+    colon on the next line); a message longer than ``limit`` is cut after its last full sentence.
+
+    Examples
+    --------
+    >>> keras_reason(ValueError("Example error message for object <TV>:\\n\\nVocabulary is empty."))
+    'Example error message for object <TV>: Vocabulary is empty.'
+    >>> keras_reason(ValueError("One. " * 10), limit=12)
+    'One. One. (...)'
+    """
+    text = " ".join(str(e).split()) or type(e).__name__
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    cut = max(head.rfind(". "), head.rfind("; "))
+    return (head[: cut + 1] if cut > 0 else head.rstrip()) + " (...)"
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"GATELENS_WORKER_MEMORY_MB); refused ({kind})."
             )
         else:
-            message = f"{name}: cannot be loaded as a Keras model: {kind}: {_first_line(e)}"
+            message = f"{name}: cannot be loaded as a Keras model: {kind}: {keras_reason(e)}"
         result = {"ok": False, "error": "UnsafeModelError" if unsafe else "ModelFormatError", "message": message}
     result.update(_own_memory())
     tmp = out / "result.tmp.json"
