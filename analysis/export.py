@@ -40,7 +40,7 @@ import pandas as pd
 from gatelens.analysis._reading import read, read_mask, read_tokens, select_layers
 from gatelens.analysis.pipeline import EXPORT_FILES
 from gatelens.analysis.trace import Trace, iter_chunks
-from gatelens.errors import UsageError
+from gatelens.errors import GatelensInputError, UsageError
 
 if TYPE_CHECKING:
     from gatelens.analysis.pipeline import Analysis
@@ -219,14 +219,16 @@ def write_events_csv(analysis: Analysis, path: str | os.PathLike, *, batch_size:
 TEXT_COLUMNS = frozenset(
     {
         "layer", "signal", "gate", "feature", "token", "event", "activation", "archetype", "unit_archetype",
-        "top_feature", "top_tokens", "top_features", "top_units", "task", "split", "control_by", "note",
+        "top_feature", "top_tokens", "top_features", "top_units", "task", "split", "control_by", "note", "time",
     }
 )  # fmt: skip
 
 
-def read_csv(path: str | os.PathLike, **kwargs: Any) -> pd.DataFrame:
+def read_csv(path: str | os.PathLike | Any, **kwargs: Any) -> pd.DataFrame:
     """Read a gatelens CSV back: text columns as text (a token ``NA`` stays ``"NA"``) with neutralised
     cells restored (:func:`restore_cell`), numbers exactly, empty cells as NaN.
+
+    ``path`` is a path or a file object (text or binary UTF-8, e.g. ``zipfile.ZipFile.open(...)``).
 
     Examples
     --------
@@ -235,13 +237,23 @@ def read_csv(path: str | os.PathLike, **kwargs: Any) -> pd.DataFrame:
     >>> _ = write_csv(pd.DataFrame({"token": ["-2", "'q", "NA"], "v": [-2.0, float("inf"), None]}), p)
     >>> read_csv(p).to_dict("list")
     {'token': ['-2', "'q", 'NA'], 'v': [-2.0, inf, nan]}
+    >>> with open(p, "rb") as f:
+    ...     read_csv(f)["token"].tolist()
+    ['-2', "'q", 'NA']
     """
-    with open(path, newline="", encoding="utf-8") as f:
-        header = next(csv.reader(f), [])
+    if hasattr(path, "read"):  # a file object (binary or text), e.g. a member of the downloaded zip
+        raw = path.read()
+        source: Any = io.StringIO(raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw, newline="")
+        header = next(csv.reader(source), [])
+        source.seek(0)
+    else:
+        source = path
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
     text = {c for c in header if restore_cell(c) in TEXT_COLUMNS}
     na = {c: ([""] if c in text else ["", "nan", "NaN"]) for c in header}
     options: dict[str, Any] = {"keep_default_na": False, "na_values": na, "dtype": {c: str for c in text}}
-    df = pd.read_csv(path, **{**options, **kwargs})
+    df = pd.read_csv(source, **{**options, **kwargs})
     for col in df.columns:
         if _is_text(df[col]):
             df[col] = df[col].astype(object).where(df[col].notna(), None).map(restore_cell)
@@ -249,7 +261,9 @@ def read_csv(path: str | os.PathLike, **kwargs: Any) -> pd.DataFrame:
     return df
 
 
-def activation_columns(trace: Trace, layers: Sequence[str] | str | None = None) -> list[str]:
+def activation_columns(
+    trace: Trace, layers: Sequence[str] | str | None = None, signals: Sequence[str] | None = None
+) -> list[str]:
     """The columns of ``activations.csv`` for these layers: keys, the union of their signals, ``token``.
 
     Examples
@@ -262,15 +276,129 @@ def activation_columns(trace: Trace, layers: Sequence[str] | str | None = None) 
     >>> activation_columns(Trace({"gru": lt}))[4:]
     ['update_gate', 'reset_gate', 'candidate', 'hidden_state', 'update_gate_pre', 'reset_gate_pre', 'candidate_pre']
     """
-    signals: list[str] = []
-    for name in select_layers(trace, layers):
+    names = select_layers(trace, layers)
+    known: list[str] = []
+    for name in names:
         for s in trace[name].info.signals:
-            if s not in signals:
-                signals.append(s)
-    cols = ["layer", "sequence", "step", "unit", *signals]
+            if s not in known:
+                known.append(s)
+    if signals is not None:
+        unknown = [s for s in signals if s not in known]
+        if unknown:
+            raise GatelensInputError(f"--signals: no signal(s) {unknown} in layers {names}; they have {known}")
+        known = [s for s in known if s in set(signals)]
+    cols = ["layer", "sequence", "step", "unit", *known]
     if trace.tokens is not None:
         cols.append("token")
+    if _has_time(trace):
+        cols.append("time")
     return cols
+
+
+def _has_time(trace: Trace) -> bool:
+    meta = getattr(trace, "meta", None) or {}
+    return bool((meta.get("data") or {}).get("record_times"))
+
+
+def _rows(n: int, chunk: int, sequences: range | None) -> Iterable[slice]:
+    lo, hi = (0, n) if sequences is None else (max(0, sequences.start), min(n, sequences.stop))
+    for start in range(lo, hi, chunk):
+        yield slice(start, min(start + chunk, hi))
+
+
+def parse_sequences(text: str) -> range:
+    """``"A:B"`` (either end may be left out) -> ``range(A, B)``; ``"K"`` -> ``range(K, K + 1)``.
+
+    Examples
+    --------
+    >>> parse_sequences("0:100"), parse_sequences("5"), parse_sequences(":3")
+    (range(0, 100), range(5, 6), range(0, 3))
+    """
+    try:
+        if ":" in text:
+            a, b = text.split(":", 1)
+            r = range(int(a) if a.strip() else 0, int(b) if b.strip() else 2**62)
+        else:
+            r = range(int(text), int(text) + 1)
+    except ValueError:
+        raise GatelensInputError(f"--sequences {text!r}: expected A:B (sequence numbers, B excluded)") from None
+    if r.start < 0 or r.stop <= r.start:
+        raise GatelensInputError(f"--sequences {text!r}: expected 0 <= A < B")
+    return r
+
+
+def activation_batches(
+    trace: Trace,
+    *,
+    layers: Sequence[str] | str | None = None,
+    signals: Sequence[str] | None = None,
+    sequences: range | None = None,
+    chunk: int = 256,
+    safe: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterable[Any]:
+    """The rows of ``activations`` as Arrow tables, a chunk of sequences of one layer at a time.
+
+    Columns as :func:`activation_columns`; ``safe`` neutralises the text cells (CSV), else they are
+    kept as they are (Parquet). Only unmasked steps; only the chosen layers, signals and sequences.
+    """
+    import pyarrow as pa
+
+    names = select_layers(trace, layers)
+    columns = activation_columns(trace, names, signals)
+    chosen = [c for c in columns[4:] if c not in ("token", "time")]
+    schema = activation_schema(columns)
+    times = None
+    if "time" in columns:
+        from gatelens.analysis.sources import time_grid
+
+        times = time_grid(trace)
+    total = sum(len(list(_rows(trace[n].shape[0], chunk, sequences))) for n in names)
+    done = 0
+    for name in names:
+        lt = trace[name]
+        u = lt.info.units
+        layer = neutralize_cell(name) if safe else name
+        for rows in _rows(lt.shape[0], chunk, sequences):
+            m = read_mask(lt, rows)
+            s_idx, t_idx = np.nonzero(m)
+            k = len(s_idx)
+            if k:
+                data: list[Any] = [
+                    pa.array(np.full(k * u, layer, dtype=object), pa.string()),
+                    np.repeat(s_idx + rows.start, u).astype(np.int64),
+                    np.repeat(t_idx, u).astype(np.int64),
+                    np.tile(np.arange(u, dtype=np.int64), k),
+                ]
+                for sig in chosen:  # float16 widens to float32 exactly; other cell types: empty
+                    data.append(
+                        read(lt[sig], rows, np.float32)[m].reshape(-1)
+                        if sig in lt.info.signals
+                        else pa.nulls(k * u, pa.float32())
+                    )
+                if trace.tokens is not None:
+                    tok = pd.Series(np.repeat(read_tokens(trace, rows)[m], u))
+                    data.append(pa.array((_safe_text(tok) if safe else tok.astype(object)).to_numpy(), pa.string()))
+                if times is not None:
+                    tm = pd.Series(np.repeat(times[rows][m], u))
+                    data.append(pa.array((_safe_text(tm) if safe else tm).to_numpy(), pa.string()))
+                yield pa.Table.from_arrays(data, schema=schema)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+
+def activation_schema(columns: Sequence[str]) -> Any:
+    """The Arrow schema of ``activations`` with these columns (keys int64, signals float32, text string)."""
+    import pyarrow as pa
+
+    ints = {"sequence", "step", "unit"}
+    return pa.schema(
+        [
+            (c, pa.string() if c in ("layer", "token", "time") else pa.int64() if c in ints else pa.float32())
+            for c in columns
+        ]  # fmt: skip
+    )
 
 
 def write_activations_csv(
@@ -280,11 +408,14 @@ def write_activations_csv(
     layers: Sequence[str] | str | None = None,
     chunk: int = 256,
     progress: Callable[[int, int], None] | None = None,
+    signals: Sequence[str] | None = None,
+    sequences: range | None = None,
 ) -> Path:
     """Write ``activations.csv``: one row per layer, sequence, unmasked step and unit.
 
     Columns ``layer, sequence, step, unit``, then every signal of the chosen layers (a layer's row
-    leaves the signals of other cell types empty), then ``token`` for text inputs. Values are written
+    leaves the signals of other cell types empty), then ``token`` for text inputs and ``time`` for a
+    series with a date/time column. ``signals`` and ``sequences`` (a range) choose what is written. Values are written
     as stored (float32, float16 widened exactly: the shortest text that reads back to the same
     float32). Text cells are always quoted. Streamed a chunk of sequences at a time (formatted by
     Arrow's CSV writer, several times faster than pandas) into a temporary file that replaces ``path``
@@ -320,19 +451,9 @@ def write_activations_csv(
     "rnn",0,0,0,0.1,0.1,"'=1"
     <BLANKLINE>
     """
-    names = select_layers(trace, layers)
-    columns = activation_columns(trace, names)
-    signals = columns[4:-1] if trace.tokens is not None else columns[4:]
-    total = sum(len(range(0, trace[n].shape[0], chunk)) for n in names)
-
-    import pyarrow as pa
     import pyarrow.csv as pa_csv
 
-    schema = pa.schema(
-        [("layer", pa.string()), ("sequence", pa.int64()), ("step", pa.int64()), ("unit", pa.int64())]
-        + [(s, pa.float32()) for s in signals]
-        + ([("token", pa.string())] if trace.tokens is not None else [])
-    )
+    columns = activation_columns(trace, layers, signals)
     header = [neutralize_cell(c) for c in columns]
     options = pa_csv.WriteOptions(include_header=False, eol="\r\n", quoting_style="needed")
 
@@ -340,36 +461,10 @@ def write_activations_csv(
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\r\n").writerow(header)
         f.write(buf.getvalue().encode("utf-8"))
-        done = 0
-        with pa_csv.CSVWriter(f, schema, write_options=options) as writer:
-            for name in names:
-                lt = trace[name]
-                u = lt.info.units
-                safe_layer = neutralize_cell(name)
-                for rows in iter_chunks(lt.shape[0], chunk):
-                    m = read_mask(lt, rows)
-                    s_idx, t_idx = np.nonzero(m)
-                    k = len(s_idx)
-                    if k:
-                        data: list[Any] = [
-                            pa.array(np.full(k * u, safe_layer, dtype=object), pa.string()),
-                            np.repeat(s_idx + rows.start, u).astype(np.int64),
-                            np.repeat(t_idx, u).astype(np.int64),
-                            np.tile(np.arange(u, dtype=np.int64), k),
-                        ]
-                        for s in signals:  # float16 widens to float32 exactly; other cell types: empty
-                            data.append(
-                                read(lt[s], rows, np.float32)[m].reshape(-1)
-                                if s in lt.info.signals
-                                else pa.nulls(k * u, pa.float32())
-                            )
-                        if trace.tokens is not None:
-                            tokens = _safe_text(pd.Series(np.repeat(read_tokens(trace, rows)[m], u)))
-                            data.append(pa.array(tokens.to_numpy(), pa.string()))
-                        writer.write_table(pa.Table.from_arrays(data, schema=schema))
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
+        with pa_csv.CSVWriter(f, activation_schema(columns), write_options=options) as writer:
+            for table in activation_batches(trace, layers=layers, signals=signals, sequences=sequences, chunk=chunk,
+                                            progress=progress):  # fmt: skip
+                writer.write_table(table)
 
     return _atomic_csv(path, write, binary=True)
 
@@ -480,4 +575,216 @@ def export_csvs(
             if progress is not None:
                 progress(done, 2 + len(ANALYSIS_FILES))
     log.info("wrote %d CSV files to %s", len(written), out)
+    return written
+
+
+#: Export formats of :func:`export_run`.
+EXPORT_FORMATS = ("csv", "parquet")
+#: The documented columns of each table (docs/csv-columns.md), written as the header of an empty table.
+TABLE_COLUMNS = {
+    "units": UNITS_COLUMNS,
+    "correlations": ["layer", "unit", "signal", "feature", "pearson_r", "spearman_rho", "n", "spearman_n", "note"],
+    "probes": ["layer", "signal", "feature", "task", "score", "control_score", "selectivity", "baseline_score",
+               "n_train", "n_test", "split", "control_by", "top_units", "note"],
+    "clusters": ["layer", "unit", "cluster", "archetype", "silhouette", "unit_archetype", "half_life_steps",
+                 "top_feature", "top_abs_r"],
+    "events": ["layer", "sequence", "step", "unit", "event", "value", "token", "previous_value", "delta_input",
+               "delta_recurrent"],
+    "event_summary": ["layer", "unit", "event", "count", "rate", "input_driven", "top_tokens", "top_features"],
+    "decomposition": ["layer", "unit", "gate", "mean_input", "mean_recurrent", "mean_bias", "mean_abs_input",
+                      "mean_abs_recurrent", "input_share", "n"],
+    "token_gates": ["layer", "token_id", "token", "unit", "gate", "push"],
+    "half_lives": ["layer", "unit", "signal", "mean_log_gate", "half_life_steps", "n"],
+    "retention": ["layer", "unit", "lag", "retention", "signal", "n_windows"],
+    "sequences": ["sequence", "step", "source_sequence", "source_row", "time"],
+}  # fmt: skip
+
+
+def _select(df: pd.DataFrame, layers: Sequence[str] | None, signals: Sequence[str] | None,
+            sequences: range | None) -> pd.DataFrame:  # fmt: skip
+    """The rows of a table that the selections keep (a table without that column is kept whole)."""
+    keep = np.ones(len(df), bool)
+    if layers is not None and "layer" in df.columns:
+        keep &= df["layer"].isin(list(layers)).to_numpy()
+    if signals is not None and "signal" in df.columns:
+        keep &= df["signal"].isin(list(signals)).to_numpy()
+    if sequences is not None and "sequence" in df.columns:
+        seq = pd.to_numeric(df["sequence"], errors="coerce")
+        keep &= ((seq >= sequences.start) & (seq < sequences.stop)).to_numpy()
+    return df if keep.all() else df[keep].reset_index(drop=True)
+
+
+def _with_header(df: pd.DataFrame | None, name: str) -> pd.DataFrame:
+    if df is not None and (len(df.columns) or name not in TABLE_COLUMNS):
+        return df
+    return pd.DataFrame(columns=TABLE_COLUMNS[name])
+
+
+def _atomic_parquet(table: Any, path: Path) -> Path:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        pq.write_table(table, tmp, use_dictionary=[c for c in table.column_names if c in _DICT_COLUMNS])
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+#: Key and text columns that Parquet stores dictionary-encoded.
+_DICT_COLUMNS = frozenset({"layer", "sequence", "step", "unit", "signal", "token", "time", "gate", "event", "feature"})
+
+
+def _write_activations_parquet(trace: Trace, out: Path, **sel: Any) -> Path:
+    """``activations/layer=<name>/part-0.parquet`` (hive-partitioned by layer), replaced only when complete."""
+    import shutil
+    from urllib.parse import quote
+
+    import pyarrow.parquet as pq
+
+    final = out / "activations"
+    if final.exists() and not (final.is_dir() and all(p.name.startswith("layer=") for p in final.iterdir())):
+        raise GatelensInputError(f"{final}: exists and is not a gatelens activations export; not overwritten")
+    tmp = out / f".activations.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        writers: dict[str, Any] = {}
+        names = select_layers(trace, sel.get("layers"))
+        columns = activation_columns(trace, names, sel.get("signals"))
+        schema = activation_schema([c for c in columns if c != "layer"])
+        try:
+            for table in activation_batches(trace, safe=False, **sel):
+                name = table.column("layer")[0].as_py()
+                if name not in writers:
+                    d = tmp / f"layer={quote(name, safe='')}"
+                    d.mkdir(parents=True)
+                    writers[name] = pq.ParquetWriter(
+                        d / "part-0.parquet", schema, use_dictionary=[c for c in schema.names if c in _DICT_COLUMNS]
+                    )
+                writers[name].write_table(table.drop_columns(["layer"]))
+        finally:
+            for w in writers.values():
+                w.close()
+        for name in names:  # a layer without unmasked rows (or outside the sequences chosen): an empty file
+            if name not in writers:
+                d = tmp / f"layer={quote(name, safe='')}"
+                d.mkdir(parents=True)
+                pq.write_table(schema.empty_table(), d / "part-0.parquet")
+        if final.exists():
+            old = out / f".activations.old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            shutil.rmtree(old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def export_run(
+    trace: Trace,
+    out_dir: str | os.PathLike,
+    *,
+    format: str = "csv",
+    analysis: Analysis | None = None,
+    layers: Sequence[str] | None = None,
+    signals: Sequence[str] | None = None,
+    sequences: range | None = None,
+    chunk: int = 256,
+) -> dict[str, Path]:
+    """Export a run as CSV files or Parquet, only the layers, signals and sequences asked for.
+
+    ``activations`` (CSV streamed; Parquet hive-partitioned by layer: ``activations/layer=<name>/part-0.parquet``,
+    keys and text dictionary-encoded), ``sequences`` (each (sequence, step)'s source sequence, row and
+    time), ``units`` and, with ``analysis``, every analysis table. A table that is empty is written with
+    its header (its documented columns). Every file is written under a temporary name (``.name.tmp-*``)
+    and renamed into place when complete. Parquet files hold text as it is (no spreadsheet guard).
+
+    Parameters
+    ----------
+    trace : Trace
+    out_dir : path
+    format : {"csv", "parquet"}
+    analysis : Analysis, optional
+    layers, signals : list of str, optional
+        Keep only these (tables without a layer/signal column are kept whole).
+    sequences : range, optional
+        Keep only these sequences (:func:`parse_sequences`).
+
+    Returns
+    -------
+    dict
+        ``{table name: path}``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import pyarrow.parquet as pq
+    >>> from gatelens.analysis.store import open_run
+    >>> from gatelens._examples import tiny_run
+    >>> paths = export_run(open_run(tiny_run(n=4)), tempfile.mkdtemp(), format="parquet", sequences=range(1, 3),
+    ...                    signals=["hidden_state"])
+    >>> t = pd.read_parquet(paths["activations"])
+    >>> sorted(t["sequence"].unique().tolist()), list(t.columns)
+    ([1, 2], ['sequence', 'step', 'unit', 'hidden_state', 'layer'])
+    """
+    if format not in EXPORT_FORMATS:
+        raise GatelensInputError(f"--format {format!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    from gatelens.analysis.pipeline import Analysis
+    from gatelens.analysis.sources import sequence_table
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = select_layers(trace, layers)
+    activation_columns(trace, names, signals)  # checks the signals before anything is written
+    sel = {"layers": names, "signals": signals, "sequences": sequences, "chunk": chunk}
+    written: dict[str, Path] = {}
+    if format == "csv":
+        written["activations"] = write_activations_csv(trace, out / "activations.csv", **sel)
+    else:
+        written["activations"] = _write_activations_parquet(trace, out, **sel)
+    tables: dict[str, pd.DataFrame] = {"sequences": _select(sequence_table(trace), None, None, sequences)}
+    if analysis is None:
+        from gatelens.analysis.memory import half_lives
+        from gatelens.analysis.stats import stats_tables
+
+        units, sig = stats_tables(trace, chunk=chunk)
+        tables["units"] = units_table(
+            Analysis(units=units, signal_stats=sig, half_lives=half_lives(trace, chunk=chunk))
+        )
+    else:
+        tables["units"] = units_table(analysis)
+        for attr in ANALYSIS_FILES.values():
+            if attr == "events":
+                continue
+            df = getattr(analysis, attr)
+            if df is not None:
+                tables[attr] = df
+        if analysis.events is not None or analysis.events_file is not None:
+            from gatelens.analysis.pipeline import iter_event_batches
+
+            batches = (_select(b, names, signals, sequences) for b in iter_event_batches(analysis))
+            tables["events"] = pd.concat(list(batches), ignore_index=True) if format == "parquet" else None
+            if format == "csv":
+                cols = list(analysis.events.columns) if analysis.events_file is None else None
+                if cols is None:
+                    import pyarrow.parquet as pq
+
+                    cols = pq.read_schema(analysis.events_file).names
+                cols = cols or TABLE_COLUMNS["events"]
+                written["events"] = write_csv_batches(
+                    (_select(b, names, signals, sequences)[cols] for b in iter_event_batches(analysis) if len(b.columns)),
+                    out / "events.csv", cols)  # fmt: skip
+                tables.pop("events")
+    for name, df in tables.items():
+        df = _with_header(_select(df, names if layers is not None else None, signals, sequences), name)
+        if format == "csv":
+            written[name] = write_csv(df, out / f"{name}.csv")
+        else:
+            import pyarrow as pa
+
+            written[name] = _atomic_parquet(pa.Table.from_pandas(df, preserve_index=False), out / f"{name}.parquet")
+    log.info("exported %d tables (%s) to %s", len(written), format, out)
     return written

@@ -80,6 +80,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gatelens.analysis.sources import rekey_features
 from gatelens.analysis.trace import Trace, iter_chunks
 from gatelens.errors import FeatureError, UsageError
 
@@ -411,7 +412,8 @@ def build_features(
 
 def _join_user(df: pd.DataFrame, user: str | os.PathLike | pd.DataFrame, trace: Trace) -> pd.DataFrame:
     if isinstance(user, pd.DataFrame):
-        table, source = _check_user_frame(user, trace, "user features table"), "user features table"
+        source = "user features table"
+        table = _check_user_frame(rekey_features(user, trace, source), trace, source)
     else:
         table, source = load_user_features(user, trace), str(user)
     clash = [c for c in table.columns if c not in KEY_COLUMNS and c in df.columns]
@@ -433,7 +435,8 @@ def _join_user(df: pd.DataFrame, user: str | os.PathLike | pd.DataFrame, trace: 
 def load_user_features(path: str | os.PathLike, trace: Trace) -> pd.DataFrame:
     """Read and validate a user's features CSV for ``trace``.
 
-    The file has a header row with ``sequence``, ``step`` and one column per feature, and one
+    The file has a header row with ``sequence``, ``step`` (or ``source_row`` or ``time`` instead: see
+    :func:`gatelens.analysis.sources.rekey_features`) and one column per feature, and one
     row per (sequence, step) it describes (rows may be in any order; steps it leaves out get
     NaN when joined). Empty cells and ``nan`` are missing values.
 
@@ -504,7 +507,9 @@ def load_user_features(path: str | os.PathLike, trace: Trace) -> pd.DataFrame:
             f"found {lengths[i]}"
         )
     raw = pd.DataFrame(rows[1:], columns=header, dtype=str)
-    return _check_user_frame(raw, trace, str(path), lines=np.asarray(line_numbers[1:], np.int64))
+    keyed = rekey_features(raw, trace, str(path))  # keyed by source_row or time: mapped to (sequence, step)
+    lines = np.asarray(line_numbers[1:], np.int64) if keyed is raw else None
+    return _check_user_frame(keyed, trace, str(path), lines=lines)
 
 
 def _check_user_frame(

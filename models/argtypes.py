@@ -84,6 +84,11 @@ def add_input_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--vocab", help="JSON list of tokens in id order (text models without a vocabulary)")
     sp.add_argument("--level", choices=["char", "word"], default=None, help="text tokenisation (default char)")
     sp.add_argument("--window", type=int, help="steps per sequence for long series/text (default: model length)")
-    sp.add_argument("--stride", type=int, help="steps between window starts (default: the window)")
+    sp.add_argument(
+        "--stride",
+        type=int,
+        help="steps between window starts (default: the window, non-overlapping; a forecaster wants --stride 1)",
+    )
+    sp.add_argument("--time-column", help="the CSV's date/time column, kept per step (default: detected)")
     sp.add_argument("--columns", nargs="+", help="CSV columns to use as input features, in order")
     sp.add_argument("--max-sequences", type=int, help="use only the first N sequences (windows)")

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from gatelens.errors import UsageError
 from gatelens.models.argtypes import add_input_options
 from gatelens.models.distributed import add_cluster_options, local_path, wants_cluster
+from gatelens.models.windows import register as register_windows
 from gatelens.models.zoo.cli import positive_int, register
 
 log = logging.getLogger("gatelens")
@@ -75,6 +76,7 @@ def _load_model_and_data(args: argparse.Namespace):
         stride=getattr(args, "stride", None),
         level=getattr(args, "level", None),
         max_sequences=getattr(args, "max_sequences", None),
+        time_column=getattr(args, "time_column", None),
     )
     return model, spec, data
 
@@ -87,7 +89,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     model, spec, data = _load_model_and_data(args)
     ex = Extractor(model, layers=args.layers)
-    options = ("batch_size", "dtype", "layers", "window", "stride", "level", "verify")
+    options = ("batch_size", "dtype", "layers", "window", "stride", "time_column", "level", "verify")
     manifest = run_manifest(
         {"path": str(args.model), "sha256": sha256_file(args.model), "name": model.name},
         data,
@@ -171,7 +173,7 @@ def _cluster(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from gatelens.analysis.export import export_csvs
+    from gatelens.analysis.export import export_run, parse_sequences
     from gatelens.analysis.pipeline import load_analysis
     from gatelens.analysis.store import open_run
 
@@ -184,7 +186,21 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"gatelens: {args.run} has no analysis yet: writing activations.csv and units.csv only "
             f"(run 'gatelens analyze {args.run}' for every table)\n"
         )
-    paths = export_csvs(trace, args.csv, analysis=result)
+    if (args.csv is None) == (args.out is None):
+        raise UsageError(
+            "gatelens export: give --csv DIR, or --out DIR [--format csv|parquet] (see 'gatelens export --help')"
+        )
+    if args.csv is not None and args.format != "csv":
+        raise UsageError("gatelens export: --csv DIR writes CSV; use --out DIR --format parquet for Parquet")
+    paths = export_run(
+        trace,
+        args.csv or args.out,
+        format=args.format,
+        analysis=result,
+        layers=args.layers,
+        signals=args.signals,
+        sequences=parse_sequences(args.sequences) if args.sequences else None,
+    )
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -240,9 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_options(a)
     a.set_defaults(func=cmd_analyze)
 
-    x = sub.add_parser("export", help="write the analysis of a run as CSV files")
+    x = sub.add_parser("export", help="write a run and its analysis as CSV files or Parquet")
     x.add_argument("run")
-    x.add_argument("--csv", required=True, help="output directory")
+    x.add_argument("--csv", help="output directory for CSV files (same as --out DIR --format csv)")
+    x.add_argument("--out", help="output directory")
+    x.add_argument("--format", choices=["csv", "parquet"], default="csv", help="file format with --out (default csv)")
+    x.add_argument("--layers", nargs="+", help="only these layers")
+    x.add_argument("--signals", nargs="+", help="only these signals (activations, and tables with a signal column)")
+    x.add_argument("--sequences", help="only sequences A:B (B excluded), e.g. 0:100")
     x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("dashboard", help="serve the Streamlit dashboard")
@@ -253,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     register(sub)
     __import__("gatelens.models.cli_search", fromlist=["register"]).register(sub)
     __import__("gatelens.models.cli_intervene", fromlist=["register"]).register(sub)  # intervene, sweep
+    register_windows(sub)
     return p
 
 

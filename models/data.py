@@ -179,6 +179,7 @@ def load_data(
     level: str | None = None,
     max_sequences: int | None = None,
     max_bytes: int | None = None,
+    time_column: str | None = None,
 ) -> Dataset:
     """Read a data file into the arrays ``spec``'s model takes.
 
@@ -193,6 +194,9 @@ def load_data(
     level : ``"char"`` or ``"word"`` tokens for text (default: ``spec.level``, else ``"char"``)
     max_sequences : keep only the first rows
     max_bytes : size cap on files and arrays (default :func:`max_data_bytes`, 2 GiB)
+    time_column : the CSV column that holds each row's date/time (default: a column named ``date``,
+        ``datetime``, ``time`` or ``timestamp``, or a text column whose every cell is a date); kept as
+        written, per step, in ``source["record_times"]`` (see :func:`window_table`)
 
     Returns
     -------
@@ -213,7 +217,7 @@ def load_data(
     (dtype('float32'), (2, 4, 3), ['x0', 'x1', 'x2'])
     """
     try:
-        return _load_data(path, spec, columns, window, stride, level, max_sequences, max_bytes)
+        return _load_data(path, spec, columns, window, stride, level, max_sequences, max_bytes, time_column)
     except DataError as e:
         msg = str(e)
         if "\n" in msg or "\r" in msg:  # one line, also when a file or column name holds a line break
@@ -221,7 +225,7 @@ def load_data(
         raise
 
 
-def _load_data(path, spec, columns, window, stride, level, max_sequences, max_bytes) -> Dataset:
+def _load_data(path, spec, columns, window, stride, level, max_sequences, max_bytes, time_column=None) -> Dataset:
     path = Path(path)
     cap = int(max_bytes) if max_bytes is not None else max_data_bytes()
     suffix = path.suffix.lower()
@@ -254,9 +258,9 @@ def _load_data(path, spec, columns, window, stride, level, max_sequences, max_by
     if suffix == ".csv":
         if level is not None:
             raise DataError(f"{path}: --level applies to .txt files, not to .csv series")
-        return _load_csv(path, text, sha, spec, columns, window, stride, max_sequences, cap)
-    if columns:
-        raise DataError(f"{path}: --columns applies to .csv files, not to .txt text")
+        return _load_csv(path, text, sha, spec, columns, window, stride, max_sequences, cap, time_column)
+    if columns or time_column:
+        raise DataError(f"{path}: --columns and --time-column apply to .csv files, not to .txt text")
     return _load_txt(path, text, sha, spec, level, window, stride, max_sequences, cap)
 
 
@@ -540,7 +544,7 @@ def _check_finite(x: np.ndarray, orig: np.ndarray, where: str, label=None) -> No
 # -- .csv ----------------------------------------------------------------------------------------------
 
 
-def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_rows, cap) -> Dataset:
+def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_rows, cap, time_column=None) -> Dataset:
     import pandas as pd
 
     if spec.is_text:
@@ -624,6 +628,9 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
                 else:
                     why[n] = f"{n!r} (empty)"
         feats = _choose_features(path, spec, numeric, ignored, names, why)
+    tcol = _time_column(path, cols, feats, names, time_column)
+    if tcol is not None and tcol in ignored:
+        ignored.remove(tcol)
     want_f = spec.n_features if len(spec.input_shape) == 3 else 1
     if want_f is not None and len(feats) != want_f:
         raise DataError(
@@ -731,6 +738,12 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
         source["sequence_labels"] = seq_labels
     if total_kept < total:
         source["n_rows_total"] = total
+    # (window i, step t) -> the file row and time of record window_record_start[i] + t (records sorted by sequence)
+    source["window_record_start"] = (offsets[win_seq] + local).astype(np.int64).tolist()
+    source["record_rows"] = rows[order].tolist()
+    if tcol is not None:
+        source["time_column"] = tcol
+        source["record_times"] = cols[tcol].cells.iloc[order].astype(str).tolist()
     return Dataset(
         x=np.ascontiguousarray(x, dtype=np.float32),
         tokens=None,
@@ -740,6 +753,67 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
         source=source,
         feature_names=list(feats),
     )
+
+
+#: Column names taken for a date/time column when ``--time-column`` is not given.
+TIME_COLUMNS = ("date", "datetime", "time", "timestamp")
+
+
+def _time_column(path: Path, cols: dict, feats: list[str], names: list[str], given: str | None) -> str | None:
+    """The CSV's date/time column: ``given``, else one named like :data:`TIME_COLUMNS`, else the first text
+    column whose every cell pandas reads as a date; None when there is none."""
+    import pandas as pd
+
+    if given is not None:
+        if given not in cols:
+            raise DataError(f"{path}: --time-column {given!r}: no such column; the file has columns {names}")
+        if given in feats or given == SEQUENCE_COLUMN:
+            raise DataError(f"{path}: --time-column {given!r} is also a feature or the sequence column")
+        empty = cols[given].empty
+        if empty.any():
+            raise DataError(f"{path}: row {int(np.argmax(empty)) + 2}, column {given!r}: empty time cell")
+        return given
+    candidates = [n for n in names if n not in feats and n != SEQUENCE_COLUMN]
+    for n in candidates:
+        if n.strip().lower() in TIME_COLUMNS and not cols[n].empty.any():
+            return n
+    for n in candidates:
+        c = cols[n]
+        if c.empty.any() or c.ok.mean() > 0:  # numbers (a year, a counter) are an index, not a date
+            continue
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "could not infer format": then it is not a date column
+            parsed = pd.to_datetime(c.cells.iloc[:1000], errors="coerce")
+        if parsed.notna().all():
+            return n
+    return None
+
+
+def window_table(data: Dataset) -> Any:
+    """Where each (sequence, step) of ``data`` came from: a DataFrame with ``sequence``, ``step``,
+    ``source_sequence``, ``source_row`` and ``time`` (when the file has a date/time column).
+
+    ``source_row`` is the row of a CSV file (its header is row 1), the token index of a text, the step
+    of an array row. This is what ``gatelens windows`` prints and what the ``sequences`` export holds.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "s.csv")
+    >>> with open(p, "w") as f:
+    ...     _ = f.write("date,v\\n2024-01-01,1\\n2024-01-02,2\\n2024-01-03,3\\n")
+    >>> window_table(load_data(p, InputSpec(n_steps=2, n_features=1), stride=1))
+       sequence  step  source_sequence  source_row        time
+    0         0     0                0           2  2024-01-01
+    1         0     1                0           3  2024-01-02
+    2         1     0                0           3  2024-01-02
+    3         1     1                0           4  2024-01-03
+    """
+    from gatelens.analysis.sources import window_frame
+
+    return window_frame(data.source, data.sequence, data.start, data.n_steps)
 
 
 def _is_number(s: str) -> bool:

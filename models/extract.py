@@ -267,9 +267,7 @@ class _Plan:
         self.token_input = self.front is not None or "int" in self.input_dtype or spec.integer_tokens
         #: Valid ids are 0 .. input_dim - 1 (the first Embedding's input_dim; None without one).
         self.input_dim = spec.input_dim if self.token_input else None
-        self._embedding_name = next(
-            (la.name for la in _all_layers(model) if type(la).__name__ == "Embedding"), None
-        )
+        self._embedding_name = next((la.name for la in _all_layers(model) if type(la).__name__ == "Embedding"), None)
         rnns = recurrent_layers(model)
         if not rnns:
             raise UnsupportedLayerError(

@@ -444,7 +444,6 @@ def keras_reason(e: BaseException, limit: int = MAX_REASON_CHARS) -> str:
     return (head[: cut + 1] if cut > 0 else head.rstrip()) + " (...)"
 
 
-
 def main(argv: list[str] | None = None) -> int:
     """Worker entry point (argv: the job file). Always writes result.json if it can."""
     argv = sys.argv[1:] if argv is None else argv

@@ -226,8 +226,10 @@ VOCAB = "assets/layers/string_lookup/vocabulary.txt"
     [
         (lambda n, b: (n.replace("vocabulary.txt", "run.sh"), b) if n == VOCAB else (n, b), "is not a vocabulary"),
         (lambda n, b: (n.replace("string_lookup", "../../etc"), b) if n == VOCAB else (n, b), "'..'"),
-        (lambda n, b: (n.replace("layers/string_lookup", "layers/lstm"), b) if n == VOCAB else (n, b),
-         "is not a vocabulary"),
+        (
+            lambda n, b: (n.replace("layers/string_lookup", "layers/lstm"), b) if n == VOCAB else (n, b),
+            "is not a vocabulary",
+        ),
         (lambda n, b: (n, b + b"\n\xff\xfe") if n == VOCAB else (n, b), "not UTF-8"),
     ],
     ids=["other file name", "path trick", "not a lookup layer's folder", "non-UTF-8"],
