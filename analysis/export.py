@@ -39,7 +39,7 @@ import pandas as pd
 
 from gatelens.analysis._reading import read, read_mask, read_tokens, select_layers
 from gatelens.analysis.pipeline import EXPORT_FILES
-from gatelens.analysis.trace import Trace, iter_chunks
+from gatelens.analysis.trace import Trace
 from gatelens.errors import GatelensInputError, UsageError
 
 if TYPE_CHECKING:
