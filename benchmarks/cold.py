@@ -1,4 +1,3 @@
-
 """Cold start: ``gatelens extract`` of a demo in a fresh process against a plain Keras load and predict.
 
 Each pair runs, in fresh Python processes one after the other, (a) ``gatelens extract MODEL DATA --out RUN``

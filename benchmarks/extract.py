@@ -1,12 +1,15 @@
 # ruff: noqa: E402  (the import path and TF log level are set before the heavy imports)
-"""Extraction speed, measured side by side with ``model.predict`` in one process.
+"""Extraction speed of the documented calls, measured side by side with ``model.predict`` in one process.
 
-Prints, for a 2x128 char-level LSTM (256 sequences x 200 steps) and a 1x512 LSTM, the median of
-``--repeats`` interleaved runs of: ``model.predict``; ``extract`` in memory and ``write_run`` into the
-store (float16), each with ``verify="full"`` (the default: every step of every sequence checked against
-Keras) and ``verify="sample"`` (Keras re-runs 8 + 1 sequences per batch); a naive baseline (a Python loop
-calling each layer's cell step by step). Ratios are time / predict time. Nothing is asserted: the numbers
-go into the README.
+For a 2x128 char-level LSTM and a 1x512 LSTM, on 256 and on 300 sequences x 200 steps (300 = one full batch
+of 256 and a short one), it times the calls the README documents -- ``gatelens.extract(model, x)`` in memory
+and ``gatelens.write_run(model, x, out, dtype="float16")`` into the store, no hand-held ``Extractor`` -- in
+each verification mode, interleaved with ``model.predict`` (``--repeats`` rounds; the median is reported).
+The first (cold) call of each, which traces and compiles, is reported separately. Each ``write_run`` writes
+a new directory (removed between rounds, untimed). The physical bound is the
+recurrent step's matrix product alone, ``(B, units) @ (units, 4 units)`` sequentially ``T`` times per layer
+(XLA-compiled), and ``bound %`` is that time as a share of each method's. Ratios are time / predict time.
+Nothing is asserted: the numbers go into the README.
 
     python benchmarks/extract.py [--repeats 5] [--quick]
 """
@@ -30,9 +33,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gatelens.models.extract import Extractor, extract, write_run
+import gatelens
 
 VOCAB = 96
+MODES = ("cell", "full", "sample")
 
 
 def char_model(layers: int, units: int, steps: int) -> keras.Model:
@@ -44,52 +48,62 @@ def char_model(layers: int, units: int, steps: int) -> keras.Model:
     return keras.Model(inp, out, name=f"char_{layers}x{units}")
 
 
-def naive_extract(model: keras.Model, x: np.ndarray) -> dict:
-    """The obvious approach: call each LSTM cell step by step from Python, keeping every state."""
-    h = model.layers[1](x)  # the embedding
-    out = {}
-    for layer in model.layers[2:-1]:
-        cell = layer.cell
-        b = h.shape[0]
-        state = [tf.zeros((b, cell.units)), tf.zeros((b, cell.units))]
-        hs, cs = [], []
-        for t in range(h.shape[1]):
-            y, state = cell(h[:, t], state)
-            hs.append(y)
-            cs.append(state[1])
-        h = tf.stack(hs, axis=1)
-        out[layer.name] = (h.numpy(), tf.stack(cs, axis=1).numpy())
-    return out
+def recurrent_bound(model: keras.Model, n: int, steps: int, batch_size: int) -> float:
+    """Seconds of the recurrent matrix products alone: per layer and batch, T dependent (B, u) @ (u, 4u)."""
+    total = 0.0
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.LSTM):
+            continue
+        u = layer.units
+        rk = tf.constant(layer.cell.recurrent_kernel.numpy())
+
+        @tf.function(jit_compile=True)
+        def chain(h, rk=rk, u=u):
+            def step(h, _):
+                return tf.matmul(h, rk)[:, :u]
+
+            return tf.scan(step, tf.zeros((steps,)), initializer=h)[-1]
+
+        sizes = [min(batch_size, n - s) for s in range(0, n, batch_size)]
+        hs = [tf.random.normal((b, u)) for b in sizes]
+        for h in hs:  # compile
+            chain(h).numpy()
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for h in hs:
+                chain(h).numpy()
+            best = min(best, time.perf_counter() - t0)
+        total += best
+    return total
 
 
-def bench(model: keras.Model, x: np.ndarray, repeats: int, batch_size: int) -> dict:
-    ex = Extractor(model)
-    tmp = tempfile.mkdtemp(prefix="gatelens-bench-")
-    naive_n = min(32, x.shape[0])
-    methods = {
-        "model.predict": lambda: model.predict(x, batch_size=batch_size, verbose=0),
-        "extract, in memory (verify=full)": lambda: extract(ex, x, batch_size=batch_size),
-        "extract, in memory (verify=sample)": lambda: extract(ex, x, batch_size=batch_size, verify="sample"),
-        "extract into the store, float16 (verify=full)": lambda: write_run(
-            ex, x, os.path.join(tmp, "run"), batch_size=batch_size, dtype="float16"
-        ),
-        "extract into the store, float16 (verify=sample)": lambda: write_run(
-            ex, x, os.path.join(tmp, "run"), batch_size=batch_size, dtype="float16", verify="sample"
-        ),
-        "naive Python loop over the cell": lambda: naive_extract(model, x[:naive_n]),
-    }
-    for fn in methods.values():  # warm-up: tracing and XLA compilation are not what we measure
+def bench(model: keras.Model, x: np.ndarray, repeats: int, batch_size: int, tmp: str) -> tuple[dict, dict]:
+    counter = iter(range(10**9))
+
+    def out() -> str:  # a new run directory each call: replacing an earlier run (its rmtree) is not measured
+        return os.path.join(tmp, f"run{next(counter)}")
+
+    methods = {"model.predict": lambda: model.predict(x, batch_size=batch_size, verbose=0)}
+    for mode in MODES:
+        methods[f"extract(model, x), verify={mode}"] = lambda m=mode: gatelens.extract(
+            model, x, batch_size=batch_size, verify=m
+        )
+        methods[f"write_run(model, x, out, float16), verify={mode}"] = lambda m=mode: gatelens.write_run(
+            model, x, out(), batch_size=batch_size, dtype="float16", verify=m
+        )
+    cold = {}
+    for name, fn in methods.items():  # the first call: tracing and XLA compilation included
+        t0 = time.perf_counter()
         fn()
+        cold[name] = time.perf_counter() - t0
     times: dict[str, list[float]] = {k: [] for k in methods}
     for _ in range(repeats):  # interleaved, so drifts in machine load hit every method alike
         for name, fn in methods.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    shutil.rmtree(tmp, ignore_errors=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    med["naive Python loop over the cell"] *= x.shape[0] / naive_n  # ran on a slice: scaled to the input
-    return med
+    return {k: statistics.median(v) for k, v in times.items()}, cold
 
 
 def main() -> None:
@@ -97,18 +111,36 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="smaller inputs, 2 repeats (a smoke run)")
     args = ap.parse_args()
-    n, steps, repeats = (256, 200, args.repeats) if not args.quick else (32, 50, 2)
-    x = np.random.default_rng(0).integers(0, VOCAB, size=(n, steps)).astype("int32")
-    print(f"gatelens extraction: {n} sequences x {steps} steps, median of {repeats} interleaved runs")
+    sizes, steps, repeats = ((256, 300), 200, args.repeats) if not args.quick else ((32, 40), 50, 2)
+    batch_size = 256 if not args.quick else 32
+    print(f"gatelens extraction: {sizes} sequences x {steps} steps, batch {batch_size}, median of {repeats} rounds")
     print(f"TF {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, {platform.machine()}")
     print()
-    print("| model | method | seconds | x predict |")
-    print("|---|---|---:|---:|")
-    for layers, units in ((2, 128), (1, 512)):
-        med = bench(char_model(layers, units, steps), x, repeats, batch_size=256)
-        base = med["model.predict"]
-        for name, sec in med.items():
-            print(f"| {layers}x{units} | {name} | {sec:.3f} | {sec / base:.2f} |")
+    print("| model | N | method | seconds | x predict | bound % | first call s |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    tmp = tempfile.mkdtemp(prefix="gatelens-bench-")
+    try:
+        for layers, units in ((2, 128), (1, 512)):
+            model = char_model(layers, units, steps)
+            for n in sizes:
+                x = np.random.default_rng(n).integers(0, VOCAB, size=(n, steps)).astype("int32")
+                med, cold = bench(model, x, repeats, batch_size, tmp)
+                for d in os.listdir(tmp):
+                    shutil.rmtree(os.path.join(tmp, d), ignore_errors=True)
+                bound = recurrent_bound(model, n, steps, batch_size)
+                base = med["model.predict"]
+                tag = f"{layers}x{units}"
+                print(
+                    f"| {tag} | {n} | recurrent matmul alone (the bound) | {bound:.3f} | {bound / base:.2f} | 100 | |"
+                )
+                for name, sec in med.items():
+                    print(
+                        f"| {tag} | {n} | {name} | {sec:.3f} | {sec / base:.2f} | {100 * bound / sec:.0f} "
+                        f"| {cold[name]:.2f} |"
+                    )
+                sys.stdout.flush()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

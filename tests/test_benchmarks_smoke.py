@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
-    "extract": (["--quick"], "| model | method | seconds | x predict |"),
+    "extract": (["--quick"], "| model | N | method | seconds | x predict | bound % | first call s |"),
     "analysis": (
         ["--quick", "--profile-steps", "--widths", "2,20"],
         "| N (sequences) | run on disk (MiB) | extract s | analyze s | analyze / extract | peak RSS (MiB) ",
