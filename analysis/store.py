@@ -43,12 +43,15 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
-import shutil
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -64,10 +67,185 @@ from gatelens.errors import RunStoreError, UsageError
 log = logging.getLogger(__name__)
 
 FORMAT = "gatelens-run"
-FORMAT_VERSION = 1
+#: 2: layers stored under safe keys (``store_key``), the manifest carries a checksum of its own content.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ANALYSIS_DIR = "analysis"
 DTYPES = ("float32", "float16")
+#: Largest chunk along sequences: the run's last chunk is padded to full size, so the padding stays under
+#: this many sequences (300 sequences at batch 256 store 320, not 512).
+MAX_CHUNK_SEQUENCES = 64
+#: Largest manifest read (a vocabulary and the per-sequence lists make it grow with the run).
+MAX_MANIFEST_BYTES = 256 << 20
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+_DIRECTIONS = ("forward", "backward")
+_RESERVED_KEYS = frozenset({"zarr.json", "weights", "mask", "input", "analysis", MANIFEST})
+
+
+def store_key(name: str) -> str:
+    """The directory key under ``layers/`` for a layer's contract name: the name itself when it is a plain,
+    short file name, else a readable slug plus a hash of the name (``..``, ``zarr.json``, 300 characters,
+    line breaks, bidi controls, a leading ``-`` or ``.``). A Bidirectional's ``/forward`` and ``/backward``
+    stay sub-directories. The real name is kept in the manifest and in every export.
+
+    Examples
+    --------
+    >>> store_key("lstm"), store_key("bi/backward")
+    ('lstm', 'bi/backward')
+    >>> store_key(".."), store_key("zarr.json")
+    ('layer~5ec1f7e700f3', 'zarr.json~b03c070e2797')
+    """
+    base, sep, direction = name.rpartition("/")
+    if not sep or direction not in _DIRECTIONS:
+        base, sep, direction = name, "", ""
+    if _SAFE_KEY.fullmatch(base) and base.lower() not in _RESERVED_KEYS and ".." not in base:
+        key = base
+    else:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", base)[:40].lstrip(".-") or "layer"
+        key = f"{slug}~{hashlib.sha256(base.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+    return f"{key}{sep}{direction}"
+
+
+def _store_keys(names: list[str]) -> dict[str, str]:
+    """:func:`store_key` for every layer of a run, made distinct also where a file system ignores case."""
+    keys: dict[str, str] = {}
+    seen: set[str] = set()
+    for name in names:
+        key = store_key(name)
+        if key.lower() in seen:
+            key = f"{key}~{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+        seen.add(key.lower())
+        keys[name] = key
+    return keys
+
+
+def _phase(name: str) -> None:
+    """Marks a point of the writer's commit (a no-op; the kill tests stop a writer at each of them)."""
+
+
+def _is_run_dir(path: Path) -> tuple[bool, str]:
+    """(True, "") when ``path`` is a gatelens run that a new run may replace, else (False, why).
+
+    A run is recognised by a manifest of the gatelens run format, and may hold only what gatelens
+    wrote into it: the files its manifest lists and the ``analysis/`` folder.
+    """
+    try:
+        doc = json.loads((path / MANIFEST).read_bytes()[:MAX_MANIFEST_BYTES])
+    except (OSError, ValueError, RecursionError):
+        return False, f"it holds no readable {MANIFEST} of a gatelens run"
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("files"), dict):
+        return False, f"its {MANIFEST} is not that of a gatelens run"
+    listed = set(doc["files"]) | {MANIFEST}
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path).as_posix()
+        if p.is_symlink():
+            return False, f"it holds a link {rel!r} that gatelens did not write"
+        if p.is_dir() or rel == ANALYSIS_DIR or rel.startswith(ANALYSIS_DIR + "/"):
+            continue
+        if rel not in listed:
+            return False, f"it holds {rel!r}, which is not part of the run"
+    return True, ""
+
+
+def check_output_path(out: str | os.PathLike) -> None:
+    """Refuse an output path that a new run may not take.
+
+    ``out`` may be a new path, an empty directory, or an existing gatelens run (replaced atomically once
+    the new run is complete). Anything else that exists (a file, a link, a folder of the user's) is
+    refused and left untouched.
+
+    Raises
+    ------
+    RunStoreError
+        Naming the path and what is there (exit code 2).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> check_output_path(d / "new")
+    >>> _ = (d / "notes.txt").write_text("mine")
+    >>> check_output_path(d)
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.RunStoreError: ...: exists and is not a gatelens run (it holds no readable manifest.json ...
+    """
+    out = Path(out)
+    hint = "choose a new --out path (gatelens never deletes what it did not write)"
+    if out.is_symlink():
+        raise RunStoreError(f"{out}: exists and is a link; {hint}")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RunStoreError(f"{out}: exists and is not a directory (a file of yours?); {hint}")
+    try:
+        empty = next(out.iterdir(), None) is None
+    except OSError as e:
+        raise RunStoreError(f"{out}: cannot be read ({e.strerror or e}); {hint}") from None
+    if empty:
+        return
+    ok, why = _is_run_dir(out)
+    if not ok:
+        raise RunStoreError(f"{out}: exists and is not a gatelens run ({why}); {hint}")
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, exclusive: bool = True, blocking: bool = True) -> Iterator[bool]:
+    """An advisory ``flock`` on a directory (held while the block runs); yields whether it was taken."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        yield False
+        return
+    try:
+        flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, flags)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                yield False
+                return
+            raise
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a directory that gatelens wrote, bottom-up (a kill leaves a smaller tree of the same name)."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    for root, dirs, files in os.walk(path, topdown=False):
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(root, f))
+            _phase("removing")
+        for d in dirs:
+            p = os.path.join(root, d)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.islink(p):
+                    os.unlink(p)
+                else:
+                    os.rmdir(p)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(path)
+
+
+def _chunk_size(requested: int, n: int) -> int:
+    """Sequences per chunk: ``requested`` when it is at most :data:`MAX_CHUNK_SEQUENCES` (or the whole run),
+    else its largest divisor up to that (so that batches still fill whole chunks), at least 16.
+
+    >>> _chunk_size(256, 300), _chunk_size(100, 1000), _chunk_size(97, 1000), _chunk_size(256, 40)
+    (64, 50, 64, 40)
+    """
+    c = max(1, min(int(requested), int(n)))
+    if c <= MAX_CHUNK_SEQUENCES:
+        return c
+    d = next(k for k in range(MAX_CHUNK_SEQUENCES, 0, -1) if requested % k == 0)
+    return d if d >= 16 else MAX_CHUNK_SEQUENCES
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -253,10 +431,32 @@ class RunWriter:
         self.n_steps = int(n_steps)
         self.dtype = dtype
         self.compression = compression
-        self.chunk = max(1, min(int(chunk_sequences), self.n_sequences))
+        self.chunk = _chunk_size(chunk_sequences, self.n_sequences)
+        self.keys = _store_keys([info.name for info in self.layers])
+        if len(set(self.keys)) != len(self.layers):
+            dup = next(k for i, k in enumerate(self.keys) if k in list(self.keys)[:i])
+            raise ValueError(f"two layers of the run are named {dup!r}")
+        check_output_path(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        _recover(self.out)
-        self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:12]}"
+        self._lock_fd: int | None = None
+        self._done = False
+        self._pool = None
+        with _locked(self.out.parent):
+            _recover(self.out)
+            self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:12]}"
+            self.tmp.mkdir()
+            # held until the writer ends (the kernel drops it when the process dies): the next writer removes
+            # a partial directory only when no live writer holds it
+            self._lock_fd = os.open(self.tmp, os.O_RDONLY)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+        _phase("partial-created")
+        try:
+            self._init_arrays(dtype, compressors, weights, with_tokens, n_features, direct_chunks)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _init_arrays(self, dtype, compressors, weights, with_tokens, n_features, direct_chunks) -> None:
         zarr = _zarr()
         from zarr.core.group import GroupMetadata
         from zarr.storage import LocalStore
@@ -264,7 +464,7 @@ class RunWriter:
         n, t, c = self.n_sequences, self.n_steps, self.chunk
         specs: dict[str, tuple] = {}  # path -> (shape, chunks, dtype, compressors, dimension names)
         for info in self.layers:
-            p = f"layers/{info.name}"
+            p = f"layers/{self.keys[info.name]}"
             for s in info.signals:
                 specs[f"{p}/{s}"] = ((n, t, info.units), c, dtype, compressors, ("sequence", "step", "unit"))
             specs[f"{p}/mask"] = ((n, t), c, "bool", None, ("sequence", "step"))
@@ -276,8 +476,8 @@ class RunWriter:
         values: dict[str, np.ndarray] = {}
         for info in self.layers:
             for k, v in ((weights or {}).get(info.name) or {}).items():
-                v = values[f"layers/{info.name}/weights/{k}"] = np.asarray(v, np.float32)
-                specs[f"layers/{info.name}/weights/{k}"] = (
+                v = values[f"layers/{self.keys[info.name]}/weights/{k}"] = np.asarray(v, np.float32)
+                specs[f"layers/{self.keys[info.name]}/weights/{k}"] = (
                     v.shape,
                     max(1, v.shape[0]) if v.ndim else 1,
                     "float32",
@@ -299,7 +499,8 @@ class RunWriter:
         arrays = {p: created[p].with_config({"write_empty_chunks": True}) for p in specs}
         self._targets: dict[str, list[_Target]] = {
             info.name: [
-                _Target(k, arrays[f"layers/{info.name}/{k}"], direct_chunks) for k in (*info.signals, "mask", "input")
+                _Target(k, arrays[f"layers/{self.keys[info.name]}/{k}"], direct_chunks)
+                for k in (*info.signals, "mask", "input")
             ]
             for info in self.layers
         }
@@ -309,12 +510,7 @@ class RunWriter:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gatelens-store")
         self._digests: dict[str, str] = {}  # sha256 of the chunk files written directly, taken from memory
         self._written = 0
-        self._done = False
-        try:
-            self._write_whole({path: (_Target(path, arrays[path], direct_chunks), v) for path, v in values.items()})
-        except BaseException:
-            self.abort()
-            raise
+        self._write_whole({path: (_Target(path, arrays[path], direct_chunks), v) for path, v in values.items()})
 
     def __enter__(self) -> RunWriter:
         return self
@@ -388,6 +584,7 @@ class RunWriter:
                     futures.append(self._pool.submit(_put_zarr, target, lo, value[lo - start : hi - start]))
         _wait_all(futures)
         self._written = max(self._written, end)
+        _phase("batch-written")
 
     def _write_whole(self, items: Mapping[str, tuple[_Target, np.ndarray]]) -> None:
         """Write whole arrays (the weights), each one chunk, through the same writers as :meth:`write_batch`."""
@@ -439,7 +636,11 @@ class RunWriter:
             "n_steps": self.n_steps,
             "dtype": self.dtype,
             "layers": [
-                {**info.to_dict(), "verification_max_abs_error": float(verification.get(info.name, float("nan")))}
+                {
+                    **info.to_dict(),
+                    "store_key": self.keys[info.name],
+                    "verification_max_abs_error": float(verification.get(info.name, float("nan"))),
+                }
                 for info in self.layers
             ],
             "verification": {k: float(v) for k, v in verification.items()},
@@ -448,24 +649,46 @@ class RunWriter:
             **manifest,
             "files": files,
         }
-        atomic_write_bytes(self.tmp / MANIFEST, json.dumps(doc, indent=2, default=_json_default).encode())
+        from gatelens.analysis.manifest import seal
+
+        data = seal(doc, default=_json_default)
+        atomic_write_bytes(self.tmp / MANIFEST, data)
         _fsync_dir(self.tmp)
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:12]}"
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        _fsync_dir(self.out.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _phase("manifest-written")
+        trash = None
+        with _locked(self.out.parent):
+            check_output_path(self.out)  # again: something may have appeared at ``out`` while the run was written
+            old = None
+            if self.out.exists():
+                old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:12]}"
+                os.replace(self.out, old)
+                _phase("old-moved")
+            os.replace(self.tmp, self.out)
+            _fsync_dir(self.out.parent)
+            _phase("new-moved")
+            if old is not None:  # from here on the replaced run is garbage: a name recovery never restores
+                trash = self.out.parent / f".{self.out.name}.trash-{uuid.uuid4().hex[:12]}"
+                os.replace(old, trash)
+                _phase("old-trashed")
+        self._release()
+        if trash is not None:
+            _remove_tree(trash)
         self._done = True
         log.info("wrote run %s (%d sequences)", self.out, self.n_sequences)
         return self.out
 
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def abort(self) -> None:
         """Remove the partial directory; an existing run at ``out`` is left untouched."""
-        self._pool.shutdown(wait=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if not self._done and getattr(self, "tmp", None) is not None:
+            _remove_tree(self.tmp)
+        self._release()
         self._done = True
 
 
@@ -511,22 +734,52 @@ def _put_zarr(target: _Target, start: int, value: np.ndarray) -> None:
 
 
 def _recover(out: Path) -> None:
-    """Tidy up after a writer that was killed while swapping runs.
+    """Tidy up after writers that were killed or failed (the caller holds the lock on ``out``'s parent).
 
-    The swap renames ``out`` to ``.out.old-*`` and then the new run to ``out``. Killed between the
-    two renames, ``out`` is missing and its complete previous run is the ``.old`` sibling: restore it.
-    Killed after them, the ``.old`` sibling is garbage: remove it.
+    * ``.out.partial-*``: a run being written; removed once no live writer holds its lock.
+    * ``.out.trash-*``: a replaced run, or part of one, being deleted: removed.
+    * ``.out.old-*``: a complete run moved aside by a writer's swap. When the writer was killed between its
+      two renames, ``out`` is missing and the newest ``.old`` whose every checksum verifies is put back (an
+      empty folder, as the user made it, too); every other ``.old`` is removed.
     """
-    olds = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
-    if not out.exists():
+    parent = out.parent
+    prefix = f".{out.name}."
+    try:
+        siblings = [p for p in parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for p in siblings:
+        kind = p.name[len(prefix) :].split("-", 1)[0]
+        if kind == "trash":
+            _remove_tree(p)
+        elif kind == "partial" and p.is_dir() and not p.is_symlink():
+            with _locked(p, blocking=False) as free:
+                if free:
+                    _remove_tree(p)
+    olds = [p for p in siblings if p.name.startswith(prefix + "old-") and p.is_dir() and not p.is_symlink()]
+    olds.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    if not out.exists() and not out.is_symlink():
         for old in olds:
-            if (old / MANIFEST).is_file():
+            if _restorable(old):
                 os.replace(old, out)
                 log.warning("restored the complete run %s left by an interrupted writer", out)
                 olds.remove(old)
                 break
     for old in olds:
-        shutil.rmtree(old, ignore_errors=True)
+        trash = parent / f"{prefix}trash-{uuid.uuid4().hex[:12]}"
+        os.replace(old, trash)
+        _remove_tree(trash)
+
+
+def _restorable(old: Path) -> bool:
+    """Whether a run moved aside may be put back: every checksum verifies (or it is an empty folder)."""
+    try:
+        if next(old.iterdir(), None) is None:
+            return True
+        verify_run(old)
+    except (RunStoreError, OSError):
+        return False
+    return True
 
 
 def _json_default(o: Any) -> Any:
@@ -568,13 +821,16 @@ def run_manifest(model: Mapping[str, Any], dataset: Any, options: Mapping[str, A
 
 
 def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``RUN/manifest.json``.
+    """Read ``RUN/manifest.json`` and check it against the run schema and its own checksum.
 
     Raises
     ------
     RunStoreError
-        When the directory or its manifest is missing or not a gatelens run.
+        When the directory or its manifest is missing, is not a gatelens run, fails the schema (the message
+        names the key) or was edited after it was written (exit code 2).
     """
+    from gatelens.analysis.manifest import check_seal, validate_manifest
+
     run = Path(run)
     if not run.is_dir():
         raise RunStoreError(f"{run}: no such run directory")
@@ -582,11 +838,19 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise RunStoreError(f"{run}: not a complete gatelens run (no {MANIFEST}; the write may have been interrupted)")
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunStoreError(f"{path}: unreadable manifest ({e})") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise RunStoreError(f"{path}: the manifest is larger than {MAX_MANIFEST_BYTES:,} bytes")
+        doc = json.loads(raw)
+    except RunStoreError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise RunStoreError(f"{path}: unreadable manifest ({str(e)[:200]})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise RunStoreError(f"{path}: not a gatelens run manifest")
+    validate_manifest(doc, str(path))
+    check_seal(doc, str(path), default=_json_default)
     return doc
 
 
@@ -594,7 +858,7 @@ def verify_run(run: str | os.PathLike, manifest: Mapping[str, Any] | None = None
     """Check every file of the run against the manifest's sha256; raise RunStoreError on a mismatch."""
     run = Path(run)
     manifest = manifest or read_manifest(run)
-    files = manifest.get("files", {})
+    files = manifest["files"]
     present = {
         rel
         for p in run.rglob("*")
@@ -630,20 +894,28 @@ def open_run(run: str | os.PathLike, *, verify: bool = True) -> Trace:
     manifest = read_manifest(run)
     if verify:
         verify_run(run, manifest)
+    from gatelens.analysis.manifest import check_arrays
+
     zarr = _zarr()
-    root = zarr.open_group(store=str(run), mode="r")
-    layer_traces: dict[str, LayerTrace] = {}
-    for d in manifest["layers"]:
-        info = LayerInfo.from_dict(d)
-        g = root[f"layers/{info.name}"]
-        weights = {}
-        if "weights" in g:
-            weights = {k: np.asarray(v[...]) for k, v in g["weights"].arrays()}
-        layer_traces[info.name] = LayerTrace(
-            info, {s: g[s] for s in info.signals}, mask=g["mask"], inputs=g["input"], weights=weights
-        )
-    tokens = root["tokens"] if manifest.get("has_tokens") else None
-    x = root["x"] if manifest.get("has_x") else None
+    try:
+        root = zarr.open_group(store=str(run), mode="r")
+        layer_traces: dict[str, LayerTrace] = {}
+        for d in manifest["layers"]:
+            info = LayerInfo.from_dict(d)
+            g = root[f"layers/{d['store_key']}"]
+            weights = {}
+            if "weights" in g:
+                weights = {k: np.asarray(v[...]) for k, v in g["weights"].arrays()}
+            layer_traces[info.name] = LayerTrace(
+                info, {s: g[s] for s in info.signals}, mask=g["mask"], inputs=g["input"], weights=weights
+            )
+        tokens = root["tokens"] if manifest["has_tokens"] else None
+        x = root["x"] if manifest["has_x"] else None
+    except (KeyError, ValueError, TypeError, OSError) as e:
+        raise RunStoreError(
+            f"{run}: the arrays do not match the manifest ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
+    check_arrays(manifest, layer_traces, tokens, x, str(run / MANIFEST))
     return Trace(
         layer_traces,
         verification=dict(manifest.get("verification", {})),

@@ -174,9 +174,12 @@ def _cluster(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from gatelens.analysis.export import export_run, parse_sequences
+    from gatelens.analysis.outpaths import check_export_dir
     from gatelens.analysis.pipeline import load_analysis
     from gatelens.analysis.store import open_run
 
+    if args.csv or args.out:  # new, empty or a previous export: nothing else is touched
+        check_export_dir(args.csv or args.out, add=args.add)
     trace = open_run(args.run)
     if (Path(args.run) / "analysis").is_dir():
         result = load_analysis(args.run)
@@ -223,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("extract", help="re-run the recurrent layers and store every gate in a run directory")
     data_opts(e)
-    e.add_argument("--out", required=True, help="the run directory to write")
+    e.add_argument("--out", required=True, help="the run directory to write (new, empty, or a run to replace)")
     e.add_argument("--layers", nargs="+", help="only these layers (contract names)")
     e.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     e.add_argument(
@@ -264,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--layers", nargs="+", help="only these layers")
     x.add_argument("--signals", nargs="+", help="only these signals (activations, and tables with a signal column)")
     x.add_argument("--sequences", help="only sequences A:B (B excluded), e.g. 0:100")
+    x.add_argument("--add", action="store_true", help="write into a folder that holds other files too")
     x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("dashboard", help="serve the Streamlit dashboard")

@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gatelens.analysis.signals import PRE_ACTIVATION, WEIGHT_BLOCKS
-from gatelens.analysis.store import RunWriter, open_run
+from gatelens.analysis.store import RunWriter, check_output_path, open_run
 from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 from gatelens.errors import GatelensError, GatelensInputError, UnsupportedLayerError, VerificationError
 
@@ -273,14 +273,22 @@ class _Plan:
             raise UnsupportedLayerError(
                 f"model {model.name!r} has no recurrent layer (LSTM, GRU, SimpleRNN or Bidirectional) to extract."
             )
-        seen: dict[str, int] = {}
+        from gatelens.models.naming import check_layer_names
+
+        check_layer_names(model)
+        taken = {layer.name for layer in rnns}  # a de-duplicated nested name never takes another layer's name
+        used: set[str] = set()
         self.by_layer: dict[int, list[_Direction]] = {}
         directions: list[_Direction] = []
         for layer in rnns:
             base = layer.name
-            seen[base] = seen.get(base, 0) + 1
-            if seen[base] > 1:
-                base = f"{base}_{seen[base] - 1}"
+            k = 0
+            while base in used:
+                k += 1
+                base = f"{layer.name}_{k}"
+                if base in taken:
+                    base = layer.name  # taken by another layer: try the next number
+            used.add(base)
             dim = _input_dim(layer)
             if type(layer).__name__ == "Bidirectional":
                 ds = [
@@ -508,10 +516,15 @@ def run_direction(d: _Direction, seq: Any, mask: Any, ref_proc: Any = None, init
 
 
 def _max_errors(diff, ref):
-    """(max |diff|, max |diff| / (1 + |ref|)): the reported error and the one checked against tolerance."""
+    """(max |diff|, max |diff| / (1 + |ref|)): the reported error and the one checked against tolerance.
+
+    A NaN or inf on either side counts as an infinite error (``reduce_max`` would skip a NaN)."""
     import tensorflow as tf
 
-    return tf.stack([tf.reduce_max(diff), tf.reduce_max(diff / (1.0 + tf.abs(ref)))])
+    bad = tf.logical_not(tf.math.is_finite(diff)) | tf.logical_not(tf.math.is_finite(ref))
+    inf = tf.constant(float("inf"), diff.dtype)
+    rel = tf.where(bad, inf, diff / (1.0 + tf.abs(ref)))
+    return tf.stack([tf.reduce_max(tf.where(bad, inf, diff)), tf.reduce_max(rel)])
 
 
 def _teacher_error(r: dict, ref: Any, last_only: bool):
@@ -527,7 +540,8 @@ def _teacher_error(r: dict, ref: Any, last_only: bool):
     ref = swap_batch_time(ref)
     diff = tf.abs(h - ref)
     if r["_mask_proc"] is not None:
-        diff = tf.where(swap_batch_time(r["_mask_proc"])[..., None], diff, 0.0)
+        keep = swap_batch_time(r["_mask_proc"])[..., None]
+        diff, ref = tf.where(keep, diff, 0.0), tf.where(keep, ref, 0.0)  # masked steps are not compared
     return _max_errors(diff, ref)
 
 
@@ -636,7 +650,7 @@ def _cell_errors(d: _Direction, r: dict):
         k = tf.cast(k, tf.float32)
         diff = tf.abs(flat(o) - k)
         if keep is not None:
-            diff = tf.where(keep, diff, 0.0)
+            diff, k = tf.where(keep, diff, 0.0), tf.where(keep, k, 0.0)  # masked steps are not compared
         worst.append(_max_errors(diff, k))
     return tf.reduce_max(tf.stack(worst), axis=0)
 
@@ -1141,6 +1155,7 @@ def write_run(
     import keras
     import tensorflow as tf
 
+    check_output_path(out)  # before any work: a path that holds something else is refused, and left as it is
     ex = _extractor(model, layers)
     _check_verify(verify, sample_size)
     x, unknown = ex.to_ids(x)

@@ -206,6 +206,57 @@ def _read_npz(path: Path, name: str, limits: LoadLimits) -> dict[str, Any]:
     return out
 
 
+def check_finite_weights(model: Any, name: str) -> None:
+    """Refuse a model whose weights hold NaN or inf: every signal computed from them would be NaN.
+
+    Raises
+    ------
+    UnsafeModelError
+        Naming the file, the layer, the weight and how many values are not finite (exit code 3).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gatelens._examples import tiny_model
+    >>> m = tiny_model()
+    >>> check_finite_weights(m, "m.keras")
+    >>> w = m.layers[0].get_weights(); w[1][0, 0] = np.nan; m.layers[0].set_weights(w)
+    >>> check_finite_weights(m, "m.keras")
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.UnsafeModelError: m.keras: layer 'lstm': weight 'lstm_cell/recurrent_kernel' holds 1 NaN/inf value(s) ...
+    """
+    import numpy as np
+
+    for layer in _weighted_layers(model):
+        for v in layer.weights:
+            a = np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+            if a.dtype.kind != "f":
+                continue
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            if bad:
+                where = np.argwhere(~np.isfinite(a))[0]
+                raise UnsafeModelError(
+                    f"{name}: layer {layer.name!r}: weight {_weight_name(v, layer)!r} holds {bad} NaN/inf value(s) "
+                    f"(first at index {tuple(int(i) for i in where)}); every gate computed from it would be NaN"
+                )
+
+
+def _weight_name(v: Any, layer: Any) -> str:
+    path = str(getattr(v, "path", None) or getattr(v, "name", "weight"))
+    parts = path.split("/")
+    return "/".join(parts[parts.index(layer.name) + 1 :]) if layer.name in parts[:-1] else parts[-1]
+
+
+def _weighted_layers(model: Any):
+    """The outermost layers that are not models, with weights (an LSTM before its cell: the name a user gave)."""
+    from gatelens.models.naming import all_layers
+
+    for layer in all_layers(model):
+        if not hasattr(layer, "layers") and layer.weights:
+            yield layer
+
+
 def _build(archive, weights: dict, work: Path, name: str, limits: LoadLimits, report: LoadReport):
     from gatelens.models._quiet import import_tensorflow_quietly
 
@@ -219,6 +270,7 @@ def _build(archive, weights: dict, work: Path, name: str, limits: LoadLimits, re
         raise
     except Exception as e:  # Keras raises many types for configs/weights that do not fit together
         raise ModelFormatError(f"{name}: cannot be loaded as a Keras model: {keras_reason(e)}") from None
+    check_finite_weights(model, name)
     report.params = int(model.count_params())
     if report.params > limits.max_params:
         raise UnsafeModelError(
