@@ -481,6 +481,7 @@ def load_user_features(path: str | os.PathLike, trace: Trace) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FeatureError(f"{path}: no such features file")
+    _check_features_size(path)
     rows: list[list[str]] = []
     line_numbers: list[int] = []
     try:
@@ -510,6 +511,24 @@ def load_user_features(path: str | os.PathLike, trace: Trace) -> pd.DataFrame:
     keyed = rekey_features(raw, trace, str(path))  # keyed by source_row or time: mapped to (sequence, step)
     lines = np.asarray(line_numbers[1:], np.int64) if keyed is raw else None
     return _check_user_frame(keyed, trace, str(path), lines=lines)
+
+
+def _check_features_size(path: Path) -> None:
+    """Bound a features CSV before it is parsed: size, line length, columns (each one an analysis pass), cells."""
+    from gatelens.errors import DataError
+    from gatelens.limits import ReadLimits, scan_csv
+
+    limits = ReadLimits.from_env()
+    cap = limits.max_cells * 64  # bytes: far more than a file of max_cells short numbers
+    size = path.stat().st_size
+    if size > cap:
+        raise FeatureError(f"{path}: the features file has {size:,} bytes, more than the limit of {cap:,}")
+    with open(path, "rb") as f:
+        raw = f.read(cap + 1)
+    try:
+        scan_csv(raw, str(path), limits, max_columns=limits.max_feature_columns + 2)  # + sequence, step
+    except DataError as e:
+        raise FeatureError(str(e)) from None
 
 
 def _check_user_frame(

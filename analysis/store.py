@@ -132,7 +132,8 @@ def _is_run_dir(path: Path) -> tuple[bool, str]:
     try:
         doc = json.loads((path / MANIFEST).read_bytes()[:MAX_MANIFEST_BYTES])
     except (OSError, ValueError, RecursionError):
-        return False, f"it holds no readable {MANIFEST} of a gatelens run"
+        first = min((p.name for p in path.iterdir()), default="")
+        return False, f"it holds {first!r} and no readable {MANIFEST} of a gatelens run"
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("files"), dict):
         return False, f"its {MANIFEST} is not that of a gatelens run"
     listed = set(doc["files"]) | {MANIFEST}

@@ -46,6 +46,7 @@ import numpy as np
 
 from gatelens.analysis.store import sha256_file
 from gatelens.errors import DataError
+from gatelens.limits import ReadLimits, check_npz_member, scan_csv
 from gatelens.models.spec import WORD_PATTERN, InputSpec
 
 log = logging.getLogger(__name__)
@@ -252,6 +253,8 @@ def _load_data(path, spec, columns, window, stride, level, max_sequences, max_by
     if window is not None and spec.n_steps is not None and window != spec.n_steps:
         raise DataError(f"{path}: --window {window} does not match the model's input length of {spec.n_steps} steps")
     raw = _read_bytes(path, cap)
+    if suffix == ".csv":  # line lengths, columns, rows and cells bounded before pandas allocates anything
+        scan_csv(raw, str(path), ReadLimits.from_env())
     text = _decode(path, raw)
     sha = hashlib.sha256(raw).hexdigest()
     del raw
@@ -391,6 +394,13 @@ def _read_npz_file(path: Path, cap: int, max_rows: int | None) -> tuple[np.ndarr
                 shown = ", ".join(repr(k) for k in keys[:20]) + (", ..." if len(keys) > 20 else "")
                 raise DataError(f"{path}: no array 'x' in the .npz; it holds {len(keys)} key(s): {shown or 'none'}")
             where = f"{path} (x)"
+            check_npz_member(
+                where,
+                info.file_size,
+                info.compress_size,
+                info.compress_type != zipfile.ZIP_STORED,
+                ReadLimits.from_env(),
+            )
             with zf.open(info) as member:
                 arr = _read_npy_stream(member, where, info.file_size, cap, max_rows)
                 member.read(1 << 16)  # reach the end of the member (if near) so that its CRC is checked

@@ -30,7 +30,9 @@ SCOPE_NAME = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
 
 def runnable_name(name: str) -> bool:
     """Whether TensorFlow accepts ``name`` as a name scope (what every Keras layer call opens)."""
-    return isinstance(name, str) and SCOPE_NAME.match(name) is not None and "\n" not in name
+    # TensorFlow's scope pattern allows a backslash, but the ops created under it are then refused
+    # ("Node name contains invalid characters"); a trailing line break slips through ``$``
+    return isinstance(name, str) and SCOPE_NAME.match(name) is not None and not any(c in name for c in "\\\n")
 
 
 def all_layers(model: Any) -> Iterator[Any]:
@@ -64,6 +66,6 @@ def check_layer_names(model: Any) -> None:
         if not runnable_name(name):
             raise UnsupportedLayerError(
                 f"layer name {name[:120]!r}{'...' if len(name) > 120 else ''} cannot be run by TensorFlow (a name "
-                "scope allows only ASCII letters, digits and _ . - / \\ >; Keras's own predict fails on it too): "
+                "scope allows only ASCII letters, digits and _ . - / >; Keras's own predict fails on it too): "
                 "rename the layer and save the model again"
             )
