@@ -76,7 +76,8 @@ def _layer_dataset(trace: Trace, name: str, signals: list[str], chunks: Any) -> 
     lt = trace[name]
     info = lt.info
     if _is_lazy(trace, lt):
-        ds = _open_group(trace, f"layers/{name}", chunks)[[*signals, "mask", "input"]]
+        key = next((d["store_key"] for d in (trace.meta or {}).get("layers", []) if d.get("name") == name), name)
+        ds = _open_group(trace, f"layers/{key}", chunks)[[*signals, "mask", "input"]]
     else:
         dims3 = ("sequence", "step", "unit")
         data: dict[str, Any] = {s: (dims3, as_numpy(lt[s], lt[s].dtype)) for s in signals}

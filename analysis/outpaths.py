@@ -47,9 +47,16 @@ EXPORT_TABLES = frozenset(
 _TEMP = re.compile(r"^\..+\.(tmp|partial)[-.].*")
 
 
-def _export_entry(name: str) -> bool:
+def export_tables() -> frozenset[str]:
+    """:data:`EXPORT_TABLES` and the CSV file of every registered analysis step (``ANALYSIS_FILES``)."""
+    from gatelens.analysis.export import ANALYSIS_FILES
+
+    return EXPORT_TABLES | {f.partition(".")[0] for f in ANALYSIS_FILES}
+
+
+def _export_entry(name: str, tables: frozenset[str]) -> bool:
     stem, _, suffix = name.partition(".")
-    return bool(_TEMP.match(name)) or (stem in EXPORT_TABLES and suffix in ("", "csv", "parquet", "json"))
+    return bool(_TEMP.match(name)) or (stem in tables and suffix in ("", "csv", "parquet", "json"))
 
 
 def check_export_dir(path: str | os.PathLike, *, add: bool = False) -> None:
@@ -81,6 +88,7 @@ def check_export_dir(path: str | os.PathLike, *, add: bool = False) -> None:
         entries = sorted(os.listdir(path))
     except OSError as e:
         raise UsageError(f"{path}: cannot be read ({e.strerror or e})") from None
+    tables = export_tables()
     for name in entries:
-        if not _export_entry(name) or (path / name).is_symlink():
+        if not _export_entry(name, tables) or (path / name).is_symlink():
             raise UsageError(f"{path}: the folder holds {name!r}, which is not part of a gatelens export; {hint}")
