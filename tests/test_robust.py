@@ -572,4 +572,3 @@ def test_limits_are_overridable(tmp_path, monkeypatch):
         load_data(tmp_path / "s.csv", InputSpec(n_steps=2, n_features=3))
     monkeypatch.setenv("GATELENS_MAX_COLUMNS", "3")
     assert load_data(tmp_path / "s.csv", InputSpec(n_steps=2, n_features=3)).x.shape == (1, 2, 3)
-
