@@ -437,8 +437,13 @@ def capture(plan: _Plan, x: Any, *, verify: str = DEFAULT_VERIFY, sample_size: i
 
     signals: dict[str, dict[str, Any]] = {}
     embeddings: dict[str, Any] = {}
+    import tensorflow as tf
+
     hook = functools.partial(_hook, plan, verify, int(sample_size), signals, embeddings)
-    output = call_with_hook(plan.model(), x, hook)
+    # inside the model's own name scope, as Keras calls its layers: a layer name that may not open a root
+    # scope (a leading "-" or "_") runs here as it runs in model.predict
+    with tf.name_scope("gatelens"):
+        output = call_with_hook(plan.model(), x, hook)
     return Capture(output, signals, embeddings)
 
 
