@@ -22,7 +22,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check gatelens analysis models dashboards data tests benchmarks examples
-	$(PY) -m pytest tests
+	$(PY) tests/run_each.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check gatelens analysis models dashboards data tests benchmarks examples
