@@ -550,6 +550,7 @@ def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _n
     """Extract (verified against Keras) into a run directory, then analyse: ``gatelens extract`` + ``analyze``."""
     from gatelens.analysis.pipeline import analyze
     from gatelens.models.extract import DEFAULT_TOLERANCE, write_run
+    from gatelens.models.strings import record_unknown_tokens
 
     ds = data.dataset
     key = run_key(model.choice, data.choice)
@@ -576,6 +577,7 @@ def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _n
         },
         created_by="gatelens dashboard",
     )
+    record_unknown_tokens(manifest, model.extractor.front)  # as `gatelens extract` records them
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     # no lock: the extractor keeps no per-run state, and its compiled functions are shared and thread-safe

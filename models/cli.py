@@ -83,9 +83,8 @@ def _load_model_and_data(args: argparse.Namespace):
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from gatelens.analysis.store import run_manifest, sha256_file
-    from gatelens.errors import DataError
     from gatelens.models.extract import Extractor, write_run
-    from gatelens.models.strings import UnknownTokens
+    from gatelens.models.strings import record_unknown_tokens, recorded_unknown_tokens
 
     model, spec, data = _load_model_and_data(args)
     ex = Extractor(model, layers=args.layers)
@@ -95,13 +94,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         data,
         {k: getattr(args, k) for k in options},
     )
-    loader_unknown = manifest["data"].pop("unknown_tokens", None)
-    if ex.front is not None:  # the model's own layer tokenises: its count is the one that holds
-        manifest["data"].pop("n_oov", None)
-    elif loader_unknown is not None:
-        manifest["unknown_tokens"] = loader_unknown
-        if args.strict_vocab and loader_unknown["count"]:
-            raise DataError(f"{args.data}: --strict-vocab: {UnknownTokens.from_dict(loader_unknown).describe()}")
+    record_unknown_tokens(manifest, ex.front, strict=args.strict_vocab, where=str(args.data))
     run = write_run
     if wants_cluster(args):  # the same run, written by the workers of a Dask cluster
         from gatelens.models.distributed import cli_write_run as run
@@ -123,8 +116,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         **({} if wants_cluster(args) else {"strict_vocab": args.strict_vocab}),
     )
     worst = max(trace.verification.values())
-    unknown = trace.meta.get("unknown_tokens")
-    vocab_note = f"; {UnknownTokens.from_dict(unknown).describe()}" if unknown else ""
+    unknown = recorded_unknown_tokens(trace.meta)
+    vocab_note = f"; {unknown.describe()}" if unknown is not None else ""
     print(
         f"wrote {args.out}: {trace.n_sequences} sequences x {trace.n_steps} steps, layers {', '.join(trace.layers)}; "
         f"max |h recomputed - Keras| = {worst:.2e}{vocab_note}"

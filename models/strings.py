@@ -291,3 +291,67 @@ def _all_layers(model: Any) -> list[Any]:
         if isinstance(la, keras.Model):
             out.extend(_all_layers(la))
     return out
+
+
+def record_unknown_tokens(
+    manifest: dict[str, Any], front: TextFront | None, *, strict: bool = False, where: str = "the data"
+) -> UnknownTokens | None:
+    """Settle which count of unknown tokens a run records: the CLI and the dashboard both call this.
+
+    The data loader counts the tokens a vocabulary file does not hold (``manifest["data"]["unknown_tokens"]``);
+    a model with its own lookup layer (``front``) counts them itself when the extractor tokenises, and that
+    count is the one that holds (``write_run`` records it as the manifest's ``unknown_tokens``). Without a
+    front, the loader's count is moved to the manifest's ``unknown_tokens`` here. ``manifest`` is changed in
+    place.
+
+    Parameters
+    ----------
+    manifest : the caller's manifest (:func:`gatelens.analysis.store.run_manifest`)
+    front : the extractor's :class:`TextFront`, or None
+    strict : bool
+        ``--strict-vocab``: a loader count above zero is a DataError.
+    where : str
+        The data file, for the message.
+
+    Returns
+    -------
+    UnknownTokens or None
+        The loader's count when it holds (no front), else None (the extractor's count comes in the run).
+
+    Raises
+    ------
+    DataError
+        ``strict`` and the loader met unknown tokens (exit code 2).
+
+    Examples
+    --------
+    >>> m = {"data": {"n_oov": 1, "unknown_tokens": {"count": 1, "n_tokens": 4, "distinct": 1, "top": [["z", 1]]}}}
+    >>> record_unknown_tokens(m, None).describe(), m["unknown_tokens"]["count"], "unknown_tokens" in m["data"]
+    ("1 of 4 tokens unknown (most frequent: 'z' x1)", 1, False)
+    """
+    data = manifest.setdefault("data", {})
+    loader = data.pop("unknown_tokens", None)
+    if front is not None:  # the model's own layer tokenises: its count is the one that holds
+        data.pop("n_oov", None)
+        return None
+    if loader is None:
+        return None
+    manifest["unknown_tokens"] = loader
+    unknown = UnknownTokens.from_dict(loader)
+    if strict and unknown.count:
+        raise DataError(f"{where}: --strict-vocab: {unknown.describe()}")
+    return unknown
+
+
+def recorded_unknown_tokens(meta: dict[str, Any]) -> UnknownTokens | None:
+    """The unknown tokens a run recorded (``trace.meta`` or its manifest), or None when it took no tokens.
+
+    Examples
+    --------
+    >>> recorded_unknown_tokens({"unknown_tokens": {"count": 2, "n_tokens": 9, "top": [["_", 2]]}}).top
+    [('_', 2)]
+    >>> recorded_unknown_tokens({}) is None
+    True
+    """
+    d = meta.get("unknown_tokens")
+    return UnknownTokens.from_dict(d) if d else None

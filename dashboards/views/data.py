@@ -6,9 +6,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import altair as alt
+import pandas as pd
 import streamlit as st
 
 from gatelens.dashboards import core, state
+from gatelens.models.strings import recorded_unknown_tokens
 
 st.title("Data")
 model = state.require_model()
@@ -192,3 +194,17 @@ else:
         + "). The other pages show it.",
         icon=":material/check_circle:",
     )
+    unknown = recorded_unknown_tokens(run.trace.meta)  # the count `gatelens extract` prints and records
+    if unknown is not None and unknown.count:
+        st.warning(
+            f"Tokens not in the model's vocabulary (they became its unknown token): {state.md_escape(unknown.describe())}",
+            icon=":material/help:",
+        )
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Unknown tokens", f"{unknown.count:,}")
+        c2.metric("Tokens in all", f"{unknown.n_tokens:,}")
+        c3.metric("Distinct unknown tokens", f"{unknown.distinct:,}")
+        st.dataframe(
+            pd.DataFrame({"token": [repr(t) for t, _ in unknown.top], "count": [c for _, c in unknown.top]}),
+            hide_index=True,
+        )
