@@ -40,7 +40,6 @@ import contextlib
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gatelens.analysis.partials import Partial, clean_partials
 from gatelens.analysis.pipeline import EVENTS_ROW_GROUP, STEPS, Analysis, save_analysis
 from gatelens.analysis.store import ANALYSIS_DIR, MANIFEST, read_manifest, sha256_file
 from gatelens.analysis.trace import Trace, iter_chunks
@@ -588,8 +588,8 @@ class _ChunkPass:
         if events:
             out = run_dir / ANALYSIS_DIR
             out.mkdir(exist_ok=True)
-            self.parts_dir = out / f".events-parts-{uuid.uuid4().hex[:12]}"
-            self.parts_dir.mkdir()
+            self._parts = Partial(out / "events-parts", directory=True)  # held by the client; the workers write in it
+            self.parts_dir = self._parts.path
         self.shifts: dict[str, dict[str, Any]] = {}
         futures: dict[str, list[tuple[slice, Any]]] = {}
         for i, name in enumerate(trace.layers):
@@ -658,10 +658,8 @@ class _ChunkPass:
         return {"events": events, "event_summary": summary}
 
     def close(self) -> None:
-        if self.parts_dir is not None and self.parts_dir.is_dir():
-            for p in self.parts_dir.glob("*.parquet"):
-                p.unlink(missing_ok=True)
-            self.parts_dir.rmdir()
+        if self.parts_dir is not None:
+            self._parts.close()
 
 
 #: The steps that run as Dask tasks; every other step of the registry runs on the client.
@@ -711,7 +709,9 @@ def analyze_distributed(
     _verify(client, run_dir, manifest)
     trace = open_run(run_dir, verify=False)
     result = Analysis()
-    events_path = run_dir / ANALYSIS_DIR / ".events.partial.parquet"
+    clean_partials(run_dir / ANALYSIS_DIR)  # what a killed analyze left
+    events_partial = Partial(run_dir / ANALYSIS_DIR / "events.parquet")  # no reader picks it up; removed on failure
+    events_path = events_partial.path
     ctx = StepContext(trace, result, features=features, chunk=chunk, max_lag=max_lag, events_path=events_path)
     names = {step.name for step in todo}
     shared = None
@@ -735,11 +735,12 @@ def analyze_distributed(
                 setattr(result, name, table)
             if progress is not None:
                 progress(done, len(todo))
+        if save:
+            save_analysis(result, run_dir)
     finally:
         if shared is not None:
             shared.close()
-    if save:
-        save_analysis(result, run_dir)
+        events_partial.close()
     return result
 
 

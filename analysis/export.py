@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from gatelens.analysis._reading import read, read_mask, read_tokens, select_layers
+from gatelens.analysis.partials import clean_partials, partial_path
 from gatelens.analysis.pipeline import EXPORT_FILES
 from gatelens.analysis.trace import Trace
 from gatelens.errors import GatelensInputError, UsageError
@@ -121,24 +122,16 @@ def safe_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-
-
 def _atomic_csv(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = False) -> Path:
-    """Run ``write(f)`` on a temporary file next to ``path``, then rename it into place."""
+    """Run ``write(f)`` on a partial file next to ``path`` (:mod:`gatelens.analysis.partials`), then rename it
+    into place; a failure removes it, and a kill leaves a hidden partial that the next export removes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
+    with partial_path(path) as tmp:
         with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -623,14 +616,9 @@ def _with_header(df: pd.DataFrame | None, name: str) -> pd.DataFrame:
 def _atomic_parquet(table: Any, path: Path) -> Path:
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
+    with partial_path(path) as tmp:
         pq.write_table(table, tmp, use_dictionary=[c for c in table.column_names if c in _DICT_COLUMNS])
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -648,7 +636,8 @@ def _write_activations_parquet(trace: Trace, out: Path, **sel: Any) -> Path:
     final = out / "activations"
     if final.exists() and not (final.is_dir() and all(p.name.startswith("layer=") for p in final.iterdir())):
         raise GatelensInputError(f"{final}: exists and is not a gatelens activations export; not overwritten")
-    tmp = out / f".activations.tmp-{uuid.uuid4().hex[:8]}"
+    held = partial_path(final, directory=True)
+    tmp = held.path
     try:
         writers: dict[str, Any] = {}
         names = select_layers(trace, sel.get("layers"))
@@ -660,26 +649,28 @@ def _write_activations_parquet(trace: Trace, out: Path, **sel: Any) -> Path:
                 if name not in writers:
                     d = tmp / f"layer={quote(name, safe='')}"
                     d.mkdir(parents=True)
-                    writers[name] = pq.ParquetWriter(
-                        d / "part-0.parquet", schema, use_dictionary=[c for c in schema.names if c in _DICT_COLUMNS]
-                    )
+                    writers[name] = pq.ParquetWriter(  # not *.parquet until whole: no recursive glob takes it
+                        d / "part-0.parquet.partial", schema,
+                        use_dictionary=[c for c in schema.names if c in _DICT_COLUMNS],
+                    )  # fmt: skip
                 writers[name].write_table(table.drop_columns(["layer"]))
         finally:
             for w in writers.values():
                 w.close()
+        for part in tmp.glob("layer=*/part-0.parquet.partial"):
+            os.replace(part, part.with_name("part-0.parquet"))
         for name in names:  # a layer without unmasked rows (or outside the sequences chosen): an empty file
             if name not in writers:
                 d = tmp / f"layer={quote(name, safe='')}"
                 d.mkdir(parents=True)
                 pq.write_table(schema.empty_table(), d / "part-0.parquet")
         if final.exists():
-            old = out / f".activations.old-{uuid.uuid4().hex[:8]}"
+            old = out / f".activations.old.partial-{uuid.uuid4().hex[:12]}"  # next export removes it if killed
             os.replace(final, old)
             shutil.rmtree(old)
         os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        held.close()  # removes the partial folder unless it was renamed into place
     return final
 
 
@@ -699,8 +690,9 @@ def export_run(
     ``activations`` (CSV streamed; Parquet hive-partitioned by layer: ``activations/layer=<name>/part-0.parquet``,
     keys and text dictionary-encoded), ``sequences`` (each (sequence, step)'s source sequence, row and
     time), ``units`` and, with ``analysis``, every analysis table. A table that is empty is written with
-    its header (its documented columns). Every file is written under a temporary name (``.name.tmp-*``)
-    and renamed into place when complete. Parquet files hold text as it is (no spreadsheet guard).
+    its header (its documented columns). Every file is written under a partial name that no reader picks up
+    (``.name.partial-*``) and renamed into place when complete; a killed export's partials are removed by the
+    next. Parquet files hold text as it is (no spreadsheet guard).
 
     Parameters
     ----------
@@ -737,6 +729,7 @@ def export_run(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clean_partials(out)  # what a killed export left
     names = select_layers(trace, layers)
     activation_columns(trace, names, signals)  # checks the signals before anything is written
     sel = {"layers": names, "signals": signals, "sequences": sequences, "chunk": chunk}

@@ -64,7 +64,8 @@ import numpy as np
 import pandas as pd
 
 from gatelens.analysis._reading import read, read_mask
-from gatelens.analysis.store import ANALYSIS_DIR, atomic_write_bytes, sha256_file
+from gatelens.analysis.partials import clean_partials, partial_path
+from gatelens.analysis.store import ANALYSIS_DIR, sha256_file
 from gatelens.analysis.trace import Trace, iter_chunks
 from gatelens.errors import RunStoreError, UsageError
 
@@ -449,6 +450,17 @@ def _parquet_bytes(df: pd.DataFrame, row_group_size: int | None = None) -> bytes
     return buf.getvalue()
 
 
+def _write_partial_then_rename(path: Path, data: bytes) -> None:
+    """``atomic_write_bytes`` through a held partial file (:mod:`gatelens.analysis.partials`): a killed save leaves
+    nothing that a reader picks up, and the next analyze removes it."""
+    with partial_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
 def _is_saved_events(path: Path) -> bool:
     """Whether ``path`` is a run's saved events table (``RUN/analysis/events.parquet``), not a partial file."""
     return path.name == "events.parquet" and path.parent.name == ANALYSIS_DIR
@@ -501,9 +513,13 @@ def analyze_run(
         trace = open_run(run_dir)
         if save is False:
             run_dir = None
-    events_path = None if run_dir is None else run_dir / ANALYSIS_DIR / ".events.partial.parquet"
-    result = analyze(trace, features=features, progress=progress, steps=steps, events_path=events_path)
-    if run_dir is not None:
+    if run_dir is None:
+        return analyze(trace, features=features, progress=progress, steps=steps)
+    clean_partials(run_dir / ANALYSIS_DIR)  # what a killed analyze left
+    # the events stream to a partial file that no reader picks up; save_analysis renames it into place, and
+    # a failure on the way (a bad features file, a kill) leaves no partial behind
+    with partial_path(run_dir / ANALYSIS_DIR / "events.parquet") as events_path:
+        result = analyze(trace, features=features, progress=progress, steps=steps, events_path=events_path)
         save_analysis(result, run_dir)
     return result
 
@@ -541,23 +557,19 @@ def save_analysis(analysis: Analysis, run_dir: str | os.PathLike) -> Path:
             source, target = Path(analysis.events_file), out / "events.parquet"
             if source.resolve() != target.resolve():
                 if _is_saved_events(source):  # another run's table: copy, then rename into place
-                    tmp = out / f".events.copy-{os.getpid()}.parquet"
-                    try:
+                    with partial_path(target) as tmp:
                         shutil.copyfile(source, tmp)
                         os.replace(tmp, target)
-                    except BaseException:
-                        tmp.unlink(missing_ok=True)
-                        raise
                 else:
                     shutil.move(source, target)  # a rename when on the same file system
                 analysis.events_file = str(target)
             files[name] = {"file": target.name, "sha256": sha256_file(target)}
             continue
         data = _parquet_bytes(getattr(analysis, name), EVENTS_ROW_GROUP if name == "events" else None)
-        atomic_write_bytes(out / f"{name}.parquet", data)
+        _write_partial_then_rename(out / f"{name}.parquet", data)
         files[name] = {"file": f"{name}.parquet", "sha256": hashlib.sha256(data).hexdigest()}
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "tables": files, "skipped": dict(analysis.skipped)}
-    atomic_write_bytes(out / INDEX, json.dumps(doc, indent=2).encode())
+    _write_partial_then_rename(out / INDEX, json.dumps(doc, indent=2).encode())
     log.info("saved analysis to %s", out)
     return out
 
