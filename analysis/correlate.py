@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -103,24 +103,43 @@ class Moments:
         y = np.asarray(y, np.float64)
         mx, my = x.mean(axis=0), y.mean(axis=0)
         xc, yc = x - mx, y - my
-        sxx, syy, sxy = np.einsum("ij,ij->j", xc, xc), np.einsum("ij,ij->j", yc, yc), xc.T @ yc
-        lo_x, hi_x, lo_y, hi_y = x.min(axis=0), x.max(axis=0), y.min(axis=0), y.max(axis=0)
+        chunk = Moments(
+            nb, mx, my, np.einsum("ij,ij->j", xc, xc), np.einsum("ij,ij->j", yc, yc), xc.T @ yc,
+            x.min(axis=0), x.max(axis=0), y.min(axis=0), y.max(axis=0),
+        )  # fmt: skip
+        self.merge(chunk)
+
+    def merge(self, other: Moments) -> Moments:
+        """Merge the totals of ``other`` (rows disjoint from these) into these (Chan et al.'s update); returns self.
+
+        Examples
+        --------
+        >>> rng = np.random.default_rng(1)
+        >>> x, y = rng.normal(size=(50, 2)), rng.normal(size=(50, 1))
+        >>> a, b, whole = Moments(), Moments(), Moments()
+        >>> a.update(x[:20], y[:20]); b.update(x[20:], y[20:]); whole.update(x, y)
+        >>> bool(np.allclose(a.merge(b).pearson(), whole.pearson()))
+        True
+        """
+        if other.n == 0:
+            return self
         if self.n == 0:
-            self.n, self.mx, self.my, self.sxx, self.syy, self.sxy = nb, mx, my, sxx, syy, sxy
-            self.min_x, self.max_x, self.min_y, self.max_y = lo_x, hi_x, lo_y, hi_y
-            return
-        na = self.n
+            for f in fields(self):
+                setattr(self, f.name, getattr(other, f.name))
+            return self
+        na, nb = self.n, other.n
         n = na + nb
-        dx, dy = mx - self.mx, my - self.my
+        dx, dy = other.mx - self.mx, other.my - self.my
         f = na * nb / n
         self.mx = self.mx + dx * (nb / n)
         self.my = self.my + dy * (nb / n)
-        self.sxx = self.sxx + sxx + dx * dx * f
-        self.syy = self.syy + syy + dy * dy * f
-        self.sxy = self.sxy + sxy + np.outer(dx, dy) * f
-        self.min_x, self.max_x = np.minimum(self.min_x, lo_x), np.maximum(self.max_x, hi_x)
-        self.min_y, self.max_y = np.minimum(self.min_y, lo_y), np.maximum(self.max_y, hi_y)
+        self.sxx = self.sxx + other.sxx + dx * dx * f
+        self.syy = self.syy + other.syy + dy * dy * f
+        self.sxy = self.sxy + other.sxy + np.outer(dx, dy) * f
+        self.min_x, self.max_x = np.minimum(self.min_x, other.min_x), np.maximum(self.max_x, other.max_x)
+        self.min_y, self.max_y = np.minimum(self.min_y, other.min_y), np.maximum(self.max_y, other.max_y)
         self.n = n
+        return self
 
     def constant_x(self) -> np.ndarray:
         """(p,) bool: the column took a single value (exactly)."""
@@ -361,11 +380,7 @@ def correlations(
     per_layer = _select_signals(trace, names, signals)
     fmat, fnames = as_feature_matrix(features, feature_columns)
     valid = ~np.isnan(fmat)
-    # features grouped by their pattern of missing cells: one matrix product per group
-    by_pattern: dict[bytes, list[int]] = {}
-    for j in range(valid.shape[1]):  # features (a few), not units
-        by_pattern.setdefault(np.packbits(valid[:, j]).tobytes(), []).append(j)
-    groups = [np.asarray(cols) for cols in by_pattern.values()]
+    groups = feature_groups(valid)
     frames = []
     total_work = sum(len(v) for v in per_layer.values())
     done = 0
@@ -402,22 +417,64 @@ def _correlate_signal(
     for sl, local, frow in rows.chunks:
         if local.size == 0:
             continue
-        x = np.asarray(arr[sl], np.float32).reshape(-1, units)[local]
-        for g, cols in enumerate(groups):
-            ok = valid[frow, cols[0]]
-            moments[g].update(x[ok], fmat[np.ix_(frow[ok], cols)])
-        if take is None:  # every row is ranked (at most max_rank_rows of them)
-            sub_x.append(x)
-            sub_rows.append(frow)
-        else:
-            lo, hi = np.searchsorted(take, [offset, offset + local.size])
-            pick = take[lo:hi] - offset
-            sub_x.append(x[pick])
-            sub_rows.append(frow[pick])
+        pick = rank_pick(take, offset, local.size)
         offset += local.size
+        x = np.asarray(arr[sl], np.float32).reshape(-1, units)[local]
+        for total, part in zip(moments, chunk_moments(x, frow, fmat, valid, groups)):
+            total.merge(part)
+        sub_x.append(x if pick is None else x[pick])
+        sub_rows.append(frow if pick is None else frow[pick])
+    return correlation_frame(layer, signal, units, moments, sub_x, sub_rows, fmat, valid, groups, fnames)
+
+
+def feature_groups(valid: np.ndarray) -> list[np.ndarray]:
+    """The feature columns grouped by their pattern of present cells (``valid``: rows x features, bool), so that
+    one matrix product serves each group."""
+    by_pattern: dict[bytes, list[int]] = {}
+    for j in range(valid.shape[1]):  # features (a few), not units
+        by_pattern.setdefault(np.packbits(valid[:, j]).tobytes(), []).append(j)
+    return [np.asarray(cols) for cols in by_pattern.values()]
+
+
+def rank_pick(take: np.ndarray | None, offset: int, size: int) -> np.ndarray | None:
+    """The positions within a chunk of ``size`` rows, starting at row ``offset``, of the sorted ranked-row sample
+    ``take`` (None: every row is ranked)."""
+    if take is None:
+        return None
+    lo, hi = np.searchsorted(take, [offset, offset + size])
+    return take[lo:hi] - offset
+
+
+def chunk_moments(
+    x: np.ndarray, frow: np.ndarray, fmat: np.ndarray, valid: np.ndarray, groups: list[np.ndarray]
+) -> list[Moments]:
+    """The map step: one chunk's (rows, units) signal ``x`` against the features of its rows ``frow``, one
+    :class:`Moments` per group of features that share a missing-value pattern."""
+    out = []
+    for cols in groups:
+        ok = valid[frow, cols[0]]
+        mo = Moments()
+        mo.update(x[ok], fmat[np.ix_(frow[ok], cols)])
+        out.append(mo)
+    return out
+
+
+def correlation_frame(
+    layer: str,
+    signal: str,
+    units: int,
+    moments: list[Moments],
+    sub_x: list[np.ndarray],
+    sub_rows: list[np.ndarray],
+    fmat: np.ndarray,
+    valid: np.ndarray,
+    groups: list[np.ndarray],
+    fnames: list[str],
+) -> pd.DataFrame:
+    """The combine step: Pearson from the merged moments, Spearman from the ranked rows (``sub_x``, the signal at
+    the feature rows ``sub_rows``, chunk by chunk), as the rows of :func:`correlate` for one layer and signal."""
     xs = np.concatenate(sub_x) if sub_x else np.empty((0, units), np.float32)
     fr = np.concatenate(sub_rows) if sub_rows else np.empty(0, np.int64)
-
     n_feat = fmat.shape[1]
     pearson = np.full((units, n_feat), np.nan)
     spearman = np.full((units, n_feat), np.nan)

@@ -49,9 +49,9 @@ import pandas as pd
 
 from gatelens.analysis.partials import Partial, clean_partials
 from gatelens.analysis.pipeline import EVENTS_ROW_GROUP, STEPS, Analysis, save_analysis
-from gatelens.analysis.store import ANALYSIS_DIR, MANIFEST, read_manifest, sha256_file
+from gatelens.analysis.store import ANALYSIS_DIR, MANIFEST, read_manifest, sha256_file, verify_run
 from gatelens.analysis.trace import Trace, iter_chunks
-from gatelens.errors import RunStoreError, UsageError
+from gatelens.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,9 @@ def _chunk_task(
     events_dir: str | None, part: str, max_lag: int,
 ) -> dict[str, Any]:  # fmt: skip
     """One layer, sequences ``start:stop``: stats, saturation, half-life and retention sums; events to Parquet."""
-    from gatelens.analysis._reading import compress_real, read, read_mask, retention_signal
-    from gatelens.analysis.signals import PRE_ACTIVATION, activation_of
-    from gatelens.analysis.stats import ACTIVATION_SLOPES, HIGH, LOW, activation_slope, max_slope
+    from gatelens.analysis._reading import read, read_mask, retention_signal
+    from gatelens.analysis.memory import log_gate_sums, retention_sums
+    from gatelens.analysis.stats import activated_signals, chunk_sums, saturation_counts
 
     trace = _trace(run)
     lt = trace[layer]
@@ -178,50 +178,18 @@ def _chunk_task(
     m = read_mask(lt, rows)
     out: dict[str, Any] = {"any": bool(m.any()), "stats": {}, "curve": {}, "half": None, "retention": None}
     if m.any():
-        activated = {}
-        for s, pre in PRE_ACTIVATION[info.cell_type].items():
-            act = activation_of(info.cell_type, s, info.activation, info.recurrent_activation)
-            if act in ACTIVATION_SLOPES:
-                activated[s] = (pre, act)
-        curve = {s: np.zeros((3, info.units)) for s in activated}
+        activated = activated_signals(info, warn=False)
         for sig in info.signals:
             v = read(lt[sig], rows)[m]
-            d = v - shifts["stats"][sig]
-            out["stats"][sig] = (
-                v.shape[0], d.sum(axis=0), (d * d).sum(axis=0), v.min(axis=0), v.max(axis=0),
-                (v < LOW).sum(axis=0), (v > HIGH).sum(axis=0),
-            )  # fmt: skip
+            out["stats"][sig] = chunk_sums(v, shifts["stats"][sig])
             for s, (pre, act) in activated.items():
                 if pre == sig:
-                    slope = activation_slope(act, v)
-                    top = max_slope(act)
-                    curve[s][0] = (slope <= 0.1 * top).sum(axis=0)
-                    curve[s][1] = (slope >= 0.9 * top).sum(axis=0)
-                    curve[s][2] = slope.sum(axis=0)
-        out["curve"] = curve
+                    out["curve"][s] = saturation_counts(act, v)
         signal = retention_signal(info.cell_type)
         if signal is not None:
-            g = np.abs(read(lt[signal], rows)[m])
-            is_zero = g == 0.0
-            with np.errstate(divide="ignore"):
-                logs = np.log(g)
-            shift = shifts["half"]
-            out["half"] = (is_zero.sum(axis=0), np.where(is_zero, 0.0, logs - shift).sum(axis=0), g.shape[0])
-            t_len = m.shape[1]
-            lags = min(int(max_lag), t_len)
-            order, n_real = compress_real(m)
-            g = np.take_along_axis(np.abs(read(lt[signal], rows)), order[..., None], axis=1)
-            sums = np.zeros((lags, info.units))
-            counts = np.zeros(lags, np.int64)
-            prod = g
-            for lag in range(1, lags + 1):  # lags (a few dozen), each one array op over the chunk
-                if lag > 1:
-                    prod = prod[:, 1:] * g[:, : t_len - lag + 1]
-                ends = np.arange(lag - 1, t_len)
-                valid = ends[None, :] < n_real[:, None]
-                sums[lag - 1] = np.where(valid[..., None], prod, 0.0).sum(axis=(0, 1))
-                counts[lag - 1] = int(valid.sum())
-            out["retention"] = (sums, counts)
+            g = np.abs(read(lt[signal], rows))
+            out["half"] = log_gate_sums(g[m], shifts["half"])
+            out["retention"] = retention_sums(g, m, min(int(max_lag), m.shape[1]))
     out["events"] = None
     if events_dir is not None and thresholds is not None:
         from gatelens.analysis.events import EVENT_COLUMNS, _layer_events
@@ -241,22 +209,15 @@ def _chunk_task(
 def _corr_task(run: str, layer: str, start: int, stop: int, signals: list[str], local: np.ndarray,
                frow: np.ndarray, pick: np.ndarray | None, fmat: np.ndarray, groups: list[np.ndarray]) -> dict:  # fmt: skip
     """One layer, sequences ``start:stop``: per signal, the chunk's moments per feature group and its sampled rows."""
-    from gatelens.analysis.correlate import Moments
+    from gatelens.analysis.correlate import chunk_moments
 
     trace = _trace(run)
     valid = ~np.isnan(fmat)
     out = {}
     for signal in signals:
         arr = trace[layer][signal]
-        units = int(arr.shape[2])
-        x = np.asarray(arr[start:stop], np.float32).reshape(-1, units)[local]
-        moments = []
-        for cols in groups:
-            ok = valid[frow, cols[0]]
-            mo = Moments()
-            mo.update(x[ok], fmat[np.ix_(frow[ok], cols)])
-            moments.append(mo)
-        out[signal] = (moments, x if pick is None else x[pick])
+        x = np.asarray(arr[start:stop], np.float32).reshape(-1, int(arr.shape[2]))[local]
+        out[signal] = (chunk_moments(x, frow, fmat, valid, groups), x if pick is None else x[pick])
     return out
 
 
@@ -266,24 +227,13 @@ def _corr_task(run: str, layer: str, start: int, stop: int, signals: list[str], 
 
 def _verify(client: Any, run: Path, manifest: dict[str, Any]) -> None:
     """:func:`gatelens.analysis.store.verify_run`, the hashing done by the workers."""
-    files = manifest.get("files", {})
-    present = {
-        rel
-        for p in run.rglob("*")
-        if p.is_file() and not (rel := p.relative_to(run).as_posix()).startswith(ANALYSIS_DIR + "/")
-    } - {MANIFEST}
-    missing = sorted(set(files) - present)
-    extra = sorted(present - set(files))
-    if missing:
-        raise RunStoreError(f"{run}: {len(missing)} file(s) listed in the manifest are missing, e.g. {missing[0]}")
-    if extra:
-        raise RunStoreError(f"{run}: {len(extra)} file(s) not listed in the manifest, e.g. {extra[0]}")
-    rels = sorted(files)
-    batches = [rels[i : i + _FILES_PER_TASK] for i in range(0, len(rels), _FILES_PER_TASK)]
-    for digests in client.gather(client.map(_hash_files, [str(run)] * len(batches), batches, pure=False)):
-        for rel, digest in digests.items():
-            if digest != files[rel]:
-                raise RunStoreError(f"{run}: {rel} does not match its checksum in the manifest")
+
+    def hash_files(rels: list[str]) -> Iterator[tuple[str, str]]:
+        batches = [rels[i : i + _FILES_PER_TASK] for i in range(0, len(rels), _FILES_PER_TASK)]
+        for digests in client.gather(client.map(_hash_files, [str(run)] * len(batches), batches, pure=False)):
+            yield from digests.items()
+
+    verify_run(run, manifest, hash_files=hash_files)
 
 
 def _first_real(lt: Any, chunk: int) -> tuple[slice, tuple[int, int]] | None:
@@ -302,6 +252,7 @@ def _shifts(lt: Any, chunk: int) -> dict[str, Any] | None:
     """The shifts of the single-process pass: the first unmasked value of every signal; the largest finite
     log gate of the first chunk with an unmasked step (half-lives)."""
     from gatelens.analysis._reading import read, read_mask, retention_signal
+    from gatelens.analysis.memory import log_gate_shift
 
     first = _first_real(lt, chunk)
     if first is None:
@@ -311,11 +262,7 @@ def _shifts(lt: Any, chunk: int) -> dict[str, Any] | None:
     half = None
     signal = retention_signal(lt.info.cell_type)
     if signal is not None:
-        g = np.abs(read(lt[signal], rows)[read_mask(lt, rows)])
-        is_zero = g == 0.0
-        with np.errstate(divide="ignore"):
-            logs = np.log(g)
-        half = np.where(is_zero.all(axis=0), 0.0, np.max(np.where(is_zero, -np.inf, logs), axis=0))
+        half = log_gate_shift(np.abs(read(lt[signal], rows)[read_mask(lt, rows)]))
     return {"stats": stats, "half": half}
 
 
@@ -323,126 +270,42 @@ def _stats_frames(
     name: str, info: Any, shifts: dict[str, np.ndarray], parts: list[dict]
 ) -> tuple[pd.DataFrame | None, pd.DataFrame]:
     """unit_stats and signal_stats rows of one layer from its chunks' sums (added in chunk order)."""
-    from gatelens.analysis.stats import UNIT_STATS_COLUMNS, _long, _Moments
+    from gatelens.analysis.stats import _Moments, activated_signals, layer_stats_frames
 
-    u = info.units
-    signals = list(info.signals)
-    mom = {s: _Moments(u) for s in signals}
-    for s in signals:
-        mom[s].shift = shifts[s]
-    curve = {s: np.zeros((3, u)) for s in (parts[0]["curve"] if parts else {})}
+    mom = {s: _Moments(info.units, shift=shifts[s]) for s in info.signals}
+    activated = activated_signals(info)
+    curve = {s: np.zeros((3, info.units)) for s in activated}
     for p in parts:
-        for sig, (n, s1, s2, lo, hi, below, above) in p["stats"].items():
-            mo = mom[sig]
-            mo.n += n
-            mo.s1 += s1
-            mo.s2 += s2
-            mo.min = np.minimum(mo.min, lo)
-            mo.max = np.maximum(mo.max, hi)
-            mo.below += below
-            mo.above += above
+        for sig, sums in p["stats"].items():
+            mom[sig].add(sums)
         for s, c in p["curve"].items():
-            curve[s][0] += c[0]
-            curve[s][1] += c[1]
-            curve[s][2] += c[2]
-    n = mom[signals[0]].n
-    if n == 0:
-        from gatelens.errors import DataError
-
-        raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
-    res = {s: mom[s].result() for s in signals}
-    cols = ["mean", "std", "min", "max", "frac_below_0.1", "frac_above_0.9"]
-    sig_df = _long(name, signals, u, {c: np.stack([res[s][c] for s in signals]) for c in cols})
-    sig_df["n"] = n
-    act_signals = [s for s in signals if s in curve]
-    unit_df = None
-    if act_signals:
-        from gatelens.analysis.signals import activation_of
-
-        columns = {c: np.stack([res[s][c] for s in act_signals]) for c in cols if c not in ("min", "max")}
-        columns["frac_saturated"] = np.stack([curve[s][0] / n for s in act_signals])
-        columns["frac_linear"] = np.stack([curve[s][1] / n for s in act_signals])
-        columns["mean_slope"] = np.stack([curve[s][2] / n for s in act_signals])
-        acts = {s: activation_of(info.cell_type, s, info.activation, info.recurrent_activation) for s in act_signals}
-        columns["activation"] = np.stack([np.full(u, acts[s], dtype=object) for s in act_signals])
-        unit_df = _long(name, act_signals, u, columns)
-        unit_df["n"] = n
-        unit_df = unit_df[UNIT_STATS_COLUMNS]
-    return unit_df, sig_df
+            curve[s] += c
+    return layer_stats_frames(name, info, mom, curve, activated)
 
 
 def _half_frame(name: str, info: Any, shift: np.ndarray, parts: list[dict]) -> pd.DataFrame:
     from gatelens.analysis._reading import retention_signal
+    from gatelens.analysis.memory import half_life_frame
 
-    u = info.units
-    n, s1, zeros = 0, np.zeros(u), np.zeros(u, np.int64)
+    sums = (np.zeros(info.units, np.int64), np.zeros(info.units), 0)
     for p in parts:
-        if p["half"] is None:
-            continue
-        z, s, k = p["half"]
-        zeros += z
-        s1 += s
-        n += k
-    finite = n - zeros
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(finite > 0, shift + s1 / np.maximum(finite, 1), 0.0)
-    mean = np.where(zeros > 0, -np.inf, mean)
-    with np.errstate(divide="ignore"):
-        half = np.where(mean < 0, np.log(0.5) / np.where(mean < 0, mean, -1.0), np.inf)
-    half = np.abs(half)
-    signal = retention_signal(info.cell_type)
-    return pd.DataFrame(
-        {"layer": name, "unit": np.arange(u), "signal": signal, "mean_log_gate": mean, "half_life_steps": half, "n": n}
-    )
+        if p["half"] is not None:
+            sums = tuple(a + b for a, b in zip(sums, p["half"]))
+    return half_life_frame(name, retention_signal(info.cell_type), info.units, shift, *sums)
 
 
 def _retention_frame(name: str, info: Any, n_steps: int, max_lag: int, parts: list[dict]) -> pd.DataFrame:
     from gatelens.analysis._reading import retention_signal
-    from gatelens.analysis.memory import RETENTION_COLUMNS
+    from gatelens.analysis.memory import retention_frame
 
-    u = info.units
     lags_n = min(int(max_lag), n_steps)
-    sums = np.zeros((lags_n, u))
+    sums = np.zeros((lags_n, info.units))
     counts = np.zeros(lags_n, np.int64)
     for p in parts:
         if p["retention"] is not None:
             sums += p["retention"][0]
             counts += p["retention"][1]
-    keep = counts > 0
-    lags = np.arange(1, lags_n + 1)[keep]
-    ret = (sums[keep] / counts[keep, None]).T
-    k = len(lags)
-    return pd.DataFrame(
-        {
-            "layer": name,
-            "unit": np.repeat(np.arange(u), k),
-            "lag": np.tile(lags, u),
-            "retention": ret.reshape(-1),
-            "signal": retention_signal(info.cell_type),
-            "n_windows": np.tile(counts[keep], u),
-        }
-    )[RETENTION_COLUMNS]
-
-
-def _merge(a: Any, b: Any) -> Any:
-    """``a`` updated with the chunk moments ``b``: :meth:`gatelens.analysis.correlate.Moments.update`'s merge."""
-    if b.n == 0:
-        return a
-    if a.n == 0:
-        return b
-    na, nb = a.n, b.n
-    n = na + nb
-    dx, dy = b.mx - a.mx, b.my - a.my
-    f = na * nb / n
-    a.mx = a.mx + dx * (nb / n)
-    a.my = a.my + dy * (nb / n)
-    a.sxx = a.sxx + b.sxx + dx * dx * f
-    a.syy = a.syy + b.syy + dy * dy * f
-    a.sxy = a.sxy + b.sxy + np.outer(dx, dy) * f
-    a.min_x, a.max_x = np.minimum(a.min_x, b.min_x), np.maximum(a.max_x, b.max_x)
-    a.min_y, a.max_y = np.minimum(a.min_y, b.min_y), np.maximum(a.max_y, b.max_y)
-    a.n = n
-    return a
+    return retention_frame(name, retention_signal(info.cell_type), sums, counts)
 
 
 def correlations_distributed(
@@ -455,9 +318,10 @@ def correlations_distributed(
         DEFAULT_MAX_RANK_ROWS,
         Moments,
         _select_signals,
-        constant_note,
+        correlation_frame,
+        feature_groups,
         layer_rows,
-        rank_pearson,
+        rank_pick,
         subsample,
     )
     from gatelens.analysis.features import as_feature_matrix
@@ -466,10 +330,7 @@ def correlations_distributed(
     per_layer = _select_signals(trace, names, None)
     fmat, fnames = as_feature_matrix(features, None)
     valid = ~np.isnan(fmat)
-    by_pattern: dict[bytes, list[int]] = {}
-    for j in range(valid.shape[1]):
-        by_pattern.setdefault(np.packbits(valid[:, j]).tobytes(), []).append(j)
-    groups = [np.asarray(cols) for cols in by_pattern.values()]
+    groups = feature_groups(valid)
     fmat_f = client.scatter(fmat, broadcast=True)
     frames = []
     for layer in names:
@@ -479,10 +340,7 @@ def correlations_distributed(
         for sl, local, frow in rows.chunks:
             if local.size == 0:
                 continue
-            pick = None
-            if take is not None:
-                lo, hi = np.searchsorted(take, [offset, offset + local.size])
-                pick = take[lo:hi] - offset
+            pick = rank_pick(take, offset, local.size)
             offset += local.size
             futures.append(
                 (
@@ -495,51 +353,16 @@ def correlations_distributed(
             )  # fmt: skip
         parts = [(fr, fut.result()) for fr, fut in futures]
         for signal in per_layer[layer]:
-            units = int(trace[layer][signal].shape[2])
             moments = [Moments() for _ in groups]
-            sub_x, sub_rows = [], []
-            for fr, res in parts:
-                chunk_moments, xs = res[signal]
-                moments = [_merge(a, b) for a, b in zip(moments, chunk_moments)]
-                sub_x.append(xs)
-                sub_rows.append(fr)
-            xs = np.concatenate(sub_x) if sub_x else np.empty((0, units), np.float32)
-            fr = np.concatenate(sub_rows) if sub_rows else np.empty(0, np.int64)
-            n_feat = fmat.shape[1]
-            pearson = np.full((units, n_feat), np.nan)
-            spearman = np.full((units, n_feat), np.nan)
-            n = np.zeros(n_feat, np.int64)
-            sn = np.zeros(n_feat, np.int64)
-            note = np.full((units, n_feat), "fewer than 3 steps", dtype=object)
-            for g, cols in enumerate(groups):
-                mo = moments[g]
-                n[cols] = mo.n
-                if mo.n == 0:
-                    continue
-                pearson[:, cols] = mo.pearson()
-                note[:, cols] = constant_note(mo.constant_x(), mo.constant_y(), mo.n)
-                ok = valid[fr, cols[0]]
-                sn[cols] = int(ok.sum())
-                if ok.sum() >= 3:
-                    spearman[:, cols] = rank_pearson(xs[ok], fmat[np.ix_(fr[ok], cols)])
-            lost = np.isnan(spearman) & ~np.isnan(pearson)
-            note[lost] = "spearman: constant on the ranked subsample"
+            for _, res in parts:
+                for total, part in zip(moments, res[signal][0]):
+                    total.merge(part)
             frames.append(
-                pd.DataFrame(
-                    {
-                        "layer": layer,
-                        "unit": np.repeat(np.arange(units), n_feat),
-                        "signal": signal,
-                        "feature": np.tile(np.asarray(fnames, dtype=object), units),
-                        "pearson_r": pearson.ravel(),
-                        "spearman_rho": spearman.ravel(),
-                        "n": np.tile(n, units),
-                        "spearman_n": np.tile(sn, units),
-                        "note": note.ravel(),
-                    },
-                    columns=COLUMNS,
+                correlation_frame(
+                    layer, signal, int(trace[layer][signal].shape[2]), moments, [res[signal][1] for _, res in parts],
+                    [fr for fr, _ in parts], fmat, valid, groups, fnames,
                 )
-            )
+            )  # fmt: skip
     if not frames:
         return pd.DataFrame({c: [] for c in COLUMNS})
     return pd.concat(frames, ignore_index=True)

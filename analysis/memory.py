@@ -84,48 +84,95 @@ def half_lives(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk
         if signal is None:
             continue
         u = lt.info.units
-        n, shift = 0, None
-        s1 = np.zeros(u)
-        zeros = np.zeros(u, np.int64)
+        shift, sums = None, (np.zeros(u, np.int64), np.zeros(u), 0)
         for rows in iter_chunks(lt.shape[0], chunk):
             m = read_mask(lt, rows)
             if not m.any():
                 continue
             g = np.abs(read(lt[signal], rows)[m])
-            is_zero = g == 0.0
-            zeros += is_zero.sum(axis=0)
-            with np.errstate(divide="ignore"):
-                logs = np.log(g)
-            if shift is None:  # shifted sums: the mean of a constant gate is exact
-                shift = np.where(is_zero.all(axis=0), 0.0, np.max(np.where(is_zero, -np.inf, logs), axis=0))
-            s1 += np.where(is_zero, 0.0, logs - shift).sum(axis=0)
-            n += g.shape[0]
-        if n == 0:
-            raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
-        finite = n - zeros
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(finite > 0, shift + s1 / np.maximum(finite, 1), 0.0)
-        mean = np.where(zeros > 0, -np.inf, mean)
-        with np.errstate(divide="ignore"):
-            half = np.where(mean < 0, np.log(0.5) / np.where(mean < 0, mean, -1.0), np.inf)
-        half = np.abs(half)  # ln(0.5) / -inf is -0.0: report 0.0
-        frames.append(
-            pd.DataFrame(
-                {
-                    "layer": name,
-                    "unit": np.arange(u),
-                    "signal": signal,
-                    "mean_log_gate": mean,
-                    "half_life_steps": half,
-                    "n": n,
-                }
-            )
-        )
+            if shift is None:
+                shift = log_gate_shift(g)
+            sums = tuple(a + b for a, b in zip(sums, log_gate_sums(g, shift)))
+        frames.append(half_life_frame(name, signal, u, shift, *sums))
     if not frames:
         return pd.DataFrame(
             {c: pd.Series(dtype=object if c in ("layer", "signal") else float) for c in HALF_LIFE_COLUMNS}
         )
     return pd.concat(frames, ignore_index=True)[HALF_LIFE_COLUMNS]
+
+
+def log_gate_shift(g: np.ndarray) -> np.ndarray:
+    """The shift of the log-gate sums (units,): the largest finite log of the first chunk's gates ``g`` (rows,
+    units), so that the mean of a constant gate is exact."""
+    is_zero = g == 0.0
+    with np.errstate(divide="ignore"):
+        logs = np.log(g)
+    return np.where(is_zero.all(axis=0), 0.0, np.max(np.where(is_zero, -np.inf, logs), axis=0))
+
+
+def log_gate_sums(g: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The map step of :func:`half_lives`: ``(zeros, sum of shifted finite logs, rows)`` of the gates ``g``."""
+    is_zero = g == 0.0
+    with np.errstate(divide="ignore"):
+        logs = np.log(g)
+    return is_zero.sum(axis=0), np.where(is_zero, 0.0, logs - shift).sum(axis=0), g.shape[0]
+
+
+def half_life_frame(
+    name: str, signal: str, units: int, shift: np.ndarray | None, zeros: np.ndarray, s1: np.ndarray, n: int
+) -> pd.DataFrame:
+    """The combine step of :func:`half_lives`: one layer's rows from its summed :func:`log_gate_sums`."""
+    if n == 0:
+        raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
+    finite = n - zeros
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite > 0, shift + s1 / np.maximum(finite, 1), 0.0)
+    mean = np.where(zeros > 0, -np.inf, mean)
+    with np.errstate(divide="ignore"):
+        half = np.where(mean < 0, np.log(0.5) / np.where(mean < 0, mean, -1.0), np.inf)
+    half = np.abs(half)  # ln(0.5) / -inf is -0.0: report 0.0
+    return pd.DataFrame(
+        {"layer": name, "unit": np.arange(units), "signal": signal, "mean_log_gate": mean, "half_life_steps": half,
+         "n": n}
+    )  # fmt: skip
+
+
+def retention_sums(g: np.ndarray, mask: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """The map step of :func:`retention_curves`: per lag ``1..max_lag``, the sum over windows of real steps of
+    the product of the gates ``g`` (chunk, T, units; absolute values) and the number of windows."""
+    t_len, u = g.shape[1], g.shape[2]
+    order, n_real = compress_real(mask)  # windows of real steps only (masked steps carry the state)
+    g = np.take_along_axis(g, order[..., None], axis=1)
+    sums = np.zeros((max_lag, u))
+    counts = np.zeros(max_lag, np.int64)
+    prod = g  # prod[:, j] = product over the window of length L ending at real step j + L - 1
+    for lag in range(1, max_lag + 1):  # lags (a few dozen), each one array op over the chunk
+        if lag > 1:
+            prod = prod[:, 1:] * g[:, : t_len - lag + 1]
+        ends = np.arange(lag - 1, t_len)
+        valid = ends[None, :] < n_real[:, None]
+        sums[lag - 1] = np.where(valid[..., None], prod, 0.0).sum(axis=(0, 1))
+        counts[lag - 1] = int(valid.sum())
+    return sums, counts
+
+
+def retention_frame(layer: str, signal: str, sums: np.ndarray, counts: np.ndarray) -> pd.DataFrame:
+    """The combine step of :func:`retention_curves`: one layer's rows from its summed :func:`retention_sums`."""
+    u = sums.shape[1]
+    keep = counts > 0
+    lags = np.arange(1, len(counts) + 1)[keep]
+    ret = (sums[keep] / counts[keep, None]).T  # (u, lags)
+    k = len(lags)
+    return pd.DataFrame(
+        {
+            "layer": layer,
+            "unit": np.repeat(np.arange(u), k),
+            "lag": np.tile(lags, u),
+            "retention": ret.reshape(-1),
+            "signal": signal,
+            "n_windows": np.tile(counts[keep], u),
+        }
+    )[RETENTION_COLUMNS]
 
 
 def retention_curves(trace: Trace, layer: str, *, max_lag: int = 50, chunk: int = 256) -> pd.DataFrame:
@@ -172,29 +219,8 @@ def retention_curves(trace: Trace, layer: str, *, max_lag: int = 50, chunk: int 
     counts = np.zeros(max_lag, np.int64)
     for rows in iter_chunks(n_seq, chunk):
         m = read_mask(lt, rows)
-        if not m.any():
-            continue
-        order, n_real = compress_real(m)  # windows of real steps only (masked steps carry the state)
-        g = np.take_along_axis(np.abs(read(lt[signal], rows)), order[..., None], axis=1)
-        prod = g  # prod[:, j] = product over the window of length L ending at real step j + L - 1
-        for lag in range(1, max_lag + 1):
-            if lag > 1:
-                prod = prod[:, 1:] * g[:, : t_len - lag + 1]
-            ends = np.arange(lag - 1, t_len)
-            valid = ends[None, :] < n_real[:, None]
-            sums[lag - 1] += np.where(valid[..., None], prod, 0.0).sum(axis=(0, 1))
-            counts[lag - 1] += int(valid.sum())
-    keep = counts > 0
-    lags = np.arange(1, max_lag + 1)[keep]
-    ret = (sums[keep] / counts[keep, None]).T  # (u, lags)
-    k = len(lags)
-    return pd.DataFrame(
-        {
-            "layer": layer,
-            "unit": np.repeat(np.arange(u), k),
-            "lag": np.tile(lags, u),
-            "retention": ret.reshape(-1),
-            "signal": signal,
-            "n_windows": np.tile(counts[keep], u),
-        }
-    )[RETENTION_COLUMNS]
+        if m.any():
+            s, c = retention_sums(np.abs(read(lt[signal], rows)), m, max_lag)
+            sums += s
+            counts += c
+    return retention_frame(layer, signal, sums, counts)

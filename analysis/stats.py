@@ -52,6 +52,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -160,12 +161,33 @@ def activation_slope(activation: str, x: np.ndarray) -> np.ndarray:
     return fn(np.asarray(x, np.float64))
 
 
+def chunk_sums(v: np.ndarray, shift: np.ndarray) -> tuple[Any, ...]:
+    """The map step of the moments: ``(n, sum, sum of squares, min, max, count < 0.1, count > 0.9)`` of the rows of
+    ``v`` (k, units), the sums shifted by ``shift`` (units,)."""
+    d = v - shift
+    return (
+        v.shape[0], d.sum(axis=0), (d * d).sum(axis=0), v.min(axis=0), v.max(axis=0),
+        (v < LOW).sum(axis=0), (v > HIGH).sum(axis=0),
+    )  # fmt: skip
+
+
+def saturation_counts(
+    activation: str, pre: np.ndarray, saturated_slope: float = 0.1, linear_slope: float = 0.9
+) -> np.ndarray:
+    """The map step of the saturation curve: (3, units) = steps saturated, steps linear, sum of slopes."""
+    slope = activation_slope(activation, pre)
+    top = max_slope(activation)
+    return np.stack(
+        [(slope <= saturated_slope * top).sum(axis=0), (slope >= linear_slope * top).sum(axis=0), slope.sum(axis=0)]
+    )
+
+
 class _Moments:
     """Streaming per-unit moments over rows of (k, units) blocks, in float64 shifted sums."""
 
-    def __init__(self, units: int) -> None:
+    def __init__(self, units: int, shift: np.ndarray | None = None) -> None:
         self.n = 0
-        self.shift: np.ndarray | None = None
+        self.shift = shift
         self.s1 = np.zeros(units)
         self.s2 = np.zeros(units)
         self.min = np.full(units, np.inf)
@@ -178,14 +200,18 @@ class _Moments:
             return
         if self.shift is None:
             self.shift = v[0].copy()
-        d = v - self.shift
-        self.n += v.shape[0]
-        self.s1 += d.sum(axis=0)
-        self.s2 += (d * d).sum(axis=0)
-        self.min = np.minimum(self.min, v.min(axis=0))
-        self.max = np.maximum(self.max, v.max(axis=0))
-        self.below += (v < LOW).sum(axis=0)
-        self.above += (v > HIGH).sum(axis=0)
+        self.add(chunk_sums(v, self.shift))
+
+    def add(self, sums: tuple[Any, ...]) -> None:
+        """Merge the :func:`chunk_sums` of a chunk (taken with this shift)."""
+        n, s1, s2, lo, hi, below, above = sums
+        self.n += n
+        self.s1 += s1
+        self.s2 += s2
+        self.min = np.minimum(self.min, lo)
+        self.max = np.maximum(self.max, hi)
+        self.below += below
+        self.above += above
 
     def result(self) -> dict[str, np.ndarray]:
         m1 = self.s1 / self.n
@@ -198,6 +224,49 @@ class _Moments:
             "frac_below_0.1": self.below / self.n,
             "frac_above_0.9": self.above / self.n,
         }
+
+
+def activated_signals(info: Any, *, warn: bool = True) -> dict[str, tuple[str, str]]:
+    """signal -> (its pre-activation signal, activation) for the gates and candidates whose activation gatelens
+    knows the slope of (a warning names the others)."""
+    activated: dict[str, tuple[str, str]] = {}
+    for s, pre in PRE_ACTIVATION[info.cell_type].items():
+        act = activation_of(info.cell_type, s, info.activation, info.recurrent_activation)
+        if act in ACTIVATION_SLOPES:
+            activated[s] = (pre, act)
+        elif warn:
+            log.warning(
+                "layer %r: activation %r of %s is not one gatelens knows; no saturation statistics for it",
+                info.name, act, s,
+            )  # fmt: skip
+    return activated
+
+
+def layer_stats_frames(
+    name: str, info: Any, mom: dict[str, _Moments], curve: dict[str, np.ndarray], activated: dict[str, tuple[str, str]]
+) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+    """The combine step: ``(unit_stats rows or None, signal_stats rows)`` of one layer from its merged moments
+    and saturation counts."""
+    u = info.units
+    signals = list(mom)
+    n = mom[signals[0]].n
+    if n == 0:
+        raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
+    res = {s: mom[s].result() for s in signals}
+    cols = ["mean", "std", "min", "max", "frac_below_0.1", "frac_above_0.9"]
+    sig_df = _long(name, signals, u, {c: np.stack([res[s][c] for s in signals]) for c in cols})
+    sig_df["n"] = n
+    act_signals = [s for s in signals if s in activated]
+    if not act_signals:
+        return None, sig_df
+    columns = {c: np.stack([res[s][c] for s in act_signals]) for c in cols if c not in ("min", "max")}
+    columns["frac_saturated"] = np.stack([curve[s][0] / n for s in act_signals])
+    columns["frac_linear"] = np.stack([curve[s][1] / n for s in act_signals])
+    columns["mean_slope"] = np.stack([curve[s][2] / n for s in act_signals])
+    columns["activation"] = np.stack([np.full(u, activated[s][1], dtype=object) for s in act_signals])
+    df = _long(name, act_signals, u, columns)
+    df["n"] = n
+    return df[UNIT_STATS_COLUMNS], sig_df
 
 
 def _long(layer: str, signals: list[str], units: int, columns: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -226,53 +295,23 @@ def _scan(
     for name in select_layers(trace, layers):
         lt = trace[name]
         info = lt.info
-        u = info.units
-        signals = list(info.signals)
-        mom = {s: _Moments(u) for s in signals}
-        activated: dict[str, tuple[str, str]] = {}  # signal -> (pre signal, activation)
-        for s, pre in PRE_ACTIVATION[info.cell_type].items():
-            act = activation_of(info.cell_type, s, info.activation, info.recurrent_activation)
-            if act in ACTIVATION_SLOPES:
-                activated[s] = (pre, act)
-            else:
-                log.warning(
-                    "layer %r: activation %r of %s is not one gatelens knows; no saturation statistics for it",
-                    name, act, s,
-                )  # fmt: skip
-        curve = {s: np.zeros((3, u)) for s in activated}  # saturated count, linear count, slope sum
+        mom = {s: _Moments(info.units) for s in info.signals}
+        activated = activated_signals(info)
+        curve = {s: np.zeros((3, info.units)) for s in activated}  # saturated count, linear count, slope sum
         for rows in iter_chunks(lt.shape[0], chunk):
             m = read_mask(lt, rows)
             if not m.any():
                 continue
-            for sig in signals:  # one signal at a time: memory bounded by one (chunk, T, units) array
+            for sig in info.signals:  # one signal at a time: memory bounded by one (chunk, T, units) array
                 values = read(lt[sig], rows)[m]
                 mom[sig].update(values)
                 for s, (pre, act) in activated.items():
-                    if pre != sig:
-                        continue
-                    slope = activation_slope(act, values)
-                    top = max_slope(act)
-                    curve[s][0] += (slope <= saturated_slope * top).sum(axis=0)
-                    curve[s][1] += (slope >= linear_slope * top).sum(axis=0)
-                    curve[s][2] += slope.sum(axis=0)
-        n = mom[signals[0]].n
-        if n == 0:
-            raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
-        res = {s: mom[s].result() for s in signals}
-        cols = ["mean", "std", "min", "max", "frac_below_0.1", "frac_above_0.9"]
-        sig_df = _long(name, signals, u, {c: np.stack([res[s][c] for s in signals]) for c in cols})
-        sig_df["n"] = n
+                    if pre == sig:
+                        curve[s] += saturation_counts(act, values, saturated_slope, linear_slope)
+        unit_df, sig_df = layer_stats_frames(name, info, mom, curve, activated)
         signal_frames.append(sig_df)
-        act_signals = [s for s in signals if s in activated]
-        if act_signals:
-            columns = {c: np.stack([res[s][c] for s in act_signals]) for c in cols if c not in ("min", "max")}
-            columns["frac_saturated"] = np.stack([curve[s][0] / n for s in act_signals])
-            columns["frac_linear"] = np.stack([curve[s][1] / n for s in act_signals])
-            columns["mean_slope"] = np.stack([curve[s][2] / n for s in act_signals])
-            columns["activation"] = np.stack([np.full(u, activated[s][1], dtype=object) for s in act_signals])
-            df = _long(name, act_signals, u, columns)
-            df["n"] = n
-            unit_frames.append(df[UNIT_STATS_COLUMNS])
+        if unit_df is not None:
+            unit_frames.append(unit_df)
     units = pd.concat(unit_frames, ignore_index=True) if unit_frames else _empty(UNIT_STATS_COLUMNS)
     sigs = pd.concat(signal_frames, ignore_index=True) if signal_frames else _empty(SIGNAL_STATS_COLUMNS)
     return units, sigs[SIGNAL_STATS_COLUMNS]

@@ -54,7 +54,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -855,8 +855,17 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
-def verify_run(run: str | os.PathLike, manifest: Mapping[str, Any] | None = None) -> None:
-    """Check every file of the run against the manifest's sha256; raise RunStoreError on a mismatch."""
+def verify_run(
+    run: str | os.PathLike,
+    manifest: Mapping[str, Any] | None = None,
+    *,
+    hash_files: Callable[[list[str]], Iterable[tuple[str, str]]] | None = None,
+) -> None:
+    """Check every file of the run against the manifest's sha256; raise RunStoreError on a mismatch.
+
+    ``hash_files(rels)`` yields ``(rel, sha256)`` for the run-relative paths ``rels`` (default: hashed here,
+    one after the other; :mod:`gatelens.analysis.distributed` hashes on its workers).
+    """
     run = Path(run)
     manifest = manifest or read_manifest(run)
     files = manifest["files"]
@@ -871,8 +880,9 @@ def verify_run(run: str | os.PathLike, manifest: Mapping[str, Any] | None = None
         raise RunStoreError(f"{run}: {len(missing)} file(s) listed in the manifest are missing, e.g. {missing[0]}")
     if extra:
         raise RunStoreError(f"{run}: {len(extra)} file(s) not listed in the manifest, e.g. {extra[0]}")
-    for rel, digest in files.items():
-        if sha256_file(run / rel) != digest:
+    digests = ((rel, sha256_file(run / rel)) for rel in files) if hash_files is None else hash_files(sorted(files))
+    for rel, digest in digests:
+        if digest != files[rel]:
             raise RunStoreError(f"{run}: {rel} does not match its checksum in the manifest")
 
 
