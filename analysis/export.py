@@ -674,6 +674,61 @@ def _write_activations_parquet(trace: Trace, out: Path, **sel: Any) -> Path:
     return final
 
 
+def write_events_parquet(
+    analysis: Analysis,
+    path: str | os.PathLike,
+    layers: Sequence[str] | None = None,
+    signals: Sequence[str] | None = None,
+    sequences: range | None = None,
+    *,
+    batch_size: int | None = None,
+) -> Path:
+    """The events of ``analysis`` as one Parquet file, streamed: a batch read, selected and written as a row group.
+
+    Memory holds one batch of ``batch_size`` rows (default :data:`~gatelens.analysis.pipeline.EVENTS_ROW_GROUP`),
+    never the table: the events on disk (``analysis.events_file``) are read with
+    :func:`~gatelens.analysis.pipeline.iter_event_batches`. Every row group has at most ``batch_size`` rows; keys
+    and text are dictionary-encoded; no rows give a file with the events' columns. Written as a partial file,
+    renamed into place when whole.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import pyarrow.parquet as pq
+    >>> from gatelens.analysis.pipeline import Analysis
+    >>> ev = pd.DataFrame({"layer": ["a", "b", "a", "a", "a"], "sequence": [0, 0, 1, 2, 3], "unit": range(5)})
+    >>> p = write_events_parquet(Analysis(events=ev), pathlib.Path(tempfile.mkdtemp()) / "events.parquet", ["a"],
+    ...                          batch_size=2)
+    >>> f = pq.ParquetFile(p)
+    >>> [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)], f.read().column("unit").to_pylist()
+    ([1, 2, 1], [0, 2, 3, 4])
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gatelens.analysis.pipeline import EVENTS_ROW_GROUP, iter_event_batches
+
+    batch_size = EVENTS_ROW_GROUP if batch_size is None else int(batch_size)
+    path = Path(path)
+    if analysis.events_file is not None:
+        schema = pq.read_schema(analysis.events_file)
+    else:
+        schema = pa.Schema.from_pandas(_with_header(analysis.events, "events"), preserve_index=False)
+    schema = schema.remove_metadata()
+    with partial_path(path) as tmp:
+        writer = pq.ParquetWriter(tmp, schema, use_dictionary=[c for c in schema.names if c in _DICT_COLUMNS])
+        try:
+            for batch in iter_event_batches(analysis, batch_size=batch_size):
+                batch = _select(batch, layers, signals, sequences)
+                if len(batch):
+                    table = pa.Table.from_pandas(batch, preserve_index=False).select(schema.names)
+                    writer.write_table(table.cast(schema), row_group_size=batch_size)
+        finally:
+            writer.close()
+        os.replace(tmp, path)
+    return path
+
+
 def export_run(
     trace: Trace,
     out_dir: str | os.PathLike,
@@ -758,9 +813,9 @@ def export_run(
         if analysis.events is not None or analysis.events_file is not None:
             from gatelens.analysis.pipeline import iter_event_batches
 
-            batches = (_select(b, names, signals, sequences) for b in iter_event_batches(analysis))
-            tables["events"] = pd.concat(list(batches), ignore_index=True) if format == "parquet" else None
-            if format == "csv":
+            if format == "parquet":
+                written["events"] = write_events_parquet(analysis, out / "events.parquet", names, signals, sequences)
+            else:
                 cols = list(analysis.events.columns) if analysis.events_file is None else None
                 if cols is None:
                     import pyarrow.parquet as pq
@@ -770,7 +825,6 @@ def export_run(
                 written["events"] = write_csv_batches(
                     (_select(b, names, signals, sequences)[cols] for b in iter_event_batches(analysis) if len(b.columns)),
                     out / "events.csv", cols)  # fmt: skip
-                tables.pop("events")
     for name, df in tables.items():
         df = _with_header(_select(df, names if layers is not None else None, signals, sequences), name)
         if format == "csv":
