@@ -38,13 +38,11 @@ Cell state (:func:`cell_state_decomposition`)
 
 Examples
 --------
->>> import numpy as np
->>> from gatelens.analysis.trace import Trace
->>> from gatelens._examples import example_layer
->>> lt, sig = example_layer("lstm", n=1, steps=3, units=1)
+>>> from gatelens._examples import example_trace
+>>> trace, sig = example_trace("lstm", n=1, steps=3, units=1)
 >>> sig["forget_gate"][:] = 0.5; sig["input_gate"][:] = 1.0; sig["candidate"][:] = 1.0
 >>> sig["cell_state"][0, :, 0] = [1.0, 1.5, 1.75]          # c_t = 0.5 c_{t-1} + 1
->>> df = cell_state_decomposition(Trace({"lstm": lt}), "lstm", 0, step=2)
+>>> df = cell_state_decomposition(trace, "lstm", 0, step=2)
 >>> df[["source_step", "contribution"]]
    source_step  contribution
 0           -1          0.00
@@ -419,13 +417,11 @@ def cell_state_decomposition(
     --------
     A GRU keeps ``z`` of its state and writes ``(1 - z) * candidate``:
 
-    >>> import numpy as np
-    >>> from gatelens.analysis.trace import Trace
-    >>> from gatelens._examples import example_layer
-    >>> lt, sig = example_layer("gru", n=1, steps=2, units=1, reset_after=True)
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("gru", n=1, steps=2, units=1, reset_after=True)
     >>> sig["update_gate"][:] = 0.5; sig["candidate"][:] = 1.0
     >>> sig["hidden_state"][0, :, 0] = [0.5, 0.75]
-    >>> t = Trace({"gru": lt})
+    >>> t = trace
     >>> cell_state_decomposition(t, "gru", 0, step=1)[["source_step", "contribution"]]
        source_step  contribution
     0           -1          0.00

@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from gatelens.analysis.partials import Partial, clean_partials
-from gatelens.analysis.pipeline import EVENTS_ROW_GROUP, STEPS, Analysis, save_analysis
+from gatelens.analysis.pipeline import STEPS, Analysis, save_analysis, write_event_tables
 from gatelens.analysis.store import ANALYSIS_DIR, MANIFEST, read_manifest, sha256_file, verify_run
 from gatelens.analysis.trace import Trace, iter_chunks
 from gatelens.errors import UsageError
@@ -375,26 +375,15 @@ def _join_events(trace: Trace, parts: list[tuple[str, slice, str | None]], path:
     from gatelens.analysis.events import EventSummaryBuilder, _empty_events
 
     builder = EventSummaryBuilder(trace, chunk=chunk)
-    writer = None
-    try:
+
+    def tables() -> Iterator[Any]:
         for layer, rows, part in parts:
-            if part is None:
-                continue
-            table = pq.read_table(part)
-            builder.add(table.to_pandas(), layer, rows)
-            if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
-            writer.write_table(table.cast(writer.schema), row_group_size=EVENTS_ROW_GROUP)
-            del table
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        path.unlink(missing_ok=True)
-        raise
-    if writer is None:
-        _empty_events().to_parquet(path, index=False)
-    else:
-        writer.close()
+            if part is not None:
+                table = pq.read_table(part)
+                builder.add(table.to_pandas(), layer, rows)
+                yield table
+
+    write_event_tables(tables(), path)
     return _empty_events(), builder.result()
 
 

@@ -538,12 +538,10 @@ def iter_events(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from gatelens.analysis.trace import Trace
-    >>> from gatelens._examples import example_layer
-    >>> lt, sig = example_layer("lstm", n=3, steps=5, units=1)
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("lstm", n=3, steps=5, units=1)
     >>> sig["forget_gate"][:, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
-    >>> [len(df) for df in iter_events(Trace({"lstm": lt}), events=["forget"], chunk=2)]
+    >>> [len(df) for df in iter_events(trace, events=["forget"], chunk=2)]
     [4, 2]
     """
     _check_thresholds(forget_high, forget_low, write_threshold, read_threshold)

@@ -35,11 +35,10 @@ the sequences that hold them at a time.
 
 Examples
 --------
->>> from gatelens.analysis.trace import Trace
->>> from gatelens._examples import example_layer
->>> lt, sig = example_layer("lstm", n=2, steps=4, units=1)
+>>> from gatelens._examples import example_trace
+>>> trace, sig = example_trace("lstm", n=2, steps=4, units=1)
 >>> sig["forget_gate"][:, :, 0] = [[0.9, 0.1, 0.8, 0.8], [0.2, 0.8, 0.3, 0.9]]
->>> ex, hist = unit_examples(Trace({"lstm": lt}), signals=["forget_gate"], k=2, context=1)
+>>> ex, hist = unit_examples(trace, signals=["forget_gate"], k=2, context=1)
 >>> ex[ex.kind == "top"][["rank", "sequence", "step"]].values.tolist()   # 0.9 twice: the earlier first
 [[0, 0, 0], [1, 1, 3]]
 >>> d = ex[ex.kind == "drop"].iloc[0]                               # 0.9 -> 0.1 at step 1

@@ -19,16 +19,15 @@ every unit and feature at once), a chunk of sequences at a time.
 Examples
 --------
 >>> import numpy as np, pandas as pd
->>> from gatelens.analysis.trace import Trace
->>> from gatelens._examples import example_layer
+>>> from gatelens._examples import example_trace
 >>> rng = np.random.default_rng(0)
 >>> f = rng.normal(size=(40, 30))
->>> lt, sig = example_layer("lstm", n=40, steps=30, units=2)
+>>> trace, sig = example_trace("lstm", n=40, steps=30, units=2)
 >>> sig["cell_state"][:, 1:, 0] = -f[:, :-1]                      # unit 0 follows f one step later, negated
 >>> sig["cell_state"][..., 1] = rng.normal(size=(40, 30))          # unit 1 follows nothing
 >>> feats = pd.DataFrame({"sequence": np.repeat(np.arange(40), 30), "step": np.tile(np.arange(30), 40),
 ...                       "f": f.ravel()})
->>> s = explanation_scores(Trace({"lstm": lt}), feats)
+>>> s = explanation_scores(trace, feats)
 >>> row = s.iloc[0]
 >>> row.feature, int(row.sign), int(row.lag), round(float(row.score), 3), bool(abs(row.control) < 0.1)
 ('f', -1, 1, 1.0, True)

@@ -23,13 +23,11 @@ Retention curve
 
 Examples
 --------
->>> import numpy as np
->>> from gatelens.analysis.trace import Trace
->>> from gatelens._examples import example_layer
->>> lt, sig = example_layer("lstm", n=2, steps=6, units=2)
+>>> from gatelens._examples import example_trace
+>>> trace, sig = example_trace("lstm", n=2, steps=6, units=2)
 >>> sig["forget_gate"][..., 0] = 0.5
 >>> sig["forget_gate"][..., 1] = 1.0
->>> half_lives(Trace({"lstm": lt}))[["unit", "half_life_steps"]]
+>>> half_lives(trace)[["unit", "half_life_steps"]]
    unit  half_life_steps
 0     0              1.0
 1     1              inf
@@ -70,11 +68,9 @@ def half_lives(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from gatelens.analysis.trace import Trace
-    >>> from gatelens._examples import example_layer
-    >>> lt, sig = example_layer("gru", n=1, steps=4, units=1, fill=0.25, reset_after=True)
-    >>> float(half_lives(Trace({"gru": lt}))["half_life_steps"].iloc[0])   # 0.25 = 0.5 ** 2
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("gru", n=1, steps=4, units=1, fill=0.25, reset_after=True)
+    >>> float(half_lives(trace)["half_life_steps"].iloc[0])   # 0.25 = 0.5 ** 2
     0.5
     """
     frames = []
@@ -194,12 +190,10 @@ def retention_curves(trace: Trace, layer: str, *, max_lag: int = 50, chunk: int 
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from gatelens.analysis.trace import Trace
-    >>> from gatelens._examples import example_layer
-    >>> lt, sig = example_layer("lstm", n=1, steps=4, units=1)
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("lstm", n=1, steps=4, units=1)
     >>> sig["forget_gate"][0, :, 0] = [1.0, 0.5, 0.5, 1.0]
-    >>> retention_curves(Trace({"lstm": lt}), "lstm", max_lag=3)[["lag", "retention", "n_windows"]]
+    >>> retention_curves(trace, "lstm", max_lag=3)[["lag", "retention", "n_windows"]]
        lag  retention  n_windows
     0    1     0.7500          4
     1    2     0.4167          3

@@ -31,13 +31,12 @@ memory or on disk.
 Examples
 --------
 >>> import numpy as np, tempfile, pathlib
->>> from gatelens.analysis.trace import Trace
->>> from gatelens._examples import example_layer
->>> lt, sig = example_layer("lstm", n=3, steps=6, units=2)
+>>> from gatelens._examples import example_trace
+>>> trace, sig = example_trace("lstm", n=3, steps=6, units=2)
 >>> rng = np.random.default_rng(0)
 >>> for s in sig:
 ...     sig[s][:] = rng.uniform(0, 1, (3, 6, 2))
->>> result = analyze(Trace({"lstm": lt}), steps=("stats", "memory"))
+>>> result = analyze(trace, steps=("stats", "memory"))
 >>> result.half_lives[["unit", "signal"]].values.tolist()
 [[0, 'forget_gate'], [1, 'forget_gate']]
 >>> run = pathlib.Path(tempfile.mkdtemp())
@@ -55,7 +54,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
@@ -379,11 +378,9 @@ def analyze(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from gatelens.analysis.trace import Trace
-    >>> from gatelens._examples import example_layer
-    >>> lt, sig = example_layer("gru", n=2, steps=3, units=1, fill=0.25, reset_after=True)
-    >>> a = analyze(Trace({"gru": lt}), steps=("stats", "memory", "events"))
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("gru", n=2, steps=3, units=1, fill=0.25, reset_after=True)
+    >>> a = analyze(trace, steps=("stats", "memory", "events"))
     >>> float(a.half_lives["half_life_steps"].iloc[0]), len(a.events), sorted(a.skipped)
     (0.5, 0, [])
     """
@@ -413,17 +410,27 @@ def analyze(
 def _stream_events(trace: Trace, path: Path, chunk: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write the events of ``trace`` to ``path`` a chunk at a time; (empty events frame, event summary)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from gatelens.analysis.events import EventSummaryBuilder, _empty_events, iter_events
 
-    empty = _empty_events()
     builder = EventSummaryBuilder(trace, chunk=chunk)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tables = (pa.Table.from_pandas(df, preserve_index=False) for df in iter_events(trace, chunk=chunk, summary=builder))
+    write_event_tables(tables, path)
+    return _empty_events(), builder.result()
+
+
+def write_event_tables(tables: Iterable[Any], path: Path) -> None:
+    """Write the event tables (pyarrow, in order) to the Parquet file ``path``, one row group of at most
+    :data:`EVENTS_ROW_GROUP` rows at a time; an empty events file when there are none; ``path`` removed on
+    failure."""
+    import pyarrow.parquet as pq
+
+    from gatelens.analysis.events import _empty_events
+
     writer = None
     try:
-        for df in iter_events(trace, chunk=chunk, summary=builder):
-            table = pa.Table.from_pandas(df, preserve_index=False)
+        for table in tables:
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema)
             writer.write_table(table.cast(writer.schema), row_group_size=EVENTS_ROW_GROUP)
@@ -433,10 +440,9 @@ def _stream_events(trace: Trace, path: Path, chunk: int) -> tuple[pd.DataFrame, 
         path.unlink(missing_ok=True)
         raise
     if writer is None:
-        empty.to_parquet(path, index=False)
+        _empty_events().to_parquet(path, index=False)
     else:
         writer.close()
-    return empty, builder.result()
 
 
 def _skip(result: Analysis, step: str, why: str) -> None:
@@ -691,12 +697,11 @@ def read_events(
     Examples
     --------
     >>> import numpy as np, tempfile
-    >>> from gatelens.analysis.trace import Trace
-    >>> from gatelens._examples import example_layer
-    >>> lt, sig = example_layer("lstm", n=1, steps=4, units=2)
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("lstm", n=1, steps=4, units=2)
     >>> sig["forget_gate"][0] = [[0.95, 0.95], [0.2, 0.95], [0.95, 0.95], [0.95, 0.3]]
     >>> run = tempfile.mkdtemp()
-    >>> _ = save_analysis(analyze(Trace({"lstm": lt}), steps=("events",)), run)
+    >>> _ = save_analysis(analyze(trace, steps=("events",)), run)
     >>> a = load_analysis(run)
     >>> read_events(a, unit=1, event="forget")[["layer", "step", "unit", "value"]]
       layer  step  unit  value

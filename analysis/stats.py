@@ -36,12 +36,11 @@ are left out. A layer with no unmasked step at all is an error.
 Examples
 --------
 >>> import numpy as np
->>> from gatelens.analysis.trace import Trace
->>> from gatelens._examples import example_layer
->>> lt, sig = example_layer("lstm", n=1, steps=4, units=1)
+>>> from gatelens._examples import example_trace
+>>> trace, sig = example_trace("lstm", n=1, steps=4, units=1)
 >>> sig["forget_gate"][0, :, 0] = [0.05, 0.5, 0.95, 0.95]
 >>> sig["forget_gate_pre"][0, :, 0] = np.log(sig["forget_gate"][0, :, 0] / (1 - sig["forget_gate"][0, :, 0]))
->>> df = unit_stats(Trace({"lstm": lt}))
+>>> df = unit_stats(trace)
 >>> row = df[df.signal == "forget_gate"].iloc[0]
 >>> float(row["frac_below_0.1"]), float(row["frac_above_0.9"]), round(float(row["mean"]), 4)
 (0.25, 0.5, 0.6125)
@@ -353,12 +352,10 @@ def unit_stats(
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from gatelens.analysis.trace import Trace
-    >>> from gatelens._examples import example_layer
-    >>> lt, sig = example_layer("gru", n=3, steps=5, units=2, reset_after=True)
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("gru", n=3, steps=5, units=2, reset_after=True)
     >>> sig["update_gate_pre"][..., 1] = 8.0      # unit 1's update gate pinned in the sigmoid's flat tail
-    >>> df = unit_stats(Trace({"gru": lt}))
+    >>> df = unit_stats(trace)
     >>> df[df.signal == "update_gate"][["unit", "frac_saturated", "frac_linear", "mean_slope"]].round(4)
        unit  frac_saturated  frac_linear  mean_slope
     0     0             0.0          1.0      0.2500
@@ -378,11 +375,10 @@ def signal_stats(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
     Examples
     --------
     >>> import numpy as np
-    >>> from gatelens.analysis.trace import Trace
-    >>> from gatelens._examples import example_layer
-    >>> lt, sig = example_layer("lstm", n=1, steps=3, units=1, mask=np.array([[True, True, False]]))  # padded last
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("lstm", n=1, steps=3, units=1, mask=np.array([[True, True, False]]))  # padded last
     >>> sig["cell_state"][0, :, 0] = [1.0, 2.0, 99.0]
-    >>> row = signal_stats(Trace({"lstm": lt})).query("signal == 'cell_state'").iloc[0]
+    >>> row = signal_stats(trace).query("signal == 'cell_state'").iloc[0]
     >>> float(row["mean"]), float(row["std"]), float(row["max"]), int(row["n"])
     (1.5, 0.5, 2.0, 2)
     """
@@ -394,11 +390,9 @@ def stats_tables(trace: Trace, *, chunk: int = 256) -> tuple[pd.DataFrame, pd.Da
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from gatelens.analysis.trace import Trace
-    >>> from gatelens._examples import example_layer
-    >>> lt, sig = example_layer("lstm", n=2, steps=4, units=3)
-    >>> units, signals = stats_tables(Trace({"lstm": lt}))
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("lstm", n=2, steps=4, units=3)
+    >>> units, signals = stats_tables(trace)
     >>> len(units), len(signals)      # 4 activated signals x 3 units; 10 signals x 3 units
     (12, 30)
     """

@@ -103,6 +103,22 @@ def example_layer(
     return lt, sig
 
 
+def example_trace(cell: str = "lstm", n: int = 1, steps: int = 4, units: int = 1, **kwargs) -> tuple[Any, dict]:
+    """:func:`example_layer` as a one-layer :class:`gatelens.analysis.trace.Trace` (keyed by the layer's name):
+    ``(trace, signals)``; the keyword arguments are :func:`example_layer`'s.
+
+    Examples
+    --------
+    >>> trace, sig = example_trace("lstm", n=2, steps=3, units=1, fill=0.5)
+    >>> trace.layers, float(trace["lstm"]["forget_gate"][1, 2, 0])
+    (['lstm'], 0.5)
+    """
+    from gatelens.analysis.trace import Trace
+
+    lt, sig = example_layer(cell, n, steps, units, **kwargs)
+    return Trace({lt.info.name: lt}), sig
+
+
 def example_states(
     h: np.ndarray,
     *,
