@@ -24,11 +24,12 @@ gatelens.errors.DataError: x.csv: line 1 has 4 columns, more than the limit of 3
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import numpy as np
 
-from gatelens.errors import DataError
+from gatelens.errors import DataError, UsageError
 
 _BLOCK = 8 << 20
 
@@ -40,6 +41,34 @@ _ENV = {
     "max_feature_columns": "GATELENS_MAX_FEATURE_COLUMNS",
     "max_npz_ratio": "GATELENS_MAX_NPZ_RATIO",
 }
+
+
+def env_number(
+    var: str, *, kind: type = int, minimum: float = 1, environ: Mapping[str, str] | None = None
+) -> int | float | None:
+    """The number an environment variable sets (None when unset or empty), checked: a user error names the
+    variable, what it holds and what was expected.
+
+    Examples
+    --------
+    >>> env_number("GATELENS_X", environ={"GATELENS_X": "12"}), env_number("GATELENS_X", environ={})
+    (12, None)
+    >>> env_number("GATELENS_X", environ={"GATELENS_X": "0"})
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.UsageError: GATELENS_X must be a whole number >= 1, got '0'
+    """
+    raw = (os.environ if environ is None else environ).get(var)
+    if raw is None or raw.strip() == "":
+        return None
+    what = f"{'a whole number' if kind is int else 'a number'} >= {minimum:g}"
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise UsageError(f"{var} must be {what}, got {raw!r}") from None
+    if not value >= minimum:  # also NaN
+        raise UsageError(f"{var} must be {what}, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -66,15 +95,8 @@ class ReadLimits:
         """
         kw = {}
         for f in fields(cls):
-            var = _ENV.get(f.name)
-            raw = os.environ.get(var) if var else None
-            if raw:
-                try:
-                    v = int(raw)
-                except ValueError:
-                    raise DataError(f"{var} must be a positive whole number, got {raw!r}") from None
-                if v < 1:
-                    raise DataError(f"{var} must be a positive whole number, got {raw!r}")
+            v = env_number(_ENV[f.name]) if f.name in _ENV else None
+            if v is not None:
                 kw[f.name] = v
         return cls(**kw)
 

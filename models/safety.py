@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from gatelens.errors import GatelensInputError, ModelFormatError, UnsafeModelError
+from gatelens.limits import env_number
 
 # --------------------------------------------------------------------------------------------
 # Limits
@@ -135,16 +136,9 @@ class LoadLimits:
             "GATELENS_FAST_PATH_MAX_PARAMS": ("fast_path_max_params", int, 1),
         }
         for var, (name, typ, scale) in spec.items():
-            raw = env.get(var)
-            if raw is None or raw == "":
-                continue
-            try:
-                value = typ(raw)
-            except ValueError:
-                raise ValueError(f"{var}={raw!r}: expected a number") from None
-            if value < 0:
-                raise ValueError(f"{var}={raw!r}: expected a number >= 0")
-            out = replace(out, **{name: typ(value * scale)})
+            value = env_number(var, kind=typ, minimum=0, environ=env)
+            if value is not None:
+                out = replace(out, **{name: typ(value * scale)})
         return out
 
 
