@@ -68,6 +68,21 @@ def tiny_run(directory: str | os.PathLike | None = None, n: int = 6, **kwargs: A
     return out
 
 
+#: a three-day series with a date column, for examples of time-keyed data
+DATED_CSV = "date,v\n2024-01-01,1\n2024-01-02,2\n2024-01-03,3\n"
+
+
+def example_file(name: str = "s.csv", text: str = DATED_CSV) -> str:
+    """A new temporary file ``name`` holding ``text`` (default :data:`DATED_CSV`); its path.
+
+    >>> open(example_file()).readline().strip()
+    'date,v'
+    """
+    path = Path(tempfile.mkdtemp(prefix="gatelens-example-")) / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
 def example_layer(
     cell: str = "lstm",
     n: int = 1,

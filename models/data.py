@@ -810,10 +810,8 @@ def window_table(data: Dataset) -> Any:
 
     Examples
     --------
-    >>> import os, tempfile
-    >>> p = os.path.join(tempfile.mkdtemp(), "s.csv")
-    >>> with open(p, "w") as f:
-    ...     _ = f.write("date,v\\n2024-01-01,1\\n2024-01-02,2\\n2024-01-03,3\\n")
+    >>> from gatelens._examples import example_file
+    >>> p = example_file()  # date,v: 2024-01-01..03, 1..3
     >>> window_table(load_data(p, InputSpec(n_steps=2, n_features=1), stride=1))
        sequence  step  source_sequence  source_row        time
     0         0     0                0           2  2024-01-01

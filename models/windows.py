@@ -7,10 +7,8 @@ and the time (when the CSV has a date/time column). Use it to build a features C
 
 Examples
 --------
->>> import os, tempfile
->>> p = os.path.join(tempfile.mkdtemp(), "s.csv")
->>> with open(p, "w") as f:
-...     _ = f.write("date,v\\n2024-01-01,1\\n2024-01-02,2\\n2024-01-03,3\\n")
+>>> from gatelens._examples import example_file
+>>> p = example_file()  # date,v: 2024-01-01..03, 1..3
 >>> windows(p, window=2, stride=1)[["sequence", "step", "time"]].values.tolist()
 [[0, 0, '2024-01-01'], [0, 1, '2024-01-02'], [1, 0, '2024-01-02'], [1, 1, '2024-01-03']]
 """
