@@ -640,13 +640,10 @@ def probe_report(trace: Trace, features: pd.DataFrame, **kwargs) -> pd.DataFrame
 
     Examples
     --------
-    >>> import numpy as np, pandas as pd
-    >>> from gatelens.analysis.trace import Trace
-    >>> from gatelens._examples import example_states
-    >>> h = np.random.default_rng(1).normal(size=(6, 10, 2)).astype(np.float32)
-    >>> seq, step = np.divmod(np.arange(60), 10)
+    >>> from gatelens._examples import example_hidden
+    >>> trace, h, seq, step = example_hidden(seed=1, units=2)
     >>> f = pd.DataFrame({"sequence": seq, "step": step, "v": 2 * h[seq, step, 0]})
-    >>> probe_report(Trace({"rnn": example_states(h)}), f, feature_columns=["v"])[["task", "top_units", "n_test"]]
+    >>> probe_report(trace, f, feature_columns=["v"])[["task", "top_units", "n_test"]]
              task top_units  n_test
     0  regression       0,1      20
     """
@@ -660,13 +657,10 @@ def probe_unit_ranking(trace: Trace, features: pd.DataFrame, **kwargs) -> pd.Dat
 
     Examples
     --------
-    >>> import numpy as np, pandas as pd
-    >>> from gatelens.analysis.trace import Trace
-    >>> from gatelens._examples import example_states
-    >>> h = np.random.default_rng(2).normal(size=(6, 10, 3)).astype(np.float32)
-    >>> seq, step = np.divmod(np.arange(60), 10)
+    >>> from gatelens._examples import example_hidden
+    >>> trace, h, seq, step = example_hidden(seed=2, units=3)
     >>> f = pd.DataFrame({"sequence": seq, "step": step, "v": h[seq, step, 2] - 0.1 * h[seq, step, 0]})
-    >>> probe_unit_ranking(Trace({"rnn": example_states(h)}), f, feature_columns=["v"]).sort_values("rank")["unit"].tolist()
+    >>> probe_unit_ranking(trace, f, feature_columns=["v"]).sort_values("rank")["unit"].tolist()
     [2, 0, 1]
     """
     return run_probes(trace, features, **kwargs).ranking

@@ -163,6 +163,24 @@ def example_states(
     )
 
 
+def example_hidden(
+    seed: int = 0, n: int = 6, steps: int = 10, units: int = 2
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """A one-layer trace of seeded random hidden states for probe and correlation examples:
+    ``(trace, h, sequence, step)``, ``h`` (n, steps, units) and the (sequence, step) of every row of ``h``
+    flattened, so that ``pd.DataFrame({"sequence": seq, "step": step, "v": h[seq, step, 0]})`` is a feature.
+
+    >>> trace, h, seq, step = example_hidden(units=3)
+    >>> trace.layers, h.shape, seq[:3].tolist(), step[:3].tolist()
+    (['rnn'], (6, 10, 3), [0, 0, 0], [0, 1, 2])
+    """
+    from gatelens.analysis.trace import Trace
+
+    h = np.random.default_rng(seed).normal(size=(n, steps, units)).astype(np.float32)
+    seq, step = np.divmod(np.arange(n * steps), steps)
+    return Trace({"rnn": example_states(h)}), h, seq, step
+
+
 def _layer_trace(layer_info: Any, sig: dict, mask: Any, inputs: Any, weights: Any) -> Any:
     from gatelens.analysis.trace import LayerTrace
 
