@@ -33,7 +33,7 @@ import numpy as np
 
 from gatelens.analysis.store import sha256_file
 from gatelens.data import DATA_DIR as _DATA_DIR
-from gatelens.errors import DataError
+from gatelens.errors import DataError, UsageError
 
 #: The bundled data folder (``data/`` in a checkout, ``gatelens/data`` installed) and the folder holding it,
 #: against which the paths in model cards and manifests are written (``data/corpus/...``).
@@ -380,7 +380,13 @@ def build_series(out_dir: str | os.PathLike = DATA_DIR / "series") -> dict[str, 
     CO2: weekly Mauna Loa values averaged per calendar month over the weeks present; months
     without any measurement are dropped.
     """
-    from statsmodels.datasets import co2, sunspots
+    try:
+        from statsmodels.datasets import co2, sunspots
+    except ImportError:
+        raise UsageError(
+            "rebuilding the series CSVs needs statsmodels (pip install statsmodels); gatelens itself reads the "
+            f"committed copies in {DATA_DIR / 'series'}"
+        ) from None
 
     from gatelens.analysis.store import atomic_write_bytes
 
