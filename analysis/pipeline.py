@@ -120,6 +120,12 @@ class Step:
         CSV file of ``gatelens export --csv`` -> the table it is written from.
     doc : str
         One line for the docs: what the step computes.
+    stage : str
+        When a staged run (the dashboard's background analysis) runs it: one of :data:`STAGES`, in that
+        order; ``analyze`` itself runs every step in registry order whatever its stage.
+    needs_features : bool
+        Whether its tables depend on the features (built-in and the user's): the steps that are run again,
+        and only those, when a features file is added or changed (see :data:`FEATURE_STEPS`).
     """
 
     name: str
@@ -127,6 +133,8 @@ class Step:
     tables: tuple[str, ...]
     files: dict[str, str]
     doc: str
+    stage: str = "summary"
+    needs_features: bool = False
 
 
 def _stats(ctx: StepContext) -> dict[str, pd.DataFrame]:
@@ -248,24 +256,31 @@ STEP_REGISTRY: tuple[Step, ...] = (
          "memory half-life of every unit from its keep gate, and retention curves"),
     Step("drivers", _drivers, ("decomposition", "gate_drivers"),
          {"decomposition.csv": "decomposition", "gate_drivers.csv": "gate_drivers"},
-         "each gate's pre-activation split into input, memory and bias, and its input part by input feature"),
+         "each gate's pre-activation split into input, memory and bias, and its input part by input feature",
+         stage="detail"),
     Step("events", _events, ("events", "event_summary"),
          {"events.csv": "events", "event_summary.csv": "event_summary"},
-         "forget, write and read events of every unit, and their summary"),
+         "forget, write and read events of every unit, and their summary", stage="detail"),
     Step("token_gates", _token_gates, ("token_gates",), {"token_gates.csv": "token_gates"},
          "the gates' input part for every observed token (layers fed by an Embedding)"),
-    Step("features", _features, (), {}, "built-in and user features of every step (input of the next steps)"),
+    Step("features", _features, (), {}, "built-in and user features of every step (input of the next steps)",
+         stage="features", needs_features=True),
     Step("correlations", _correlations, ("correlations",), {"correlations.csv": "correlations"},
-         "Pearson and Spearman correlation of every unit and signal with every feature"),
+         "Pearson and Spearman correlation of every unit and signal with every feature",
+         stage="features", needs_features=True),
     Step("probes", _probes, ("probes",), {"probes.csv": "probes"},
-         "held-out linear probes per layer, signal and feature, with control tasks"),
+         "held-out linear probes per layer, signal and feature, with control tasks",
+         stage="probes", needs_features=True),
     Step("clusters", _clusters, ("clusters",), {"clusters.csv": "clusters"},
-         "units clustered by behaviour, each cluster named by its archetype"),
+         "units clustered by behaviour, each cluster named by its archetype",
+         stage="features", needs_features=True),
     Step("examples", _examples, ("examples", "histograms"),
          {"examples.csv": "examples", "histograms.csv": "histograms"},
-         "top, bottom, rise, drop and decile examples of every unit with their context, and histograms"),
+         "top, bottom, rise, drop and decile examples of every unit with their context, and histograms",
+         stage="detail"),
     Step("explanations", _explanations, ("explanations",), {"explanations.csv": "explanations"},
-         "one explanation per unit (feature, sign, lag) scored on held-out sequences, with a shuffled control"),
+         "one explanation per unit (feature, sign, lag) scored on held-out sequences, with a shuffled control",
+         stage="features", needs_features=True),
 )  # fmt: skip
 
 #: The names of the steps of :func:`analyze`, in order.
@@ -274,6 +289,59 @@ STEPS = tuple(step.name for step in STEP_REGISTRY)
 TABLES = tuple(t for step in STEP_REGISTRY for t in step.tables)
 #: CSV file of ``gatelens export --csv`` -> the table it is written from (besides activations.csv, units.csv).
 EXPORT_FILES = {f: t for step in STEP_REGISTRY for f, t in step.files.items()}
+#: The stages of a staged run, in the order they run, with what each holds (a :class:`Step`'s ``stage``):
+#: the cheap statistics first, the per-step detail and the feature-based analyses after, the probes last.
+STAGES: dict[str, str] = {
+    "summary": "statistics, saturation and memory",
+    "detail": "gate drivers, events and examples",
+    "features": "features, correlations, clusters and explanations",
+    "probes": "linear probes with control tasks",
+}
+#: The steps whose tables depend on the features: run again (and only they) when the features change.
+FEATURE_STEPS = tuple(step.name for step in STEP_REGISTRY if step.needs_features)
+
+
+def stage_steps(stage: str, *, features: bool | None = None) -> tuple[Step, ...]:
+    """The steps of one stage, in registry order; only those that need features (True) or not (False).
+
+    Examples
+    --------
+    >>> [s.name for s in stage_steps("summary")]
+    ['stats', 'memory', 'token_gates']
+    >>> [s.name for s in stage_steps("features")], FEATURE_STEPS[-1]
+    (['features', 'correlations', 'clusters', 'explanations'], 'explanations')
+    """
+    if stage not in STAGES:
+        raise UsageError(f"unknown stage {stage!r}; the stages are {list(STAGES)}")
+    return tuple(s for s in STEP_REGISTRY if s.stage == stage and (features is None or s.needs_features == features))
+
+
+def stage_of(step: str) -> str:
+    """The stage of a step (see :data:`STAGES`).
+
+    Examples
+    --------
+    >>> stage_of("clusters"), stage_of("stats")
+    ('features', 'summary')
+    """
+    for s in STEP_REGISTRY:
+        if s.name == step:
+            return s.stage
+    raise UsageError(f"unknown analysis step {step!r}; the steps are {list(STEPS)}")
+
+
+def step_of_table(table: str) -> str:
+    """The step that fills a table of :class:`Analysis`.
+
+    Examples
+    --------
+    >>> step_of_table("clusters"), step_of_table("half_lives")
+    ('clusters', 'memory')
+    """
+    for s in STEP_REGISTRY:
+        if table in s.tables:
+            return s.name
+    raise UsageError(f"no analysis step fills a table {table!r}")
 
 
 def steps_markdown() -> str:
@@ -392,19 +460,40 @@ def analyze(
     ctx = StepContext(trace, result, features=features, chunk=chunk, max_lag=max_lag, events_path=events_path)
     started = time.perf_counter()
     for done, step in enumerate(todo, start=1):
-        t0 = time.perf_counter()
-        ctx.step = step.name
-        tables = step.run(ctx) or {}
-        undeclared = set(tables) - set(step.tables)
-        if undeclared:
-            raise RuntimeError(f"analysis step {step.name!r} returned undeclared table(s) {sorted(undeclared)}")
-        for name, table in tables.items():
-            setattr(result, name, table)
-        log.info("analysis step %s took %.2f s", step.name, time.perf_counter() - t0)
+        run_step(ctx, step)
         if progress is not None:
             progress(done, len(todo))
     log.info("analysis of %d layer(s) took %.2f s", len(trace.layers), time.perf_counter() - started)
     return result
+
+
+def run_step(ctx: StepContext, step: Step) -> None:
+    """Run one step on ``ctx`` and set the tables it returns on ``ctx.result`` (what :func:`analyze` does per step).
+
+    For callers that run the steps in their own order or at their own time (the dashboard's staged run):
+    ``ctx`` carries the tables of the steps run before (``ctx.result``) and the features table once the
+    ``features`` step ran. Logs one record per step (``analysis step NAME took S s``, logger
+    ``gatelens.analysis.pipeline``, level INFO).
+
+    Examples
+    --------
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_layer
+    >>> lt, _ = example_layer("lstm", n=2, steps=4, units=2, fill=0.5)
+    >>> ctx = StepContext(Trace({"lstm": lt}), Analysis())
+    >>> run_step(ctx, STEP_REGISTRY[0])
+    >>> sorted(ctx.result.units["unit"].unique().tolist())
+    [0, 1]
+    """
+    t0 = time.perf_counter()
+    ctx.step = step.name
+    tables = step.run(ctx) or {}
+    undeclared = set(tables) - set(step.tables)
+    if undeclared:
+        raise RuntimeError(f"analysis step {step.name!r} returned undeclared table(s) {sorted(undeclared)}")
+    for name, table in tables.items():
+        setattr(ctx.result, name, table)
+    log.info("analysis step %s took %.2f s", step.name, time.perf_counter() - t0)
 
 
 def _stream_events(trace: Trace, path: Path, chunk: int) -> tuple[pd.DataFrame, pd.DataFrame]:
