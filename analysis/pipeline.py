@@ -99,6 +99,8 @@ class StepContext:
     events_path: str | os.PathLike | None = None
     feature_table: pd.DataFrame | None = None
     step: str = ""
+    #: ``progress(done, total)`` within a long step (the probes report theirs), for a caller that shows it.
+    progress: Progress | None = None
 
     def skip(self, why: str) -> None:
         """Note (and log) why the current step produced nothing."""
@@ -217,7 +219,7 @@ def _probes(ctx: StepContext) -> dict[str, pd.DataFrame]:
     if ctx.feature_table is None:
         ctx.skip("no features (the features step did not run)")
         return {}
-    return {"probes": probe_report(ctx.trace, ctx.feature_table)}
+    return {"probes": probe_report(ctx.trace, ctx.feature_table, progress=ctx.progress)}
 
 
 def _clusters(ctx: StepContext) -> dict[str, pd.DataFrame]:

@@ -35,8 +35,6 @@ page = st.navigation(pages)
 with st.sidebar:
     st.markdown("### gatelens")
     st.caption("What the gates of a Keras LSTM or GRU learned to keep and to forget.")
-    status = state.status_lines()
-    for line in status:
-        st.caption(line)
+    state.sidebar_status()  # updates itself while the analysis stages run
 
 page.run()

@@ -471,6 +471,7 @@ class RunResult:
     seconds: dict[str, float]
     user_features: pd.DataFrame | None = None
     _tmp: Any = field(default=None, repr=False)  # the TemporaryDirectory that holds run_dir
+    live: Any = field(default=None, repr=False, compare=False)  # gatelens.dashboards.stages.Live behind it
 
     @property
     def verification(self) -> dict[str, float]:
@@ -546,14 +547,18 @@ def slice_features(ref: FileRef, data: DataBundle, n_steps: int) -> pd.DataFrame
     return out.reset_index(drop=True)
 
 
-def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _no_progress) -> RunResult:
-    """Extract (verified against Keras) into a run directory, then analyse: ``gatelens extract`` + ``analyze``."""
-    from gatelens.analysis.pipeline import analyze
+def extract_run(model: ModelBundle, data: DataBundle, stage: StageProgress = _no_progress) -> RunResult:
+    """Extract (verified against Keras) into a run directory: ``gatelens extract``. The analysis is still empty.
+
+    The run is keyed by model + data without the features file (extraction does not read it): the
+    features only change the steps that depend on them (:mod:`gatelens.dashboards.stages`).
+    """
+    from gatelens.analysis.pipeline import Analysis
     from gatelens.models.extract import DEFAULT_TOLERANCE, write_run
     from gatelens.models.strings import record_unknown_tokens
 
     ds = data.dataset
-    key = run_key(model.choice, data.choice)
+    key = run_key(model.choice, replace(data.choice, features=None))
     tmp = owned_tempdir("gatelens-run-")
     out = Path(tmp.name) / "run"
     manifest = run_manifest(
@@ -573,12 +578,10 @@ def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _n
             "level": data.choice.level,
             "first_sequence": data.choice.first,
             "sequences": data.n_sequences,
-            "features": None if data.choice.features is None else data.choice.features.name,
         },
         created_by="gatelens dashboard",
     )
     record_unknown_tokens(manifest, model.extractor.front)  # as `gatelens extract` records them
-    seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     # no lock: the extractor keeps no per-run state, and its compiled functions are shared and thread-safe
     trace = write_run(
@@ -592,33 +595,38 @@ def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _n
         feature_names=ds.feature_names,
         manifest=manifest,
     )
-    seconds["extract"] = time.perf_counter() - t0
+    seconds = {"extract": time.perf_counter() - t0}
     if trace_bytes(trace) <= IN_MEMORY_BYTES:
         trace = in_memory(trace)
+    return RunResult(
+        key=key, trace=trace, run_dir=out, analysis=Analysis(), tolerance=DEFAULT_TOLERANCE, seconds=seconds, _tmp=tmp
+    )
+
+
+def run_analysis(model: ModelBundle, data: DataBundle, stage: StageProgress = _no_progress) -> RunResult:
+    """Extract, then analyse in one go: ``gatelens extract`` + ``analyze`` (every step but the probes).
+
+    The dashboard itself runs the analysis in stages (:mod:`gatelens.dashboards.stages`); this is the same
+    work in one call, for scripts and tests.
+    """
+    from gatelens.analysis.pipeline import analyze
+
+    run = extract_run(model, data, stage)
     features = None
     if data.choice.features is not None:
-        features = slice_features(data.choice.features, data, trace.n_steps)
+        features = slice_features(data.choice.features, data, run.trace.n_steps)
     t0 = time.perf_counter()
     result = analyze(
-        trace,
+        run.trace,
         features=features,
         steps=FAST_STEPS,
         progress=stage("Analysing (statistics, memory, events, correlations, clusters)"),
         # the events stream to the run's temporary directory a chunk at a time (memory bounded by the chunk, not
         # by the number of sequences); read them with gatelens.analysis.pipeline.read_events / iter_event_batches
-        events_path=Path(tmp.name) / "events.parquet",
+        events_path=Path(run._tmp.name) / "events.parquet",
     )
-    seconds["analyze"] = time.perf_counter() - t0
-    return RunResult(
-        key=key,
-        trace=trace,
-        run_dir=out,
-        analysis=result,
-        tolerance=DEFAULT_TOLERANCE,
-        seconds=seconds,
-        user_features=features,
-        _tmp=tmp,
-    )
+    run.seconds["analyze"] = time.perf_counter() - t0
+    return replace(run, key=run_key(model.choice, data.choice), analysis=result, user_features=features)
 
 
 def run_probes(run: RunResult, progress: Progress | None = None) -> pd.DataFrame:

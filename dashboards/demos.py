@@ -4,9 +4,9 @@ Each demo is a model the zoo trained (:mod:`gatelens.models.zoo.train`), its car
 well it does beside a baseline) and, for text models, the vocabulary side-car ``<stem>.vocab.json``.
 The demo's input is the data file the zoo's registry (:data:`gatelens.models.zoo.demos.DEMOS`) names for it --
 held-out text, the sunspot series, planted-task inputs with their ground-truth features CSV -- else a
-file ``<stem>.demo.<ext>`` beside the model, else the card's own data source. Only a few sequences are
-analysed by default (:data:`DEFAULT_SEQUENCES`), so that the first page opens in seconds; from the
-card's source, they are taken from the held-out test part when the card says where it starts.
+file ``<stem>.demo.<ext>`` beside the model, else the card's own data source. The whole input is analysed
+by default (:data:`DEFAULT_SEQUENCES` is None: the dashboard's staged analysis shows the first pages while the
+rest runs); from the card's source, the held-out test part when the card says where it starts.
 
 The folder is ``data/demo`` in the repository, or the one named by the environment variable
 ``GATELENS_DEMO_DIR``.
@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 DEMO_DIR = _DEMO_DIR
 DATA_SUFFIXES = (".txt", ".csv", ".npy", ".npz")
-#: Sequences of the demo input analysed by default (the first page must open in seconds).
-DEFAULT_SEQUENCES = 8
+#: Sequences of the demo input analysed by default: None, every one (a slice only when the user asks for it).
+DEFAULT_SEQUENCES: int | None = None
 #: Demo kinds listed first (the coloured-text view of a character model is the best first look).
 KIND_ORDER = {"text": 0, "timeseries": 1}
 

@@ -80,9 +80,12 @@ class Job:
     @classmethod
     def start(cls, fn: Callable[[Callable[[str], Progress]], Any], *, n_stages: int = 1) -> Job:
         """Create a job for ``fn(stage)`` and submit it to the pool."""
-        job = cls(fn, n_stages=n_stages)
-        executor().submit(job._run)
-        return job
+        return cls(fn, n_stages=n_stages).submit()
+
+    def submit(self) -> Job:
+        """Submit a job made with ``Job(fn)`` to the pool (to start it later than it was made); returns it."""
+        executor().submit(self._run)
+        return self
 
     def _stage(self, label: str) -> Progress:
         with self._lock:

@@ -21,7 +21,7 @@ from typing import Any
 
 import streamlit as st
 
-from gatelens.dashboards import core, demos
+from gatelens.dashboards import core, demos, stages
 from gatelens.dashboards.jobs import Job
 from gatelens.dashboards.tempdirs import owned_tempdir
 
@@ -234,35 +234,17 @@ def _data_bundle(model_key: str, load_key: str, first: int, count: int | None, _
     return core.load_data_bundle(_model, _choice)
 
 
-@st.cache_resource(max_entries=3, show_spinner=False, validate=_retry_internal_failures)
-def _run_job(key: str, _model: core.ModelBundle, _data: core.DataBundle) -> Job:
-    return Job.start(lambda stage: core.run_analysis(_model, _data, stage), n_stages=2)
-
-
-@st.cache_resource(max_entries=3, show_spinner=False, validate=_retry_internal_failures)
-def _probes_job(key: str, _run: core.RunResult) -> Job:
-    return Job.start(lambda stage: core.run_probes(_run, stage("Training the linear probes (with control tasks)")))
-
-
-def probes_job(run: core.RunResult) -> Job:
-    """The probes of ``run``, started in the background once the run is ready."""
-    return _probes_job(run.key, run)
-
-
 def require_probes(run: core.RunResult):
-    """The probe table of ``run`` (waiting with a progress bar)."""
+    """The probe table of ``run`` (waiting for every stage of its analysis with a progress bar)."""
     try:
-        return wait_for(probes_job(run))
+        return stages.wait_all(run).analysis.probes
     except Exception as e:
         _stop_with(e)
         raise
 
 
 def current_analysis(run: core.RunResult):
-    """The run's analysis, with the probes once they are ready (without waiting for them)."""
-    job = probes_job(run)
-    if job.done and job.error is None:
-        return core.with_probes(run, job.result())
+    """The run's analysis as it is now: every table ready (see :mod:`gatelens.dashboards.stages`)."""
     return run.analysis
 
 
@@ -273,9 +255,13 @@ def _export_job(key: str, _run: core.RunResult, _analysis) -> Job:
 
 def require_export(run: core.RunResult) -> tuple[bytes, dict[str, int]]:
     """The export zip of ``run`` (probes included) and its members' sizes, written once per run."""
-    analysis = core.with_probes(run, require_probes(run))
     try:
-        return wait_for(_export_job(run.key, run, analysis))
+        full = stages.wait_all(run)
+    except Exception as e:
+        _stop_with(e)
+        raise
+    try:
+        return wait_for(_export_job(run.key, full, full.analysis))
     except Exception as e:
         _stop_with(e)
         raise
@@ -334,8 +320,8 @@ def _current_data(model: core.ModelBundle, choice: core.DataChoice) -> core.Data
     return replace(bundle, choice=choice, dataset=replace(bundle.dataset, source=source))
 
 
-def run_job() -> Job | None:
-    """The run job of the current choices (started if needed), or None without model or data."""
+def live_run() -> stages.Live | None:
+    """The staged run of the current choices (started if needed), or None without model or data."""
     mc, dc = model_choice(), data_choice()
     if mc is None or dc is None:
         return None
@@ -347,15 +333,18 @@ def run_job() -> Job | None:
         data = _current_data(model, dc)
     except Exception:
         return None
-    return _run_job(core.run_key(mc, dc), model, data)
+    return stages.live(model, data)
 
 
 def require_run() -> core.RunResult:
-    """The extracted and analysed run of the current choices (waiting with a progress bar)."""
+    """The extracted run of the current choices with every table ready now (waiting for the first stage).
+
+    Later stages fill in in the background: a page section that needs one asks :func:`gatelens.dashboards.stages.need`.
+    """
     model = require_model()
     data = require_data(model)
     try:
-        return wait_for(_run_job(core.run_key(model.choice, data.choice), model, data))
+        return stages.wait_first(stages.live(model, data))
     except Exception as e:
         _stop_with(e)
         raise
@@ -405,23 +394,31 @@ def status_lines() -> list[str]:
     if dc is None:
         lines.append("**Data** · none yet")
         return lines
-    count = "all" if dc.count is None else dc.count
-    lines.append(f"**Data** · {md_escape(dc.data.name)} · up to {count} sequence(s) from #{dc.first}")
-    job = run_job()
-    if job is None:
+    part = (
+        "every sequence"
+        if dc.count is None and not dc.first
+        else f"up to {dc.count or 'all'} sequence(s) from #{dc.first}"
+    )
+    lines.append(f"**Data** · {md_escape(dc.data.name)} · {part}")
+    lv = live_run()
+    if lv is None:
         return lines
-    if not job.done:
-        lines.append(f"**Analysis** · running ({100 * job.overall:.0f}%)")
-    elif job.error is not None:
-        lines.append(f"**Analysis** · failed: {md_escape(core.error_title(job.error))}")
-    else:
-        run = job.result()
-        worst = max(run.verification.values()) if run.verification else float("nan")
-        lines.append(f"**Analysis** · ready · verified, max error {worst:.1e}")
-        probes = probes_job(run)
-        if not probes.done:
-            lines.append(f"**Probes** · training ({100 * probes.overall:.0f}%)")
-    return lines
+    return lines + stages.status_lines(lv)
+
+
+def sidebar_status() -> None:
+    """The sidebar's status lines; while stages run they update every 2 s (a fragment), and the page re-runs once
+    when the last one is ready."""
+    lv = live_run()
+    running = lv is not None and not lv.all_ready and lv.base.error is None and lv.feats.error is None
+
+    def _draw() -> None:
+        for line in status_lines():
+            st.caption(line)
+        if running and (lv.all_ready or lv.base.error is not None or lv.feats.error is not None):
+            st.rerun()
+
+    st.fragment(_draw, run_every=2.0 if running else None)()
 
 
 def try_run() -> tuple[core.RunResult | None, BaseException | None]:
@@ -429,7 +426,7 @@ def try_run() -> tuple[core.RunResult | None, BaseException | None]:
     model = require_model()
     data = require_data(model)
     try:
-        return wait_for(_run_job(core.run_key(model.choice, data.choice), model, data)), None
+        return stages.wait_first(stages.live(model, data)), None
     except Exception as e:
         if core.is_user_error(e):
             return None, e

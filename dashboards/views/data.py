@@ -9,7 +9,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from gatelens.dashboards import core, state
+from gatelens.dashboards import core, stages, state
 from gatelens.models.strings import recorded_unknown_tokens
 
 st.title("Data")
@@ -31,7 +31,17 @@ source = st.radio(
 limit = state.UPLOAD_HELP.format(mb=state.max_upload_mb())
 
 
-def _slice_inputs(first: int, count: int | None, which: str) -> tuple[int, int]:
+def _slice_inputs(first: int, count: int | None, which: str) -> tuple[int, int | None]:
+    """Every sequence by default; a slice (first, count) only when the user turns it on."""
+    sliced = st.toggle(
+        "Analyse a slice only",
+        value=count is not None,
+        key=f"data_slice_{which}",
+        help="By default every sequence of the file is analysed, in the background with progress; the pages show "
+        "what is ready as the analysis goes on. A slice is analysed sooner.",
+    )
+    if not sliced:
+        return 0, None
     c1, c2 = st.columns(2)
     first = c1.number_input("First sequence", min_value=0, value=int(first), step=1, key=f"data_first_{which}")
     count = c2.number_input(
@@ -114,7 +124,7 @@ else:
             levels = ["char", "word"]
             lv = (same and prev.level) or spec.level or "char"
             level = c3.radio("Tokens", levels, index=levels.index(lv), horizontal=True, key="data_level")
-    first, count = _slice_inputs(prev.first if same else 0, prev.count if same else 256, "upload")
+    first, count = _slice_inputs(prev.first if same else 0, prev.count if same else None, "upload")
     choice = core.DataChoice(
         data=ref,
         window=window,
@@ -150,6 +160,14 @@ state.set_data_choice(choice)
 
 data = state.require_data(model)
 ds = data.dataset
+if data.choice.features is not None:  # checked now, before any analysis: a bad file is one message at once
+    try:
+        stages.check_features(data)
+    except Exception as e:
+        if not core.is_user_error(e):
+            raise
+        state.show_error(e)
+        st.stop()
 st.subheader("Preview")
 c1, c2, c3 = st.columns(3)
 c1.metric("Sequences analysed", f"{data.n_sequences:,}", help=f"of {data.n_available:,} in the file")
@@ -188,10 +206,10 @@ if err is not None:
     state.show_error(err)
 else:
     st.success(
-        f"Extracted and verified in {run.seconds['extract']:.2f} s, analysed in {run.seconds['analyze']:.2f} s "
-        f"({run.trace.n_sequences} sequences x {run.trace.n_steps} steps"
+        f"Extracted and verified in {run.seconds['extract']:.2f} s, statistics in {run.seconds['analyze']:.2f} s "
+        f"({run.trace.n_sequences:,} sequences x {run.trace.n_steps} steps"
         + (f", features: {state.md_escape(data.choice.features.name)}" if data.choice.features else "")
-        + "). The other pages show it.",
+        + "). The other pages show what is ready; the later stages fill in below.",
         icon=":material/check_circle:",
     )
     unknown = recorded_unknown_tokens(run.trace.meta)  # the count `gatelens extract` prints and records
@@ -208,3 +226,6 @@ else:
             pd.DataFrame({"token": [repr(t) for t, _ in unknown.top], "count": [c for _, c in unknown.top]}),
             hide_index=True,
         )
+    for stage, label in stages.STAGES.items():
+        if stages.need(run, *(s.name for s in stages.stage_steps(stage)), what=f"{stage.capitalize()} ({label})"):
+            st.caption(f"**{stage.capitalize()}** ({label}) · ready in {run.seconds.get(stage, 0.0):.2f} s")

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from gatelens import plot
-from gatelens.dashboards import signal_lists, state
+from gatelens.dashboards import signal_lists, stages, state
 from gatelens.dashboards import unit_examples as ux
 from gatelens.dashboards.explain import explain_unit, primer
 
@@ -15,6 +15,7 @@ st.title("Unit explained")
 run = state.require_run()
 trace = run.trace
 analysis = state.current_analysis(run)
+explained = stages.need(run, "explanations", what="Scores of the explanations")
 sel_layer, sel_unit = state.selected_unit(run)
 
 c1, c2, c3 = st.columns([2, 2, 3])
@@ -34,6 +35,7 @@ unit = int(unit)
 state.open_unit(layer, unit)
 
 summary = explain_unit(trace, analysis, layer, unit)
+stages.need(run, "events", "drivers", "correlations", "clusters", "probes", what="The summary below fills in")
 with st.expander("What the gates do", expanded=False):
     st.write(primer(summary.cell_type))
 st.markdown(f"#### {state.md_escape(summary.headline)}")
@@ -64,7 +66,9 @@ _, keep = signal_lists.colour_options(names)
 c1, c2 = st.columns(2)
 signal = c1.selectbox("Signal", names, index=names.index(keep) if keep in names else 0, key="explain_ex_signal")
 kinds = ux.example_kinds(analysis, layer, unit, signal)
-if not kinds:
+if not stages.need(run, "examples", what="Examples and histogram"):
+    pass
+elif not kinds:
     st.info("No examples: the analysis's examples step did not run.")
 else:
     kind = c2.selectbox("Examples", kinds, format_func=ux.kind_label, key="explain_ex_kind")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import streamlit as st
 
 from gatelens.analysis.correlate import top_units
-from gatelens.dashboards import charts, signal_lists, state
+from gatelens.dashboards import charts, signal_lists, stages, state
 
 st.title("Features")
 run = state.require_run()
 a = run.analysis
 corr = a.correlations
+if not stages.need(run, "correlations", what="Correlations with the features"):
+    st.stop()
 if corr.empty:
     st.info(f"No correlations: {a.skipped.get('correlations', 'the step did not run')}.")
     st.stop()
@@ -42,8 +44,10 @@ if not top.empty and top["pearson_r"].notna().any():
         st.switch_page("views/explain.py")
 
 st.subheader("Probes")
-probes = state.require_probes(run)
-if probes.empty:
+probes = a.probes
+if not stages.need(run, "probes", what="Probes"):
+    pass
+elif probes.empty:
     st.info("No probes: no feature could be probed on these steps.")
 else:
     st.caption(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from gatelens.dashboards import charts, signal_lists, state
+from gatelens.dashboards import charts, signal_lists, stages, state
 
 st.title("Units")
 run = state.require_run()
@@ -79,7 +79,9 @@ if not a.half_lives.empty:
 
 st.subheader("Clusters")
 cl = a.clusters
-if cl.empty:
+if not stages.need(run, "clusters", what="Clusters"):
+    pass
+elif cl.empty:
     st.info(f"No clusters: {a.skipped.get('clusters', 'the clustering step did not run')}.")
 else:
     summary = (
