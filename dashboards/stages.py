@@ -119,6 +119,7 @@ class StagedRun(_Staged):
         self.key = core.run_key(model.choice, replace(data.choice, features=None))
         self.run: core.RunResult | None = None  # once extracted
         self.summary_ready = threading.Event()
+        self.failure: BaseException | None = None
         self._after_summary: list[Job] = []
         self.job = Job(self._work, n_stages=1 + len(self.stages))
 
@@ -132,6 +133,9 @@ class StagedRun(_Staged):
                 if name == "summary":
                     self._release()
             return run
+        except BaseException as e:
+            self.failure = e  # what the feature steps waiting for this run report (the job is not done yet)
+            raise
         finally:
             self._release()  # also after a failure: the waiting jobs report it, never hang
 
@@ -170,7 +174,7 @@ class FeatureStages(_Staged):
     def _work(self, stage: core.StageProgress) -> None:
         run = self.base.run
         if run is None or "summary" not in self.base.stage_done:  # extraction or the summary failed
-            raise self.base.job.error or RuntimeError("the run's summary stage did not finish")
+            raise self.base.failure or RuntimeError("the run's summary stage did not finish")
         ref = self.data.choice.features
         feats = None if ref is None else core.slice_features(ref, self.data, run.trace.n_steps)
         self.user_features = feats
@@ -197,13 +201,14 @@ class Live:
         return all(s in self.owner(s).done for s in steps)
 
     def stage_ready(self, stage: str) -> bool:
+        """Every step of the stage is done (as :meth:`ready` sees them: a page and the sidebar agree)."""
         part = self.feats if stage in FEATURE_STAGES else self.base
-        return stage in part.stage_done
+        return all(s.name in part.done for s in stage_steps(stage, features=part is self.feats))
 
     @property
     def first_ready(self) -> bool:
         """Extraction and the summary stage are done (the first charts can be drawn)."""
-        return self.base.run is not None and "summary" in self.base.stage_done
+        return self.base.run is not None and self.stage_ready("summary")
 
     @property
     def all_ready(self) -> bool:
@@ -220,7 +225,7 @@ class Live:
     def progress(self, stage: str) -> tuple[float, str]:
         """(fraction done, words) of one stage."""
         part = self.feats if stage in FEATURE_STAGES else self.base
-        if stage in part.stage_done:
+        if self.stage_ready(stage):
             return 1.0, "ready"
         if part.stage == stage:
             step = f" ({part.step})" if part.step else ""
@@ -377,7 +382,7 @@ def status_lines(lv: Live) -> list[str]:
     for stage in (*RUN_STAGES, *FEATURE_STAGES):
         part = lv.feats if stage in FEATURE_STAGES else lv.base
         fraction, words = lv.progress(stage)
-        if part.error is not None and stage not in part.stage_done:
+        if part.error is not None and not lv.stage_ready(stage):
             words = f"failed: {core.error_title(part.error)}"
         elif words.startswith("running"):
             words = f"running ({100 * fraction:.0f}%)"

@@ -46,7 +46,25 @@ def _open(page: str | None = None) -> AppTest:
     return at
 
 
+def _waiting(at: AppTest) -> list[str]:
+    """Labels of the progress bars of sections that wait for a later analysis stage."""
+    return [p.proto.text for p in at.get("progress") if "waits for the" in p.proto.text]
+
+
+def _settle(at: AppTest, timeout: float = TIMEOUT) -> AppTest:
+    """Re-run until no section waits for a later stage (a browser's fragment polls; AppTest does not)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while _waiting(at) and not at.exception:
+        assert time.monotonic() < deadline, _waiting(at)
+        time.sleep(0.25)
+        at.run()
+    return at
+
+
 def _no_exception(at: AppTest) -> None:
+    _settle(at)  # the later stages finish in the background; the checks below read the finished page
     assert not at.exception, "\n\n".join(f"{e.value}\n{''.join(e.stack_trace)}" for e in at.exception)
     assert not at.error, [e.value for e in at.error]
 
@@ -133,12 +151,17 @@ def test_data_page_previews_the_demo_text(demo_dir):
     at = _open("data")
     assert [t.value for t in at.title] == ["Data"]
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Sequences analysed"] == "8"
+    text = demo_dir["text_data"].read_text()
+    assert metrics["Sequences analysed"] == str(-(-len(text) // 40))  # every window by default (the last one short)
     assert metrics["Steps per sequence"] == "40"
     code = [c.value for c in at.code]
-    text = demo_dir["text_data"].read_text()
     assert code[0] == text[:40]  # the first window, exactly as in the file
-    assert at.number_input(key="data_count_demo").value == 8
+    assert at.toggle(key="data_slice_demo").value is False  # a slice only when asked for
+    at.toggle(key="data_slice_demo").set_value(True).run()
+    at.number_input(key="data_count_demo").set_value(8).run()
+    _no_exception(at)
+    assert {m.label: m.value for m in at.metric}["Sequences analysed"] == "8"
+    assert [c.value for c in at.code][0] == text[:40]
 
 
 def test_gates_page_colours_text_escapes_html_and_hovers_every_signal(demo_dir):
@@ -247,9 +270,9 @@ def test_explain_page_scored_explanation_examples_and_histogram(demo_dir):
     marks = re.findall(r'class="gl-tok gl-mark"[^>]*title="step (\d+) · [^"]*: (-?[\d.]+)"', body[0])
     assert [int(m[0]) for m in marks] == [int(c[2]) for c in captions]
     assert [float(m[1]) for m in marks] == values
-    # the histogram: every real step of the analysed slice (8 sequences of 40 characters), counted once
+    # the histogram: every real step of the demo text (all of it is analysed by default), counted once
     hist = _chart_data(at, "steps of the run")
-    assert hist["count"].sum() == 8 * 40 and len(hist) == 50
+    assert hist["count"].sum() == len(demo_dir["text_data"].read_text()) and len(hist) == 50
     # the top value is the largest of the histogram's range
     assert values[0] == pytest.approx(float(hist["hi"].max()), abs=5e-4)
 
@@ -282,7 +305,7 @@ def test_explain_page_series_examples_as_strips(demo_dir):
     at0 = data[data["offset"] == 0]
     assert len(at0) == 5  # every example's own step is in its strip
     assert list(at0["value"]) == sorted(at0["value"], reverse=True)  # top examples, best first
-    assert _chart_data(at, "steps of the run")["count"].sum() == 8 * 24
+    assert _chart_data(at, "steps of the run")["count"].sum() == 10 * 24  # all 10 windows of the series
 
 
 def test_export_page_zip_and_manifest(demo_dir):
@@ -477,7 +500,9 @@ def test_demo_features_are_cut_to_the_analysed_slice(demo_dir):
     at = _select_series_demo(_open())
     at.switch_page("views/data.py").run()
     _no_exception(at)
+    at.toggle(key="data_slice_demo").set_value(True).run()
     at.number_input(key="data_first_demo").set_value(1).run()
+    at.number_input(key="data_count_demo").set_value(8).run()
     _no_exception(at)
     assert any("features: tiny_series.features.csv" in _plain(s.value) for s in at.success)
     at.switch_page("views/features.py").run()
@@ -522,3 +547,112 @@ def test_search_page_span_units_and_matches(demo_dir):
     at.radio(key="search_mode").set_value("A condition").run()
     at.text_input(key="search_where").set_value("nosuch of lstm:0 below 0.1").run()
     assert any("no signal 'nosuch'" in e for e in _errors(at)) or any("unknown layer" in e for e in _errors(at))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the staged analysis: pages show what is ready while later stages run; a features file re-runs only its steps
+
+
+def _series_slice(at: AppTest, first: int, count: int) -> AppTest:
+    """The series demo on a slice no other test analyses (a fresh run, not one from the cache)."""
+    at = _select_series_demo(at)
+    at.switch_page("views/data.py").run()
+    at.toggle(key="data_slice_demo").set_value(True).run()
+    at.number_input(key="data_first_demo").set_value(first).run()
+    at.number_input(key="data_count_demo").set_value(count).run()
+    return at
+
+
+def test_a_page_shows_what_is_ready_and_a_progress_bar_for_a_running_stage(demo_dir, monkeypatch):
+    import dataclasses
+    import threading
+
+    from gatelens.analysis import pipeline
+
+    gate, entered = threading.Event(), threading.Event()
+    original = {s.name: s for s in pipeline.STEP_REGISTRY}["probes"].run
+
+    def held(ctx):  # the probes stage of this test's run (5 sequences) stays running until the test lets it go
+        if ctx.trace.n_sequences == 5:
+            entered.set()
+            assert gate.wait(120)
+        return original(ctx)
+
+    registry = tuple(dataclasses.replace(s, run=held) if s.name == "probes" else s for s in pipeline.STEP_REGISTRY)
+    monkeypatch.setattr(pipeline, "STEP_REGISTRY", registry)
+    try:
+        at = _series_slice(_open(), 2, 5)
+        assert not at.exception
+        assert entered.wait(TIMEOUT), "the probes stage never started"
+        at.switch_page("views/features.py").run()
+        assert not at.exception and not at.error
+        titles = [str(s.get("title")) for s in _charts(at)]
+        assert any("Pearson r of" in t for t in titles), (titles, _waiting(at))
+        assert not any("probe selectivity" in t for t in titles)  # ... the probes not yet
+        assert _waiting(at) == [
+            "Probes: waits for the **probes** stage (linear probes with control tasks) · running (probes)"
+        ]
+        assert len(_frame(at, "rank", "pearson_r")) >= 1
+        sidebar = _plain(" ".join(c.value for c in at.sidebar.caption))
+        assert "**Probes** · running (0%)" in sidebar and "**Summary** · ready" in sidebar
+        at.switch_page("views/units.py").run()  # every other page opens too, with what it has
+        assert not at.exception and not at.error and _charts(at)
+    finally:
+        gate.set()
+    at.switch_page("views/features.py").run()
+    _no_exception(at)  # settles: the page re-runs once the probes are ready
+    assert not _waiting(at)
+    probes_shown = any("probe selectivity" in str(s.get("title")) for s in _charts(at))
+    assert probes_shown or any(i.value.startswith("No probe") for i in at.info), [i.value for i in at.info]
+    _all_ready(at)  # the sidebar is drawn before the page: it may have seen the probes running one run earlier
+
+
+def test_adding_a_features_file_reruns_only_the_steps_that_need_features(demo_dir):
+    import logging
+
+    from gatelens.analysis.pipeline import FEATURE_STEPS
+
+    steps: list[str] = []
+
+    class StepLog(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage()
+            if msg.startswith("analysis step ") and " took " in msg:
+                steps.append(msg.split()[2])
+
+    logger = logging.getLogger("gatelens.analysis.pipeline")
+    handler, level = StepLog(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        _all_ready(_open())  # the text demo, then the whole series demo, then the slice: each analysed to the end
+        _all_ready(_select_series_demo(_open()))
+        at = _all_ready(_series_slice(_open(), 1, 6))
+        steps.clear()
+        at.switch_page("views/data.py").run()
+        rows = ["sequence,step,wave"] + [
+            f"{s},{t},{np.cos((24 * s + t) / 5.0):.6f}" for s in range(10) for t in range(24)
+        ]
+        at.file_uploader(key="features_upload").upload("wave.csv", "\n".join(rows).encode(), "text/csv").run()
+        _no_exception(at)
+        assert any("features: wave.csv" in _plain(s.value) for s in at.success)
+        at.switch_page("views/features.py").run()
+        _no_exception(at)
+        assert "wave" in at.selectbox(key="features_feature").options
+        _all_ready(at)
+        assert sorted(steps) == sorted(FEATURE_STEPS)  # no extraction, no statistics, events or examples again
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _all_ready(at: AppTest, timeout: float = TIMEOUT) -> AppTest:
+    """Re-run until the sidebar says every stage of the current choice's analysis is ready."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while "all stages ready" not in " ".join(c.value for c in at.sidebar.caption):
+        assert not at.exception and time.monotonic() < deadline, [c.value for c in at.sidebar.caption]
+        time.sleep(0.25)
+        at.run()
+    return at

@@ -1,0 +1,195 @@
+# ruff: noqa: E402  (the import path is set before the project's imports)
+"""The dashboard's upload flow, timed in a real browser: upload to first chart, to every analysis stage ready.
+
+A real ``streamlit run dashboards/app.py`` server (``tests/e2e_helpers.StreamlitServer``) driven by Debian's
+headless Chromium (Playwright, ``/usr/bin/chromium``, never downloaded). The script builds a small Keras model
+(LSTM, 16 units, 4 inputs, 80 steps, random weights: no training) and ``.npy`` inputs of 256 and 5,000
+sequences, and for each size, in a fresh browser session:
+
+1. uploads the model on the Model page and the data on the Data page (the clock starts when the file is set);
+2. opens the Units page and waits for its first chart (the saturation scatter: extraction, verified against
+   Keras, and the summary stage done): *upload to first chart*;
+3. on the largest size, opens every page while the later stages (detail, features, probes) still run and
+   times each from the click on its link to the page showing something of its own (its title and a chart,
+   table, text, metric or a progress bar naming the stage it waits for);
+4. waits for the sidebar to say every stage is ready: *upload to all analyses ready*.
+
+Nothing is asserted (``--quick``, tiny sizes, is the smoke test's); the machine's load is printed with the
+tables, since the dashboard shares the CPU with whatever else runs.
+
+    python benchmarks/dashboard.py [--sizes 256,5000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# benchmarks/analysis.py would shadow the `analysis` package: drop this folder from the import path
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the browser tests' server and Chromium helpers
+
+import numpy as np
+from e2e_helpers import CHROMIUM, StreamlitServer, launch_browser, wait_idle
+
+STEPS, FEATURES, UNITS = 80, 4, 16
+#: The pages opened while the later stages run, by their navigation title.
+PAGES = ["Gates over the input", "Units", "Features", "Memory", "Unit explained", "What if", "Search", "Export"]
+#: Something of the page's own: a drawn chart, a table, coloured text, a metric, a message, or a progress bar.
+_SHOWS_JS = """t => {
+    const main = document.querySelector('[data-testid="stMain"]');
+    if (!main) return false;
+    const h1 = [...main.querySelectorAll('h1')].some(h => h.innerText.trim() === t);
+    if (!h1) return false;
+    const sel = ['[data-testid="stVegaLiteChart"] canvas', '[data-testid="stVegaLiteChart"] svg.marks',
+                 '[data-testid="stDataFrame"]', '[data-testid="stHtml"]', '[data-testid="stMetric"]',
+                 '[data-testid="stProgress"]', '[data-testid="stAlert"]', '[data-testid="stCaptionContainer"]'];
+    for (const s of sel) {
+        for (const el of main.querySelectorAll(s)) {
+            const box = el.closest('[data-testid="stElementContainer"]');
+            if (!box || box.getAttribute('data-stale') !== 'true') return true;
+        }
+    }
+    return false;
+}"""
+
+
+def build_inputs(directory: Path, sizes: list[int]) -> tuple[Path, dict[int, Path]]:
+    """A small LSTM forecaster (random weights) and one ``.npy`` input per size."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((STEPS, FEATURES), name="series"),
+            keras.layers.LSTM(UNITS, return_sequences=True, name="lstm"),
+            keras.layers.Dense(1, name="forecast"),
+        ],
+        name="bench_lstm",
+    )
+    model_path = directory / "bench_lstm.keras"
+    model.save(model_path)
+    rng = np.random.default_rng(0)
+    data = {}
+    for n in sizes:
+        t = np.arange(STEPS, dtype=np.float32)
+        phase = rng.uniform(0, 2 * np.pi, (n, 1, FEATURES)).astype(np.float32)
+        x = np.sin(t[None, :, None] / 7.0 + phase) + rng.normal(0, 0.3, (n, STEPS, FEATURES)).astype(np.float32)
+        data[n] = directory / f"series_{n}.npy"
+        np.save(data[n], x.astype(np.float32))
+    return model_path, data
+
+
+def _nav(page, title: str) -> float:
+    """Click a page's link; seconds until it shows something of its own."""
+    t0 = time.perf_counter()
+    page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text(title, exact=True)).click()
+    page.wait_for_function(_SHOWS_JS, arg=title, timeout=600_000, polling=50)
+    return time.perf_counter() - t0
+
+
+def _sidebar(page) -> str:
+    return " · ".join(page.locator('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]').all_inner_texts())
+
+
+def _running_stages(page) -> str:
+    text = _sidebar(page)
+    if "all stages ready" in text:
+        return "none"
+    names = [s for s in ("Summary", "Detail", "Features", "Probes") if f"{s} · " in text and f"{s} · ready" not in text]
+    return ", ".join(n.lower() for n in names) or "?"
+
+
+def upload_flow(browser, url: str, model_path: Path, data_path: Path, *, tour: bool) -> dict:
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(600_000)
+    try:
+        page.goto(f"{url}/", wait_until="domcontentloaded")
+        wait_idle(page, 600_000)
+        page.get_by_test_id("stRadioGroup").get_by_text("Upload my own", exact=True).click()
+        wait_idle(page, 600_000)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(model_path))
+        page.get_by_text("Verification needs input").wait_for()
+        page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text("Data", exact=True)).click()
+        page.get_by_test_id("stRadioGroup").get_by_text("Upload", exact=True).click()
+        wait_idle(page, 600_000)
+        t0 = time.perf_counter()
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(data_path))
+        page.get_by_text("Sequences analysed").wait_for()  # the data is read: the analysis runs in the background
+        _nav(page, "Units")
+        page.wait_for_function(
+            """() => document.querySelectorAll('[data-testid="stVegaLiteChart"] canvas, '
+                + '[data-testid="stVegaLiteChart"] svg.marks').length >= 1""",
+            timeout=600_000,
+            polling=50,
+        )
+        first = time.perf_counter() - t0
+        pages = []
+        if tour:
+            for title in PAGES:
+                running = _running_stages(page)
+                pages.append((title, _nav(page, title), running))
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]')]
+                .some(e => e.innerText.includes('all stages ready'))""",
+            timeout=1_800_000,
+            polling=100,
+        )
+        ready = time.perf_counter() - t0
+        return {"first": first, "ready": ready, "pages": pages}
+    finally:
+        context.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="256,5000", help="sequences per upload, comma separated")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    args = p.parse_args()
+    sizes = [16, 64] if args.quick else [int(s) for s in args.sizes.split(",")]
+    if not Path(CHROMIUM).is_file():
+        print(f"{CHROMIUM} is missing (apt-get install chromium)", file=sys.stderr)
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="gatelens-bench-dashboard-") as d:
+        model_path, data = build_inputs(Path(d), sizes)
+        results = {}
+        with StreamlitServer(log_path=Path(d) / "server.log", timeout=300) as server, sync_playwright() as pw:
+            browser = launch_browser(pw)
+            try:
+                for n in sizes:
+                    results[n] = upload_flow(browser, server.url, model_path, data[n], tour=n == max(sizes))
+            finally:
+                browser.close()
+    load_after = os.getloadavg()
+
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU(s); load average {load_before[0]:.1f} before, "
+        f"{load_after[0]:.1f} after. Model: LSTM {UNITS} units, {FEATURES} inputs, {STEPS} steps (random weights).\n"
+    )
+    print("| N (sequences) | steps analysed | upload to first chart (s) | upload to all analyses ready (s) |")
+    print("|---|---|---|---|")
+    for n, r in results.items():
+        print(f"| {n:,} | {n * STEPS:,} | {r['first']:.1f} | {r['ready']:.1f} |")
+    n = max(sizes)
+    print(f"\nPages opened while the later stages run ({n:,}-sequence upload):\n")
+    print("| page | seconds until it shows something | stages still running when opened |")
+    print("|---|---|---|")
+    for title, seconds, running in results[n]["pages"]:
+        print(f"| {title} | {seconds:.2f} | {running} |")
+    worst = max((s for _, s, _ in results[n]["pages"]), default=float("nan"))
+    print(f"\nslowest page: {worst:.2f} s (the acceptance: every page within 5 s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
