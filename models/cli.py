@@ -113,7 +113,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         verify=args.verify,
         sample_size=args.sample_size,
         **_cluster(args, model_path=args.model),
-        **({} if wants_cluster(args) else {"strict_vocab": args.strict_vocab}),
+        strict_vocab=args.strict_vocab,
     )
     worst = max(trace.verification.values())
     unknown = recorded_unknown_tokens(trace.meta)

@@ -270,6 +270,7 @@ def extract_shard(spec: ShardSpec, x: np.ndarray | str, start: int) -> dict[str,
                 dtype=spec.dtype,
                 verify=spec.verify,
                 sample_size=spec.sample_size,
+                _prepared=True,  # ids: the client tokenised raw text once with the model's own lookup layer
             ):
                 errors = {name: max(v, errs[name]) for name, v in errors.items()}
                 k = next(iter(res.values()))["mask"].shape[0]
@@ -363,6 +364,7 @@ def write_run_distributed(
     shard_sequences: int | None = None,
     retries: int = DEFAULT_RETRIES,
     stats: dict[str, Any] | None = None,
+    strict_vocab: bool = False,
 ) -> Any:
     """:func:`gatelens.models.extract.write_run` on the Dask cluster of ``client``; the same run, byte for byte.
 
@@ -383,6 +385,10 @@ def write_run_distributed(
     stats : dict, optional
         Filled with ``shards``, ``workers``, ``load_seconds`` (per shard: 0 where the worker had the model
         cached) and ``compute_seconds`` (per shard), for benchmarks.
+    strict_vocab : bool
+        As for :func:`~gatelens.models.extract.write_run`: a model with its own lookup layer tokenises on the
+        client (once, before any shard), and the unknown tokens it met are counted in the manifest's
+        ``unknown_tokens`` (or, with ``strict_vocab``, are a DataError before anything is written).
 
     Returns
     -------
@@ -404,7 +410,9 @@ def write_run_distributed(
         DEFAULT_TOLERANCE,
         DEFAULT_VERIFY,
         Extractor,
+        _check_strict,
         _check_verify,
+        _front_meta,
         _verify_meta,
     )
 
@@ -413,9 +421,10 @@ def write_run_distributed(
     sample_size = DEFAULT_SAMPLE_SIZE if sample_size is None else int(sample_size)
     out = local_path(out)
     ex = model if isinstance(model, Extractor) else Extractor(model, layers=layers)
-    x = ex.check_input(x)
-    n, t = int(x.shape[0]), int(x.shape[1])
     _check_verify(verify, sample_size)
+    x, unknown = ex.to_ids(x)  # raw text through the model's own lookup layer, as write_run does; the shards get ids
+    _check_strict(ex, unknown, strict_vocab)
+    n, t = int(x.shape[0]), int(x.shape[1])
     ex.prepare(dtype, verify, sample_size)  # traced, not run: the weights (embeddings included) are known
     infos = [d.info for d in ex.directions]
     with_tokens = bool(ex.integer_input)
@@ -508,11 +517,10 @@ def write_run_distributed(
             batch_size=batch_size,
             keras_version=keras.__version__,
             tensorflow_version=tf.__version__,
-            vocabulary=vocabulary,
+            vocabulary=ex.vocabulary if ex.vocabulary is not None else vocabulary,
             feature_names=feature_names or (None if with_tokens else [f"x{i}" for i in range(x.shape[-1])]),
             model_input_shape=list(ex.input_shape),
-            **_verify_meta(verify, sample_size),
-            **dict(manifest or {}),
+            **{**_verify_meta(verify, sample_size), **_front_meta(ex, unknown), **dict(manifest or {})},
         )
         if stats is not None:
             stats.update(shards=len(shards), workers=workers, load_seconds=loads, compute_seconds=computes)

@@ -337,3 +337,62 @@ def test_failing_shard_fails_the_run_and_leaves_the_previous_run(client, runs, m
     verify_run(out)
     assert not list(tmp_path.glob(".run.partial-*"))  # the partial run is gone
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.keras", "run", "x.npy"]  # no inputs left either
+
+
+# --- models that take raw strings: tokenised once on the client, unknown tokens counted, --strict-vocab ---------
+
+STRINGS = np.array([list("the ca"), list("zz tat"), list("sat xy"), list("a cat "), list("tea  s")], object)
+UNKNOWN = {"z": 2, "x": 1, "y": 1}  # the characters of STRINGS outside the vocabulary of "the cat sat"
+
+
+def _string_model(path: Path) -> Path:
+    import keras
+
+    lookup = keras.layers.StringLookup(name="lookup")
+    lookup.adapt(np.array([list("the cat sat")]))  # adapted: the vocabulary goes to the archive's assets
+    model = keras.Sequential(
+        [keras.Input((6,), dtype="string"), lookup, keras.layers.Embedding(12, 3, name="emb"),
+         keras.layers.LSTM(3, return_sequences=True, name="lstm")], name="sl")  # fmt: skip
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.normal(scale=0.7, size=w.shape).astype(w.dtype) if w.dtype.kind == "f" else w
+                       for w in model.get_weights()])  # fmt: skip
+    model.save(path)
+    return path
+
+
+def test_string_model_counts_unknown_tokens_and_honours_strict_vocab(client, tmp_path, capsys):
+    from gatelens.errors import DataError
+    from gatelens.models.cli import main
+    from gatelens.models.distributed import write_run_distributed
+    from gatelens.models.extract import write_run
+    from gatelens.models.loading import load_model
+
+    path = _string_model(tmp_path / "sl.keras")
+    model = load_model(path)
+    single, dist = tmp_path / "single", tmp_path / "dist"
+    write_run(model, STRINGS, single, batch_size=2)
+    write_run_distributed(model, STRINGS, dist, client=client, model_path=path, batch_size=2, shard_sequences=2)
+    a, b = _manifest(single), _manifest(dist)
+    assert a["files"] == b["files"] and a["vocabulary"] == b["vocabulary"]  # the same run, byte for byte
+    assert b["tokenizer"] == a["tokenizer"] and b["tokenizer"]["class"] == "StringLookup"
+    assert b["unknown_tokens"] == a["unknown_tokens"]
+    u = b["unknown_tokens"]
+    assert (u["count"], u["n_tokens"], u["distinct"]) == (sum(UNKNOWN.values()), STRINGS.size, len(UNKNOWN))
+    assert [tuple(t) for t in u["top"]] == sorted(UNKNOWN.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    with pytest.raises(DataError, match="--strict-vocab: 4 of 30 tokens unknown"):
+        write_run_distributed(model, STRINGS, tmp_path / "strict", client=client, model_path=path, strict_vocab=True)
+    assert not (tmp_path / "strict").exists() and not list(tmp_path.glob(".strict*"))
+
+    # the CLI on a scheduler: the summary line and --strict-vocab as in one process
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("on the mat sat cat")  # three windows of 6 characters; 'o', 'n', 'm' unknown
+    addr = client.scheduler.address
+    capsys.readouterr()
+    assert main(["extract", str(path), str(corpus), "--out", str(tmp_path / "cli"), "--scheduler", addr]) == 0
+    cli = _manifest(tmp_path / "cli")["unknown_tokens"]
+    assert (cli["count"], cli["n_tokens"]) == (3, 18) and {t: c for t, c in cli["top"]} == {"o": 1, "n": 1, "m": 1}
+    assert f"{cli['count']} of {cli['n_tokens']} tokens unknown" in capsys.readouterr().out
+    strict = ["extract", str(path), str(corpus), "--out", str(tmp_path / "cli2"), "--scheduler", addr, "--strict-vocab"]
+    assert main(strict) == 2
+    assert "--strict-vocab" in capsys.readouterr().err and not (tmp_path / "cli2").exists()
