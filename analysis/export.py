@@ -729,6 +729,105 @@ def write_events_parquet(
     return path
 
 
+def export_tables(analysis: Analysis | None = None) -> list[str]:
+    """The tables :func:`export_run` writes for ``analysis``: ``activations``, ``sequences``, ``units`` and each
+    analysis table that is there (not None; ``events`` also when it is on disk).
+
+    Examples
+    --------
+    >>> from gatelens.analysis.pipeline import Analysis
+    >>> export_tables(), "correlations" in export_tables(Analysis(correlations=pd.DataFrame()))
+    (['activations', 'sequences', 'units'], True)
+    """
+    names = ["activations", "sequences", "units"]
+    if analysis is None:
+        return names
+    for attr in ANALYSIS_FILES.values():
+        if attr == "events":
+            if analysis.events is not None or analysis.events_file is not None:
+                names.append("events")
+        elif getattr(analysis, attr) is not None:
+            names.append(attr)
+    return names
+
+
+def export_table(
+    trace: Trace,
+    name: str,
+    out_dir: str | os.PathLike,
+    *,
+    format: str = "csv",
+    analysis: Analysis | None = None,
+    layers: Sequence[str] | None = None,
+    signals: Sequence[str] | None = None,
+    sequences: range | None = None,
+    chunk: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write one table of :func:`export_run` (one of :func:`export_tables`), the same file it writes for it.
+
+    ``activations`` and CSV ``events`` are streamed (a chunk or batch at a time); the other tables are small.
+    ``progress(done, total)`` is called per chunk of ``activations``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from gatelens.analysis.store import open_run
+    >>> from gatelens._examples import tiny_run
+    >>> p = export_table(open_run(tiny_run(n=4)), "sequences", tempfile.mkdtemp(), sequences=range(1, 2))
+    >>> p.name, read_csv(p)["sequence"].unique().tolist()
+    ('sequences.csv', [1])
+    """
+    if format not in EXPORT_FORMATS:
+        raise GatelensInputError(f"--format {format!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    if name not in export_tables(analysis):
+        raise UsageError(f"no table {name!r} to export; there are {export_tables(analysis)}")
+    from gatelens.analysis.pipeline import Analysis
+    from gatelens.analysis.sources import sequence_table
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = select_layers(trace, layers)
+    if name == "activations":
+        sel = {"layers": names, "signals": signals, "sequences": sequences, "chunk": chunk}
+        if format == "csv":
+            return write_activations_csv(trace, out / "activations.csv", progress=progress, **sel)
+        return _write_activations_parquet(trace, out, progress=progress, **sel)
+    if name == "events":
+        from gatelens.analysis.pipeline import iter_event_batches
+
+        assert analysis is not None  # export_tables lists events only with an analysis
+        if format == "csv":
+            cols = list(analysis.events.columns) if analysis.events_file is None else None
+            if cols is None:
+                import pyarrow.parquet as pq
+
+                cols = pq.read_schema(analysis.events_file).names
+            cols = cols or TABLE_COLUMNS["events"]
+            return write_csv_batches(
+                (_select(b, names, signals, sequences)[cols] for b in iter_event_batches(analysis) if len(b.columns)),
+                out / "events.csv", cols)  # fmt: skip
+        return write_events_parquet(analysis, out / "events.parquet", names, signals, sequences)
+    if name == "sequences":
+        df = _select(sequence_table(trace), None, None, sequences)
+    elif name == "units":
+        if analysis is None:
+            from gatelens.analysis.memory import half_lives
+            from gatelens.analysis.stats import stats_tables
+
+            units, sig = stats_tables(trace, chunk=chunk)
+            analysis = Analysis(units=units, signal_stats=sig, half_lives=half_lives(trace, chunk=chunk))
+        df = units_table(analysis)
+    else:
+        df = getattr(analysis, name)
+    df = _with_header(_select(df, names if layers is not None else None, signals, sequences), name)
+    if format == "csv":
+        return write_csv(df, out / f"{name}.csv")
+    import pyarrow as pa
+
+    return _atomic_parquet(pa.Table.from_pandas(df, preserve_index=False), out / f"{name}.parquet")
+
+
 def export_run(
     trace: Trace,
     out_dir: str | os.PathLike,
@@ -779,59 +878,19 @@ def export_run(
     """
     if format not in EXPORT_FORMATS:
         raise GatelensInputError(f"--format {format!r}: expected one of {', '.join(EXPORT_FORMATS)}")
-    from gatelens.analysis.pipeline import Analysis
-    from gatelens.analysis.sources import sequence_table
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clean_partials(out)  # what a killed export left
     names = select_layers(trace, layers)
     activation_columns(trace, names, signals)  # checks the signals before anything is written
-    sel = {"layers": names, "signals": signals, "sequences": sequences, "chunk": chunk}
+    tables = export_tables(analysis)
+    order = ["activations"] + (["events"] if "events" in tables else [])
+    order += [t for t in tables if t not in order]
     written: dict[str, Path] = {}
-    if format == "csv":
-        written["activations"] = write_activations_csv(trace, out / "activations.csv", **sel)
-    else:
-        written["activations"] = _write_activations_parquet(trace, out, **sel)
-    tables: dict[str, pd.DataFrame] = {"sequences": _select(sequence_table(trace), None, None, sequences)}
-    if analysis is None:
-        from gatelens.analysis.memory import half_lives
-        from gatelens.analysis.stats import stats_tables
-
-        units, sig = stats_tables(trace, chunk=chunk)
-        tables["units"] = units_table(
-            Analysis(units=units, signal_stats=sig, half_lives=half_lives(trace, chunk=chunk))
-        )
-    else:
-        tables["units"] = units_table(analysis)
-        for attr in ANALYSIS_FILES.values():
-            if attr == "events":
-                continue
-            df = getattr(analysis, attr)
-            if df is not None:
-                tables[attr] = df
-        if analysis.events is not None or analysis.events_file is not None:
-            from gatelens.analysis.pipeline import iter_event_batches
-
-            if format == "parquet":
-                written["events"] = write_events_parquet(analysis, out / "events.parquet", names, signals, sequences)
-            else:
-                cols = list(analysis.events.columns) if analysis.events_file is None else None
-                if cols is None:
-                    import pyarrow.parquet as pq
-
-                    cols = pq.read_schema(analysis.events_file).names
-                cols = cols or TABLE_COLUMNS["events"]
-                written["events"] = write_csv_batches(
-                    (_select(b, names, signals, sequences)[cols] for b in iter_event_batches(analysis) if len(b.columns)),
-                    out / "events.csv", cols)  # fmt: skip
-    for name, df in tables.items():
-        df = _with_header(_select(df, names if layers is not None else None, signals, sequences), name)
-        if format == "csv":
-            written[name] = write_csv(df, out / f"{name}.csv")
-        else:
-            import pyarrow as pa
-
-            written[name] = _atomic_parquet(pa.Table.from_pandas(df, preserve_index=False), out / f"{name}.parquet")
+    for name in order:
+        written[name] = export_table(
+            trace, name, out, format=format, analysis=analysis, layers=layers, signals=signals, sequences=sequences,
+            chunk=chunk,
+        )  # fmt: skip
     log.info("exported %d tables (%s) to %s", len(written), format, out)
     return written

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from gatelens.dashboards import state
+from gatelens.dashboards import sessions, state
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,6 +31,7 @@ pages = [
     st.Page(PAGES / "export.py", title="Export", icon=":material/download:"),
 ]
 page = st.navigation(pages)
+sessions.keep_alive()  # heartbeat: an ended session's files are removed by the reaper (gatelens.dashboards.sessions)
 
 with st.sidebar:
     st.markdown("### gatelens")

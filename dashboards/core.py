@@ -596,8 +596,10 @@ def extract_run(model: ModelBundle, data: DataBundle, stage: StageProgress = _no
         manifest=manifest,
     )
     seconds = {"extract": time.perf_counter() - t0}
-    if trace_bytes(trace) <= IN_MEMORY_BYTES:
-        trace = in_memory(trace)
+    if trace_bytes(trace) <= IN_MEMORY_BYTES:  # and within the server's byte budget for traces in memory
+        from gatelens.dashboards.membudget import maybe_in_memory
+
+        trace = maybe_in_memory(trace, trace_bytes(trace), in_memory)
     return RunResult(
         key=key, trace=trace, run_dir=out, analysis=Analysis(), tolerance=DEFAULT_TOLERANCE, seconds=seconds, _tmp=tmp
     )

@@ -19,6 +19,20 @@ Examples
 >>> job = Job.start(work)
 >>> job.wait(10), job.result(), job.fraction
 (True, 'done', 1.0)
+
+A cancelled job stops at its next progress call (:meth:`Job.cancel`: its session ended):
+
+>>> import threading
+>>> go = threading.Event()
+>>> def slow(stage):
+...     progress = stage("waiting")
+...     go.wait(10)
+...     progress(1, 2)
+...     return "never"
+>>> job = Job.start(slow)
+>>> job.cancel(); go.set()
+>>> job.wait(10), type(job.error).__name__, job.cancelled
+(True, 'Cancelled', True)
 """
 
 from __future__ import annotations
@@ -33,6 +47,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+
+
+class Cancelled(Exception):
+    """Raised inside a job's work by its progress callback once the job was cancelled (its session ended)."""
+
 
 #: Worker threads shared by all sessions (the machine is small; TensorFlow uses its own pool inside).
 MAX_WORKERS = 2
@@ -76,6 +95,10 @@ class Job:
         self.stages_done = -1
         self.started = time.monotonic()
         self.finished: float | None = None
+        self._cancel = threading.Event()
+        #: Called once with the result (None if the work stopped midway) when a cancelled job is dropped (e.g.
+        #: removes a run's folder).
+        self.on_discard: Callable[[Any], None] | None = None
 
     @classmethod
     def start(cls, fn: Callable[[Callable[[str], Progress]], Any], *, n_stages: int = 1) -> Job:
@@ -88,12 +111,16 @@ class Job:
         return self
 
     def _stage(self, label: str) -> Progress:
+        if self._cancel.is_set():
+            raise Cancelled(f"cancelled before {label!r}")
         with self._lock:
             self.stages_done += 1
             self.label = label
             self.fraction = 0.0
 
         def progress(done: int, total: int) -> None:
+            if self._cancel.is_set():
+                raise Cancelled(f"cancelled during {label!r}")
             with self._lock:
                 self.fraction = min(1.0, max(0.0, done / total)) if total else 1.0
 
@@ -110,6 +137,34 @@ class Job:
             with self._lock:
                 self.fraction = 1.0
             self._done.set()
+            if self._cancel.is_set():
+                self._discard()
+
+    def cancel(self) -> None:
+        """Stop the work at its next progress call and drop the result (:attr:`on_discard` gets it).
+
+        Safe to call from any thread, more than once. A cancelled job's :meth:`result` raises
+        :class:`Cancelled`.
+        """
+        self._cancel.set()
+        if self.done:
+            self._discard()
+
+    def _discard(self) -> None:
+        with self._lock:
+            result, self._result = self._result, None
+            # a fresh error without a traceback: the frames of the stopped work (and their temporary folders) go
+            self._error = Cancelled("the session that asked for this work ended")
+        if self.on_discard is not None:  # also without a result (stopped midway): it may hold a folder
+            try:
+                self.on_discard(result)
+            except Exception:
+                log.warning("could not release a cancelled job's result", exc_info=True)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once :meth:`cancel` was called."""
+        return self._cancel.is_set()
 
     @property
     def done(self) -> bool:

@@ -1,6 +1,7 @@
 """Run the Streamlit server for ``gatelens dashboard`` as a child that never outlives its parent.
 
-``gatelens dashboard`` starts ``python -m streamlit run dashboards/app.py`` with the server options below
+``gatelens dashboard`` starts ``python -m streamlit run dashboards/asgi.py`` (``app.py``'s pages, served through
+``st.App`` with the Export page's streaming download route) with the server options below
 passed as flags (so an installed wheel, which has no ``.streamlit/config.toml`` beside the user's working
 folder, serves with the same settings as ``make run``), forwards SIGTERM, SIGINT and SIGHUP to it and waits
 for it: stopping the command stops the server, with no orphan left behind (``make run`` stops on Ctrl-C).
@@ -18,6 +19,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 APP = Path(__file__).resolve().parent / "app.py"
+#: What ``streamlit run`` serves: ``app.py``'s pages through ``st.App``, with the Export page's streaming route.
+ASGI_APP = Path(__file__).resolve().parent / "asgi.py"
 
 #: Server options (the same as the repository's .streamlit/config.toml, which `streamlit run` reads there).
 STREAMLIT_OPTIONS: dict[str, str] = {
@@ -44,7 +47,7 @@ def streamlit_command(port: int, address: str | None = None) -> list[str]:
     >>> cmd[1:4], cmd[cmd.index("--server.port") + 1]
     (['-m', 'streamlit', 'run'], '8502')
     """
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port)]
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ASGI_APP), "--server.port", str(port)]
     for key, value in STREAMLIT_OPTIONS.items():
         cmd += [f"--{key}", value]
     if address:
@@ -56,8 +59,10 @@ def serve(port: int, address: str | None = None) -> int:
     """Serve the dashboard until the server exits or this process is told to stop; returns the exit code."""
     proc = subprocess.Popen(streamlit_command(port, address))
     previous = {}
+    forwarded: list[int] = []
 
     def forward(signum: int, _frame) -> None:
+        forwarded.append(signum)
         if proc.poll() is None:
             log.info("forwarding %s to the Streamlit server (pid %d)", signal.Signals(signum).name, proc.pid)
             proc.send_signal(signum)
@@ -67,7 +72,11 @@ def serve(port: int, address: str | None = None) -> int:
     try:
         while True:
             try:
-                return proc.wait()
+                code = proc.wait()
+                # stopped by a forwarded signal: the shell's 128 + N (the ASGI server exits with -N & 0xff)
+                if forwarded and code in (-forwarded[-1], 256 - forwarded[-1], 128 + forwarded[-1]):
+                    return 128 + forwarded[-1]
+                return code
             except KeyboardInterrupt:  # a second Ctrl-C while waiting: keep waiting for the child
                 continue
     finally:
@@ -81,7 +90,7 @@ def serve(port: int, address: str | None = None) -> int:
             signal.signal(sig, handler)
 
 
-__all__ = ["APP", "STREAMLIT_OPTIONS", "serve", "streamlit_command"]
+__all__ = ["APP", "ASGI_APP", "STREAMLIT_OPTIONS", "serve", "streamlit_command"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(serve(int(os.environ.get("PORT", "8501"))))

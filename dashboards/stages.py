@@ -257,7 +257,10 @@ class Live:
 
 
 def _keep(obj: _Staged) -> bool:
-    """Keep a cached staged run unless it failed for a reason other than the user's input (then retry)."""
+    """Keep a cached staged run unless it was cancelled (every session using it ended: gatelens.dashboards.sessions)
+    or failed for a reason other than the user's input (then retry)."""
+    if obj.job.cancelled:
+        return False
     e = obj.job.error
     return e is None or core.is_user_error(e)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import streamlit as st
 
-from gatelens.dashboards import core, demos, stages
+from gatelens.dashboards import core, demos, sessions, stages
 from gatelens.dashboards.jobs import Job
 from gatelens.dashboards.tempdirs import owned_tempdir
 
@@ -85,6 +85,7 @@ class _SessionDir:
     def __init__(self) -> None:
         self._tmp = owned_tempdir("gatelens-session-")
         self.path = Path(self._tmp.name)
+        sessions.own_folder(self.path)  # removed when the session ends (gatelens.dashboards.sessions)
 
 
 def session_dir() -> Path:
@@ -220,7 +221,10 @@ def set_data_choice(choice: core.DataChoice | None) -> None:
 
 
 def _retry_internal_failures(job: Job) -> bool:
-    """Keep a cached job unless it failed for a reason other than the user's input (then retry)."""
+    """Keep a cached job unless it was cancelled (its sessions ended) or failed for a reason other than the
+    user's input (then retry)."""
+    if job.cancelled:
+        return False
     return not (job.done and job.error is not None and not core.is_user_error(job.error))
 
 
@@ -246,25 +250,6 @@ def require_probes(run: core.RunResult):
 def current_analysis(run: core.RunResult):
     """The run's analysis as it is now: every table ready (see :mod:`gatelens.dashboards.stages`)."""
     return run.analysis
-
-
-@st.cache_resource(max_entries=2, show_spinner=False, validate=_retry_internal_failures)
-def _export_job(key: str, _run: core.RunResult, _analysis) -> Job:
-    return Job.start(lambda stage: core.export_zip(_run, _analysis, stage("Writing every CSV of the contract")))
-
-
-def require_export(run: core.RunResult) -> tuple[bytes, dict[str, int]]:
-    """The export zip of ``run`` (probes included) and its members' sizes, written once per run."""
-    try:
-        full = stages.wait_all(run)
-    except Exception as e:
-        _stop_with(e)
-        raise
-    try:
-        return wait_for(_export_job(run.key, full, full.analysis))
-    except Exception as e:
-        _stop_with(e)
-        raise
 
 
 def wait_for(job: Job) -> Any:
@@ -333,7 +318,7 @@ def live_run() -> stages.Live | None:
         data = _current_data(model, dc)
     except Exception:
         return None
-    return stages.live(model, data)
+    return sessions.own_live(stages.live(model, data))
 
 
 def require_run() -> core.RunResult:
@@ -344,7 +329,7 @@ def require_run() -> core.RunResult:
     model = require_model()
     data = require_data(model)
     try:
-        return stages.wait_first(stages.live(model, data))
+        return stages.wait_first(sessions.own_live(stages.live(model, data)))
     except Exception as e:
         _stop_with(e)
         raise
@@ -426,7 +411,7 @@ def try_run() -> tuple[core.RunResult | None, BaseException | None]:
     model = require_model()
     data = require_data(model)
     try:
-        return stages.wait_first(stages.live(model, data)), None
+        return stages.wait_first(sessions.own_live(stages.live(model, data))), None
     except Exception as e:
         if core.is_user_error(e):
             return None, e

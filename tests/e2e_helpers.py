@@ -70,6 +70,7 @@ class StreamlitServer:
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
         timeout: float = 120.0,
+        script: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -78,10 +79,12 @@ class StreamlitServer:
         self.timeout = timeout
         self.args = list(args or [])
         self.proc: subprocess.Popen | None = None
+        #: ``dashboards/app.py``; ``dashboards/asgi.py`` is what ``gatelens dashboard`` serves (with its download route)
+        self.script = Path(script) if script is not None else REPO / "dashboards" / "app.py"
 
     def __enter__(self) -> StreamlitServer:
         cmd = [
-            sys.executable, "-m", "streamlit", "run", str(REPO / "dashboards" / "app.py"),
+            sys.executable, "-m", "streamlit", "run", str(self.script),
             "--server.port", str(self.port), "--server.address", "127.0.0.1",
             "--server.headless", "true", "--browser.gatherUsageStats", "false", *self.args,
         ]  # fmt: skip
@@ -164,6 +167,26 @@ def wait_charts(page, n: int = 1, timeout: float = 60_000) -> None:
             '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg.marks').length >= {n}""",
         timeout=timeout,
     )
+
+
+def nav(page, title: str, timeout: float = 180_000) -> None:
+    """Open a page through the sidebar (the same session; a new URL would start a new one) and wait for it."""
+    # exact label: the links also hold their icon's ligature text ("memory" is the Model page's icon)
+    page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text(title, exact=True)).click()
+    page.wait_for_function(
+        "t => [...document.querySelectorAll('[data-testid=\"stMain\"] h1')].some(h => h.innerText.trim() === t)",
+        arg=title,
+        timeout=timeout,
+    )
+    wait_idle(page, timeout)
+
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory from ``/proc/PID/status`` (``VmRSS`` now, ``VmHWM`` its peak), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(f"{field} not in /proc/{pid}/status")
 
 
 def goto(page, base_url: str, path: str, timeout: float = 180_000) -> None:

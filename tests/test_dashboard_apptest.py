@@ -308,17 +308,146 @@ def test_explain_page_series_examples_as_strips(demo_dir):
     assert _chart_data(at, "steps of the run")["count"].sum() == 10 * 24  # all 10 windows of the series
 
 
-def test_export_page_zip_and_manifest(demo_dir):
-    at = _open("export")
+def _export_file(at: AppTest, table: str, fmt: str = "csv") -> Path:
+    """The file the Export page wrote for ``table`` (in this session's folder, under its selection)."""
+    from gatelens.dashboards import exporting
+
+    root = at.session_state["_gatelens_session_dir"].path / "exports"
+    name = exporting.download_name(table, fmt)
+    found = sorted(root.rglob(name))
+    assert len(found) == 1, (table, found)
+    return found[0]
+
+
+def _wait_written(at: AppTest, table: str, fmt: str = "csv", timeout: float = 120) -> AppTest:
+    """Click the Export page's "Write" button of a large table and rerun until its download is offered."""
+    import time
+
+    from gatelens.dashboards import exporting
+
+    at.button(key=f"write_{table}").click().run()
+    _no_exception(at)
+    deadline = time.monotonic() + timeout
+    name = exporting.download_name(table, fmt)
+    while not any(b.proto.label.startswith(name + " ") for b in at.get("download_button")):
+        assert time.monotonic() < deadline, f"{table} was not written in {timeout} s"
+        time.sleep(0.5)
+        at.run()
+        _no_exception(at)
+    return at
+
+
+def test_export_page_offers_each_table_with_choices(demo_dir, tmp_path):
+    """Each table the library exports, with the page's layer/signal/sequence/format choices: the same bytes as
+    gatelens.analysis.export.export_table on the same run, written to the session's folder (not into memory)."""
+    import pandas as pd
+
+    from gatelens.analysis.export import export_table, export_tables
+    from gatelens.dashboards import core, exporting, state
+
+    at = _settle(_open("export"))  # each table is offered once its stage is done (a progress bar until then)
     labels = [b.proto.label for b in at.get("download_button")]
-    assert labels[0] == "Download everything (zip)"
-    for name in ("activations.csv", "units.csv", "correlations.csv", "probes.csv", "clusters.csv", "manifest.json"):
-        assert name in labels
-    manifest = at.get("json")[0].proto.body
-    doc = json.loads(manifest)
-    assert doc["format"] == "gatelens-run"
-    assert doc["model"]["name"] == "tiny_char.keras"
+    # the small tables at once; probes once their job is done (a progress bar until then)
+    for name in ("units.csv", "sequences.csv", "correlations.csv", "clusters.csv", "manifest.json"):
+        assert any(label.startswith(name) for label in labels), (name, labels)
+    assert not any(label.startswith(("activations.", "events.")) for label in labels)  # on demand only
+    doc = json.loads(at.get("json")[0].proto.body)
+    assert doc["format"] == "gatelens-run" and doc["model"]["name"] == "tiny_char.keras"
     assert doc["data"]["path"] == "tiny_char.demo.txt"
+
+    at.multiselect(key="export_layers").set_value(["lstm_1"]).run()
+    at.multiselect(key="export_signals").set_value(["hidden_state", "cell_state"]).run()
+    at.number_input(key="export_first").set_value(2).run()
+    at.number_input(key="export_count").set_value(3).run()
+    at.radio(key="export_format").set_value("Parquet").run()
+    _no_exception(at)
+    at = _wait_written(at, "activations", "parquet")
+
+    job = next(iter(at.session_state["_gatelens_export_jobs"].values()))
+    assert job.done and job.error is None
+    got = _export_file(at, "activations", "parquet")
+    with zipfile.ZipFile(got) as zf:
+        assert zf.namelist() == ["activations/layer=lstm_1/part-0.parquet"]
+        table = pd.read_parquet(io.BytesIO(zf.read("activations/layer=lstm_1/part-0.parquet")))
+    assert sorted(table["sequence"].unique()) == [2, 3, 4]
+    assert list(table.columns) == ["sequence", "step", "unit", "cell_state", "hidden_state", "token"]
+    # against the library: the same model and data, extracted, analysed and exported here by export_table
+    demo = state.demo_list()[0]
+    model = core.load_model_bundle(state.demo_model_choice(demo))
+    run = core.run_analysis(model, core.load_data_bundle(model, state.demo_data_choice(demo)))
+    ref = export_table(run.trace, "activations", tmp_path / "ref", format="parquet", layers=["lstm_1"],
+                       signals=["hidden_state", "cell_state"], sequences=range(2, 5))  # fmt: skip
+    expected = pd.read_parquet(ref / "layer=lstm_1" / "part-0.parquet")
+    pd.testing.assert_frame_equal(table, expected)
+    # and a value against the trace itself
+    row = table[(table.sequence == 3) & (table.step == 5) & (table.unit == 2)]
+    assert np.float32(row["hidden_state"].iloc[0]) == run.trace["lstm_1"]["hidden_state"][3, 5, 2]
+
+    # small tables follow the choices too: units of lstm_1, those two signals, Parquet; same bytes as the library
+    units = _export_file(at, "units", "parquet")
+    ref_units = export_table(run.trace, "units", tmp_path / "ref", format="parquet", analysis=run.analysis,
+                             layers=["lstm_1"], signals=["hidden_state", "cell_state"], sequences=range(2, 5))  # fmt: skip
+    assert units.read_bytes() == ref_units.read_bytes()
+    assert set(pd.read_parquet(units)["layer"]) == {"lstm_1"}
+    assert set(export_tables(run.analysis)) >= {"units", "sequences", "correlations", "events"}
+    assert exporting.route_served() is False  # AppTest: no streaming route; small files via download_button
+
+
+def _asgi_get(app, path: str) -> tuple[int, dict[str, str], list[bytes]]:
+    """GET ``path`` from an ASGI app in this process: status, headers and the body as the chunks it was sent in."""
+    import asyncio
+
+    messages: list[dict] = []
+    requested = []
+
+    async def receive():
+        if not requested:
+            requested.append(True)
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # the client stays connected until the response is sent (then cancelled)
+
+    async def send(message):
+        messages.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [], "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80),
+             "client": ("127.0.0.1", 1), "root_path": ""}  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    return start["status"], headers, [m.get("body", b"") for m in messages if m["type"] == "http.response.body"]
+
+
+def test_export_route_streams_the_file_from_disk(demo_dir, monkeypatch, tmp_path):
+    """With the route served (gatelens dashboard), the page links to it and the route streams the file from disk,
+    a bounded chunk at a time; unknown tokens and files of an ended session are 404."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from gatelens.dashboards import exporting
+
+    monkeypatch.setattr(exporting, "_route_served", True)  # as gatelens.dashboards.asgi.app does when it starts
+    at = _settle(_open("export"))
+    links = {b.proto.label.split(" · ")[0]: b.proto.url for b in at.get("link_button")}
+    assert "units.csv" in links and links["units.csv"].startswith(exporting.DOWNLOAD_ROUTE + "/")
+    assert not at.get("download_button") or all(
+        not b.proto.label.startswith("units.csv") for b in at.get("download_button")
+    )
+    path = _export_file(at, "units")
+    app = Starlette(routes=[Route(exporting.DOWNLOAD_ROUTE + "/{token}", exporting.download_endpoint)])
+    status, headers, chunks = _asgi_get(app, links["units.csv"])
+    assert status == 200 and b"".join(chunks) == path.read_bytes()
+    assert headers["content-type"].startswith("text/csv")
+    assert 'filename="units.csv"' in headers["content-disposition"]
+    # a large file goes out in bounded chunks, read from disk as it is sent
+    big = tmp_path / "big.csv"
+    big.write_bytes(np.random.default_rng(0).bytes(3_000_000))
+    status, _, chunks = _asgi_get(app, exporting.download_url(exporting.register(big)))
+    assert status == 200 and b"".join(chunks) == big.read_bytes()
+    assert len(chunks) > 10 and max(len(c) for c in chunks) <= 1024 * 1024
+    assert _asgi_get(app, exporting.DOWNLOAD_ROUTE + "/not-a-token")[0] == 404
+    path.unlink()  # its session's folder gone: the link dies with it
+    assert _asgi_get(app, links["units.csv"])[0] == 404
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,9 +519,13 @@ def test_uploaded_model_and_npy_data_run_and_verify(demo_dir, tmp_path):
     ref = extract(keras.saving.load_model(path), x)
     doc = json.loads(at.get("json")[0].proto.body)
     assert doc["model"]["name"] == "mine.keras" and doc["n_sequences"] == 5
-    zipped = next(b for b in at.get("download_button") if b.proto.label == "Download everything (zip)")
-    assert zipped.proto.url  # served by the media file manager: content checked in the browser test
-    assert ref["lstm"]["forget_gate"].shape == (5, 7, 4)
+    at = _wait_written(at, "activations")
+    from gatelens.analysis.export import read_csv
+
+    acts = read_csv(_export_file(at, "activations"))
+    got = acts[acts.layer == "lstm"].sort_values(["sequence", "step", "unit"])
+    assert len(got) == 5 * 7 * 4
+    np.testing.assert_array_equal(got["forget_gate"].to_numpy(np.float32), ref["lstm"]["forget_gate"].reshape(-1))
 
 
 def test_data_that_does_not_fit_the_model_shows_a_readable_error(demo_dir):

@@ -58,7 +58,7 @@ def test_the_command_line_carries_the_server_settings():
     cmd = streamlit_command(8599, "127.0.0.1")
     for key, value in STREAMLIT_OPTIONS.items():
         assert cmd[cmd.index(f"--{key}") + 1] == value
-    assert Path(cmd[4]).name == "app.py" and Path(cmd[4]).is_file()
+    assert Path(cmd[4]).name == "asgi.py" and Path(cmd[4]).is_file()  # app.py served through st.App
     # the repository's config file says the same (streamlit run from the checkout reads it)
     config = (REPO / ".streamlit" / "config.toml").read_text()
     assert "maxUploadSize = 100" in config and STREAMLIT_OPTIONS["server.maxUploadSize"] == "100"

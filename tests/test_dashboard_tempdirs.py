@@ -53,10 +53,39 @@ def test_owned_tempdir_marks_this_process(tmp_path, monkeypatch):
         owned_tempdir("something-else-")
 
 
+#: Pages of the app, by their sidebar title.
+PAGE_TITLES = ["Model", "Data", "Gates over the input", "Units", "Features", "Memory", "Unit explained", "What if",
+               "Search", "Export"]  # fmt: skip
+IDLE_S = 3  # GATELENS_SESSION_IDLE_S in the test: a closed browser's session ends within seconds
+N_SEQUENCES, N_STEPS, N_UNITS = 5_000, 20, 6
+
+
+def _ours(tmpdir, *prefixes: str) -> list:
+    return sorted(p for p in tmpdir.iterdir() if p.name.startswith(prefixes))
+
+
 @pytest.mark.slow
-def test_a_new_server_removes_the_runs_of_a_killed_one(tmp_path):
-    """A real server analyses the demo (a gatelens-run-* folder appears), is SIGKILLed, and the next removes it."""
-    from e2e_helpers import StreamlitServer, build_tiny_demos, goto, launch_browser, require_chromium
+def test_a_server_holds_up_sessions_end_and_a_new_server_removes_a_killed_ones_runs(tmp_path):
+    """``gatelens dashboard``'s app (asgi.py, with the download route), 5,000 uploaded sequences, every page visited:
+    the Streamlit process's peak RSS stays under 1.5 GB (/proc/PID/status VmHWM) and the activations download
+    streams the file written to disk; closing the browser removes the session's folders and its run within the
+    idle timeout; a run of a server that is SIGKILLed is removed by the next server, a folder it did not create
+    stays."""
+    import urllib.request
+
+    import keras
+    import numpy as np
+    from e2e_helpers import (
+        REPO,
+        StreamlitServer,
+        build_tiny_demos,
+        goto,
+        launch_browser,
+        nav,
+        require_chromium,
+        rss_bytes,
+        wait_idle,
+    )
     from playwright.sync_api import sync_playwright
 
     require_chromium()  # a skip outside CI only; in CI a missing Chromium fails
@@ -66,17 +95,88 @@ def test_a_new_server_removes_the_runs_of_a_killed_one(tmp_path):
     demos = tmp_path / "demos"
     demos.mkdir()
     build_tiny_demos(demos)
-    env = {"TMPDIR": str(tmpdir), "GATELENS_DEMO_DIR": str(demos)}
-    server = StreamlitServer(log_path=tmp_path / "a.log", env=env)
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential(
+        [keras.Input((N_STEPS, 3)), keras.layers.LSTM(N_UNITS, return_sequences=True, name="lstm"),
+         keras.layers.Dense(1)], name="memory_e2e")  # fmt: skip
+    model_path = tmp_path / "model.keras"
+    model.save(model_path)
+    data_path = tmp_path / "x.npy"
+    np.save(data_path, np.random.default_rng(5).normal(size=(N_SEQUENCES, N_STEPS, 3)).astype(np.float32))
+
+    def upload(page, path):
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').nth(0).set_input_files(str(path))
+        page.wait_for_timeout(500)
+        wait_idle(page, 600_000)
+
+    def no_exception(page):
+        exc = page.locator('[data-testid="stException"]')
+        assert exc.count() == 0, exc.first.inner_text()
+
+    env = {"TMPDIR": str(tmpdir), "GATELENS_DEMO_DIR": str(demos), "GATELENS_SESSION_IDLE_S": str(IDLE_S)}
+    server = StreamlitServer(log_path=tmp_path / "a.log", env=env, script=REPO / "dashboards" / "asgi.py")
     with server, sync_playwright() as pw:
         browser = launch_browser(pw)
+        context = browser.new_context(accept_downloads=True)
+        page = context.new_page()
+        page.set_default_timeout(600_000)
+        goto(page, server.url, "")
+        page.get_by_test_id("stRadioGroup").get_by_text("Upload my own").click()
+        wait_idle(page)
+        upload(page, model_path)
+        page.get_by_text("Verification needs input").wait_for()
+        nav(page, "Data")
+        upload(page, data_path)
+        count = page.get_by_role("spinbutton", name="Sequences to analyse")
+        count.fill(str(N_SEQUENCES))
+        count.press("Enter")
+        wait_idle(page, 600_000)
+        page.get_by_text("Sequences analysed").wait_for()
+        assert page.locator('[data-testid="stMetricValue"]').first.inner_text().strip() == f"{N_SEQUENCES:,}"
+        for title in PAGE_TITLES:
+            nav(page, title, 600_000)
+            no_exception(page)
+        # Export: the activations, written to the session's folder on demand, streamed by the download route
+        page.get_by_role("button", name="Write activations.csv").click()
+        link = page.locator('[data-testid="stLinkButton"] a').filter(has_text="activations.csv")
+        link.wait_for(timeout=600_000)
+        href = link.get_attribute("href")
+        assert href.startswith("/gatelens/download/")
+        (written,) = [p for p in tmpdir.rglob("activations.csv")]
+        assert written.is_relative_to(_ours(tmpdir, "gatelens-session-")[0])
+        with urllib.request.urlopen(server.url + href, timeout=120) as r, open(tmp_path / "dl.csv", "wb") as f:
+            while block := r.read(1 << 20):
+                f.write(block)
+        assert (tmp_path / "dl.csv").read_bytes() == written.read_bytes()
+        with open(written, "rb") as f:
+            assert sum(1 for _ in f) == 1 + N_SEQUENCES * N_STEPS * N_UNITS  # header + one row per unit and step
+        peak = rss_bytes(server.proc.pid, "VmHWM")
+        assert peak < 1.5e9, f"the server's peak RSS was {peak / 1e9:.2f} GB"
+        print(f"server peak RSS {peak / 1e6:.0f} MB, now {rss_bytes(server.proc.pid) / 1e6:.0f} MB")
+
+        session = _ours(tmpdir, "gatelens-session-", "gatelens-run-")
+        assert len(session) >= 2, session  # the session's uploads + exports, and its run
+        context.close()  # the browser leaves: the session ends within the idle timeout
+        deadline = time.monotonic() + IDLE_S + 60
+        while any(p.exists() for p in session) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert not any(p.exists() for p in session), [p.name for p in session if p.exists()]
+        with urllib.request.urlopen(server.url + "/_stcore/health", timeout=10) as r:
+            assert r.status == 200  # the server itself stays up
+        try:
+            urllib.request.urlopen(server.url + href, timeout=10)
+            raise AssertionError("the download outlived its session")
+        except urllib.error.HTTPError as e:
+            assert e.code == 404
+
+        # a new session analyses the demo; the server is SIGKILLed while the browser is still connected
         page = browser.new_page()
         goto(page, server.url, "units")
-        browser.close()
-        runs = [p for p in tmpdir.iterdir() if p.name.startswith("gatelens-run-")]
+        runs = _ours(tmpdir, "gatelens-run-")
         assert runs, sorted(p.name for p in tmpdir.iterdir())
         os.killpg(server.proc.pid, signal.SIGKILL)
         server.proc.wait(timeout=30)
+        browser.close()
     assert all(r.is_dir() for r in runs)  # a killed server cannot clean up
     (tmpdir / "gatelens-run-users-own").mkdir()
     with StreamlitServer(log_path=tmp_path / "b.log", env=env) as again, sync_playwright() as pw:
