@@ -6,10 +6,10 @@ Exactness
     step of the run for top/bottom/rise/drop (ties: the smaller (sequence, step) first), ``np.histogram`` for the
     counts, and the same lexsort on the stated priority for the decile draws. Searches equal brute-force loops.
 Planted structure (the committed zoo models, data/demo, docs/zoo.md)
-    ``brackets_lstm``: the quote flag is unit 1's hidden state and the depth counter unit 3's cell state.
-    ``recall_lstm``: unit 5 is the memory unit (longest forget-gate half-life, 42.5 steps) and unit 6 tracks
-    the value too; the committed model never shuts a forget gate (chrono initialisation: no forget gate of any
-    unit goes below 0.1 anywhere), it writes the value through its input gates at the mark.
+    The known units are found by correlation with the ground-truth features (tests/helpers_zoo.py), never by a
+    unit index written here: ``brackets_lstm``'s quote flag (best |r| with ``inside_quote``) and depth counter
+    (best |r| with ``depth``); ``recall_lstm``'s memory unit (best |r| with the held value), whose forget gate
+    shuts at each mark, where a new value replaces the held one.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_zoo import recall_memory_unit, zoo_card
 
 from gatelens.analysis.examples import DECILES, bin_index, position_priority, unit_examples
 from gatelens.analysis.explain_score import explanation_scores
@@ -442,23 +443,39 @@ def test_brackets_span_query_on_a_deep_span_finds_deep_spans(brackets):
 
 
 def test_recall_memory_unit_queries(recall):
-    """The committed recall model keeps the value behind a forget gate that never shuts: the query of the
-    acceptance, 'forget_gate of the memory unit below 0.1', rightly finds nothing (checked against the data);
-    the write happens through the input gate at the mark, which the same kind of query finds, step for step."""
+    """Issue 15's claim on the committed recall model: the query 'forget_gate of the memory unit below 0.1' returns
+    exactly the mark steps (each new mark replaces the held value: the unit forgets there), with precision and
+    recall 1; the memory unit is found by correlation with the held value (helpers_zoo). The same unit's input
+    gate opens at the same steps (the write), and its forget gate's drops are the marks."""
     lt = recall["lstm"]
+    shape = (recall.n_sequences, recall.n_steps)
+    min_delay = zoo_card("recall_lstm")["data"]["source"]["params"]["min_delay"]
+    features = {c: _grid("recall_lstm", c, shape) for c in ("held_value", "steps_since_mark", "is_mark")}
+    unit = recall_memory_unit(recall, features, min_delay)
+    marks = features["is_mark"] == 1
+    assert 1 < marks.sum(axis=1).max() and marks.sum() > recall.n_sequences  # several marks per sequence
+
+    def steps(result):
+        hit = np.zeros(shape, bool)
+        for row in result.matches.itertuples():
+            hit[row.sequence, row.start : row.end] = True
+        return hit
+
+    r = search(recall, f"forget_gate of lstm:{unit} below 0.1", chunk=24)
+    assert r.units == [unit] and r.n_matches == len(r.matches)
+    hit = steps(r)
+    precision, recall_ = (hit & marks).sum() / hit.sum(), (hit & marks).sum() / marks.sum()
+    assert precision == 1.0 and recall_ == 1.0, (precision, recall_)
+    # control: the forget gate of every other unit never shuts
     fg = np.asarray(lt["forget_gate"][...])
-    r = search(recall, "forget_gate of the memory unit below 0.1", chunk=24)
-    assert r.units == [5]
-    assert r.n_matches == 0 and fg.min() > 0.1
-    marks = _grid("recall_lstm", "is_mark", fg.shape[:2])
-    mark_step = np.nanargmax(marks, axis=1)
-    w = search(recall, "input_gate of lstm:6 above 0.11", chunk=24)
-    assert w.n_matches == recall.n_sequences
-    assert sorted(zip(w.matches.sequence, w.matches.start)) == [(s, int(mark_step[s])) for s in range(len(mark_step))]
-    # and the rise examples of that gate are the marks too
-    ex, _ = unit_examples(recall, signals=["input_gate"], k=10, chunk=24)
-    rise = ex[(ex.unit == 6) & (ex.kind == "rise")]
-    assert (mark_step[rise.sequence] == rise.step).all()
+    assert all(search(recall, f"forget_gate of lstm:{u} below 0.1", chunk=24).n_matches == 0 for u in
+               range(lt.info.units) if u != unit)  # fmt: skip
+    assert fg[..., unit][~marks].min() > 0.9  # it holds everywhere else (measured >= 0.997)
+    w = search(recall, f"input_gate of lstm:{unit} above 0.5", chunk=24)
+    np.testing.assert_array_equal(steps(w), marks)
+    ex, _ = unit_examples(recall, signals=["forget_gate"], k=10, chunk=24)
+    drop = ex[(ex.unit == unit) & (ex.kind == "drop")]
+    assert len(drop) == 10 and marks[drop.sequence, drop.step].all()
 
 
 def test_explanation_scores_of_the_known_units(brackets):

@@ -75,7 +75,7 @@ def test_brackets_needs_the_quote_flag():
 
 
 def test_recall_ground_truth():
-    d = tk.delayed_recall(500, length=30, min_delay=12, seed=3)
+    d = tk.delayed_recall(500, length=30, min_delay=12, max_marks=1, seed=3)
     assert d.x.shape == (500, 30, 2) and d.x.dtype == np.float32
     marker = d.x[:, :, 1]
     assert np.all(marker.sum(1) == 1)
@@ -89,6 +89,31 @@ def test_recall_ground_truth():
         assert np.all(np.isnan(s[i, :m])) and s[i, m:].tolist() == list(range(30 - m))
         assert np.all(d.features["held_value"][i, m:] == d.y[i])
     assert np.all(d.features["seen_mark"] == ~np.isnan(s))
+
+
+def test_recall_with_several_marks_matches_a_plain_python_reference():
+    """Each new mark replaces the held value; the features follow the most recent mark (a plain loop here)."""
+    d = tk.delayed_recall(400, length=25, min_delay=10, max_marks=4, seed=5)
+    marker = d.x[:, :, 1]
+    counts = marker.sum(1).astype(int)
+    assert set(counts.tolist()) == {1, 2, 3, 4} and marker[:, 15:].sum() == 0  # 1..4 marks, all in the first 15 steps
+    for i in range(len(d.x)):
+        held, since, seen = np.nan, np.nan, 0
+        for t in range(25):
+            if marker[i, t] == 1:
+                held, since, seen = d.x[i, t, 0], 0, seen + 1
+            elif seen:
+                since += 1
+            assert d.features["marks_seen"][i, t] == seen
+            np.testing.assert_equal(d.features["held_value"][i, t], held)
+            np.testing.assert_equal(d.features["steps_since_mark"][i, t], since)
+        assert d.y[i] == held and since >= 10
+    # the generator is deterministic and max_marks is checked
+    np.testing.assert_array_equal(
+        tk.delayed_recall(5, max_marks=3, seed=1).x, tk.delayed_recall(5, max_marks=3, seed=1).x
+    )
+    with pytest.raises(ValueError, match=r"max_marks must be in \[1, length - min_delay\] = \[1, 5\], got 6"):
+        tk.delayed_recall(2, length=10, min_delay=5, max_marks=6)
 
 
 def test_adding_ground_truth():

@@ -135,6 +135,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     _common(k, units=None, layers=1, epochs=None)
     k.add_argument("--length", type=positive_int, default=None, help="sequence length")
     k.add_argument("--min-delay", type=_non_negative_int, default=None, help="recall: fewest steps to hold the value")
+    k.add_argument("--max-marks", type=positive_int, default=None, help="recall: most marks per sequence (default 3)")
     k.add_argument("--max-depth", type=positive_int, default=None, help="brackets: deepest nesting")
     k.add_argument("--n-train", type=positive_int, default=None)
     k.add_argument("--n-val", type=positive_int, default=None)
@@ -157,6 +158,10 @@ def _task_params(args: argparse.Namespace) -> dict[str, Any]:
         if args.name != "recall":
             raise GatelensInputError(f"--min-delay applies to the recall task, not {args.name!r}")
         params["min_delay"] = args.min_delay
+    if args.max_marks is not None:
+        if args.name != "recall":
+            raise GatelensInputError(f"--max-marks applies to the recall task, not {args.name!r}")
+        params["max_marks"] = args.max_marks
     if args.max_depth is not None:
         if args.name != "brackets":
             raise GatelensInputError(f"--max-depth applies to the brackets task, not {args.name!r}")

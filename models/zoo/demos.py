@@ -71,19 +71,17 @@ class Demo:
         return DEMO_DIR / f"{self.name}.keras"
 
 
+#: Training settings the two character models share (they differ in cell and width only).
+_TEXT = dict(layers=2, embedding_dim=32, window=100, stride=50, dropout=0.25, epochs=16, patience=3, batch_size=32,
+             learning_rate=4e-3, seed=0)  # fmt: skip
+
 DEMOS: tuple[Demo, ...] = (
     Demo(
-        "char_lstm", "text",
-        dict(cell="lstm", layers=2, units=96, embedding_dim=32, window=100, stride=50, dropout=0.25, epochs=16,
-             patience=3, batch_size=32, learning_rate=4e-3, seed=0),
-        data="code_sample.txt",
+        "char_lstm", "text", dict(cell="lstm", units=96, **_TEXT), data="code_sample.txt",
         summary="2-layer character LSTM (2 x 96) on Python standard-library source",
     ),
     Demo(
-        "char_gru", "text",
-        dict(cell="gru", layers=2, units=64, embedding_dim=32, window=100, stride=50, dropout=0.25, epochs=16,
-             patience=3, batch_size=32, learning_rate=4e-3, seed=0),
-        data="code_sample.txt",
+        "char_gru", "text", dict(cell="gru", units=64, **_TEXT), data="code_sample.txt",
         summary="2-layer character GRU (2 x 64) on the same corpus",
     ),
     Demo(
@@ -93,14 +91,14 @@ DEMOS: tuple[Demo, ...] = (
         summary="LSTM (32) forecasting next year's sunspot number from the last 24 years",
     ),
     Demo(
-        "brackets_lstm", "task", dict(name="brackets", cell="lstm", seed=0),
+        "brackets_lstm", "task", dict(name="brackets", cell="lstm", seed=1),
         data="brackets_lstm.demo.npy", features="brackets_lstm.features.csv",
-        summary="LSTM (24) tracking bracket depth outside quoted strings (a counter and a flag)",
+        summary="LSTM (8) tracking bracket depth outside quoted strings (a counter and a flag)",
     ),
     Demo(
         "recall_lstm", "task", dict(name="recall", cell="lstm", seed=0),
         data="recall_lstm.demo.npy", features="recall_lstm.features.csv",
-        summary="LSTM (16) holding the marked value for 20-39 steps (delayed recall)",
+        summary="LSTM (4) holding the last marked value for 20-39 steps, forgetting at each new mark (delayed recall)",
     ),
     Demo(
         "adding_lstm", "task", dict(name="adding", cell="lstm", seed=0),

@@ -11,21 +11,22 @@ written by :func:`write_features_csv` in the contract's features format
     ``)`` closes a bracket; inside one, brackets are plain text. The target at every step is the
     nesting depth after reading the token (0..``max_depth``). Solving it needs a counter (``depth``)
     gated by a flag (``inside_quote``), since a bracket in quotes must not move the counter.
-``recall`` (memory over a known delay)
+``recall`` (memory over a known delay, overwritten at each mark)
     Two input channels: a value drawn uniformly from [-1, 1] at every step and a marker that is 1
-    at exactly one step in the first ``T - min_delay`` steps. The target, read at the last step,
-    is the value seen at the marker: it must be written once and held for ``steps_since_mark``
-    steps while new values keep arriving.
+    at one to ``max_marks`` steps in the first ``T - min_delay`` steps. The target, read at the last
+    step, is the value seen at the most recent marker: each mark replaces the held value (forget the
+    old one, write the new one), which is then held for ``steps_since_mark`` steps while new values
+    keep arriving.
 ``adding`` (Hochreiter & Schmidhuber 1997)
     Two channels: values uniform in [0, 1] and a marker that is 1 at one step of the first half and
     one step of the second half. The target is the sum of the two marked values.
 
 Examples
 --------
->>> d = delayed_recall(3, length=6, min_delay=3, seed=0)
+>>> d = delayed_recall(3, length=6, min_delay=3, max_marks=1, seed=0)
 >>> d.x.shape, d.y.shape, sorted(d.features)
-((3, 6, 2), (3,), ['held_value', 'is_mark', 'seen_mark', 'steps_since_mark', 'value'])
->>> bool(np.all(d.y == d.x[np.arange(3), d.x[:, :, 1].argmax(1), 0]))
+((3, 6, 2), (3,), ['held_value', 'is_mark', 'marks_seen', 'seen_mark', 'steps_since_mark', 'value'])
+>>> bool(np.all(d.y == d.x[np.arange(3), d.x[:, :, 1].argmax(1), 0]))  # one mark each (max_marks=1)
 True
 """
 
@@ -163,45 +164,68 @@ def bracket_depth(
     return TaskData("brackets", x, depth.copy(), features, params, tokens=list(BRACKET_TOKENS))
 
 
-def delayed_recall(n: int, *, length: int = 40, min_delay: int | None = None, seed: int = 0) -> TaskData:
-    """Remember the value at the marked step and report it at the last step.
+def delayed_recall(
+    n: int, *, length: int = 40, min_delay: int | None = None, max_marks: int = 3, seed: int = 0
+) -> TaskData:
+    """Remember the value at the most recent marked step and report it at the last step.
 
-    The mark falls uniformly in steps ``0 .. length - 1 - min_delay``, so the value must be held
-    between ``min_delay`` (default ``length // 2``) and ``length - 1`` steps.
+    Each sequence has between 1 and ``max_marks`` marks (uniformly many), at distinct steps drawn uniformly
+    from ``0 .. length - 1 - min_delay``, so the last marked value must be held between ``min_delay``
+    (default ``length // 2``) and ``length - 1`` steps. With several marks, each new mark replaces the
+    value held so far: a memory has to forget the old value at the mark and write the new one.
 
     Returns
     -------
     TaskData
-        ``x`` float32 (N, T, 2) channels ``value``, ``marker``; ``y`` float32 (N,) the marked value;
-        features ``value``, ``is_mark``, ``seen_mark`` (1 from the mark on), ``steps_since_mark``
-        (0 at the mark, NaN before) and ``held_value`` (the marked value from the mark on, NaN before).
+        ``x`` float32 (N, T, 2) channels ``value``, ``marker``; ``y`` float32 (N,) the last marked value;
+        features ``value``, ``is_mark``, ``marks_seen`` (marks read so far), ``seen_mark`` (1 from the first
+        mark on), ``steps_since_mark`` (steps since the most recent mark: 0 at a mark, NaN before the first)
+        and ``held_value`` (the most recent marked value, NaN before the first mark).
 
     Examples
     --------
-    >>> d = delayed_recall(1, length=5, min_delay=2, seed=0)
+    >>> d = delayed_recall(1, length=5, min_delay=2, max_marks=1, seed=0)
     >>> d.features["steps_since_mark"].tolist()
     [[nan, 0.0, 1.0, 2.0, 3.0]]
+    >>> d = delayed_recall(1, length=8, min_delay=3, max_marks=3, seed=4)
+    >>> d.features["is_mark"].tolist(), bool(d.features["held_value"][0, -1] == d.y[0])
+    ([[1, 0, 1, 1, 0, 0, 0, 0]], True)
     """
     _check(n, length)
     min_delay = length // 2 if min_delay is None else min_delay
     if not 0 <= min_delay < length:
         raise ValueError(f"min_delay must be in [0, length), got {min_delay!r} with length {length}")
+    window = length - min_delay
+    if not 1 <= int(max_marks) <= window:
+        raise ValueError(f"max_marks must be in [1, length - min_delay] = [1, {window}], got {max_marks!r}")
     rng = np.random.default_rng(seed)
     values = rng.uniform(-1.0, 1.0, (n, length)).astype(np.float32)
-    mark = rng.integers(0, length - min_delay, n)
+    if max_marks == 1:  # one draw per sequence (the generator's original stream)
+        marked = np.zeros((n, length), bool)
+        marked[np.arange(n), rng.integers(0, window, n)] = True
+    else:  # k distinct steps of the window: the k smallest of uniform keys
+        k = rng.integers(1, max_marks + 1, n)
+        keys = rng.random((n, window))
+        ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
+        marked = np.zeros((n, length), bool)
+        marked[:, :window] = ranks < k[:, None]
     steps = np.arange(length)[None, :]
-    is_mark = (steps == mark[:, None]).astype(np.float32)
+    count = np.cumsum(marked, axis=1)
+    last_mark = np.maximum.accumulate(np.where(marked, steps, -1), axis=1)  # most recent mark, -1 before the first
+    seen = count > 0
+    held = np.take_along_axis(values, np.maximum(last_mark, 0), axis=1)
+    y = held[:, -1].copy()
+    is_mark = marked.astype(np.float32)
     x = np.stack([values, is_mark], axis=-1)
-    y = values[np.arange(n), mark]
-    seen = steps >= mark[:, None]
     features = {
         "value": values,
-        "is_mark": is_mark.astype(np.int8),
+        "is_mark": marked.astype(np.int8),
+        "marks_seen": count.astype(np.int8),
         "seen_mark": seen.astype(np.int8),
-        "steps_since_mark": np.where(seen, steps - mark[:, None], np.nan),
-        "held_value": np.where(seen, y[:, None], np.nan),
+        "steps_since_mark": np.where(seen, steps - last_mark, np.nan),
+        "held_value": np.where(seen, held, np.nan),
     }
-    params = dict(n=n, length=length, min_delay=min_delay, seed=seed)
+    params = dict(n=n, length=length, min_delay=min_delay, max_marks=int(max_marks), seed=seed)
     return TaskData("recall", x, y, features, params, input_names=["value", "marker"])
 
 

@@ -59,12 +59,18 @@ CELLS = ("lstm", "gru")
 
 #: Per-task defaults of :func:`train_task` (any of them can be overridden by keyword).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "brackets": dict(units=24, embedding_dim=8, epochs=25, n_train=6000, n_val=600, n_test=1000,
-                     batch_size=64, learning_rate=1e-2, patience=5, chrono_init=False),
-    "recall": dict(units=16, embedding_dim=None, epochs=60, n_train=6000, n_val=600, n_test=1000,
-                   batch_size=64, learning_rate=1e-2, patience=8, chrono_init=True),
+    # brackets: 8 units and an L1 penalty on the read-out, so the count is not held redundantly (docs/zoo.md)
+    "brackets": dict(units=8, embedding_dim=8, epochs=40, n_train=6000, n_val=600, n_test=1000,
+                     batch_size=64, learning_rate=1e-2, patience=8, chrono_init=False,
+                     kernel_l1=None, recurrent_l1=None, readout_l1=3e-3),
+    # recall: 4 units, chrono-initialised, L1 on the input kernel and (strongly) on the recurrent kernel, so one
+    # unit holds the value behind its own forget gate (no loop through other units), shut at each mark (docs/zoo.md)
+    "recall": dict(units=4, embedding_dim=None, epochs=100, n_train=6000, n_val=600, n_test=1000,
+                   batch_size=64, learning_rate=1e-2, patience=12, chrono_init=True,
+                   kernel_l1=1e-4, recurrent_l1=1e-2, readout_l1=None),
     "adding": dict(units=24, embedding_dim=None, epochs=60, n_train=8000, n_val=800, n_test=1000,
-                   batch_size=64, learning_rate=1e-2, patience=8, chrono_init=False),
+                   batch_size=64, learning_rate=1e-2, patience=8, chrono_init=False,
+                   kernel_l1=None, recurrent_l1=None, readout_l1=None),
 }  # fmt: skip
 
 
@@ -162,11 +168,25 @@ def _check_positive(**kw: Any) -> None:
             raise GatelensInputError(f"{k} must be a positive integer, got {v!r}")
 
 
-def _rnn(cell: str, units: int, *, return_sequences: bool, name: str):
+def _rnn(
+    cell: str,
+    units: int,
+    *,
+    return_sequences: bool,
+    name: str,
+    l1: float | None = None,
+    recurrent_l1: float | None = None,
+):
     import keras
 
     cls = keras.layers.LSTM if cell == "lstm" else keras.layers.GRU
-    return cls(units, return_sequences=return_sequences, name=name)
+    return cls(
+        units,
+        return_sequences=return_sequences,
+        name=name,
+        kernel_regularizer=_l1(l1),
+        recurrent_regularizer=_l1(recurrent_l1),
+    )
 
 
 def chrono_initialize(model: Any, t_max: int, *, seed: int = 0) -> None:
@@ -203,14 +223,31 @@ def chrono_initialize(model: Any, t_max: int, *, seed: int = 0) -> None:
         layer.set_weights(weights)
 
 
-def _recurrent_stack(x, *, cell: str, layers: int, units: int, dropout: float, last_sequences: bool):
+def _recurrent_stack(
+    x,
+    *,
+    cell: str,
+    layers: int,
+    units: int,
+    dropout: float,
+    last_sequences: bool,
+    l1: float | None = None,
+    recurrent_l1: float | None = None,
+):
     """``layers`` recurrent layers named like Keras's defaults (``lstm``, ``lstm_1``, ...), each followed by
     Dropout(``dropout``) when ``dropout`` > 0 (active in training only)."""
     import keras
 
     for i in range(layers):
         suffix = "" if i == 0 else f"_{i}"
-        x = _rnn(cell, units, return_sequences=last_sequences or i < layers - 1, name=cell + suffix)(x)
+        x = _rnn(
+            cell,
+            units,
+            return_sequences=last_sequences or i < layers - 1,
+            name=cell + suffix,
+            l1=l1,
+            recurrent_l1=recurrent_l1,
+        )(x)
         if dropout:
             x = keras.layers.Dropout(dropout, name="dropout" + suffix)(x)
     return x
@@ -393,7 +430,12 @@ def _save(model, out: Path, card: dict[str, Any], vocabulary: ds.Vocabulary | No
 
     out = _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean = keras.Model.from_config(model.get_config())  # uncompiled: no optimizer state in the file
+    config = model.get_config()
+    for layer in config["layers"]:  # regularizers are training-only: the saved model carries none
+        for key in layer["config"]:
+            if key.endswith("_regularizer"):
+                layer["config"][key] = None
+    clean = keras.Model.from_config(config)  # uncompiled: no optimizer state in the file
     clean.set_weights(model.get_weights())
     tmp = out.with_name(f".{out.stem}.tmp-{uuid.uuid4().hex[:8]}.keras")
     try:
@@ -879,6 +921,9 @@ def train_task(
     progress: Progress | None = None,
     command: str | None = None,
     chrono_init: bool | None = None,
+    kernel_l1: float | None = None,
+    recurrent_l1: float | None = None,
+    readout_l1: float | None = None,
 ) -> TrainResult:
     """Train a model on a planted-mechanism task of :mod:`gatelens.models.zoo.tasks`.
 
@@ -886,8 +931,11 @@ def train_task(
     each step. ``recall`` and ``adding``: (T, 2) floats -> LSTM/GRU -> Dense(1), one value per
     sequence. Train, validation and test sets are drawn with three seeds derived from ``seed``;
     ``None`` arguments take :data:`TASK_DEFAULTS`; ``task_params`` go to the generator
-    (e.g. ``{"length": 40, "min_delay": 20}``). ``chrono_init`` (default on for recall) starts the
-    gates with :func:`chrono_initialize`, so memories can be kept by slow gates from the start.
+    (e.g. ``{"length": 40, "min_delay": 20, "max_marks": 3}``). ``chrono_init`` (default on for recall)
+    starts the gates with :func:`chrono_initialize`, so memories can be kept by slow gates from the start.
+    ``kernel_l1``, ``recurrent_l1`` and ``readout_l1`` put an L1 penalty on the recurrent layers' input
+    kernels, their recurrent kernels and the output Dense kernel during training (0 for none; the saved
+    model carries no regularizer): recall's defaults make one unit carry the memory on its own.
 
     Returns
     -------
@@ -920,6 +968,9 @@ def train_task(
         "learning_rate",
         "patience",
         "chrono_init",
+        "kernel_l1",
+        "recurrent_l1",
+        "readout_l1",
     ):
         if kwargs[k] is not None:
             cfg[k] = kwargs[k]
@@ -939,14 +990,36 @@ def train_task(
         h = keras.layers.Embedding(len(tk.BRACKET_TOKENS), cfg["embedding_dim"] or 8, mask_zero=True, name="embedding")(
             inp
         )
-        h = _recurrent_stack(h, cell=cell, layers=layers, units=cfg["units"], dropout=0.0, last_sequences=True)
-        outp = keras.layers.Dense(params["max_depth"] + 1, activation="softmax", name="depth")(h)
+        h = _recurrent_stack(
+            h,
+            cell=cell,
+            layers=layers,
+            units=cfg["units"],
+            dropout=0.0,
+            last_sequences=True,
+            l1=cfg["kernel_l1"],
+            recurrent_l1=cfg["recurrent_l1"],
+        )
+        outp = keras.layers.Dense(
+            params["max_depth"] + 1, activation="softmax", name="depth", kernel_regularizer=_l1(cfg["readout_l1"])
+        )(h)
         loss = "sparse_categorical_crossentropy"
         vocab = ds.Vocabulary(list(tk.BRACKET_TOKENS), "char")
     else:
         inp = keras.Input((length, 2), name="value_and_marker")
-        h = _recurrent_stack(inp, cell=cell, layers=layers, units=cfg["units"], dropout=0.0, last_sequences=False)
-        outp = keras.layers.Dense(1, name="recalled" if name == "recall" else "sum")(h)
+        h = _recurrent_stack(
+            inp,
+            cell=cell,
+            layers=layers,
+            units=cfg["units"],
+            dropout=0.0,
+            last_sequences=False,
+            l1=cfg["kernel_l1"],
+            recurrent_l1=cfg["recurrent_l1"],
+        )
+        outp = keras.layers.Dense(
+            1, name="recalled" if name == "recall" else "sum", kernel_regularizer=_l1(cfg["readout_l1"])
+        )(h)
         loss = "mse"
         vocab = None
     model = keras.Model(inp, outp, name=Path(out).stem)
@@ -957,6 +1030,11 @@ def train_task(
         learning_rate=cfg["learning_rate"], patience=cfg["patience"], progress=progress,
     )  # fmt: skip
     training["seed"] = seed
+    training["l1"] = {
+        "input_kernel": cfg["kernel_l1"],
+        "recurrent_kernel": cfg["recurrent_l1"],
+        "readout_kernel": cfg["readout_l1"],
+    }
     training["initialization"] = (
         f"chrono (Tallec & Ollivier 2018), T_max = {length}" if cfg["chrono_init"] else "Keras defaults"
     )
@@ -989,6 +1067,13 @@ def train_task(
         "command": command or _command("train_task", kwargs),
     }
     return _save(model, Path(out), card, vocab)
+
+
+def _l1(weight: float | None):
+    """An L1 weight penalty (training only: :func:`_save` writes the model without it)."""
+    import keras
+
+    return keras.regularizers.L1(float(weight)) if weight else None
 
 
 def _evaluate_task(model, card: dict[str, Any]) -> dict[str, Any]:
