@@ -407,25 +407,49 @@ def recall(tmp_path_factory):
     return _zoo("recall_lstm", tmp_path_factory)
 
 
+def _brackets_units(brackets):
+    """The quote flag and the depth counter as (unit, signal, sign of r), by correlation (helpers_zoo)."""
+    from helpers_zoo import known_unit
+
+    shape = (brackets.n_sequences, brackets.n_steps)
+    feats = pd.DataFrame(
+        {"sequence": np.repeat(np.arange(shape[0]), shape[1]), "step": np.tile(np.arange(shape[1]), shape[0])}
+    )
+    out = []
+    for feature in ("inside_quote", "depth"):
+        feats[feature] = _grid("brackets_lstm", feature, shape).ravel()
+        row = known_unit(brackets, feats, feature)
+        out.append((int(row.unit), row.signal, int(np.sign(row.pearson_r))))
+    return out
+
+
 def test_brackets_quote_and_depth_units_top_examples(brackets):
+    """The top examples on the feature's side of the unit (its largest values if it correlates positively, its
+    smallest if negatively) lie inside quoted strings / at the deepest nesting; the other side's outside / at 0."""
+    (qu, qs, qsign), (du, dsig, dsign) = _brackets_units(brackets)
     ex, _ = unit_examples(brackets, signals=["hidden_state", "cell_state"], k=10, chunk=24)
     shape = (brackets.n_sequences, brackets.n_steps)
     quote, depth = _grid("brackets_lstm", "inside_quote", shape), _grid("brackets_lstm", "depth", shape)
-    top_q = ex[(ex.unit == 1) & (ex.signal == "hidden_state") & (ex.kind == "top")]
+    on, off = {1: ("top", "bottom"), -1: ("bottom", "top")}[qsign]
+    top_q = ex[(ex.unit == qu) & (ex.signal == qs) & (ex.kind == on)]
     assert len(top_q) == 10 and (quote[top_q.sequence, top_q.step] == 1).all()
-    top_d = ex[(ex.unit == 3) & (ex.signal == "cell_state") & (ex.kind == "top")]
+    bot_q = ex[(ex.unit == qu) & (ex.signal == qs) & (ex.kind == off)]
+    assert len(bot_q) == 10 and (quote[bot_q.sequence, bot_q.step] == 0).all()
+    on, off = {1: ("top", "bottom"), -1: ("bottom", "top")}[dsign]
+    top_d = ex[(ex.unit == du) & (ex.signal == dsig) & (ex.kind == on)]
     assert len(top_d) == 10 and (depth[top_d.sequence, top_d.step] == np.nanmax(depth)).all()
-    # control: the bottom examples of the depth unit are at depth 0, and of the quote unit outside strings
-    bot_d = ex[(ex.unit == 3) & (ex.signal == "cell_state") & (ex.kind == "bottom")]
-    assert (depth[bot_d.sequence, bot_d.step] == 0).all()
-    bot_q = ex[(ex.unit == 1) & (ex.signal == "hidden_state") & (ex.kind == "bottom")]
-    assert (quote[bot_q.sequence, bot_q.step] == 0).all()
+    # control: the other side of the depth unit is at depth 0
+    bot_d = ex[(ex.unit == du) & (ex.signal == dsig) & (ex.kind == off)]
+    assert len(bot_d) == 10 and (depth[bot_d.sequence, bot_d.step] == 0).all()
 
 
 def test_brackets_span_query_on_a_deep_span_finds_deep_spans(brackets):
     """Precision (matches whose mean depth is >= 4, the query span being at depth 5 throughout), measured:
-    cell_state >= 2.0: 1.00 (64 matches, units 3, 14, 22); cell_state >= 1.0: 0.71 (90); hidden_state >= 0.5: 0.26
-    (158, one unit). Baseline: 11% of steps are at depth >= 4."""
+    cell_state >= 1.0: 1.00 (70 matches, units 0, 2, 6); >= 0.5: 1.00 (75); >= 2.0: 0.20 (134, units 2, 6);
+    hidden_state >= 0.5: 1.00 (80). Baseline: 19% of steps are at depth >= 4. (The counter itself, unit 3 at
+    r = -0.99, is low at depth: a span query, "units above the threshold", selects the positively coding ones.)"""
+    from gatelens.analysis.correlate import correlations
+
     shape = (brackets.n_sequences, brackets.n_steps)
     depth = _grid("brackets_lstm", "depth", shape)
     s = int(np.argwhere(depth == 5)[0][0])
@@ -433,8 +457,14 @@ def test_brackets_span_query_on_a_deep_span_finds_deep_spans(brackets):
     t1 = t0
     while t1 < shape[1] and depth[s, t1] == 5:
         t1 += 1
-    r = search(brackets, SpanQuery(s, t0, t1, threshold=2.0, signal="cell_state"), chunk=24)
-    assert 3 in r.units
+    r = search(brackets, SpanQuery(s, t0, t1, threshold=1.0, signal="cell_state"), chunk=24)
+    # the query's units include one whose cell state tracks the depth (r > 0.9)
+    feats = pd.DataFrame(
+        {"sequence": np.repeat(np.arange(shape[0]), shape[1]), "step": np.tile(np.arange(shape[1]), shape[0])}
+    )
+    feats["depth"] = depth.ravel()
+    c = correlations(brackets, feats, signals=["cell_state"], feature_columns=["depth"]).set_index("unit")["pearson_r"]
+    assert any(c.loc[u] > 0.9 for u in r.units), (r.units, c.round(3).to_dict())
     prof = span_profile(depth, r.matches)
     precision = float(np.mean(prof >= 4))
     baseline = float(np.mean(depth >= 4))
@@ -485,10 +515,11 @@ def test_explanation_scores_of_the_known_units(brackets):
     feats = build_features(
         brackets, user_features=load_user_features(demos.DEMO_DIR / demos.demo("brackets_lstm").features, brackets)
     )
+    (qu, qs, _), (du, _, dsign) = _brackets_units(brackets)
     s = explanation_scores(brackets, feats, chunk=24).set_index("unit")
-    quote, depth = s.loc[1], s.loc[3]
-    assert quote.feature in ("inside_quote", "inside_quotes") and quote.signal == "hidden_state"
-    assert depth.feature == "depth" and depth.sign == 1
+    quote, depth = s.loc[qu], s.loc[du]
+    assert quote.feature in ("inside_quote", "inside_quotes") and quote.signal == qs
+    assert depth.feature == "depth" and depth.sign == dsign
     for row in (quote, depth):
         assert row.score > 0.9 and abs(row.control) < 0.1, row
         assert row.n_heldout > 1000
