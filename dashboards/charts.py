@@ -12,6 +12,8 @@ Examples
 
 from __future__ import annotations
 
+import warnings
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -94,8 +96,13 @@ def series_with_strips(
     mask: np.ndarray | None = None,
     width: int = 700,
     relative: bool = False,
+    times=None,
+    step_title: str = "step",
 ) -> alt.VConcatChart:
     """The input series on top, then one heat strip (unit x step) per signal, on one shared step axis.
+
+    With ``times`` (the date/time of every step, as kept in the run's store) that all parse as dates, the shared
+    axis is a time axis with those dates; else integer steps.
 
     With ``relative``, each unit's row of each strip is coloured from its own minimum (0) to its own maximum (1)
     over the shown steps (the tooltip keeps the value itself).
@@ -112,13 +119,23 @@ def series_with_strips(
         Padded steps are left out.
     """
     t_len = len(x)
-    step_scale = alt.Scale(domain=[0, t_len], nice=False)
-    long = x.melt(id_vars="step", var_name="feature", value_name="value").assign(mid=lambda d: d["step"] + 0.5)
+    when = time_index(times, t_len)
+    if when is None:
+        step_scale = alt.Scale(domain=[0, t_len], nice=False)
+        x_type, axis_kw = "Q", STEP_AXIS
+        begin, finish = np.arange(t_len, dtype=np.float64), np.arange(1, t_len + 1, dtype=np.float64)
+    else:
+        ends = time_ends(when)
+        step_scale = alt.Scale(domain=[_ms(when[0]), _ms(ends[-1])], nice=False)
+        x_type, axis_kw, step_title = "T", {"labelOverlap": True}, "date"
+        begin, finish = when, ends
+    mids = begin + (finish - begin) / 2
+    long = x.assign(mid=mids).melt(id_vars=["step", "mid"], var_name="feature", value_name="value")
     top = (
         alt.Chart(long, title="input")
         .mark_line(point=alt.OverlayMarkDef(size=18))
         .encode(
-            x=alt.X("mid:Q", scale=step_scale, title=None, axis=alt.Axis(labels=False, ticks=False)),
+            x=alt.X(f"mid:{x_type}", scale=step_scale, title=None, axis=alt.Axis(labels=False, ticks=False)),
             y=alt.Y("value:Q", title="value"),
             color=alt.Color("feature:N", legend=alt.Legend(orient="top", title=None)),
             tooltip=["step:Q", "feature:N", alt.Tooltip("value:Q", format=".4g")],
@@ -137,11 +154,13 @@ def series_with_strips(
         df = pd.DataFrame(
             {
                 "step": np.repeat(steps, len(units)),
+                "x": np.repeat(begin[steps], len(units)),
+                "x_end": np.repeat(finish[steps], len(units)),
                 "unit": np.tile(np.asarray(units), len(steps)),
                 "value": a.reshape(-1),
                 "shade": shown.reshape(-1),
             }
-        ).assign(step_end=lambda d: d["step"] + 1)
+        )
         colour_scale = alt.Scale(scheme="blues", domain=[0.0, 1.0]) if relative else signal_colour_scale(signal, a)
         legend_title = f"{registry.label(signal)} (per unit, min to max)" if relative else registry.label(signal)
         last = i == len(strips) - 1
@@ -150,19 +169,67 @@ def series_with_strips(
             .mark_rect()
             .encode(
                 x=alt.X(
-                    "step:Q",
+                    f"x:{x_type}",
                     scale=step_scale,
-                    title="step" if last else None,
-                    axis=alt.Axis(labels=last, ticks=last, **STEP_AXIS),
+                    title=step_title if last else None,
+                    axis=alt.Axis(labels=last, ticks=last, **axis_kw),
                 ),
-                x2="step_end:Q",
+                x2=f"x_end:{x_type}",
                 y=alt.Y("unit:O", title="unit"),
                 color=alt.Color("shade:Q", scale=colour_scale, legend=alt.Legend(title=legend_title, labelLimit=0)),
-                tooltip=["step:Q", "unit:O", alt.Tooltip("value:Q", format=".3f")],
+                tooltip=[
+                    "step:Q",
+                    *([alt.Tooltip("x:T", title="date")] if when is not None else []),
+                    "unit:O",
+                    alt.Tooltip("value:Q", format=".3f"),
+                ],
             )
             .properties(width=width, height=max(40, 9 * len(units)))
         )
     return alt.vconcat(*charts, spacing=6).resolve_scale(color="independent")
+
+
+def time_index(times, n: int) -> pd.DatetimeIndex | None:
+    """The dates of ``n`` steps (strings kept in the run's store), or None when there are none, their number is
+    not ``n``, or any does not parse as a date or time (the axis then shows integer steps).
+
+    Examples
+    --------
+    >>> time_index(["2020-01-01", "2020-04-01"], 2).strftime("%Y-%m").tolist()
+    ['2020-01', '2020-04']
+    >>> time_index(["2020-01-01", "soon"], 2) is None, time_index(None, 2) is None, time_index(["1", "2"], 2) is None
+    (True, True, True)
+    """
+    if times is None or len(times) != n or n == 0:
+        return None
+    text = pd.Series(np.asarray(times, dtype=object)).astype(str).str.strip()
+    if text.str.fullmatch(r"[-+]?\d+(\.\d*)?").any():  # bare numbers are row labels or years, not dates
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "could not infer format": parsed element by element
+        when = pd.to_datetime(text, errors="coerce", format="mixed")
+    if when.isna().any():
+        return None
+    return pd.DatetimeIndex(when).as_unit("ns")
+
+
+def time_ends(when: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    """Where each dated step's cell ends: the next step's date, the last one a typical step (median gap) later.
+
+    Examples
+    --------
+    >>> time_ends(pd.DatetimeIndex(["2020-01-01", "2020-01-03", "2020-01-05"])).day.tolist()
+    [3, 5, 7]
+    """
+    if len(when) < 2:
+        return when + pd.Timedelta(days=1)
+    ns = when.as_unit("ns").asi8
+    return pd.DatetimeIndex(np.append(ns[1:], ns[-1] + int(np.median(np.diff(ns)))).astype("datetime64[ns]"))
+
+
+def _ms(t: pd.Timestamp) -> float:
+    """A timestamp in milliseconds since the epoch (how Vega-Lite reads a temporal scale's domain)."""
+    return float(pd.Timestamp(t).value // 1_000_000)
 
 
 def saturation_scatter(units: pd.DataFrame, gate: str, *, scale: str = "auto") -> alt.Chart:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from gatelens.dashboards import charts, core, render, signal_lists, state
+from gatelens.analysis.sources import sequence_table, time_grid
+from gatelens.dashboards import charts, continuous, core, render, signal_lists, state
 from gatelens.dashboards.explain import notable_units
 
 st.title("Gates over the input")
@@ -51,11 +52,16 @@ if tokens is not None:
     st.html(render.unit_rows_html(tokens, signals, color_by, units, mask=mask, layer=layer, relative=relative))
 else:
     strip_names = signal_lists.strip_options(lt.info.cell_type, signals)
-    c1, c2, c3 = st.columns([2, 1, 1])
+    c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
     default = list(range(n_units)) if n_units <= 32 else notable_units(run.analysis, layer, n_units, k=12)
     units = c1.multiselect("Units", list(range(n_units)), default=sorted(default), key="gates_units")
     shown = c2.multiselect("Signals", strip_names, default=strip_names, key="gates_strips")
     relative = c3.toggle("Relative scale", key="gates_relative", help="each unit from its own min to its own max")
+    table = sequence_table(trace)
+    source = int(table["source_sequence"].to_numpy()[int(seq) * trace.n_steps])
+    whole = source in continuous.stride1_sources(table) and c4.toggle(
+        "Whole series", key="gates_whole", help="one strip over every window of this series, not one window"
+    )
     if not units or not shown:
         st.info("Choose at least one unit and one signal.")
         st.stop()
@@ -63,11 +69,22 @@ else:
         "The input on top; below, one strip per signal with a row per unit and a column per step (gates from "
         "white, shut, to blue, open; candidate and cell state red below 0, blue above). Hover for values."
     )
-    chart = charts.series_with_strips(
-        core.input_frame(trace, layer, int(seq)),
-        {s: signals[s] for s in shown},
-        sorted(units),
-        mask=mask,
-        relative=relative,
-    )
+    if whole:
+        c = continuous.continuous_series(trace, layer, source, shown)
+        st.caption(
+            f"The whole series ({len(c.picks)} records{', the first ones' if c.truncated else ''}): each record "
+            "at the latest step a window reaches it (the first window, then the last step of the window ending "
+            "there, the state its forecast is made from)."
+        )
+        chart = charts.series_with_strips(c.x, c.strips, sorted(units), relative=relative, times=c.times)
+    else:
+        grid = time_grid(trace)
+        chart = charts.series_with_strips(
+            core.input_frame(trace, layer, int(seq)),
+            {s: signals[s] for s in shown},
+            sorted(units),
+            mask=mask,
+            relative=relative,
+            times=None if grid is None else grid[int(seq)],
+        )
     st.altair_chart(chart, width="content")
