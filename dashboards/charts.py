@@ -49,6 +49,20 @@ def full_labels(**kw) -> alt.Axis:
     return alt.Axis(labelLimit=0, labelOverlap=False, **kw)
 
 
+def unit_axis(n_units: int, height: float) -> alt.Axis:
+    """The unit axis of a heat strip: every unit's label when rows are at least 10 px high, else every other one
+    (Vega's parity rule) rather than labels drawn over each other.
+
+    Examples
+    --------
+    >>> unit_axis(4, 60).to_dict()["labelOverlap"], unit_axis(64, 320).to_dict()["labelOverlap"]
+    (False, 'parity')
+    """
+    if height / max(n_units, 1) >= 10:
+        return full_labels()
+    return alt.Axis(labelOverlap="parity", labelLimit=0)
+
+
 alt.data_transformers.disable_max_rows()  # every chart below is built from bounded, aggregated tables
 
 
@@ -175,7 +189,7 @@ def series_with_strips(
                     axis=alt.Axis(labels=last, ticks=last, **axis_kw),
                 ),
                 x2=f"x_end:{x_type}",
-                y=alt.Y("unit:O", title="unit"),
+                y=alt.Y("unit:O", title="unit", axis=unit_axis(len(units), max(40, 11 * len(units)))),
                 color=alt.Color("shade:Q", scale=colour_scale, legend=alt.Legend(title=legend_title, labelLimit=0)),
                 tooltip=[
                     "step:Q",
@@ -184,7 +198,7 @@ def series_with_strips(
                     alt.Tooltip("value:Q", format=".3f"),
                 ],
             )
-            .properties(width=width, height=max(40, 9 * len(units)))
+            .properties(width=width, height=max(40, 11 * len(units)))
         )
     return alt.vconcat(*charts, spacing=6).resolve_scale(color="independent")
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from gatelens.analysis import signals as registry
-from gatelens.dashboards.charts import STEP_AXIS, signal_colour_scale
+from gatelens.dashboards.charts import STEP_AXIS, signal_colour_scale, unit_axis
 
 #: Name of the interval selection of :func:`span_chart` (the key of the brush in the returned selection).
 BRUSH = "span"
@@ -56,13 +56,14 @@ def span_chart(values: np.ndarray, signal: str, *, mask: np.ndarray | None = Non
         }
     ).assign(step_end=lambda d: d["step"] + 1)
     brush = alt.selection_interval(name=BRUSH, encodings=["x"])
+    height = max(60, min(14 * n_units, 320))
     return (
         alt.Chart(df, title=f"{registry.label(signal)}: drag over the steps of a span")
         .mark_rect()
         .encode(
             x=alt.X("step:Q", scale=alt.Scale(domain=[0, t_len], nice=False), title="step", axis=alt.Axis(**STEP_AXIS)),
             x2="step_end:Q",
-            y=alt.Y("unit:O", title="unit"),
+            y=alt.Y("unit:O", title="unit", axis=unit_axis(n_units, height)),
             color=alt.Color(
                 "value:Q",
                 scale=signal_colour_scale(signal, a[steps]),
@@ -71,7 +72,8 @@ def span_chart(values: np.ndarray, signal: str, *, mask: np.ndarray | None = Non
             tooltip=["step:Q", "unit:O", alt.Tooltip("value:Q", format=".3f")],
         )
         .add_params(brush)
-        .properties(width=width, height=max(60, min(8 * n_units, 320)))
+        .properties(width=width, height=height)
+        .properties(autosize=alt.AutoSizeParams(type="pad", contains="padding"))  # axes and legend outside its height
     )
 
 

@@ -52,7 +52,7 @@ if tokens is not None:
     st.html(render.unit_rows_html(tokens, signals, color_by, units, mask=mask, layer=layer, relative=relative))
 else:
     strip_names = signal_lists.strip_options(lt.info.cell_type, signals)
-    c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+    c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
     default = list(range(n_units)) if n_units <= 32 else notable_units(run.analysis, layer, n_units, k=12)
     units = c1.multiselect("Units", list(range(n_units)), default=sorted(default), key="gates_units")
     shown = c2.multiselect("Signals", strip_names, default=strip_names, key="gates_strips")
