@@ -210,8 +210,18 @@ def test_drag_a_span_see_the_matches_open_one(page, server, demo):
 
 
 _CHART_TEXT_JS = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].map(el => {
+    // what can be seen of the chart: its element, inside its column when it is in one
+    const own = el.getBoundingClientRect();
+    const col = el.closest('[data-testid="stColumn"]');
+    const c = col ? col.getBoundingClientRect() : own;
+    const view = {left: Math.max(own.left, c.left), right: Math.min(own.right, c.right),
+                  top: Math.max(own.top, c.top), bottom: Math.min(own.bottom, c.bottom)};
+    // 4 px of slack: a text's box holds its line spacing around the glyphs (19 px for a 12 px font)
+    const cut = r => r.width > 0 && (r.left < view.left - 4 || r.right > view.right + 4
+                                     || r.top < view.top - 4 || r.bottom > view.bottom + 4);
     const texts = sel => [...el.querySelectorAll(sel)].map(t => ({
-        text: t.textContent, hidden: t.getAttribute('opacity') === '0' || getComputedStyle(t).opacity === '0'}));
+        text: t.textContent, hidden: t.getAttribute('opacity') === '0' || getComputedStyle(t).opacity === '0',
+        clipped: cut(t.getBoundingClientRect()) ? JSON.stringify([t.getBoundingClientRect(), view]) : ''}));
     const legends = [...el.querySelectorAll('g.role-legend')].map(g => ({
         title: [...g.querySelectorAll('.role-legend-title text')].map(t => t.textContent).join(' '),
         labels: [...g.querySelectorAll('.role-legend-label text')].map(t => t.textContent)}));
@@ -226,6 +236,14 @@ _CHART_TEXT_JS = """() => [...document.querySelectorAll('[data-testid="stVegaLit
 })"""
 
 
+_MONTH = re.compile(r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\w*( \d+)?|\w{3} \d{1,2}|\d{4}")
+
+
+def _is_name(text: str) -> bool:
+    """A label that names something (a layer, a feature, a signal), not a tick number or a date."""
+    return bool(re.search(r"[A-Za-z_]", text)) and not _MONTH.fullmatch(text.strip())
+
+
 def _check_charts(page, layers: list[str], where: str) -> int:
     """Every chart on the page: drawn as SVG, nothing cut or hidden, every 'layer' legend lists every layer."""
     charts = page.evaluate(_CHART_TEXT_JS)
@@ -235,7 +253,9 @@ def _check_charts(page, layers: list[str], where: str) -> int:
         for kind in ("axisLabels", "axisTitles", "titles", "legendLabels"):
             for t in c[kind]:
                 assert not t["text"].rstrip().endswith(("…", "...")), f"{name}: {kind} cut: {t['text']!r}"
-                assert not t["hidden"], f"{name}: {kind} hidden by overlap: {t['text']!r}"
+                assert not t["clipped"], f"{name}: {kind} drawn outside the chart's box: {t['text']!r} {t['clipped']}"
+                # numbers and dates on a continuous axis may be thinned out; a name never is
+                assert not (t["hidden"] and _is_name(t["text"])), f"{name}: {kind} hidden by overlap: {t['text']!r}"
         for legend in c["legends"]:
             if legend["title"].strip() == "layer":
                 assert set(legend["labels"]) == set(layers), f"{name}: legend {legend['labels']} != {layers}"
@@ -255,9 +275,9 @@ def _tour(page, kind: str, layers: list[str]) -> dict[str, int]:
             page.get_by_role("button", name=re.compile("Download")).first.wait_for()
         page.wait_for_timeout(400)  # the last chart's SVG is drawn after the script is idle
         _no_exception(page)
-        seen[name] = _check_charts(page, layers, f"{kind} {name}")
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(out / f"{name}.png"), full_page=False)
+        seen[name] = _check_charts(page, layers, f"{kind} {name}")
     return seen
 
 

@@ -50,7 +50,8 @@ st.markdown(
     "steps; near the origin it mostly sits in between. Click a point to open that unit."
 )
 if gates:
-    cols = st.columns(len(gates))
+    per_row = min(len(gates), 2)  # narrower scatters cut their axis titles and legends
+    cols = [c for i in range(0, len(gates), per_row) for c in st.columns(per_row)]
     for col, gate in zip(cols, gates):
         with col:
             st.altair_chart(
@@ -59,7 +60,6 @@ if gates:
                 selection_mode=charts.UNIT_PICK,
                 key=f"units_scatter_{gate}",
                 width="stretch",
-                height=330,
             )
 else:
     st.info("These layers have no gates (SimpleRNN).")
