@@ -144,12 +144,14 @@ def series_with_strips(
         x_type, axis_kw, step_title = "T", {"labelOverlap": True}, "date"
         begin, finish = when, ends
     mids = begin + (finish - begin) / 2
+    if when is not None:  # the line's x in ms on the same scale (its axis is hidden; dates reach Vega as numbers)
+        mids = mids.asi8 / 1e6
     long = x.assign(mid=mids).melt(id_vars=["step", "mid"], var_name="feature", value_name="value")
     top = (
         alt.Chart(long, title="input")
         .mark_line(point=alt.OverlayMarkDef(size=18))
         .encode(
-            x=alt.X(f"mid:{x_type}", scale=step_scale, title=None, axis=alt.Axis(labels=False, ticks=False)),
+            x=alt.X("mid:Q", scale=step_scale, title=None, axis=alt.Axis(labels=False, ticks=False)),
             y=alt.Y("value:Q", title="value"),
             color=alt.Color("feature:N", legend=alt.Legend(orient="top", title=None)),
             tooltip=["step:Q", "feature:N", alt.Tooltip("value:Q", format=".4g")],
@@ -376,22 +378,19 @@ def correlation_heatmap(corr: pd.DataFrame, signal: str, *, sort_by: str | None 
     )
 
 
+def _probe_tooltip(key: str, extra: list | None = None) -> list:
+    """The tooltip of a probe's mark: layer, signal, ``key``, its scores (3 decimals), then ``extra``."""
+    scores = [alt.Tooltip(f"{c}:Q", format=".3f") for c in ("score", "control_score", "selectivity")]
+    return ["layer:N", "signal:N", key, *scores, *(extra or [])]
+
+
 def probe_chart(probes: pd.DataFrame, feature: str) -> alt.LayerChart:
     """Held-out probe score by signal (bars, one per layer) with the control task's score (ticks) for one feature."""
     df = probes[(probes["feature"] == feature) & probes["score"].notna()]
     base = alt.Chart(df).encode(
         y=alt.Y("signal:N", title=None, axis=full_labels()),
         yOffset="layer:N",
-        tooltip=[
-            "layer:N",
-            "signal:N",
-            "task:N",
-            alt.Tooltip("score:Q", format=".3f"),
-            alt.Tooltip("control_score:Q", format=".3f"),
-            alt.Tooltip("selectivity:Q", format=".3f"),
-            alt.Tooltip("baseline_score:Q", format=".3f"),
-            "top_units:N",
-        ],
+        tooltip=_probe_tooltip("task:N", extra=[alt.Tooltip("baseline_score:Q", format=".3f"), "top_units:N"]),
     )
     bars = base.mark_bar().encode(
         x=alt.X("score:Q", title="held-out score"),
@@ -414,14 +413,7 @@ def selectivity_heatmap(probes: pd.DataFrame) -> alt.Chart:
             x=alt.X("feature:N", title=None, axis=full_labels(labelAngle=-40)),
             y=alt.Y("row:N", title="layer · signal", axis=full_labels()),
             color=alt.Color("selectivity:Q", scale=alt.Scale(scheme="purplegreen", domainMid=0), title="selectivity"),
-            tooltip=[
-                "layer:N",
-                "signal:N",
-                "feature:N",
-                alt.Tooltip("score:Q", format=".3f"),
-                alt.Tooltip("control_score:Q", format=".3f"),
-                alt.Tooltip("selectivity:Q", format=".3f"),
-            ],
+            tooltip=_probe_tooltip("feature:N"),
         )
         .properties(width=alt.Step(34), height=alt.Step(18))  # a cell per probe, labels outside it
     )

@@ -278,3 +278,62 @@ def build_tiny_demos(directory: Path) -> dict[str, Path]:
     }
     (directory / "tiny_series.card.json").write_text(json.dumps(card))
     return paths
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the browser tests' fixtures and page helpers (shared by the e2e modules)
+
+
+def browser_session():
+    """Yield one headless Chromium (for a module-scoped ``browser`` fixture)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch_browser(p)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def page_session(browser, viewport: dict[str, int]):
+    """Yield a fresh page in its own context (downloads on); fail when the page raised a JavaScript error."""
+    context = browser.new_context(viewport=viewport, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(180_000)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def nav(page, title: str) -> None:
+    """Click the sidebar link of the page titled ``title`` and wait until its script is done."""
+    # exact label: the links also hold their icon's ligature text ("memory" is the Model page's icon)
+    page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text(title, exact=True)).click()
+    page.wait_for_function(
+        "t => [...document.querySelectorAll('[data-testid=\"stMain\"] h1')].some(h => h.innerText.trim() === t)",
+        arg=title,
+        timeout=60_000,
+    )
+    wait_idle(page)
+
+
+def no_exception(page) -> None:
+    """Fail with the text of the first Streamlit exception box on the page, if there is one."""
+    exc = page.locator('[data-testid="stException"]')
+    assert exc.count() == 0, exc.first.inner_text()
+
+
+def grid_rows(page) -> list[list[str]]:
+    """The cells of the first st.dataframe, row by row (the grid's accessible table; the first row is the header)."""
+    rows = page.locator('[data-testid="stDataFrame"]').first.locator('[role="row"]')
+    return [r.locator('[role="columnheader"], [role="gridcell"]').all_inner_texts() for r in rows.all()]
+
+
+def upload(page, index: int, path) -> None:
+    """Send ``path`` to the ``index``-th file uploader of the page and wait for the rerun."""
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').nth(index).set_input_files(str(path))
+    page.wait_for_timeout(500)
+    wait_idle(page)

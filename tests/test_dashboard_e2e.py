@@ -18,7 +18,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from e2e_helpers import REPO, StreamlitServer, goto, launch_browser, require_chromium, wait_charts, wait_idle
+from e2e_helpers import (
+    REPO,
+    StreamlitServer,
+    browser_session,
+    goto,
+    grid_rows,
+    nav,
+    no_exception,
+    page_session,
+    require_chromium,
+    upload,
+    wait_charts,
+    wait_idle,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -50,43 +63,12 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch_browser(p)
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from browser_session()
 
 
 @pytest.fixture
 def page(browser, server):
-    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
-    pg = context.new_page()
-    pg.set_default_timeout(180_000)
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors in the page: {errors}"
-
-
-def _nav(page, title: str) -> None:
-    # exact label: the links also hold their icon's ligature text ("memory" is the Model page's icon)
-    page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text(title, exact=True)).click()
-    page.wait_for_function(
-        "t => [...document.querySelectorAll('[data-testid=\"stMain\"] h1')].some(h => h.innerText.trim() === t)",
-        arg=title,
-        timeout=60_000,
-    )
-    wait_idle(page)
-
-
-def _no_exception(page) -> None:
-    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
-        '[data-testid="stException"]'
-    ).first.inner_text()
+    yield from page_session(browser, VIEWPORT)
 
 
 def _shot(page, name: str) -> None:
@@ -108,23 +90,23 @@ def test_first_visit_to_a_page_url_and_the_upload_limit(page, server, tmp_path):
     assert page.get_by_text(f"Up to {UPLOAD_LIMIT_MB} MB per file").count() >= 1
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(big))
     page.get_by_text(re.compile(r"File must be .* or smaller")).wait_for(timeout=30_000)
-    _no_exception(page)
+    no_exception(page)
 
 
 def test_demo_tour_draws_every_page(page, server):
     goto(page, server.url, "")
-    _no_exception(page)
+    no_exception(page)
     # the bundled demo is loaded, re-run, verified and analysed on first open: no upload needed
     badge = page.get_by_text(re.compile(r"Verification: PASS · max error \d\.\de[-+]\d\d"))
     badge.wait_for()
     assert page.locator('[data-testid="stMain"] h1').first.inner_text().strip() == "Model"
     _shot(page, "model")
 
-    _nav(page, "Data")
+    nav(page, "Data")
     assert page.get_by_text("Sequences analysed").count() == 1
     _shot(page, "data")
 
-    _nav(page, PAGES["gates"])
+    nav(page, PAGES["gates"])
     tokens = page.locator("span.gl-tok")
     assert tokens.count() >= 100
     title = tokens.first.get_attribute("title")
@@ -133,34 +115,34 @@ def test_demo_tour_draws_every_page(page, server):
     assert page.locator('[data-testid="stMain"] script').count() == 0
     _shot(page, "gates")
 
-    _nav(page, "Units")
+    nav(page, "Units")
     wait_charts(page, 4)  # three saturation scatters and the half-life histogram
     _shot(page, "units")
 
-    _nav(page, "Features")
+    nav(page, "Features")
     wait_charts(page, 2)
     _shot(page, "features")
 
-    _nav(page, "Memory")
+    nav(page, "Memory")
     wait_charts(page, 3)
     _shot(page, "memory")
 
-    _nav(page, PAGES["explain"])
+    nav(page, PAGES["explain"])
     wait_charts(page, 1)
     assert page.get_by_text("How long it remembers.").count() == 1
     _shot(page, "explain")
 
     for name in ("whatif", "search"):
-        _nav(page, PAGES[name])
-        _no_exception(page)
+        nav(page, PAGES[name])
+        no_exception(page)
         _shot(page, name)
 
-    _nav(page, "Export")
+    nav(page, "Export")
     page.get_by_role("button", name=re.compile("Download everything")).wait_for()
     _shot(page, "export")
 
     # click a point of the forget-gate scatter: that unit opens, and the Unit explained page explains it
-    _nav(page, "Units")
+    nav(page, "Units")
     wait_charts(page, 4)
     point = page.locator('[data-testid="stVegaLiteChart"]').nth(1).locator(".mark-symbol path").nth(3)
     box = point.bounding_box()
@@ -171,15 +153,9 @@ def test_demo_tour_draws_every_page(page, server):
     page.mouse.click(x, y)
     wait_idle(page)
     page.get_by_text(f"Opened: {hit.group(1)} · unit {hit.group(2)}").wait_for()
-    _nav(page, PAGES["explain"])
+    nav(page, PAGES["explain"])
     assert page.get_by_text(re.compile(f"^Unit {hit.group(2)} of layer {hit.group(1)} ")).count() == 1
-    _no_exception(page)
-
-
-def _grid_rows(page) -> list[list[str]]:
-    """The cells of the first st.dataframe, row by row (the grid's accessible table; the first row is the header)."""
-    rows = page.locator('[data-testid="stDataFrame"]').first.locator('[role="row"]')
-    return [r.locator('[role="columnheader"], [role="gridcell"]').all_inner_texts() for r in rows.all()]
+    no_exception(page)
 
 
 def test_search_a_span_then_open_a_match(page, server):
@@ -188,7 +164,7 @@ def test_search_a_span_then_open_a_match(page, server):
 
     goto(page, server.url, "")
     page.get_by_text(re.compile(r"Verification: PASS")).wait_for()
-    _nav(page, PAGES["search"])
+    nav(page, PAGES["search"])
     for label, value in [("From step", "2"), ("To step", "6")]:
         box = page.get_by_label(re.compile(f"^{label} \\("))
         box.fill(value)
@@ -201,13 +177,13 @@ def test_search_a_span_then_open_a_match(page, server):
         box.fill(f"{math.floor(low * 100) / 100:.2f}")
         box.press("Enter")
         wait_idle(page)
-    _no_exception(page)
+    no_exception(page)
     assert page.locator('[data-testid="stAlertContentError"]').count() == 0
     units = page.locator('[data-testid="stMarkdownContainer"] p').filter(has_text="Units on over the span").inner_text()
     assert re.search(r": \d+(, \d+)*$", units), units
     caption = page.get_by_text(re.compile(r"matching span\(s\) of span 0:2:6 of hidden_state")).inner_text()
     n_matches = int(re.match(r"(\d+) matching", caption).group(1))
-    rows = _grid_rows(page)
+    rows = grid_rows(page)
     assert rows[0] == ["rank", "sequence", "start", "end", "length", "score", "overlap"], rows[0]
     body = [r for r in rows[1:] if r]
     assert n_matches >= 1 and len(body) >= 1
@@ -230,25 +206,19 @@ def test_search_a_span_then_open_a_match(page, server):
     page.get_by_text(f"Opened from Search: sequence {seq} at step {start}.").wait_for()
     assert page.get_by_label(re.compile(r"^Sequence \(")).input_value() == str(seq)
     assert page.locator("span.gl-tok").count() >= 100
-    _no_exception(page)
+    no_exception(page)
 
 
 def test_explain_page_examples_and_histogram(page, server):
     goto(page, server.url, "")
     page.get_by_text(re.compile(r"Verification: PASS")).wait_for()
-    _nav(page, PAGES["explain"])
+    nav(page, PAGES["explain"])
     wait_charts(page, 2)  # the unit's lines and its histogram
     assert page.get_by_text(re.compile(r"score -?\d\.\d\d on held-out sequences")).count() == 1
     assert page.locator("span.gl-mark").count() == 5  # the five top examples, each step outlined
-    _no_exception(page)
+    no_exception(page)
     page.get_by_text("Where else it does this").scroll_into_view_if_needed()
     page.screenshot(path=str(SCREENSHOTS / "explain_examples.png"), full_page=True)
-
-
-def _upload(page, index: int, path: Path) -> None:
-    page.locator('[data-testid="stFileUploaderDropzoneInput"]').nth(index).set_input_files(str(path))
-    page.wait_for_timeout(500)
-    wait_idle(page)
 
 
 def test_upload_verify_open_unit_export(page, server, tmp_path):
@@ -272,32 +242,32 @@ def test_upload_verify_open_unit_export(page, server, tmp_path):
     goto(page, server.url, "")
     page.get_by_test_id("stRadioGroup").get_by_text("Upload my own").click()
     wait_idle(page)
-    _upload(page, 0, model_path)
+    upload(page, 0, model_path)
     page.get_by_text("Verification needs input").wait_for()
 
-    _nav(page, "Data")
-    _upload(page, 0, data_path)
+    nav(page, "Data")
+    upload(page, 0, data_path)
     page.get_by_text("Sequences analysed").wait_for()
     assert page.locator('[data-testid="stMetricValue"]').first.inner_text().strip() == "6"
 
-    _nav(page, "Model")
+    nav(page, "Model")
     page.get_by_text(re.compile(r"Verification: PASS")).wait_for()
     assert page.get_by_text("e2e_model").count() >= 1
-    _no_exception(page)
+    no_exception(page)
 
     # open a unit: pick unit 3 in the "Open a unit" box of the Units page, then read its explanation
-    _nav(page, "Units")
+    nav(page, "Units")
     wait_charts(page, 4)
     unit_input = page.get_by_label(re.compile(r"Unit \(0\.\.4\)"))
     unit_input.fill("3")
     unit_input.press("Enter")
     wait_idle(page)
     page.get_by_text("Opened: lstm · unit 3").wait_for()
-    _nav(page, PAGES["explain"])
+    nav(page, PAGES["explain"])
     assert page.get_by_text(re.compile(r"^Unit 3 of layer lstm \(LSTM, 5 units\)")).count() == 1
 
     # the export: each table offered on its own (activations written on demand), read from disk when clicked
-    _nav(page, "Export")
+    nav(page, "Export")
     (tmp_path / "csv").mkdir()
     page.get_by_role("button", name="Write activations.csv").click()
     for name in ("activations.csv", "units.csv"):
@@ -330,11 +300,11 @@ def test_bad_model_file_shows_its_error(page, server, tmp_path):
     goto(page, server.url, "")
     page.get_by_test_id("stRadioGroup").get_by_text("Upload my own").click()
     wait_idle(page)
-    _upload(page, 0, bad)
+    upload(page, 0, bad)
     alert = page.locator('[data-testid="stAlertContentError"]')
     alert.wait_for()
     text = alert.inner_text()
     assert "The file is not a readable Keras model" in text
     assert "not a model.keras" in text
     assert "Traceback" not in text and "gatelens-session-" not in text
-    _no_exception(page)
+    no_exception(page)

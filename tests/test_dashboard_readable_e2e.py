@@ -20,11 +20,23 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-from e2e_helpers import REPO, StreamlitServer, goto, launch_browser, require_chromium, wait_charts, wait_idle
+from e2e_helpers import (
+    REPO,
+    StreamlitServer,
+    browser_session,
+    goto,
+    grid_rows,
+    nav,
+    no_exception,
+    page_session,
+    require_chromium,
+    upload,
+    wait_charts,
+    wait_idle,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -82,47 +94,12 @@ def server(tmp_path_factory, demo):
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch_browser(p)
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from browser_session()
 
 
 @pytest.fixture
 def page(browser, server):
-    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
-    pg = context.new_page()
-    pg.set_default_timeout(180_000)
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors in the page: {errors}"
-
-
-def _nav(page, title: str) -> None:
-    page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text(title, exact=True)).click()
-    page.wait_for_function(
-        "t => [...document.querySelectorAll('[data-testid=\"stMain\"] h1')].some(h => h.innerText.trim() === t)",
-        arg=title,
-        timeout=60_000,
-    )
-    wait_idle(page)
-
-
-def _no_exception(page) -> None:
-    exc = page.locator('[data-testid="stException"]')
-    assert exc.count() == 0, exc.first.inner_text()
-
-
-def _grid_rows(page) -> list[list[str]]:
-    """The cells of the first st.dataframe, row by row (the first row is the header)."""
-    rows = page.locator('[data-testid="stDataFrame"]').first.locator('[role="row"]')
-    return [r.locator('[role="columnheader"], [role="gridcell"]').all_inner_texts() for r in rows.all()]
+    yield from page_session(browser, VIEWPORT)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -155,7 +132,7 @@ def test_drag_a_span_see_the_matches_open_one(page, server, demo):
 
     goto(page, server.url, "")
     page.get_by_text(re.compile(r"Verification: PASS")).wait_for()
-    _nav(page, "Search")
+    nav(page, "Search")
     box = page.get_by_label("On at >=", exact=True)
     box.fill(f"{thr:.2f}")
     box.press("Enter")
@@ -172,14 +149,14 @@ def test_drag_a_span_see_the_matches_open_one(page, server, demo):
         "() => document.querySelector('input[aria-label^=\"To step\"]')?.value === '6'", timeout=60_000
     )
     wait_idle(page)
-    _no_exception(page)
+    no_exception(page)
     assert page.get_by_label(re.compile(r"^From step \(")).input_value() == str(start)
     assert page.get_by_label(re.compile(r"^To step \(")).input_value() == str(end)
     units = page.locator('[data-testid="stMarkdownContainer"] p').filter(has_text="Units on over the span").inner_text()
     assert units.endswith(": " + ", ".join(map(str, want.units))), (units, want.units)
     caption = page.get_by_text(re.compile(rf"matching span\(s\) of span 0:{start}:{end} of hidden_state")).inner_text()
     assert int(re.match(r"(\d+) matching", caption).group(1)) == want.n_matches
-    rows = _grid_rows(page)
+    rows = grid_rows(page)
     assert rows[0] == ["rank", "sequence", "start", "end", "length", "score", "overlap"], rows[0]
     body = [r for r in rows[1:] if r]
     assert len(body) == min(len(want.matches), len(body)) and len(body) >= 2
@@ -202,7 +179,7 @@ def test_drag_a_span_see_the_matches_open_one(page, server, demo):
     seq, step = int(pick[1]), int(pick[2])
     page.get_by_text(f"Opened from Search: sequence {seq} at step {step}.").wait_for()
     assert page.get_by_label(re.compile(r"^Sequence \(")).input_value() == str(seq)
-    _no_exception(page)
+    no_exception(page)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -268,23 +245,17 @@ def _tour(page, kind: str, layers: list[str]) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     seen = {}
     for name, title in PAGES:
-        _nav(page, title)
+        nav(page, title)
         if name in ("units", "features", "memory", "explain"):
             wait_charts(page, 1)
         if name == "export":
             page.get_by_role("button", name=re.compile("Download")).first.wait_for()
         page.wait_for_timeout(400)  # the last chart's SVG is drawn after the script is idle
-        _no_exception(page)
+        no_exception(page)
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(out / f"{name}.png"), full_page=False)
         seen[name] = _check_charts(page, layers, f"{kind} {name}")
     return seen
-
-
-def _upload(page, index: int, path: Path) -> None:
-    page.locator('[data-testid="stFileUploaderDropzoneInput"]').nth(index).set_input_files(str(path))
-    page.wait_for_timeout(500)
-    wait_idle(page)
 
 
 def _set_number(page, label: str, value: int) -> None:
@@ -316,12 +287,12 @@ def test_bidirectional_text_model_every_chart_readable(page, server, tmp_path):
     goto(page, server.url, "")
     page.get_by_test_id("stRadioGroup").get_by_text("Upload my own").click()
     wait_idle(page)
-    _upload(page, 0, tmp_path / "licence_chars.keras")
-    _upload(page, 1, tmp_path / "licence_chars.vocab.json")
-    _nav(page, "Data")
-    _upload(page, 0, tmp_path / "licences.txt")
+    upload(page, 0, tmp_path / "licence_chars.keras")
+    upload(page, 1, tmp_path / "licence_chars.vocab.json")
+    nav(page, "Data")
+    upload(page, 0, tmp_path / "licences.txt")
     page.get_by_text("Sequences analysed").wait_for()
-    _nav(page, "Model")
+    nav(page, "Model")
     page.get_by_text(re.compile(r"Verification: PASS")).wait_for()
     layers = ["licence_bilstm/forward", "licence_bilstm/backward", "licence_gru"]
     seen = _tour(page, "text", layers)
@@ -352,20 +323,20 @@ def test_multivariate_series_model_every_chart_readable(page, server, tmp_path):
     goto(page, server.url, "")
     page.get_by_test_id("stRadioGroup").get_by_text("Upload my own").click()
     wait_idle(page)
-    _upload(page, 0, tmp_path / "quarters.keras")
-    _nav(page, "Data")
-    _upload(page, 0, tmp_path / "quarters.csv")
+    upload(page, 0, tmp_path / "quarters.keras")
+    nav(page, "Data")
+    upload(page, 0, tmp_path / "quarters.csv")
     _set_number(page, "Stride (steps between window starts)", 1)
     page.get_by_text("Sequences analysed").wait_for()
     assert page.locator('[data-testid="stMetricValue"]').first.inner_text().strip() == "9"
-    _nav(page, "Model")
+    nav(page, "Model")
     page.get_by_text(re.compile(r"Verification: PASS")).wait_for()
     layers = ["quarterly_encoder", "quarterly_decoder"]
     seen = _tour(page, "series", layers)
     assert seen["gates"] >= 1 and seen["units"] >= 3, seen
 
     # the gates page: dates on the axis, and the whole series as one strip
-    _nav(page, "Gates over the input")
+    nav(page, "Gates over the input")
     wait_charts(page, 1)
     labels = page.evaluate(_CHART_TEXT_JS)[0]["axisLabels"]
     assert any(re.search(r"20(21|22)", t["text"]) for t in labels), labels

@@ -52,14 +52,14 @@ if tokens is not None:
     st.html(render.unit_rows_html(tokens, signals, color_by, units, mask=mask, layer=layer, relative=relative))
 else:
     strip_names = signal_lists.strip_options(lt.info.cell_type, signals)
-    c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+    c1, c2, c3 = st.columns([2, 2, 1.4])
     default = list(range(n_units)) if n_units <= 32 else notable_units(run.analysis, layer, n_units, k=12)
     units = c1.multiselect("Units", list(range(n_units)), default=sorted(default), key="gates_units")
     shown = c2.multiselect("Signals", strip_names, default=strip_names, key="gates_strips")
     relative = c3.toggle("Relative scale", key="gates_relative", help="each unit from its own min to its own max")
     table = sequence_table(trace)
     source = int(table["source_sequence"].to_numpy()[int(seq) * trace.n_steps])
-    whole = source in continuous.stride1_sources(table) and c4.toggle(
+    whole = source in continuous.stride1_sources(table) and c3.toggle(
         "Whole series", key="gates_whole", help="one strip over every window of this series, not one window"
     )
     if not units or not shown:
