@@ -263,7 +263,7 @@ def saturation_scatter(units: pd.DataFrame, gate: str, *, scale: str = "auto") -
         scale = "sqrt" if len(df) and near.mean() > CROWD_SHARE else "linear"
     if scale not in ("linear", "sqrt"):
         raise ValueError(f"scale must be 'linear', 'sqrt' or 'auto', got {scale!r}")
-    note = " · square-root axes" if scale == "sqrt" else ""
+    note = " (√ scale)" if scale == "sqrt" else ""
     pick = alt.selection_point(name=UNIT_PICK, fields=["layer", "unit"], on="click")
     diag = pd.DataFrame({"a": np.linspace(0.0, 1.0, 41), "b": 1.0 - np.linspace(0.0, 1.0, 41)})
     edge = alt.Chart(diag).mark_line(color="#ccc", strokeDash=[4, 4]).encode(x="a:Q", y="b:Q")
@@ -272,8 +272,8 @@ def saturation_scatter(units: pd.DataFrame, gate: str, *, scale: str = "auto") -
         alt.Chart(df)
         .mark_circle(size=70, opacity=0.8)
         .encode(
-            x=alt.X("shut:Q", title="shut: share of steps < 0.1", scale=axis_scale),
-            y=alt.Y("open:Q", title="open: share of steps > 0.9", scale=axis_scale),
+            x=alt.X("shut:Q", title="shut: share of steps < 0.1" + note, scale=axis_scale),
+            y=alt.Y("open:Q", title="open: share of steps > 0.9" + note, scale=axis_scale),
             color=alt.Color(
                 "layer:N",
                 scale=layer_colours(units["layer"]),
@@ -292,7 +292,7 @@ def saturation_scatter(units: pd.DataFrame, gate: str, *, scale: str = "auto") -
     )
     return (
         (edge + points)
-        .properties(title=registry.label(gate) + note, height=240)
+        .properties(title=registry.label(gate), height=240)
         # fit the width only: the plot keeps its 240 px whatever the legend and axis titles take
         .properties(autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
         .interactive()
