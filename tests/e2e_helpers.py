@@ -337,3 +337,14 @@ def upload(page, index: int, path) -> None:
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').nth(index).set_input_files(str(path))
     page.wait_for_timeout(500)
     wait_idle(page)
+
+
+def small_screenshot(page, path, *, full_page: bool = False, colours: int = 96) -> None:
+    """A screenshot saved as a palette PNG (``colours`` colours: a dashboard page in about a third of the bytes)."""
+    import io
+
+    from PIL import Image
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    image = Image.open(io.BytesIO(page.screenshot(full_page=full_page))).convert("RGB")
+    image.quantize(colours, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)

@@ -33,6 +33,7 @@ from e2e_helpers import (
     no_exception,
     page_session,
     require_chromium,
+    small_screenshot,
     upload,
     wait_charts,
     wait_idle,
@@ -163,8 +164,7 @@ def test_drag_a_span_see_the_matches_open_one(page, server, demo):
     for got, (_, ref) in zip(body, want.matches.iterrows()):
         assert [int(v) for v in got[:5]] == [int(ref[c]) for c in ("rank", "sequence", "start", "end", "length")]
         assert float(got[5]) == pytest.approx(float(ref["score"]), abs=1e-4)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "search_drag.png"), full_page=False)
+    small_screenshot(page, SCREENSHOTS / "search_drag.png")
 
     # click the second match: that sequence opens at that step
     pick = body[1]
@@ -253,7 +253,7 @@ def _tour(page, kind: str, layers: list[str]) -> dict[str, int]:
         page.wait_for_timeout(400)  # the last chart's SVG is drawn after the script is idle
         no_exception(page)
         page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=str(out / f"{name}.png"), full_page=False)
+        small_screenshot(page, out / f"{name}.png")
         seen[name] = _check_charts(page, layers, f"{kind} {name}")
     return seen
 
@@ -347,4 +347,4 @@ def test_multivariate_series_model_every_chart_readable(page, server, tmp_path):
     _check_charts(page, layers, "series gates, whole series")
     labels = page.evaluate(_CHART_TEXT_JS)[0]["axisLabels"]
     assert any("2023" in t["text"] or "Oct" in t["text"] for t in labels), labels
-    page.screenshot(path=str(SCREENSHOTS / "series" / "gates_whole_series.png"), full_page=False)
+    small_screenshot(page, SCREENSHOTS / "series" / "gates_whole_series.png", full_page=True)
