@@ -340,11 +340,15 @@ def upload(page, index: int, path) -> None:
 
 
 def small_screenshot(page, path, *, full_page: bool = False, colours: int = 96) -> None:
-    """A screenshot saved as a palette PNG (``colours`` colours: a dashboard page in about a third of the bytes)."""
+    """A screenshot saved as a palette PNG (``colours`` colours: a dashboard page in about a third of the bytes).
+
+    ``page`` may also be a locator (one element, scrolled into view: the whole chart even where the page scrolls).
+    """
     import io
 
     from PIL import Image
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    image = Image.open(io.BytesIO(page.screenshot(full_page=full_page))).convert("RGB")
+    shot = page.screenshot(full_page=True) if full_page else page.screenshot()
+    image = Image.open(io.BytesIO(shot)).convert("RGB")
     image.quantize(colours, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)

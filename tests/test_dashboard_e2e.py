@@ -194,6 +194,7 @@ def test_search_a_span_then_open_a_match(page, server):
     # click the checkbox of the second match (row marker column; header and rows 35 px high)
     pick = body[1] if len(body) > 1 else body[0]
     index = body.index(pick)
+    page.locator('[data-testid="stDataFrame"]').first.scroll_into_view_if_needed()  # below the span chart
     grid = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
     page.mouse.click(grid["x"] + 18, grid["y"] + 35 * (index + 1) + 17)
     page.wait_for_function(

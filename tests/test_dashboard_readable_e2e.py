@@ -168,6 +168,7 @@ def test_drag_a_span_see_the_matches_open_one(page, server, demo):
 
     # click the second match: that sequence opens at that step
     pick = body[1]
+    page.locator('[data-testid="stDataFrame"]').first.scroll_into_view_if_needed()
     grid = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
     page.mouse.click(grid["x"] + 18, grid["y"] + 35 * 2 + 17)
     page.wait_for_function(
@@ -347,4 +348,5 @@ def test_multivariate_series_model_every_chart_readable(page, server, tmp_path):
     _check_charts(page, layers, "series gates, whole series")
     labels = page.evaluate(_CHART_TEXT_JS)[0]["axisLabels"]
     assert any("2023" in t["text"] or "Oct" in t["text"] for t in labels), labels
-    small_screenshot(page, SCREENSHOTS / "series" / "gates_whole_series.png", full_page=True)
+    chart = page.locator('[data-testid="stVegaLiteChart"]').first
+    small_screenshot(chart, SCREENSHOTS / "series" / "gates_whole_series.png")  # the whole chart, dates below
