@@ -339,7 +339,7 @@ def upload(page, index: int, path) -> None:
     wait_idle(page)
 
 
-def small_screenshot(page, path, *, full_page: bool = False, colours: int = 96) -> None:
+def small_screenshot(page, path, *, full_page: bool = False, colours: int = 256) -> None:
     """A screenshot saved as a palette PNG (``colours`` colours: a dashboard page in about a third of the bytes).
 
     ``page`` may also be a locator (one element, scrolled into view: the whole chart even where the page scrolls).

@@ -348,5 +348,7 @@ def test_multivariate_series_model_every_chart_readable(page, server, tmp_path):
     _check_charts(page, layers, "series gates, whole series")
     labels = page.evaluate(_CHART_TEXT_JS)[0]["axisLabels"]
     assert any("2023" in t["text"] or "Oct" in t["text"] for t in labels), labels
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": 2000})  # the page scrolls inside: grow it
+    page.wait_for_timeout(600)
     chart = page.locator('[data-testid="stVegaLiteChart"]').first
     small_screenshot(chart, SCREENSHOTS / "series" / "gates_whole_series.png")  # the whole chart, dates below
