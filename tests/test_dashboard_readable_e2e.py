@@ -250,7 +250,7 @@ def _tour(page, kind: str, layers: list[str]) -> dict[str, int]:
         if name in ("units", "features", "memory", "explain"):
             wait_charts(page, 1)
         if name == "export":
-            page.get_by_role("button", name=re.compile("Download")).first.wait_for()
+            page.get_by_role("button", name=re.compile(r"^units\.csv · ")).wait_for()  # offered once ready
         page.wait_for_timeout(400)  # the last chart's SVG is drawn after the script is idle
         no_exception(page)
         page.evaluate("window.scrollTo(0, 0)")
