@@ -308,18 +308,6 @@ def page_session(browser, viewport: dict[str, int]):
     assert not errors, f"JavaScript errors in the page: {errors}"
 
 
-def nav(page, title: str) -> None:
-    """Click the sidebar link of the page titled ``title`` and wait until its script is done."""
-    # exact label: the links also hold their icon's ligature text ("memory" is the Model page's icon)
-    page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text(title, exact=True)).click()
-    page.wait_for_function(
-        "t => [...document.querySelectorAll('[data-testid=\"stMain\"] h1')].some(h => h.innerText.trim() === t)",
-        arg=title,
-        timeout=60_000,
-    )
-    wait_idle(page)
-
-
 def no_exception(page) -> None:
     """Fail with the text of the first Streamlit exception box on the page, if there is one."""
     exc = page.locator('[data-testid="stException"]')
