@@ -985,21 +985,14 @@ def train_task(
     import keras
 
     length = train.x.shape[1]
+    stack = dict(cell=cell, layers=layers, units=cfg["units"], dropout=0.0, l1=cfg["kernel_l1"],
+                 recurrent_l1=cfg["recurrent_l1"])  # fmt: skip
     if name == "brackets":
         inp = keras.Input((length,), dtype="int32", name="tokens")
         h = keras.layers.Embedding(len(tk.BRACKET_TOKENS), cfg["embedding_dim"] or 8, mask_zero=True, name="embedding")(
             inp
         )
-        h = _recurrent_stack(
-            h,
-            cell=cell,
-            layers=layers,
-            units=cfg["units"],
-            dropout=0.0,
-            last_sequences=True,
-            l1=cfg["kernel_l1"],
-            recurrent_l1=cfg["recurrent_l1"],
-        )
+        h = _recurrent_stack(h, last_sequences=True, **stack)
         outp = keras.layers.Dense(
             params["max_depth"] + 1, activation="softmax", name="depth", kernel_regularizer=_l1(cfg["readout_l1"])
         )(h)
@@ -1007,16 +1000,7 @@ def train_task(
         vocab = ds.Vocabulary(list(tk.BRACKET_TOKENS), "char")
     else:
         inp = keras.Input((length, 2), name="value_and_marker")
-        h = _recurrent_stack(
-            inp,
-            cell=cell,
-            layers=layers,
-            units=cfg["units"],
-            dropout=0.0,
-            last_sequences=False,
-            l1=cfg["kernel_l1"],
-            recurrent_l1=cfg["recurrent_l1"],
-        )
+        h = _recurrent_stack(inp, last_sequences=False, **stack)
         outp = keras.layers.Dense(
             1, name="recalled" if name == "recall" else "sum", kernel_regularizer=_l1(cfg["readout_l1"])
         )(h)
