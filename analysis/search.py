@@ -15,7 +15,8 @@ consecutive real (unmasked) steps of one sequence:
 **Condition** (:class:`Condition`, CLI ``--where``)
     ``"SIGNAL of UNIT below|above X"`` or ``"SIGNAL of UNIT rising|falling by more than X"``; ``UNIT`` is
     ``LAYER:N``, ``unit N`` (in ``--layer``, default the first layer) or ``the memory unit`` (the unit whose
-    memory gate -- LSTM forget, GRU update -- has the longest finite half-life in the layer). Several
+    memory gate -- LSTM forget, GRU update -- keeps longest on a typical step: the longest finite half-life
+    of its median gate value, see :func:`memory_unit`). Several
     conditions joined by ``and`` must hold on the same step. Rising / falling compare a step with the
     previous real step in processing order (the change is the float32 difference, as in
     :mod:`gatelens.analysis.examples`) and mark the later step. ``score`` is the span's mean margin (how far
@@ -51,7 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gatelens.analysis._reading import compress_real, processing, read, read_mask, to_time_index
+from gatelens.analysis._reading import compress_real, get_layer, processing, read, read_mask, to_time_index
 from gatelens.analysis.trace import Trace, iter_chunks
 from gatelens.errors import UsageError
 
@@ -192,15 +193,56 @@ def _unit(trace: Trace, layer: str, unit: Any, query: str) -> int:
     return u
 
 
-def memory_unit(trace: Trace, layer: str, chunk: int = 256) -> int:
-    """The unit of ``layer`` whose memory gate has the longest finite half-life (``"the memory unit"``)."""
-    from gatelens.analysis.memory import half_lives
+#: log-spaced bins of -log(gate) for the median gate of :func:`memory_unit` (about 2% wide in half-life)
+_NEG_LOG_EDGES = np.geomspace(1e-7, 1e2, 1001)
 
-    hl = half_lives(trace, layers=[layer], chunk=chunk)
-    finite = hl[np.isfinite(hl["half_life_steps"].to_numpy(float))]
-    if finite.empty:
+
+def memory_unit(trace: Trace, layer: str, chunk: int = 256) -> int:
+    """The unit of ``layer`` whose memory gate (LSTM forget, GRU update) keeps longest on a typical step:
+    the longest half-life ``ln 0.5 / ln(median gate)`` over the real steps (``"the memory unit"``).
+
+    The median, not the mean log gate of :func:`gatelens.analysis.memory.half_lives`: a memory that is
+    reset now and then (the gate shut at a few steps, open elsewhere) is the one this names, and the mean log
+    counts its resets. A unit whose median gate is exactly 1 (no finite half-life) is left out. The median is
+    read from a histogram of ``-log(gate)`` in log-spaced bins (about 2% wide), streamed a chunk at a time.
+
+    Examples
+    --------
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("lstm", n=1, steps=5, units=2, fill=0.9)
+    >>> sig["forget_gate"][0, :, 1] = [0.999, 0.999, 0.01, 0.999, 0.999]   # held, reset once: a memory
+    >>> memory_unit(trace, "lstm")
+    1
+    """
+    from gatelens.analysis._reading import retention_signal
+
+    lt = get_layer(trace, layer)
+    signal = retention_signal(lt.info.cell_type)
+    if signal is None:
+        raise QueryError(f"layer {layer!r} ({lt.info.cell_type}) has no memory gate: name the unit (LAYER:N)")
+    u, nb = lt.info.units, len(_NEG_LOG_EDGES) + 1
+    counts = np.zeros(u * nb, np.int64)
+    exact_one = np.zeros(u, np.int64)
+    for rows in iter_chunks(lt.shape[0], chunk):
+        m = read_mask(lt, rows)
+        if not m.any():
+            continue
+        g = np.abs(read(lt[signal], rows)[m])  # (k, units)
+        with np.errstate(divide="ignore"):
+            neg = -np.log(g)
+        exact_one += (neg <= 0).sum(axis=0)
+        b = np.searchsorted(_NEG_LOG_EDGES, neg, side="right")  # bin 0: below 1e-7 (or exactly 1)
+        counts += np.bincount((b + nb * np.arange(u)).ravel(), minlength=u * nb)
+    counts = counts.reshape(u, nb)
+    total = counts.sum(axis=1)
+    if total.sum() == 0:
+        raise QueryError(f"layer {layer!r} has no unmasked step: name the unit (LAYER:N)")
+    median_bin = (np.cumsum(counts, axis=1) >= (total[:, None] + 1) / 2).argmax(axis=1)
+    finite = 2 * exact_one < total  # the median gate is not exactly 1
+    if not finite.any():
         raise QueryError(f"layer {layer!r} has no memory gate with a finite half-life: name the unit (LAYER:N)")
-    return int(finite.loc[finite["half_life_steps"].idxmax(), "unit"])
+    # a smaller -log(median gate) is a longer half-life; ties go to the lower unit
+    return int(np.flatnonzero(finite)[np.argmin(median_bin[finite])])
 
 
 def parse_conditions(trace: Trace, text: str, *, layer: str | None = None, chunk: int = 256) -> list[Condition]:

@@ -26,7 +26,7 @@ from helpers_zoo import recall_memory_unit, zoo_card
 
 from gatelens.analysis.examples import DECILES, bin_index, position_priority, unit_examples
 from gatelens.analysis.explain_score import explanation_scores
-from gatelens.analysis.search import Condition, PatternQuery, QueryError, SpanQuery, search, span_profile
+from gatelens.analysis.search import Condition, PatternQuery, QueryError, SpanQuery, memory_unit, search, span_profile
 from gatelens.analysis.store import RunWriter, open_run
 from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 
@@ -475,7 +475,7 @@ def test_brackets_span_query_on_a_deep_span_finds_deep_spans(brackets):
 def test_recall_memory_unit_queries(recall):
     """Issue 15's claim on the committed recall model: the query 'forget_gate of the memory unit below 0.1' returns
     exactly the mark steps (each new mark replaces the held value: the unit forgets there), with precision and
-    recall 1; the memory unit is found by correlation with the held value (helpers_zoo). The same unit's input
+    recall 1; the memory unit found by correlation with the held value (helpers_zoo) is the one the query names. Its input
     gate opens at the same steps (the write), and its forget gate's drops are the marks."""
     lt = recall["lstm"]
     shape = (recall.n_sequences, recall.n_steps)
@@ -491,7 +491,9 @@ def test_recall_memory_unit_queries(recall):
             hit[row.sequence, row.start : row.end] = True
         return hit
 
-    r = search(recall, f"forget_gate of lstm:{unit} below 0.1", chunk=24)
+    # the query's own words find the same unit (the median forget gate keeps longest), and name it
+    assert memory_unit(recall, "lstm", chunk=24) == unit
+    r = search(recall, "forget_gate of the memory unit below 0.1", chunk=24)
     assert r.units == [unit] and r.n_matches == len(r.matches)
     hit = steps(r)
     precision, recall_ = (hit & marks).sum() / hit.sum(), (hit & marks).sum() / marks.sum()
@@ -525,3 +527,32 @@ def test_explanation_scores_of_the_known_units(brackets):
         assert row.n_heldout > 1000
     # a control on the explanation itself: the right feature with the wrong sign scores the negative
     assert (s["score"].abs() <= 1).all() and abs(s["control"]).max() < 0.15
+
+
+def test_memory_unit_is_the_longest_typical_half_life():
+    """Hand-set gates: unit 0 keeps 0.9 everywhere (half-life 6.6 steps, mean log too); unit 1 holds at 0.999
+    but is reset (0.001) at 2 of 10 steps (mean-log half-life 1.7 steps, median 693 steps): the memory unit is 1.
+    A unit whose median gate is exactly 1 has no finite half-life and is left out; masked steps do not count;
+    GRU layers use their update gate."""
+    from gatelens._examples import example_trace
+    from gatelens.analysis.memory import half_lives
+
+    trace, sig = example_trace("lstm", n=2, steps=10, units=3, fill=0.9)
+    sig["forget_gate"][:, :, 1] = 0.999
+    sig["forget_gate"][:, [3, 7], 1] = 0.001
+    sig["forget_gate"][:, :, 2] = 1.0
+    hl = half_lives(trace).set_index("unit")["half_life_steps"]
+    assert hl[0] > hl[1]  # the mean log would name unit 0
+    assert memory_unit(trace, "lstm") == 1
+    r = search(trace, "forget_gate of the memory unit below 0.1")
+    assert r.units == [1] and sorted(zip(r.matches.sequence, r.matches.start)) == [(0, 3), (0, 7), (1, 3), (1, 7)]
+    # masked steps: unit 0's gate only at real steps is 0.99999 -> it keeps longest there
+    mask = np.zeros((2, 10), bool)
+    mask[:, :2] = True
+    trace2, sig2 = example_trace("gru", n=2, steps=10, units=2, fill=0.5, mask=mask, reset_after=True)
+    sig2["update_gate"][:, :2, 0] = 0.99999
+    sig2["update_gate"][:, 2:, 1] = 0.99999  # only on padding: does not count
+    assert memory_unit(trace2, "gru") == 0
+    with pytest.raises(QueryError, match="no memory gate with a finite half-life"):
+        trace3, sig3 = example_trace("lstm", n=1, steps=4, units=1, fill=1.0)
+        memory_unit(trace3, "lstm")
