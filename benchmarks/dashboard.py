@@ -10,8 +10,9 @@ sequences, and for each size, in a fresh browser session:
 2. opens the Units page and waits for its first chart (the saturation scatter: extraction, verified against
    Keras, and the summary stage done): *upload to first chart*;
 3. on the largest size, opens every page while the later stages (detail, features, probes) still run and
-   times each from the click on its link to the page showing something of its own (its title and a chart,
-   table, text, metric or a progress bar naming the stage it waits for);
+   times each from the click on its link to the page showing something of its own (its title and an element
+   below it, a control counts), and to its content (a chart, table, coloured text, metric, or a progress bar
+   naming the stage it waits for);
 4. waits for the sidebar to say every stage is ready: *upload to all analyses ready*.
 
 Nothing is asserted (``--quick``, tiny sizes, is the smoke test's); the machine's load is printed with the
@@ -41,15 +42,21 @@ from e2e_helpers import CHROMIUM, StreamlitServer, launch_browser, wait_idle
 STEPS, FEATURES, UNITS = 80, 4, 16
 #: The pages opened while the later stages run, by their navigation title.
 PAGES = ["Gates over the input", "Units", "Features", "Memory", "Unit explained", "What if", "Search", "Export"]
-#: Something of the page's own: a drawn chart, a table, coloured text, a metric, a message, or a progress bar.
+#: The page's own title and, below it, any element of its own that is not stale (a control counts).
 _SHOWS_JS = """t => {
     const main = document.querySelector('[data-testid="stMain"]');
-    if (!main) return false;
-    const h1 = [...main.querySelectorAll('h1')].some(h => h.innerText.trim() === t);
-    if (!h1) return false;
+    if (!main || ![...main.querySelectorAll('h1')].some(h => h.innerText.trim() === t)) return false;
+    const own = [...main.querySelectorAll('[data-testid="stElementContainer"]')]
+        .filter(e => e.getAttribute('data-stale') !== 'true' && !e.querySelector('h1'));
+    return own.length > 0;
+}"""
+#: Its content: a drawn chart, a table, coloured text, a metric, or a progress bar naming the stage it waits for.
+_CONTENT_JS = """t => {
+    const main = document.querySelector('[data-testid="stMain"]');
+    if (!main || ![...main.querySelectorAll('h1')].some(h => h.innerText.trim() === t)) return false;
     const sel = ['[data-testid="stVegaLiteChart"] canvas', '[data-testid="stVegaLiteChart"] svg.marks',
                  '[data-testid="stDataFrame"]', '[data-testid="stHtml"]', '[data-testid="stMetric"]',
-                 '[data-testid="stProgress"]', '[data-testid="stAlert"]', '[data-testid="stCaptionContainer"]'];
+                 '[data-testid="stProgress"]'];
     for (const s of sel) {
         for (const el of main.querySelectorAll(s)) {
             const box = el.closest('[data-testid="stElementContainer"]');
@@ -86,12 +93,14 @@ def build_inputs(directory: Path, sizes: list[int]) -> tuple[Path, dict[int, Pat
     return model_path, data
 
 
-def _nav(page, title: str) -> float:
-    """Click a page's link; seconds until it shows something of its own."""
+def _nav(page, title: str) -> tuple[float, float]:
+    """Click a page's link; seconds until it shows something of its own, and until it shows its content."""
     t0 = time.perf_counter()
     page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text(title, exact=True)).click()
     page.wait_for_function(_SHOWS_JS, arg=title, timeout=600_000, polling=50)
-    return time.perf_counter() - t0
+    shows = time.perf_counter() - t0
+    page.wait_for_function(_CONTENT_JS, arg=title, timeout=600_000, polling=50)
+    return shows, time.perf_counter() - t0
 
 
 def _sidebar(page) -> str:
@@ -123,7 +132,7 @@ def upload_flow(browser, url: str, model_path: Path, data_path: Path, *, tour: b
         t0 = time.perf_counter()
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(data_path))
         page.get_by_text("Sequences analysed").wait_for()  # the data is read: the analysis runs in the background
-        _nav(page, "Units")
+        _nav(page, "Units")  # its first chart: the saturation scatter
         page.wait_for_function(
             """() => document.querySelectorAll('[data-testid="stVegaLiteChart"] canvas, '
                 + '[data-testid="stVegaLiteChart"] svg.marks').length >= 1""",
@@ -135,7 +144,7 @@ def upload_flow(browser, url: str, model_path: Path, data_path: Path, *, tour: b
         if tour:
             for title in PAGES:
                 running = _running_stages(page)
-                pages.append((title, _nav(page, title), running))
+                pages.append((title, *_nav(page, title), running))
         page.wait_for_function(
             """() => [...document.querySelectorAll('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]')]
                 .some(e => e.innerText.includes('all stages ready'))""",
@@ -153,7 +162,7 @@ def main() -> int:
     p.add_argument("--sizes", default="256,5000", help="sequences per upload, comma separated")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     args = p.parse_args()
-    sizes = [16, 64] if args.quick else [int(s) for s in args.sizes.split(",")]
+    sizes = [16] if args.quick else [int(s) for s in args.sizes.split(",")]
     if not Path(CHROMIUM).is_file():
         print(f"{CHROMIUM} is missing (apt-get install chromium)", file=sys.stderr)
         return 2
@@ -182,12 +191,13 @@ def main() -> int:
         print(f"| {n:,} | {n * STEPS:,} | {r['first']:.1f} | {r['ready']:.1f} |")
     n = max(sizes)
     print(f"\nPages opened while the later stages run ({n:,}-sequence upload):\n")
-    print("| page | seconds until it shows something | stages still running when opened |")
-    print("|---|---|---|")
-    for title, seconds, running in results[n]["pages"]:
-        print(f"| {title} | {seconds:.2f} | {running} |")
-    worst = max((s for _, s, _ in results[n]["pages"]), default=float("nan"))
-    print(f"\nslowest page: {worst:.2f} s (the acceptance: every page within 5 s)")
+    print("| page | s until it shows something | s until a chart, table or progress bar | stages running when opened |")
+    print("|---|---|---|---|")
+    for title, shows, content, running in results[n]["pages"]:
+        print(f"| {title} | {shows:.2f} | {content:.2f} | {running} |")
+    worst = max((s for _, s, _, _ in results[n]["pages"]), default=float("nan"))
+    worst_content = max((c for _, _, c, _ in results[n]["pages"]), default=float("nan"))
+    print(f"\nslowest page: {worst:.2f} s to show something, {worst_content:.2f} s to its content (acceptance: 5 s)")
     return 0
 
 

@@ -23,6 +23,8 @@ SCRIPTS = {
     ),
     "store": (["--quick"], "| what | seconds | MB/s | x before |"),
     "scale": (["--quick"], "| path | extract seq/s (first run) | extract seq/s (warm) |"),
+    # a real server driven by Chromium (skipped outside CI without /usr/bin/chromium)
+    "dashboard": (["--quick"], "| N (sequences) | steps analysed | upload to first chart (s) |"),
 }
 
 
@@ -63,7 +65,7 @@ def outputs() -> dict[str, subprocess.CompletedProcess]:
     done = {}
     for name, proc in procs.items():
         try:
-            out, err = proc.communicate(timeout=300)
+            out, err = proc.communicate(timeout=600)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
@@ -73,6 +75,10 @@ def outputs() -> dict[str, subprocess.CompletedProcess]:
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_benchmark_quick_runs_and_prints_a_table(outputs, name):
+    if name == "dashboard":
+        from e2e_helpers import require_chromium
+
+        require_chromium()
     res = outputs[name]
     assert res.returncode == 0, f"benchmarks/{name}.py --quick exited {res.returncode}:\n{res.stderr[-3000:]}"
     rows = _rows(res.stdout, SCRIPTS[name][1])
@@ -110,3 +116,19 @@ def test_analysis_benchmark_measures_examples_and_search_at_every_size(outputs):
     # every step of the run is an example candidate: the examples table is never empty; with threshold -1 every
     # unit is on everywhere, so the span query matches at least the query span itself
     assert all(int(r[5]) > 0 for r in rows if r[1] in ("examples", "search_span")), rows
+
+
+def test_dashboard_benchmark_times_every_page(outputs):
+    from e2e_helpers import require_chromium
+
+    require_chromium()
+    out = outputs["dashboard"].stdout
+    rows = _rows(out, "| page | s until it shows something |")
+    assert [r[0] for r in rows] == [
+        "Gates over the input", "Units", "Features", "Memory", "Unit explained", "What if", "Search", "Export"
+    ], rows  # fmt: skip
+    for row in rows:
+        shows, content = float(row[1]), float(row[2])
+        assert 0 < shows <= content, row  # its content cannot come before the page shows anything
+    (first, ready) = (float(c) for c in _rows(out, "| N (sequences) |")[0][2:4])
+    assert 0 < first <= ready, out

@@ -226,6 +226,9 @@ else:
             pd.DataFrame({"token": [repr(t) for t, _ in unknown.top], "count": [c for _, c in unknown.top]}),
             hide_index=True,
         )
+    # plain lines, no polling here (the sidebar shows the stages live): a page that re-ran itself while the user
+    # picks the data source or uploads would race their click
     for stage, label in stages.STAGES.items():
-        if stages.need(run, *(s.name for s in stages.stage_steps(stage)), what=f"{stage.capitalize()} ({label})"):
-            st.caption(f"**{stage.capitalize()}** ({label}) · ready in {run.seconds.get(stage, 0.0):.2f} s")
+        fraction, words = run.live.progress(stage)
+        done = f"ready in {run.seconds.get(stage, 0.0):.2f} s" if fraction >= 1.0 and words == "ready" else words
+        st.caption(f"**{stage.capitalize()}** ({label}) · {done}")
