@@ -11,7 +11,9 @@ recurrent step's matrix product alone, ``(B, units) @ (units, 4 units)`` sequent
 (XLA-compiled), and ``bound %`` is that time as a share of each method's. Ratios are time / predict time.
 Nothing is asserted: the numbers go into the README.
 
-    python benchmarks/extract.py [--repeats 5] [--quick]
+    python benchmarks/extract.py [--repeats 5] [--quick] [--modes cell,full,sample] [--dtypes float32,float16]
+
+``--dtypes float32,float16`` times ``write_run`` with each storage type side by side (same rounds, same data).
 """
 
 from __future__ import annotations
@@ -78,20 +80,29 @@ def recurrent_bound(model: keras.Model, n: int, steps: int, batch_size: int) -> 
     return total
 
 
-def bench(model: keras.Model, x: np.ndarray, repeats: int, batch_size: int, tmp: str) -> tuple[dict, dict]:
+def bench(
+    model: keras.Model,
+    x: np.ndarray,
+    repeats: int,
+    batch_size: int,
+    tmp: str,
+    modes: tuple[str, ...] = MODES,
+    dtypes: tuple[str, ...] = ("float16",),
+) -> tuple[dict, dict]:
     counter = iter(range(10**9))
 
     def out() -> str:  # a new run directory each call: replacing an earlier run (its rmtree) is not measured
         return os.path.join(tmp, f"run{next(counter)}")
 
     methods = {"model.predict": lambda: model.predict(x, batch_size=batch_size, verbose=0)}
-    for mode in MODES:
+    for mode in modes:
         methods[f"extract(model, x), verify={mode}"] = lambda m=mode: gatelens.extract(
             model, x, batch_size=batch_size, verify=m
         )
-        methods[f"write_run(model, x, out, float16), verify={mode}"] = lambda m=mode: gatelens.write_run(
-            model, x, out(), batch_size=batch_size, dtype="float16", verify=m
-        )
+        for dtype in dtypes:  # --dtypes float32,float16: the two storage types side by side
+            methods[f"write_run(model, x, out, {dtype}), verify={mode}"] = lambda m=mode, d=dtype: gatelens.write_run(
+                model, x, out(), batch_size=batch_size, dtype=d, verify=m
+            )
     cold = {}
     for name, fn in methods.items():  # the first call: tracing and XLA compilation included
         t0 = time.perf_counter()
@@ -110,11 +121,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="smaller inputs, 2 repeats (a smoke run)")
+    ap.add_argument("--modes", default=",".join(MODES), help="verification modes, comma-separated (default: all)")
+    ap.add_argument("--dtypes", default="float16", help="write_run storage types, comma-separated: float32,float16")
     args = ap.parse_args()
+    modes, dtypes = tuple(args.modes.split(",")), tuple(args.dtypes.split(","))
     sizes, steps, repeats = ((256, 300), 200, args.repeats) if not args.quick else ((32, 40), 50, 2)
     batch_size = 256 if not args.quick else 32
     print(f"gatelens extraction: {sizes} sequences x {steps} steps, batch {batch_size}, median of {repeats} rounds")
     print(f"TF {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, {platform.machine()}")
+    print(f"load average at the start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print()
     print("| model | N | method | seconds | x predict | bound % | first call s |")
     print("|---|---:|---|---:|---:|---:|---:|")
@@ -124,7 +139,7 @@ def main() -> None:
             model = char_model(layers, units, steps)
             for n in sizes:
                 x = np.random.default_rng(n).integers(0, VOCAB, size=(n, steps)).astype("int32")
-                med, cold = bench(model, x, repeats, batch_size, tmp)
+                med, cold = bench(model, x, repeats, batch_size, tmp, modes, dtypes)
                 for d in os.listdir(tmp):
                     shutil.rmtree(os.path.join(tmp, d), ignore_errors=True)
                 bound = recurrent_bound(model, n, steps, batch_size)

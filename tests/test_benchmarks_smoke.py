@@ -16,7 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
-    "extract": (["--quick"], "| model | N | method | seconds | x predict | bound % | first call s |"),
+    "extract": (
+        ["--quick", "--modes", "cell", "--dtypes", "float32,float16"],  # the other modes: tests/test_extract*.py
+        "| model | N | method | seconds | x predict | bound % | first call s |",
+    ),
     "analysis": (
         ["--quick", "--profile-steps", "--widths", "2,20"],
         "| N (sequences) | run on disk (MiB) | extract s | analyze s | analyze / extract | peak RSS (MiB) ",
@@ -85,6 +88,13 @@ def test_benchmark_quick_runs_and_prints_a_table(outputs, name):
     assert rows, res.stdout
     for row in rows:
         assert any(re.fullmatch(r"-?[\d,]+(\.\d+)?", c) for c in row), f"a table row without numbers: {row}"
+
+
+def test_extract_benchmark_times_both_storage_types_side_by_side(outputs):
+    rows = _rows(outputs["extract"].stdout, SCRIPTS["extract"][1])
+    methods = {r[2] for r in rows if r[0] == "2x128"}
+    assert {f"write_run(model, x, out, {d}), verify=cell" for d in ("float32", "float16")} <= methods, methods
+    assert not any("verify=full" in m or "verify=sample" in m for m in methods), methods  # --modes cell only
 
 
 def test_analysis_benchmark_measures_every_size_and_says_a_verdict(outputs):
