@@ -400,8 +400,6 @@ def write_run_distributed(
     ShardError
         A shard failed on every try (the message names its sequences and the error).
     """
-    import keras
-    import tensorflow as tf
     from distributed import as_completed
 
     from gatelens.analysis.store import RunWriter, open_run, sha256_file
@@ -412,8 +410,7 @@ def write_run_distributed(
         Extractor,
         _check_strict,
         _check_verify,
-        _front_meta,
-        _verify_meta,
+        _finish_run,
     )
 
     tolerance = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
@@ -511,16 +508,19 @@ def write_run_distributed(
                 progress(done, n)
         writer._digests.update(digests)  # the chunk files the workers wrote and hashed
         writer._written = n
-        writer.finish(
+        _finish_run(
+            writer,
+            ex,
+            x,
             errors,
             tolerance=tolerance,
             batch_size=batch_size,
-            keras_version=keras.__version__,
-            tensorflow_version=tf.__version__,
-            vocabulary=ex.vocabulary if ex.vocabulary is not None else vocabulary,
-            feature_names=feature_names or (None if with_tokens else [f"x{i}" for i in range(x.shape[-1])]),
-            model_input_shape=list(ex.input_shape),
-            **{**_verify_meta(verify, sample_size), **_front_meta(ex, unknown), **dict(manifest or {})},
+            vocabulary=vocabulary,
+            feature_names=feature_names,
+            verify=verify,
+            sample_size=sample_size,
+            unknown=unknown,
+            manifest=dict(manifest or {}),
         )
         if stats is not None:
             stats.update(shards=len(shards), workers=workers, load_seconds=loads, compute_seconds=computes)

@@ -885,10 +885,47 @@ class Extractor:
         ``verify`` and ``sample_size``: see :func:`extract`. A batch shorter than ``batch_size`` is padded
         to the next power of two (:func:`bucket`) and the padding dropped from what is yielded.
         """
+        for start, k, res, errors in self._raw_batches(
+            x,
+            batch_size=batch_size,
+            tolerance=tolerance,
+            progress=progress,
+            dtype=dtype,
+            verify=verify,
+            sample_size=sample_size,
+            _prepared=_prepared,
+        ):
+            yield Batch(start, self._present_all(res, k), errors)
+
+    def _present_all(self, res: dict[str, dict[str, Any]], k: int) -> dict[str, dict[str, np.ndarray]]:
+        """:meth:`_present` of every layer of a compiled function's result, its first ``k`` sequences."""
+        out = {}
+        for name, sig in res.items():
+            out[name] = {key: v[:k] for key, v in self._present(name, sig).items() if key != "error"}
+        return out
+
+    def _raw_batches(
+        self,
+        x: np.ndarray,
+        *,
+        batch_size: int,
+        tolerance: float,
+        progress: Progress | None,
+        dtype: str,
+        verify: str,
+        sample_size: int,
+        _prepared: bool,
+    ) -> Iterator[tuple[int, int, dict[str, dict[str, np.ndarray]], dict[str, float]]]:
+        """(start, k, the compiled function's arrays as they are, errors) for each batch of ``x``, checked.
+
+        The arrays are the padded batch's (time-major signals, batch-major ``mask`` and ``input``; the first
+        ``k`` sequences are real) as NumPy views of TensorFlow's buffers.
+        """
         _check_verify(verify, sample_size)
         x = self.check_input(x) if _prepared else self.to_ids(x)[0]
         n = x.shape[0]
         bs = max(1, min(int(batch_size), n))
+        compiled = self._plan.compiled(dtype, verify, sample_size)
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1):  # NumPy beside TF: one BLAS thread avoids oversubscription
@@ -898,15 +935,12 @@ class Extractor:
                 size = bucket(k, int(batch_size))
                 if k < size:
                     xb = np.concatenate([xb, np.repeat(xb[-1:], size - k, axis=0)], axis=0)
-                res = self.run_batch(xb, dtype=dtype, verify=verify, sample_size=sample_size)
+                # np.asarray shares the tensor's buffer (zero-copy on CPU); .numpy() would copy every signal
+                res = {name: {key: np.asarray(v) for key, v in sig.items()} for name, sig in compiled(xb).items()}
                 errors = {}
                 for name in self.layer_names:
-                    sig = res[name]
-                    err, rel = (float(v) for v in sig.pop("error"))
+                    err, rel = (float(v) for v in res[name].pop("error"))
                     errors[name] = err
-                    if k < size:
-                        for key in sig:
-                            sig[key] = sig[key][:k]
                     # float32 round-off grows with the magnitude of h (unbounded activations): the check
                     # scales the error by 1 + |h|; the reported number stays the plain max abs error.
                     if not (np.isfinite(err) and rel <= tolerance):
@@ -916,7 +950,7 @@ class Extractor:
                             f"({rel:.3g} relative to 1 + |h|; tolerance {tolerance:g}; verify={verify!r}) in "
                             f"{where[verify]} {start}..{start + k - 1}; the extractor does not reproduce this layer."
                         )
-                yield Batch(start, res, errors)
+                yield start, k, res, errors
                 if progress is not None:
                     progress(start + k, n)
 
@@ -985,6 +1019,61 @@ def _extractor(model: Any, layers: Sequence[str] | None) -> Extractor:
     return model if isinstance(model, Extractor) else Extractor(model, layers=layers)
 
 
+def _each_batch(ex: Extractor, x: np.ndarray, errors: dict[str, float], *, raw: bool = False, **options: Any):
+    """``(start, k, arrays)`` of each batch of the prepared ``x`` (:meth:`Extractor._raw_batches`'s arrays when
+    ``raw``, else presented: batch-major, the ``k`` real sequences); ``errors[layer]`` kept at the max so far."""
+    for start, k, res, errs in ex._raw_batches(x, _prepared=True, **options):
+        for name, e in errs.items():
+            errors[name] = max(errors[name], e)
+        yield start, k, (res if raw else ex._present_all(res, k))
+
+
+def _assemble(ex: Extractor, x: np.ndarray, errors: dict[str, float], **options: Any) -> dict[str, dict[str, Any]]:
+    """Every batch of ``x`` in memory: per layer, each signal (N, T, ...) batch-major, in time order.
+
+    One batch: its arrays as the compiled function returned them (views, no copy). Several: one time-major
+    array per signal, as the compiled function lays it out, so each batch is copied in as contiguous rows of
+    ``k x units`` (a batch-major store took a strided copy of every step); a copier thread fills it while the
+    next batch is computed. The arrays are then presented (as views) like a single batch.
+    """
+    n = x.shape[0]
+    batches = _each_batch(ex, x, errors, raw=True, dtype="float32", **options)
+    if n <= max(1, int(options["batch_size"])):
+        ((_, k, res),) = list(batches)  # run to the end: the progress callback hears of the batch
+        return ex._present_all(res, k)
+    store: dict[str, dict[str, np.ndarray]] = {}
+
+    def copy_in(start: int, k: int, res: dict[str, dict[str, np.ndarray]]) -> None:
+        for name, sig in res.items():
+            for key, v in sig.items():
+                if key in ("mask", "input"):  # batch-major
+                    store[name][key][start : start + k] = v[:k]
+                else:  # time-major (T, B, ...)
+                    store[name][key][:, start : start + k] = v[:, :k]
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatelens-assemble")
+    pending = None  # at most one batch is being copied while the next one is computed
+    try:
+        for start, k, res in batches:
+            if not store:
+                for name, sig in res.items():
+                    store[name] = {}
+                    for key, v in sig.items():
+                        axis = 0 if key in ("mask", "input") else 1
+                        shape = (*v.shape[:axis], n, *v.shape[axis + 1 :])
+                        store[name][key] = np.empty(shape, v.dtype)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(copy_in, start, k, res)
+        if pending is not None:
+            pending.result()
+    finally:
+        if pending is not None:
+            pending.cancel()
+        pool.shutdown(wait=True)
+    return ex._present_all(store, n)
+
+
 def extract(
     model: Any,
     x: Any,
@@ -1048,27 +1137,17 @@ def extract(
     ex = _extractor(model, layers)
     x, unknown = ex.to_ids(x)
     _check_strict(ex, unknown, strict_vocab)
-    n = x.shape[0]
-    store: dict[str, dict[str, np.ndarray]] = {}
     errors = {name: 0.0 for name in ex.layer_names}
-    for start, res, errs in ex.iter_batches(
+    store = _assemble(
+        ex,
         x,
+        errors,
         batch_size=batch_size,
         tolerance=tolerance,
         progress=progress,
         verify=verify,
         sample_size=sample_size,
-        _prepared=True,
-    ):
-        errors = {k: max(v, errs[k]) for k, v in errors.items()}
-        if start == 0 and n <= batch_size:  # one batch: keep its arrays as they are, no copy
-            store = res
-            break
-        for name, sig in res.items():
-            if name not in store:
-                store[name] = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in sig.items()}
-            for k, v in sig.items():
-                store[name][k][start : start + v.shape[0]] = v
+    )
     weights = ex.weights()
     traces = {}
     for d in ex.directions:
@@ -1157,9 +1236,6 @@ def write_run(
     >>> run["gru"]["update_gate"].shape, run.meta["dtype"], run.meta["verify"]
     ((3, 4, 3), 'float16', 'cell')
     """
-    import keras
-    import tensorflow as tf
-
     check_output_path(out)  # before any work: a path that holds something else is refused, and left as it is
     ex = _extractor(model, layers)
     _check_verify(verify, sample_size)
@@ -1182,18 +1258,18 @@ def write_run(
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatelens-writer")
     pending = None  # at most one batch is being written while the next one is computed
     try:
-        for start, res, errs in ex.iter_batches(
+        for start, k, res in _each_batch(
+            ex,
             x,
+            errors,
             batch_size=batch_size,
             tolerance=tolerance,
             progress=progress,
             dtype=dtype,
             verify=verify,
             sample_size=sample_size,
-            _prepared=True,
         ):
-            errors = {k: max(v, errs[k]) for k, v in errors.items()}
-            xb = x[start : start + next(iter(res.values()))["mask"].shape[0]]
+            xb = x[start : start + k]
             if pending is not None:
                 pending.result()
             pending = pool.submit(
@@ -1205,16 +1281,19 @@ def write_run(
             )
         if pending is not None:
             pending.result()
-        writer.finish(
+        _finish_run(
+            writer,
+            ex,
+            x,
             errors,
             tolerance=tolerance,
             batch_size=batch_size,
-            keras_version=keras.__version__,
-            tensorflow_version=tf.__version__,
-            vocabulary=ex.vocabulary if ex.vocabulary is not None else vocabulary,
-            feature_names=feature_names or (None if ex.integer_input else [f"x{i}" for i in range(x.shape[-1])]),
-            model_input_shape=list(ex.input_shape),
-            **{**_verify_meta(verify, sample_size), **_front_meta(ex, unknown), **(manifest or {})},
+            vocabulary=vocabulary,
+            feature_names=feature_names,
+            verify=verify,
+            sample_size=sample_size,
+            unknown=unknown,
+            manifest=manifest,
         )
     except BaseException:
         if pending is not None:
@@ -1228,3 +1307,36 @@ def write_run(
     finally:
         pool.shutdown(wait=True)
     return open_run(Path(out), verify=False)
+
+
+def _finish_run(
+    writer: RunWriter,
+    ex: Extractor,
+    x: np.ndarray,
+    errors: dict[str, float],
+    *,
+    tolerance: float,
+    batch_size: int,
+    vocabulary: list[str] | None,
+    feature_names: list[str] | None,
+    verify: str,
+    sample_size: int,
+    unknown: Any = None,
+    manifest: dict[str, Any] | None = None,
+) -> None:
+    """Seal a run written from ``ex`` on ``x`` (its manifest, last): what :func:`write_run` and the
+    distributed writer (:func:`gatelens.models.distributed.write_run_distributed`) record alike."""
+    import keras
+    import tensorflow as tf
+
+    writer.finish(
+        errors,
+        tolerance=tolerance,
+        batch_size=batch_size,
+        keras_version=keras.__version__,
+        tensorflow_version=tf.__version__,
+        vocabulary=ex.vocabulary if ex.vocabulary is not None else vocabulary,
+        feature_names=feature_names or (None if ex.integer_input else [f"x{i}" for i in range(x.shape[-1])]),
+        model_input_shape=list(ex.input_shape),
+        **{**_verify_meta(verify, sample_size), **_front_meta(ex, unknown), **(manifest or {})},
+    )

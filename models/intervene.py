@@ -383,28 +383,6 @@ def _rnn_output(rnn, r):
     return (output, *(tf.cast(st, dt) for st in states))
 
 
-def _bidirectional_output(layer, yf, yb):
-    """Keras 3 ``Bidirectional.call`` (non-fused path) from its two layers' outputs."""
-    import tensorflow as tf
-
-    states = ()
-    if layer.return_state:
-        states = tuple(yf[1:]) + tuple(yb[1:])
-        yf, yb = yf[0], yb[0]
-    if layer.return_sequences:
-        yb = tf.reverse(yb, axis=[1])
-    mode = layer.merge_mode
-    if mode is None:
-        return (yf, yb) + states if states else (yf, yb)
-    merged = {
-        "concat": lambda: tf.concat([yf, yb], axis=-1),
-        "sum": lambda: yf + yb,
-        "ave": lambda: (yf + yb) / 2,
-        "mul": lambda: yf * yb,
-    }[mode]()
-    return (merged,) + states if states else merged
-
-
 Slot = tuple[str, str, str]  # (direction, signal, "set" | "add")
 
 
@@ -476,7 +454,7 @@ class Intervener:
         import tensorflow as tf
         from keras.src import backend, tree
 
-        from gatelens.models.extract import _cell_weights
+        from gatelens.models.extract import _bidirectional_output, _cell_weights, _split_states
         from gatelens.models.graph import call_with_hook
 
         by_layer = self.extractor._by_layer
@@ -526,11 +504,7 @@ class Intervener:
                     mask = tf.cast(mask, tf.bool)
                 init = kwargs.get("initial_state")
                 if type(layer).__name__ == "Bidirectional":
-                    inits = [None, None]
-                    if init is not None:
-                        half = len(init) // 2
-                        inits = [init[:half], init[half:]]
-                    rs = [run_direction(d, seq, mask, i0) for d, i0 in zip(ds, inits)]
+                    rs = [run_direction(d, seq, mask, i0) for d, i0 in zip(ds, _split_states(init, 2))]
                     out = _bidirectional_output(layer, *(_rnn_output(d.rnn, r) for d, r in zip(ds, rs)))
                 else:
                     out = _rnn_output(layer, run_direction(ds[0], seq, mask, init))

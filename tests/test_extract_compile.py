@@ -78,6 +78,38 @@ def test_padding_does_not_change_values(model):
                 np.testing.assert_allclose(alone[name][sig][0], whole[name][sig][i], atol=1e-6, rtol=0)
 
 
+def test_batches_assemble_in_time_order_for_every_direction():
+    """extract over several batches (the time-major store, filled by the copier thread) gives, for every signal
+    of a go_backwards LSTM and both directions of a Bidirectional GRU, what each sequence gives alone; progress
+    hears of every batch."""
+    keras.utils.set_random_seed(5)
+    m = keras.Sequential(
+        [
+            keras.Input((T, F)),
+            L.Masking(0.0),
+            L.LSTM(4, return_sequences=True, go_backwards=True),
+            L.Bidirectional(L.GRU(3, return_sequences=True)),
+        ],
+        name="assemble_order",
+    )
+    x = _x(11, seed=4)
+    x[5, :2] = 0  # a masked head too
+    calls = []
+    whole = extract(m, x, batch_size=4, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(4, 11), (8, 11), (11, 11)]
+    assert whole.layers == ["lstm", "bidirectional/forward", "bidirectional/backward"]
+    for i in (0, 3, 4, 5, 10):
+        alone = extract(m, x[i : i + 1])
+        for name in whole.layers:
+            np.testing.assert_array_equal(whole[name].mask[i], alone[name].mask[0])
+            np.testing.assert_allclose(whole[name].inputs[i], alone[name].inputs[0], atol=1e-6, rtol=0)
+            for sig in alone[name]:
+                np.testing.assert_allclose(whole[name][sig][i], alone[name][sig][0], atol=1e-6, rtol=0, err_msg=sig)
+    one = []
+    extract(m, x[:3], progress=lambda done, total: one.append((done, total)))
+    assert one == [(3, 3)]
+
+
 def test_a_collected_model_frees_its_compiled_functions():
     m = _model("collected")
     extract(m, _x(3))
