@@ -137,8 +137,8 @@ def test_demo_tour_draws_every_page(page, server):
         no_exception(page)
         _shot(page, name)
 
-    nav(page, "Export")
-    page.get_by_role("button", name=re.compile("Download everything")).wait_for()
+    nav(page, "Export")  # each table offered once its stage is done (units.csv after the summary stage)
+    page.get_by_role("button", name=re.compile(r"^units\.csv · ")).wait_for(timeout=180_000)
     _shot(page, "export")
 
     # click a point of the forget-gate scatter: that unit opens, and the Unit explained page explains it
