@@ -27,8 +27,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-import numpy as np
-
 from gatelens.errors import DataError, UsageError
 
 _BLOCK = 8 << 20
@@ -111,6 +109,8 @@ def scan_csv(raw: bytes, where: str, limits: ReadLimits, *, max_columns: int | N
     Commas inside quoted cells are counted as separators, so the column count is an upper bound (a numeric
     series has no quoted commas). Runs in blocks of 8 MiB with array operations; memory stays a few times that.
     """
+    import numpy as np  # here, not at import: the model validator imports this module and stays NumPy-free
+
     cap_cols = limits.max_columns if max_columns is None else max_columns
     col_key = "max_columns" if max_columns is None else "max_feature_columns"
     a = np.frombuffer(raw, np.uint8)
