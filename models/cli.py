@@ -10,13 +10,13 @@ import argparse
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from gatelens.errors import UsageError
 from gatelens.models.argtypes import add_input_options
+from gatelens.models.cli_output import ProgressBar, say
 from gatelens.models.distributed import add_cluster_options, local_path, wants_cluster
 from gatelens.models.windows import register as register_windows
 from gatelens.models.zoo.cli import positive_int, register
@@ -27,31 +27,6 @@ log = logging.getLogger("gatelens")
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one plain line instead of usage + message
         raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
-
-
-class ProgressBar:
-    """A one-line progress bar on stderr (only when stderr is a terminal, or forced)."""
-
-    def __init__(self, label: str, *, stream=None, force: bool = False) -> None:
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.enabled = force or self.stream.isatty()
-        self.t0 = time.perf_counter()
-        self._last = -1.0
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if done < total and now - self._last < 0.1:
-            return
-        self._last = now
-        frac = done / max(total, 1)
-        bar = "#" * int(30 * frac)
-        self.stream.write(f"\r{self.label} [{bar:<30}] {done}/{total} {now - self.t0:5.1f}s")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
 
 
 def _load_model_and_data(args: argparse.Namespace):
@@ -118,7 +93,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     worst = max(trace.verification.values())
     unknown = recorded_unknown_tokens(trace.meta)
     vocab_note = f"; {unknown.describe()}" if unknown is not None else ""
-    print(
+    say(
         f"wrote {args.out}: {trace.n_sequences} sequences x {trace.n_steps} steps, layers {', '.join(trace.layers)}; "
         f"max |h recomputed - Keras| = {worst:.2e}{vocab_note}"
     )
@@ -130,12 +105,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     model, spec, data = _load_model_and_data(args)
     errors = verification_errors(model, data.x, batch_size=args.batch_size, progress=ProgressBar("verify"))
-    print(f"{'layer':<32} {'max_abs_error':>14}  status")
+    say(f"{'layer':<32} {'max_abs_error':>14}  status")
     failed = False
     for name, err in errors.items():
         ok = err <= args.tolerance
         failed |= not ok
-        print(f"{name:<32} {err:>14.3e}  {'ok' if ok else 'FAIL'}")
+        say(f"{name:<32} {err:>14.3e}  {'ok' if ok else 'FAIL'}")
     return 1 if failed else 0
 
 
@@ -154,9 +129,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
         rows["events"] = pq.ParquetFile(result.events_file).metadata.num_rows
     tables = ", ".join(f"{name} ({n} rows)" for name, n in rows.items())
-    print(f"analysed {args.run} -> {where}: {tables}")
-    for step, why in result.skipped.items():
-        print(f"  skipped {step}: {why}")
+    say(
+        f"analysed {args.run} -> {where}: {tables}",
+        *(f"  skipped {step}: {why}" for step, why in result.skipped.items()),
+    )
     return 0
 
 
@@ -197,8 +173,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         signals=args.signals,
         sequences=parse_sequences(args.sequences) if args.sequences else None,
     )
-    for name, path in paths.items():
-        print(f"{name}: {path}")
+    say(*(f"{name}: {path}" for name, path in paths.items()))
     return 0
 
 

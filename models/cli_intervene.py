@@ -23,6 +23,7 @@ import numpy as np
 
 from gatelens.errors import DataError, UsageError
 from gatelens.models.argtypes import add_input_options
+from gatelens.models.cli_output import ProgressBar, say
 
 INTERVENTIONS_COLUMNS = [
     "intervention", "layer", "units", "signal", "op", "value", "steps", "metric",
@@ -225,9 +226,7 @@ def _fmt(v: Any) -> Any:
     return v
 
 
-def _progress(label: str):
-    from gatelens.models.cli import ProgressBar
-
+def _progress(label: str) -> ProgressBar:
     return ProgressBar(label)
 
 
@@ -303,12 +302,10 @@ def cmd_intervene(args: argparse.Namespace) -> int:
         if steps_csv is not None:
             steps_csv.abort()
         raise
-    for row in res.summary(n_boot=min(args.bootstrap, 200), seed=args.seed):
-        print(f"{labels[row['variant']]}: {row['metric']} {row['original']:.4g} -> {row['intervened']:.4g} "
-              f"(effect {row['effect']:+.4g})")  # fmt: skip
-    print(
-        f"wrote {out / 'interventions.csv'}" + ("" if steps_csv is None else f" and {out / 'intervention_steps.csv'}")
-    )
+    summary = res.summary(n_boot=min(args.bootstrap, 200), seed=args.seed)
+    say(*(f"{labels[r['variant']]}: {r['metric']} {r['original']:.4g} -> {r['intervened']:.4g} (effect {r['effect']:+.4g})"
+          for r in summary))  # fmt: skip
+    say(f"wrote {out / 'interventions.csv'}" + ("" if steps_csv is None else f" and {out / 'intervention_steps.csv'}"))
     return 0
 
 
@@ -335,7 +332,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         w.abort()
         raise
     top = df.iloc[0]
-    print(
+    say(
         f"wrote {out / 'sweep.csv'}: {df['unit'].nunique()} units of {args.layer}; rank 1: unit {int(top['unit'])} "
         f"({top['metric']} effect {top['effect']:+.4g})"
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 from gatelens.analysis.search import DEFAULT_LIMIT, QueryError
 from gatelens.models.argtypes import checked
+from gatelens.models.cli_output import say
 
 _number = checked(float, math.isfinite, "a finite number", "a number")
 _count = checked(int, lambda v: v >= 1, "a number >= 1", "a whole number")
@@ -54,7 +55,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     m.insert(1, "query", result.query)
     write_csv(m, args.out)
     units = f"; units {', '.join(map(str, result.units))}" if result.units else ""
-    print(f"{result.query}: {result.n_matches} match(es) in {args.run}{units}; wrote the best {len(m)} to {args.out}")
+    say(f"{result.query}: {result.n_matches} match(es) in {args.run}{units}; wrote the best {len(m)} to {args.out}")
     return 0
 
 

@@ -56,8 +56,10 @@ def cmd_windows(args: argparse.Namespace) -> int:
     table = windows(args.data, window=args.window, stride=args.stride, time_column=args.time_column,
                     columns=args.columns)  # fmt: skip
     if args.out:
+        from gatelens.models.cli_output import say
+
         write_csv(table, args.out)
-        print(f"wrote {args.out}: {table['sequence'].nunique() if len(table) else 0} windows, {len(table)} rows")
+        say(f"wrote {args.out}: {table['sequence'].nunique() if len(table) else 0} windows, {len(table)} rows")
     else:
         from gatelens.analysis.export import safe_frame
 

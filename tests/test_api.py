@@ -49,3 +49,33 @@ def test_every_listed_command_is_a_subcommand():
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     missing = sorted(set(COMMANDS) - set(sub.choices))
     assert not missing, f"docs/api.md lists commands gatelens does not have: {missing}"
+
+
+SOURCES = ("gatelens", "analysis", "models", "dashboards", "data")
+
+
+def print_calls(source: str) -> list[int]:
+    """Line numbers of every call of the builtin ``print`` in ``source`` (docstring examples are strings)."""
+    import ast
+
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+    ]
+
+
+def test_no_module_prints_the_commands_write_through_cli_output():
+    root = API.parent.parent
+    found = {
+        str(p.relative_to(root)): print_calls(p.read_text(encoding="utf-8"))
+        for top in SOURCES
+        for p in sorted((root / top).rglob("*.py"))
+    }
+    assert len(found) > 80  # every module of the package was read
+    offenders = {p: lines for p, lines in found.items() if lines}
+    assert not offenders, f"print() in library code (use logging, a progress callback or cli_output.say): {offenders}"
+
+
+def test_the_print_check_finds_a_call():
+    assert print_calls('"""print(1) in a docstring"""\nx = 1\nprint(x)\n') == [3]
