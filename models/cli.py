@@ -63,7 +63,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     model, spec, data = _load_model_and_data(args)
     ex = Extractor(model, layers=args.layers)
-    options = ("batch_size", "dtype", "layers", "window", "stride", "time_column", "level", "verify")
+    options = ("batch_size", "dtype", "layers", "window", "stride", "time_column", "level", "verify", "compile")
     manifest = run_manifest(
         {"path": str(args.model), "sha256": sha256_file(args.model), "name": model.name},
         data,
@@ -87,6 +87,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         manifest=manifest,
         verify=args.verify,
         sample_size=args.sample_size,
+        compile=args.compile,
         **_cluster(args, model_path=args.model),
         strict_vocab=args.strict_vocab,
     )
@@ -213,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=8,
         help="sequences per batch Keras's layer re-runs with --verify cell or sample",
+    )
+    e.add_argument(
+        "--compile",
+        choices=["auto", "xla", "graph"],
+        default="auto",
+        help="auto (default): graph mode for small inputs (sequences x steps x units <= 4194304: XLA's "
+        "compilation would cost more than it saves), XLA above; xla or graph: always that",
     )
     add_cluster_options(e)
     e.set_defaults(func=cmd_extract)

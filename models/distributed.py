@@ -112,6 +112,7 @@ class ShardSpec:
     sample_size: int
     with_tokens: bool
     with_x: bool
+    compile: str = "xla"  # "xla" or "graph": the mode the client chose for the whole input, as write_run would
 
 
 def shard_bounds(n: int, batch: int, chunk: int, n_workers: int, shard_sequences: int | None = None) -> list[range]:
@@ -270,6 +271,7 @@ def extract_shard(spec: ShardSpec, x: np.ndarray | str, start: int) -> dict[str,
                 dtype=spec.dtype,
                 verify=spec.verify,
                 sample_size=spec.sample_size,
+                compile=spec.compile,
                 _prepared=True,  # ids: the client tokenised raw text once with the model's own lookup layer
             ):
                 errors = {name: max(v, errs[name]) for name, v in errors.items()}
@@ -365,6 +367,7 @@ def write_run_distributed(
     retries: int = DEFAULT_RETRIES,
     stats: dict[str, Any] | None = None,
     strict_vocab: bool = False,
+    compile: str = "auto",
 ) -> Any:
     """:func:`gatelens.models.extract.write_run` on the Dask cluster of ``client``; the same run, byte for byte.
 
@@ -373,7 +376,8 @@ def write_run_distributed(
     model : keras.Model
         The model (the client traces it once; the workers load their own copy from ``model_path``).
     x, out, batch_size, layers, dtype, tolerance, progress, vocabulary, feature_names, manifest, verify, sample_size
-        As for :func:`~gatelens.models.extract.write_run`. ``out`` may be a ``file://`` URL.
+    compile
+        As for :func:`~gatelens.models.extract.write_run` (``compile="auto"`` decided on the whole input, as there). ``out`` may be a ``file://`` URL.
     client : distributed.Client
     model_path : path, optional
         The model's ``.keras`` file on a file system every worker sees; default: ``model`` is saved beside
@@ -410,6 +414,7 @@ def write_run_distributed(
         Extractor,
         _check_strict,
         _check_verify,
+        _compile_meta,
         _finish_run,
     )
 
@@ -422,7 +427,8 @@ def write_run_distributed(
     x, unknown = ex.to_ids(x)  # raw text through the model's own lookup layer, as write_run does; the shards get ids
     _check_strict(ex, unknown, strict_vocab)
     n, t = int(x.shape[0]), int(x.shape[1])
-    ex.prepare(dtype, verify, sample_size)  # traced, not run: the weights (embeddings included) are known
+    mode = ex.compile_mode(x, compile)  # for the whole input, as write_run decides: the shards run the same batches
+    ex.prepare(dtype, verify, sample_size, mode)  # traced, not run: the weights (embeddings included) are known
     infos = [d.info for d in ex.directions]
     with_tokens = bool(ex.integer_input)
     n_features = None if with_tokens else int(x.shape[2]) if x.ndim == 3 else None
@@ -465,6 +471,7 @@ def write_run_distributed(
             sample_size=sample_size,
             with_tokens=with_tokens,
             with_x=n_features is not None,
+            compile=mode,
         )
         workers = _n_workers(client)
         shards = shard_bounds(n, spec.batch, spec.chunk, workers, shard_sequences)
@@ -521,6 +528,7 @@ def write_run_distributed(
             sample_size=sample_size,
             unknown=unknown,
             manifest=dict(manifest or {}),
+            compile_meta=_compile_meta(ex, x.shape, compile, mode, dtype=dtype, verify=verify, sample_size=sample_size),
         )
         if stats is not None:
             stats.update(shards=len(shards), workers=workers, load_seconds=loads, compute_seconds=computes)

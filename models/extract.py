@@ -19,9 +19,14 @@ Above ``tolerance`` the extraction fails loudly (:class:`~gatelens.errors.Verifi
 **Compiled once.** The compiled function is built once per model (and layer selection, dtype, verification
 mode) and kept in a per-model cache that :func:`extract`, :func:`write_run`, :func:`verification_errors`,
 the CLI and the dashboard share without holding an :class:`Extractor`; the model is referenced weakly, so
-a model that is garbage-collected frees its compiled functions. Batches are padded to a power of two (at
-most ``batch_size``), so no input length traces the function again and at most
+a model that is garbage-collected frees its compiled functions. With XLA, batches are padded to a power of
+two (at most ``batch_size``), so no input length traces the function again and at most
 ``log2(batch_size) + 1`` shapes are ever compiled per mode. It is safe to call from several threads.
+**Small one-shot work runs uncompiled.** XLA's compilation costs seconds of CPU per model and batch shape; for
+an input of at most :data:`GRAPH_MAX_WORK` sequences x steps x units that is more than it saves, so
+``compile="auto"`` (the default) runs it in TensorFlow's plain graph mode (one trace, no compilation, no
+padding) and larger inputs with XLA (:func:`compile_mode`; the mode is part of the cache key, and the
+manifest's ``compile`` says which ran).
 
 **The hook** (for code that builds on the extractor, e.g. interventions): :func:`capture` runs the model
 once, inside a TensorFlow trace, and returns a :class:`Capture` -- the model's output, each captured
@@ -76,6 +81,33 @@ VERIFY_CHECKS = {
         "one end to end, compared output for output (sequence, final states; masking, direction, merge mode)"
     ),
 }
+#: How the batch function runs: ``"xla"`` (compiled by XLA, once per padded batch shape: :func:`bucket`) or
+#: ``"graph"`` (TensorFlow's plain graph mode: nothing compiled, one graph serves every batch size, no padding);
+#: ``"auto"`` (the default) chooses by the size of the whole input (:func:`compile_mode`).
+COMPILE_MODES = ("auto", "xla", "graph")
+#: ``compile="auto"`` runs in graph mode when sequences x steps x units (summed over the captured directions)
+#: of the whole input is at most this: below it XLA's compilation (seconds of CPU, per model and batch shape)
+#: costs more than it saves on one pass (e.g. the ``char_lstm`` demo on ``code_sample.txt``: 40 x 100 x 192).
+GRAPH_MAX_WORK = 1 << 22
+
+
+def compile_mode(n_sequences: int, n_steps: int, units: int, compile: str = "auto") -> str:
+    """``"xla"`` or ``"graph"``: how an input of ``n_sequences x n_steps`` runs through layers of ``units`` in all.
+
+    ``compile`` ``"xla"`` or ``"graph"`` is taken as it is; ``"auto"`` is ``"graph"`` when
+    ``n_sequences * n_steps * units <= GRAPH_MAX_WORK`` (small one-shot work: no XLA compilation to pay for)
+    and ``"xla"`` above (the compiled function is kept per model and reused by later calls).
+
+    Examples
+    --------
+    >>> compile_mode(40, 100, 192), compile_mode(256, 200, 256), compile_mode(40, 100, 192, "xla")
+    ('graph', 'xla', 'xla')
+    """
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
+    if compile != "auto":
+        return compile
+    return "graph" if int(n_sequences) * int(n_steps) * int(units) <= GRAPH_MAX_WORK else "xla"
 
 
 def _check_verify(verify: str, sample_size: int) -> None:
@@ -92,6 +124,26 @@ def _verify_meta(verify: str, sample_size: int) -> dict[str, Any]:
         "verify_sample_size": int(sample_size) if verify != "full" else None,
         "verify_checks": VERIFY_CHECKS[verify],
     }
+
+
+def _compile_meta(ex: Extractor, shape: tuple[int, ...], requested: str, mode: str, **key: Any) -> dict[str, Any]:
+    """How the batch function ran, for ``trace.meta`` and the manifest: ``compile`` (``"xla"``, or ``"graph"``,
+    also after an XLA failure) and ``compile_reason`` (the rule and the numbers it was applied to)."""
+    ran = ex._plan.compiled(mode=mode, **key).ran_as if mode == "xla" else "graph"
+    if ran != mode:
+        why = "XLA could not compile the batch function: fell back to graph mode"
+    elif requested != "auto" and ex._plan.jit:
+        why = f"compile={requested!r} requested"
+    elif not ex._plan.jit:
+        why = "Extractor(jit_compile=False)"
+    else:
+        n, t = int(shape[0]), int(shape[1]) if len(shape) > 1 else 1
+        work = n * t * ex._plan.units
+        sign = "<=" if work <= GRAPH_MAX_WORK else ">"
+        why = (
+            f"auto: {n} sequences x {t} steps x {ex._plan.units} units = {work} {sign} GRAPH_MAX_WORK {GRAPH_MAX_WORK}"
+        )
+    return {"compile": ran, "compile_reason": why}
 
 
 def bucket(k: int, batch_size: int) -> int:
@@ -206,13 +258,23 @@ def _input_dim(layer: Any) -> int:
 
 
 class _Compiled:
-    """One compiled batch function (one key: code, dtype, verification mode, sample size) and its shapes."""
+    """One batch function (one key: code, compile mode, dtype, verification mode, sample size) and its shapes.
 
-    def __init__(self, jit: Any, plain: Any) -> None:
+    ``"xla"``: ``fn`` is XLA-compiled per input shape, ``plain`` (graph mode) only its fallback, traced only if
+    XLA fails; ``"graph"``: both are the one graph-mode function.
+    """
+
+    def __init__(self, mode: str, jit: Any, plain: Any) -> None:
+        self.mode = mode
         self.fn = jit
         self.plain = plain
-        self.shapes: set[tuple[int, ...]] = set()  # padded input shapes run so far (one XLA compilation each)
+        self.shapes: set[tuple[int, ...]] = set()  # input shapes run so far (XLA: one compilation each)
         self.lock = threading.Lock()
+
+    @property
+    def ran_as(self) -> str:
+        """How it runs now: ``"graph"`` once XLA failed and it fell back, else its mode."""
+        return "graph" if self.fn is self.plain else "xla"
 
     def __call__(self, x: np.ndarray) -> Any:
         fn = self.fn
@@ -312,6 +374,8 @@ class _Plan:
         self.wanted = frozenset(wanted)
         self.directions = [d for d in directions if d.name in self.wanted]
         self.jit = jit_compile
+        #: units of the captured directions, summed (the ``units`` of :func:`compile_mode`'s rule)
+        self.units = sum(d.info.units for d in self.directions)
         #: direction name -> the Embedding layer feeding it; a static fact of the graph, found while tracing.
         self.embedding: dict[str, Any] = {}
         self.traced = False
@@ -326,21 +390,31 @@ class _Plan:
             raise RuntimeError(f"model {self.model_name!r} was garbage-collected")
         return model
 
-    def compiled(self, dtype: str, verify: str, sample_size: int) -> _Compiled:
-        """The compiled batch function for this key, built (not yet traced) on first use; thread-safe."""
+    def mode(self, n_sequences: int, n_steps: int, compile: str = "auto") -> str:
+        """:func:`compile_mode` for an input of this size (always ``"graph"`` when built with ``jit_compile=False``)."""
+        mode = compile_mode(n_sequences, n_steps, self.units, compile)
+        return mode if self.jit else "graph"
+
+    def compiled(self, dtype: str, verify: str, sample_size: int, mode: str = "xla") -> _Compiled:
+        """The batch function for this key (``compile`` ``"xla"`` or ``"graph"``), built (not yet traced) on
+        first use; thread-safe."""
         from gatelens.models import cells
 
+        if mode not in ("xla", "graph"):
+            raise ValueError(f"mode must be 'xla' or 'graph' here, got {mode!r}")
+        mode = mode if self.jit else "graph"
         # the cell code is part of the key: a test or an intervention that swaps a cell function gets its own
         code = (cells.run_lstm, cells.run_gru, cells.run_simple_rnn)
-        key = (code, dtype, verify, int(sample_size))
+        key = (code, mode, dtype, verify, int(sample_size))
         with self._lock:
             entry = self._compiled.get(key)
             if entry is None:
-                entry = self._compiled[key] = self._build(dtype, verify, int(sample_size))
+                entry = self._compiled[key] = self._build(mode, dtype, verify, int(sample_size))
             return entry
 
-    def compiled_shapes(self) -> dict[tuple[str, str, int], set[tuple[int, ...]]]:
-        """``(dtype, verify, sample_size)`` -> the padded input shapes compiled for it (the bucketing's record)."""
+    def compiled_shapes(self) -> dict[tuple[str, str, str, int], set[tuple[int, ...]]]:
+        """``(compile, dtype, verify, sample_size)`` -> the input shapes run with it: for ``"xla"`` the padded
+        shapes compiled (the bucketing's record), for ``"graph"`` the batch shapes one graph served."""
         with self._lock:
             return {k[1:]: set(v.shapes) for k, v in self._compiled.items()}
 
@@ -349,7 +423,7 @@ class _Plan:
         with self._lock:
             return [f for c in self._compiled.values() for f in {id(c.fn): c.fn, id(c.plain): c.plain}.values()]
 
-    def _build(self, dtype: str, verify: str, sample_size: int) -> _Compiled:
+    def _build(self, mode: str, dtype: str, verify: str, sample_size: int) -> _Compiled:
         import tensorflow as tf
 
         plan = self
@@ -370,8 +444,8 @@ class _Plan:
         spec = tf.TensorSpec((None, *self.input_shape[1:]), self.input_dtype)
         # autograph off: the hook has no tensor-dependent Python control flow, and tracing is faster without it
         plain = tf.function(fn, input_signature=[spec], autograph=False)
-        jit = tf.function(fn, input_signature=[spec], jit_compile=True, autograph=False) if self.jit else plain
-        return _Compiled(jit, plain)
+        jit = tf.function(fn, input_signature=[spec], jit_compile=True, autograph=False) if mode == "xla" else plain
+        return _Compiled(mode, jit, plain)
 
     def ensure_traced(self) -> None:
         """Trace the default function once (if nothing was traced yet), so that :attr:`embedding` is known."""
@@ -760,7 +834,8 @@ class Extractor:
         Contract names to capture (a Bidirectional's plain name selects both directions);
         default all.
     jit_compile : bool
-        Compile with XLA (default True; falls back to plain graph mode if XLA fails).
+        Allow XLA (default True: inputs above :data:`GRAPH_MAX_WORK` compile with XLA, falling back to plain
+        graph mode if XLA fails); False: always graph mode.
 
     Examples
     --------
@@ -804,9 +879,16 @@ class Extractor:
 
     def compile_stats(self) -> dict[str, Any]:
         """``traces``: how often TensorFlow traced this model's batch functions (all modes); ``shapes``:
-        ``(dtype, verify, sample_size)`` -> the padded input shapes compiled for it."""
+        ``(compile, dtype, verify, sample_size)`` -> the input shapes run with it (``"xla"``: the padded shapes
+        compiled; ``"graph"``: the batch shapes its one graph served)."""
         traces = sum(f.experimental_get_tracing_count() for f in self._plan.tf_functions())
         return {"traces": int(traces), "shapes": self._plan.compiled_shapes()}
+
+    def compile_mode(self, x: Any, compile: str = "auto") -> str:
+        """How an input like ``x`` (an array, or its shape) runs: ``"xla"`` or ``"graph"`` (:func:`compile_mode`
+        with this model's captured units; ``"graph"`` always for an ``Extractor(jit_compile=False)``)."""
+        shape = tuple(x) if isinstance(x, tuple) else np.shape(x)
+        return self._plan.mode(shape[0], shape[1] if len(shape) > 1 else 1, compile)
 
     def run_batch(
         self,
@@ -815,13 +897,15 @@ class Extractor:
         dtype: str = "float32",
         verify: str = DEFAULT_VERIFY,
         sample_size: int = DEFAULT_SAMPLE_SIZE,
+        compile: str = "auto",
     ) -> dict[str, dict[str, np.ndarray]]:
         """Signals (as ``dtype``), ``mask``, ``input`` and ``error`` of every captured layer (time order).
 
         ``x`` runs as it is (no padding): prefer :meth:`iter_batches`, which pads to the compiled shapes.
+        ``compile`` as in :func:`extract` (``"auto"`` by the size of ``x``).
         """
         _check_verify(verify, sample_size)
-        res = self._plan.compiled(dtype, verify, sample_size)(x)
+        res = self._plan.compiled(dtype, verify, sample_size, self.compile_mode(x, compile))(x)
         # np.asarray shares the tensor's buffer (zero-copy on CPU); .numpy() would copy every signal
         return {name: self._present(name, sig) for name, sig in res.items()}
 
@@ -858,11 +942,19 @@ class Extractor:
             out[d.name] = w
         return out
 
-    def prepare(self, dtype: str = "float32", verify: str = DEFAULT_VERIFY, sample_size: int = DEFAULT_SAMPLE_SIZE):
-        """Trace the batch function for this key now (no-op when done), e.g. to know :meth:`weights` early."""
+    def prepare(
+        self,
+        dtype: str = "float32",
+        verify: str = DEFAULT_VERIFY,
+        sample_size: int = DEFAULT_SAMPLE_SIZE,
+        compile: str = "xla",
+    ):
+        """Trace the batch function for this key now (no-op when done), e.g. to know :meth:`weights` early.
+
+        ``compile``: ``"xla"`` or ``"graph"`` (:meth:`compile_mode` of the input to come)."""
         import tensorflow as tf
 
-        c = self._plan.compiled(dtype, verify, sample_size)
+        c = self._plan.compiled(dtype, verify, sample_size, compile)
         c.fn.get_concrete_function(tf.TensorSpec((None, *self.input_shape[1:]), self.input_dtype))
 
     # -- batching ----------------------------------------------------------------------------
@@ -876,14 +968,16 @@ class Extractor:
         dtype: str = "float32",
         verify: str = DEFAULT_VERIFY,
         sample_size: int = DEFAULT_SAMPLE_SIZE,
+        compile: str = "auto",
         _prepared: bool = False,
     ) -> Iterator[Batch]:
         """Yield a :class:`Batch` for consecutive batches; raise VerificationError above ``tolerance``.
 
         ``x`` as :meth:`to_ids` takes it (raw text for a model with a lookup layer). Signals come as
         ``dtype`` ("float32" or "float16"); ``mask`` bool and ``input`` float32.
-        ``verify`` and ``sample_size``: see :func:`extract`. A batch shorter than ``batch_size`` is padded
-        to the next power of two (:func:`bucket`) and the padding dropped from what is yielded.
+        ``verify``, ``sample_size`` and ``compile``: see :func:`extract` (``"auto"`` by the size of the whole ``x``).
+        With XLA a batch shorter than ``batch_size`` is padded to the next power of two (:func:`bucket`) and the
+        padding dropped from what is yielded; in graph mode it runs as it is.
         """
         for start, k, res, errors in self._raw_batches(
             x,
@@ -893,6 +987,7 @@ class Extractor:
             dtype=dtype,
             verify=verify,
             sample_size=sample_size,
+            compile=compile,
             _prepared=_prepared,
         ):
             yield Batch(start, self._present_all(res, k), errors)
@@ -914,6 +1009,7 @@ class Extractor:
         dtype: str,
         verify: str,
         sample_size: int,
+        compile: str = "auto",
         _prepared: bool,
     ) -> Iterator[tuple[int, int, dict[str, dict[str, np.ndarray]], dict[str, float]]]:
         """(start, k, the compiled function's arrays as they are, errors) for each batch of ``x``, checked.
@@ -925,14 +1021,15 @@ class Extractor:
         x = self.check_input(x) if _prepared else self.to_ids(x)[0]
         n = x.shape[0]
         bs = max(1, min(int(batch_size), n))
-        compiled = self._plan.compiled(dtype, verify, sample_size)
+        mode = self.compile_mode(x, compile)
+        compiled = self._plan.compiled(dtype, verify, sample_size, mode)
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1):  # NumPy beside TF: one BLAS thread avoids oversubscription
             for start in range(0, n, bs):
                 xb = x[start : start + bs]
                 k = xb.shape[0]
-                size = bucket(k, int(batch_size))
+                size = bucket(k, int(batch_size)) if mode == "xla" else k  # graph mode: any size, no padding
                 if k < size:
                     xb = np.concatenate([xb, np.repeat(xb[-1:], size - k, axis=0)], axis=0)
                 # np.asarray shares the tensor's buffer (zero-copy on CPU); .numpy() would copy every signal
@@ -1087,6 +1184,7 @@ def extract(
     verify: str = DEFAULT_VERIFY,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     strict_vocab: bool = False,
+    compile: str = "auto",
 ) -> Trace:
     """Re-run every recurrent layer of ``model`` on ``x`` and capture all its signals in memory.
 
@@ -1121,6 +1219,12 @@ def extract(
         For a model that starts with a lookup layer (``x`` then raw strings, or integers for
         IntegerLookup): raise :class:`~gatelens.errors.DataError` when a token is not in its vocabulary
         (by default unknown tokens become the OOV token and are counted in ``trace.meta["unknown_tokens"]``).
+    compile : {"auto", "xla", "graph"}
+        How the batch function runs (:data:`COMPILE_MODES`): ``"xla"`` compiled by XLA (the fastest per batch,
+        kept for later calls), ``"graph"`` TensorFlow's graph mode (no compilation); ``"auto"`` (default):
+        ``"graph"`` when N x T x units of the whole input is at most :data:`GRAPH_MAX_WORK`
+        (:func:`compile_mode`). Both give the same signals within float32 round-off; ``trace.meta["compile"]``
+        says which ran.
 
     Returns
     -------
@@ -1137,6 +1241,7 @@ def extract(
     ex = _extractor(model, layers)
     x, unknown = ex.to_ids(x)
     _check_strict(ex, unknown, strict_vocab)
+    mode = ex.compile_mode(x, compile)
     errors = {name: 0.0 for name in ex.layer_names}
     store = _assemble(
         ex,
@@ -1147,6 +1252,7 @@ def extract(
         progress=progress,
         verify=verify,
         sample_size=sample_size,
+        compile=mode,
     )
     weights = ex.weights()
     traces = {}
@@ -1166,6 +1272,7 @@ def extract(
             "tolerance": tolerance,
             "batch_size": batch_size,
             **_verify_meta(verify, sample_size),
+            **_compile_meta(ex, x.shape, compile, mode, dtype="float32", verify=verify, sample_size=sample_size),
             **_front_meta(ex, unknown),
         },
     )
@@ -1180,10 +1287,11 @@ def verification_errors(
     verify: str = "full",
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     progress: Progress | None = None,
+    compile: str = "auto",
 ) -> dict[str, float]:
     """Per captured layer, the max |hidden state recomputed - Keras's own| over ``x`` (nothing is kept).
 
-    ``verify`` as in :func:`extract` (default ``"full"``: Keras's layer runs every sequence). Never raises
+    ``verify`` and ``compile`` as in :func:`extract` (default ``"full"``: Keras's layer runs every sequence). Never raises
     :class:`~gatelens.errors.VerificationError`: the numbers are the answer.
 
     Examples
@@ -1196,7 +1304,13 @@ def verification_errors(
     ex = _extractor(model, layers)
     errors = {name: 0.0 for name in ex.layer_names}
     for batch in ex.iter_batches(
-        x, batch_size=batch_size, tolerance=float("inf"), progress=progress, verify=verify, sample_size=sample_size
+        x,
+        batch_size=batch_size,
+        tolerance=float("inf"),
+        progress=progress,
+        verify=verify,
+        sample_size=sample_size,
+        compile=compile,
     ):
         errors = {k: max(v, batch.errors[k]) for k, v in errors.items()}
     return errors
@@ -1218,13 +1332,15 @@ def write_run(
     verify: str = DEFAULT_VERIFY,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     strict_vocab: bool = False,
+    compile: str = "auto",
 ) -> Trace:
     """Extract like :func:`extract`, streaming batch by batch into a run directory; return it opened lazily.
 
     Memory is bounded by ``batch_size``, not by N. Writing and hashing a batch (a writer thread) overlaps the
     computation of the next one. The run appears at ``out`` only once complete (manifest last); an earlier
     run at ``out`` is replaced only then. ``verify`` and ``sample_size`` as in :func:`extract`; the manifest
-    records them and what they check (``verify_checks``). ``strict_vocab`` as in
+    records them and what they check (``verify_checks``); ``compile`` as in :func:`extract` (the manifest's
+    ``compile`` says which ran, ``compile_rule`` why). ``strict_vocab`` as in
     :func:`extract`; the unknown tokens a model's own lookup layer met are in the manifest's ``unknown_tokens``.
 
     Examples
@@ -1242,7 +1358,10 @@ def write_run(
     x, unknown = ex.to_ids(x)
     _check_strict(ex, unknown, strict_vocab)
     n, t = x.shape[0], x.shape[1]
-    ex.prepare(dtype, verify, sample_size)  # traced (not compiled) now: the weights, embeddings included, are known
+    mode = ex.compile_mode(x, compile)
+    ex.prepare(
+        dtype, verify, sample_size, mode
+    )  # traced (not compiled) now: the weights, embeddings included, are known
     writer = RunWriter(
         out,
         [d.info for d in ex.directions],
@@ -1268,6 +1387,7 @@ def write_run(
             dtype=dtype,
             verify=verify,
             sample_size=sample_size,
+            compile=mode,
         ):
             xb = x[start : start + k]
             if pending is not None:
@@ -1294,6 +1414,7 @@ def write_run(
             sample_size=sample_size,
             unknown=unknown,
             manifest=manifest,
+            compile_meta=_compile_meta(ex, x.shape, compile, mode, dtype=dtype, verify=verify, sample_size=sample_size),
         )
     except BaseException:
         if pending is not None:
@@ -1323,6 +1444,7 @@ def _finish_run(
     sample_size: int,
     unknown: Any = None,
     manifest: dict[str, Any] | None = None,
+    compile_meta: dict[str, Any] | None = None,
 ) -> None:
     """Seal a run written from ``ex`` on ``x`` (its manifest, last): what :func:`write_run` and the
     distributed writer (:func:`gatelens.models.distributed.write_run_distributed`) record alike."""
@@ -1338,5 +1460,10 @@ def _finish_run(
         vocabulary=ex.vocabulary if ex.vocabulary is not None else vocabulary,
         feature_names=feature_names or (None if ex.integer_input else [f"x{i}" for i in range(x.shape[-1])]),
         model_input_shape=list(ex.input_shape),
-        **{**_verify_meta(verify, sample_size), **_front_meta(ex, unknown), **(manifest or {})},
+        **{
+            **_verify_meta(verify, sample_size),
+            **(compile_meta or {}),
+            **_front_meta(ex, unknown),
+            **(manifest or {}),
+        },
     )

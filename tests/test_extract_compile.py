@@ -4,6 +4,7 @@ and the one place of private Keras calls (models/compat.py), with a fault inject
 from __future__ import annotations
 
 import gc
+import importlib
 import math
 import threading
 import weakref
@@ -12,8 +13,9 @@ import keras
 import numpy as np
 import pytest
 
-from gatelens.models.extract import VERIFY_MODES, Extractor, bucket, cached_models, extract
+from gatelens.models.extract import VERIFY_MODES, Extractor, bucket, cached_models, compile_mode, extract, write_run
 
+extract_module = importlib.import_module("gatelens.models.extract")  # (gatelens.models.extract is the function)
 L = keras.layers
 T, F = 5, 3
 
@@ -48,23 +50,114 @@ def test_bucket_is_the_next_power_of_two_capped_at_the_batch_size():
 def test_each_input_size_compiles_once_per_mode(model):
     """extract(model, x) twice for each N: the second call traces and compiles nothing; 7 runs at 8, not 256."""
     ex = Extractor(model)
+    traces = ex.compile_stats()["traces"]
     sizes = (256, 300, 7, 1)
     for verify in VERIFY_MODES:
         for n in sizes:
             x = _x(n)
-            first = extract(model, x, verify=verify)
+            first = extract(model, x, verify=verify, compile="xla")
+            assert first.meta["compile"] == "xla"
             stats = ex.compile_stats()
-            second = extract(model, x, verify=verify)
+            second = extract(model, x, verify=verify, compile="xla")
             assert ex.compile_stats() == stats, (verify, n)
             for name in first.layers:  # and the cached function gives the same numbers
                 np.testing.assert_array_equal(second[name]["hidden_state"], first[name]["hidden_state"])
             assert first["lstm"]["hidden_state"].shape == (n, T, 4)
-        shapes = ex.compile_stats()["shapes"][("float32", verify, 8)]
+        shapes = ex.compile_stats()["shapes"][("xla", "float32", verify, 8)]
         # 256 (N=256 and the first batch of 300), 64 (the 44 left of 300), 8 (N=7), 1 (N=1)
         assert {s[0] for s in shapes} == {256, 64, 8, 1}, verify
         assert len(shapes) <= math.log2(256) + 1
     # one trace per mode: the input signature leaves the batch axis open, XLA compiles each bucket once
-    assert ex.compile_stats()["traces"] == len(VERIFY_MODES)
+    assert ex.compile_stats()["traces"] - traces == len(VERIFY_MODES)
+
+
+def test_the_compile_rule_small_inputs_run_in_graph_mode(model, monkeypatch):
+    """compile="auto": an input of at most GRAPH_MAX_WORK sequences x steps x units runs in graph mode (one trace
+    for every N, batches unpadded, nothing compiled per shape), a larger one with XLA (its own cache entry,
+    padded to the buckets); the second call of each N adds nothing; trace.meta says which ran and why."""
+    units = 4 + 3
+    assert compile_mode(10, 10, 10) == "graph" and compile_mode(10, 10, 10, "xla") == "xla"
+    limit = extract_module.GRAPH_MAX_WORK
+    assert compile_mode(limit, 1, 1) == "graph" and compile_mode(limit + 1, 1, 1) == "xla"
+    assert compile_mode(1, limit // units + 1, units) == "xla"
+    with pytest.raises(ValueError, match="compile must be one of"):
+        compile_mode(1, 1, 1, "jit")
+    ex = Extractor(model)
+    traces = ex.compile_stats()["traces"]
+    for n in (300, 7):
+        first = extract(model, _x(n), verify="sample")
+        assert first.meta["compile"] == "graph", first.meta
+        assert (
+            first.meta["compile_reason"]
+            == f"auto: {n} sequences x {T} steps x {units} units = {n * T * units} <= GRAPH_MAX_WORK {limit}"
+        )
+        stats = ex.compile_stats()
+        extract(model, _x(n), verify="sample")
+        assert ex.compile_stats() == stats, n
+    assert ex.compile_stats()["traces"] == traces + 1  # one graph serves every batch size
+    assert ex.compile_stats()["shapes"][("graph", "float32", "sample", 8)] == {(256, T, F), (44, T, F), (7, T, F)}
+    assert ("xla", "float32", "sample", 8) not in ex.compile_stats()["shapes"]
+
+    monkeypatch.setattr(extract_module, "GRAPH_MAX_WORK", 7 * T * units - 1)  # now N=7 is above the rule's limit
+    big = extract(model, _x(7), verify="sample")
+    assert big.meta["compile"] == "xla" and "> GRAPH_MAX_WORK" in big.meta["compile_reason"], big.meta
+    assert ex.compile_stats()["shapes"][("xla", "float32", "sample", 8)] == {(8, T, F)}  # padded to its bucket
+    assert ex.compile_stats()["traces"] == traces + 2
+    assert extract(model, _x(6), verify="sample").meta["compile"] == "graph"  # 6 x T x units is under it
+    assert Extractor(model, jit_compile=False).compile_mode(_x(7)) == "graph"
+
+
+def _every_cell_model():
+    keras.utils.set_random_seed(11)
+    return keras.Sequential(
+        [
+            keras.Input((T, F)),
+            L.Masking(0.0),
+            L.LSTM(5, return_sequences=True, go_backwards=True),
+            L.GRU(4, return_sequences=True, reset_after=False),
+            L.Bidirectional(L.GRU(3, return_sequences=True)),
+            L.SimpleRNN(4, return_sequences=True),
+        ],
+        name="every_cell",
+    )
+
+
+@pytest.mark.parametrize("verify", ["cell", pytest.param("full", marks=pytest.mark.slow)])
+def test_graph_mode_and_xla_give_the_same_signals(verify):
+    """The two ways the batch function runs agree on every signal of every cell type (masked steps, a go_backwards
+    LSTM, a Bidirectional GRU, a GRU with reset_after=False), to float32 round-off; both pass the Keras check."""
+    m = _every_cell_model()
+    x = _x(9, seed=7)
+    x[4, :2] = 0  # a masked head too
+    graph = extract(m, x, verify=verify, compile="graph")
+    xla = extract(m, x, verify=verify, compile="xla")
+    assert (graph.meta["compile"], xla.meta["compile"]) == ("graph", "xla")
+    assert graph.layers == xla.layers and len(graph.layers) == 5
+    for name in graph.layers:
+        np.testing.assert_array_equal(graph[name].mask, xla[name].mask)
+        assert set(graph[name]) == set(xla[name]) and len(set(graph[name])) >= 2
+        for sig in graph[name]:
+            a, b = graph[name][sig], xla[name][sig]
+            assert a.shape == b.shape == (9, T, graph[name].info.units)
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=0, err_msg=f"{name} {sig}")  # seen: 2.4e-7
+        assert graph.verification[name] < 1e-5 and xla.verification[name] < 1e-5
+
+
+def test_write_run_records_the_mode_that_ran(model, tmp_path):
+    """The manifest says how the batch function ran and why (auto on a small input: graph; asked for: xla)."""
+    import json
+
+    auto = write_run(model, _x(5), tmp_path / "auto", dtype="float16")
+    asked = write_run(model, _x(5), tmp_path / "xla", dtype="float16", compile="xla")
+    m_auto = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    m_xla = json.loads((tmp_path / "xla" / "manifest.json").read_text())
+    assert (m_auto["compile"], m_xla["compile"]) == ("graph", "xla")
+    assert m_auto["compile_reason"].startswith("auto: 5 sequences x 5 steps x 7 units")
+    assert m_xla["compile_reason"] == "compile='xla' requested"
+    np.testing.assert_allclose(
+        np.asarray(auto["gru"]["hidden_state"], np.float32), np.asarray(asked["gru"]["hidden_state"], np.float32),
+        atol=1e-3, rtol=0,  # float16 storage: one rounding step of values below 1
+    )  # fmt: skip
 
 
 def test_padding_does_not_change_values(model):
