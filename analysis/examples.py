@@ -150,6 +150,52 @@ def _sorted_desc(keys: np.ndarray) -> np.ndarray:
     return np.sort(keys, axis=0)[::-1]
 
 
+def _ordered32(values: np.ndarray) -> np.ndarray:
+    """:func:`ordered_bits` as uint32 (the same numbers, half the bytes)."""
+    b = (np.asarray(values, np.float32) + np.float32(0.0)).view(np.uint32)
+    return np.where(b >> np.uint32(31) == 1, ~b, b | np.uint32(0x80000000))
+
+
+def _group_top(keys: np.ndarray, groups: np.ndarray, n_groups: int, k: int) -> np.ndarray:
+    """(k, n_groups) uint64: the ``k`` largest of ``keys`` (unique, non-zero) in each group, 0 where a group has fewer."""
+    out = np.zeros((k, n_groups), np.uint64)
+    if not len(keys):
+        return out
+    order = np.lexsort((~keys, groups))  # by group, then largest key first
+    g = groups[order]
+    starts = np.searchsorted(g, np.arange(n_groups))
+    rank = np.arange(len(g)) - starts[g]
+    keep = rank < k
+    out[rank[keep], g[keep]] = keys[order[keep]]
+    return out
+
+
+def _stream_top(running: np.ndarray, hi: np.ndarray, positions: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest keys ``(hi << 32) | (2^32 - 1 - position)`` per column of ``running`` and of this chunk's
+    ``hi`` (m, units; uint32 value order) at ``positions`` (m,), every position later than any in ``running``.
+
+    The same set as :func:`_top_keys` of all the chunk's keys, without building or partitioning them: only the
+    entries that can enter are keyed. An entry can enter only if its ``hi`` reaches a lower bound of the chunk's own
+    k-th largest (the smallest of the maxima of ``k`` disjoint blocks of rows: ``k`` distinct entries at least that
+    large) and, once ``running`` holds ``k`` keys, exceeds the ``hi`` of its k-th (on a tie the running key's earlier
+    position wins). A zero key stands for no entry.
+    """
+    m, units = hi.shape
+    cand = np.ones(hi.shape, bool)
+    if m >= k:
+        block = m // k
+        bound = hi[: block * k].reshape(k, block, units).max(axis=1).min(axis=0)
+        cand &= hi >= bound
+    if len(running) >= k and not (running == 0).any():
+        cand &= hi > (running.min(axis=0) >> np.uint64(32)).astype(np.uint32)
+    r, u = np.nonzero(cand)
+    if len(r) > hi.size // 4:  # mostly ties (a constant unit): keying all of them is no dearer
+        return _top_keys(running, _key(hi.astype(np.uint64), np.broadcast_to(positions[:, None], hi.shape),
+                                        descending=True), k)  # fmt: skip
+    keys = (hi[r, u].astype(np.uint64) << np.uint64(32)) | (_LOW32 - positions[r].astype(np.uint64))
+    return _top_keys(running, _group_top(keys, u, units, k), k)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the two passes
 
@@ -268,19 +314,17 @@ def unit_examples(
                 for s in sigs:
                     v = read(lt[s], rows, np.float32)
                     real = v.reshape(-1, units)[flat]
-                    o = ordered_bits(real)
-                    p = np.broadcast_to(gpos[:, None], o.shape)
-                    best[s, "top"] = _top_keys(best[s, "top"], _key(o, p, descending=True), k)
-                    best[s, "bottom"] = _top_keys(best[s, "bottom"], _key(o, p, descending=False), k)
+                    o = _ordered32(real)
+                    best[s, "top"] = _stream_top(best[s, "top"], o, gpos, k)
+                    best[s, "bottom"] = _stream_top(best[s, "bottom"], ~o, gpos, k)
                     lo[s] = np.minimum(lo[s], real.min(axis=0))
                     hi[s] = np.maximum(hi[s], real.max(axis=0))
                     if s in gates:
                         d, dpos = _changes(v, m, back, rows.start)
                         if len(d):
-                            od = ordered_bits(d)
-                            pd_ = np.broadcast_to(dpos[:, None], od.shape)
-                            best[s, "rise"] = _top_keys(best[s, "rise"], _key(od, pd_, descending=True), k)
-                            best[s, "drop"] = _top_keys(best[s, "drop"], _key(od, pd_, descending=False), k)
+                            od = _ordered32(d)
+                            best[s, "rise"] = _stream_top(best[s, "rise"], od, dpos, k)
+                            best[s, "drop"] = _stream_top(best[s, "drop"], ~od, dpos, k)
             tick()
         # pass 2: histograms and decile draws
         counts = {s: np.zeros((bins, units), np.int64) for s in sigs}
@@ -298,10 +342,9 @@ def unit_examples(
                         bins, units
                     )
                     if k_decile:
-                        dec = b // per_decile
+                        new = _decile_draws(dkey, (b // per_decile).astype(np.int8), k_decile)
                         for j in range(10):
-                            keys = np.where(dec == j, dkey[:, None], np.uint64(0))
-                            draws[s, j] = _top_keys(draws[s, j], keys, k_decile)
+                            draws[s, j] = _top_keys(draws[s, j], new[:, j], k_decile)
             tick()
         # the chosen steps
         picks: list[pd.DataFrame] = []
@@ -312,7 +355,8 @@ def unit_examples(
                     continue
                 keys = _sorted_desc(keys)
                 vals, pos = _unkey(keys, descending=kind in ("top", "rise"))
-                picks.append(_pick_frame(name, s, kind, vals, pos, t_len))
+                frame = _pick_frame(name, s, kind, vals, pos, t_len)
+                picks.append(frame[(keys != 0).ravel()])  # a zero key: fewer than k entries
             for j in range(10):
                 keys = draws[s, j]
                 if not len(keys):
@@ -355,6 +399,27 @@ def unit_examples(
     if len(histograms):
         histograms = histograms.sort_values(["layer", "signal", "unit", "bin"], kind="stable").reset_index(drop=True)
     return examples[EXAMPLE_COLUMNS], histograms[HISTOGRAM_COLUMNS]
+
+
+def _decile_draws(dkey: np.ndarray, dec: np.ndarray, k: int) -> np.ndarray:
+    """(k, 10, units) uint64: per decile and unit, the ``k`` largest of the row keys ``dkey`` (m,) among the rows in
+    that decile (``dec`` (m, units)), 0 where fewer: one sort of the rows by key and one stable (radix) sort of the
+    deciles per unit, instead of a partition of the whole chunk per decile."""
+    m, units = dec.shape
+    order = np.argsort(dkey)[::-1]  # keys are unique (they hold the position): largest first
+    ds = dec[order]
+    idx = np.argsort(ds, axis=0, kind="stable")  # per unit: rows by decile, each decile's largest key first
+    counts = np.bincount((ds.astype(np.int64) * units + np.arange(units)).ravel(), minlength=10 * units)
+    counts = counts.reshape(10, units)
+    starts = np.cumsum(counts, axis=0) - counts
+    keys_sorted = dkey[order]
+    out = np.zeros((k, 10, units), np.uint64)
+    cols = np.arange(units)[None, :]
+    for r in range(k):  # k_decile (a few) ranks, each one gather over (10, units)
+        valid = r < counts
+        at = np.minimum(starts + r, m - 1)
+        out[r] = np.where(valid, keys_sorted[idx[at, cols]], np.uint64(0))
+    return out
 
 
 def bin_index(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int) -> np.ndarray:
@@ -421,16 +486,19 @@ def _with_context(trace: Trace, lt: Any, picks: pd.DataFrame, context: int, chun
         else:
             x = read(trace.x if trace.x is not None else lt.inputs, group, np.float64)
         signals = {s: read(lt[s], group, np.float32) for s in picks["signal"].iloc[sel].unique()}
-        for i, li in zip(sel, local):
+        # plain arrays and lists in the loop: a pandas .iat per pick and column cost more than the JSON
+        sig_of, unit_of = picks["signal"].to_numpy(object), picks["unit"].to_numpy(np.int64)
+        step_of, decile = picks["step"].to_numpy(np.int64), picks["kind"].str.startswith("decile_").to_numpy(bool)
+        for i, li in zip(sel.tolist(), local.tolist()):
             a0, b0 = int(start[i]), int(stop[i])
-            sig = signals[picks["signal"].iat[i]][li, a0:b0, int(picks["unit"].iat[i])]
+            sig = signals[sig_of[i]][li, a0:b0, unit_of[i]]
             ctx_vals[i] = _json_floats(sig, m[li, a0:b0])
             if trace.tokens is not None:
                 ctx[i] = json.dumps([str(t) for t in toks[li, a0:b0]])
             else:
                 ctx[i] = json.dumps(x[li, a0:b0].tolist())
-            if picks["kind"].iat[i].startswith("decile_"):
-                value[i] = float(sig[int(picks["step"].iat[i]) - a0])
+            if decile[i]:
+                value[i] = float(sig[step_of[i] - a0])
     return picks.assign(
         value=value,
         context=ctx,
