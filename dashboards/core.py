@@ -345,7 +345,7 @@ def load_model_bundle(choice: ModelChoice, stage: StageProgress = _no_progress) 
         progress(1, 3)
         vocab = read_vocabulary(choice.vocabulary.path) if choice.vocabulary is not None else None
         spec = input_spec(model, vocabulary=vocab)
-        # The CLI's settings (XLA): the dashboard's numbers are bit for bit those of `gatelens extract`.
+        # The CLI's settings (compile="auto", the same rule on the same input): its numbers are `gatelens extract`'s.
         extractor = Extractor(model)
     progress(2, 3)
     bundle = ModelBundle(

@@ -172,7 +172,10 @@ def _load_private(private: Path, work: Path, name: str, fmt: str, limits: LoadLi
 
 
 def _run(task: str, private: Path, work: Path, name: str, limits: LoadLimits, report: LoadReport) -> WorkerResult:
-    result = run_worker(task, private, work, name, limits)
+    from gatelens.models._quiet import import_tensorflow_quietly
+
+    # TensorFlow (seconds; needed to build the model) is imported while the worker reads the weights
+    result = run_worker(task, private, work, name, limits, while_waiting=import_tensorflow_quietly)
     report.worker_task = task
     report.worker_peak_rss_bytes = result.peak_rss_bytes
     report.worker_peak_vm_bytes = result.peak_vm_bytes

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,13 @@ def _signal_name(sig: int) -> str:
 
 
 def run_worker(
-    task: str, model_path: str | os.PathLike, work_dir: str | os.PathLike, name: str, limits: LoadLimits
+    task: str,
+    model_path: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    name: str,
+    limits: LoadLimits,
+    *,
+    while_waiting: Callable[[], Any] | None = None,
 ) -> WorkerResult:
     """Run one worker task on ``model_path`` (a private copy); results go to ``work_dir``.
 
@@ -136,11 +143,16 @@ def run_worker(
     work_dir : an empty private directory for the job, its outputs and the worker's log
     name : the file name for messages
     limits : LoadLimits
+    while_waiting : callable, optional
+        Run in this process once the worker has started, before waiting for it (the loader imports
+        TensorFlow meanwhile, which touches nothing of the file). The worker's time limit counts from its
+        start; if ``while_waiting`` raises, the worker is stopped and the error propagates.
 
     Returns
     -------
     WorkerResult
-        ``ok`` False (with ``error`` and ``message``) for a refused file, a crash, a timeout or a limit.
+        ``ok`` False (with ``error`` and ``message``) for a refused file, a crash, a timeout or a limit;
+        ``seconds``: from the worker's start to its result (it reports when it finished).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -151,6 +163,7 @@ def run_worker(
     result_path = work / "result.json"
     log_path = work / "worker.log"
     t0 = time.perf_counter()
+    started = time.monotonic()
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-s", "-c", _BOOTSTRAP, *_PACKAGE_DIRS, str(job_path)],
@@ -162,17 +175,28 @@ def run_worker(
             start_new_session=True,  # its own process group: a timeout kills it and nothing else
             close_fds=True,
         )
-    status, rusage, timed_out = _wait(proc, limits.worker_timeout_s)
+    if while_waiting is not None:
+        try:
+            while_waiting()
+        except BaseException:
+            _kill(proc)
+            raise
+    status, rusage, timed_out = _wait(proc, limits.worker_timeout_s, started)
     seconds = time.perf_counter() - t0
     peak = int(rusage.ru_maxrss) * 1024 if rusage is not None else 0
     res = WorkerResult(ok=False, task=task, peak_rss_bytes=peak, seconds=seconds)
-    if timed_out:
+
+    def too_long(what: str) -> WorkerResult:
+        res.ok, res.weights_path, res.converted_path = False, None, None
         res.error = "UnsafeModelError"
         res.message = (
-            f"{name}: loading the model took longer than {limits.worker_timeout_s:g} s (the worker was stopped); "
+            f"{name}: loading the model took longer than {limits.worker_timeout_s:g} s ({what}); "
             "refused (LoadLimits.worker_timeout_s, GATELENS_WORKER_TIMEOUT_S)."
         )
         return res
+
+    if timed_out:
+        return too_long("the worker was stopped")
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         res.returncode = -sig
@@ -204,6 +228,11 @@ def run_worker(
         res.peak_rss_bytes = out["peak_rss_bytes"]
     if isinstance(out.get("peak_vm_bytes"), int):
         res.peak_vm_bytes = out["peak_vm_bytes"]
+    finished = out.get("finished_monotonic")  # the worker's own clock: CLOCK_MONOTONIC is system-wide
+    if isinstance(finished, float) and started <= finished <= time.monotonic():
+        res.seconds = min(seconds, finished - started)
+    if res.seconds > limits.worker_timeout_s:  # it finished late, while while_waiting ran: the limit still holds
+        return too_long(f"{res.seconds:.2f} s")
     res.ok = bool(out.get("ok"))
     res.error = out.get("error")
     res.message = out.get("message")
@@ -215,9 +244,19 @@ def run_worker(
     return res
 
 
-def _wait(proc: subprocess.Popen, timeout_s: float):
-    """Wait for ``proc`` with a deadline; return (status, rusage, timed_out). Kills its group on timeout."""
-    deadline = time.monotonic() + timeout_s
+def _kill(proc: subprocess.Popen) -> None:
+    """Stop ``proc``'s process group and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.wait4(proc.pid, 0)
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, started: float | None = None):
+    """Wait for ``proc`` until ``timeout_s`` after ``started`` (``time.monotonic()``; default now); return
+    (status, rusage, timed_out). Kills its group on timeout."""
+    deadline = (time.monotonic() if started is None else started) + timeout_s
     delay = 0.005
     while True:
         pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
@@ -479,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             message = f"{name}: cannot be loaded as a Keras model: {kind}: {keras_reason(e)}"
         result = {"ok": False, "error": "UnsafeModelError" if unsafe else "ModelFormatError", "message": message}
     result.update(_own_memory())
+    result["finished_monotonic"] = time.monotonic()
     tmp = out / "result.tmp.json"
     tmp.write_text(json.dumps(result))
     os.replace(tmp, out / "result.json")
