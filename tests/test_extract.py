@@ -208,19 +208,48 @@ def _check_identities(lt, atol=1e-5):
         np.testing.assert_allclose(np.where(mm, h, 0), np.where(mm, a(lt["hidden_state_pre"]), 0), atol=atol)
 
 
-@pytest.mark.parametrize("verify", VERIFY_MODES)
-@pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_matches_keras_and_identities(name, masked, verify, tmp_path):
-    """Both verification modes: "full" recomputes from Keras's states; with "sample" our own re-run drives
-    the model (its emulated layer outputs feed the next layers) and Keras checks 2 + 1 of each 4 sequences,
-    so step 2 below (every sequence against plain Keras sub-models) is the independent check of the rest."""
+class _Config:
+    """One configuration's model, built once for all its cases, and its inputs' plain-Keras reference outputs."""
+
+    def __init__(self, name: str, model: keras.Model) -> None:
+        self.name = name
+        self.model = model
+        self._refs: dict[bool, tuple[np.ndarray, dict]] = {}
+
+    def inputs_and_references(self, masked: bool) -> tuple[np.ndarray, dict]:
+        if masked not in self._refs:
+            x = _inputs_for(self.model, masked)
+            self._refs[masked] = (x, _reference_outputs(self.model, x))
+        return self._refs[masked]
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def config(request, tmp_path_factory) -> _Config:
+    """The configuration's model, built, saturated and round-tripped once for its dense and masked inputs in every
+    verification mode (pytest runs a module-scoped parameter's tests together and frees the model before the next).
+
+    The cases share what does not depend on them: the weights (seeded by the name, as they always were), the
+    compiled function of each verification mode (traced from the input's shape and dtype, never its values: the
+    mask is computed inside it), and the Keras reference outputs of each input (verification-mode independent).
+    Every case still runs its own ``extract`` and every check below on its own trace.
+    """
+    name = request.param
     keras.utils.set_random_seed(zlib.crc32(name.encode()))  # the same weights on every run: reproducible
     model = CONFIGS[name]()
     _saturate(model, scale=4.0)
-    model = _roundtrip(model, tmp_path)  # a real .keras file through the project's safe loader
-    x = _inputs_for(model, masked)
-    trace = extract(model, x, batch_size=4, verify=verify, sample_size=2)
+    model = _roundtrip(model, tmp_path_factory.mktemp(name))  # a real .keras file through the project's safe loader
+    return _Config(name, model)
+
+
+@pytest.mark.parametrize("verify", VERIFY_MODES)
+@pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
+def test_matches_keras_and_identities(config, masked, verify):
+    """Both verification modes: "full" recomputes from Keras's states; with "sample" our own re-run drives
+    the model (its emulated layer outputs feed the next layers) and Keras checks 2 + 1 of each 4 sequences,
+    so step 2 below (every sequence against plain Keras sub-models) is the independent check of the rest."""
+    model = config.model
+    x, references = config.inputs_and_references(masked)
+    trace = extract(model, x.copy(), batch_size=4, verify=verify, sample_size=2)  # the shared input stays as built
     assert trace.meta["verify"] == verify
 
     # 1. the extractor's own verification
@@ -231,7 +260,7 @@ def test_matches_keras_and_identities(name, masked, verify, tmp_path):
     # 2. independently: each layer's Keras output from a plain sub-model, within 1e-5 scaled by max(1, |h|) as
     # the extractor's own check: with unbounded activations (elu, relu) and saturating weights |h| reaches 5-10,
     # where float32 round-off alone (Keras's own, step after step) is ~2e-5 (measured: gru elu, |h| = 5.1).
-    for lname, (layer, y) in _reference_outputs(model, x).items():
+    for lname, (layer, y) in references.items():
         if isinstance(layer, L.Bidirectional):
             dirs = [f"{lname}/forward", f"{lname}/backward"]
             if layer.merge_mode != "concat":
