@@ -5,10 +5,13 @@ Each pair runs, in fresh Python processes one after the other, (a) ``gatelens ex
 and (b) ``keras.saving.load_model(MODEL).predict(x)`` on the same token ids, saved once beforehand. Prints
 the wall time and the CPU time (user + system of the process and its children) of each, the median of
 ``--repeats`` pairs and the median of the paired ratios. With ``--profile`` it also prints where the
-extract process spends its time (``python -X importtime`` totals and a cProfile of the command). Nothing is
-asserted: the numbers go into the README.
+extract process spends its time (``python -X importtime`` totals and a cProfile of the command). With
+``--dashboard`` it also times, in a fresh ``streamlit run`` server and Debian's headless Chromium, an upload's
+way to its first chart (``benchmarks/dashboard.py``'s flow and model, 256 sequences, without waiting for the
+later stages). The load average is printed beside the numbers. Nothing is asserted: the numbers go into the
+README.
 
-    python benchmarks/cold.py [--repeats 5] [--model char_lstm] [--data code_sample.txt] [--profile]
+    python benchmarks/cold.py [--repeats 5] [--model char_lstm] [--data code_sample.txt] [--profile] [--dashboard]
 """
 
 from __future__ import annotations
@@ -94,13 +97,35 @@ def profile(model: Path, data: Path, tmp: Path) -> None:
     pstats.Stats(str(stats)).sort_stats("cumulative").print_stats(15)
 
 
+def dashboard_first_chart(n: int = 256) -> float:
+    """Seconds from setting the data file on the Data page to the Units page's first chart (a fresh server)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_dashboard", Path(__file__).with_name("dashboard.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="gatelens-cold-dashboard-") as d:
+        model_path, data = bench.build_inputs(Path(d), [n])
+        with bench.StreamlitServer(log_path=Path(d) / "server.log", timeout=300) as server, sync_playwright() as pw:
+            browser = bench.launch_browser(pw)
+            try:
+                timed = bench.upload_flow(browser, server.url, model_path, data[n], tour=False, until_ready=False)
+                return timed["first"]
+            finally:
+                browser.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", default="char_lstm")
     ap.add_argument("--data", default="code_sample.txt")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--dashboard", action="store_true", help="also time an upload to its first chart (Chromium)")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     model, data = DEMO / f"{args.model}.keras", DEMO / args.data
     with tempfile.TemporaryDirectory(prefix="gatelens-cold-") as d:
         tmp = Path(d)
@@ -121,6 +146,11 @@ def main() -> None:
         ratio_wall = statistics.median(a[0] / b[0] for a, b in pairs)
         ratio_cpu = statistics.median(a[1] / b[1] for a, b in pairs)
         print(f"| ratio (median of the paired ratios) | {ratio_wall:.2f}x | {ratio_cpu:.2f}x |")
+        print(f"\nload average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; {os.cpu_count()} CPU(s)")
+        if args.dashboard:
+            first = dashboard_first_chart()
+            print(f"dashboard: upload (256 sequences x 80 steps) to first chart {first:.1f} s "
+                  f"(load average {os.getloadavg()[0]:.1f} after)")  # fmt: skip
         if args.profile:
             profile(model, data, tmp)
 
