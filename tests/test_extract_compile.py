@@ -71,7 +71,7 @@ def test_each_input_size_compiles_once_per_mode(model):
     assert ex.compile_stats()["traces"] - traces == len(VERIFY_MODES)
 
 
-def test_the_compile_rule_small_inputs_run_in_graph_mode(model, monkeypatch):
+def test_the_compile_rule_small_inputs_run_in_graph_mode(monkeypatch):
     """compile="auto": an input of at most GRAPH_MAX_WORK sequences x steps x units runs in graph mode (one trace
     for every N, batches unpadded, nothing compiled per shape), a larger one with XLA (its own cache entry,
     padded to the buckets); the second call of each N adds nothing; trace.meta says which ran and why."""
@@ -82,6 +82,7 @@ def test_the_compile_rule_small_inputs_run_in_graph_mode(model, monkeypatch):
     assert compile_mode(1, limit // units + 1, units) == "xla"
     with pytest.raises(ValueError, match="compile must be one of"):
         compile_mode(1, 1, 1, "jit")
+    model = _model("compile_rule")  # its own cache entry: the counts below are this test's alone
     ex = Extractor(model)
     traces = ex.compile_stats()["traces"]
     for n in (300, 7):
