@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
-from scipy.linalg.blas import dsyrk
+from scipy.linalg.blas import ssyrk
 from scipy.special import expit
 
 __all__ = ["LinearFit", "fit_logistic", "fit_ridge", "standardize"]
@@ -132,15 +132,18 @@ def _newton_steps(A: np.ndarray, S: np.ndarray, reg: np.ndarray, grad: np.ndarra
     """Per probe ``j``, ``H_j^-1 grad_j`` with ``H_j = A' diag(S_j) A + diag(reg)`` formed and factorised exactly."""
     out = np.empty_like(grad)
     ridge = reg[:, 0]
-    root = np.sqrt(S)
+    root = np.sqrt(S).astype(np.float32)
+    A32 = A.astype(np.float32)
     for j in range(grad.shape[1]):  # probes of one batch (a few dozen); each one BLAS-3 product
-        b = A * root[:, j : j + 1]
-        h = dsyrk(1.0, b.T)  # the upper triangle of b' b (the lower is not read): half a matrix product
+        b = A32 * root[:, j : j + 1]
+        # the upper triangle of b' b (the lower is not read): half a matrix product, in float32 (the Hessian only
+        # steers the step; the gradient, the loss and the stopping test stay float64, so the optimum is the same)
+        h = ssyrk(1.0, b.T).astype(np.float64)
         h[np.diag_indices_from(h)] += ridge
         try:
             out[:, j] = cho_solve(cho_factor(h, lower=False, overwrite_a=True), grad[:, j])
         except np.linalg.LinAlgError:  # singular (an unpenalised intercept on a saturated probe): least squares
-            full = b.T @ b + np.diag(ridge)
+            full = (A * S[:, j : j + 1]).T @ A + np.diag(ridge)
             out[:, j] = np.linalg.lstsq(full, grad[:, j], rcond=None)[0]
     return out
 
