@@ -149,9 +149,10 @@ def _layer_events(
             continue
         p = order[s, pos + 1]  # processing index of the event step
         step = to_time_index(p, t_len, back)
-        if parts is not None:
-            d_in = np.diff(compressed(parts[signal][0]), axis=1)[s, pos, unit]
-            d_rec = np.diff(compressed(parts[signal][1]), axis=1)[s, pos, unit]
+        if parts is not None:  # the change between the event's step and the previous real one, at the events only
+            prev_step = to_time_index(order[s, pos], t_len, back)
+            d_in = parts[signal][0][s, step, unit] - parts[signal][0][s, prev_step, unit]
+            d_rec = parts[signal][1][s, step, unit] - parts[signal][1][s, prev_step, unit]
         else:
             d_in = d_rec = np.full(len(s), np.nan)
         frames.append(
