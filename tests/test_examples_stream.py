@@ -1,0 +1,64 @@
+"""The streamed top-k of the examples equals partitioning every key, whichever path a chunk takes.
+
+``_stream_top`` keys only the entries that can enter (a bound from block maxima, then the running k-th) and falls
+back to keying everything when most entries tie; ``_decile_draws`` replaces one partition per decile by two sorts.
+Both must give the same sets as the plain partition of all keys (``_top_keys``), chunk after chunk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gatelens.analysis import examples as ex
+
+
+def _plain(running: np.ndarray, hi: np.ndarray, positions: np.ndarray, k: int) -> np.ndarray:
+    keys = ex._key(hi.astype(np.uint64), np.broadcast_to(positions[:, None], hi.shape), descending=True)
+    return ex._top_keys(running, keys, k)
+
+
+def _as_set(keys: np.ndarray) -> list[list[int]]:
+    return [sorted(int(v) for v in col if v != 0) for col in keys.T]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_stream_top_equals_partitioning_every_key(seed, k):
+    rng = np.random.default_rng(seed)
+    units = 6
+    running_new = running_old = np.zeros((0, units), np.uint64)
+    start = 0
+    for rows in (2, 40, 7, 300, 1, 64):  # fewer rows than k, ragged chunks, a large one
+        v = rng.normal(size=(rows, units)).astype(np.float16).astype(np.float32)  # float16: many ties
+        v[:, 0] = 1.0  # a constant unit: every entry ties (the fallback path)
+        v[:, 1] = np.where(rng.uniform(size=rows) < 0.5, -0.0, 0.0)  # -0.0 ties +0.0
+        v[:, 2] = np.round(v[:, 2])  # a few levels
+        positions = np.arange(start, start + rows)
+        start += rows
+        for hi in (ex._ordered32(v), ~ex._ordered32(v)):  # top and bottom
+            got = ex._stream_top(running_new, hi, positions, k)
+            want = _plain(running_old, hi, positions, k)
+            assert _as_set(got) == _as_set(want)
+        running_new = ex._stream_top(running_new, ex._ordered32(v), positions, k)
+        running_old = _plain(running_old, ex._ordered32(v), positions, k)
+    assert np.array_equal(np.sort(running_new, axis=0), np.sort(running_old, axis=0))
+    np.testing.assert_array_equal(ex._ordered32(v).astype(np.uint64), ex.ordered_bits(v))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_decile_draws_equal_one_partition_per_decile(seed, k):
+    rng = np.random.default_rng(seed)
+    m, units = 500, 5
+    positions = rng.permutation(10_000)[:m]
+    dkey = ((ex._LOW32 - ex.position_priority(positions)) << np.uint64(32)) | (ex._LOW32 - positions.astype(np.uint64))
+    dec = rng.integers(0, 10, (m, units)).astype(np.int8)
+    dec[:, 0] = 3  # one decile holds every step of unit 0; the others none
+    dec[: m - 2, 1] = 9  # decile 0 of unit 1 has two steps only
+    dec[m - 2 :, 1] = 0
+    got = ex._decile_draws(dkey, dec, k)
+    for j in range(10):
+        keys = np.where(dec == j, dkey[:, None], np.uint64(0))
+        want = ex._top_keys(np.zeros((0, units), np.uint64), keys, k)
+        assert _as_set(got[:, j]) == _as_set(want), j
