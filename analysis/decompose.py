@@ -90,6 +90,9 @@ GATE_DRIVER_COLUMNS = [
     "mean_abs_input", "mean_abs_recurrent", "input_share", "n",
 ]  # fmt: skip
 
+#: Sequences whose gate parts :func:`gate_drivers` holds at once (at most ``chunk``).
+PARTS_SEQUENCES = 64
+
 #: Elements of the (targets x sources x units) product table computed at once.
 _BLOCK_ELEMENTS = 1 << 22
 
@@ -554,7 +557,8 @@ def gate_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
         u, g = lt.info.units, len(blocks)
         sums = np.zeros((5, u, g))  # input, recurrent, bias, |input|, |recurrent|
         n = 0
-        for rows in iter_chunks(lt.shape[0], chunk):
+        # the float64 parts of every gate: ~0.4 GB a layer for 256 sequences x 200 steps x 128 units; fewer at once
+        for rows in iter_chunks(lt.shape[0], min(chunk, PARTS_SEQUENCES)):
             m, parts = _gate_parts(lt, rows)
             if not m.any():
                 continue

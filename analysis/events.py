@@ -109,7 +109,25 @@ def _check_thresholds(forget_high: float, forget_low: float, write_threshold: fl
             raise UsageError(f"{name} must be in (0, 1], got {v!r}")
 
 
+#: Sequences whose gate parts (float64 input and recurrent parts of every gate) are held at once by the events.
+PARTS_SEQUENCES = 64
+
+
 def _layer_events(
+    trace: Trace, lt: LayerTrace, rows: Any, thresholds: dict[str, float], events: Sequence[str]
+) -> list[pd.DataFrame]:
+    """The event frames of ``rows`` (a slice is taken :data:`PARTS_SEQUENCES` sequences at a time: the gate parts
+    of 256 sequences x 200 steps x 128 units are ~0.4 GB a layer; the events are the same)."""
+    if isinstance(rows, slice) and rows.stop - rows.start > PARTS_SEQUENCES:
+        frames: list[pd.DataFrame] = []
+        for a in range(rows.start, rows.stop, PARTS_SEQUENCES):
+            sub = slice(a, min(a + PARTS_SEQUENCES, rows.stop))
+            frames.extend(_layer_events_rows(trace, lt, sub, thresholds, events))
+        return frames
+    return _layer_events_rows(trace, lt, rows, thresholds, events)
+
+
+def _layer_events_rows(
     trace: Trace, lt: LayerTrace, rows: Any, thresholds: dict[str, float], events: Sequence[str]
 ) -> list[pd.DataFrame]:
     from gatelens.analysis.decompose import _gate_parts
