@@ -153,7 +153,9 @@ def _sorted_desc(keys: np.ndarray) -> np.ndarray:
 def _ordered32(values: np.ndarray) -> np.ndarray:
     """:func:`ordered_bits` as uint32 (the same numbers, half the bytes)."""
     b = (np.asarray(values, np.float32) + np.float32(0.0)).view(np.uint32)
-    return np.where(b >> np.uint32(31) == 1, ~b, b | np.uint32(0x80000000))
+    flip = (b.view(np.int32) >> 31).view(np.uint32)  # all ones where negative (arithmetic shift), else 0
+    flip |= np.uint32(0x80000000)
+    return np.bitwise_xor(b, flip, out=flip)  # negative: ~b; else b with the top bit set
 
 
 def _group_top(keys: np.ndarray, groups: np.ndarray, n_groups: int, k: int) -> np.ndarray:
@@ -432,9 +434,15 @@ def bin_index(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int) -> 
     """
     lo64, hi64 = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     width = hi64 - lo64
+    f = np.array(values, np.float64)  # one float64 copy, then every step in place
     with np.errstate(invalid="ignore", divide="ignore"):
-        f = np.floor(bins * (np.asarray(values, np.float64) - lo64) / np.where(width > 0, width, 1.0))
-    return np.clip(np.where(width > 0, f, 0.0), 0, bins - 1).astype(np.int64)
+        np.subtract(f, lo64, out=f)
+        np.multiply(f, bins, out=f)  # bins * (v - lo), as before: the same rounding
+        np.divide(f, np.where(width > 0, width, 1.0), out=f)
+        np.floor(f, out=f)
+    f[:, ~(width > 0)] = 0.0
+    np.clip(f, 0, bins - 1, out=f)
+    return f.astype(np.int64)
 
 
 def _edges(lo: np.ndarray, hi: np.ndarray, bins: int) -> np.ndarray:
