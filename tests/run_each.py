@@ -7,6 +7,9 @@ TensorFlow or Keras in the test process (their models, if any, run in subprocess
 exists there: they run together in one process first, which saves each of them a fresh interpreter and pytest
 start (seconds apiece). That process is started with ``GATELENS_TF_FREE_BATCH=1``, under which tests/conftest.py
 fails it, naming the first test or module that imported TensorFlow, if one does: the list cannot go stale.
+The files in ``SMALL_TF`` do use TensorFlow, but each builds a handful of tiny models (each file ran in under
+11 s in CI alone), a few dozen in all, far from the hundreds that broke one process: they run together in a
+second process, which pays TensorFlow's import once instead of once per file.
 A new test file runs in its own process until it is added here. Extra arguments go to every pytest call.
 The last line is ``N passed, N failed, N skipped`` over all files; the exit code is 0 only if every
 file passed (pytest's "no tests collected" counts as passing for a file whose tests are all deselected).
@@ -57,10 +60,39 @@ TF_FREE = frozenset(
 )
 
 
-def _groups(files: list[Path]) -> list[list[Path]]:
-    """The TF-free files as one group (first), then every other file alone, in name order."""
-    batch = [p for p in files if p.name in TF_FREE]
-    return ([batch] if batch else []) + [[p] for p in files if p.name not in TF_FREE]
+#: Small test files that use TensorFlow: a few tiny models each (see above).
+SMALL_TF = frozenset(
+    f"test_{name}.py"
+    for name in (
+        "analysis_decompose",
+        "analysis_feature_drivers",
+        "analysis_stats",
+        "api",
+        "convert",
+        "dashboard_series_time",
+        "dashboard_stages",
+        "data_loaders",
+        "planted_mechanisms",
+        "plot",
+        "series_exports",
+    )
+)
+#: (name, files, extra environment) of each group of files run in one process.
+BATCHES = (
+    ("the TF-free batch", TF_FREE, {"GATELENS_TF_FREE_BATCH": "1"}),
+    ("the small TensorFlow batch", SMALL_TF, {}),
+)
+
+
+def _groups(files: list[Path]) -> list[tuple[str, list[Path], dict[str, str]]]:
+    """Each batch's files as one group (first), then every other file alone, in name order."""
+    groups = []
+    for name, members, env in BATCHES:
+        batch = [p for p in files if p.name in members]
+        if batch:
+            groups.append((f"{name} ({len(batch)} files)", batch, env))
+    batched = set().union(*(members for _, members, _ in BATCHES))
+    return groups + [(p.name, [p], {}) for p in files if p.name not in batched]
 
 
 def main(argv: list[str]) -> int:
@@ -68,8 +100,8 @@ def main(argv: list[str]) -> int:
     totals = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
     broken = []
     started = time.perf_counter()
-    for group in _groups(files):
-        env = {**os.environ, "GATELENS_TF_FREE_BATCH": "1"} if len(group) > 1 else None
+    for name, group, extra in _groups(files):
+        env = {**os.environ, **extra} if extra else None
         rel = [str(p.relative_to(TESTS.parent)) for p in group]
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *rel, *argv],
@@ -87,7 +119,6 @@ def main(argv: list[str]) -> int:
             if kind in totals:
                 totals[kind] += int(n)
         if proc.returncode not in (0, 5):
-            name = group[0].name if len(group) == 1 else f"the TF-free batch ({len(group)} files)"
             broken.append(f"{name} (exit {proc.returncode})")
             if not re.search(r"\d+ (failed|errors?)", tail):  # a crash, or the batch's TensorFlow check
                 totals["failed"] += 1
