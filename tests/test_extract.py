@@ -241,16 +241,23 @@ def config(request, tmp_path_factory) -> _Config:
     return _Config(name, model)
 
 
-@pytest.mark.parametrize("verify", VERIFY_MODES)
-@pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
-def test_matches_keras_and_identities(config, masked, verify):
-    """Both verification modes: "full" recomputes from Keras's states; with "sample" our own re-run drives
+#: (masked, verify, compile): every verification mode on dense and masked inputs as ``compile="auto"`` runs these
+#: tiny inputs (graph mode), and the default mode once more through XLA, the path of every larger input.
+CASES = [(masked, verify, "auto") for masked in (False, True) for verify in VERIFY_MODES] + [(True, "cell", "xla")]
+
+
+@pytest.mark.parametrize(
+    "masked,verify,compile", CASES, ids=[f"{'masked' if m else 'dense'}-{v}-{c}" for m, v, c in CASES]
+)
+def test_matches_keras_and_identities(config, masked, verify, compile):
+    """Every verification mode: "full" recomputes from Keras's states; with "sample" our own re-run drives
     the model (its emulated layer outputs feed the next layers) and Keras checks 2 + 1 of each 4 sequences,
     so step 2 below (every sequence against plain Keras sub-models) is the independent check of the rest."""
     model = config.model
     x, references = config.inputs_and_references(masked)
-    trace = extract(model, x.copy(), batch_size=4, verify=verify, sample_size=2)  # the shared input stays as built
+    trace = extract(model, x.copy(), batch_size=4, verify=verify, sample_size=2, compile=compile)  # x stays as built
     assert trace.meta["verify"] == verify
+    assert trace.meta["compile"] == ("graph" if compile == "auto" else "xla"), trace.meta["compile_reason"]
 
     # 1. the extractor's own verification
     assert set(trace.verification) == set(trace.layers)
