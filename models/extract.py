@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import mmap
 import os
 import threading
 import weakref
@@ -1125,13 +1126,40 @@ def _each_batch(ex: Extractor, x: np.ndarray, errors: dict[str, float], *, raw: 
         yield start, k, (res if raw else ex._present_all(res, k))
 
 
+def plain_pages_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised array in fresh anonymous memory of ordinary pages (no transparent huge pages).
+
+    NumPy advises the kernel to back every large allocation with huge pages (``madvise(MADV_HUGEPAGE)``). Where
+    the kernel then compacts memory synchronously on the first touch of each huge page
+    (``/sys/kernel/mm/transparent_hugepage/defrag`` = ``madvise``, a common default), filling a fresh
+    1.2 GB array took 3.5-13.5 s on the benchmark machine against 0.7 s in ordinary pages (0.46 s populated). The assembled signals
+    are written once and then read, so ordinary pages serve them. The memory is freed with the last array
+    (or view) that uses it.
+
+    Examples
+    --------
+    >>> a = plain_pages_array((2, 3), np.float32)
+    >>> a[:] = 1.5
+    >>> a.shape, a.dtype, float(a.sum()), a.flags.writeable
+    ((2, 3), dtype('float32'), 9.0, True)
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes == 0 or not hasattr(mmap, "MAP_ANONYMOUS"):  # (Windows: NumPy's own allocation)
+        return np.empty(shape, dtype)
+    # populated at once where Linux allows it: one pass of the kernel, 0.46 s against 0.7 s of faults per 1.2 GB
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=flags), dtype).reshape(shape)
+
+
 def _assemble(ex: Extractor, x: np.ndarray, errors: dict[str, float], **options: Any) -> dict[str, dict[str, Any]]:
     """Every batch of ``x`` in memory: per layer, each signal (N, T, ...) batch-major, in time order.
 
     One batch: its arrays as the compiled function returned them (views, no copy). Several: one time-major
     array per signal, as the compiled function lays it out, so each batch is copied in as contiguous rows of
-    ``k x units`` (a batch-major store took a strided copy of every step); a copier thread fills it while the
-    next batch is computed. The arrays are then presented (as views) like a single batch.
+    ``k x units`` (a batch-major store took a strided copy of every step), in ordinary pages
+    (:func:`plain_pages_array`); a copier thread allocates and fills it while the next batch is computed. The
+    arrays are then presented (as views) like a single batch.
     """
     n = x.shape[0]
     batches = _each_batch(ex, x, errors, raw=True, dtype="float32", **options)
@@ -1141,6 +1169,12 @@ def _assemble(ex: Extractor, x: np.ndarray, errors: dict[str, float], **options:
     store: dict[str, dict[str, np.ndarray]] = {}
 
     def copy_in(start: int, k: int, res: dict[str, dict[str, np.ndarray]]) -> None:
+        if not store:  # allocated (and its pages populated) here, while the main thread computes the next batch
+            for name, sig in res.items():
+                store[name] = {}
+                for key, v in sig.items():
+                    axis = 0 if key in ("mask", "input") else 1
+                    store[name][key] = plain_pages_array((*v.shape[:axis], n, *v.shape[axis + 1 :]), v.dtype)
         for name, sig in res.items():
             for key, v in sig.items():
                 if key in ("mask", "input"):  # batch-major
@@ -1152,13 +1186,6 @@ def _assemble(ex: Extractor, x: np.ndarray, errors: dict[str, float], **options:
     pending = None  # at most one batch is being copied while the next one is computed
     try:
         for start, k, res in batches:
-            if not store:
-                for name, sig in res.items():
-                    store[name] = {}
-                    for key, v in sig.items():
-                        axis = 0 if key in ("mask", "input") else 1
-                        shape = (*v.shape[:axis], n, *v.shape[axis + 1 :])
-                        store[name][key] = np.empty(shape, v.dtype)
             if pending is not None:
                 pending.result()
             pending = pool.submit(copy_in, start, k, res)
