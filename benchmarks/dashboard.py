@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -42,6 +43,8 @@ from e2e_helpers import CHROMIUM, StreamlitServer, launch_browser, wait_idle
 STEPS, FEATURES, UNITS = 80, 4, 16
 #: Longest wait for a page's content before the tour notes a timeout (``inf`` in the table) and goes on.
 CONTENT_TIMEOUT_S = 120
+#: Longest wait for a page to show anything of its own before the benchmark stops, naming the page.
+SHOWS_TIMEOUT_S = 300
 #: The pages opened while the later stages run, by their navigation title.
 PAGES = ["Gates over the input", "Units", "Features", "Memory", "Unit explained", "What if", "Search", "Export"]
 #: The page's own title and, below it, any element of its own that is not stale (a control counts).
@@ -100,13 +103,36 @@ def _nav(page, title: str) -> tuple[float, float]:
     """Click a page's link; seconds until it shows something of its own, and until it shows its content."""
     t0 = time.perf_counter()
     page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text(title, exact=True)).click()
-    page.wait_for_function(_SHOWS_JS, arg=title, timeout=600_000, polling=50)
+    try:
+        page.wait_for_function(_SHOWS_JS, arg=title, timeout=SHOWS_TIMEOUT_S * 1000, polling=50)
+    except Exception as e:  # playwright's TimeoutError: say which page and what the browser showed instead
+        raise RuntimeError(
+            f"the {title!r} page showed nothing of its own in {SHOWS_TIMEOUT_S} s; {_on_screen(page)}"
+        ) from e
     shows = time.perf_counter() - t0
     try:
         page.wait_for_function(_CONTENT_JS, arg=title, timeout=CONTENT_TIMEOUT_S * 1000, polling=50)
     except Exception:  # playwright's TimeoutError: reported as such, the tour goes on
         return shows, float("inf")
     return shows, time.perf_counter() - t0
+
+
+def _on_screen(page) -> str:
+    """What the browser shows: the URL, the titles, the script's state, the sidebar and the main area's text."""
+    return page.evaluate(
+        """() => {
+        const main = document.querySelector('[data-testid="stMain"]');
+        const h1 = main ? [...main.querySelectorAll('h1')].map(h => h.innerText.trim()) : [];
+        const boxes = main ? [...main.querySelectorAll('[data-testid="stElementContainer"]')] : [];
+        const stale = boxes.filter(e => e.getAttribute('data-stale') === 'true').length;
+        const app = document.querySelector('[data-test-script-state]');
+        const side = [...document.querySelectorAll('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]')]
+            .map(e => e.innerText).join(' · ');
+        return `url ${location.href}; script ${app ? app.getAttribute('data-test-script-state') : '?'}; `
+            + `titles ${JSON.stringify(h1)}; ${boxes.length} elements (${stale} stale); sidebar: ${side}; `
+            + `main: ${(main ? main.innerText : '').slice(0, 600).replace(/\\s+/g, ' ')}`;
+    }"""
+    )
 
 
 def _sidebar(page) -> str:
@@ -189,6 +215,12 @@ def main() -> int:
                     print(
                         f"# {n:,} sequences: first chart {r['first']:.1f} s, all ready {r['ready']:.1f} s", flush=True
                     )
+            except Exception:
+                if server.proc is not None and server.proc.poll() is None:  # every thread's stack into its log
+                    os.kill(server.proc.pid, signal.SIGUSR1)  # (gatelens.dashboards.sessions.install_stack_dump)
+                    time.sleep(2)
+                print(f"the server's log, last lines:\n{server.log_tail(20_000)}", file=sys.stderr)
+                raise
             finally:
                 browser.close()
     load_after = os.getloadavg()

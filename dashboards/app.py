@@ -15,6 +15,7 @@ from gatelens.dashboards import sessions, state
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 state.sweep_orphans_once()  # temporary runs of a previous server that was killed
+sessions.install_stack_dump()  # kill -USR1 <pid>: every thread's stack to the server's stderr (a page that hangs)
 st.set_page_config(page_title="gatelens", page_icon=":material/tune:", layout="wide")
 
 PAGES = Path(__file__).resolve().parent / "views"

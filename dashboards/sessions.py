@@ -305,3 +305,38 @@ __all__ = [
     "own_live",
     "release_run",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# diagnosing a server that hangs
+
+#: The signal that makes a running dashboard server write every thread's Python stack to its stderr.
+STACK_DUMP_SIGNAL = "SIGUSR1"
+_stack_dump_installed = False
+
+
+def install_stack_dump() -> bool:
+    """``kill -USR1 <server pid>`` writes the Python stack of every thread of the server to its stderr.
+
+    For a page that never shows: the stacks say which thread waits for what. Installed once per process
+    (:mod:`faulthandler`, which works from the script thread; nothing else is changed); returns whether this
+    call installed it (False on a platform without the signal, or when it already was).
+
+    Examples
+    --------
+    >>> _ = install_stack_dump()
+    >>> install_stack_dump()  # once per process
+    False
+    """
+    global _stack_dump_installed
+    import faulthandler
+    import signal
+    import sys
+
+    sig = getattr(signal, STACK_DUMP_SIGNAL, None)
+    with _start_lock:
+        if _stack_dump_installed or sig is None:
+            return False
+        faulthandler.register(sig, file=sys.stderr, all_threads=True, chain=False)
+        _stack_dump_installed = True
+        return True

@@ -83,7 +83,7 @@ def test_benchmark_quick_runs_and_prints_a_table(outputs, name):
 
         require_chromium()
     res = outputs[name]
-    assert res.returncode == 0, f"benchmarks/{name}.py --quick exited {res.returncode}:\n{res.stderr[-3000:]}"
+    assert res.returncode == 0, f"benchmarks/{name}.py --quick exited {res.returncode}:\n{res.stderr[-30000:]}"
     rows = _rows(res.stdout, SCRIPTS[name][1])
     assert rows, res.stdout
     for row in rows:

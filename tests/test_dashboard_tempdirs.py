@@ -179,6 +179,15 @@ def test_a_server_holds_up_sessions_end_and_a_new_server_removes_a_killed_ones_r
         browser = launch_browser(pw)
         goto(browser.new_page(), again.url, "")
         browser.close()
+        # kill -USR1: the server writes every thread's stack to its log and stays up (a hung page, diagnosed)
+        os.kill(again.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while "most recent call first" not in again.log_tail(1 << 20) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        dump = again.log_tail(1 << 20)
+        assert dump.count("Thread 0x") >= 2 and "threading.py" in dump, dump[-3000:]
+        with urllib.request.urlopen(again.url + "/_stcore/health", timeout=10) as r:
+            assert r.status == 200
         deadline = time.monotonic() + 30
         while any(r.exists() for r in runs) and time.monotonic() < deadline:
             time.sleep(0.2)
