@@ -6,7 +6,8 @@ of 256 and a short one), it times the calls the README documents -- ``gatelens.e
 and ``gatelens.write_run(model, x, out, dtype="float16")`` into the store, no hand-held ``Extractor`` -- in
 each verification mode, interleaved with ``model.predict`` (``--repeats`` rounds; the median is reported).
 The first (cold) call of each, which traces and compiles, is reported separately. Each ``write_run`` writes
-a new directory (removed between rounds, untimed). The physical bound is the
+a new directory, removed right after its timing (untimed), so no call finds the page cache full of earlier
+runs. The physical bound is the
 recurrent step's matrix product alone, ``(B, units) @ (units, 4 units)`` sequentially ``T`` times per layer
 (XLA-compiled), and ``bound %`` is that time as a share of each method's. Ratios are time / predict time.
 Nothing is asserted: the numbers go into the README.
@@ -103,17 +104,27 @@ def bench(
             methods[f"write_run(model, x, out, {dtype}), verify={mode}"] = lambda m=mode, d=dtype: gatelens.write_run(
                 model, x, out(), batch_size=batch_size, dtype=d, verify=m
             )
+
+    def clear() -> None:
+        """Remove the runs written so far, after the timing: a user's next call does not find gigabytes of
+        just-written runs in the page cache (1x512, N = 300 took 3.5x `predict` when each fresh 1.2 GB
+        array first had to be reclaimed from the up to 6 GB of runs the benchmark kept)."""
+        for d in os.listdir(tmp):
+            shutil.rmtree(os.path.join(tmp, d), ignore_errors=True)
+
     cold = {}
     for name, fn in methods.items():  # the first call: tracing and XLA compilation included
         t0 = time.perf_counter()
         fn()
         cold[name] = time.perf_counter() - t0
+        clear()
     times: dict[str, list[float]] = {k: [] for k in methods}
     for _ in range(repeats):  # interleaved, so drifts in machine load hit every method alike
         for name, fn in methods.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+            clear()
     return {k: statistics.median(v) for k, v in times.items()}, cold
 
 
@@ -140,8 +151,6 @@ def main() -> None:
             for n in sizes:
                 x = np.random.default_rng(n).integers(0, VOCAB, size=(n, steps)).astype("int32")
                 med, cold = bench(model, x, repeats, batch_size, tmp, modes, dtypes)
-                for d in os.listdir(tmp):
-                    shutil.rmtree(os.path.join(tmp, d), ignore_errors=True)
                 bound = recurrent_bound(model, n, steps, batch_size)
                 base = med["model.predict"]
                 tag = f"{layers}x{units}"
