@@ -11,8 +11,8 @@ sequences, and for each size, in a fresh browser session:
    Keras, and the summary stage done): *upload to first chart*;
 3. on the largest size, opens every page while the later stages (detail, features, probes) still run and
    times each from the click on its link to the page showing something of its own (its title and an element
-   below it, a control counts), and to its content (a chart, table, coloured text, metric, or a progress bar
-   naming the stage it waits for);
+   below it, a control counts), and to its content (a chart, table, coloured text, metric, a progress bar
+   naming the stage it waits for, or a download);
 4. waits for the sidebar to say every stage is ready: *upload to all analyses ready*.
 
 Nothing is asserted (``--quick``, tiny sizes, is the smoke test's); the machine's load is printed with the
@@ -55,14 +55,15 @@ _SHOWS_JS = """t => {
         .filter(e => e.getAttribute('data-stale') !== 'true' && !e.querySelector('h1'));
     return own.length > 0;
 }"""
-#: Its content: a drawn chart, a table, coloured text, a metric, a message, or a progress bar naming the stage it
-#: waits for.
+#: Its content: a drawn chart, a table, coloured text, a metric, a message, a progress bar naming the stage it
+#: waits for, or a download (the Export page's content once every table is ready).
 _CONTENT_JS = """t => {
     const main = document.querySelector('[data-testid="stMain"]');
     if (!main || ![...main.querySelectorAll('h1')].some(h => h.innerText.trim() === t)) return false;
     const sel = ['[data-testid="stVegaLiteChart"] canvas', '[data-testid="stVegaLiteChart"] svg.marks',
                  '[data-testid="stDataFrame"]', '[data-testid="stHtml"]', '[data-testid="stMetric"]',
-                 '[data-testid="stProgress"]', '[data-testid="stAlert"]'];
+                 '[data-testid="stProgress"]', '[data-testid="stAlert"]',
+                 '[data-testid="stDownloadButton"]', '[data-testid="stLinkButton"]'];
     for (const s of sel) {
         for (const el of main.querySelectorAll(s)) {
             const box = el.closest('[data-testid="stElementContainer"]');

@@ -142,5 +142,6 @@ def test_dashboard_benchmark_times_every_page(outputs):
     for row in rows:
         shows, content = float(row[1]), float(row[2])
         assert 0 < shows <= content, row  # its content cannot come before the page shows anything
+        assert content < float("inf"), row  # every page shows its content (inf: not within the tour's wait)
     (first, ready) = (float(c) for c in _rows(out, "| N (sequences) |")[0][2:4])
     assert 0 < first <= ready, out
