@@ -73,28 +73,64 @@ def half_lives(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk
     >>> float(half_lives(trace)["half_life_steps"].iloc[0])   # 0.25 = 0.5 ** 2
     0.5
     """
-    frames = []
-    for name in select_layers(trace, layers):
+    return _memory_pass(trace, select_layers(trace, layers), chunk, None)[0]
+
+
+def memory_tables(trace: Trace, *, max_lag: int = 50, chunk: int = 256) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(half_lives(trace), retention curves of every LSTM and GRU layer)`` from one read of each keep gate.
+
+    The same numbers as :func:`half_lives` and :func:`retention_curves` (the same sums, chunk by chunk); the
+    retention table is empty (no columns) when no layer has a keep gate.
+
+    Examples
+    --------
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("lstm", n=2, steps=5, units=1)
+    >>> sig["forget_gate"][...] = 0.5
+    >>> half, ret = memory_tables(trace, max_lag=2)
+    >>> float(half["half_life_steps"].iloc[0]), ret["retention"].tolist()
+    (1.0, [0.5, 0.25])
+    """
+    if int(max_lag) < 1:
+        raise UsageError(f"max_lag must be >= 1, got {max_lag!r}")
+    return _memory_pass(trace, list(trace.layers), chunk, int(max_lag))
+
+
+def _memory_pass(trace: Trace, names: list[str], chunk: int, max_lag: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Half-lives (and, with ``max_lag``, retention curves) of the layers ``names`` that have a keep gate."""
+    frames, curves = [], []
+    for name in names:
         lt = trace[name]
         signal = retention_signal(lt.info.cell_type)
         if signal is None:
             continue
-        u = lt.info.units
+        n_seq, t_len, u = lt.shape
+        lag = None if max_lag is None else min(max_lag, t_len)
         shift, sums = None, (np.zeros(u, np.int64), np.zeros(u), 0)
-        for rows in iter_chunks(lt.shape[0], chunk):
+        ret_sums, ret_counts = (None, None) if lag is None else (np.zeros((lag, u)), np.zeros(lag, np.int64))
+        for rows in iter_chunks(n_seq, chunk):
             m = read_mask(lt, rows)
             if not m.any():
                 continue
-            g = np.abs(read(lt[signal], rows)[m])
+            g = np.abs(read(lt[signal], rows))
+            real = g[m]
             if shift is None:
-                shift = log_gate_shift(g)
-            sums = tuple(a + b for a, b in zip(sums, log_gate_sums(g, shift)))
+                shift = log_gate_shift(real)
+            sums = tuple(a + b for a, b in zip(sums, log_gate_sums(real, shift)))
+            if lag is not None:
+                s, c = retention_sums(g, m, lag)
+                ret_sums += s
+                ret_counts += c
         frames.append(half_life_frame(name, signal, u, shift, *sums))
-    if not frames:
-        return pd.DataFrame(
+        if lag is not None:
+            curves.append(retention_frame(name, signal, ret_sums, ret_counts))
+    if frames:
+        half = pd.concat(frames, ignore_index=True)[HALF_LIFE_COLUMNS]
+    else:
+        half = pd.DataFrame(
             {c: pd.Series(dtype=object if c in ("layer", "signal") else float) for c in HALF_LIFE_COLUMNS}
         )
-    return pd.concat(frames, ignore_index=True)[HALF_LIFE_COLUMNS]
+    return half, (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame())
 
 
 def log_gate_shift(g: np.ndarray) -> np.ndarray:
@@ -133,23 +169,54 @@ def half_life_frame(
     )  # fmt: skip
 
 
+#: Sequences of a chunk whose window products are formed at a time in :func:`retention_sums`: about 2 MB of float64
+#: at 200 steps x 128 units, so the ``max_lag`` passes over the block stay in the core's L2 cache.
+_RETENTION_BLOCK_VALUES = 256 * 1024
+
+
 def retention_sums(g: np.ndarray, mask: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
     """The map step of :func:`retention_curves`: per lag ``1..max_lag``, the sum over windows of real steps of
-    the product of the gates ``g`` (chunk, T, units; absolute values) and the number of windows."""
+    the product of the gates ``g`` (chunk, T, units; absolute values) and the number of windows.
+
+    The real steps of each sequence are moved to its front and the steps after them set to 0, so a window that
+    reaches past a sequence's real steps has product 0: every window of the block is summed (one in-place product
+    and one sum a lag, over a few sequences at a time) and the number of windows is counted from the lengths.
+    Where a sum is not finite (a gate of inf or NaN, whose product with a padding 0 is NaN) the chunk is summed
+    window by valid window instead.
+    """
     t_len, u = g.shape[1], g.shape[2]
     order, n_real = compress_real(mask)  # windows of real steps only (masked steps carry the state)
     g = np.take_along_axis(g, order[..., None], axis=1)
+    g[np.arange(t_len)[None, :] >= n_real[:, None]] = 0.0
+    lags = np.arange(1, max_lag + 1)
+    counts = np.maximum(n_real[None, :] - lags[:, None] + 1, 0).sum(axis=1).astype(np.int64)
     sums = np.zeros((max_lag, u))
-    counts = np.zeros(max_lag, np.int64)
-    prod = g  # prod[:, j] = product over the window of length L ending at real step j + L - 1
-    for lag in range(1, max_lag + 1):  # lags (a few dozen), each one array op over the chunk
-        if lag > 1:
-            prod = prod[:, 1:] * g[:, : t_len - lag + 1]
-        ends = np.arange(lag - 1, t_len)
-        valid = ends[None, :] < n_real[:, None]
-        sums[lag - 1] = np.where(valid[..., None], prod, 0.0).sum(axis=(0, 1))
-        counts[lag - 1] = int(valid.sum())
+    block = max(1, _RETENTION_BLOCK_VALUES // max(1, t_len * u))
+    for start in range(0, g.shape[0], block):  # blocks of a few sequences; the lags are one array op each
+        gb = g[start : start + block]
+        prod = gb.copy()  # prod[:, j] = product over the window of length L starting at real step j
+        sums[0] += prod.sum(axis=(0, 1))
+        for lag in range(2, max_lag + 1):
+            width = t_len - lag + 1
+            view = prod[:, :width]
+            view *= gb[:, lag - 1 :]
+            sums[lag - 1] += view.sum(axis=(0, 1))
+    if not np.isfinite(sums).all():
+        sums = _retention_sums_windowed(g, n_real, max_lag)
     return sums, counts
+
+
+def _retention_sums_windowed(g: np.ndarray, n_real: np.ndarray, max_lag: int) -> np.ndarray:
+    """:func:`retention_sums`'s sums over the valid windows only (``g`` compressed, real steps first)."""
+    t_len, u = g.shape[1], g.shape[2]
+    sums = np.zeros((max_lag, u))
+    prod = g
+    for lag in range(1, max_lag + 1):
+        if lag > 1:
+            prod = prod[:, : t_len - lag + 1] * g[:, lag - 1 :]
+        valid = np.arange(t_len - lag + 1)[None, :] + lag - 1 < n_real[:, None]
+        sums[lag - 1] = np.where(valid[..., None], prod, 0.0).sum(axis=(0, 1))
+    return sums
 
 
 def retention_frame(layer: str, signal: str, sums: np.ndarray, counts: np.ndarray) -> pd.DataFrame:

@@ -147,17 +147,10 @@ def _stats(ctx: StepContext) -> dict[str, pd.DataFrame]:
 
 
 def _memory(ctx: StepContext) -> dict[str, pd.DataFrame]:
-    from gatelens.analysis.memory import half_lives, retention_curves
-    from gatelens.analysis.signals import with_role
+    from gatelens.analysis.memory import memory_tables
 
-    trace = ctx.trace
-    curves = [
-        retention_curves(trace, name, max_lag=ctx.max_lag, chunk=ctx.chunk)
-        for name in trace.layers
-        if with_role(trace[name].info.cell_type, "keep")
-    ]
-    retention = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
-    return {"half_lives": half_lives(trace, chunk=ctx.chunk), "retention": retention}
+    half, retention = memory_tables(ctx.trace, max_lag=ctx.max_lag, chunk=ctx.chunk)
+    return {"half_lives": half, "retention": retention}
 
 
 def _drivers(ctx: StepContext) -> dict[str, pd.DataFrame]:

@@ -291,3 +291,16 @@ def test_retention_constant_gate_is_geometric():
     df = retention_curves(trace, "lstm", max_lag=50)
     assert df.lag.max() == 10  # no window longer than the sequences
     np.testing.assert_array_equal(df.retention, 0.5 ** df.lag.to_numpy(float))
+
+
+def test_retention_sums_an_infinite_gate_next_to_padding_is_not_nan():
+    # padding steps are zeros in the fast path, and inf * 0 would be NaN: those sums are redone window by window
+    from gatelens.analysis.memory import retention_sums
+
+    g = np.array([[0.5, np.inf, 0.5, 0.7], [0.5, 0.5, 0.5, 0.5]])[..., None]
+    mask = np.array([[True, True, True, False], [True, True, True, True]])
+    sums, counts = retention_sums(g, mask, 3)
+    assert counts.tolist() == [7, 5, 3]
+    assert np.isposinf(sums[:, 0]).all()
+    finite, _ = retention_sums(np.where(np.isinf(g), 0.25, g), mask, 3)
+    np.testing.assert_allclose(finite[:, 0], [0.5 + 0.25 + 0.5 + 4 * 0.5, 0.125 + 0.125 + 3 * 0.25, 0.0625 + 2 * 0.125])
