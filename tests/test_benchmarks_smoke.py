@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -143,5 +144,8 @@ def test_dashboard_benchmark_times_every_page(outputs):
         shows, content = float(row[1]), float(row[2])
         assert 0 < shows <= content, row  # its content cannot come before the page shows anything
         assert content < float("inf"), row  # every page shows its content (inf: not within the tour's wait)
+        if row[4]:  # it showed only after a second click: the run goes on, the diagnosis is in its stderr
+            err = outputs["dashboard"].stderr[-20000:]
+            warnings.warn(f"benchmarks/dashboard.py: the {row[0]} page {row[4]}:\n{err}", stacklevel=1)
     (first, ready) = (float(c) for c in _rows(out, "| N (sequences) |")[0][2:4])
     assert 0 < first <= ready, out
