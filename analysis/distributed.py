@@ -194,12 +194,9 @@ def _chunk_task(
     if events_dir is not None and thresholds is not None:
         from gatelens.analysis.events import EVENT_COLUMNS, _layer_events
 
-        frames = _layer_events(trace, lt, rows, thresholds, ("forget", "write", "read"))
-        if frames:
-            df = pd.concat(frames, ignore_index=True)
-            rank = df["event"].map({"forget": 0, "write": 1, "read": 2})
-            order = np.lexsort((rank, df["unit"], df["step"], df["sequence"]))
-            df = df.iloc[order].reset_index(drop=True)[EVENT_COLUMNS]
+        frames = [df for _, df in _layer_events(trace, lt, rows, thresholds, ("forget", "write", "read"))]
+        if frames:  # the blocks in turn are in the table's order
+            df = pd.concat(frames, ignore_index=True)[EVENT_COLUMNS]
             path = Path(events_dir) / f"{part}.parquet"
             df.to_parquet(path, index=False)
             out["events"] = str(path)

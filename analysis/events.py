@@ -56,7 +56,6 @@ from gatelens.analysis._reading import (
     processing,
     read,
     read_mask,
-    read_tokens,
     row_numbers,
     select_layers,
     to_time_index,
@@ -109,87 +108,162 @@ def _check_thresholds(forget_high: float, forget_low: float, write_threshold: fl
             raise UsageError(f"{name} must be in (0, 1], got {v!r}")
 
 
-#: Sequences whose gate parts (float64 input and recurrent parts of every gate) are held at once by the events.
+#: Sequences whose gate parts (float64 input and recurrent parts of the event gates) are held at once by the events.
 PARTS_SEQUENCES = 64
 
 
-def _layer_events(
-    trace: Trace, lt: LayerTrace, rows: Any, thresholds: dict[str, float], events: Sequence[str]
-) -> list[pd.DataFrame]:
-    """The event frames of ``rows`` (a slice is taken :data:`PARTS_SEQUENCES` sequences at a time: the gate parts
-    of 256 sequences x 200 steps x 128 units are ~0.4 GB a layer; the events are the same)."""
-    if isinstance(rows, slice) and rows.stop - rows.start > PARTS_SEQUENCES:
-        frames: list[pd.DataFrame] = []
-        for a in range(rows.start, rows.stop, PARTS_SEQUENCES):
-            sub = slice(a, min(a + PARTS_SEQUENCES, rows.stop))
-            frames.extend(_layer_events_rows(trace, lt, sub, thresholds, events))
-        return frames
-    return _layer_events_rows(trace, lt, rows, thresholds, events)
+def _f32_floor(t: float) -> np.float32:
+    """The largest float32 <= ``t``: for a float32 ``v``, ``v > t`` exactly when ``v > _f32_floor(t)``."""
+    f = np.float32(t)
+    return np.nextafter(f, np.float32(-np.inf)) if float(f) > t else f
 
 
-def _layer_events_rows(
-    trace: Trace, lt: LayerTrace, rows: Any, thresholds: dict[str, float], events: Sequence[str]
-) -> list[pd.DataFrame]:
-    from gatelens.analysis.decompose import _gate_parts
+def _f32_ceil(t: float) -> np.float32:
+    """The smallest float32 >= ``t``: for a float32 ``v``, ``v >= t`` (and ``v < t``) exactly as against it."""
+    f = np.float32(t)
+    return np.nextafter(f, np.float32(np.inf)) if float(f) < t else f
+
+
+def _event_parts(lt: LayerTrace, rows: Any, gates: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per event gate, its (input, recurrent) pre-activation parts (n, T, u) in float64: the columns of
+    :func:`gatelens.analysis.decompose._gate_parts` for those gates only (an event gate is never the GRU candidate,
+    whose recurrent part differs), one matrix product each for the input and the recurrent side."""
+    from gatelens.analysis.decompose import _matmul, _weights
+    from gatelens.analysis.signals import WEIGHT_BLOCKS
 
     info = lt.info
-    rules = {e: r for e, r in event_rules(info.cell_type).items() if e in events}
+    kernel, rk, _ = _weights(lt)
+    u = info.units
+    blocks = list(WEIGHT_BLOCKS[info.cell_type])
+    cols = np.concatenate([np.arange(blocks.index(g) * u, (blocks.index(g) + 1) * u) for g in gates])
+    x = read(lt.inputs, rows)
+    h = processing(read(lt["hidden_state"], rows), info.go_backwards)
+    h_prev = processing(np.concatenate([np.zeros_like(h[:, :1]), h[:, :-1]], axis=1), info.go_backwards)
+    del h
+    xw = _matmul(x, np.ascontiguousarray(kernel[:, cols]))
+    del x
+    hu = _matmul(h_prev, np.ascontiguousarray(rk[:, cols]))
+    return {g: (xw[..., k * u : (k + 1) * u], hu[..., k * u : (k + 1) * u]) for k, g in enumerate(gates)}
+
+
+def _layer_events(
+    trace: Trace, lt: LayerTrace, rows: slice, thresholds: dict[str, float], events: Sequence[str]
+) -> Iterator[tuple[slice, pd.DataFrame]]:
+    """(rows, events of those rows ordered by sequence, step, unit, event), :data:`PARTS_SEQUENCES` sequences at
+    a time (the gate parts of 256 sequences x 200 steps x 128 units are ~0.4 GB a layer); blocks without events are
+    left out. Consecutive blocks in turn are in the global order of :func:`detect_events`."""
+    for a in range(rows.start, rows.stop, PARTS_SEQUENCES):
+        sub = slice(a, min(a + PARTS_SEQUENCES, rows.stop))
+        df = _block_events(trace, lt, sub, thresholds, events)
+        if df is not None:
+            yield sub, df
+
+
+def _block_events(
+    trace: Trace, lt: LayerTrace, rows: slice, thresholds: dict[str, float], events: Sequence[str]
+) -> pd.DataFrame | None:
+    """The events of sequences ``rows`` of one layer, in order; None when there are none.
+
+    The gates are compared as float32 (what the store holds, or exactly converted from float16) against the float32
+    neighbours of the thresholds that give the same answer as comparing in float64; ``1 - gate`` (GRU write) is
+    formed in float64 as before. The hits of every event type go into one (sequence, step, unit, event) array, so
+    one ``flatnonzero`` lists them in the table's order (no sort).
+    """
+    info = lt.info
+    rules = [(e, r) for e, r in event_rules(info.cell_type).items() if e in events]
     if not rules:
-        return []
+        return None
     m = read_mask(lt, rows)
     if not m.any():
-        return []
+        return None
     back = info.go_backwards
-    t_len = m.shape[1]
-    order, n_real = compress_real(processing(m, back))
-    pos_valid = np.arange(1, t_len)[None, :] < n_real[:, None]  # (n, T-1): a real step with a real predecessor
+    n, t_len = m.shape
+    units = info.units
+    if t_len < 2:
+        return None
+    full = bool(m.all())
+    if full:  # every step real: processing index p, previous p - 1
+        order = None
+    else:
+        order, n_real = compress_real(processing(m, back))
+        pos_valid = np.arange(1, t_len)[None, :] < n_real[:, None]  # (n, T-1): a real step with a real predecessor
 
     def compressed(arr: np.ndarray) -> np.ndarray:
-        return np.take_along_axis(processing(arr, back), order[..., None], axis=1)
+        a = processing(arr, back)
+        return a if order is None else np.take_along_axis(a, order[..., None], axis=1)
 
-    parts = _gate_parts(lt, rows)[1] if {"kernel", "recurrent_kernel", "bias"} <= set(lt.weights) else None
-    tokens = read_tokens(trace, rows)
-    seq_numbers = row_numbers(rows)
-    cache: dict[str, np.ndarray] = {}
-    frames = []
-    for event, (signal, complement, kind) in rules.items():
-        if signal not in cache:
-            cache[signal] = compressed(read(lt[signal], rows))
-        g = 1.0 - cache[signal] if complement else cache[signal]
-        prev, cur = g[:, :-1], g[:, 1:]
-        if kind == "drop":
-            hit = (prev > thresholds["forget_high"]) & (cur < thresholds["forget_low"])
+    signals: dict[str, np.ndarray] = {}
+    hits = np.empty((n, t_len - 1, units, len(rules)), bool)
+    for k, (_, (signal, complement, kind)) in enumerate(rules):
+        if signal not in signals:
+            signals[signal] = compressed(read(lt[signal], rows, np.float32))
+        g = signals[signal]
+        if complement:  # 1 - gate in float64, compared as before
+            g = 1.0 - g.astype(np.float64)
+            lo_prev = hi_cur = thresholds["write_threshold"]
+            hit = (g[:, :-1] < lo_prev) & (g[:, 1:] >= hi_cur)
+        elif kind == "drop":
+            hit = (g[:, :-1] > _f32_floor(thresholds["forget_high"])) & (g[:, 1:] < _f32_ceil(thresholds["forget_low"]))
         else:
-            thr = thresholds["write_threshold" if kind == "rise_write" else "read_threshold"]
-            hit = (prev < thr) & (cur >= thr)
-        s, pos, unit = np.nonzero(hit & pos_valid[..., None])
-        if len(s) == 0:
-            continue
-        p = order[s, pos + 1]  # processing index of the event step
-        step = to_time_index(p, t_len, back)
+            thr = _f32_ceil(thresholds["write_threshold" if kind == "rise_write" else "read_threshold"])
+            hit = (g[:, :-1] < thr) & (g[:, 1:] >= thr)
+        if order is not None:
+            hit &= pos_valid[..., None]
+        hits[..., k] = hit[:, ::-1] if back else hit  # backward: processing positions run against time
+        del hit, g
+    flat = np.flatnonzero(hits)
+    del hits
+    if not len(flat):
+        return None
+    e_idx = (flat % len(rules)).astype(np.int8)
+    flat //= len(rules)
+    unit = flat % units
+    flat //= units
+    pos = flat % (t_len - 1)
+    s = flat // (t_len - 1)
+    del flat
+    if back:
+        pos = t_len - 2 - pos
+    p_cur, p_prev = (pos + 1, pos) if order is None else (order[s, pos + 1], order[s, pos])
+    step, prev_step = to_time_index(p_cur, t_len, back), to_time_index(p_prev, t_len, back)
+    value = np.empty(len(s))
+    previous = np.empty(len(s))
+    d_in = np.full(len(s), np.nan)
+    d_rec = np.full(len(s), np.nan)
+    has_weights = {"kernel", "recurrent_kernel", "bias"} <= set(lt.weights)
+    gates = list(dict.fromkeys(sig for _, (sig, _, _) in rules))
+    parts = _event_parts(lt, rows, gates) if has_weights else None
+    for k, (_, (signal, complement, _)) in enumerate(rules):
+        sel = np.flatnonzero(e_idx == k) if len(rules) > 1 else slice(None)
+        g = signals[signal]
+        ss, uu = s[sel], unit[sel]
+        cur, prev = g[ss, pos[sel] + 1, uu].astype(np.float64), g[ss, pos[sel], uu].astype(np.float64)
+        value[sel], previous[sel] = (1.0 - cur, 1.0 - prev) if complement else (cur, prev)
         if parts is not None:  # the change between the event's step and the previous real one, at the events only
-            prev_step = to_time_index(order[s, pos], t_len, back)
-            d_in = parts[signal][0][s, step, unit] - parts[signal][0][s, prev_step, unit]
-            d_rec = parts[signal][1][s, step, unit] - parts[signal][1][s, prev_step, unit]
-        else:
-            d_in = d_rec = np.full(len(s), np.nan)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "layer": info.name,
-                    "sequence": seq_numbers[s],
-                    "step": step,
-                    "unit": unit,
-                    "event": event,
-                    "value": cur[s, pos, unit],
-                    "token": None if tokens is None else tokens[s, step],
-                    "previous_value": prev[s, pos, unit],
-                    "delta_input": d_in,
-                    "delta_recurrent": d_rec,
-                }
-            )
-        )
-    return frames
+            inp, rec = parts[signal]
+            st, pst = step[sel], prev_step[sel]
+            d_in[sel] = inp[ss, st, uu] - inp[ss, pst, uu]
+            d_rec[sel] = rec[ss, st, uu] - rec[ss, pst, uu]
+    del signals, parts
+    token = None
+    if trace.tokens is not None:
+        ids, inverse = np.unique(read(trace.tokens, rows, np.int64)[s, step], return_inverse=True)
+        token = token_strings(trace, ids)[inverse]  # the strings of the distinct ids only
+    names = np.asarray([e for e, _ in rules], dtype=object)
+    return pd.DataFrame(
+        {
+            "layer": info.name,
+            "sequence": row_numbers(rows)[s],
+            "step": step,
+            "unit": unit,
+            "event": names[e_idx],
+            "value": value,
+            "token": token,
+            "previous_value": previous,
+            "delta_input": d_in,
+            "delta_recurrent": d_rec,
+        }
+    )
 
 
 def detect_events(
@@ -247,21 +321,17 @@ def _empty_events() -> pd.DataFrame:
 def _event_chunks(
     trace: Trace, layers: Any, events: Sequence[str], thresholds: dict[str, float], chunk: int
 ) -> Iterator[tuple[str, slice, pd.DataFrame]]:
-    """(layer, rows, events of those rows ordered by sequence, step, unit, event), one chunk at a time.
+    """(layer, rows, events of those rows ordered by sequence, step, unit, event), a block of at most
+    :data:`PARTS_SEQUENCES` sequences (and ``chunk``) at a time.
 
-    Sequence is the first sort key and chunks are consecutive, so the chunks in turn are in the
+    Sequence is the first sort key and blocks are consecutive, so the blocks in turn are in the
     global order of :func:`detect_events`.
     """
     for name in select_layers(trace, layers):
         lt = trace[name]
         for rows in iter_chunks(lt.shape[0], chunk):
-            chunk_frames = _layer_events(trace, lt, rows, thresholds, events)
-            if not chunk_frames:
-                continue
-            df = pd.concat(chunk_frames, ignore_index=True)
-            rank = df["event"].map({"forget": 0, "write": 1, "read": 2})
-            order = np.lexsort((rank, df["unit"], df["step"], df["sequence"]))
-            yield name, rows, df.iloc[order].reset_index(drop=True)[EVENT_COLUMNS]
+            for sub, df in _layer_events(trace, lt, rows, thresholds, events):
+                yield name, sub, df[EVENT_COLUMNS]
 
 
 def _eligible(lt: LayerTrace, rows: Any) -> np.ndarray:

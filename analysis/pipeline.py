@@ -505,19 +505,29 @@ def _stream_events(trace: Trace, path: Path, chunk: int) -> tuple[pd.DataFrame, 
 
 
 def write_event_tables(tables: Iterable[Any], path: Path) -> None:
-    """Write the event tables (pyarrow, in order) to the Parquet file ``path``, one row group of at most
-    :data:`EVENTS_ROW_GROUP` rows at a time; an empty events file when there are none; ``path`` removed on
-    failure."""
+    """Write the event tables (pyarrow, in order) to the Parquet file ``path`` in row groups of exactly
+    :data:`EVENTS_ROW_GROUP` rows (the last one fewer), however the rows come split into tables (so the file is the
+    same for any split); an empty events file when there are none; ``path`` removed on failure."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from gatelens.analysis.events import _empty_events
 
     writer = None
+    pending: list[Any] = []  # fewer than EVENTS_ROW_GROUP rows, held until a row group is full
     try:
         for table in tables:
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema)
-            writer.write_table(table.cast(writer.schema), row_group_size=EVENTS_ROW_GROUP)
+            pending.append(table.cast(writer.schema))
+            held = sum(len(t) for t in pending)
+            if held >= EVENTS_ROW_GROUP:
+                joined = pa.concat_tables(pending)
+                full = held - held % EVENTS_ROW_GROUP
+                writer.write_table(joined.slice(0, full), row_group_size=EVENTS_ROW_GROUP)
+                pending = [joined.slice(full)] if full < held else []
+        if pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=EVENTS_ROW_GROUP)
     except BaseException:
         if writer is not None:
             writer.close()

@@ -100,12 +100,19 @@ def _events_run(tmp_path):
     return write_store(trace, tmp_path / "run", chunk_sequences=2)
 
 
-def test_export_of_streamed_run_equals_in_memory_export(tmp_path):
+def test_export_of_streamed_run_equals_in_memory_export(tmp_path, monkeypatch):
+    import gatelens.analysis.pipeline as pipeline
+
     trace = _events_run(tmp_path)
     steps = ("stats", "memory", "events")
     in_memory = analyze(trace, steps=steps)
+    monkeypatch.setattr(pipeline, "EVENTS_ROW_GROUP", 40)
     streamed = analyze(trace, steps=steps, chunk=2, events_path=tmp_path / "run" / "analysis" / ".partial.parquet")
-    assert pq.ParquetFile(streamed.events_file).metadata.num_row_groups > 2  # really written in pieces
+    meta = pq.ParquetFile(streamed.events_file).metadata
+    groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    # written in pieces (chunks of 2 sequences), re-cut into full row groups whatever the pieces' sizes
+    assert len(groups) > 2 and groups[:-1] == [40] * (len(groups) - 1) and 0 < groups[-1] <= 40
+    assert sum(groups) == len(in_memory.events)
     save_analysis(streamed, tmp_path / "run")
     loaded = load_analysis(tmp_path / "run")
     assert loaded.events.empty and list(loaded.events.columns) == EVENT_COLUMNS
