@@ -49,6 +49,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from gatelens.analysis._reading import select_layers
 from gatelens.analysis.features import FeatureError, as_feature_matrix, flat_keys
@@ -64,6 +65,7 @@ COLUMNS = ["layer", "unit", "signal", "feature", "pearson_r", "spearman_rho", "n
 #: ~1/sqrt(20,000) = 0.007); ranking is ~half of the correlations' time and grew with N up to the cap (100,000 before).
 DEFAULT_MAX_RANK_ROWS = 20_000
 _RANK_BLOCK_ELEMENTS = 4_000_000  # values ranked at a time (units are ranked in blocks of columns)
+_MOMENT_BLOCK_VALUES = 256 * 1024  # signal values (rows x units) whose centred moments are formed at a time: 2 MB
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -101,15 +103,11 @@ class Moments:
         nb = x.shape[0]
         if nb == 0:
             return
-        x = np.asarray(x, np.float64)
-        y = np.asarray(y, np.float64)
-        mx, my = x.mean(axis=0), y.mean(axis=0)
-        xc, yc = x - mx, y - my
-        chunk = Moments(
-            nb, mx, my, np.einsum("ij,ij->j", xc, xc), np.einsum("ij,ij->j", yc, yc), xc.T @ yc,
-            x.min(axis=0), x.max(axis=0), y.min(axis=0), y.max(axis=0),
-        )  # fmt: skip
-        self.merge(chunk)
+        # blocks of rows that fit the core's L2 cache (the centred copies of a whole 256-sequence chunk are 50 MB
+        # a signal), merged by Chan's update like the chunks
+        step = max(1, _MOMENT_BLOCK_VALUES // max(1, x.shape[1]))
+        for start in range(0, nb, step):
+            self.merge(_block_moments(x[start : start + step], y[start : start + step]))
 
     def merge(self, other: Moments) -> Moments:
         """Merge the totals of ``other`` (rows disjoint from these) into these (Chan et al.'s update); returns self.
@@ -158,6 +156,18 @@ class Moments:
         r = np.clip(r, -1.0, 1.0)
         bad = self.constant_x()[:, None] | self.constant_y()[None, :] | (self.n < 3)
         return np.where(bad, np.nan, r)
+
+
+def _block_moments(x: np.ndarray, y: np.ndarray) -> Moments:
+    """The centred moments of the rows of ``x`` (nb, p) and ``y`` (nb, q), in float64."""
+    x64 = np.asarray(x, np.float64)
+    y64 = np.asarray(y, np.float64)
+    mx, my = x64.mean(axis=0), y64.mean(axis=0)
+    xc, yc = x64 - mx, y64 - my
+    return Moments(
+        x.shape[0], mx, my, np.einsum("ij,ij->j", xc, xc), np.einsum("ij,ij->j", yc, yc), xc.T @ yc,
+        x64.min(axis=0), x64.max(axis=0), y64.min(axis=0), y64.max(axis=0),
+    )  # fmt: skip
 
 
 def constant_note(const_x: np.ndarray, const_y: np.ndarray, n: int | np.ndarray) -> np.ndarray:
@@ -386,14 +396,17 @@ def correlations(
     frames = []
     total_work = sum(len(v) for v in per_layer.values())
     done = 0
-    for layer in names:
-        rows = layer_rows(trace, layer, features, chunk_sequences=chunk_sequences)
-        take = subsample(rows.total, max_rank_rows, random_state)
-        for signal in per_layer[layer]:
-            frames.append(_correlate_signal(trace, layer, signal, rows, take, fmat, valid, groups, fnames))
-            done += 1
-            if progress is not None:
-                progress(done, total_work)
+    # One BLAS thread: the products are small (a block of rows x units against a few features), where a second
+    # OpenBLAS thread spin-waiting for a core costs more CPU than it saves on a shared machine (as in the probes).
+    with threadpool_limits(limits=1, user_api="blas"):
+        for layer in names:
+            rows = layer_rows(trace, layer, features, chunk_sequences=chunk_sequences)
+            take = subsample(rows.total, max_rank_rows, random_state)
+            for signal in per_layer[layer]:
+                frames.append(_correlate_signal(trace, layer, signal, rows, take, fmat, valid, groups, fnames))
+                done += 1
+                if progress is not None:
+                    progress(done, total_work)
     if not frames:
         return pd.DataFrame({c: [] for c in COLUMNS})
     return pd.concat(frames, ignore_index=True)
@@ -421,7 +434,7 @@ def _correlate_signal(
             continue
         pick = rank_pick(take, offset, local.size)
         offset += local.size
-        x = np.asarray(arr[sl], np.float32).reshape(-1, units)[local]
+        x = np.asarray(np.asarray(arr[sl]).reshape(-1, units)[local], np.float32)  # pick the rows, then convert
         for total, part in zip(moments, chunk_moments(x, frow, fmat, valid, groups)):
             total.merge(part)
         sub_x.append(x if pick is None else x[pick])
@@ -456,7 +469,10 @@ def chunk_moments(
     for cols in groups:
         ok = valid[frow, cols[0]]
         mo = Moments()
-        mo.update(x[ok], fmat[np.ix_(frow[ok], cols)])
+        if ok.all():  # no missing cell in this chunk: no copy of the signal
+            mo.update(x, fmat[np.ix_(frow, cols)])
+        else:
+            mo.update(x[ok], fmat[np.ix_(frow[ok], cols)])
         out.append(mo)
     return out
 

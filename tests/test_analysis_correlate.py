@@ -227,3 +227,22 @@ def test_average_ranks_equal_scipy_rankdata(m, p, levels, seed):
     np.testing.assert_array_equal(
         average_ranks(x * 0.1 + np.arange(m)[:, None]), rankdata(np.arange(m))[:, None] * np.ones(p)
     )
+
+
+def test_moments_merge_blocks_of_rows_like_the_whole(monkeypatch):
+    # a chunk's moments are formed over blocks of rows (merged by Chan's update): force many blocks, one ragged
+    import gatelens.analysis.correlate as corr
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(1001, 4)) + 1e4).astype(np.float32)  # a large mean: no cancellation in the merge
+    y = rng.normal(size=(1001, 2))
+    whole = corr.Moments()
+    whole.update(x, y)
+    monkeypatch.setattr(corr, "_MOMENT_BLOCK_VALUES", 4 * 37)
+    blocked = corr.Moments()
+    blocked.update(x, y)
+    ref = np.corrcoef(np.asarray(x, np.float64).T, y.T)[:4, 4:]
+    np.testing.assert_allclose(blocked.pearson(), ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(blocked.mx, whole.mx, rtol=1e-15)
+    np.testing.assert_array_equal(blocked.min_x, x.min(axis=0))
+    assert blocked.n == 1001
