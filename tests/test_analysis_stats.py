@@ -304,3 +304,24 @@ def test_retention_sums_an_infinite_gate_next_to_padding_is_not_nan():
     assert np.isposinf(sums[:, 0]).all()
     finite, _ = retention_sums(np.where(np.isinf(g), 0.25, g), mask, 3)
     np.testing.assert_allclose(finite[:, 0], [0.5 + 0.25 + 0.5 + 4 * 0.5, 0.125 + 0.125 + 3 * 0.25, 0.0625 + 2 * 0.125])
+
+
+def test_float16_store_stats_are_the_float64_stats_of_its_values(tmp_path):
+    # a float16 store is summed a block at a time and its slopes looked up in a table of the float16 values:
+    # the same numbers as the float64 pass over the values it holds; float16(0.1) = 0.09998 is below 0.1
+    trace = reference_lstm_trace(*_weights(4), mask=_mask(4))
+    trace["lstm"]["forget_gate"][0, :3] = 0.1
+    trace["lstm"]["input_gate"][1, :2] = 0.9 + 2**-12  # float16 rounds it to 0.90039: above 0.9
+    lazy = write_store(trace, tmp_path / "run", chunk_sequences=4, dtype="float16")
+    lt = lazy["lstm"]
+    assert lt["forget_gate"].dtype == np.float16
+    held = Trace(
+        {"lstm": LayerTrace(lt.info, {s: np.asarray(lt[s], np.float64) for s in lt.info.signals},
+                            mask=np.asarray(lt.mask), inputs=np.asarray(lt.inputs))}
+    )  # fmt: skip
+    got_units, got_sig = stats_tables(lazy, chunk=5)
+    ref_units, ref_sig = stats_tables(held, chunk=5)
+    pd.testing.assert_frame_equal(got_units, ref_units, rtol=1e-13)
+    pd.testing.assert_frame_equal(got_sig, ref_sig, rtol=1e-13)
+    fg = ref_sig[ref_sig.signal == "forget_gate"]
+    assert (fg["frac_below_0.1"] * fg["n"] >= 3).all()  # the three planted steps are counted in every unit
