@@ -221,7 +221,12 @@ def _chunk_real(lt: Any, rows: slice, t_len: int) -> tuple[np.ndarray, np.ndarra
 
 def _changes(values: np.ndarray, m: np.ndarray, back: bool, start: int) -> tuple[np.ndarray, np.ndarray]:
     """float32 changes from the previous real step (processing order) and the global positions of their steps."""
-    t_len = m.shape[1]
+    n, t_len = m.shape
+    if m.all():  # every step real: the previous step is the neighbour, no reordering
+        comp = processing(values, back)
+        delta = (comp[:, 1:] - comp[:, :-1]).reshape(-1, values.shape[2])  # float32 - float32, rows (s, pos)
+        s, pos = np.divmod(np.arange(n * (t_len - 1)), t_len - 1)
+        return delta, (start + s) * t_len + to_time_index(pos + 1, t_len, back)
     order, n_real = compress_real(processing(m, back))
     comp = np.take_along_axis(processing(values, back), order[..., None], axis=1)
     delta = comp[:, 1:] - comp[:, :-1]  # float32 - float32
@@ -315,7 +320,7 @@ def unit_examples(
             if len(flat):
                 for s in sigs:
                     v = read(lt[s], rows, np.float32)
-                    real = v.reshape(-1, units)[flat]
+                    real = v.reshape(-1, units) if len(flat) == m.size else v.reshape(-1, units)[flat]
                     o = _ordered32(real)
                     best[s, "top"] = _stream_top(best[s, "top"], o, gpos, k)
                     best[s, "bottom"] = _stream_top(best[s, "bottom"], ~o, gpos, k)
@@ -337,14 +342,19 @@ def unit_examples(
             if len(flat):
                 prio = position_priority(gpos)
                 dkey = ((_LOW32 - prio) << np.uint64(32)) | (_LOW32 - gpos.astype(np.uint64))
+                by_key = np.argsort(dkey)[::-1]  # the same for every signal
                 for s in sigs:
-                    real = read(lt[s], rows, np.float32).reshape(-1, units)[flat]
+                    real = read(lt[s], rows, np.float32).reshape(-1, units)
+                    if len(flat) < m.size:
+                        real = real[flat]
                     b = bin_index(real, lo[s], hi[s], bins)
-                    counts[s] += np.bincount((b * units + np.arange(units)).ravel(), minlength=bins * units).reshape(
+                    chunk_counts = np.bincount((b * units + np.arange(units)).ravel(), minlength=bins * units).reshape(
                         bins, units
                     )
+                    counts[s] += chunk_counts
                     if k_decile:
-                        new = _decile_draws(dkey, (b // per_decile).astype(np.int8), k_decile)
+                        dec_counts = chunk_counts.reshape(10, per_decile, units).sum(axis=1)
+                        new = _decile_draws(dkey, (b // per_decile).astype(np.int8), k_decile, by_key, dec_counts)
                         for j in range(10):
                             draws[s, j] = _top_keys(draws[s, j], new[:, j], k_decile)
             tick()
@@ -388,31 +398,34 @@ def unit_examples(
                         }
                     )
                 )
-        if picks:
-            ex_frames.append(_with_context(trace, lt, pd.concat(picks, ignore_index=True), context, chunk))
+        if picks:  # in the table's order (layers in turn) before the long context texts are added: no sort after
+            p = pd.concat(picks, ignore_index=True)
+            kind_rank = p["kind"].map({kd: i for i, kd in enumerate(KINDS)})
+            sig_rank = p["signal"].map({s: i for i, s in enumerate(trace[names[0]].info.signals)}).fillna(99)
+            p = p.iloc[np.lexsort((p["rank"], kind_rank, p["unit"], sig_rank))].reset_index(drop=True)
+            ex_frames.append(_with_context(trace, lt, p, context, chunk))
     examples = pd.concat(ex_frames, ignore_index=True) if ex_frames else _empty(EXAMPLE_COLUMNS)
-    if len(examples):
-        kind_rank = examples["kind"].map({kd: i for i, kd in enumerate(KINDS)})
-        layer_rank = examples["layer"].map({nm: i for i, nm in enumerate(names)})
-        sig_rank = examples["signal"].map({s: i for i, s in enumerate(trace[names[0]].info.signals)}).fillna(99)
-        order = np.lexsort((examples["rank"], kind_rank, examples["unit"], sig_rank, layer_rank))
-        examples = examples.iloc[order].reset_index(drop=True)
     histograms = pd.concat(hist_frames, ignore_index=True) if hist_frames else _empty(HISTOGRAM_COLUMNS)
     if len(histograms):
         histograms = histograms.sort_values(["layer", "signal", "unit", "bin"], kind="stable").reset_index(drop=True)
     return examples[EXAMPLE_COLUMNS], histograms[HISTOGRAM_COLUMNS]
 
 
-def _decile_draws(dkey: np.ndarray, dec: np.ndarray, k: int) -> np.ndarray:
+def _decile_draws(
+    dkey: np.ndarray, dec: np.ndarray, k: int, order: np.ndarray | None = None, counts: np.ndarray | None = None
+) -> np.ndarray:
     """(k, 10, units) uint64: per decile and unit, the ``k`` largest of the row keys ``dkey`` (m,) among the rows in
     that decile (``dec`` (m, units)), 0 where fewer: one sort of the rows by key and one stable (radix) sort of the
-    deciles per unit, instead of a partition of the whole chunk per decile."""
+    deciles per unit, instead of a partition of the whole chunk per decile. ``order`` (the rows by descending key)
+    and ``counts`` ((10, units) rows per decile) may be passed when known."""
     m, units = dec.shape
-    order = np.argsort(dkey)[::-1]  # keys are unique (they hold the position): largest first
-    ds = dec[order]
-    idx = np.argsort(ds, axis=0, kind="stable")  # per unit: rows by decile, each decile's largest key first
-    counts = np.bincount((ds.astype(np.int64) * units + np.arange(units)).ravel(), minlength=10 * units)
-    counts = counts.reshape(10, units)
+    if order is None:
+        order = np.argsort(dkey)[::-1]  # keys are unique (they hold the position): largest first
+    ds = np.ascontiguousarray(dec[order].T)  # (units, m): each unit's deciles in key order, one contiguous row
+    idx = np.argsort(ds, axis=1, kind="stable")  # per unit: rows by decile, each decile's largest key first
+    if counts is None:
+        counts = np.bincount((ds.astype(np.int64) + 10 * np.arange(units)[:, None]).ravel(), minlength=10 * units)
+        counts = counts.reshape(units, 10).T
     starts = np.cumsum(counts, axis=0) - counts
     keys_sorted = dkey[order]
     out = np.zeros((k, 10, units), np.uint64)
@@ -420,7 +433,7 @@ def _decile_draws(dkey: np.ndarray, dec: np.ndarray, k: int) -> np.ndarray:
     for r in range(k):  # k_decile (a few) ranks, each one gather over (10, units)
         valid = r < counts
         at = np.minimum(starts + r, m - 1)
-        out[r] = np.where(valid, keys_sorted[idx[at, cols]], np.uint64(0))
+        out[r] = np.where(valid, keys_sorted[idx[cols, at]], np.uint64(0))
     return out
 
 
@@ -475,15 +488,17 @@ def _json_floats(values: np.ndarray, real: np.ndarray) -> str:
 
 
 def _with_context(trace: Trace, lt: Any, picks: pd.DataFrame, context: int, chunk: int) -> pd.DataFrame:
-    """``picks`` with the context columns (and the decile examples' values), read a chunk of sequences at a time."""
+    """``picks`` with the context columns (and the decile examples' values), read a chunk of sequences at a time
+    (the rows stay in their order)."""
     t_len = lt.shape[1]
-    picks = picks.sort_values(["sequence", "step"], kind="stable").reset_index(drop=True)
+    picks = picks.reset_index(drop=True)
     start = np.maximum(picks["step"].to_numpy() - context, 0)
     stop = np.minimum(picks["step"].to_numpy() + context + 1, t_len)
     ctx = np.empty(len(picks), object)
     ctx_vals = np.empty(len(picks), object)
     value = picks["value"].to_numpy(np.float64).copy()
     seqs = np.unique(picks["sequence"].to_numpy())
+    quoted: dict[str, str] = {}  # each token's JSON text, encoded once (the list's text is the items joined)
     for a in range(0, len(seqs), chunk):
         group = seqs[a : a + chunk]
         sel = np.flatnonzero(np.isin(picks["sequence"].to_numpy(), group))
@@ -502,7 +517,8 @@ def _with_context(trace: Trace, lt: Any, picks: pd.DataFrame, context: int, chun
             sig = signals[sig_of[i]][li, a0:b0, unit_of[i]]
             ctx_vals[i] = _json_floats(sig, m[li, a0:b0])
             if trace.tokens is not None:
-                ctx[i] = json.dumps([str(t) for t in toks[li, a0:b0]])
+                items = [quoted.get(t) or quoted.setdefault(t, json.dumps(t)) for t in map(str, toks[li, a0:b0])]
+                ctx[i] = "[" + ", ".join(items) + "]"
             else:
                 ctx[i] = json.dumps(x[li, a0:b0].tolist())
             if decile[i]:

@@ -62,3 +62,31 @@ def test_decile_draws_equal_one_partition_per_decile(seed, k):
         keys = np.where(dec == j, dkey[:, None], np.uint64(0))
         want = ex._top_keys(np.zeros((0, units), np.uint64), keys, k)
         assert _as_set(got[:, j]) == _as_set(want), j
+
+
+@pytest.mark.parametrize("back", [False, True])
+def test_changes_of_unmasked_chunks_equal_the_masked_path(back):
+    # a chunk with every step real takes a shortcut (no reordering); it must give the general path's changes
+    rng = np.random.default_rng(int(back))
+    v = rng.normal(size=(4, 9, 3)).astype(np.float32)
+    full = np.ones((4, 9), bool)
+    d, pos = ex._changes(v, full, back, 10)
+    # the general path on the same chunk plus one masked step in an extra sequence (which alone has fewer changes)
+    m = np.vstack([full, np.ones((1, 9), bool)])
+    m[4, 3] = False
+    d2, pos2 = ex._changes(np.concatenate([v, v[:1]]), m, back, 10)
+    k = 4 * 8
+    np.testing.assert_array_equal(d, d2[:k])
+    np.testing.assert_array_equal(pos, pos2[:k])
+    assert len(d2) == k + 7
+
+
+def test_decile_draws_with_the_order_and_counts_given():
+    rng = np.random.default_rng(11)
+    positions = rng.permutation(5_000)[:300]
+    dkey = ((ex._LOW32 - ex.position_priority(positions)) << np.uint64(32)) | (ex._LOW32 - positions.astype(np.uint64))
+    dec = rng.integers(0, 10, (300, 4)).astype(np.int8)
+    counts = np.stack([(dec == j).sum(axis=0) for j in range(10)])
+    np.testing.assert_array_equal(
+        ex._decile_draws(dkey, dec, 2, np.argsort(dkey)[::-1], counts), ex._decile_draws(dkey, dec, 2)
+    )
