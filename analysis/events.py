@@ -253,16 +253,17 @@ def _block_events(
     return pd.DataFrame(
         {
             "layer": info.name,
-            "sequence": row_numbers(rows)[s],
-            "step": step,
-            "unit": unit,
+            "sequence": row_numbers(rows)[s].astype(np.int32),
+            "step": step.astype(np.int32),
+            "unit": unit.astype(np.int32),
             "event": names[e_idx],
             "value": value,
             "token": token,
             "previous_value": previous,
             "delta_input": d_in,
             "delta_recurrent": d_rec,
-        }
+        },
+        copy=False,  # one array per column, not copied into a 2-D block (detect_events frees a column at a time)
     )
 
 
@@ -309,7 +310,10 @@ def detect_events(
     )  # fmt: skip
     if not frames:
         return _empty_events()
-    return pd.concat(frames, ignore_index=True)[EVENT_COLUMNS]
+    # a column at a time, each block's piece dropped once joined: the blocks and the table are never held whole
+    # together (pd.concat of the frames would hold both: twice the table)
+    columns = {c: pd.concat([f.pop(c) for f in frames], ignore_index=True) for c in EVENT_COLUMNS}
+    return pd.DataFrame(columns, copy=False)
 
 
 def _empty_events() -> pd.DataFrame:
@@ -331,7 +335,7 @@ def _event_chunks(
         lt = trace[name]
         for rows in iter_chunks(lt.shape[0], chunk):
             for sub, df in _layer_events(trace, lt, rows, thresholds, events):
-                yield name, sub, df[EVENT_COLUMNS]
+                yield name, sub, df  # columns in EVENT_COLUMNS order
 
 
 def _eligible(lt: LayerTrace, rows: Any) -> np.ndarray:
