@@ -165,6 +165,10 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
     reg = np.full((d + 1, 1), lam)
     reg[-1] = 0.0
     W = np.zeros((d + 1, k))
+    # start from the best constant predictor (coefficients 0, the intercept at the log-odds of the classes): the
+    # optimum is the same, and the first Newton step (from the intercept 0) is saved
+    p = np.clip(Y.mean(axis=0), 1e-12, 1.0 - 1e-12) if n else np.full(k, 0.5)
+    W[-1] = np.log(p) - np.log1p(-p)
     loss = _logistic_loss(A, Y, W, lam)
     active = np.ones(k, bool)
     n_iter = np.zeros(k, np.int64)
