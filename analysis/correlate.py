@@ -207,7 +207,7 @@ def _row_ranks(rows: np.ndarray) -> np.ndarray:
         ends[:-1] = starts[1:] - 1
         ends[-1] = p * m - 1
         mean_rank = (starts + ends) * 0.5 - (starts // m) * m + 1.0
-        sorted_rank = mean_rank[np.cumsum(flat) - 1].reshape(p, m)
+        sorted_rank = np.repeat(mean_rank, ends - starts + 1).reshape(p, m)  # each run's rank, run length times
     ranks = np.empty((p, m))
     np.put_along_axis(ranks, order, sorted_rank, axis=1)
     return ranks
