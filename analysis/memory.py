@@ -36,6 +36,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -112,13 +113,13 @@ def _memory_pass(trace: Trace, names: list[str], chunk: int, max_lag: int | None
             m = read_mask(lt, rows)
             if not m.any():
                 continue
-            g = np.abs(read(lt[signal], rows))
-            real = g[m]
+            raw = np.abs(read(lt[signal], rows, _stored_dtype(lt[signal])))  # float16 stays float16 for the logs
+            real = raw[m]
             if shift is None:
-                shift = log_gate_shift(real)
+                shift = log_gate_shift(np.asarray(real, np.float64))
             sums = tuple(a + b for a, b in zip(sums, log_gate_sums(real, shift)))
             if lag is not None:
-                s, c = retention_sums(g, m, lag)
+                s, c = retention_sums(np.asarray(raw, np.float64), m, lag)
                 ret_sums += s
                 ret_counts += c
         frames.append(half_life_frame(name, signal, u, shift, *sums))
@@ -133,6 +134,12 @@ def _memory_pass(trace: Trace, names: list[str], chunk: int, max_lag: int | None
     return half, (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame())
 
 
+def _stored_dtype(array) -> np.dtype:
+    """The array's own float dtype (float16 or float32 in a run store), float64 for anything else."""
+    dtype = np.dtype(getattr(array, "dtype", np.float64))
+    return dtype if dtype in (np.float16, np.float32, np.float64) else np.dtype(np.float64)
+
+
 def log_gate_shift(g: np.ndarray) -> np.ndarray:
     """The shift of the log-gate sums (units,): the largest finite log of the first chunk's gates ``g`` (rows,
     units), so that the mean of a constant gate is exact."""
@@ -142,11 +149,26 @@ def log_gate_shift(g: np.ndarray) -> np.ndarray:
     return np.where(is_zero.all(axis=0), 0.0, np.max(np.where(is_zero, -np.inf, logs), axis=0))
 
 
+@cache
+def _float16_logs() -> np.ndarray:
+    """``log(x)`` of every float16 ``x`` (indexed by its bits), computed in float64 as for any input."""
+    x = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(x)
+
+
 def log_gate_sums(g: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """The map step of :func:`half_lives`: ``(zeros, sum of shifted finite logs, rows)`` of the gates ``g``."""
+    """The map step of :func:`half_lives`: ``(zeros, sum of shifted finite logs, rows)`` of the gates ``g``.
+
+    A float16 ``g`` (a float16 run store) looks its logs up in a table of the 65536 float16 values (the same
+    float64 numbers as computing them); any other dtype is computed in float64.
+    """
     is_zero = g == 0.0
-    with np.errstate(divide="ignore"):
-        logs = np.log(g)
+    if g.dtype == np.float16:
+        logs = _float16_logs()[g.view(np.uint16)]
+    else:
+        with np.errstate(divide="ignore"):
+            logs = np.log(np.asarray(g, np.float64))
     return is_zero.sum(axis=0), np.where(is_zero, 0.0, logs - shift).sum(axis=0), g.shape[0]
 
 

@@ -12,7 +12,7 @@ from helpers_reference import reference_gru_trace, reference_lstm_trace, write_s
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatelens.analysis.memory import half_lives, retention_curves
+from gatelens.analysis.memory import half_lives, memory_tables, retention_curves
 from gatelens.analysis.stats import (
     ACTIVATION_SLOPES,
     activation_slope,
@@ -325,3 +325,7 @@ def test_float16_store_stats_are_the_float64_stats_of_its_values(tmp_path):
     pd.testing.assert_frame_equal(got_sig, ref_sig, rtol=1e-13)
     fg = ref_sig[ref_sig.signal == "forget_gate"]
     assert (fg["frac_below_0.1"] * fg["n"] >= 3).all()  # the three planted steps are counted in every unit
+    # the half-lives' logs of a float16 store come from a table of the float16 values: the same float64 numbers
+    got_half, got_ret = memory_tables(lazy, max_lag=4, chunk=5)
+    pd.testing.assert_frame_equal(got_half, half_lives(held, chunk=5), check_exact=True)
+    pd.testing.assert_frame_equal(got_ret, retention_curves(held, "lstm", max_lag=4, chunk=5), check_exact=True)
