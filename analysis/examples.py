@@ -80,6 +80,11 @@ EXAMPLE_COLUMNS = [
 ]  # fmt: skip
 HISTOGRAM_COLUMNS = ["layer", "unit", "signal", "bin", "lo", "hi", "count"]
 
+#: Sequences the passes (and the context reads) hold at once, at most ``chunk``: every table is the same for any
+#: split into blocks (top-k sets merged exactly, counts summed), and the work arrays of a block (float64 bins, int64
+#: bin codes, key orders: ~40 bytes per value) stay ~0.1 GB at 64 x 200 x 128 however many sequences a chunk has.
+PASS_SEQUENCES = 64
+
 _LOW32 = np.uint64(0xFFFFFFFF)
 _MAX_POSITIONS = 0xFFFFFFFF  # positions sequence * T + step must fit in 32 bits (and never be all ones)
 
@@ -291,7 +296,8 @@ def unit_examples(
     for name in names:
         lt = trace[name]
         plans.append((name, lt, _default_signals(lt.info, signals)))
-    total = 2 * sum(len(list(iter_chunks(lt.shape[0], chunk))) for _, lt, _ in plans)
+    block = min(chunk, PASS_SEQUENCES)
+    total = 2 * sum(len(list(iter_chunks(lt.shape[0], block))) for _, lt, _ in plans)
     done = 0
 
     def tick() -> None:
@@ -314,7 +320,7 @@ def unit_examples(
         hi = {s: np.full(units, -np.inf, np.float32) for s in sigs}
         n_real = 0
         # pass 1: extremes, changes, ranges
-        for rows in iter_chunks(n, chunk):
+        for rows in iter_chunks(n, block):
             m, flat, gpos = _chunk_real(lt, rows, t_len)
             n_real += len(flat)
             if len(flat):
@@ -337,7 +343,7 @@ def unit_examples(
         counts = {s: np.zeros((bins, units), np.int64) for s in sigs}
         draws = {(s, j): empty for s in sigs for j in range(10)}
         per_decile = bins // 10
-        for rows in iter_chunks(n, chunk):
+        for rows in iter_chunks(n, block):
             m, flat, gpos = _chunk_real(lt, rows, t_len)
             if len(flat):
                 prio = position_priority(gpos)
@@ -403,7 +409,7 @@ def unit_examples(
             kind_rank = p["kind"].map({kd: i for i, kd in enumerate(KINDS)})
             sig_rank = p["signal"].map({s: i for i, s in enumerate(trace[names[0]].info.signals)}).fillna(99)
             p = p.iloc[np.lexsort((p["rank"], kind_rank, p["unit"], sig_rank))].reset_index(drop=True)
-            ex_frames.append(_with_context(trace, lt, p, context, chunk))
+            ex_frames.append(_with_context(trace, lt, p, context, block))
     examples = pd.concat(ex_frames, ignore_index=True) if ex_frames else _empty(EXAMPLE_COLUMNS)
     histograms = pd.concat(hist_frames, ignore_index=True) if hist_frames else _empty(HISTOGRAM_COLUMNS)
     if len(histograms):

@@ -8,6 +8,7 @@ Both must give the same sets as the plain partition of all keys (``_top_keys``),
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from gatelens.analysis import examples as ex
@@ -90,3 +91,27 @@ def test_decile_draws_with_the_order_and_counts_given():
     np.testing.assert_array_equal(
         ex._decile_draws(dkey, dec, 2, np.argsort(dkey)[::-1], counts), ex._decile_draws(dkey, dec, 2)
     )
+
+
+def test_passes_hold_a_block_of_sequences_whatever_the_chunk(monkeypatch):
+    from gatelens._examples import example_trace
+
+    n = ex.PASS_SEQUENCES * 2 + 5
+    trace, sig = example_trace("lstm", n=n, steps=6, units=3)
+    rng = np.random.default_rng(3)
+    for s in sig:
+        sig[s][:] = rng.uniform(0, 1, sig[s].shape)
+    want = ex.unit_examples(trace, k=3, context=2, chunk=7)  # small chunks: the same tables for any split
+    held = []
+    real_read = ex.read
+
+    def counting_read(array, rows, *args, **kw):
+        out = real_read(array, rows, *args, **kw)
+        held.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(ex, "read", counting_read)
+    got = ex.unit_examples(trace, k=3, context=2, chunk=1000)
+    assert max(held) == ex.PASS_SEQUENCES  # every read (passes and contexts) is one block of sequences at most
+    for a, b in zip(got, want):
+        pd.testing.assert_frame_equal(a, b)
