@@ -119,7 +119,7 @@ def _memory_pass(trace: Trace, names: list[str], chunk: int, max_lag: int | None
                 shift = log_gate_shift(np.asarray(real, np.float64))
             sums = tuple(a + b for a, b in zip(sums, log_gate_sums(real, shift)))
             if lag is not None:
-                s, c = retention_sums(np.asarray(raw, np.float64), m, lag)
+                s, c = retention_sums(raw, m, lag)
                 ret_sums += s
                 ret_counts += c
         frames.append(half_life_frame(name, signal, u, shift, *sums))
@@ -163,13 +163,22 @@ def log_gate_sums(g: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndar
     A float16 ``g`` (a float16 run store) looks its logs up in a table of the 65536 float16 values (the same
     float64 numbers as computing them); any other dtype is computed in float64.
     """
-    is_zero = g == 0.0
-    if g.dtype == np.float16:
-        logs = _float16_logs()[g.view(np.uint16)]
-    else:
-        with np.errstate(divide="ignore"):
-            logs = np.log(np.asarray(g, np.float64))
-    return is_zero.sum(axis=0), np.where(is_zero, 0.0, logs - shift).sum(axis=0), g.shape[0]
+    zeros, s1 = np.zeros(g.shape[1:], np.int64), np.zeros(g.shape[1:])
+    table = _float16_logs() if g.dtype == np.float16 else None
+    step = max(1, _RETENTION_BLOCK_VALUES // max(1, int(np.prod(g.shape[1:]))))
+    for start in range(0, g.shape[0], step):  # blocks of rows: the float64 logs stay in cache
+        gb = g[start : start + step]
+        is_zero = gb == 0.0
+        if table is not None:
+            logs = table[gb.view(np.uint16)]
+        else:
+            with np.errstate(divide="ignore"):
+                logs = np.log(np.asarray(gb, np.float64))
+        logs -= shift
+        logs[is_zero] = 0.0
+        zeros += is_zero.sum(axis=0)
+        s1 += logs.sum(axis=0)
+    return zeros, s1, g.shape[0]
 
 
 def half_life_frame(
@@ -208,14 +217,17 @@ def retention_sums(g: np.ndarray, mask: np.ndarray, max_lag: int) -> tuple[np.nd
     """
     t_len, u = g.shape[1], g.shape[2]
     order, n_real = compress_real(mask)  # windows of real steps only (masked steps carry the state)
-    g = np.take_along_axis(g, order[..., None], axis=1)
-    g[np.arange(t_len)[None, :] >= n_real[:, None]] = 0.0
     lags = np.arange(1, max_lag + 1)
     counts = np.maximum(n_real[None, :] - lags[:, None] + 1, 0).sum(axis=1).astype(np.int64)
     sums = np.zeros((max_lag, u))
+    padding = np.arange(t_len)[None, :] >= n_real[:, None]
     block = max(1, _RETENTION_BLOCK_VALUES // max(1, t_len * u))
-    for start in range(0, g.shape[0], block):  # blocks of a few sequences; the lags are one array op each
-        gb = g[start : start + block]
+    # blocks of a few sequences, compressed and converted to float64 one at a time (no float64 copy of the chunk:
+    # a fresh 50 MB array is page-faulted in at every chunk); the lags are one array op each
+    for start in range(0, g.shape[0], block):
+        sl = slice(start, start + block)
+        gb = np.asarray(np.take_along_axis(g[sl], order[sl, :, None], axis=1), np.float64)
+        gb[padding[sl]] = 0.0
         prod = gb.copy()  # prod[:, j] = product over the window of length L starting at real step j
         sums[0] += prod.sum(axis=(0, 1))
         for lag in range(2, max_lag + 1):
@@ -224,7 +236,8 @@ def retention_sums(g: np.ndarray, mask: np.ndarray, max_lag: int) -> tuple[np.nd
             view *= gb[:, lag - 1 :]
             sums[lag - 1] += view.sum(axis=(0, 1))
     if not np.isfinite(sums).all():
-        sums = _retention_sums_windowed(g, n_real, max_lag)
+        whole = np.asarray(np.take_along_axis(g, order[..., None], axis=1), np.float64)
+        sums = _retention_sums_windowed(whole, n_real, max_lag)
     return sums, counts
 
 
