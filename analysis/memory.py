@@ -116,7 +116,7 @@ def _memory_pass(trace: Trace, names: list[str], chunk: int, max_lag: int | None
             raw = np.abs(read(lt[signal], rows, _stored_dtype(lt[signal])))  # float16 stays float16 for the logs
             real = raw[m]
             if shift is None:
-                shift = log_gate_shift(np.asarray(real, np.float64))
+                shift = log_gate_shift(real)
             sums = tuple(a + b for a, b in zip(sums, log_gate_sums(real, shift)))
             if lag is not None:
                 s, c = retention_sums(raw, m, lag)
@@ -142,11 +142,14 @@ def _stored_dtype(array) -> np.dtype:
 
 def log_gate_shift(g: np.ndarray) -> np.ndarray:
     """The shift of the log-gate sums (units,): the largest finite log of the first chunk's gates ``g`` (rows,
-    units), so that the mean of a constant gate is exact."""
-    is_zero = g == 0.0
+    units), so that the mean of a constant gate is exact.
+
+    The log is increasing, so that is the log of the largest gate (0 where every gate is 0): one max over the
+    rows in their own dtype, no float64 logs of the chunk.
+    """
+    top = np.asarray(g.max(axis=0), np.float64)
     with np.errstate(divide="ignore"):
-        logs = np.log(g)
-    return np.where(is_zero.all(axis=0), 0.0, np.max(np.where(is_zero, -np.inf, logs), axis=0))
+        return np.where(top == 0.0, 0.0, np.log(top))
 
 
 @cache
