@@ -170,17 +170,20 @@ def chunk_sums(v: np.ndarray, shift: np.ndarray) -> tuple[Any, ...]:
     ``v`` (k, units; any float dtype, summed in float64), the sums shifted by ``shift`` (units,)."""
     shift = np.asarray(shift, np.float64)
     s1, s2 = np.zeros(v.shape[1:]), np.zeros(v.shape[1:])
+    lo, hi = np.full(v.shape[1:], np.inf), np.full(v.shape[1:], -np.inf)
+    below, above = np.zeros(v.shape[1:], np.int64), np.zeros(v.shape[1:], np.int64)
     step = max(1, _BLOCK_VALUES // max(1, int(np.prod(v.shape[1:]))))
     for start in range(0, v.shape[0], step):  # blocks of rows: float64 copies that stay in cache
-        d = np.asarray(v[start : start + step], np.float64) - shift
-        s1 += d.sum(axis=0)
-        d *= d
-        s2 += d.sum(axis=0)
-    lo, hi = v.min(axis=0), v.max(axis=0)
-    return (
-        v.shape[0], s1, s2, np.asarray(lo, np.float64), np.asarray(hi, np.float64),
-        (v < np.float64(LOW)).sum(axis=0), (v > np.float64(HIGH)).sum(axis=0),  # compared in float64, any dtype
-    )  # fmt: skip
+        b = v[start : start + step].astype(np.float64)  # a copy (changed below); min, max, comparisons in float64
+        np.minimum(lo, b.min(axis=0), out=lo)
+        np.maximum(hi, b.max(axis=0), out=hi)
+        below += (b < LOW).sum(axis=0)
+        above += (b > HIGH).sum(axis=0)
+        b -= shift
+        s1 += b.sum(axis=0)
+        b *= b
+        s2 += b.sum(axis=0)
+    return v.shape[0], s1, s2, lo, hi, below, above
 
 
 @cache
