@@ -246,3 +246,13 @@ def test_moments_merge_blocks_of_rows_like_the_whole(monkeypatch):
     np.testing.assert_allclose(blocked.mx, whole.mx, rtol=1e-15)
     np.testing.assert_array_equal(blocked.min_x, x.min(axis=0))
     assert blocked.n == 1001
+
+
+def test_rank_pearson_over_several_column_blocks_matches_scipy():
+    # 3000 rows x 200 columns is ~600 K values: ranked in blocks of 87 columns (the last one ragged)
+    rng = np.random.default_rng(5)
+    x = np.round(rng.normal(size=(3000, 200)), 1).astype(np.float32)  # many ties
+    y = np.stack([x[:, 7] + rng.normal(size=3000), rng.integers(0, 4, 3000).astype(float)], axis=1)
+    got = rank_pearson(x, y)
+    ref = spearmanr(np.asarray(x, np.float64), y).statistic[:200, 200:]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
