@@ -47,6 +47,7 @@ TF_FREE = frozenset(
         "dashboard_wording",
         "data_properties",
         "effects",
+        "events_blocks",
         "events_parquet_stream",
         "notebook",
         "partials",

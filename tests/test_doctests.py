@@ -11,6 +11,7 @@ import doctest
 import importlib
 import pkgutil
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,10 @@ def test_every_subpackage_is_walked():
 
 
 @pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples(name):
+def test_docstring_examples(name, tmp_path, monkeypatch):
+    # the examples' temporary folders (gatelens._examples, tempfile.mkdtemp) go to pytest's own, which it prunes:
+    # they were left in /tmp, ~40 each run
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     module = importlib.import_module(name)
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(checker=_NumberChecker(), optionflags=FLAGS)
