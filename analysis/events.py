@@ -129,7 +129,7 @@ def _event_parts(lt: LayerTrace, rows: Any, gates: Sequence[str]) -> dict[str, t
     :func:`gatelens.analysis.decompose._gate_parts` for those gates only (an event gate is never the GRU candidate,
     whose recurrent part differs), one matrix product each for the input and the recurrent side."""
     from gatelens.analysis.decompose import _matmul, _weights
-    from gatelens.analysis.signals import WEIGHT_BLOCKS
+    from gatelens.analysis.signals import WEIGHT_BLOCKS, with_role
 
     info = lt.info
     kernel, rk, _ = _weights(lt)
@@ -137,7 +137,7 @@ def _event_parts(lt: LayerTrace, rows: Any, gates: Sequence[str]) -> dict[str, t
     blocks = list(WEIGHT_BLOCKS[info.cell_type])
     cols = np.concatenate([np.arange(blocks.index(g) * u, (blocks.index(g) + 1) * u) for g in gates])
     x = read(lt.inputs, rows)
-    h = processing(read(lt["hidden_state"], rows), info.go_backwards)
+    h = processing(read(lt[with_role(info.cell_type, "output")], rows), info.go_backwards)  # the registry's h
     h_prev = processing(np.concatenate([np.zeros_like(h[:, :1]), h[:, :-1]], axis=1), info.go_backwards)
     del h
     xw = _matmul(x, np.ascontiguousarray(kernel[:, cols]))
