@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the browser tests' server and Chromium helpers
 
 import numpy as np
-from e2e_helpers import CHROMIUM, StreamlitServer, launch_browser, wait_idle
+from e2e_helpers import CHROMIUM, StreamlitServer, launch_browser, on_screen, wait_idle
 
 STEPS, FEATURES, UNITS = 80, 4, 16
 #: Longest wait for a page's content before the tour notes a timeout (``inf`` in the table) and goes on.
@@ -141,21 +141,8 @@ def _nav(page, title: str, diagnose: Callable[[], None] | None = None) -> tuple[
 
 
 def _on_screen(page) -> str:
-    """What the browser shows: the URL, the titles, the script's state, the sidebar and the main area's text."""
-    return page.evaluate(
-        """() => {
-        const main = document.querySelector('[data-testid="stMain"]');
-        const h1 = main ? [...main.querySelectorAll('h1')].map(h => h.innerText.trim()) : [];
-        const boxes = main ? [...main.querySelectorAll('[data-testid="stElementContainer"]')] : [];
-        const stale = boxes.filter(e => e.getAttribute('data-stale') === 'true').length;
-        const app = document.querySelector('[data-test-script-state]');
-        const side = [...document.querySelectorAll('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]')]
-            .map(e => e.innerText).join(' · ');
-        return `url ${location.href}; script ${app ? app.getAttribute('data-test-script-state') : '?'}; `
-            + `titles ${JSON.stringify(h1)}; ${boxes.length} elements (${stale} stale); sidebar: ${side}; `
-            + `main: ${(main ? main.innerText : '').slice(0, 600).replace(/\\s+/g, ' ')}`;
-    }"""
-    )
+    """What the browser shows (tests/e2e_helpers.on_screen)."""
+    return on_screen(page)
 
 
 def _sidebar(page) -> str:
