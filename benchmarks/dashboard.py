@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the browser tests' server and Chromium helpers
 
 import numpy as np
-from e2e_helpers import CHROMIUM, StreamlitServer, launch_browser, on_screen, wait_idle
+from e2e_helpers import CHROMIUM, StreamlitServer, launch_browser, nav_link, on_screen, wait_idle
 
 STEPS, FEATURES, UNITS = 80, 4, 16
 #: Longest wait for a page's content before the tour notes a timeout (``inf`` in the table) and goes on.
@@ -103,10 +103,6 @@ def build_inputs(directory: Path, sizes: list[int]) -> tuple[Path, dict[int, Pat
     return model_path, data
 
 
-def _click(page, title: str) -> None:
-    page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text(title, exact=True)).click()
-
-
 def _nav(page, title: str, diagnose: Callable[[], None] | None = None) -> tuple[float, float, str]:
     """Click a page's link; seconds until it shows something of its own, and until it shows its content.
 
@@ -115,22 +111,22 @@ def _nav(page, title: str, diagnose: Callable[[], None] | None = None) -> tuple[
     then include the wait); one that still shows nothing within :data:`SHOWS_TIMEOUT_S` stops the benchmark.
     """
     t0 = time.perf_counter()
-    _click(page, title)
+    nav_link(page, title).click()
     note = ""
     try:
         page.wait_for_function(_SHOWS_JS, arg=title, timeout=FIRST_SHOWS_TIMEOUT_S * 1000, polling=50)
     except Exception:  # playwright's TimeoutError: say which page and what the browser showed instead
         note = f"showed nothing of its own {FIRST_SHOWS_TIMEOUT_S} s after the click, clicked again"
-        print(f"# the {title!r} page {note}; {_on_screen(page)}", file=sys.stderr, flush=True)
+        print(f"# the {title!r} page {note}; {on_screen(page)}", file=sys.stderr, flush=True)
         if diagnose is not None:
             diagnose()
-        _click(page, title)
+        nav_link(page, title).click()
         try:
             page.wait_for_function(_SHOWS_JS, arg=title, timeout=SHOWS_TIMEOUT_S * 1000, polling=50)
         except Exception as e:
             raise RuntimeError(
                 f"the {title!r} page showed nothing of its own, also {SHOWS_TIMEOUT_S} s after a second click; "
-                f"{_on_screen(page)}"
+                f"{on_screen(page)}"
             ) from e
     shows = time.perf_counter() - t0
     try:
@@ -138,11 +134,6 @@ def _nav(page, title: str, diagnose: Callable[[], None] | None = None) -> tuple[
     except Exception:  # playwright's TimeoutError: reported as such, the tour goes on
         return shows, float("inf"), note
     return shows, time.perf_counter() - t0, note
-
-
-def _on_screen(page) -> str:
-    """What the browser shows (tests/e2e_helpers.on_screen)."""
-    return on_screen(page)
 
 
 def _sidebar(page) -> str:
@@ -177,7 +168,7 @@ def upload_flow(
         wait_idle(page, 600_000)
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(model_path))
         page.get_by_text("Verification needs input").wait_for()
-        page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text("Data", exact=True)).click()
+        nav_link(page, "Data").click()
         page.get_by_test_id("stRadioGroup").get_by_text("Upload", exact=True).click()
         wait_idle(page, 600_000)
         t0 = time.perf_counter()

@@ -189,6 +189,12 @@ def on_screen(page) -> str:
     return page.evaluate(_ON_SCREEN_JS)
 
 
+def nav_link(page, title: str):
+    """The sidebar's link to the page ``title`` (a Playwright locator)."""
+    # exact label: the links also hold their icon's ligature text ("memory" is the Model page's icon)
+    return page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text(title, exact=True))
+
+
 #: Wait for a page's title after a sidebar click before :func:`nav` clicks once more (and warns).
 NAV_FIRST_WAIT_MS = 60_000
 
@@ -200,8 +206,7 @@ def nav(page, title: str, timeout: float = 180_000) -> None:
     warning that says what the browser showed: CI saw such a click twice (the page never came, 180 s and 600 s),
     a cause not found yet; a second click not followed either fails the test.
     """
-    # exact label: the links also hold their icon's ligature text ("memory" is the Model page's icon)
-    link = page.locator('[data-testid="stSidebarNavLink"]').filter(has=page.get_by_text(title, exact=True))
+    link = nav_link(page, title)
     shows = "t => [...document.querySelectorAll('[data-testid=\"stMain\"] h1')].some(h => h.innerText.trim() === t)"
     link.click()
     try:
