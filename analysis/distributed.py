@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gatelens._console import PROCESS_ENV
 from gatelens.analysis.partials import Partial, clean_partials
 from gatelens.analysis.pipeline import STEPS, Analysis, save_analysis, write_event_tables
 from gatelens.analysis.store import ANALYSIS_DIR, MANIFEST, read_manifest, sha256_file, verify_run
@@ -65,6 +66,7 @@ WORKER_ENV = {
     "TF_NUM_INTRAOP_THREADS": "1",
     "TF_NUM_INTEROP_THREADS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",
+    **PROCESS_ENV,  # no NumPy huge-page requests (gatelens._console)
 }
 _FILES_PER_TASK = 64
 _TRACES: dict[tuple[str, float], Trace] = {}  # per worker process: the opened run, by path and manifest time

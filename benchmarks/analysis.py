@@ -46,6 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # `analysis` package: import from the repository root instead.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
+from gatelens._console import configure_process  # noqa: E402
+
+configure_process()  # the console script's process settings, here and in every child, before NumPy is imported
 CORPUS = ROOT / "data" / "corpus" / "python_stdlib.txt"
 DEMO_DIR = ROOT / "data" / "demo"
 MULTIPLES = (1, 2, 4)

@@ -2,7 +2,7 @@
 
 import sys
 
-from gatelens.models.cli import main
+from gatelens._console import main
 
 if __name__ == "__main__":
     sys.exit(main())

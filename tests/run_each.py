@@ -40,6 +40,7 @@ TF_FREE = frozenset(
         "analysis_probe_fit",
         "analysis_probes",
         "cli_errors",
+        "console",
         "dashboard_explain",
         "dashboard_server",
         "dashboard_sessions",

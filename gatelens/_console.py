@@ -1,0 +1,44 @@
+"""The ``gatelens`` console script (and ``python -m gatelens``): process settings first, then the command line.
+
+NumPy asks the kernel for transparent huge pages on every large array (``madvise(MADV_HUGEPAGE)``). Where the
+kernel's THP ``defrag`` setting is ``madvise`` (a common default), a page fault in such a region may stall on a
+synchronous compaction of memory (numpy/numpy#31590): on the 2-core machine of ``benchmarks/analysis.py`` that was
+4-5 s of system time in a 23 s ``gatelens analyze``, and the first pass over a block of gate products took 3.9 s
+instead of 1.8 s. The analysis allocates and frees large blocks all the time, so the console script turns that
+request off -- through NumPy's documented ``NUMPY_MADVISE_HUGEPAGE`` variable, read once when NumPy is imported,
+which is why this module sets it before anything imports NumPy. A value the user set is kept; child processes (the
+dashboard's server, the model-loading worker) inherit it. Importing :mod:`gatelens` as a library changes nothing.
+
+Examples
+--------
+>>> PROCESS_ENV
+{'NUMPY_MADVISE_HUGEPAGE': '0'}
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["PROCESS_ENV", "configure_process", "main"]
+
+#: Environment defaults of a gatelens process (the console script, the dashboard server it starts, Dask workers).
+PROCESS_ENV = {"NUMPY_MADVISE_HUGEPAGE": "0"}
+
+
+def configure_process() -> None:
+    """Set :data:`PROCESS_ENV`'s variables the user has not set (effective only before NumPy is imported)."""
+    for key, value in PROCESS_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def main() -> int:
+    """Entry point of the ``gatelens`` console script; returns the exit code."""
+    configure_process()
+    from gatelens.models.cli import main as cli_main
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
