@@ -127,38 +127,46 @@ def _matmul(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (np.ascontiguousarray(a, dtype=np.result_type(a, w)).reshape(n * t, i) @ w).reshape(n, t, w.shape[1])
 
 
-def _gate_parts(lt: LayerTrace, rows: np.ndarray | slice) -> tuple[np.ndarray, dict[str, tuple[Any, Any, Any]]]:
-    """mask (n, T) and, per gate block, (input (n, T, u), recurrent (n, T, u), bias (u,) or (n, T, u))."""
+def _part_matrices(lt: LayerTrace, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """mask (n, T), input part (n, T, G*u), recurrent part (n, T, G*u) and bias (G*u,) of every gate block, in float64.
+
+    The blocks are in the kernel's gate-major order (:data:`WEIGHT_BLOCKS`): block ``k`` of each part is the
+    ``k``-th ``u`` columns, and ``input + recurrent + bias`` is the block's pre-activation.
+    """
     info = lt.info
     kernel, rk, bias = _weights(lt)
     u = info.units
-    blocks = WEIGHT_BLOCKS[info.cell_type]
     m = read_mask(lt, rows)
     x = read(lt.inputs, rows)
     h = read(lt["hidden_state"], rows)
     hp = processing(h, info.go_backwards)
     h_prev = processing(np.concatenate([np.zeros_like(hp[:, :1]), hp[:, :-1]], axis=1), info.go_backwards)
     xw = _matmul(x, kernel)
-    cols = [slice(k * u, (k + 1) * u) for k in range(len(blocks))]
-    parts: dict[str, tuple[Any, Any, Any]] = {}
-    if info.cell_type == "gru":
-        reset_after = bool(info.reset_after) if info.reset_after is not None else bias.ndim == 2
-        b_in, b_rec = (bias[0], bias[1]) if reset_after else (bias.reshape(-1), np.zeros(3 * u))
-        hu = _matmul(h_prev, rk[:, : 2 * u])
-        for k, gate in enumerate(blocks[:2]):
-            parts[gate] = (xw[..., cols[k]], hu[..., cols[k]], b_in[cols[k]] + b_rec[cols[k]])
-        r = read(lt["reset_gate"], rows)
-        if reset_after:
-            rec = r * (_matmul(h_prev, rk[:, cols[2]]) + b_rec[cols[2]])
-        else:
-            rec = _matmul(r * h_prev, rk[:, cols[2]])
-        parts[blocks[2]] = (xw[..., cols[2]], rec, b_in[cols[2]])
+    if info.cell_type != "gru":
+        return m, xw, _matmul(h_prev, rk), bias.reshape(-1)
+    reset_after = bool(info.reset_after) if info.reset_after is not None else bias.ndim == 2
+    b_in, b_rec = (bias[0], bias[1]) if reset_after else (bias.reshape(-1), np.zeros(3 * u))
+    cand = slice(2 * u, 3 * u)
+    rec = np.empty_like(xw)
+    rec[..., : 2 * u] = _matmul(h_prev, rk[:, : 2 * u])
+    r = read(lt["reset_gate"], rows)
+    if reset_after:
+        rec[..., cand] = r * (_matmul(h_prev, rk[:, cand]) + b_rec[cand])
     else:
-        hu = _matmul(h_prev, rk)
-        b = bias.reshape(-1)
-        for k, gate in enumerate(blocks):
-            parts[gate] = (xw[..., cols[k]], hu[..., cols[k]], b[cols[k]])
-    return m, parts
+        rec[..., cand] = _matmul(r * h_prev, rk[:, cand])
+    gate_bias = b_in + b_rec
+    gate_bias[cand] = b_in[cand]  # the candidate's recurrent bias sits inside its (reset-scaled) recurrent part
+    return m, xw, rec, gate_bias
+
+
+def _gate_parts(lt: LayerTrace, rows: np.ndarray | slice) -> tuple[np.ndarray, dict[str, tuple[Any, Any, Any]]]:
+    """mask (n, T) and, per gate block, (input (n, T, u), recurrent (n, T, u), bias (u,)) as views of
+    :func:`_part_matrices`."""
+    m, xw, rec, bias = _part_matrices(lt, rows)
+    u = lt.info.units
+    blocks = WEIGHT_BLOCKS[lt.info.cell_type]
+    cols = [slice(k * u, (k + 1) * u) for k in range(len(blocks))]
+    return m, {gate: (xw[..., c], rec[..., c], bias[c]) for gate, c in zip(blocks, cols)}
 
 
 def preactivation_decomposition(trace: Trace, layer: str, *, sequences: Any = None, chunk: int = 64) -> pd.DataFrame:
@@ -557,17 +565,23 @@ def gate_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
         lt = trace[name]
         blocks = list(WEIGHT_BLOCKS[lt.info.cell_type])
         u, g = lt.info.units, len(blocks)
-        sums = np.zeros((5, u, g))  # input, recurrent, bias, |input|, |recurrent|
+        sums = np.zeros((5, g * u))  # input, recurrent, bias, |input|, |recurrent|, gate-major columns
         n = 0
-        # the float64 parts of every gate: ~0.4 GB a layer for 256 sequences x 200 steps x 128 units; fewer at once
+        # the float64 parts of every gate: ~0.4 GB a layer for 256 sequences x 200 steps x 128 units; fewer at once.
+        # Column sums over the real steps of all gate blocks at once, the absolute values taken in place.
         for rows in iter_chunks(lt.shape[0], min(chunk, PARTS_SEQUENCES)):
-            m, parts = _gate_parts(lt, rows)
+            m, xw, rec, bias = _part_matrices(lt, rows)
             if not m.any():
                 continue
-            n += int(m.sum())
-            for k, b in enumerate(blocks):
-                inp, rec, bia = parts[b][0][m], parts[b][1][m], np.broadcast_to(parts[b][2], parts[b][0].shape)[m]
-                sums[:, :, k] += np.stack([inp.sum(0), rec.sum(0), bia.sum(0), np.abs(inp).sum(0), np.abs(rec).sum(0)])
+            real = None if m.all() else m.reshape(-1)  # padded steps left out (their stored values are not read)
+            for row, part in ((0, xw), (1, rec)):
+                flat = part.reshape(-1, g * u) if real is None else part.reshape(-1, g * u)[real]
+                sums[row] += flat.sum(axis=0)
+                sums[row + 3] += np.abs(flat, out=flat).sum(axis=0)
+            k = int(m.sum())
+            n += k
+            sums[2] += k * bias
+        sums = sums.reshape(5, g, u).transpose(0, 2, 1)  # (5, u, g)
         if n == 0:
             raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
         means = sums / n
