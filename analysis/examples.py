@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from gatelens.analysis._reading import (
     compress_real,
@@ -306,8 +308,8 @@ def unit_examples(
         if progress is not None:
             progress(done, total)
 
-    ex_frames: list[pd.DataFrame] = []
-    hist_frames: list[pd.DataFrame] = []
+    ex_parts: list[tuple[str, list[str], np.ndarray, dict[str, np.ndarray], dict[str, Any]]] = []
+    hist_parts: list[tuple[str, str, dict[str, np.ndarray]]] = []
     for name, lt, sigs in plans:
         n, t_len, units = lt.shape
         if n * t_len >= _MAX_POSITIONS:
@@ -364,56 +366,60 @@ def unit_examples(
                         for j in range(10):
                             draws[s, j] = _top_keys(draws[s, j], new[:, j], k_decile)
             tick()
-        # the chosen steps
-        picks: list[pd.DataFrame] = []
-        for s in sigs:
+        # the chosen steps, as arrays: (signal, kind, unit, rank, position, value) per example
+        parts: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for si, s in enumerate(sigs):
             for kind in ("top", "bottom", "rise", "drop"):
                 keys = best[s, kind]
                 if not len(keys):
                     continue
                 keys = _sorted_desc(keys)
                 vals, pos = _unkey(keys, descending=kind in ("top", "rise"))
-                frame = _pick_frame(name, s, kind, vals, pos, t_len)
-                picks.append(frame[(keys != 0).ravel()])  # a zero key: fewer than k entries
+                r, u = np.nonzero(keys != 0)  # a zero key: fewer than k entries
+                parts.append((si, KINDS.index(kind), u, r, pos[r, u], vals[r, u].astype(np.float64)))
             for j in range(10):
                 keys = draws[s, j]
                 if not len(keys):
                     continue
                 keys = _sorted_desc(keys)
-                ok = keys != 0
-                pos = (_LOW32 - (keys & _LOW32)).astype(np.int64)
-                r, u = np.nonzero(ok)
-                picks.append(
-                    pd.DataFrame(
-                        {"layer": name, "unit": u, "signal": s, "kind": DECILES[j], "rank": r,
-                         "sequence": pos[r, u] // t_len, "step": pos[r, u] % t_len, "value": np.nan}
-                    )
-                )  # fmt: skip
+                r, u = np.nonzero(keys != 0)
+                pos = (_LOW32 - (keys[r, u] & _LOW32)).astype(np.int64)
+                parts.append((si, KINDS.index(DECILES[j]), u, r, pos, np.full(len(r), np.nan)))
             edges = _edges(lo[s], hi[s], bins) if n_real else None
-            if edges is not None:
-                hist_frames.append(
-                    pd.DataFrame(
+            if edges is not None:  # rows by unit, then bin
+                hist_parts.append(
+                    (
+                        name,
+                        s,
                         {
-                            "layer": name,
-                            "unit": np.tile(np.arange(units), bins),
-                            "signal": s,
-                            "bin": np.repeat(np.arange(bins), units),
-                            "lo": edges[:-1].ravel(),
-                            "hi": edges[1:].ravel(),
-                            "count": counts[s].ravel(),
-                        }
+                            "unit": np.repeat(np.arange(units), bins),
+                            "bin": np.tile(np.arange(bins), units),
+                            "lo": edges[:-1].T.ravel(),
+                            "hi": edges[1:].T.ravel(),
+                            "count": counts[s].T.ravel(),
+                        },
                     )
                 )
-        if picks:  # in the table's order (layers in turn) before the long context texts are added: no sort after
-            p = pd.concat(picks, ignore_index=True)
-            kind_rank = p["kind"].map({kd: i for i, kd in enumerate(KINDS)})
-            sig_rank = p["signal"].map({s: i for i, s in enumerate(trace[names[0]].info.signals)}).fillna(99)
-            p = p.iloc[np.lexsort((p["rank"], kind_rank, p["unit"], sig_rank))].reset_index(drop=True)
-            ex_frames.append(_with_context(trace, lt, p, context, block))
-    examples = pd.concat(ex_frames, ignore_index=True) if ex_frames else _empty(EXAMPLE_COLUMNS)
-    histograms = pd.concat(hist_frames, ignore_index=True) if hist_frames else _empty(HISTOGRAM_COLUMNS)
-    if len(histograms):
-        histograms = histograms.sort_values(["layer", "signal", "unit", "bin"], kind="stable").reset_index(drop=True)
+        if parts:  # in the table's order (layers in turn) before the contexts are added: no sort after
+            sig_code = np.concatenate([np.full(len(p[2]), p[0]) for p in parts])
+            cols = {
+                "kind": np.concatenate([np.full(len(p[2]), p[1]) for p in parts]),
+                "unit": np.concatenate([p[2] for p in parts]).astype(np.int64),
+                "rank": np.concatenate([p[3] for p in parts]).astype(np.int64),
+            }
+            pos = np.concatenate([p[4] for p in parts]).astype(np.int64)
+            value = np.concatenate([p[5] for p in parts])
+            first_layer = {s: i for i, s in enumerate(trace[names[0]].info.signals)}
+            sig_rank = np.array([first_layer.get(s, 99) for s in sigs])[sig_code]
+            order = np.lexsort((cols["rank"], cols["kind"], cols["unit"], sig_rank))
+            cols = {c: v[order] for c, v in cols.items()}
+            sig_code, pos, value = sig_code[order], pos[order], value[order]
+            cols["sequence"], cols["step"] = pos // t_len, pos % t_len
+            ex_parts.append(
+                (name, sigs, sig_code, cols, _with_context(trace, lt, sigs, sig_code, cols, value, context, block))
+            )
+    examples = _example_table(ex_parts)
+    histograms = _histogram_table(hist_parts)
     return examples[EXAMPLE_COLUMNS], histograms[HISTOGRAM_COLUMNS]
 
 
@@ -469,72 +475,196 @@ def _edges(lo: np.ndarray, hi: np.ndarray, bins: int) -> np.ndarray:
     return lo64[None, :] + (hi64 - lo64)[None, :] * (np.arange(bins + 1)[:, None] / bins)
 
 
-def _pick_frame(layer: str, signal: str, kind: str, vals: np.ndarray, pos: np.ndarray, t_len: int) -> pd.DataFrame:
-    r, u = np.indices(vals.shape)
-    return pd.DataFrame(
-        {
-            "layer": layer,
-            "unit": u.ravel(),
-            "signal": signal,
-            "kind": kind,
-            "rank": r.ravel(),
-            "sequence": pos.ravel() // t_len,
-            "step": pos.ravel() % t_len,
-            "value": vals.ravel().astype(np.float64),
-        }
-    )
-
-
 def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
 
 
-def _json_floats(values: np.ndarray, real: np.ndarray) -> str:
-    return json.dumps([float(v) if ok else None for v, ok in zip(values.tolist(), real.tolist())])
+# ----------------------------------------------------------------------------------------------------------------
+# the tables, their text columns built from arrays (no Python object per row)
 
 
-def _with_context(trace: Trace, lt: Any, picks: pd.DataFrame, context: int, chunk: int) -> pd.DataFrame:
-    """``picks`` with the context columns (and the decile examples' values), read a chunk of sequences at a time
-    (the rows stay in their order)."""
+def _text(values: pa.Array) -> Any:
+    """A text column from an Arrow string array, of the dtype a column of Python strings gets (pandas 3: ``str``)."""
+    dtype = pd.Series([""]).dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        return pd.array(values.cast(pa.large_string()), dtype=dtype)
+    return pd.array(values.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def _names(names: Sequence[str], codes: np.ndarray) -> Any:
+    return _text(pa.array(list(names), pa.large_string()).take(pa.array(codes, pa.int64())))
+
+
+def _float_items(values: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The JSON text of each distinct float64 of ``values`` (as ``json.dumps`` writes a float: its ``repr``, ``NaN``,
+    ``Infinity``, ``-Infinity``) and, per value, the index of its text: each distinct value formatted once."""
+    bits, inverse = np.unique(np.ascontiguousarray(values, np.float64).view(np.uint64), return_inverse=True)
+    floats = bits.view(np.float64)
+    texts = list(map(float.__repr__, floats.tolist()))
+    for i in np.flatnonzero(~np.isfinite(floats)).tolist():
+        texts[i] = "NaN" if np.isnan(floats[i]) else ("Infinity" if floats[i] > 0 else "-Infinity")
+    return texts, inverse.ravel()
+
+
+def _items(texts: Sequence[str] | pa.Array) -> pa.Array:
+    """``texts`` each followed by the separator ``", "``: the items :func:`_json_lists` joins."""
+    if isinstance(texts, pa.Array):
+        return pc.binary_join_element_wise(
+            texts.cast(pa.large_string()), pa.scalar(", ", pa.large_string()), pa.scalar("", pa.large_string())
+        )
+    return pa.array([t + ", " for t in texts], pa.large_string())
+
+
+def _json_lists(items: pa.Array, index: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """Arrow strings: list ``i`` is ``"[" + ", ".join(its items) + "]"``, its items being ``items[index[e]]`` for its
+    ``lengths[i]`` (at least 1) consecutive entries ``e`` of ``index``; ``items`` (from :func:`_items`) end in ``", "``.
+
+    One take of the items lays every list's text out in order, as ``"a, b, "``; shifted one byte right, with ``"["``
+    over each list's first byte and ``"]"`` over its last, that is ``"[a, b]"``, of the same length.
+    """
+    n = len(lengths)
+    if n == 0:
+        return pa.array([], pa.large_string())
+    if (lengths < 1).any():
+        raise ValueError("every JSON list here has at least one item")
+    taken = items.take(pa.array(index, pa.int64()))
+    _, offset_buffer, data_buffer = taken.buffers()
+    offsets = np.frombuffer(offset_buffer, np.int64, count=len(taken) + 1, offset=8 * taken.offset)
+    bounds = offsets[np.concatenate([[0], np.cumsum(lengths)])] - offsets[0]
+    data = np.frombuffer(data_buffer, np.uint8, count=int(bounds[-1]), offset=int(offsets[0]))
+    out = np.empty(len(data), np.uint8)
+    out[1:] = data[:-1]
+    out[bounds[:-1]] = ord("[")
+    out[bounds[1:] - 1] = ord("]")
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(bounds), pa.py_buffer(out))
+
+
+def _with_context(
+    trace: Trace,
+    lt: Any,
+    sigs: list[str],
+    sig_code: np.ndarray,
+    cols: dict[str, np.ndarray],
+    value: np.ndarray,
+    context: int,
+    chunk: int,
+) -> dict[str, Any]:
+    """The context columns of the examples ``cols`` (``unit``, ``kind`` code, ``sequence``, ``step``; signal
+    ``sigs[sig_code]``) and ``value`` with the decile examples' values, read a chunk of sequences at a time. Every
+    step of every window is gathered with array indexing, and the JSON texts are built by :func:`_json_lists` from
+    the texts of the distinct tokens, input steps and values."""
     t_len = lt.shape[1]
-    picks = picks.reset_index(drop=True)
-    start = np.maximum(picks["step"].to_numpy() - context, 0)
-    stop = np.minimum(picks["step"].to_numpy() + context + 1, t_len)
-    ctx = np.empty(len(picks), object)
-    ctx_vals = np.empty(len(picks), object)
-    value = picks["value"].to_numpy(np.float64).copy()
-    seqs = np.unique(picks["sequence"].to_numpy())
-    quoted: dict[str, str] = {}  # each token's JSON text, encoded once (the list's text is the items joined)
+    seq, step, unit = cols["sequence"], cols["step"], cols["unit"]
+    start = np.maximum(step - context, 0)
+    length = np.minimum(step + context + 1, t_len) - start
+    row = np.repeat(np.arange(len(seq)), length)  # the windows' steps, one element each, row by row
+    first = np.cumsum(length) - length
+    el_seq, el_step = seq[row], start[row] + (np.arange(len(row)) - first[row])
+    el_sig, el_unit = sig_code[row], unit[row]
+    real = np.zeros(len(row), bool)
+    vals = np.zeros(len(row), np.float32)
+    text = trace.tokens is not None
+    ids = np.zeros(len(row), np.int64)
+    steps, step_of = np.unique(el_seq * t_len + el_step, return_inverse=True)  # numeric inputs: each step once
+    step_texts: list[pa.Array] = []
+    seqs = np.unique(seq)
     for a in range(0, len(seqs), chunk):
         group = seqs[a : a + chunk]
-        sel = np.flatnonzero(np.isin(picks["sequence"].to_numpy(), group))
-        local = np.searchsorted(group, picks["sequence"].to_numpy()[sel])
-        m = read_mask(lt, group)
-        if trace.tokens is not None:
-            toks = token_strings(trace, read(trace.tokens, group, np.int64))
+        sel = np.flatnonzero((el_seq >= group[0]) & (el_seq <= group[-1]))  # group: consecutive of the sorted seqs
+        local, t = np.searchsorted(group, el_seq[sel]), el_step[sel]
+        real[sel] = read_mask(lt, group)[local, t]
+        if text:
+            ids[sel] = read(trace.tokens, group, np.int64)[local, t]
         else:
             x = read(trace.x if trace.x is not None else lt.inputs, group, np.float64)
-        signals = {s: read(lt[s], group, np.float32) for s in picks["signal"].iloc[sel].unique()}
-        # plain arrays and lists in the loop: a pandas .iat per pick and column cost more than the JSON
-        sig_of, unit_of = picks["signal"].to_numpy(object), picks["unit"].to_numpy(np.int64)
-        step_of, decile = picks["step"].to_numpy(np.int64), picks["kind"].str.startswith("decile_").to_numpy(bool)
-        for i, li in zip(sel.tolist(), local.tolist()):
-            a0, b0 = int(start[i]), int(stop[i])
-            sig = signals[sig_of[i]][li, a0:b0, unit_of[i]]
-            ctx_vals[i] = _json_floats(sig, m[li, a0:b0])
-            if trace.tokens is not None:
-                items = [quoted.get(t) or quoted.setdefault(t, json.dumps(t)) for t in map(str, toks[li, a0:b0])]
-                ctx[i] = "[" + ", ".join(items) + "]"
-            else:
-                ctx[i] = json.dumps(x[li, a0:b0].tolist())
-            if decile[i]:
-                value[i] = float(sig[step_of[i] - a0])
-    return picks.assign(
-        value=value,
-        context=ctx,
-        context_start=start,
-        position=picks["step"].to_numpy() - start,
-        context_values=ctx_vals,
+            here = steps[(steps >= group[0] * t_len) & (steps < (group[-1] + 1) * t_len)]
+            step_texts.append(_input_steps(x[np.searchsorted(group, here // t_len), here % t_len]))
+        for c in np.unique(el_sig[sel]).tolist():
+            e = sel[el_sig[sel] == c]
+            v = read(lt[sigs[c]], group, np.float32)
+            vals[e] = v[np.searchsorted(group, el_seq[e]), el_step[e], el_unit[e]]
+    value = value.copy()
+    decile = cols["kind"] >= KINDS.index(DECILES[0])
+    value[decile] = vals[first[decile] + step[decile] - start[decile]].astype(np.float64)
+    texts, idx = _float_items(vals[real].astype(np.float64))
+    index = np.full(len(row), len(texts))
+    index[real] = idx
+    context_values = _json_lists(_items([*texts, "null"]), index, length)
+    if text:
+        uid, inverse = np.unique(ids, return_inverse=True)
+        quoted = [json.dumps(str(tok)) for tok in token_strings(trace, uid).tolist()]
+        ctx = _json_lists(_items(quoted), inverse.ravel(), length)
+    else:
+        table = pa.concat_arrays(step_texts) if step_texts else pa.array([], pa.large_string())
+        ctx = _json_lists(_items(table), step_of.ravel(), length)
+    return {
+        "value": value,
+        "context": ctx,
+        "context_start": start,
+        "position": step - start,
+        "context_values": context_values,
+    }
+
+
+def _input_steps(x: np.ndarray) -> pa.Array:
+    """The JSON text of each step's input vector (rows of ``x`` (steps, F)), as ``json.dumps`` of its list."""
+    if x.ndim == 1:  # one number per step
+        texts, idx = _float_items(x)
+        return _items(texts).take(pa.array(idx, pa.int64()))
+    if x.shape[1] == 0:
+        return pa.array(["[]"] * len(x), pa.large_string())
+    texts, idx = _float_items(x.ravel())
+    return _json_lists(_items(texts), idx, np.full(len(x), x.shape[1]))
+
+
+def _example_table(
+    parts: list[tuple[str, list[str], np.ndarray, dict[str, np.ndarray], dict[str, Any]]],
+) -> pd.DataFrame:
+    """The examples table from each layer's rows: (layer, its signals, signal codes, columns, context columns)."""
+    if not parts:
+        return _empty(EXAMPLE_COLUMNS)
+    sizes = [len(p[2]) for p in parts]
+    offsets = np.cumsum([0] + [len(p[1]) for p in parts])
+    cols = {c: np.concatenate([p[3][c] for p in parts]) for c in ("unit", "rank", "sequence", "step")}
+    ctx = {c: np.concatenate([p[4][c] for p in parts]) for c in ("value", "context_start", "position")}
+    return pd.DataFrame(
+        {
+            "layer": _names([p[0] for p in parts], np.repeat(np.arange(len(parts)), sizes)),
+            "unit": cols["unit"],
+            "signal": _names(
+                [s for p in parts for s in p[1]], np.concatenate([p[2] + o for p, o in zip(parts, offsets)])
+            ),
+            "kind": _names(KINDS, np.concatenate([p[3]["kind"] for p in parts])),
+            "rank": cols["rank"],
+            "sequence": cols["sequence"],
+            "step": cols["step"],
+            "value": ctx["value"],
+            "context": _text(pa.concat_arrays([p[4]["context"] for p in parts])),
+            "context_start": ctx["context_start"],
+            "position": ctx["position"],
+            "context_values": _text(pa.concat_arrays([p[4]["context_values"] for p in parts])),
+        }
+    )
+
+
+def _histogram_table(parts: list[tuple[str, str, dict[str, np.ndarray]]]) -> pd.DataFrame:
+    """The histograms table, ordered by layer, signal (by name), unit and bin."""
+    if not parts:
+        return _empty(HISTOGRAM_COLUMNS)
+    parts = sorted(parts, key=lambda p: (p[0], p[1]))  # stable; each (layer, signal) once
+    sizes = [len(p[2]["unit"]) for p in parts]
+    cols = {c: np.concatenate([p[2][c] for p in parts]) for c in ("unit", "bin", "lo", "hi", "count")}
+    code = np.repeat(np.arange(len(parts)), sizes)
+    return pd.DataFrame(
+        {
+            "layer": _names([p[0] for p in parts], code),
+            "unit": cols["unit"],
+            "signal": _names([p[1] for p in parts], code),
+            "bin": cols["bin"],
+            "lo": cols["lo"],
+            "hi": cols["hi"],
+            "count": cols["count"],
+        }
     )
 
 

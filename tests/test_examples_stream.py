@@ -115,3 +115,67 @@ def test_passes_hold_a_block_of_sequences_whatever_the_chunk(monkeypatch):
     assert max(held) == ex.PASS_SEQUENCES  # every read (passes and contexts) is one block of sequences at most
     for a, b in zip(got, want):
         pd.testing.assert_frame_equal(a, b)
+
+
+def _context_trace(numeric: str | None):
+    from gatelens._examples import example_layer
+    from gatelens.analysis.trace import Trace
+
+    rng = np.random.default_rng(5)
+    n, t = 5, 9
+    mask = np.ones((n, t), bool)
+    mask[1, 6:] = False
+    mask[3, ::3] = False
+    inputs = rng.normal(size=(n, t, 2)).astype(np.float32)
+    lt, sig = example_layer("lstm", n, t, 2, mask=mask, inputs=inputs)
+    for s in sig:
+        sig[s][:] = rng.normal(size=sig[s].shape)
+    sig["hidden_state"][0, 2:6, 0] = [np.nan, np.inf, -np.inf, -0.0]
+    sig["cell_state"][2, :, 1] = np.float32(1e-30) * np.arange(t)
+    if numeric is None:
+        tokens = rng.integers(-1, 7, (n, t))
+        return Trace({"lstm": lt}, tokens=tokens, vocabulary=['"', "a\\b", "é", "\n\t\x01", "日本", ""])
+    if numeric == "x":
+        x = rng.normal(size=(n, t, 3))
+        x[0, :4, 0] = [np.nan, -0.0, 1e300, 12345678.123456789]
+        return Trace({"lstm": lt}, x=x)
+    return Trace({"lstm": lt})
+
+
+@pytest.mark.parametrize("numeric", [None, "x", "inputs"])
+def test_context_texts_are_json_dumps_of_the_windows(numeric):
+    """The context columns are built from arrays (each distinct token, input step and value formatted once, every
+    list laid out by one take): each text equals ``json.dumps`` of its window built here row by row -- tokens with
+    quotes, escapes, non-ASCII and ids outside the vocabulary; numeric inputs (the model's or the layer's); NaN,
+    infinities, -0.0, tiny values and masked (null) steps. Decile examples take their value from the window."""
+    import json
+
+    trace = _context_trace(numeric)
+    got, _ = ex.unit_examples(trace, k=3, k_decile=2, context=3, chunk=2)
+    lt = trace["lstm"]
+    vocab = trace.vocabulary
+    assert len(got) > 100 and got["context_values"].str.contains("NaN|Infinity|null").any()
+    for r in got.itertuples():
+        a, b = max(r.step - 3, 0), min(r.step + 4, lt.shape[1])
+        assert (r.context_start, r.position) == (a, r.step - a)
+        if numeric is None:
+            want = [vocab[i] if 0 <= i < len(vocab) else str(i) for i in trace.tokens[r.sequence, a:b].tolist()]
+        else:
+            src = trace.x if numeric == "x" else lt.inputs
+            want = np.asarray(src[r.sequence, a:b], np.float64).tolist()
+        assert r.context == json.dumps(want)
+        sig = lt[r.signal][r.sequence, a:b, r.unit]
+        values = [float(v) if ok else None for v, ok in zip(sig.tolist(), lt.mask[r.sequence, a:b].tolist())]
+        assert r.context_values == json.dumps(values)
+        if r.kind.startswith("decile_"):
+            assert np.float64(r.value).tobytes() == np.float64(sig[r.position]).tobytes()
+
+
+def test_json_lists_join_the_items_of_each_list():
+    items = ex._items(["1", '"a, b"', "null", ""])
+    got = ex._json_lists(items, np.array([0, 1, 2, 3, 3, 0]), np.array([1, 3, 2]))
+    got.validate(full=True)
+    assert got.to_pylist() == ["[1]", '["a, b", null, ]', "[, 1]"]
+    assert ex._json_lists(items, np.array([], np.int64), np.array([], np.int64)).to_pylist() == []
+    with pytest.raises(ValueError, match="at least one item"):
+        ex._json_lists(items, np.array([0]), np.array([1, 0]))
