@@ -47,6 +47,41 @@ def test_stream_top_equals_partitioning_every_key(seed, k):
     np.testing.assert_array_equal(ex._ordered32(v).astype(np.uint64), ex.ordered_bits(v))
 
 
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_stream_top_of_values_equals_partitioning_every_key(seed, k):
+    """``_stream_top_values`` compares floats (NaN-free chunks) where ``_stream_top`` compares keys: the same sets,
+    for the largest and the smallest, chunk after chunk -- with ties, -0.0, infinities, a running k-th that is NaN
+    (from an earlier chunk with NaN, taken by ``_stream_top``), and a chunk whose values all pass the running k-th."""
+    rng = np.random.default_rng(seed)
+    units = 6
+    got = {True: np.zeros((0, units), np.uint64), False: np.zeros((0, units), np.uint64)}
+    want = dict(got)
+    start = 0
+    for i, rows in enumerate((2, 40, 7, 300, 1, 64, 500)):
+        v = rng.normal(size=(rows, units)).astype(np.float16).astype(np.float32)
+        v[:, 0] = 1.0
+        v[:, 1] = np.where(rng.uniform(size=rows) < 0.5, -0.0, 0.0)
+        v[:, 2] = np.round(v[:, 2])
+        v[rows // 2, 3] = np.inf
+        v[0, 4] = -np.inf
+        if i == 6:
+            v[:, 3:] += 100  # every entry beats the running k-th: the chunk's own bound applies
+        positions = np.arange(start, start + rows)
+        start += rows
+        if i < 2:  # NaN (the key path): unit 5's first k are NaN of the sign that sorts below -inf, so its
+            v[:, 5] = np.copysign(np.float32(np.nan), -1)  # running k-th of the largest is NaN, and all beat it
+            v[:2, 4] = np.nan  # a NaN above +inf
+        for largest in (True, False):
+            hi = ex._ordered32(v) if largest else ~ex._ordered32(v)
+            want[largest] = _plain(want[largest], hi, positions, k)
+            if np.isnan(v).any():
+                got[largest] = ex._stream_top(got[largest], hi, positions, k)
+            else:
+                got[largest] = ex._stream_top_values(got[largest], v, positions, k, largest)
+            assert _as_set(got[largest]) == _as_set(want[largest]), (i, largest)
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_decile_draws_equal_one_partition_per_decile(seed, k):
