@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -163,13 +164,15 @@ class Moments:
 
 def _block_moments(x: np.ndarray, y: np.ndarray) -> Moments:
     """The centred moments of the rows of ``x`` (nb, p) and ``y`` (nb, q), in float64."""
-    x64 = np.asarray(x, np.float64)
-    y64 = np.asarray(y, np.float64)
-    mx, my = x64.mean(axis=0), y64.mean(axis=0)
-    xc, yc = x64 - mx, y64 - my
+    xc = np.array(x, np.float64)  # a copy in any case: centred in place
+    yc = np.array(y, np.float64)
+    lo_x, hi_x, lo_y, hi_y = xc.min(axis=0), xc.max(axis=0), yc.min(axis=0), yc.max(axis=0)
+    mx, my = xc.mean(axis=0), yc.mean(axis=0)
+    xc -= mx
+    yc -= my
     return Moments(
         x.shape[0], mx, my, np.einsum("ij,ij->j", xc, xc), np.einsum("ij,ij->j", yc, yc), xc.T @ yc,
-        x64.min(axis=0), x64.max(axis=0), y64.min(axis=0), y64.max(axis=0),
+        lo_x, hi_x, lo_y, hi_y,
     )  # fmt: skip
 
 
@@ -233,19 +236,30 @@ def average_ranks(a: np.ndarray) -> np.ndarray:
 def rank_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman correlation of every column of ``x`` (m, p) with every column of ``y`` (m, q).
 
-    Average ranks for ties; NaN where a column is constant. ``x`` is transposed once (in its
-    own dtype) and ranked in blocks of columns, so memory stays bounded.
+    Average ranks for ties; NaN where a column is constant. A float16 or float32 ``x`` without NaN is ranked
+    by sorting integer keys of its bits in blocks of columns (:func:`_key_rank_sums`); any other ``x`` is
+    transposed once (in its own dtype) and ranked by :func:`average_ranks`' method in blocks of columns. Either
+    way memory stays bounded, and the numbers are the same (exact ranks, float64 sums).
 
     Examples
     --------
     >>> x = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0], [10.0, 5.0]])
     >>> rank_pearson(x, np.array([[1.0], [4.0], [9.0], [16.0]])).ravel().tolist()
     [1.0, nan]
+    >>> rank_pearson(x.astype(np.float16), np.array([[1.0], [4.0], [9.0], [16.0]])).ravel().tolist()
+    [1.0, nan]
     """
     m = x.shape[0]
     centre = (m + 1) / 2.0
     ry = average_ranks(y) - centre
     syy = np.einsum("ij,ij->j", ry, ry)
+    keys = _sortable_keys(x)
+    if keys is not None:
+        sxy, sxx, const_x = _key_rank_sums(keys, ry)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.clip(sxy / np.sqrt(np.outer(sxx, syy)), -1.0, 1.0)
+        const = const_x[:, None] | (y.min(axis=0) == y.max(axis=0))[None, :]
+        return np.where(const | (m < 3), np.nan, out)
     xt = np.ascontiguousarray(np.asarray(x).T)
     out = np.empty((x.shape[1], y.shape[1]))
     block = max(1, _RANK_BLOCK_ELEMENTS // max(m, 1))
@@ -257,6 +271,82 @@ def rank_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     out = np.clip(out, -1.0, 1.0)
     const = (xt.min(axis=1) == xt.max(axis=1))[:, None] | (y.min(axis=0) == y.max(axis=0))[None, :]
     return np.where(const | (m < 3), np.nan, out)
+
+
+_KEY_FORMATS = {  # dtype -> (unsigned view, sign bit, exponent bits all set: larger magnitudes are NaN)
+    np.dtype(np.float16): (np.uint16, 0x8000, 0x7C00),
+    np.dtype(np.float32): (np.uint32, 0x80000000, 0x7F800000),
+}
+
+
+def _sortable_keys(x: np.ndarray) -> np.ndarray | None:
+    """Unsigned integer keys in the order of the float16 / float32 values of ``x`` (equal exactly where the
+    values are equal, -0 and +0 included), or None for another dtype or when ``x`` has a NaN.
+
+    Positive values get their bits with the sign bit set, negative ones the two's complement of their bits
+    (so -0 and +0 share the key 0x8000...); larger keys are larger values.
+
+    Examples
+    --------
+    >>> v = np.array([-2.0, -0.0, 0.0, 1e-7, 1.0, np.inf], np.float16)
+    >>> k = _sortable_keys(v).astype(int)
+    >>> bool((np.diff(k) >= 0).all()), bool(k[1] == k[2]), _sortable_keys(np.array([np.nan], np.float16))
+    (True, True, None)
+    """
+    fmt = _KEY_FORMATS.get(np.asarray(x).dtype)
+    if fmt is None:
+        return None
+    utype, sign, inf = fmt
+    bits = np.asarray(x).view(utype)
+    if (bits & utype(sign - 1) > utype(inf)).any():  # a NaN: ranked by the sorting path (NaNs last)
+        return None
+    neg = bits >> utype(8 * bits.itemsize - 1)  # 1 for negative values
+    mask = neg * utype(sign - 1)
+    mask += utype(sign)
+    keys = bits ^ mask  # positive: bits + sign; negative: ~bits ...
+    keys += neg  # ... + 1 = two's complement
+    return keys
+
+
+def _key_rank_sums(keys: np.ndarray, ry: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the columns of ``keys`` (m, p; :func:`_sortable_keys`) and centred ranks ``ry`` (m, q):
+    ``(sum of centred average rank x ry (p, q), sum of squared centred ranks (p,), constant (p,))``.
+
+    A block of columns at a time, each column's keys are packed with their row number into one integer
+    (key in the high bits) and sorted: the sorted integers give the order and, where the key changes, the runs
+    of tied values (each run's rows share their mean rank). The block's arrays stay in the core's cache.
+    """
+    m, p = keys.shape
+    q = ry.shape[1]
+    centre = (m + 1) / 2.0
+    index_bits = max(1, int(m - 1).bit_length())
+    ctype = np.uint32 if 8 * keys.itemsize + index_bits <= 32 else np.uint64
+    rows = np.arange(m, dtype=ctype)
+    sxy, sxx = np.empty((p, q)), np.empty(p)
+    const = np.empty(p, bool)
+    block = max(1, _RANK_BLOCK_ELEMENTS // max(m * (q + 1), 1))
+    for sl in iter_chunks(p, block):
+        g = sl.stop - sl.start
+        packed = np.empty((g, m), ctype)
+        np.left_shift(keys[:, sl].T, ctype(index_bits), out=packed, dtype=ctype)
+        packed |= rows
+        packed.sort(axis=1)
+        order = (packed & ctype((1 << index_bits) - 1)).astype(np.intp)
+        packed >>= ctype(index_bits)  # the sorted keys
+        first = np.empty((g, m), bool)  # first element of a run of equal keys (runs never cross rows)
+        first[:, 0] = True
+        np.not_equal(packed[:, 1:], packed[:, :-1], out=first[:, 1:])
+        flat = first.ravel()
+        starts = np.flatnonzero(flat)
+        per_row = np.count_nonzero(first, axis=1)
+        lengths = np.diff(starts, append=g * m)
+        row_start = np.repeat(np.arange(g) * m, per_row)
+        mean_rank = (starts - row_start) + (lengths - 1) * 0.5 + (1.0 - centre)  # centred mean rank of each run
+        ranks = mean_rank[np.cumsum(flat) - 1].reshape(g, m)  # in sorted order
+        sxy[sl] = np.einsum("gm,gmq->gq", ranks, ry[order])
+        sxx[sl] = np.add.reduceat(lengths * mean_rank * mean_rank, np.cumsum(per_row) - per_row)
+        const[sl] = per_row == 1
+    return sxy, sxx, const
 
 
 def _select_signals(trace: Trace, layers: list[str], signals: Sequence[str] | None) -> dict[str, list[str]]:
@@ -437,12 +527,24 @@ def _correlate_signal(
             continue
         pick = rank_pick(take, offset, local.size)
         offset += local.size
-        x = np.asarray(np.asarray(arr[sl]).reshape(-1, units)[local], np.float32)  # pick the rows, then convert
+        x = chunk_rows(arr, sl, local, units)
         for total, part in zip(moments, chunk_moments(x, frow, fmat, valid, groups)):
             total.merge(part)
         sub_x.append(x if pick is None else x[pick])
         sub_rows.append(frow if pick is None else frow[pick])
     return correlation_frame(layer, signal, units, moments, sub_x, sub_rows, fmat, valid, groups, fnames)
+
+
+def chunk_rows(arr: Any, sl: slice, local: np.ndarray, units: int) -> np.ndarray:
+    """The rows ``local`` (flat steps within the chunk) of the sequences ``sl`` of a signal, (rows, units), in
+    stored dtype when that is float16 (a float16 run store: ranked by its bits, moments in float64), float32
+    otherwise (as the values have always been correlated)."""
+    x = np.asarray(arr[sl]).reshape(-1, units)
+    if x.dtype != np.float16:
+        x = np.asarray(x, np.float32)
+    if local.size == x.shape[0]:  # every step of the chunk (local is sorted and unique): no copy
+        return x
+    return x[local]
 
 
 def feature_groups(valid: np.ndarray) -> list[np.ndarray]:
@@ -494,7 +596,7 @@ def correlation_frame(
 ) -> pd.DataFrame:
     """The combine step: Pearson from the merged moments, Spearman from the ranked rows (``sub_x``, the signal at
     the feature rows ``sub_rows``, chunk by chunk), as the rows of :func:`correlate` for one layer and signal."""
-    xs = np.concatenate(sub_x) if sub_x else np.empty((0, units), np.float32)
+    xs = np.concatenate(sub_x) if sub_x else np.empty((0, units), np.float32)  # the stored dtype
     fr = np.concatenate(sub_rows) if sub_rows else np.empty(0, np.int64)
     n_feat = fmat.shape[1]
     pearson = np.full((units, n_feat), np.nan)

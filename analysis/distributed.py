@@ -208,14 +208,14 @@ def _chunk_task(
 def _corr_task(run: str, layer: str, start: int, stop: int, signals: list[str], local: np.ndarray,
                frow: np.ndarray, pick: np.ndarray | None, fmat: np.ndarray, groups: list[np.ndarray]) -> dict:  # fmt: skip
     """One layer, sequences ``start:stop``: per signal, the chunk's moments per feature group and its sampled rows."""
-    from gatelens.analysis.correlate import chunk_moments
+    from gatelens.analysis.correlate import chunk_moments, chunk_rows
 
     trace = _trace(run)
     valid = ~np.isnan(fmat)
     out = {}
     for signal in signals:
         arr = trace[layer][signal]
-        x = np.asarray(arr[start:stop], np.float32).reshape(-1, int(arr.shape[2]))[local]
+        x = chunk_rows(arr, slice(start, stop), local, int(arr.shape[2]))
         out[signal] = (chunk_moments(x, frow, fmat, valid, groups), x if pick is None else x[pick])
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_reference import write_store
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import spearmanr
@@ -256,3 +257,32 @@ def test_rank_pearson_over_several_column_blocks_matches_scipy():
     got = rank_pearson(x, y)
     ref = spearmanr(np.asarray(x, np.float64), y).statistic[:200, 200:]
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_float16_store_ranks_its_bits_like_the_values(tmp_path):
+    # a float16 store is ranked by integer keys of its bits (no float copy): the same correlations as the float64
+    # values it holds, against the pairwise NumPy/SciPy reference, with -0/+0 ties, negatives and a constant unit
+    trace = random_trace(n=8, t=9, seed=11)
+    lt = trace["lstm"]
+    lt._signals["cell_state"][..., 2] = np.where(np.arange(9) % 2, -0.0, 0.0)[None, :] * (np.arange(8) % 3)[:, None]
+    lt._signals["cell_state"][0, :3, 2] = [-1.5, 2.0, -1.5]
+    lazy = write_store(trace, tmp_path / "run", chunk_sequences=3, dtype="float16")
+    assert lazy["lstm"]["cell_state"].dtype == np.float16
+    held = Trace(
+        {name: LayerTrace(lazy[name].info, {s: np.asarray(lazy[name][s], np.float64) for s in lazy[name].info.signals},
+                          mask=np.asarray(lazy[name].mask), inputs=np.asarray(lazy[name].inputs))
+         for name in lazy.layers},
+        x=trace.x, feature_names=trace.feature_names,
+    )  # fmt: skip
+    feats = build_features(held)
+    got = correlations(lazy, feats, max_rank_rows=40, chunk_sequences=3)
+    ref = correlations(held, feats, max_rank_rows=40, chunk_sequences=3)
+    pd.testing.assert_frame_equal(got, ref, check_exact=False, atol=1e-12, rtol=0)
+    full = correlations(lazy, feats, max_rank_rows=None)
+    for row in full[full.signal.isin(["cell_state", "forget_gate"])].itertuples():
+        r, rho, n = reference(held, feats, row.layer, row.signal, row.unit, row.feature)
+        assert row.n == n
+        if np.isnan(r):
+            assert np.isnan(row.spearman_rho)
+        else:
+            np.testing.assert_allclose([row.pearson_r, row.spearman_rho], [r, rho], atol=1e-12)
