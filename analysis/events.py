@@ -128,6 +128,13 @@ def _event_parts(lt: LayerTrace, rows: Any, gates: Sequence[str]) -> dict[str, t
     """Per event gate, its (input, recurrent) pre-activation parts (n, T, u) in float64: the columns of
     :func:`gatelens.analysis.decompose._gate_parts` for those gates only (an event gate is never the GRU candidate,
     whose recurrent part differs), one matrix product each for the input and the recurrent side."""
+    xw, hu = _event_part_matrices(lt, rows, gates)
+    u = lt.info.units
+    return {g: (xw[..., k * u : (k + 1) * u], hu[..., k * u : (k + 1) * u]) for k, g in enumerate(gates)}
+
+
+def _event_part_matrices(lt: LayerTrace, rows: Any, gates: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The parts of :func:`_event_parts` side by side: input and recurrent (n, T, len(gates) * u), C-contiguous."""
     from gatelens.analysis.decompose import _matmul, _weights
     from gatelens.analysis.signals import WEIGHT_BLOCKS, with_role
 
@@ -143,7 +150,7 @@ def _event_parts(lt: LayerTrace, rows: Any, gates: Sequence[str]) -> dict[str, t
     xw = _matmul(x, np.ascontiguousarray(kernel[:, cols]))
     del x
     hu = _matmul(h_prev, np.ascontiguousarray(rk[:, cols]))
-    return {g: (xw[..., k * u : (k + 1) * u], hu[..., k * u : (k + 1) * u]) for k, g in enumerate(gates)}
+    return xw, hu
 
 
 def _layer_events(
@@ -152,22 +159,101 @@ def _layer_events(
     """(rows, events of those rows ordered by sequence, step, unit, event), :data:`PARTS_SEQUENCES` sequences at
     a time (the gate parts of 256 sequences x 200 steps x 128 units are ~0.4 GB a layer); blocks without events are
     left out. Consecutive blocks in turn are in the global order of :func:`detect_events`."""
+    for sub, block in _layer_blocks(trace, lt, rows, thresholds, events):
+        yield sub, block.frame()
+
+
+def _layer_blocks(
+    trace: Trace, lt: LayerTrace, rows: slice, thresholds: dict[str, float], events: Sequence[str]
+) -> Iterator[tuple[slice, _Block]]:
+    """:func:`_layer_events` as :class:`_Block` (columns as arrays, no DataFrame)."""
     for a in range(rows.start, rows.stop, PARTS_SEQUENCES):
         sub = slice(a, min(a + PARTS_SEQUENCES, rows.stop))
-        df = _block_events(trace, lt, sub, thresholds, events)
-        if df is not None:
-            yield sub, df
+        block = _block_events(trace, lt, sub, thresholds, events)
+        if block is not None:
+            yield sub, block
+
+
+class _Block:
+    """The events of one block of sequences of one layer, a column an array (in the table's order).
+
+    ``code`` indexes ``names`` (the block's event types), ``token_code`` indexes ``token_text`` (the strings of
+    the block's distinct token ids; None for numeric inputs). :meth:`frame` is the DataFrame of
+    :func:`detect_events`, :meth:`table` the same rows as a pyarrow table, built without Python objects per row.
+    """
+
+    __slots__ = ("layer", "columns", "code", "names", "token_code", "token_text")
+
+    def __init__(
+        self,
+        layer: str,
+        columns: dict[str, np.ndarray],
+        code: np.ndarray,
+        names: list[str],
+        token_code: np.ndarray | None,
+        token_text: np.ndarray | None,
+    ) -> None:
+        self.layer, self.columns, self.code, self.names = layer, columns, code, names
+        self.token_code, self.token_text = token_code, token_text
+
+    def __len__(self) -> int:
+        return len(self.code)
+
+    def frame(self) -> pd.DataFrame:
+        c = self.columns
+        names = np.asarray(self.names, dtype=object)
+        token = None if self.token_code is None else self.token_text[self.token_code]
+        return pd.DataFrame(
+            {
+                "layer": self.layer,
+                "sequence": c["sequence"],
+                "step": c["step"],
+                "unit": c["unit"],
+                "event": names[self.code],
+                "value": c["value"],
+                "token": token,
+                "previous_value": c["previous_value"],
+                "delta_input": c["delta_input"],
+                "delta_recurrent": c["delta_recurrent"],
+            },
+            copy=False,  # one array per column, not copied into a 2-D block (detect_events frees a column at a time)
+        )
+
+    def table(self, schema: Any) -> Any:
+        """The rows as a pyarrow table of ``schema`` (that of :meth:`frame` through ``pa.Table.from_pandas``): the
+        text columns taken from their few distinct strings by Arrow, the numbers without a copy."""
+        import pyarrow as pa
+
+        n = len(self)
+        text = schema.field("event").type
+
+        def taken(strings: Any, codes: np.ndarray) -> Any:
+            return pa.array(list(strings), text).take(pa.array(codes))
+
+        token = pa.nulls(n, schema.field("token").type)
+        if self.token_code is not None:
+            token = taken(self.token_text, self.token_code)
+        arrays = {
+            "layer": taken([self.layer], np.zeros(n, np.int8)),
+            "event": taken(self.names, self.code),
+            "token": token,
+        }
+        return pa.Table.from_arrays(
+            [arrays[f.name] if f.name in arrays else pa.array(self.columns[f.name], f.type) for f in schema],
+            schema=schema,
+        )
 
 
 def _block_events(
     trace: Trace, lt: LayerTrace, rows: slice, thresholds: dict[str, float], events: Sequence[str]
-) -> pd.DataFrame | None:
+) -> _Block | None:
     """The events of sequences ``rows`` of one layer, in order; None when there are none.
 
     The gates are compared as float32 (what the store holds, or exactly converted from float16) against the float32
     neighbours of the thresholds that give the same answer as comparing in float64; ``1 - gate`` (GRU write) is
     formed in float64 as before. The hits of every event type go into one (sequence, step, unit, event) array, so
-    one ``flatnonzero`` lists them in the table's order (no sort).
+    one ``flatnonzero`` lists them in the table's order (no sort). The values and the gate parts at the events are
+    read through flat indices into the gates (stacked) and the parts, one ``take`` each for all event types.
     """
     info = lt.info
     rules = [(e, r) for e, r in event_rules(info.cell_type).items() if e in events]
@@ -192,11 +278,13 @@ def _block_events(
         a = processing(arr, back)
         return a if order is None else np.take_along_axis(a, order[..., None], axis=1)
 
-    signals: dict[str, np.ndarray] = {}
+    gates = list(dict.fromkeys(sig for _, (sig, _, _) in rules))
+    raw = np.empty((len(gates), n, t_len, units), np.float32)  # the event gates in time order, stacked
+    for j, signal in enumerate(gates):
+        raw[j] = read(lt[signal], rows, np.float32)
+    signals = {signal: compressed(raw[j]) for j, signal in enumerate(gates)}
     hits = np.empty((n, t_len - 1, units, len(rules)), bool)
     for k, (_, (signal, complement, kind)) in enumerate(rules):
-        if signal not in signals:
-            signals[signal] = compressed(read(lt[signal], rows, np.float32))
         g = signals[signal]
         if complement:  # 1 - gate in float64, compared as before
             g = 1.0 - g.astype(np.float64)
@@ -211,60 +299,62 @@ def _block_events(
             hit &= pos_valid[..., None]
         hits[..., k] = hit[:, ::-1] if back else hit  # backward: processing positions run against time
         del hit, g
+    del signals
     flat = np.flatnonzero(hits)
     del hits
     if not len(flat):
         return None
-    e_idx = (flat % len(rules)).astype(np.int8)
-    flat //= len(rules)
-    unit = flat % units
-    flat //= units
-    pos = flat % (t_len - 1)
-    s = flat // (t_len - 1)
+    flat, e_idx = np.divmod(flat, len(rules))
+    flat, unit = np.divmod(flat, units)
+    s, pos = np.divmod(flat, t_len - 1)
     del flat
     if back:
         pos = t_len - 2 - pos
     p_cur, p_prev = (pos + 1, pos) if order is None else (order[s, pos + 1], order[s, pos])
     step, prev_step = to_time_index(p_cur, t_len, back), to_time_index(p_prev, t_len, back)
-    value = np.empty(len(s))
-    previous = np.empty(len(s))
-    d_in = np.full(len(s), np.nan)
-    d_rec = np.full(len(s), np.nan)
+    del p_cur, p_prev, pos
+    code = e_idx.astype(np.int8)
+    gate_of = np.asarray([gates.index(sig) for _, (sig, _, _) in rules], np.int64)[e_idx]
+    del e_idx
+    at = s * t_len + step  # (sequence, step) of the event, and of its previous real step, flat
+    at_prev = s * t_len + prev_step
+    cell = (gate_of * n * t_len) * units + unit  # gate and unit, flat in ``raw``
+    value = raw.reshape(-1).take(cell + at * units).astype(np.float64)
+    previous = raw.reshape(-1).take(cell + at_prev * units).astype(np.float64)
+    del raw
+    for k, (_, (_, complement, _)) in enumerate(rules):
+        if complement:
+            sel = code == k
+            value[sel], previous[sel] = 1.0 - value[sel], 1.0 - previous[sel]
     has_weights = {"kernel", "recurrent_kernel", "bias"} <= set(lt.weights)
-    gates = list(dict.fromkeys(sig for _, (sig, _, _) in rules))
-    parts = _event_parts(lt, rows, gates) if has_weights else None
-    for k, (_, (signal, complement, _)) in enumerate(rules):
-        sel = np.flatnonzero(e_idx == k) if len(rules) > 1 else slice(None)
-        g = signals[signal]
-        ss, uu = s[sel], unit[sel]
-        cur, prev = g[ss, pos[sel] + 1, uu].astype(np.float64), g[ss, pos[sel], uu].astype(np.float64)
-        value[sel], previous[sel] = (1.0 - cur, 1.0 - prev) if complement else (cur, prev)
-        if parts is not None:  # the change between the event's step and the previous real one, at the events only
-            inp, rec = parts[signal]
-            st, pst = step[sel], prev_step[sel]
-            d_in[sel] = inp[ss, st, uu] - inp[ss, pst, uu]
-            d_rec[sel] = rec[ss, st, uu] - rec[ss, pst, uu]
-    del signals, parts
-    token = None
+    if has_weights:
+        inp, rec = _event_part_matrices(lt, rows, gates)
+        width = len(gates) * units
+        col = gate_of * units + unit  # the column of the event's gate and unit in the parts
+        cur, prev = at * width + col, at_prev * width + col
+        # the change between the event's step and the previous real one, as before
+        d_in = inp.reshape(-1).take(cur) - inp.reshape(-1).take(prev)
+        d_rec = rec.reshape(-1).take(cur) - rec.reshape(-1).take(prev)
+        del inp, rec, cur, prev, col
+    else:
+        d_in = np.full(len(s), np.nan)
+        d_rec = np.full(len(s), np.nan)
+    del cell, gate_of, at_prev
+    token_code = token_text = None
     if trace.tokens is not None:
-        ids, inverse = np.unique(read(trace.tokens, rows, np.int64)[s, step], return_inverse=True)
-        token = token_strings(trace, ids)[inverse]  # the strings of the distinct ids only
-    names = np.asarray([e for e, _ in rules], dtype=object)
-    return pd.DataFrame(
-        {
-            "layer": info.name,
-            "sequence": row_numbers(rows)[s].astype(np.int32),
-            "step": step.astype(np.int32),
-            "unit": unit.astype(np.int32),
-            "event": names[e_idx],
-            "value": value,
-            "token": token,
-            "previous_value": previous,
-            "delta_input": d_in,
-            "delta_recurrent": d_rec,
-        },
-        copy=False,  # one array per column, not copied into a 2-D block (detect_events frees a column at a time)
-    )
+        ids, inverse = np.unique(read(trace.tokens, rows, np.int64), return_inverse=True)
+        token_code = inverse.reshape(-1).take(at).astype(np.int32)
+        token_text = token_strings(trace, ids)  # the strings of the block's distinct ids only
+    columns = {
+        "sequence": row_numbers(rows)[s].astype(np.int32),
+        "step": step.astype(np.int32),
+        "unit": unit.astype(np.int32),
+        "value": value,
+        "previous_value": previous,
+        "delta_input": d_in,
+        "delta_recurrent": d_rec,
+    }
+    return _Block(info.name, columns, code, [e for e, _ in rules], token_code, token_text)
 
 
 def detect_events(
@@ -324,7 +414,7 @@ def _empty_events() -> pd.DataFrame:
 
 def _event_chunks(
     trace: Trace, layers: Any, events: Sequence[str], thresholds: dict[str, float], chunk: int
-) -> Iterator[tuple[str, slice, pd.DataFrame]]:
+) -> Iterator[tuple[str, slice, _Block]]:
     """(layer, rows, events of those rows ordered by sequence, step, unit, event), a block of at most
     :data:`PARTS_SEQUENCES` sequences (and ``chunk``) at a time.
 
@@ -334,8 +424,8 @@ def _event_chunks(
     for name in select_layers(trace, layers):
         lt = trace[name]
         for rows in iter_chunks(lt.shape[0], chunk):
-            for sub, df in _layer_events(trace, lt, rows, thresholds, events):
-                yield name, sub, df  # columns in EVENT_COLUMNS order
+            for sub, block in _layer_blocks(trace, lt, rows, thresholds, events):
+                yield name, sub, block
 
 
 def _eligible(lt: LayerTrace, rows: Any) -> np.ndarray:
@@ -604,12 +694,12 @@ def _summary_table(
 def _top_strings(table: pd.DataFrame, layer: str, grid: pd.DataFrame, top: int, fmt, keep) -> list[str]:
     if table.empty:
         return [""] * len(grid)
-    table = keep(table)
-    joined = table.groupby(["unit", "event"], sort=False).apply(
-        lambda d: "; ".join(fmt(r) for r in d.head(top).itertuples()), include_groups=False
-    )
-    keys = list(zip(grid["unit"], grid["event"]))
-    return [joined.get(k, "") for k in keys]
+    # the first ``top`` rows of each (unit, event) in the table's order, formatted in one pass (not a frame a group)
+    head = keep(table).groupby(["unit", "event"], sort=False).head(top)
+    joined: dict[tuple[Any, Any], list[str]] = {}
+    for key, text in zip(zip(head["unit"].tolist(), head["event"].tolist()), map(fmt, head.itertuples())):
+        joined.setdefault(key, []).append(text)
+    return ["; ".join(joined.get(k, ())) for k in zip(grid["unit"].tolist(), grid["event"].tolist())]
 
 
 def iter_events(
@@ -637,18 +727,64 @@ def iter_events(
     >>> [len(df) for df in iter_events(trace, events=["forget"], chunk=2)]
     [4, 2]
     """
+    thresholds = _thresholds(events, forget_high, forget_low, write_threshold, read_threshold)
+    for name, rows, block in _event_chunks(trace, layers, events, thresholds, chunk):
+        df = block.frame()
+        if summary is not None:
+            summary.add(df, name, rows)
+        yield df
+
+
+def _thresholds(
+    events: Sequence[str], forget_high: float, forget_low: float, write_threshold: float, read_threshold: float
+) -> dict[str, float]:
     _check_thresholds(forget_high, forget_low, write_threshold, read_threshold)
     unknown = sorted(set(events) - {"forget", "write", "read"})
     if unknown:
         raise UsageError(f"unknown event type(s) {unknown}; expected forget, write or read")
-    thresholds = {
+    return {
         "forget_high": forget_high, "forget_low": forget_low,
         "write_threshold": write_threshold, "read_threshold": read_threshold,
     }  # fmt: skip
-    for name, rows, df in _event_chunks(trace, layers, events, thresholds, chunk):
+
+
+def iter_event_tables(
+    trace: Trace,
+    *,
+    layers: Sequence[str] | str | None = None,
+    events: Sequence[str] = ("forget", "write", "read"),
+    forget_high: float = 0.9,
+    forget_low: float = 0.5,
+    write_threshold: float = 0.5,
+    read_threshold: float = 0.5,
+    chunk: int = 256,
+    summary: EventSummaryBuilder | None = None,
+) -> Iterator[Any]:
+    """The frames of :func:`iter_events` (same arguments) as pyarrow tables, made without the frames.
+
+    Each table is what ``pa.Table.from_pandas(frame, preserve_index=False)`` makes of the frame (the same
+    columns, types and pandas metadata, so a file of them reads back as the frames); the text columns are taken
+    from the few distinct strings of each block by Arrow, not made a Python string per row. ``summary``, when
+    given, is fed every block (without its frame).
+
+    Examples
+    --------
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("lstm", n=3, steps=5, units=1)
+    >>> sig["forget_gate"][:, :, 0] = [0.95, 0.2, 0.95, 0.97, 0.3]
+    >>> [t.num_rows for t in iter_event_tables(trace, events=["forget"], chunk=2)]
+    [4, 2]
+    """
+    import pyarrow as pa
+
+    thresholds = _thresholds(events, forget_high, forget_low, write_threshold, read_threshold)
+    schema = None
+    for _, rows, block in _event_chunks(trace, layers, events, thresholds, chunk):
+        if schema is None:  # the frame's schema, from its first row (the types do not depend on the rows)
+            schema = pa.Schema.from_pandas(block.frame().iloc[:1], preserve_index=False)
         if summary is not None:
-            summary.add(df, name, rows)
-        yield df
+            summary._add_block(block, rows)
+        yield block.table(schema)
 
 
 class EventSummaryBuilder:
@@ -688,39 +824,67 @@ class EventSummaryBuilder:
         chunk: int = 256,
     ) -> None:
         self.trace, self.layers, self.top, self.min_count, self.chunk = trace, layers, top, min_count, chunk
-        self._counts: pd.DataFrame | None = None  # (layer, unit, event) -> count, driven
-        self._tokens: pd.Series | None = None  # (layer, unit, event, token) -> count
-        self._x: pd.DataFrame | None = None  # (layer, unit, event) -> per-feature sums
+        self._tallies: dict[str, _Tally] = {}  # layer -> what its events added up to (in arrays, by group)
 
-    @staticmethod
-    def _acc(total: Any, part: Any) -> Any:
-        return part if total is None else total.add(part, fill_value=0)
+    def _tally(self, layer: str) -> _Tally:
+        if layer not in self._tallies:
+            info = self.trace[layer].info
+            self._tallies[layer] = _Tally(info.units, list(event_rules(info.cell_type)))
+        return self._tallies[layer]
 
     def add(self, ev: pd.DataFrame, layer: str, rows: slice) -> None:
         """Add one chunk of events of ``layer`` (sequences ``rows``)."""
         if ev.empty:
             return
-        keys = [ev["layer"], ev["unit"], ev["event"]]
-        driven = (ev["delta_input"].abs() > ev["delta_recurrent"].abs()).astype(float)
-        part = pd.DataFrame({"count": 1, "driven": driven.to_numpy()}, index=ev.index).groupby(keys).sum()
-        self._counts = self._acc(self._counts, part)
-        if self.trace.tokens is not None:
-            self._tokens = self._acc(self._tokens, ev.groupby([*keys, ev["token"]]).size())
-        if self.trace.x is not None:
-            x = read(self.trace.x, rows)
-            values = x[ev["sequence"].to_numpy() - rows.start, ev["step"].to_numpy()].astype(np.float64)
-            self._x = self._acc(self._x, pd.DataFrame(values, index=ev.index).groupby(keys).sum())
+        for name in pd.unique(ev["layer"]):  # one layer, the frames of iter_events
+            part = ev if (ev["layer"] == name).all() else ev[(ev["layer"] == name).to_numpy()]
+            tally = self._tally(str(name))
+            codes, kinds = pd.factorize(part["event"])
+            token = None
+            if self.trace.tokens is not None:
+                token = pd.factorize(part["token"])
+            tally.add(
+                self._x_at(part["sequence"].to_numpy(), part["step"].to_numpy(), rows),
+                part["unit"].to_numpy(),
+                np.asarray([tally.kinds.index(k) for k in kinds], np.int64)[codes],
+                part["delta_input"].to_numpy(),
+                part["delta_recurrent"].to_numpy(),
+                None if token is None else (token[0], [str(t) for t in token[1]]),
+            )
+
+    def _add_block(self, block: _Block, rows: slice) -> None:
+        """Add one :class:`_Block` (what :meth:`add` does with its frame, without making it)."""
+        if not len(block):
+            return
+        tally = self._tally(block.layer)
+        c = block.columns
+        token = None
+        if self.trace.tokens is not None and block.token_code is not None:
+            token = (block.token_code, [str(t) for t in block.token_text])
+        tally.add(
+            self._x_at(c["sequence"], c["step"], rows),
+            c["unit"],
+            np.asarray([tally.kinds.index(k) for k in block.names], np.int64)[block.code],
+            c["delta_input"],
+            c["delta_recurrent"],
+            token,
+        )
+
+    def _x_at(self, sequence: np.ndarray, step: np.ndarray, rows: slice) -> np.ndarray | None:
+        if self.trace.x is None:
+            return None
+        return read(self.trace.x, rows)[sequence - rows.start, step].astype(np.float64)
 
     def result(self) -> pd.DataFrame:
         """The summary table (columns and meaning as :func:`summarize_events`)."""
-        counts = self._counts
+        counts, tokens, xsums = _Tally.frames(self._tallies)
         lift_frames, shift_frames = [], []
         if counts is not None:
             counts = counts.sort_index()
             for layer in counts.index.get_level_values(0).unique():
                 n_eligible, base, feats = _base_rates(self.trace, str(layer), self.chunk)
-                if self._tokens is not None and base is not None:
-                    c = self._tokens.sort_index().loc[layer].rename("count").reset_index()
+                if tokens is not None and base is not None:
+                    c = tokens.sort_index().loc[layer].rename("count").reset_index()
                     c.columns = ["unit", "event", "token", "count"]
                     c["count"] = c["count"].astype(np.int64)
                     totals = c.groupby(["unit", "event"])["count"].transform("sum")
@@ -729,8 +893,8 @@ class EventSummaryBuilder:
                     c["lift"] = c["share"] / c["base_share"]
                     c.insert(0, "layer", layer)
                     lift_frames.append(c)
-                if self._x is not None and feats is not None:
-                    sums = self._x.sort_index().loc[layer]
+                if xsums is not None and feats is not None:
+                    sums = xsums.sort_index().loc[layer]
                     n = counts.loc[layer, "count"].reindex(sums.index).to_numpy(float)
                     means = pd.DataFrame(sums.to_numpy() / n[:, None], index=sums.index, columns=feats["feature"])
                     m = means.stack().rename("mean_at_events").reset_index()
@@ -759,3 +923,89 @@ class EventSummaryBuilder:
         if counts is not None:
             agg = counts.assign(input_driven=counts["driven"] / counts["count"])[["count", "input_driven"]]
         return _summary_table(self.trace, self.layers, agg, lift, shift, self.top, self.min_count, self.chunk)
+
+
+class _Tally:
+    """One layer's events added up by group ``g = unit * len(kinds) + kind`` (``kinds``: the cell's event types):
+    counts, input-driven counts, counts per token (sparse: sorted keys ``token * groups + g``, the tokens by string
+    in order of first sight) and per-feature sums (a chunk's sums by pandas, as the frames were added before)."""
+
+    def __init__(self, units: int, kinds: list[str]) -> None:
+        self.units, self.kinds = units, kinds
+        self.groups = units * len(kinds)
+        self.count = np.zeros(self.groups, np.int64)
+        self.driven = np.zeros(self.groups)
+        self.token_index: dict[str, int] = {}
+        self.token_keys = np.zeros(0, np.int64)
+        self.token_counts = np.zeros(0, np.int64)
+        self.x: np.ndarray | None = None
+        self.x_seen = np.zeros(self.groups, bool)
+
+    def add(
+        self,
+        x: np.ndarray | None,
+        unit: np.ndarray,
+        kind: np.ndarray,
+        d_in: np.ndarray,
+        d_rec: np.ndarray,
+        token: tuple[np.ndarray, list[str]] | None,
+    ) -> None:
+        g = unit.astype(np.int64) * len(self.kinds) + kind
+        self.count += np.bincount(g, minlength=self.groups)
+        self.driven += np.bincount(g, weights=np.abs(d_in) > np.abs(d_rec), minlength=self.groups)
+        if token is not None:
+            codes, strings = token
+            index = self.token_index
+            to_global = np.asarray([index.setdefault(t, len(index)) for t in strings], np.int64)
+            keys = to_global[codes] * self.groups + g
+            span = len(index) * self.groups
+            if span <= max(1 << 20, 4 * len(keys)):  # few (token, group) cells: count them all
+                counts = np.bincount(keys, minlength=span)
+                keys = np.flatnonzero(counts)
+                counts = counts[keys]
+            else:
+                keys, counts = np.unique(keys, return_counts=True)
+            keys = np.concatenate([self.token_keys, keys])
+            self.token_keys, inverse = np.unique(keys, return_inverse=True)
+            self.token_counts = np.bincount(
+                inverse, weights=np.concatenate([self.token_counts, counts]), minlength=len(self.token_keys)
+            ).astype(np.int64)
+        if x is not None:
+            part = pd.DataFrame(x).groupby(g).sum()  # per group in row order, as the frames' groupby before
+            idx = part.index.to_numpy()
+            values = part.to_numpy()
+            if self.x is None:
+                self.x = np.zeros((self.groups, x.shape[1]))
+            new = ~self.x_seen[idx]
+            self.x[idx[new]] = values[new]
+            self.x[idx[~new]] += values[~new]
+            self.x_seen[idx] = True
+
+    @staticmethod
+    def frames(tallies: dict[str, _Tally]) -> tuple[pd.DataFrame | None, pd.Series | None, pd.DataFrame | None]:
+        """The tables the summary is made from: (layer, unit, event) -> count, driven; (layer, unit, event, token)
+        -> count; (layer, unit, event) -> feature sums (columns 0, 1, ...); None where nothing was added."""
+        counts, tokens, xs = [], [], []
+        for layer, t in tallies.items():
+            seen = np.flatnonzero(t.count)
+            kinds = np.asarray(t.kinds, dtype=object)
+            k = len(t.kinds)
+
+            def index(g: np.ndarray, *more: Any, layer: str = layer, kinds: np.ndarray = kinds, k: int = k) -> Any:
+                levels = [np.full(len(g), layer, dtype=object), (g // k).astype(np.int32), kinds[g % k], *more]
+                return pd.MultiIndex.from_arrays(levels, names=["layer", "unit", "event", "token"][: len(levels)])
+
+            counts.append(pd.DataFrame({"count": t.count[seen], "driven": t.driven[seen]}, index=index(seen)))
+            if len(t.token_keys):
+                strings = np.asarray(list(t.token_index), dtype=object)
+                g = t.token_keys % t.groups
+                tokens.append(pd.Series(t.token_counts, index=index(g, strings[t.token_keys // t.groups])))
+            if t.x is not None:
+                xs.append(pd.DataFrame(t.x[seen], index=index(seen)))
+        if not counts:
+            return None, None, None
+        return (
+            pd.concat(counts),
+            pd.concat(tokens) if tokens else None,
+            pd.concat(xs) if xs else None,
+        )

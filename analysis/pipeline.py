@@ -493,14 +493,11 @@ def run_step(ctx: StepContext, step: Step) -> None:
 
 def _stream_events(trace: Trace, path: Path, chunk: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write the events of ``trace`` to ``path`` a chunk at a time; (empty events frame, event summary)."""
-    import pyarrow as pa
-
-    from gatelens.analysis.events import EventSummaryBuilder, _empty_events, iter_events
+    from gatelens.analysis.events import EventSummaryBuilder, _empty_events, iter_event_tables
 
     builder = EventSummaryBuilder(trace, chunk=chunk)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tables = (pa.Table.from_pandas(df, preserve_index=False) for df in iter_events(trace, chunk=chunk, summary=builder))
-    write_event_tables(tables, path)
+    write_event_tables(iter_event_tables(trace, chunk=chunk, summary=builder), path)
     return _empty_events(), builder.result()
 
 
@@ -518,7 +515,9 @@ def write_event_tables(tables: Iterable[Any], path: Path) -> None:
     try:
         for table in tables:
             if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
+                # no dictionary for the continuous deltas: theirs overflows its page, after hashing every value
+                keyed = [c for c in table.schema.names if c not in ("delta_input", "delta_recurrent")]
+                writer = pq.ParquetWriter(path, table.schema, use_dictionary=keyed)
             pending.append(table.cast(writer.schema))
             held = sum(len(t) for t in pending)
             if held >= EVENTS_ROW_GROUP:
