@@ -173,17 +173,45 @@ def chunk_sums(v: np.ndarray, shift: np.ndarray) -> tuple[Any, ...]:
     lo, hi = np.full(v.shape[1:], np.inf), np.full(v.shape[1:], -np.inf)
     below, above = np.zeros(v.shape[1:], np.int64), np.zeros(v.shape[1:], np.int64)
     step = max(1, _BLOCK_VALUES // max(1, int(np.prod(v.shape[1:]))))
+    flags = np.empty((min(step, v.shape[0]), *v.shape[1:]), bool)
     for start in range(0, v.shape[0], step):  # blocks of rows: float64 copies that stay in cache
         b = v[start : start + step].astype(np.float64)  # a copy (changed below); min, max, comparisons in float64
+        f = flags[: b.shape[0]]
         np.minimum(lo, b.min(axis=0), out=lo)
         np.maximum(hi, b.max(axis=0), out=hi)
-        below += (b < LOW).sum(axis=0)
-        above += (b > HIGH).sum(axis=0)
+        below += _count_true(np.less(b, LOW, out=f))
+        above += _count_true(np.greater(b, HIGH, out=f))
         b -= shift
         s1 += b.sum(axis=0)
-        b *= b
-        s2 += b.sum(axis=0)
+        s2 += np.einsum("ij,ij->j", b, b)
     return v.shape[0], s1, s2, lo, hi, below, above
+
+
+_BYTE_ROWS = 255  # rows of flags summed per byte lane before a lane could overflow
+
+
+def _count_true(flags: np.ndarray) -> np.ndarray:
+    """Column counts (int64) of a C-contiguous 2-D bool array.
+
+    Eight columns of flags are one 64-bit word: words of up to 255 rows are summed as integers (each byte lane
+    counts one column and cannot carry into the next), then the bytes are added up, instead of summing the
+    flags cast to int64 one by one.
+
+    Examples
+    --------
+    >>> f = np.random.default_rng(0).random((1000, 16)) < 0.3
+    >>> bool((_count_true(f) == f.sum(axis=0)).all())
+    True
+    """
+    rows, cols = flags.shape
+    full = rows // _BYTE_ROWS * _BYTE_ROWS
+    if cols % 8 or not flags.flags.c_contiguous or full == 0:
+        return flags.sum(axis=0)
+    words = flags[:full].view(np.uint64).reshape(-1, _BYTE_ROWS, cols // 8).sum(axis=1, dtype=np.uint64)
+    out = words.view(np.uint8).reshape(-1, cols).sum(axis=0, dtype=np.int64)
+    if full < rows:
+        out += flags[full:].sum(axis=0)
+    return out
 
 
 @cache
@@ -206,11 +234,16 @@ def saturation_counts(
     out = np.zeros((3, *pre.shape[1:]))
     table = _float16_slopes(activation) if pre.dtype == np.float16 else None
     step = max(1, _BLOCK_VALUES // max(1, int(np.prod(pre.shape[1:]))))
+    flags = np.empty((min(step, pre.shape[0]), *pre.shape[1:]), bool)
     for start in range(0, pre.shape[0], step):
         block = pre[start : start + step]
-        slope = table[block.view(np.uint16)] if table is not None else activation_slope(activation, block)
-        out[0] += (slope <= saturated_slope * top).sum(axis=0)
-        out[1] += (slope >= linear_slope * top).sum(axis=0)
+        if table is not None:  # every index is a float16's bits: clipping never applies, and skips a bounds check
+            slope = np.take(table, block.view(np.uint16), mode="clip")
+        else:
+            slope = activation_slope(activation, block)
+        f = flags[: block.shape[0]]
+        out[0] += _count_true(np.less_equal(slope, saturated_slope * top, out=f))
+        out[1] += _count_true(np.greater_equal(slope, linear_slope * top, out=f))
         out[2] += slope.sum(axis=0)
     return out
 
@@ -335,8 +368,10 @@ def _scan(
             m = read_mask(lt, rows)
             if not m.any():
                 continue
+            every = bool(m.all())
             for sig in info.signals:  # one signal at a time: memory bounded by one (chunk, T, units) array
-                values = read(lt[sig], rows, _stored_dtype(lt[sig]))[m]  # converted to float64 a block at a time
+                values = read(lt[sig], rows, _stored_dtype(lt[sig]))  # converted to float64 a block at a time
+                values = values.reshape(-1, values.shape[-1]) if every else values[m]  # no copy when unmasked
                 mom[sig].update(values)
                 for s, (pre, act) in activated.items():
                     if pre == sig:
