@@ -203,9 +203,10 @@ def half_life_frame(
     )  # fmt: skip
 
 
-#: Sequences of a chunk whose window products are formed at a time in :func:`retention_sums`: about 2 MB of float64
-#: at 200 steps x 128 units, so the ``max_lag`` passes over the block stay in the core's L2 cache.
-_RETENTION_BLOCK_VALUES = 256 * 1024
+#: Values (sequences x steps x units) of a chunk whose window products are formed at a time in
+#: :func:`retention_sums`: 2 sequences at 200 steps x 128 units, so the ``max_lag`` passes over the block's two float64
+#: arrays (1 MB) stay in the core's L2 cache (blocks of 10 sequences, 4 MB, were twice as slow).
+_RETENTION_BLOCK_VALUES = 64 * 1024
 
 
 def retention_sums(g: np.ndarray, mask: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,31 +214,36 @@ def retention_sums(g: np.ndarray, mask: np.ndarray, max_lag: int) -> tuple[np.nd
     the product of the gates ``g`` (chunk, T, units; absolute values) and the number of windows.
 
     The real steps of each sequence are moved to its front and the steps after them set to 0, so a window that
-    reaches past a sequence's real steps has product 0: every window of the block is summed (one in-place product
-    and one sum a lag, over a few sequences at a time) and the number of windows is counted from the lengths.
-    Where a sum is not finite (a gate of inf or NaN, whose product with a padding 0 is NaN) the chunk is summed
-    window by valid window instead.
+    reaches past a sequence's real steps has product 0: every window of the block is summed and the number of
+    windows is counted from the lengths. A block of a few sequences is laid out time-major (steps, sequences,
+    units) in float64, so that the windows of length L starting at every step are one contiguous prefix of the
+    block: one in-place product and one matrix-vector sum a lag. Where a sum is not finite (a gate of inf or NaN,
+    whose product with a padding 0 is NaN) the chunk is summed window by valid window instead.
     """
     t_len, u = g.shape[1], g.shape[2]
+    every = bool(mask.all())
     order, n_real = compress_real(mask)  # windows of real steps only (masked steps carry the state)
     lags = np.arange(1, max_lag + 1)
     counts = np.maximum(n_real[None, :] - lags[:, None] + 1, 0).sum(axis=1).astype(np.int64)
     sums = np.zeros((max_lag, u))
-    padding = np.arange(t_len)[None, :] >= n_real[:, None]
+    padding = None if every else np.arange(t_len)[None, :] >= n_real[:, None]
     block = max(1, _RETENTION_BLOCK_VALUES // max(1, t_len * u))
-    # blocks of a few sequences, compressed and converted to float64 one at a time (no float64 copy of the chunk:
-    # a fresh 50 MB array is page-faulted in at every chunk); the lags are one array op each
+    ones = np.ones(t_len * block)
     for start in range(0, g.shape[0], block):
         sl = slice(start, start + block)
-        gb = np.asarray(np.take_along_axis(g[sl], order[sl, :, None], axis=1), np.float64)
-        gb[padding[sl]] = 0.0
-        prod = gb.copy()  # prod[:, j] = product over the window of length L starting at real step j
-        sums[0] += prod.sum(axis=(0, 1))
+        gb = g[sl] if every else np.take_along_axis(g[sl], order[sl, :, None], axis=1)
+        gb = np.ascontiguousarray(gb.transpose(1, 0, 2), dtype=np.float64)  # (T, sequences, units): a copy
+        if padding is not None:
+            gb[padding[sl].T] = 0.0
+        k = gb.shape[1]
+        flat = gb.reshape(t_len * k, u)
+        prod = flat.copy()  # prod[j * k + s] = product over the window of length L starting at real step j of s
+        sums[0] += ones[: t_len * k] @ prod
         for lag in range(2, max_lag + 1):
-            width = t_len - lag + 1
-            view = prod[:, :width]
-            view *= gb[:, lag - 1 :]
-            sums[lag - 1] += view.sum(axis=(0, 1))
+            rows = (t_len - lag + 1) * k
+            view = prod[:rows]
+            view *= flat[(lag - 1) * k :]
+            sums[lag - 1] += ones[:rows] @ view
     if not np.isfinite(sums).all():
         whole = np.asarray(np.take_along_axis(g, order[..., None], axis=1), np.float64)
         sums = _retention_sums_windowed(whole, n_real, max_lag)
