@@ -601,23 +601,26 @@ def _with_context(
     vals = np.zeros(len(row), np.float32)
     text = trace.tokens is not None
     ids = np.zeros(len(row), np.int64)
-    steps, step_of = np.unique(el_seq * t_len + el_step, return_inverse=True)  # numeric inputs: each step once
+    if not text:  # numeric inputs: each step's vector formatted once
+        steps, step_of = np.unique(el_seq * t_len + el_step, return_inverse=True)
     step_texts: list[pa.Array] = []
     seqs = np.unique(seq)
     for a in range(0, len(seqs), chunk):
         group = seqs[a : a + chunk]
+        # consecutive sequences are read as a slice (a zarr selection of a list of rows is ~2x dearer)
+        rows = slice(int(group[0]), int(group[-1]) + 1) if group[-1] - group[0] == len(group) - 1 else group
         sel = np.flatnonzero((el_seq >= group[0]) & (el_seq <= group[-1]))  # group: consecutive of the sorted seqs
         local, t = np.searchsorted(group, el_seq[sel]), el_step[sel]
-        real[sel] = read_mask(lt, group)[local, t]
+        real[sel] = read_mask(lt, rows)[local, t]
         if text:
-            ids[sel] = read(trace.tokens, group, np.int64)[local, t]
+            ids[sel] = read(trace.tokens, rows, np.int64)[local, t]
         else:
-            x = read(trace.x if trace.x is not None else lt.inputs, group, np.float64)
+            x = read(trace.x if trace.x is not None else lt.inputs, rows, np.float64)
             here = steps[(steps >= group[0] * t_len) & (steps < (group[-1] + 1) * t_len)]
             step_texts.append(_input_steps(x[np.searchsorted(group, here // t_len), here % t_len]))
         for c in np.unique(el_sig[sel]).tolist():
             e = sel[el_sig[sel] == c]
-            v = read(lt[sigs[c]], group, np.float32)
+            v = read(lt[sigs[c]], rows, np.float32)
             vals[e] = v[np.searchsorted(group, el_seq[e]), el_step[e], el_unit[e]]
     value = value.copy()
     decile = cols["kind"] >= KINDS.index(DECILES[0])
