@@ -388,17 +388,20 @@ def unit_examples(
                 dkey = ((_LOW32 - prio) << np.uint64(32)) | (_LOW32 - gpos.astype(np.uint64))
                 by_key = np.argsort(dkey)[::-1]  # the same for every signal
                 for s in sigs:
-                    real = read(lt[s], rows, np.float32).reshape(-1, units)
+                    narrow = getattr(lt[s], "dtype", None) in (np.float16, np.float32)  # exact in float64 as stored
+                    real = read(lt[s], rows, lt[s].dtype if narrow else np.float32).reshape(-1, units)
                     if len(flat) < m.size:
                         real = real[flat]
-                    b = bin_index(real, lo[s], hi[s], bins)
-                    chunk_counts = np.bincount((b * units + np.arange(units)).ravel(), minlength=bins * units).reshape(
-                        bins, units
-                    )
+                    if np.isfinite(lo[s]).all() and np.isfinite(hi[s]).all():
+                        codes, dec = _bin_codes(real, lo[s], hi[s], bins)
+                    else:  # NaN or infinite values: the integer path, as ever
+                        b = bin_index(real, lo[s], hi[s], bins)
+                        codes, dec = (b * units + np.arange(units)).ravel(), (b // per_decile).astype(np.int8)
+                    chunk_counts = np.bincount(codes, minlength=bins * units).reshape(bins, units)
                     counts[s] += chunk_counts
                     if k_decile:
                         dec_counts = chunk_counts.reshape(10, per_decile, units).sum(axis=1)
-                        new = _decile_draws(dkey, (b // per_decile).astype(np.int8), k_decile, by_key, dec_counts)
+                        new = _decile_draws(dkey, dec, k_decile, by_key, dec_counts)
                         for j in range(10):
                             draws[s, j] = _top_keys(draws[s, j], new[:, j], k_decile)
             tick()
@@ -493,6 +496,11 @@ def bin_index(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int) -> 
     >>> bin_index(np.array([[0.0], [0.5], [1.0]], np.float32), np.array([0.0]), np.array([1.0]), 10)[:, 0].tolist()
     [0, 5, 9]
     """
+    return _bin_floats(values, lo, hi, bins).astype(np.int64)
+
+
+def _bin_floats(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int) -> np.ndarray:
+    """:func:`bin_index` as float64 (whole numbers, before the cast)."""
     lo64, hi64 = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     width = hi64 - lo64
     f = np.array(values, np.float64)  # one float64 copy, then every step in place
@@ -503,7 +511,18 @@ def bin_index(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int) -> 
         np.floor(f, out=f)
     f[:, ~(width > 0)] = 0.0
     np.clip(f, 0, bins - 1, out=f)
-    return f.astype(np.int64)
+    return f
+
+
+def _bin_codes(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """For finite ``lo`` and ``hi`` (so every bin is a whole number): ``bin * units + unit`` of each value, raveled
+    for one ``bincount``, and its decile (int8), computed on the float64 bins before one cast each."""
+    f = _bin_floats(values, lo, hi, bins)
+    dec = (f / (bins // 10)).astype(np.int8)  # whole numbers >= 0: the cast's truncation is bin // (bins // 10)
+    units = f.shape[1]
+    np.multiply(f, units, out=f)
+    np.add(f, np.arange(units, dtype=np.float64), out=f)  # (an int64 operand would take the slow mixed-type loop)
+    return f.astype(np.int64).ravel(), dec
 
 
 def _edges(lo: np.ndarray, hi: np.ndarray, bins: int) -> np.ndarray:

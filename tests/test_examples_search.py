@@ -556,3 +556,24 @@ def test_memory_unit_is_the_longest_typical_half_life():
     with pytest.raises(QueryError, match="no memory gate with a finite half-life"):
         trace3, sig3 = example_trace("lstm", n=1, steps=4, units=1, fill=1.0)
         memory_unit(trace3, "lstm")
+
+
+def test_a_float16_run_gives_the_tables_of_its_values_in_memory(tmp_path):
+    """A float16 run store is binned from its stored values (each exact in float64), an in-memory float32 trace
+    of the same values from float32: the same tables, contexts included."""
+    tr = _trace(seed=4)
+    lt = tr["lstm"]
+    sig = {s: lt[s].astype(np.float16).astype(np.float32) for s in lt.info.signals}
+    mem = Trace({"lstm": LayerTrace(lt.info, sig, mask=lt.mask, inputs=lt.inputs)}, tokens=tr.tokens,
+                vocabulary=tr.vocabulary)  # fmt: skip
+    out = tmp_path / "run16"
+    with RunWriter(out, [lt.info], n_sequences=N, n_steps=T, chunk_sequences=CHUNK, with_tokens=True,
+                   dtype="float16") as w:  # fmt: skip
+        batch = {s: sig[s] for s in lt.info.signals}
+        batch["mask"], batch["input"] = lt.mask, lt.inputs
+        w.write_batch(0, {"lstm": batch}, tokens=tr.tokens)
+        w.finish(verification={"lstm": 0.0}, vocabulary=tr.vocabulary)
+    stored = open_run(out)
+    assert np.dtype(stored["lstm"]["cell_state"].dtype) == np.float16
+    for a, b in zip(unit_examples(stored, k=3, chunk=CHUNK), unit_examples(mem, k=3, chunk=CHUNK)):
+        pd.testing.assert_frame_equal(a, b)
