@@ -53,6 +53,7 @@ import numpy as np
 
 from gatelens.analysis.distributed import WORKER_ENV, cluster_client, local_client, local_cluster, local_path
 from gatelens.errors import GatelensError, GatelensInputError, UsageError
+from gatelens.models.extract import TAIL_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ def shard_bounds(n: int, batch: int, chunk: int, n_workers: int, shard_sequences
     [range(0, 4), range(4, 8), range(8, 10)]
     >>> shard_bounds(10, 4, 2, 2, shard_sequences=5)
     [range(0, 8), range(8, 10)]
+    >>> shard_bounds(9, 4, 4, 1)  # the ninth sequence is in the single-process run's last batch (4:9)
+    [range(0, 4), range(4, 9)]
     """
     unit = math.lcm(max(1, int(batch)), max(1, int(chunk)))
     units = -(-n // unit)
@@ -137,7 +140,11 @@ def shard_bounds(n: int, batch: int, chunk: int, n_workers: int, shard_sequences
             raise UsageError(f"shard_sequences must be positive, got {shard_sequences!r}")
         per = -(-int(shard_sequences) // unit)
     size = per * unit
-    return [range(s, min(s + size, n)) for s in range(0, n, size)]
+    shards = [range(s, min(s + size, n)) for s in range(0, n, size)]
+    if len(shards) >= 2 and len(shards[-1]) <= int(batch) // TAIL_SHARE:
+        # a short tail is part of the last batch of the single-process run (batch_spans): the same shard computes it
+        shards[-2:] = [range(shards[-2].start, n)]
+    return shards
 
 
 # ----------------------------------------------------------------------------------------------------------------

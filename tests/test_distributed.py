@@ -314,7 +314,8 @@ def test_failing_shard_fails_the_run_and_leaves_the_previous_run(client, runs, m
         while time.monotonic() < deadline:
             partial = next(iter(tmp_path.glob(".run.partial-*")), None)
             if partial is not None and (partial / "layers/gru/update_gate/zarr.json").is_file():
-                obstacle = partial / "layers/gru/update_gate/c/4/0/0"  # sequences 16..19: the last shard
+                # sequences 16..20 (the 21st joins its batch): the last shard
+                obstacle = partial / "layers/gru/update_gate/c/4/0/0"
                 obstacle.mkdir(parents=True)
                 planted.append(obstacle)
                 return
@@ -330,7 +331,7 @@ def test_failing_shard_fails_the_run_and_leaves_the_previous_run(client, runs, m
     assert code == 1
     lines = err.strip().splitlines()
     assert (
-        len(lines) == 1 and "sequences 16..19 failed on every try (3)" in lines[0] and "IsADirectoryError" in lines[0]
+        len(lines) == 1 and "sequences 16..20 failed on every try (3)" in lines[0] and "IsADirectoryError" in lines[0]
     )
     after = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before

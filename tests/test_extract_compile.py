@@ -13,7 +13,16 @@ import keras
 import numpy as np
 import pytest
 
-from gatelens.models.extract import VERIFY_MODES, Extractor, bucket, cached_models, compile_mode, extract, write_run
+from gatelens.models.extract import (
+    VERIFY_MODES,
+    Extractor,
+    batch_spans,
+    bucket,
+    cached_models,
+    compile_mode,
+    extract,
+    write_run,
+)
 
 extract_module = importlib.import_module("gatelens.models.extract")  # (gatelens.models.extract is the function)
 L = keras.layers
@@ -40,10 +49,31 @@ def model():
 
 
 def test_bucket_is_the_next_power_of_two_capped_at_the_batch_size():
-    assert [bucket(k, 256) for k in (1, 2, 3, 7, 8, 9, 44, 129, 255, 256, 1000)] == [
-        1, 2, 4, 8, 8, 16, 64, 256, 256, 256, 256
+    assert [bucket(k, 256) for k in (1, 2, 3, 7, 8, 9, 44, 129, 255, 256, 257, 320)] == [
+        1, 2, 4, 8, 8, 16, 64, 256, 256, 256, 320, 320
     ]  # fmt: skip
-    assert {bucket(k, 100) for k in range(1, 101)} == {1, 2, 4, 8, 16, 32, 64, 100}
+    assert {bucket(k, 100) for k in range(1, 126)} == {1, 2, 4, 8, 16, 32, 64, 100, 125}
+    with pytest.raises(ValueError, match="at most 320 sequences"):
+        bucket(321, 256)
+
+
+def test_a_short_tail_joins_the_last_batch():
+    """Full batches, and a last one of at most batch_size // 4 joined to the one before (one call, not two)."""
+    assert batch_spans(256, 256) == [(0, 256)]
+    assert batch_spans(300, 256) == [(0, 300)]  # 44 <= 64: one batch, run at 320
+    assert batch_spans(320, 256) == [(0, 320)]
+    assert batch_spans(321, 256) == [(0, 256), (256, 65)]
+    assert batch_spans(1000, 256) == [(0, 256), (256, 256), (512, 256), (768, 232)]
+    assert batch_spans(1030, 256) == [(0, 256), (256, 256), (512, 256), (768, 262)]
+    assert (
+        batch_spans(5, 4) == [(0, 5)]
+        and batch_spans(7, 4) == [(0, 4), (4, 3)]
+        and batch_spans(3, 2) == [(0, 2), (2, 1)]
+    )
+    for n in range(1, 700):  # every sequence once, in order, no batch above what bucket() allows
+        spans = batch_spans(n, 256)
+        assert [s for s, _ in spans] == list(np.cumsum([0] + [k for _, k in spans])[:-1])
+        assert sum(k for _, k in spans) == n and all(bucket(k, 256) >= k for _, k in spans)
 
 
 @pytest.mark.slow
@@ -64,9 +94,9 @@ def test_each_input_size_compiles_once_per_mode(model):
                 np.testing.assert_array_equal(second[name]["hidden_state"], first[name]["hidden_state"])
             assert first["lstm"]["hidden_state"].shape == (n, T, 4)
         shapes = ex.compile_stats()["shapes"][("xla", "float32", verify, 8)]
-        # 256 (N=256 and the first batch of 300), 64 (the 44 left of 300), 8 (N=7), 1 (N=1)
-        assert {s[0] for s in shapes} == {256, 64, 8, 1}, verify
-        assert len(shapes) <= math.log2(256) + 1
+        # 256 (N=256), 320 (N=300: one batch, its tail of 44 joined), 8 (N=7), 1 (N=1)
+        assert {s[0] for s in shapes} == {256, 320, 8, 1}, verify
+        assert len(shapes) <= math.log2(256) + 2
     # one trace per mode: the input signature leaves the batch axis open, XLA compiles each bucket once
     assert ex.compile_stats()["traces"] - traces == len(VERIFY_MODES)
 
@@ -96,7 +126,7 @@ def test_the_compile_rule_small_inputs_run_in_graph_mode(monkeypatch):
         extract(model, _x(n), verify="sample")
         assert ex.compile_stats() == stats, n
     assert ex.compile_stats()["traces"] == traces + 1  # one graph serves every batch size
-    assert ex.compile_stats()["shapes"][("graph", "float32", "sample", 8)] == {(256, T, F), (44, T, F), (7, T, F)}
+    assert ex.compile_stats()["shapes"][("graph", "float32", "sample", 8)] == {(300, T, F), (7, T, F)}
     assert ("xla", "float32", "sample", 8) not in ex.compile_stats()["shapes"]
 
     monkeypatch.setattr(extract_module, "GRAPH_MAX_WORK", 7 * T * units - 1)  # now N=7 is above the rule's limit
