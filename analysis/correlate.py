@@ -638,7 +638,8 @@ def correlation_frame(
         ok = valid[fr, cols[0]]
         sn[cols] = int(ok.sum())
         if ok.sum() >= 3:
-            spearman[:, cols] = rank_pearson(xs[ok], fmat[np.ix_(fr[ok], cols)])
+            every = bool(ok.all())  # no missing cell among the ranked rows: no copy of the signal
+            spearman[:, cols] = rank_pearson(xs if every else xs[ok], fmat[np.ix_(fr if every else fr[ok], cols)])
     lost = np.isnan(spearman) & ~np.isnan(pearson)  # constant only on the ranked subsample
     note[lost] = "spearman: constant on the ranked subsample"
     return pd.DataFrame(
