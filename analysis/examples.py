@@ -392,7 +392,8 @@ def unit_examples(
                     real = read(lt[s], rows, lt[s].dtype if narrow else np.float32).reshape(-1, units)
                     if len(flat) < m.size:
                         real = real[flat]
-                    if np.isfinite(lo[s]).all() and np.isfinite(hi[s]).all():
+                    finite = bool(np.isfinite(lo[s]).all() and np.isfinite(hi[s]).all())
+                    if finite:
                         codes, dec = _bin_codes(real, lo[s], hi[s], bins)
                     else:  # NaN or infinite values: the integer path, as ever
                         b = bin_index(real, lo[s], hi[s], bins)
@@ -401,7 +402,8 @@ def unit_examples(
                     counts[s] += chunk_counts
                     if k_decile:
                         dec_counts = chunk_counts.reshape(10, per_decile, units).sum(axis=1)
-                        new = _decile_draws(dkey, dec, k_decile, by_key, dec_counts)
+                        draw = _decile_draws_head if finite else _decile_draws  # (deciles 0-9 only if finite)
+                        new = draw(dkey, dec, k_decile, by_key, dec_counts)
                         for j in range(10):
                             draws[s, j] = _top_keys(draws[s, j], new[:, j], k_decile)
             tick()
@@ -485,6 +487,28 @@ def _decile_draws(
         valid = r < counts
         at = np.minimum(starts + r, m - 1)
         out[r] = np.where(valid, keys_sorted[idx[cols, at]], np.uint64(0))
+    return out
+
+
+def _decile_draws_head(dkey: np.ndarray, dec: np.ndarray, k: int, order: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """:func:`_decile_draws` (``order`` and ``counts`` given) sorting only the first eighth of the rows in key order:
+    a decile with ``k`` rows there, or with all its rows there, has its ``k`` largest keys there. The other deciles
+    (a few rows each, mostly) are drawn from all their rows, found with one shift of a per-unit 10-bit mask."""
+    m, units = dec.shape
+    head = order[: max(m // 8, min(m, 256))]
+    dh = dec[head]
+    counts_h = np.bincount((dh + np.arange(0, 10 * units, 10, dtype=np.int64)).ravel(), minlength=10 * units)
+    counts_h = counts_h.reshape(units, 10).T
+    out = _decile_draws(dkey[head], dh, k, np.arange(len(head)), counts_h)
+    rest = (counts_h < k) & (counts_h < counts)  # (10, units): deciles whose k largest keys may lie beyond the head
+    if rest.any():
+        bits = (rest.astype(np.uint16) << np.arange(10, dtype=np.uint16)[:, None]).sum(axis=0, dtype=np.uint16)
+        hit = np.right_shift(bits, dec.view(np.uint8), dtype=np.uint16)  # bit dec of the unit's mask
+        np.bitwise_and(hit, 1, out=hit)
+        r, u = np.divmod(np.flatnonzero(hit), units)
+        group = dec[r, u].astype(np.int64) * units + u
+        top = _group_top(dkey[r], group, 10 * units, k).reshape(k, 10, units)
+        out = np.where(rest[None], top, out)
     return out
 
 

@@ -214,3 +214,28 @@ def test_json_lists_join_the_items_of_each_list():
     assert ex._json_lists(items, np.array([], np.int64), np.array([], np.int64)).to_pylist() == []
     with pytest.raises(ValueError, match="at least one item"):
         ex._json_lists(items, np.array([0]), np.array([1, 0]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_decile_draws_from_the_head_equal_the_full_sort(seed, k):
+    """``_decile_draws_head`` sorts only the first rows in key order and draws the rarer deciles from all their rows:
+    the same sets as ``_decile_draws`` -- deciles of many rows, of a few, of one, and empty ones; chunks smaller
+    than the head."""
+    rng = np.random.default_rng(seed)
+    for m in (3, 200, 3000):
+        units = 7
+        positions = rng.permutation(50_000)[:m]
+        dkey = ((ex._LOW32 - ex.position_priority(positions)) << np.uint64(32)) | (
+            ex._LOW32 - positions.astype(np.uint64)
+        )
+        p = rng.dirichlet(np.full(10, 0.3), size=units)  # skewed: some deciles hold a handful of rows
+        dec = np.stack([rng.choice(10, size=m, p=p[u]) for u in range(units)], axis=1).astype(np.int8)
+        dec[:, 0] = 4  # one decile holds every row of unit 0
+        dec[:, 1] = np.where(np.arange(m) == m // 2, 9, 2)  # unit 1: decile 9 has one row
+        order = np.argsort(dkey)[::-1]
+        counts = np.stack([(dec == j).sum(axis=0) for j in range(10)])
+        got = ex._decile_draws_head(dkey, dec, k, order, counts)
+        want = ex._decile_draws(dkey, dec, k)
+        for j in range(10):
+            assert _as_set(got[:, j]) == _as_set(want[:, j]), (m, j)
