@@ -199,17 +199,19 @@ class _Block:
     def __len__(self) -> int:
         return len(self.code)
 
-    def frame(self) -> pd.DataFrame:
-        c = self.columns
+    def frame(self, stop: int | None = None) -> pd.DataFrame:
+        """The rows (the first ``stop`` only, when given) as :func:`detect_events` has them."""
+        c = {k: v[:stop] for k, v in self.columns.items()}
+        code = self.code[:stop]
         names = np.asarray(self.names, dtype=object)
-        token = None if self.token_code is None else self.token_text[self.token_code]
+        token = None if self.token_code is None else self.token_text[self.token_code[:stop]]
         return pd.DataFrame(
             {
                 "layer": self.layer,
                 "sequence": c["sequence"],
                 "step": c["step"],
                 "unit": c["unit"],
-                "event": names[self.code],
+                "event": names[code],
                 "value": c["value"],
                 "token": token,
                 "previous_value": c["previous_value"],
@@ -781,7 +783,7 @@ def iter_event_tables(
     schema = None
     for _, rows, block in _event_chunks(trace, layers, events, thresholds, chunk):
         if schema is None:  # the frame's schema, from its first row (the types do not depend on the rows)
-            schema = pa.Schema.from_pandas(block.frame().iloc[:1], preserve_index=False)
+            schema = pa.Schema.from_pandas(block.frame(stop=1), preserve_index=False)
         if summary is not None:
             summary._add_block(block, rows)
         yield block.table(schema)
