@@ -504,7 +504,12 @@ def _stream_events(trace: Trace, path: Path, chunk: int) -> tuple[pd.DataFrame, 
 def write_event_tables(tables: Iterable[Any], path: Path) -> None:
     """Write the event tables (pyarrow, in order) to the Parquet file ``path`` in row groups of exactly
     :data:`EVENTS_ROW_GROUP` rows (the last one fewer), however the rows come split into tables (so the file is the
-    same for any split); an empty events file when there are none; ``path`` removed on failure."""
+    same for any split); an empty events file when there are none; ``path`` removed on failure.
+
+    Row groups are written by one worker thread while the next tables are made (Arrow writes without the GIL): at
+    most one write in flight, so memory holds one more table, not more."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -512,26 +517,34 @@ def write_event_tables(tables: Iterable[Any], path: Path) -> None:
 
     writer = None
     pending: list[Any] = []  # fewer than EVENTS_ROW_GROUP rows, held until a row group is full
-    try:
-        for table in tables:
-            if writer is None:
-                # no dictionary for the continuous deltas: theirs overflows its page, after hashing every value
-                keyed = [c for c in table.schema.names if c not in ("delta_input", "delta_recurrent")]
-                writer = pq.ParquetWriter(path, table.schema, use_dictionary=keyed)
-            pending.append(table.cast(writer.schema))
-            held = sum(len(t) for t in pending)
-            if held >= EVENTS_ROW_GROUP:
-                joined = pa.concat_tables(pending)
-                full = held - held % EVENTS_ROW_GROUP
-                writer.write_table(joined.slice(0, full), row_group_size=EVENTS_ROW_GROUP)
-                pending = [joined.slice(full)] if full < held else []
-        if pending:
-            writer.write_table(pa.concat_tables(pending), row_group_size=EVENTS_ROW_GROUP)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        path.unlink(missing_ok=True)
-        raise
+    in_flight: Future | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatelens-events") as pool:
+        try:
+            for table in tables:
+                if writer is None:
+                    # no dictionary for the continuous deltas: theirs overflows its page, after hashing every value
+                    keyed = [c for c in table.schema.names if c not in ("delta_input", "delta_recurrent")]
+                    writer = pq.ParquetWriter(path, table.schema, use_dictionary=keyed)
+                pending.append(table.cast(writer.schema))
+                held = sum(len(t) for t in pending)
+                if held >= EVENTS_ROW_GROUP:
+                    joined = pa.concat_tables(pending)
+                    full = held - held % EVENTS_ROW_GROUP
+                    if in_flight is not None:
+                        in_flight.result()
+                    in_flight = pool.submit(writer.write_table, joined.slice(0, full), EVENTS_ROW_GROUP)
+                    pending = [joined.slice(full)] if full < held else []
+            if in_flight is not None:
+                in_flight.result()
+            if pending:
+                writer.write_table(pa.concat_tables(pending), row_group_size=EVENTS_ROW_GROUP)
+        except BaseException:
+            if in_flight is not None:
+                in_flight.exception()  # waits for it; the error that stopped the loop is the one raised
+            if writer is not None:
+                writer.close()
+            path.unlink(missing_ok=True)
+            raise
     if writer is None:
         _empty_events().to_parquet(path, index=False)
     else:

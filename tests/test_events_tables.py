@@ -104,3 +104,17 @@ def test_event_file_keys_dictionary_deltas_plain(tmp_path):
     for col in ("delta_input", "delta_recurrent"):
         assert "RLE_DICTIONARY" not in enc[col], (col, enc[col])
     pd.testing.assert_frame_equal(pd.read_parquet(path), detect_events(trace))
+
+
+def test_a_stream_that_fails_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "EVENTS_ROW_GROUP", 50)
+    tables = list(iter_event_tables(_trace("text", seed=2, n=30), chunk=4))
+    assert sum(t.num_rows for t in tables[:3]) > 100  # row groups written (in flight) before the failure
+
+    def failing():
+        yield from tables[:3]
+        raise RuntimeError("stopped after three tables")
+
+    with pytest.raises(RuntimeError, match="stopped after three tables"):
+        pipeline.write_event_tables(failing(), tmp_path / "e.parquet")
+    assert not (tmp_path / "e.parquet").exists()
