@@ -133,6 +133,12 @@ def _event_parts(lt: LayerTrace, rows: Any, gates: Sequence[str]) -> dict[str, t
     return {g: (xw[..., k * u : (k + 1) * u], hu[..., k * u : (k + 1) * u]) for k, g in enumerate(gates)}
 
 
+def _held_dtype(array: Any) -> np.dtype:
+    """The float type that holds ``array``'s values exactly: its own (float16 as float32), float64 if not a float."""
+    dtype = np.dtype(getattr(array, "dtype", np.float64))
+    return np.promote_types(dtype, np.float32) if dtype.kind == "f" else np.dtype(np.float64)
+
+
 def _event_part_matrices(lt: LayerTrace, rows: Any, gates: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """The parts of :func:`_event_parts` side by side: input and recurrent (n, T, len(gates) * u), C-contiguous."""
     from gatelens.analysis.decompose import _matmul, _weights
@@ -143,10 +149,16 @@ def _event_part_matrices(lt: LayerTrace, rows: Any, gates: Sequence[str]) -> tup
     u = info.units
     blocks = list(WEIGHT_BLOCKS[info.cell_type])
     cols = np.concatenate([np.arange(blocks.index(g) * u, (blocks.index(g) + 1) * u) for g in gates])
-    x = read(lt.inputs, rows)
-    h = processing(read(lt[with_role(info.cell_type, "output")], rows), info.go_backwards)  # the registry's h
-    h_prev = processing(np.concatenate([np.zeros_like(h[:, :1]), h[:, :-1]], axis=1), info.go_backwards)
-    del h
+    # read as held (float16 as float32, exactly), not float64: _matmul casts for the product
+    x = read(lt.inputs, rows, _held_dtype(lt.inputs))
+    out = lt[with_role(info.cell_type, "output")]  # the registry's h
+    h = processing(read(out, rows, _held_dtype(out)), info.go_backwards)
+    # the previous step's h (zeros before the first), shifted and made float64 in one pass
+    h_prev = np.empty(h.shape, np.float64)
+    shifted = processing(h_prev, info.go_backwards)
+    shifted[:, 0] = 0.0
+    shifted[:, 1:] = h[:, :-1]
+    del h, shifted
     xw = _matmul(x, np.ascontiguousarray(kernel[:, cols]))
     del x
     hu = _matmul(h_prev, np.ascontiguousarray(rk[:, cols]))

@@ -118,3 +118,22 @@ def test_a_stream_that_fails_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="stopped after three tables"):
         pipeline.write_event_tables(failing(), tmp_path / "e.parquet")
     assert not (tmp_path / "e.parquet").exists()
+
+
+def test_float64_inputs_and_states_are_not_rounded_for_the_parts():
+    from gatelens.analysis.decompose import _gate_parts
+    from gatelens.analysis.trace import LayerTrace
+
+    lt = _trace("numeric", seed=6)["lstm"]
+    rng = np.random.default_rng(6)
+    # values float32 cannot hold: reading them as float32 would change the parts
+    sig = {s: np.asarray(lt[s], np.float64) for s in lt.info.signals}
+    sig["hidden_state"] = sig["hidden_state"] + rng.normal(size=sig["hidden_state"].shape) * 1e-12
+    x = np.asarray(lt.inputs, np.float64) + rng.normal(size=lt.inputs.shape) * 1e-12
+    lt64 = LayerTrace(lt.info, sig, mask=np.asarray(lt.mask), inputs=x, weights=lt.weights)
+    rows = slice(0, lt64.shape[0])
+    full = _gate_parts(lt64, rows)[1]
+    part = _event_parts(lt64, rows, ["forget_gate", "input_gate"])
+    for g in ("forget_gate", "input_gate"):
+        for k in (0, 1):
+            np.testing.assert_array_equal(part[g][k], full[g][k])
