@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the browser tests' server and Chromium helpers
 
 import numpy as np
-from e2e_helpers import CHROMIUM, StreamlitServer, launch_browser, nav_link, on_screen, wait_idle
+from e2e_helpers import CHROMIUM, StreamlitServer, click_through, launch_browser, nav_link, wait_idle
 
 STEPS, FEATURES, UNITS = 80, 4, 16
 #: Longest wait for a page's content before the tour notes a timeout (``inf`` in the table) and goes on.
@@ -111,23 +111,23 @@ def _nav(page, title: str, diagnose: Callable[[], None] | None = None) -> tuple[
     then include the wait); one that still shows nothing within :data:`SHOWS_TIMEOUT_S` stops the benchmark.
     """
     t0 = time.perf_counter()
-    nav_link(page, title).click()
-    note = ""
-    try:
-        page.wait_for_function(_SHOWS_JS, arg=title, timeout=FIRST_SHOWS_TIMEOUT_S * 1000, polling=50)
-    except Exception:  # playwright's TimeoutError: say which page and what the browser showed instead
-        note = f"showed nothing of its own {FIRST_SHOWS_TIMEOUT_S} s after the click, clicked again"
-        print(f"# the {title!r} page {note}; {on_screen(page)}", file=sys.stderr, flush=True)
+    note = f"showed nothing of its own {FIRST_SHOWS_TIMEOUT_S} s after the click, clicked again"
+
+    def second_click(seen: str) -> None:
+        print(f"# the {title!r} page {note}; {seen}", file=sys.stderr, flush=True)
         if diagnose is not None:
             diagnose()
-        nav_link(page, title).click()
-        try:
-            page.wait_for_function(_SHOWS_JS, arg=title, timeout=SHOWS_TIMEOUT_S * 1000, polling=50)
-        except Exception as e:
-            raise RuntimeError(
-                f"the {title!r} page showed nothing of its own, also {SHOWS_TIMEOUT_S} s after a second click; "
-                f"{on_screen(page)}"
-            ) from e
+
+    again = click_through(
+        page,
+        title,
+        _SHOWS_JS,
+        first_wait_ms=FIRST_SHOWS_TIMEOUT_S * 1000,
+        second_wait_ms=SHOWS_TIMEOUT_S * 1000,
+        on_second_click=second_click,
+        polling=50,
+    )
+    note = note if again else ""
     shows = time.perf_counter() - t0
     try:
         page.wait_for_function(_CONTENT_JS, arg=title, timeout=CONTENT_TIMEOUT_S * 1000, polling=50)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -199,24 +200,60 @@ def nav_link(page, title: str):
 NAV_FIRST_WAIT_MS = 60_000
 
 
+def click_through(
+    page,
+    title: str,
+    shows: str,
+    *,
+    first_wait_ms: float,
+    second_wait_ms: float,
+    on_second_click: Callable[[str], None],
+    polling: float | str = "raf",
+) -> bool:
+    """Click ``title``'s sidebar link and wait until the JavaScript predicate ``shows`` (called with the title) holds.
+
+    If it does not within ``first_wait_ms``, ``on_second_click`` hears what the browser shows (:func:`on_screen`)
+    and the link is clicked once more; if the predicate then does not hold within ``second_wait_ms`` either, a
+    ``RuntimeError`` names the page and what the browser shows. CI saw a click not followed by its page twice (the
+    page never came, 180 s and 600 s), a cause not found yet. Returns whether the second click was needed.
+    """
+    link = nav_link(page, title)
+    link.click()
+    try:
+        page.wait_for_function(shows, arg=title, timeout=first_wait_ms, polling=polling)
+        return False
+    except Exception:  # playwright's TimeoutError
+        on_second_click(on_screen(page))
+    link.click()
+    try:
+        page.wait_for_function(shows, arg=title, timeout=second_wait_ms, polling=polling)
+    except Exception as e:
+        raise RuntimeError(
+            f"the {title!r} page did not come, also {second_wait_ms / 1000:g} s after a second click; {on_screen(page)}"
+        ) from e
+    return True
+
+
 def nav(page, title: str, timeout: float = 180_000) -> None:
     """Open a page through the sidebar (the same session; a new URL would start a new one) and wait for it.
 
     A click not followed by the page's title within :data:`NAV_FIRST_WAIT_MS` is clicked once more, with a
-    warning that says what the browser showed: CI saw such a click twice (the page never came, 180 s and 600 s),
-    a cause not found yet; a second click not followed either fails the test.
+    warning that says what the browser showed (:func:`click_through`); a second click not followed either fails
+    the test.
     """
-    link = nav_link(page, title)
-    shows = "t => [...document.querySelectorAll('[data-testid=\"stMain\"] h1')].some(h => h.innerText.trim() === t)"
-    link.click()
-    try:
-        page.wait_for_function(shows, arg=title, timeout=min(timeout, NAV_FIRST_WAIT_MS))
-    except Exception:  # playwright's TimeoutError
-        import warnings
+    import warnings
 
-        warnings.warn(f"the {title!r} page did not come after a click, clicked again; {on_screen(page)}", stacklevel=2)
-        link.click()
-        page.wait_for_function(shows, arg=title, timeout=timeout)
+    shows = "t => [...document.querySelectorAll('[data-testid=\"stMain\"] h1')].some(h => h.innerText.trim() === t)"
+    click_through(
+        page,
+        title,
+        shows,
+        first_wait_ms=min(timeout, NAV_FIRST_WAIT_MS),
+        second_wait_ms=timeout,
+        on_second_click=lambda seen: warnings.warn(
+            f"the {title!r} page did not come after a click, clicked again; {seen}", stacklevel=3
+        ),
+    )
     wait_idle(page, timeout)
 
 
