@@ -661,9 +661,14 @@ def _with_context(
             x = read(trace.x if trace.x is not None else lt.inputs, rows, np.float64)
             here = steps[(steps >= group[0] * t_len) & (steps < (group[-1] + 1) * t_len)]
             step_texts.append(_input_steps(x[np.searchsorted(group, here // t_len), here % t_len]))
-        for c in np.unique(el_sig[sel]).tolist():
-            e = sel[el_sig[sel] == c]
-            v = read(lt[sigs[c]], rows, np.float32)
+        by_sig = sel[np.argsort(el_sig[sel], kind="stable")]  # the group's elements, signal by signal
+        cuts = np.searchsorted(el_sig[by_sig], np.arange(len(sigs) + 1))
+        for c in np.flatnonzero(np.diff(cuts)).tolist():
+            e = by_sig[cuts[c] : cuts[c + 1]]
+            array = lt[sigs[c]]  # float16/float32 as stored: only the gathered values are converted (exactly)
+            v = read(
+                array, rows, array.dtype if getattr(array, "dtype", None) in (np.float16, np.float32) else np.float32
+            )
             vals[e] = v[np.searchsorted(group, el_seq[e]), el_step[e], el_unit[e]]
     value = value.copy()
     decile = cols["kind"] >= KINDS.index(DECILES[0])
@@ -673,7 +678,7 @@ def _with_context(
     index[real] = idx
     context_values = _json_lists(_items([*texts, "null"]), index, length)
     if text:
-        uid, inverse = np.unique(ids, return_inverse=True)
+        uid, inverse = _small_unique(ids)
         quoted = [json.dumps(str(tok)) for tok in token_strings(trace, uid).tolist()]
         ctx = _json_lists(_items(quoted), inverse.ravel(), length)
     else:
@@ -686,6 +691,17 @@ def _with_context(
         "position": step - start,
         "context_values": context_values,
     }
+
+
+def _small_unique(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(ids, return_inverse=True)`` for int ids, by a table over their range when it is small (no sort)."""
+    if not len(ids) or int(ids.max()) - int(ids.min()) > 1 << 22:
+        uid, inverse = np.unique(ids, return_inverse=True)
+        return uid, inverse.ravel()
+    low = int(ids.min())
+    present = np.zeros(int(ids.max()) - low + 1, bool)
+    present[ids - low] = True
+    return np.flatnonzero(present) + low, (np.cumsum(present) - 1)[ids - low]
 
 
 def _input_steps(x: np.ndarray) -> pa.Array:

@@ -239,3 +239,11 @@ def test_decile_draws_from_the_head_equal_the_full_sort(seed, k):
         want = ex._decile_draws(dkey, dec, k)
         for j in range(10):
             assert _as_set(got[:, j]) == _as_set(want[:, j]), (m, j)
+
+
+def test_small_unique_is_numpy_unique():
+    rng = np.random.default_rng(0)
+    for ids in (rng.integers(-3, 50, 1000), np.array([5]), np.array([], np.int64), np.array([0, 1 << 40, -7])):
+        got, want = ex._small_unique(ids), np.unique(ids, return_inverse=True)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1].ravel())
