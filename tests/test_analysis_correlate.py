@@ -286,3 +286,20 @@ def test_float16_store_ranks_its_bits_like_the_values(tmp_path):
             assert np.isnan(row.spearman_rho)
         else:
             np.testing.assert_allclose([row.pearson_r, row.spearman_rho], [r, rho], atol=1e-12)
+
+
+def test_rank_pearson_float_keys_match_the_sorting_path_with_nan_and_signed_zeros():
+    # float16/float32 columns are ranked from integer keys of their bits; a NaN sends them to the sorting path
+    rng = np.random.default_rng(6)
+    x = np.round(rng.normal(size=(500, 9)), 1)
+    x[::7, 2] = -0.0
+    x[::5, 2] = 0.0
+    x[:, 4] = -1.5
+    y = np.stack([np.arange(500.0) % 17, rng.normal(size=500)], axis=1)
+    ref = spearmanr(x, y).statistic[:9, 9:]
+    ref[4] = np.nan  # a constant column
+    for dtype in (np.float16, np.float32):
+        np.testing.assert_allclose(rank_pearson(x.astype(dtype), y), ref, rtol=0, atol=1e-12)
+        with_nan = x.astype(dtype)
+        with_nan[3, 0] = np.nan
+        np.testing.assert_array_equal(rank_pearson(with_nan, y), rank_pearson(with_nan.astype(np.float64), y))
