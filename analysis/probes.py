@@ -425,11 +425,11 @@ def _gather(arr, rows, take) -> np.ndarray:
     for sl, local, _ in rows.chunks:
         if local.size == 0:
             continue
-        x = np.asarray(arr[sl], np.float32).reshape(-1, units)[local]
-        if take is not None:
+        picked = local
+        if take is not None:  # the subsample's rows picked first, converted after (not every row of the chunk)
             lo, hi = np.searchsorted(take, [offset, offset + local.size])
-            x = x[take[lo:hi] - offset]
-        parts.append(x)
+            picked = local[take[lo:hi] - offset]
+        parts.append(np.asarray(arr[sl]).reshape(-1, units)[picked].astype(np.float32))
         offset += local.size
     return np.concatenate(parts) if parts else np.empty((0, units), np.float32)
 
