@@ -186,6 +186,18 @@ def _layer_blocks(
             yield sub, block
 
 
+def _str_dtype() -> Any:
+    """The dtype pandas gives a column of Python strings (its Arrow-backed ``str`` in pandas 3; object before)."""
+    return pd.Series(np.array(["a"], dtype=object)).dtype
+
+
+def _taken(strings: Any, codes: np.ndarray, dtype: Any) -> Any:
+    """``strings[codes]`` as a pandas array of the string ``dtype``, taken by Arrow."""
+    import pyarrow as pa
+
+    return pd.array(pa.array([str(t) for t in strings], pa.large_string()).take(pa.array(codes)), dtype=dtype)
+
+
 class _Block:
     """The events of one block of sequences of one layer, a column an array (in the table's order).
 
@@ -215,15 +227,22 @@ class _Block:
         """The rows (the first ``stop`` only, when given) as :func:`detect_events` has them."""
         c = {k: v[:stop] for k, v in self.columns.items()}
         code = self.code[:stop]
-        names = np.asarray(self.names, dtype=object)
-        token = None if self.token_code is None else self.token_text[self.token_code[:stop]]
+        n = len(code)
+        text = _str_dtype()
+        if isinstance(text, np.dtype):  # pandas without its string dtype: object arrays, as pandas makes them
+            names = np.asarray(self.names, dtype=object)
+            token = None if self.token_code is None else self.token_text[self.token_code[:stop]]
+            layer, event = self.layer, names[code]
+        else:  # pandas' Arrow strings, taken by Arrow from the few distinct ones (no Python string per row)
+            token = None if self.token_code is None else _taken(self.token_text, self.token_code[:stop], text)
+            layer, event = _taken([self.layer], np.zeros(n, np.int8), text), _taken(self.names, code, text)
         return pd.DataFrame(
             {
-                "layer": self.layer,
+                "layer": layer,
                 "sequence": c["sequence"],
                 "step": c["step"],
                 "unit": c["unit"],
-                "event": names[code],
+                "event": event,
                 "value": c["value"],
                 "token": token,
                 "previous_value": c["previous_value"],
