@@ -431,12 +431,28 @@ def detect_events(
             write_threshold=write_threshold, read_threshold=read_threshold, chunk=chunk,
         )
     )  # fmt: skip
+    return _joined(frames)
+
+
+def _joined(frames: list[pd.DataFrame]) -> pd.DataFrame:
     if not frames:
         return _empty_events()
     # a column at a time, each block's piece dropped once joined: the blocks and the table are never held whole
     # together (pd.concat of the frames would hold both: twice the table)
     columns = {c: pd.concat([f.pop(c) for f in frames], ignore_index=True) for c in EVENT_COLUMNS}
     return pd.DataFrame(columns, copy=False)
+
+
+def _detect_with_summary(trace: Trace, chunk: int = 256) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``detect_events(trace)`` and its summary, tallied from the blocks as they are found
+    (:class:`EventSummaryBuilder`) instead of grouping the whole table by its text columns afterwards."""
+    builder = EventSummaryBuilder(trace, chunk=chunk)
+    thresholds = _thresholds(("forget", "write", "read"), 0.9, 0.5, 0.5, 0.5)
+    frames = []
+    for _, rows, block in _event_chunks(trace, None, ("forget", "write", "read"), thresholds, chunk):
+        builder._add_block(block, rows)
+        frames.append(block.frame())
+    return _joined(frames), builder.result()
 
 
 def _empty_events() -> pd.DataFrame:

@@ -169,11 +169,11 @@ def _drivers(ctx: StepContext) -> dict[str, pd.DataFrame]:
 
 
 def _events(ctx: StepContext) -> dict[str, pd.DataFrame]:
-    from gatelens.analysis.events import detect_events, summarize_events
+    from gatelens.analysis.events import _detect_with_summary
 
     if ctx.events_path is None:
-        events = detect_events(ctx.trace, chunk=ctx.chunk)
-        return {"events": events, "event_summary": summarize_events(events, ctx.trace, chunk=ctx.chunk)}
+        events, summary = _detect_with_summary(ctx.trace, chunk=ctx.chunk)
+        return {"events": events, "event_summary": summary}
     events, summary = _stream_events(ctx.trace, Path(ctx.events_path), ctx.chunk)
     ctx.result.events_file = str(ctx.events_path)
     return {"events": events, "event_summary": summary}

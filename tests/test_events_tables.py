@@ -137,3 +137,16 @@ def test_float64_inputs_and_states_are_not_rounded_for_the_parts():
     for g in ("forget_gate", "input_gate"):
         for k in (0, 1):
             np.testing.assert_array_equal(part[g][k], full[g][k])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_in_memory_step_gives_detect_events_and_its_summary(kind):
+    from gatelens.analysis.events import _detect_with_summary
+
+    trace = _trace(kind, seed=8)
+    events, summary = _detect_with_summary(trace, chunk=5)
+    want = detect_events(trace)
+    assert len(want) > 150
+    pd.testing.assert_frame_equal(events, want)
+    # counts, rates, shares and lifts are exact; feature means are sums over blocks (here 5 of 24 sequences)
+    pd.testing.assert_frame_equal(summary, summarize_events(want, trace), check_exact=kind != "numeric", rtol=1e-12)
