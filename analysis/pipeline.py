@@ -513,7 +513,7 @@ def write_event_tables(tables: Iterable[Any], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gatelens.analysis.events import _empty_events
+    from gatelens.analysis.events import _arrow_pool, _empty_events
 
     writer = None
     pending: list[Any] = []  # fewer than EVENTS_ROW_GROUP rows, held until a row group is full
@@ -524,7 +524,7 @@ def write_event_tables(tables: Iterable[Any], path: Path) -> None:
                 if writer is None:
                     # no dictionary for the continuous deltas: theirs overflows its page, after hashing every value
                     keyed = [c for c in table.schema.names if c not in ("delta_input", "delta_recurrent")]
-                    writer = pq.ParquetWriter(path, table.schema, use_dictionary=keyed)
+                    writer = pq.ParquetWriter(path, table.schema, use_dictionary=keyed, memory_pool=_arrow_pool())
                 pending.append(table.cast(writer.schema))
                 held = sum(len(t) for t in pending)
                 if held >= EVENTS_ROW_GROUP:
