@@ -15,17 +15,20 @@ ROOT = Path(__file__).resolve().parent.parent
 # what NumPy decided at import, printed when the process exits (after main() returned or argparse exited)
 PROBE = (
     "import atexit, sys\n"
-    "atexit.register(lambda: print('hugepage', __import__('numpy')._core.multiarray._get_madvise_hugepage()))\n"
+    "atexit.register(lambda: print('hugepage', __import__('numpy')._core.multiarray._get_madvise_hugepage(),\n"
+    "                              __import__('pyarrow').default_memory_pool().backend_name))\n"
     "sys.argv = ['gatelens', '--help']\n"
     "from gatelens._console import main\n"
     "main()\n"
 )
 
 
-def _run(env_value: str | None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+def _run(env_value: str | None, pool: str | None = None) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMPY_MADVISE_HUGEPAGE", "ARROW_DEFAULT_MEMORY_POOL")}
     if env_value is not None:
         env["NUMPY_MADVISE_HUGEPAGE"] = env_value
+    if pool is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = pool
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run(
         [sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120, check=True
@@ -34,13 +37,13 @@ def _run(env_value: str | None) -> str:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise huge pages are a Linux setting")
-def test_console_script_turns_numpy_huge_pages_off():
-    assert _run(None) == "hugepage False"
+def test_console_script_turns_numpy_huge_pages_off_and_arrow_to_the_system_pool():
+    assert _run(None) == "hugepage False system"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise huge pages are a Linux setting")
 def test_a_users_choice_is_kept():
-    assert _run("1") == "hugepage True"
+    assert _run("1", "mimalloc") == "hugepage True mimalloc"
 
 
 def test_entry_points_go_through_the_console_module():
