@@ -128,23 +128,37 @@ def _cg(hvp, g: np.ndarray, max_iter: int, rtol: np.ndarray) -> np.ndarray:
 EXACT_NEWTON_MAX_DIM = 257
 
 
-def _newton_steps(A: np.ndarray, S: np.ndarray, reg: np.ndarray, grad: np.ndarray) -> np.ndarray:
-    """Per probe ``j``, ``H_j^-1 grad_j`` with ``H_j = A' diag(S_j) A + diag(reg)`` formed and factorised exactly."""
+#: A probe's Hessian factorisation is kept for its next Newton step while its gradient keeps falling at least this
+#: fast (its largest entry at most this share of the step before's): near the optimum the Hessian barely changes, a
+#: step with the kept one is as good, and forming it (``n d^2``) is most of a step's cost. A slower fall refreshes it.
+#: The optimum is the same: the gradient, the loss and the stopping test are always exact. On the probes of a 2x128
+#: char LSTM's layer (0.1 / 0.3 / 0.5): 125 / 101 / 83 Hessians for 172 / 221 / 313 steps; fitting 1.55 s -> 1.29 s.
+HESSIAN_REUSE_RATE = 0.3
+
+
+def _newton_steps(
+    A: np.ndarray, S: np.ndarray, reg: np.ndarray, grad: np.ndarray, factors: list, refresh: np.ndarray
+) -> np.ndarray:
+    """Per probe ``j``, ``H_j^-1 grad_j`` with ``H_j = A' diag(S_j) A + diag(reg)`` formed and factorised exactly
+    where ``refresh[j]`` (kept in ``factors[j]``), else with the factorisation ``factors[j]`` holds."""
     out = np.empty_like(grad)
     ridge = reg[:, 0]
-    root = np.sqrt(S).astype(np.float32)
-    A32 = A.astype(np.float32)
+    if refresh.any():
+        root = np.sqrt(S).astype(np.float32)
+        A32 = A.astype(np.float32)
     for j in range(grad.shape[1]):  # probes of one batch (a few dozen); each one BLAS-3 product
-        b = A32 * root[:, j : j + 1]
-        # the upper triangle of b' b (the lower is not read): half a matrix product, in float32 (the Hessian only
-        # steers the step; the gradient, the loss and the stopping test stay float64, so the optimum is the same)
-        h = ssyrk(1.0, b.T).astype(np.float64)
-        h[np.diag_indices_from(h)] += ridge
-        try:
-            out[:, j] = cho_solve(cho_factor(h, lower=False, overwrite_a=True), grad[:, j])
-        except np.linalg.LinAlgError:  # singular (an unpenalised intercept on a saturated probe): least squares
-            full = (A * S[:, j : j + 1]).T @ A + np.diag(ridge)
-            out[:, j] = np.linalg.lstsq(full, grad[:, j], rcond=None)[0]
+        if refresh[j]:
+            b = A32 * root[:, j : j + 1]
+            # the upper triangle of b' b (the lower is not read): half a matrix product, in float32 (the Hessian only
+            # steers the step; the gradient, the loss and the stopping test stay float64, so the optimum is the same)
+            h = ssyrk(1.0, b.T).astype(np.float64)
+            h[np.diag_indices_from(h)] += ridge
+            try:
+                factors[j] = ("cholesky", cho_factor(h, lower=False, overwrite_a=True))
+            except np.linalg.LinAlgError:  # singular (an unpenalised intercept on a saturated probe): least squares
+                factors[j] = ("lstsq", (A * S[:, j : j + 1]).T @ A + np.diag(ridge))
+        kind, f = factors[j]
+        out[:, j] = cho_solve(f, grad[:, j]) if kind == "cholesky" else np.linalg.lstsq(f, grad[:, j], rcond=None)[0]
     return out
 
 
@@ -152,8 +166,9 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
     """L2-penalised binary logistic regressions of every 0/1 column of ``Y`` (n, k) on ``X`` (n, d).
 
     Minimises ``sum_i log(1 + exp(-s_i z_i)) + ||w||^2 / (2 C)`` per column (intercept unpenalised) by
-    Newton's method, each Newton step solved by conjugate gradients on Hessian-vector products (two
-    ``(n, d) x (d, k)`` products per CG step for all probes together), with a per-probe step halving.
+    Newton's method with a per-probe step halving: up to :data:`EXACT_NEWTON_MAX_DIM` coefficients each probe's
+    Hessian is factorised exactly (and kept for the next step while the gradient falls fast:
+    :data:`HESSIAN_REUSE_RATE`), above it each step is solved by conjugate gradients on Hessian-vector products.
     Stops when every probe's largest gradient entry is below ``tol * n``.
     """
     X = np.asarray(X, np.float64)
@@ -172,6 +187,8 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
     loss = _logistic_loss(A, Y, W, lam)
     active = np.ones(k, bool)
     n_iter = np.zeros(k, np.int64)
+    factors: list = [None] * k  # per probe, the Hessian factorisation of its last refresh (exact Newton steps)
+    last_gmax = np.full(k, np.inf)
     for _ in range(max_iter):
         idx = np.flatnonzero(active)
         P = expit(A @ W[:, idx])
@@ -185,7 +202,12 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
             break
         S = P * (1.0 - P)
         if d + 1 <= EXACT_NEWTON_MAX_DIM:
-            step = _newton_steps(A, S, reg, grad)
+            refresh = np.array([factors[j] is None for j in idx]) | (gmax > HESSIAN_REUSE_RATE * last_gmax[idx])
+            kept = [factors[j] for j in idx]
+            step = _newton_steps(A, S, reg, grad, kept, refresh)
+            for j, f in zip(idx, kept):
+                factors[j] = f
+            last_gmax[idx] = gmax
         else:
             step = _cg(
                 lambda V, S=S: A.T @ (S * (A @ V)) + reg * V,

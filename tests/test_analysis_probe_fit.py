@@ -50,6 +50,34 @@ def test_logistic_equals_sklearn_per_target(data, C, solver, monkeypatch):
         np.testing.assert_allclose(fit.intercept[j], ref.intercept_[0], rtol=1e-5, atol=1e-6)
 
 
+def test_kept_hessians_reach_the_same_optimum_with_fewer_factorisations(data, monkeypatch):
+    """A Hessian kept while the gradient falls fast changes the path, not the optimum: the same coefficients as
+    refreshing it at every step (pure Newton), with fewer Hessians formed."""
+    from gatelens.analysis import probe_fit
+
+    rng, X = data
+    Xs = standardize(X)[0]
+    Y = (Xs[:, :4] @ rng.normal(size=(4, 6)) + rng.normal(size=(600, 6)) * 0.5 > 0).astype(float)
+    formed = []
+    real = probe_fit._newton_steps
+
+    def counting(A, S, reg, grad, factors, refresh):
+        formed.append(int(refresh.sum()))
+        return real(A, S, reg, grad, factors, refresh)
+
+    monkeypatch.setattr(probe_fit, "_newton_steps", counting)
+    kept = fit_logistic(Xs, Y, C=1.0)
+    n_kept = sum(formed)
+    formed.clear()
+    monkeypatch.setattr(probe_fit, "HESSIAN_REUSE_RATE", 0.0)  # every step refreshes: exact Newton
+    newton = fit_logistic(Xs, Y, C=1.0)
+    assert kept.converged.all() and newton.converged.all()
+    assert sum(formed) == newton.n_iter.sum() and n_kept < sum(formed)
+    # both stop at the same gradient tolerance (tol * n), the tolerance the comparison with scikit-learn uses
+    np.testing.assert_allclose(kept.coef, newton.coef, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(kept.intercept, newton.intercept, rtol=1e-5, atol=1e-6)
+
+
 def test_ridge_equals_sklearn(data):
     rng, X = data
     Xs = standardize(X)[0]
