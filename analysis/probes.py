@@ -43,7 +43,9 @@ Examples
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +81,8 @@ REPORT_COLUMNS = [
 ]  # fmt: skip
 RANKING_COLUMNS = ["layer", "signal", "feature", "unit", "weight", "rank"]
 DEFAULT_MAX_ROWS = 20_000
+#: Threads fitting the probes of different signals at once (each with one BLAS thread).
+PROBE_THREADS = max(1, min(2, os.cpu_count() or 1))
 N_BINS = 10
 
 
@@ -378,8 +382,11 @@ def run_probes(
     total = sum(len(v) for v in per_layer.values())
     done = 0
     # One BLAS thread: the fits are many small solves (<= max_rows x units) where a second OpenBLAS thread
-    # buys little on an idle machine and costs 5-17x on a busy one (threads spin-waiting for a core).
-    with threadpool_limits(limits=1, user_api="blas"):
+    # buys little on an idle machine and costs 5-17x on a busy one (threads spin-waiting for a core). The signals'
+    # fits run instead on PROBE_THREADS threads (NumPy and BLAS release the GIL; each fit is independent, so the
+    # numbers are those of one thread), while this thread reads the next signal.
+    pool = ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="gatelens-probes")
+    with threadpool_limits(limits=1, user_api="blas"), pool:
         for layer in names:
             rows = layer_rows(trace, layer, features, chunk_sequences=chunk_sequences)
             take = subsample(rows.total, max_rows, random_state)
@@ -392,10 +399,19 @@ def run_probes(
             types, control_by = _types(trace, rows, take, fmat, frow)
             F = fmat[frow]
             plan = _plan(F, is_test, fnames, kinds, types, control_by, random_state)
-            for signal in per_layer[layer]:
-                x = _gather(trace[layer][signal], rows, take)
-                results = _probe_signal(x, F, is_test, plan, params, types, control_by, random_state, top_k)
-                for feat, (rep, rank) in zip(fnames, results):
+            fits = [
+                (
+                    signal,
+                    pool.submit(
+                        _probe_signal,
+                        _gather(trace[layer][signal], rows, take),
+                        F, is_test, plan, params, types, control_by, random_state, top_k,
+                    ),
+                )
+                for signal in per_layer[layer]
+            ]  # fmt: skip
+            for signal, fit in fits:
+                for feat, (rep, rank) in zip(fnames, fit.result()):
                     reports.append({"layer": layer, "signal": signal, "feature": feat, "split": split, **rep})
                     if rank is not None:
                         rankings.append(((layer, signal, feat), rank))

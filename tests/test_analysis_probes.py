@@ -221,3 +221,29 @@ def test_with_built_in_text_features():
     rep = probe_report(trace, feats, feature_columns=["bracket_depth", "is_space"])
     d = rep.query("feature == 'bracket_depth'").iloc[0]
     assert d.task == "regression" and d.score > 0.999 and d.top_units.startswith("1")
+
+
+def test_signals_fitted_on_threads_give_one_threads_tables_in_order(monkeypatch):
+    """The signals' probes fitted on PROBE_THREADS threads: the tables of a single thread, rows in signal order,
+    progress in order."""
+    from gatelens.analysis import probes as probes_module
+
+    rng = np.random.default_rng(9)
+    n, t, u = 10, 12, 3
+    h = rng.normal(size=(n, t, u)).astype(np.float32)
+    trace = rnn_trace(h)  # hidden_state h, hidden_state_pre tanh(h)
+    feats = keyed(n, t, up=h[..., 1] > 0, level=h[..., 0] * 2.0)
+    signals = ["hidden_state_pre", "hidden_state"]
+    runs = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(probes_module, "PROBE_THREADS", threads)
+        seen: list[int] = []
+        res = run_probes(
+            trace, feats, signals=signals, feature_columns=["up", "level"], progress=lambda d, _, s=seen: s.append(d)
+        )
+        runs[threads] = (res, seen)
+    (one, seen1), (two, seen2) = runs[1], runs[2]
+    pd.testing.assert_frame_equal(one.report, two.report)
+    pd.testing.assert_frame_equal(one.ranking, two.ranking)
+    assert two.report.signal.tolist() == ["hidden_state_pre"] * 2 + ["hidden_state"] * 2 and seen1 == seen2 == [1, 2]
+    assert two.report.set_index(["signal", "feature"]).loc[("hidden_state", "up"), "score"] > 0.75
