@@ -335,6 +335,7 @@ def _key_rank_sums(x: np.ndarray, ry: np.ndarray) -> tuple[np.ndarray, np.ndarra
     shift, low = ctype(index_bits), ctype((1 << index_bits) - 1)
     nan_below, nan_above = sign - inf, sign + inf  # keys of -inf and +inf
     rows = np.arange(m, dtype=ctype)
+    ry_rows = np.ascontiguousarray(ry, np.float64)
     bits = _transpose(x.view(utype), ctype)  # (p, m): one column's bits a row, widened to hold the row numbers
     sxy, sxx = np.empty((p, q)), np.empty(p)
     const = np.empty(p, bool)
@@ -365,8 +366,11 @@ def _key_rank_sums(x: np.ndarray, ry: np.ndarray) -> tuple[np.ndarray, np.ndarra
         mean_rank += starts
         mean_rank += 0.5 - centre
         ranks = np.repeat(mean_rank, lengths).reshape(g, m)  # in sorted order
-        for j in range(q):  # features (a few)
-            sxy[sl, j] = np.einsum("gm,gm->g", ranks, np.take(ry[:, j], o))
+        # the ranks put back in row order (one scatter), then one (g, m) x (m, q) product for every feature at once
+        # (a take and an einsum per feature and column cost ~5x)
+        in_rows = np.empty_like(ranks)
+        np.put_along_axis(in_rows, o, ranks, axis=1)
+        sxy[sl] = in_rows @ ry_rows
         # sum of squared centred average ranks: m (m^2 - 1) / 12 less (t^3 - t) / 12 for each run of t ties
         ties = (lengths**3 - lengths).astype(np.float64)
         sxx[sl] = (m * (m * m - 1.0) - np.add.reduceat(ties, np.cumsum(per_row) - per_row)) / 12.0
