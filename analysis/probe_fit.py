@@ -137,10 +137,10 @@ HESSIAN_REUSE_RATE = 0.3
 
 
 def _newton_steps(
-    A: np.ndarray, S: np.ndarray, reg: np.ndarray, grad: np.ndarray, factors: list, refresh: np.ndarray
+    A: np.ndarray, S: np.ndarray, reg: np.ndarray, grad: np.ndarray, factors: list, idx: np.ndarray, refresh: np.ndarray
 ) -> np.ndarray:
-    """Per probe ``j``, ``H_j^-1 grad_j`` with ``H_j = A' diag(S_j) A + diag(reg)`` formed and factorised exactly
-    where ``refresh[j]`` (kept in ``factors[j]``), else with the factorisation ``factors[j]`` holds."""
+    """Per column ``j`` (probe ``idx[j]``), ``H^-1 grad_j`` with ``H = A' diag(S_j) A + diag(reg)`` formed and
+    factorised exactly where ``refresh[j]`` (kept in ``factors[idx[j]]``), else with the factorisation kept there."""
     out = np.empty_like(grad)
     ridge = reg[:, 0]
     if refresh.any():
@@ -154,10 +154,10 @@ def _newton_steps(
             h = ssyrk(1.0, b.T).astype(np.float64)
             h[np.diag_indices_from(h)] += ridge
             try:
-                factors[j] = ("cholesky", cho_factor(h, lower=False, overwrite_a=True))
+                factors[idx[j]] = ("cholesky", cho_factor(h, lower=False, overwrite_a=True))
             except np.linalg.LinAlgError:  # singular (an unpenalised intercept on a saturated probe): least squares
-                factors[j] = ("lstsq", (A * S[:, j : j + 1]).T @ A + np.diag(ridge))
-        kind, f = factors[j]
+                factors[idx[j]] = ("lstsq", (A * S[:, j : j + 1]).T @ A + np.diag(ridge))
+        kind, f = factors[idx[j]]
         out[:, j] = cho_solve(f, grad[:, j]) if kind == "cholesky" else np.linalg.lstsq(f, grad[:, j], rcond=None)[0]
     return out
 
@@ -188,7 +188,7 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
     active = np.ones(k, bool)
     n_iter = np.zeros(k, np.int64)
     factors: list = [None] * k  # per probe, the Hessian factorisation of its last refresh (exact Newton steps)
-    last_gmax = np.full(k, np.inf)
+    last_gmax = np.zeros(k)  # an active probe's gradient is above 0 * rate: its first step forms its Hessian
     for _ in range(max_iter):
         idx = np.flatnonzero(active)
         P = expit(A @ W[:, idx])
@@ -202,11 +202,8 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
             break
         S = P * (1.0 - P)
         if d + 1 <= EXACT_NEWTON_MAX_DIM:
-            refresh = np.array([factors[j] is None for j in idx]) | (gmax > HESSIAN_REUSE_RATE * last_gmax[idx])
-            kept = [factors[j] for j in idx]
-            step = _newton_steps(A, S, reg, grad, kept, refresh)
-            for j, f in zip(idx, kept):
-                factors[j] = f
+            refresh = ~(gmax <= HESSIAN_REUSE_RATE * last_gmax[idx])  # (a NaN gradient refreshes too)
+            step = _newton_steps(A, S, reg, grad, factors, idx, refresh)
             last_gmax[idx] = gmax
         else:
             step = _cg(

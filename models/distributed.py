@@ -53,7 +53,7 @@ import numpy as np
 
 from gatelens.analysis.distributed import WORKER_ENV, cluster_client, local_client, local_cluster, local_path
 from gatelens.errors import GatelensError, GatelensInputError, UsageError
-from gatelens.models.extract import TAIL_SHARE
+from gatelens.models.extract import batch_spans
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,9 @@ def shard_bounds(n: int, batch: int, chunk: int, n_workers: int, shard_sequences
         per = -(-int(shard_sequences) // unit)
     size = per * unit
     shards = [range(s, min(s + size, n)) for s in range(0, n, size)]
-    if len(shards) >= 2 and len(shards[-1]) <= int(batch) // TAIL_SHARE:
-        # a short tail is part of the last batch of the single-process run (batch_spans): the same shard computes it
+    last_batch = batch_spans(n, batch)[-1][0]
+    if len(shards) >= 2 and shards[-1].start > last_batch:
+        # the last shard would start inside the single-process run's last batch (a short tail joins it): one shard
         shards[-2:] = [range(shards[-2].start, n)]
     return shards
 

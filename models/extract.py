@@ -1395,8 +1395,8 @@ def write_run(
     """Extract like :func:`extract`, streaming batch by batch into a run directory; return it opened lazily.
 
     Memory is bounded by ``batch_size`` (a batch holds at most 1.25 times it: :func:`batch_spans`), not by N.
-    Writing and hashing a batch (a writer thread) overlaps the computation of the next one. The run appears at ``out`` only once complete (manifest last); an earlier
-    run at ``out`` is replaced only then. ``verify`` and ``sample_size`` as in :func:`extract`; the manifest
+    Writing and hashing a batch (a writer thread) overlaps the computation of the next one. The run appears at
+    ``out`` only once complete (manifest last); an earlier run at ``out`` is replaced only then. ``verify`` and ``sample_size`` as in :func:`extract`; the manifest
     records them and what they check (``verify_checks``); ``compile`` as in :func:`extract` (the manifest's
     ``compile`` says which ran, ``compile_rule`` why). ``strict_vocab`` as in
     :func:`extract`; the unknown tokens a model's own lookup layer met are in the manifest's ``unknown_tokens``.

@@ -61,9 +61,9 @@ def test_kept_hessians_reach_the_same_optimum_with_fewer_factorisations(data, mo
     formed = []
     real = probe_fit._newton_steps
 
-    def counting(A, S, reg, grad, factors, refresh):
+    def counting(A, S, reg, grad, factors, idx, refresh):
         formed.append(int(refresh.sum()))
-        return real(A, S, reg, grad, factors, refresh)
+        return real(A, S, reg, grad, factors, idx, refresh)
 
     monkeypatch.setattr(probe_fit, "_newton_steps", counting)
     kept = fit_logistic(Xs, Y, C=1.0)
