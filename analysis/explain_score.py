@@ -42,8 +42,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
-from gatelens.analysis._reading import read, read_mask, select_layers
+from gatelens.analysis._reading import read_mask, select_layers
 from gatelens.analysis.signals import state_names
 from gatelens.analysis.trace import Trace, iter_chunks
 
@@ -52,32 +53,47 @@ SCORE_COLUMNS = [
     "explanation",
 ]  # fmt: skip
 STATE_SIGNALS = state_names()  # the registry's states, cell_state first
-_SPLITS = ("fit", "held", "control")
 
 
 class _Sums:
-    """Pairwise-complete sums for Pearson r between every unit (rows) and every feature (columns)."""
+    """Pairwise-complete sums for Pearson r between every column of X (rows) and every column of Y (columns).
 
-    def __init__(self, units: int, nf: int) -> None:
-        z = np.zeros((units, nf))
-        self.n, self.sx, self.sxx, self.sy, self.syy, self.sxy = (z.copy() for _ in range(6))
+    Each block of steps costs one matrix product ``X.T @ [V, Y0]`` and one ``(X * X).T @ V`` over every unit of
+    every signal against every (lag, feature) column at once, where ``V`` holds only the *distinct* patterns of
+    defined cells of the columns (the lags' patterns: a few), not one per feature.
+    """
+
+    def __init__(self, width: int, columns: int) -> None:
+        z = np.zeros((width, columns))
+        self.sx, self.sxx, self.sxy = z, z.copy(), z.copy()
+        self.n, self.sy, self.syy = (np.zeros(columns) for _ in range(3))
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """``x`` (M, units) real steps, ``y`` (M, nf) with NaN where undefined."""
+        """``x`` (M, width) real steps (float64, overwritten: squared in place), ``y`` (M, columns) with NaN where
+        undefined."""
         v = ~np.isnan(y)
         y0 = np.where(v, y, 0.0)
-        vf = v.astype(np.float64)
-        self.n += vf.sum(0)[None, :]
-        self.sx += x.T @ vf
-        self.sxx += (x * x).T @ vf
-        self.sy += y0.sum(0)[None, :]
-        self.syy += (y0 * y0).sum(0)[None, :]
-        self.sxy += x.T @ y0
+        patterns: dict[bytes, int] = {}
+        inv = np.empty(y.shape[1], np.intp)
+        for j in range(y.shape[1]):  # columns (lags x features: a few dozen), not units
+            inv[j] = patterns.setdefault(np.packbits(v[:, j]).tobytes(), len(patterns))
+        first = np.unique(inv, return_index=True)[1]
+        vu = v[:, first].astype(np.float64)  # one column per distinct pattern, in order of first use
+        k = vu.shape[1]
+        g = x.T @ np.concatenate([vu, y0], axis=1)
+        self.sx += g[:, :k][:, inv]
+        self.sxy += g[:, k:]
+        np.multiply(x, x, out=x)
+        self.sxx += (x.T @ vu)[:, inv]
+        self.n += v.sum(0)
+        self.sy += y0.sum(0)
+        self.syy += (y0 * y0).sum(0)
 
     def r(self) -> np.ndarray:
-        n = self.n
-        cov = n * self.sxy - self.sx * self.sy
-        var = (n * self.sxx - self.sx**2) * (n * self.syy - self.sy**2)
+        """(width, columns) Pearson r; NaN with fewer than 3 steps or a constant column."""
+        n, sx = self.n, self.sx
+        cov = n * self.sxy - sx * self.sy
+        var = (n * self.sxx - sx**2) * (n * self.syy - self.sy**2)
         with np.errstate(invalid="ignore", divide="ignore"):
             out = cov / np.sqrt(var)
         return np.where((n > 2) & (var > 0), np.clip(out, -1.0, 1.0), np.nan)
@@ -104,6 +120,39 @@ def _lagged(grid: np.ndarray, lag: int) -> np.ndarray:
     out = np.full_like(grid, np.nan)
     out[:, lag:] = grid[:, :-lag]
     return out
+
+
+def _accumulate(lt: Any, sigs: list[str], lags: list[np.ndarray], chunk: int, rng: np.random.Generator) -> dict:
+    """The sums of one layer, a chunk of sequences at a time: ``"fit"`` (even sequences) of every unit of every signal
+    against every lag's features, ``"held"`` (odd ones) against every lag's features and then the same permuted
+    within the chunk (the control)."""
+    units, nl, nf = lt.info.units, len(lags), lags[0].shape[2]
+    sums = {"fit": _Sums(len(sigs) * units, nl * nf), "held": _Sums(len(sigs) * units, 2 * nl * nf)}
+    buf = np.empty(0)
+    # One BLAS thread: the products are narrow (a few dozen columns), where a second OpenBLAS thread spin-waiting for
+    # a core costs more CPU than it saves on a shared machine (as in the correlations).
+    with threadpool_limits(limits=1, user_api="blas"):
+        for rows in iter_chunks(lt.shape[0], chunk):
+            m = read_mask(lt, rows)
+            seqs = np.arange(rows.start, rows.stop)
+            raw = [np.asarray(lt[s][rows]).reshape(-1, units) for s in sigs]  # each signal read once, stored dtype
+            ys = [lags[lag][rows].reshape(-1, nf) for lag in range(nl)]
+            for split, parity in (("fit", 0), ("held", 1)):
+                sel = (m & ((seqs % 2) == parity)[:, None]).ravel()
+                if not sel.any():
+                    continue
+                idx = np.flatnonzero(sel)
+                if buf.size < idx.size * len(sigs) * units:
+                    buf = np.empty(idx.size * len(sigs) * units)  # reused: a fresh 50 MB array is faulted in anew
+                x = buf[: idx.size * len(sigs) * units].reshape(idx.size, len(sigs) * units)
+                for k, r in enumerate(raw):
+                    x[:, k * units : (k + 1) * units] = r[idx]
+                y = [yl[idx] for yl in ys]
+                if split == "held":
+                    perm = rng.permutation(idx.size)
+                    y += [yl[perm] for yl in y]
+                sums[split].add(x, np.concatenate(y, axis=1))
+    return sums
 
 
 def explanation_scores(
@@ -155,30 +204,14 @@ def explanation_scores(
         units = lt.info.units
         if not sigs or not gnames:
             continue
-        sums = {(s, lag, sp): _Sums(units, len(gnames)) for s in sigs for lag in range(max_lag + 1) for sp in _SPLITS}
-        rng = np.random.default_rng(seed)
-        for rows in iter_chunks(lt.shape[0], chunk):
-            m = read_mask(lt, rows)
-            seqs = np.arange(rows.start, rows.stop)
-            xs = {s: read(lt[s], rows, np.float64) for s in sigs}
-            for split, parity in (("fit", 0), ("held", 1)):
-                sel = m & ((seqs % 2) == parity)[:, None]
-                if not sel.any():
-                    continue
-                perm = rng.permutation(int(sel.sum())) if split == "held" else None
-                for lag in range(max_lag + 1):
-                    y = lags[lag][rows][sel]
-                    for s in sigs:
-                        x = xs[s][sel]
-                        sums[s, lag, split].add(x, y)
-                        if perm is not None:
-                            sums[s, lag, "control"].add(x, y[perm])
-        # choose on the fit split: the largest |r| over signals and lags, per unit
-        fit = np.stack([np.stack([sums[s, lag, "fit"].r() for lag in range(max_lag + 1)]) for s in sigs])
-        held = np.stack([np.stack([sums[s, lag, "held"].r() for lag in range(max_lag + 1)]) for s in sigs])
-        ctrl = np.stack([np.stack([sums[s, lag, "control"].r() for lag in range(max_lag + 1)]) for s in sigs])
-        n_fit = np.stack([np.stack([sums[s, lag, "fit"].n for lag in range(max_lag + 1)]) for s in sigs])
-        n_held = np.stack([np.stack([sums[s, lag, "held"].n for lag in range(max_lag + 1)]) for s in sigs])
+        nl, nf = max_lag + 1, len(gnames)
+        sums = _accumulate(lt, sigs, lags, chunk, np.random.default_rng(seed))
+
+        shape = (len(sigs), units, -1, nl, nf)  # (signals, units, part, lags, features)
+        fit = sums["fit"].r().reshape(shape)[:, :, 0].transpose(0, 2, 1, 3)  # -> (signals, lags, units, features)
+        held, ctrl = sums["held"].r().reshape(shape).transpose(2, 0, 3, 1, 4)  # part 0 held out, part 1 control
+        n_fit = np.broadcast_to(sums["fit"].n.reshape(nl, 1, nf), fit.shape)
+        n_held = np.broadcast_to(sums["held"].n[: nl * nf].reshape(nl, 1, nf), fit.shape)
         # (signals, lags, units, features) -> best per unit; ties: first signal, smallest lag, first feature
         a = np.where(np.isnan(fit), -1.0, np.abs(fit)).transpose(2, 0, 1, 3).reshape(units, -1)
         flat = np.argmax(a, axis=1)
