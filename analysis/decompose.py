@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from gatelens.analysis._reading import (
     get_layer,
@@ -536,6 +537,82 @@ def _unroll(f: np.ndarray, w: np.ndarray, targets: np.ndarray, *, dense: bool) -
     return np.where(keep, prods * w[None], 0.0), init
 
 
+#: Rows (steps) of the gate parts formed at a time by :func:`gate_drivers`: a (2048, 4u) float64 block of products
+#: (4 MB at 128 units) stays in cache while its absolute values are summed, instead of whole-chunk parts in memory.
+_DRIVER_ROWS = 2048
+
+
+def _driver_sums(lt: LayerTrace, rows: slice, sums: np.ndarray) -> int:
+    """Add the column sums of the input, recurrent and bias parts (rows 0-2 of ``sums``, gate-major columns) and of
+    the absolute input and recurrent parts (rows 3-4) over the real steps of ``rows``; returns the number of real
+    steps.
+
+    The parts are those of :func:`_part_matrices`. The signed sums of a linear part are the summed rows times the
+    weights (``sum_t x_t W = (sum_t x_t) W``); the absolute sums need every product, formed :data:`_DRIVER_ROWS`
+    rows at a time in a reused buffer (float64, as :func:`_part_matrices`).
+    """
+    info = lt.info
+    kernel, rk, bias = _weights(lt)
+    u = info.units
+    m = read_mask(lt, rows)
+    k = int(m.sum())
+    if k == 0:
+        return 0
+    real = None if k == m.size else m.reshape(-1)  # padded steps left out (their stored values are not read)
+
+    def steps(a: np.ndarray) -> np.ndarray:  # (n, T, d) -> (real steps, d)
+        flat = a.reshape(-1, a.shape[-1])
+        return np.ascontiguousarray(flat if real is None else flat[real])
+
+    x = steps(read(lt.inputs, rows))
+    hp = processing(read(lt["hidden_state"], rows), info.go_backwards)
+    h_prev = np.zeros_like(hp)
+    h_prev[:, 1:] = hp[:, :-1]
+    h = steps(processing(h_prev, info.go_backwards))
+    ones = np.ones(min(k, _DRIVER_ROWS))
+    sums[0] += x.sum(axis=0) @ kernel
+    _abs_sums(x, kernel, sums[3], ones)
+    if info.cell_type != "gru":
+        sums[1] += h.sum(axis=0) @ rk
+        _abs_sums(h, rk, sums[4], ones)
+        sums[2] += k * bias.reshape(-1)
+        return k
+    reset_after = bool(info.reset_after) if info.reset_after is not None else bias.ndim == 2
+    b_in, b_rec = (bias[0], bias[1]) if reset_after else (bias.reshape(-1), np.zeros(3 * u))
+    r = steps(read(lt["reset_gate"], rows))
+    zr, cand = slice(0, 2 * u), slice(2 * u, 3 * u)
+    sums[1, zr] += h.sum(axis=0) @ rk[:, zr]
+    gate_bias = b_in + b_rec
+    gate_bias[cand] = b_in[cand]  # the candidate's recurrent bias sits inside its (reset-scaled) recurrent part
+    sums[2] += k * gate_bias
+    if not reset_after:  # candidate: (r * h) U_h, linear in r * h
+        rh = r * h
+        sums[1, cand] += rh.sum(axis=0) @ rk[:, cand]
+        _abs_sums(h, np.ascontiguousarray(rk[:, zr]), sums[4, zr], ones)
+        _abs_sums(rh, np.ascontiguousarray(rk[:, cand]), sums[4, cand], ones)
+        return k
+    buf = np.empty((len(ones), 3 * u))
+    for start in range(0, k, _DRIVER_ROWS):  # candidate: r * (h U_h + rb_h), summed from the products
+        stop = min(start + _DRIVER_ROWS, k)
+        b = buf[: stop - start]
+        np.matmul(h[start:stop], rk, out=b)
+        c = b[:, cand]
+        c += b_rec[cand]
+        c *= r[start:stop]
+        sums[1, cand] += ones[: stop - start] @ c
+        sums[4] += ones[: stop - start] @ np.abs(b, out=b)
+    return k
+
+
+def _abs_sums(a: np.ndarray, w: np.ndarray, out: np.ndarray, ones: np.ndarray) -> None:
+    """``out += |a @ w|.sum(axis=0)``, :data:`_DRIVER_ROWS` rows of the product at a time (``ones``: that many 1s)."""
+    buf = np.empty((len(ones), w.shape[1]))
+    for start in range(0, a.shape[0], _DRIVER_ROWS):
+        b = buf[: min(_DRIVER_ROWS, a.shape[0] - start)]
+        np.matmul(a[start : start + _DRIVER_ROWS], w, out=b)
+        out += ones[: b.shape[0]] @ np.abs(b, out=b)
+
+
 def gate_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk: int = 256) -> pd.DataFrame:
     """Per unit and gate: on average, how much of the pre-activation came from the input vs the memory.
 
@@ -567,20 +644,9 @@ def gate_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
         u, g = lt.info.units, len(blocks)
         sums = np.zeros((5, g * u))  # input, recurrent, bias, |input|, |recurrent|, gate-major columns
         n = 0
-        # the float64 parts of every gate: ~0.4 GB a layer for 256 sequences x 200 steps x 128 units; fewer at once.
-        # Column sums over the real steps of all gate blocks at once, the absolute values taken in place.
-        for rows in iter_chunks(lt.shape[0], min(chunk, PARTS_SEQUENCES)):
-            m, xw, rec, bias = _part_matrices(lt, rows)
-            if not m.any():
-                continue
-            real = None if m.all() else m.reshape(-1)  # padded steps left out (their stored values are not read)
-            for row, part in ((0, xw), (1, rec)):
-                flat = part.reshape(-1, g * u) if real is None else part.reshape(-1, g * u)[real]
-                sums[row] += flat.sum(axis=0)
-                sums[row + 3] += np.abs(flat, out=flat).sum(axis=0)
-            k = int(m.sum())
-            n += k
-            sums[2] += k * bias
+        with threadpool_limits(limits=1, user_api="blas"):  # small cache-sized products: one thread each is fastest
+            for rows in iter_chunks(lt.shape[0], min(chunk, PARTS_SEQUENCES)):
+                n += _driver_sums(lt, rows, sums)
         sums = sums.reshape(5, g, u).transpose(0, 2, 1)  # (5, u, g)
         if n == 0:
             raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")

@@ -314,6 +314,34 @@ def test_gate_drivers_summarise_the_decomposition():
     np.testing.assert_allclose(d.loc[expect_in.index, "mean_recurrent"], g["recurrent"].mean(), rtol=1e-10)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: random_lstm(21, n=6, t=9, go_backwards=True),
+        lambda: random_gru(22, n=6, t=9, reset_after=False),
+        lambda: random_gru(23, n=6, t=9, reset_after=True, go_backwards=True),
+        lambda: random_lstm(24, n=4, t=6, masked=False),
+    ],
+    ids=["lstm-backwards", "gru-reset-before", "gru-reset-after-backwards", "lstm-unmasked"],
+)
+def test_gate_drivers_are_the_means_of_the_per_step_parts(make, monkeypatch):
+    """Every column of gate_drivers against the per-step decomposition averaged by pandas, the products formed in
+    blocks of 5 rows (so blocks end inside sequences) and chunks of 2 sequences."""
+    import gatelens.analysis.decompose as dec
+
+    monkeypatch.setattr(dec, "_DRIVER_ROWS", 5)
+    trace = make()
+    layer = trace.layers[0]
+    pre = preactivation_decomposition(trace, layer)
+    g = pre.assign(ai=pre["input"].abs(), ar=pre["recurrent"].abs()).groupby(["unit", "gate"], sort=False)
+    want = g[["input", "recurrent", "bias", "ai", "ar"]].mean()
+    got = gate_drivers(trace, chunk=2).set_index(["unit", "gate"]).loc[want.index]
+    cols = ["mean_input", "mean_recurrent", "mean_bias", "mean_abs_input", "mean_abs_recurrent"]
+    scale = want[["ai", "ar"]].to_numpy().max()
+    np.testing.assert_allclose(got[cols].to_numpy(), want.to_numpy(), rtol=1e-12, atol=1e-14 * scale)
+    assert (got["n"] == int(np.asarray(trace[layer].mask).sum())).all()
+
+
 # -- lazy run store ------------------------------------------------------------------------------------
 
 
