@@ -16,6 +16,7 @@ from gatelens.analysis.memory import half_lives, memory_tables, retention_curves
 from gatelens.analysis.stats import (
     ACTIVATION_SLOPES,
     activation_slope,
+    chunk_sums,
     max_slope,
     signal_stats,
     stats_tables,
@@ -329,3 +330,39 @@ def test_float16_store_stats_are_the_float64_stats_of_its_values(tmp_path):
     got_half, got_ret = memory_tables(lazy, max_lag=4, chunk=5)
     pd.testing.assert_frame_equal(got_half, half_lives(held, chunk=5), check_exact=True)
     pd.testing.assert_frame_equal(got_ret, retention_curves(held, "lstm", max_lag=4, chunk=5), check_exact=True)
+
+
+def test_float16_chunk_sums_from_keys_are_the_float64_ones(monkeypatch):
+    """chunk_sums of float16 rows (min, max and counts from the bits as ordered keys) against numpy's float64 min,
+    max and comparisons of the same values: negatives, -0.0, subnormals, the float16 neighbours of 0.1 and 0.9,
+    infinities, columns entirely on one side of a threshold, blocks that end inside the rows, and a NaN."""
+    import gatelens.analysis.stats as stats
+
+    monkeypatch.setattr(stats, "_BLOCK_VALUES", 64 * 16)  # blocks of 64 rows: the last one ends at row 700
+    rng = np.random.default_rng(3)
+    v = rng.normal(scale=2.0, size=(700, 16)).astype(np.float16)
+    v[:8, 0] = [-np.inf, np.inf, -0.0, 0.0, 2.0**-24, -(2.0**-24), 0.1, 0.9]
+    v[8:12, 0] = [np.nextafter(np.float16(x), np.float16(y)) for x in (0.1, 0.9) for y in (-1, 2)]
+    v[:, 1] = 0.5  # between the thresholds in every row: no count compares
+    v[:, 2] = -3.0  # below 0.1 everywhere
+    v[:, 3] = rng.uniform(0.91, 40.0, 700)  # above 0.9 everywhere
+    # columns at the keys that bound the counts: the smallest float16 >= 0.1, float16(0.1) = 0.09998 (below 0.1),
+    # the smallest float16 above 0.9, float16(0.9) = 0.89990 (not above 0.9)
+    v[:, 4:8] = [np.nextafter(np.float16(0.1), np.float16(1)), 0.1, np.nextafter(np.float16(0.9), np.float16(1)), 0.9]
+    with_nan = v.copy()
+    with_nan[333, ::2] = np.nan
+    for values in (with_nan, v, v[:, 1:8].copy()):  # the last: every column decided by its key range alone
+        want = values.astype(np.float64)
+        shift = want[5]
+        got = chunk_sums(values, shift)
+        for g, r in zip(got, chunk_sums(want, shift)):
+            np.testing.assert_array_equal(g, r)
+        np.testing.assert_array_equal(got[3], want.min(axis=0))
+        np.testing.assert_array_equal(got[4], want.max(axis=0))
+        np.testing.assert_array_equal(got[5], (want < 0.1).sum(axis=0))
+        np.testing.assert_array_equal(got[6], (want > 0.9).sum(axis=0))
+        if values is with_nan:
+            assert np.isnan(got[3][::2]).all() and not np.isnan(got[3][1::2]).any()
+    plain = chunk_sums(v, v[0])
+    assert plain[5][2] == plain[6][3] == 700 and plain[5][4:8].tolist() == [0, 700, 0, 0]
+    assert plain[6][4:8].tolist() == [0, 0, 700, 0]
