@@ -53,7 +53,9 @@ Examples
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -541,56 +543,74 @@ def _unroll(f: np.ndarray, w: np.ndarray, targets: np.ndarray, *, dense: bool) -
 #: (4 MB at 128 units) stays in cache while its absolute values are summed, instead of whole-chunk parts in memory.
 _DRIVER_ROWS = 2048
 
+#: Threads forming the gate drivers' products, a chunk of sequences each with one BLAS thread, while the calling
+#: thread reads the next chunk (1: all on the calling thread). The chunks' sums are added in chunk order, so the
+#: tables do not depend on it.
+DRIVER_THREADS = 2
 
-def _driver_sums(lt: LayerTrace, rows: slice, sums: np.ndarray) -> int:
-    """Add the column sums of the input, recurrent and bias parts (rows 0-2 of ``sums``, gate-major columns) and of
-    the absolute input and recurrent parts (rows 3-4) over the real steps of ``rows``; returns the number of real
-    steps.
+
+def _driver_chunk(lt: LayerTrace, rows: slice) -> dict[str, np.ndarray] | None:
+    """The signals of ``rows`` that :func:`_chunk_driver_sums` needs (None where every step is padding)."""
+    m = read_mask(lt, rows)
+    if not m.any():
+        return None
+    data = {"mask": m, "x": read(lt.inputs, rows), "h": read(lt["hidden_state"], rows)}
+    if lt.info.cell_type == "gru":
+        data["r"] = read(lt["reset_gate"], rows)
+    return data
+
+
+def _chunk_driver_sums(
+    info: Any, weights: tuple[np.ndarray, np.ndarray, np.ndarray], data: dict[str, np.ndarray]
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(real steps, sums, input sums)`` of one chunk: ``sums`` (5, G*u) the column sums of the input, recurrent and
+    bias parts and of the absolute input and recurrent parts over the real steps (gate-major columns), ``input sums``
+    (2, in) those of the layer's input and of its absolute value.
 
     The parts are those of :func:`_part_matrices`. The signed sums of a linear part are the summed rows times the
     weights (``sum_t x_t W = (sum_t x_t) W``); the absolute sums need every product, formed :data:`_DRIVER_ROWS`
     rows at a time in a reused buffer (float64, as :func:`_part_matrices`).
     """
-    info = lt.info
-    kernel, rk, bias = _weights(lt)
+    kernel, rk, bias = weights
     u = info.units
-    m = read_mask(lt, rows)
+    m = data["mask"]
     k = int(m.sum())
-    if k == 0:
-        return 0
     real = None if k == m.size else m.reshape(-1)  # padded steps left out (their stored values are not read)
 
     def steps(a: np.ndarray) -> np.ndarray:  # (n, T, d) -> (real steps, d)
         flat = a.reshape(-1, a.shape[-1])
         return np.ascontiguousarray(flat if real is None else flat[real])
 
-    x = steps(read(lt.inputs, rows))
-    hp = processing(read(lt["hidden_state"], rows), info.go_backwards)
+    x = steps(data["x"])
+    hp = processing(data["h"], info.go_backwards)
     h_prev = np.zeros_like(hp)
     h_prev[:, 1:] = hp[:, :-1]
     h = steps(processing(h_prev, info.go_backwards))
+    sums = np.zeros((5, kernel.shape[1]))
+    x_sum = x.sum(axis=0)
+    inputs = np.stack([x_sum, np.abs(x).sum(axis=0)])
     ones = np.ones(min(k, _DRIVER_ROWS))
-    sums[0] += x.sum(axis=0) @ kernel
+    sums[0] = x_sum @ kernel
     _abs_sums(x, kernel, sums[3], ones)
     if info.cell_type != "gru":
-        sums[1] += h.sum(axis=0) @ rk
+        sums[1] = h.sum(axis=0) @ rk
         _abs_sums(h, rk, sums[4], ones)
-        sums[2] += k * bias.reshape(-1)
-        return k
+        sums[2] = k * bias.reshape(-1)
+        return k, sums, inputs
     reset_after = bool(info.reset_after) if info.reset_after is not None else bias.ndim == 2
     b_in, b_rec = (bias[0], bias[1]) if reset_after else (bias.reshape(-1), np.zeros(3 * u))
-    r = steps(read(lt["reset_gate"], rows))
+    r = steps(data["r"])
     zr, cand = slice(0, 2 * u), slice(2 * u, 3 * u)
-    sums[1, zr] += h.sum(axis=0) @ rk[:, zr]
+    sums[1, zr] = h.sum(axis=0) @ rk[:, zr]
     gate_bias = b_in + b_rec
     gate_bias[cand] = b_in[cand]  # the candidate's recurrent bias sits inside its (reset-scaled) recurrent part
-    sums[2] += k * gate_bias
+    sums[2] = k * gate_bias
     if not reset_after:  # candidate: (r * h) U_h, linear in r * h
         rh = r * h
-        sums[1, cand] += rh.sum(axis=0) @ rk[:, cand]
+        sums[1, cand] = rh.sum(axis=0) @ rk[:, cand]
         _abs_sums(h, np.ascontiguousarray(rk[:, zr]), sums[4, zr], ones)
         _abs_sums(rh, np.ascontiguousarray(rk[:, cand]), sums[4, cand], ones)
-        return k
+        return k, sums, inputs
     buf = np.empty((len(ones), 3 * u))
     for start in range(0, k, _DRIVER_ROWS):  # candidate: r * (h U_h + rb_h), summed from the products
         stop = min(start + _DRIVER_ROWS, k)
@@ -601,7 +621,7 @@ def _driver_sums(lt: LayerTrace, rows: slice, sums: np.ndarray) -> int:
         c *= r[start:stop]
         sums[1, cand] += ones[: stop - start] @ c
         sums[4] += ones[: stop - start] @ np.abs(b, out=b)
-    return k
+    return k, sums, inputs
 
 
 def _abs_sums(a: np.ndarray, w: np.ndarray, out: np.ndarray, ones: np.ndarray) -> None:
@@ -611,6 +631,104 @@ def _abs_sums(a: np.ndarray, w: np.ndarray, out: np.ndarray, ones: np.ndarray) -
         b = buf[: min(_DRIVER_ROWS, a.shape[0] - start)]
         np.matmul(a[start : start + _DRIVER_ROWS], w, out=b)
         out += ones[: b.shape[0]] @ np.abs(b, out=b)
+
+
+def _driver_pass(lt: LayerTrace, chunk: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """One layer's summed :func:`_chunk_driver_sums` over every chunk, :data:`DRIVER_THREADS` chunks at a time."""
+    weights = _weights(lt)
+    n, sums, inputs = 0, np.zeros((5, weights[0].shape[1])), np.zeros((2, weights[0].shape[0]))
+
+    def add(result: tuple[int, np.ndarray, np.ndarray]) -> None:
+        nonlocal n
+        n += result[0]
+        sums[...] += result[1]
+        inputs[...] += result[2]
+
+    chunks = (_driver_chunk(lt, rows) for rows in iter_chunks(lt.shape[0], min(chunk, PARTS_SEQUENCES)))
+    # small cache-sized products: one BLAS thread each is fastest (two contend for the cores, 2-3x slower)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if DRIVER_THREADS <= 1:
+            for data in chunks:
+                if data is not None:
+                    add(_chunk_driver_sums(lt.info, weights, data))
+            return n, sums, inputs
+        with ThreadPoolExecutor(DRIVER_THREADS, thread_name_prefix="gatelens-drivers") as pool:
+            pending: deque[Future] = deque()
+            for data in chunks:  # read here, on the calling thread, while the workers form the products
+                if data is None:
+                    continue
+                pending.append(pool.submit(_chunk_driver_sums, lt.info, weights, data))
+                while len(pending) >= DRIVER_THREADS:
+                    add(pending.popleft().result())
+            while pending:
+                add(pending.popleft().result())
+    return n, sums, inputs
+
+
+def driver_tables(
+    trace: Trace, *, layers: Sequence[str] | str | None = None, chunk: int = 256
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(gate_drivers(trace), feature_drivers(trace))`` from one read of each layer's inputs and hidden states.
+
+    The feature means come from the same pass as the gate parts (the same numbers as :func:`feature_drivers`, summed
+    in other chunks).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_states
+    >>> x = np.array([[[1.0, 3.0], [-1.0, 1.0]]], np.float32)
+    >>> w = {"kernel": np.array([[2.0], [-1.0]]), "recurrent_kernel": np.zeros((1, 1)), "bias": np.zeros(1)}
+    >>> lt = example_states(np.zeros((1, 2, 1), np.float32), inputs=x, weights=w, input_dim=2, recurrent_activation=None)
+    >>> gates, features = driver_tables(Trace({"rnn": lt}, x=x, feature_names=["a", "b"]))
+    >>> gates[["mean_input", "mean_abs_input"]]  # steps: 2 - 3 = -1 and -2 - 1 = -3
+       mean_input  mean_abs_input
+    0        -2.0             2.0
+    >>> features[["feature", "mean_value", "mean_abs_contribution"]]
+      feature  mean_value  mean_abs_contribution
+    0       a         0.0                    2.0
+    1       b         2.0                    2.0
+    """
+    gates, features = [], []
+    for name in select_layers(trace, layers):
+        lt = trace[name]
+        n, sums, inputs = _driver_pass(lt, chunk)
+        gates.append(_gate_frame(name, lt, sums, n))
+        if "embedding" not in lt.weights:
+            features.append(_feature_frame(trace, name, inputs[0], inputs[1], n))
+    return _frames(gates, GATE_DRIVER_COLUMNS, ("layer", "gate")), _frames(
+        [f for f in features if f is not None], FEATURE_DRIVER_COLUMNS, ("layer", "gate", "feature")
+    )
+
+
+def _frames(frames: list[pd.DataFrame], columns: list[str], text: tuple[str, ...]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else _empty(columns, text)
+
+
+def _gate_frame(name: str, lt: LayerTrace, sums: np.ndarray, n: int) -> pd.DataFrame:
+    """:func:`gate_drivers`' rows of one layer from its summed :func:`_chunk_driver_sums`."""
+    if n == 0:
+        raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
+    blocks = list(WEIGHT_BLOCKS[lt.info.cell_type])
+    u, g = lt.info.units, len(blocks)
+    means = sums.reshape(5, g, u).transpose(0, 2, 1) / n  # (5, u, g)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = means[3] / (means[3] + means[4])
+    return pd.DataFrame(
+        {
+            "layer": name,
+            "unit": np.repeat(np.arange(u), g),
+            "gate": np.tile(np.asarray(blocks, dtype=object), u),
+            "mean_input": means[0].reshape(-1),
+            "mean_recurrent": means[1].reshape(-1),
+            "mean_bias": means[2].reshape(-1),
+            "mean_abs_input": means[3].reshape(-1),
+            "mean_abs_recurrent": means[4].reshape(-1),
+            "input_share": share.reshape(-1),
+            "n": n,
+        }
+    )
 
 
 def gate_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk: int = 256) -> pd.DataFrame:
@@ -637,41 +755,11 @@ def gate_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
        mean_abs_input  mean_abs_recurrent  input_share
     0             3.0                 1.0         0.75
     """
-    frames = []
+    gates = []
     for name in select_layers(trace, layers):
-        lt = trace[name]
-        blocks = list(WEIGHT_BLOCKS[lt.info.cell_type])
-        u, g = lt.info.units, len(blocks)
-        sums = np.zeros((5, g * u))  # input, recurrent, bias, |input|, |recurrent|, gate-major columns
-        n = 0
-        with threadpool_limits(limits=1, user_api="blas"):  # small cache-sized products: one thread each is fastest
-            for rows in iter_chunks(lt.shape[0], min(chunk, PARTS_SEQUENCES)):
-                n += _driver_sums(lt, rows, sums)
-        sums = sums.reshape(5, g, u).transpose(0, 2, 1)  # (5, u, g)
-        if n == 0:
-            raise DataError(f"layer {name!r} has no unmasked step: every step of every sequence is padding")
-        means = sums / n
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = means[3] / (means[3] + means[4])
-        frames.append(
-            pd.DataFrame(
-                {
-                    "layer": name,
-                    "unit": np.repeat(np.arange(u), g),
-                    "gate": np.tile(np.asarray(blocks, dtype=object), u),
-                    "mean_input": means[0].reshape(-1),
-                    "mean_recurrent": means[1].reshape(-1),
-                    "mean_bias": means[2].reshape(-1),
-                    "mean_abs_input": means[3].reshape(-1),
-                    "mean_abs_recurrent": means[4].reshape(-1),
-                    "input_share": share.reshape(-1),
-                    "n": n,
-                }
-            )
-        )
-    if not frames:
-        return _empty(GATE_DRIVER_COLUMNS, ("layer", "gate"))
-    return pd.concat(frames, ignore_index=True)
+        n, sums, _ = _driver_pass(trace[name], chunk)
+        gates.append(_gate_frame(name, trace[name], sums, n))
+    return _frames(gates, GATE_DRIVER_COLUMNS, ("layer", "gate"))
 
 
 def feature_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chunk: int = 256) -> pd.DataFrame:
@@ -709,11 +797,7 @@ def feature_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, 
         lt = trace[name]
         if "embedding" in lt.weights:
             continue
-        kernel, _, _ = _weights(lt)  # (in, G*U), gate-major blocks
-        blocks = list(WEIGHT_BLOCKS[lt.info.cell_type])
-        u, g = lt.info.units, len(blocks)
-        feats = np.asarray(input_feature_names(trace, name), dtype=object)
-        n_in = len(feats)
+        n_in = int(lt.inputs.shape[2])
         s1 = np.zeros(n_in)
         s_abs = np.zeros(n_in)
         n = 0
@@ -725,36 +809,44 @@ def feature_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, 
             s1 += x.sum(0)
             s_abs += np.abs(x).sum(0)
             n += int(m.sum())
-        if n == 0:
-            continue
-        mean_x, mean_abs_x = s1 / n, s_abs / n
-        w = np.asarray(kernel, np.float64).reshape(n_in, g, u)  # (feature, gate, unit)
-        contrib = w * mean_x[:, None, None]
-        push = np.abs(w) * mean_abs_x[:, None, None]
-        total = push.sum(axis=0, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where(total > 0, push / total, np.nan)
-        order = (2, 1, 0)  # rows: unit, gate, feature
-        frames.append(
-            pd.DataFrame(
-                {
-                    "layer": name,
-                    "unit": np.repeat(np.arange(u), g * n_in),
-                    "gate": np.tile(np.repeat(np.asarray(blocks, dtype=object), n_in), u),
-                    "feature": np.tile(feats, u * g),
-                    "weight": w.transpose(order).reshape(-1),
-                    "mean_value": np.tile(mean_x, u * g),
-                    "mean_abs_value": np.tile(mean_abs_x, u * g),
-                    "mean_contribution": contrib.transpose(order).reshape(-1),
-                    "mean_abs_contribution": push.transpose(order).reshape(-1),
-                    "input_push_share": share.transpose(order).reshape(-1),
-                    "n": n,
-                }
-            )
-        )
-    if not frames:
-        return _empty(FEATURE_DRIVER_COLUMNS, ("layer", "gate", "feature"))
-    return pd.concat(frames, ignore_index=True)
+        frames.append(_feature_frame(trace, name, s1, s_abs, n))
+    return _frames([f for f in frames if f is not None], FEATURE_DRIVER_COLUMNS, ("layer", "gate", "feature"))
+
+
+def _feature_frame(trace: Trace, name: str, s1: np.ndarray, s_abs: np.ndarray, n: int) -> pd.DataFrame | None:
+    """:func:`feature_drivers`' rows of one layer from the sums of its input and of its absolute value over its ``n``
+    real steps (None when there are none)."""
+    if n == 0:
+        return None
+    lt = trace[name]
+    kernel, _, _ = _weights(lt)  # (in, G*U), gate-major blocks
+    blocks = list(WEIGHT_BLOCKS[lt.info.cell_type])
+    u, g = lt.info.units, len(blocks)
+    feats = np.asarray(input_feature_names(trace, name), dtype=object)
+    n_in = len(feats)
+    mean_x, mean_abs_x = s1 / n, s_abs / n
+    w = np.asarray(kernel, np.float64).reshape(n_in, g, u)  # (feature, gate, unit)
+    contrib = w * mean_x[:, None, None]
+    push = np.abs(w) * mean_abs_x[:, None, None]
+    total = push.sum(axis=0, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, push / total, np.nan)
+    order = (2, 1, 0)  # rows: unit, gate, feature
+    return pd.DataFrame(
+        {
+            "layer": name,
+            "unit": np.repeat(np.arange(u), g * n_in),
+            "gate": np.tile(np.repeat(np.asarray(blocks, dtype=object), n_in), u),
+            "feature": np.tile(feats, u * g),
+            "weight": w.transpose(order).reshape(-1),
+            "mean_value": np.tile(mean_x, u * g),
+            "mean_abs_value": np.tile(mean_abs_x, u * g),
+            "mean_contribution": contrib.transpose(order).reshape(-1),
+            "mean_abs_contribution": push.transpose(order).reshape(-1),
+            "input_push_share": share.transpose(order).reshape(-1),
+            "n": n,
+        }
+    )
 
 
 def _empty(columns: list[str], text: tuple[str, ...]) -> pd.DataFrame:

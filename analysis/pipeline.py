@@ -154,7 +154,7 @@ def _memory(ctx: StepContext) -> dict[str, pd.DataFrame]:
 
 
 def _drivers(ctx: StepContext) -> dict[str, pd.DataFrame]:
-    from gatelens.analysis.decompose import feature_drivers, gate_drivers
+    from gatelens.analysis.decompose import driver_tables
 
     trace = ctx.trace
     with_weights = [n for n in trace.layers if {"kernel", "recurrent_kernel", "bias"} <= set(trace[n].weights)]
@@ -162,10 +162,8 @@ def _drivers(ctx: StepContext) -> dict[str, pd.DataFrame]:
         ctx.skip(f"no weights stored for {sorted(set(trace.layers) - set(with_weights))}")
     if not with_weights:
         return {}
-    return {
-        "decomposition": gate_drivers(trace, layers=with_weights, chunk=ctx.chunk),
-        "gate_drivers": feature_drivers(trace, layers=with_weights, chunk=ctx.chunk),
-    }
+    gates, features = driver_tables(trace, layers=with_weights, chunk=ctx.chunk)  # one read of each layer
+    return {"decomposition": gates, "gate_drivers": features}
 
 
 def _events(ctx: StepContext) -> dict[str, pd.DataFrame]:

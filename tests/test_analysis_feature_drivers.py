@@ -67,3 +67,19 @@ def test_embedding_fed_layers_are_left_out():
     )
     t = extract(model, np.arange(12).reshape(2, 6) % 9)
     assert feature_drivers(t).empty and list(feature_drivers(t).columns)[:4] == ["layer", "unit", "gate", "feature"]
+
+
+def test_driver_tables_are_both_tables_from_one_pass(trace, monkeypatch):
+    """driver_tables (the pipeline's one pass) against gate_drivers and feature_drivers on their own, and the same
+    to the bit on one thread as on two (chunks of one sequence: five chunks in flight)."""
+    import pandas as pd
+
+    import gatelens.analysis.decompose as dec
+
+    gates, features = dec.driver_tables(trace, chunk=1)
+    pd.testing.assert_frame_equal(gates, dec.gate_drivers(trace), check_exact=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(features, feature_drivers(trace), check_exact=False, rtol=1e-12)
+    monkeypatch.setattr(dec, "DRIVER_THREADS", 1)
+    one_gates, one_features = dec.driver_tables(trace, chunk=1)
+    pd.testing.assert_frame_equal(one_gates, gates, check_exact=True)
+    pd.testing.assert_frame_equal(one_features, features, check_exact=True)
