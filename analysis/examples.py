@@ -87,6 +87,9 @@ HISTOGRAM_COLUMNS = ["layer", "unit", "signal", "bin", "lo", "hi", "count"]
 #: bin codes, key orders: ~40 bytes per value) stay ~0.1 GB at 64 x 200 x 128 however many sequences a chunk has.
 PASS_SEQUENCES = 64
 
+#: Values :func:`_bin_codes` bins at a time: its float64 buffers (0.5 MB each) stay in the CPU's cache.
+_BIN_BLOCK = 1 << 16
+
 _LOW32 = np.uint64(0xFFFFFFFF)
 _MAX_POSITIONS = 0xFFFFFFFF  # positions sequence * T + step must fit in 32 bits (and never be all ones)
 
@@ -381,6 +384,12 @@ def unit_examples(
         counts = {s: np.zeros((bins, units), np.int64) for s in sigs}
         draws = {(s, j): empty for s in sigs for j in range(10)}
         per_decile = bins // 10
+        tables = {}  # float16 signals of a few patterns per unit: counted by their patterns (see _BinTable)
+        for s in sigs:
+            if getattr(lt[s], "dtype", None) == np.float16 and np.isfinite(lo[s]).all() and np.isfinite(hi[s]).all():
+                if _pattern_range(lo[s], hi[s])[1].sum() <= _BinTable.LIMIT:
+                    tables[s] = _BinTable(lo[s], hi[s], bins)
+        scratch = np.empty(min(block, n) * t_len * units, np.intp)  # bin codes or pattern indices, chunk by chunk
         for rows in iter_chunks(n, block):
             m, flat, gpos = _chunk_real(lt, rows, t_len)
             if len(flat):
@@ -393,12 +402,16 @@ def unit_examples(
                     if len(flat) < m.size:
                         real = real[flat]
                     finite = bool(np.isfinite(lo[s]).all() and np.isfinite(hi[s]).all())
-                    if finite:
-                        codes, dec = _bin_codes(real, lo[s], hi[s], bins)
-                    else:  # NaN or infinite values: the integer path, as ever
-                        b = bin_index(real, lo[s], hi[s], bins)
-                        codes, dec = (b * units + np.arange(units)).ravel(), (b // per_decile).astype(np.int8)
-                    chunk_counts = np.bincount(codes, minlength=bins * units).reshape(bins, units)
+                    if s in tables:
+                        flat_counts, dec = tables[s](real, scratch)
+                    else:
+                        if finite:
+                            codes, dec = _bin_codes(real, lo[s], hi[s], bins, scratch)
+                        else:  # NaN or infinite values: the integer path, as ever
+                            b = bin_index(real, lo[s], hi[s], bins)
+                            codes, dec = (b * units + np.arange(units)).ravel(), (b // per_decile).astype(np.int8)
+                        flat_counts = np.bincount(codes, minlength=bins * units)
+                    chunk_counts = flat_counts.reshape(bins, units)
                     counts[s] += chunk_counts
                     if k_decile:
                         dec_counts = chunk_counts.reshape(10, per_decile, units).sum(axis=1)
@@ -538,15 +551,103 @@ def _bin_floats(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int) -
     return f
 
 
-def _bin_codes(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+def _whole_bins(
+    out: np.ndarray, values: np.ndarray, lo64: np.ndarray, divisor: np.ndarray, flat: np.ndarray, bins: int
+):
+    """:func:`_bin_floats`' steps into ``out`` (float64, whole numbers): ``lo64``, ``divisor`` (the width, 1 where it
+    is 0) and ``flat`` (width 0: bin 0) broadcast against ``values``. Every step is elementwise, so any layout of the
+    same values gives the same bins."""
+    np.subtract(values, lo64, out=out)
+    np.multiply(out, bins, out=out)  # bins * (v - lo), as in _bin_floats: the same rounding
+    np.divide(out, divisor, out=out)
+    np.floor(out, out=out)
+    np.copyto(out, 0.0, where=flat)
+    np.clip(out, 0, bins - 1, out=out)
+
+
+def _bin_codes(
+    values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int, scratch: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """For finite ``lo`` and ``hi`` (so every bin is a whole number): ``bin * units + unit`` of each value, raveled
-    for one ``bincount``, and its decile (int8), computed on the float64 bins before one cast each."""
-    f = _bin_floats(values, lo, hi, bins)
-    dec = (f / (bins // 10)).astype(np.int8)  # whole numbers >= 0: the cast's truncation is bin // (bins // 10)
-    units = f.shape[1]
-    np.multiply(f, units, out=f)
-    np.add(f, np.arange(units, dtype=np.float64), out=f)  # (an int64 operand would take the slow mixed-type loop)
-    return f.astype(np.int64).ravel(), dec
+    for one ``bincount``, and its decile (int8), computed on the float64 bins before one cast each.
+
+    The steps of :func:`_bin_floats`, a block of ``_BIN_BLOCK`` values at a time in two reused float64 buffers that
+    stay in cache (the whole chunk's float64 temporaries, ~13 MB each, went to memory at every step); the codes are
+    written into ``scratch`` (int64, at least ``values.size``) when given (no new pages per chunk)."""
+    m, units = values.shape
+    lo64, hi64 = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    width = hi64 - lo64
+    flat, divisor = ~(width > 0), np.where(width > 0, width, 1.0)
+    unit = np.arange(units, dtype=np.float64)  # (an int64 operand would take the slow mixed-type loop)
+    codes = (np.empty(m * units, np.int64) if scratch is None else scratch[: m * units]).reshape(m, units)
+    dec = np.empty((m, units), np.int8)
+    step = max(1, _BIN_BLOCK // max(units, 1))
+    f = np.empty((min(step, m), units), np.float64)
+    g = np.empty_like(f)
+    for a in range(0, m, step):
+        fb, gb = f[: min(step, m - a)], g[: min(step, m - a)]
+        _whole_bins(fb, values[a : a + step], lo64, divisor, flat, bins)
+        np.divide(fb, bins // 10, out=gb)
+        dec[a : a + step] = gb  # whole numbers >= 0: the cast's truncation is bin // (bins // 10)
+        np.multiply(fb, units, out=fb)
+        np.add(fb, unit, out=fb)
+        codes[a : a + step] = fb
+    return codes.ravel(), dec
+
+
+def _ordered16(bits: np.ndarray) -> np.ndarray:
+    """float16 bit patterns (uint16) -> uint16 whose order is the values' (``-0.0`` just below ``0.0``)."""
+    flip = (bits.view(np.int16) >> 15).view(np.uint16)  # all ones where negative, else 0
+    flip |= np.uint16(0x8000)
+    return np.bitwise_xor(bits, flip, out=flip)
+
+
+def _pattern_range(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit, the first and the number of the ordered float16 patterns from ``lo`` to ``hi`` (float16 values, both
+    zeros inside where an end is zero)."""
+    lo16 = np.asarray(lo, np.float16)
+    lo16 = np.where(lo16 == 0, np.float16(-0.0), lo16)
+    hi16 = np.asarray(hi, np.float16) + np.float16(0.0)  # -0.0 + 0.0 is +0.0
+    first = _ordered16(lo16.view(np.uint16)).astype(np.int64)
+    return first, _ordered16(hi16.view(np.uint16)).astype(np.int64) - first + 1
+
+
+class _BinTable:
+    """The bin and decile of every float16 in each unit's ``[lo, hi]``, computed once per signal by the steps of
+    :func:`_bin_codes` (elementwise: the same numbers), so that a float16 chunk is counted without binning each value:
+    one ``bincount`` of the values' patterns (each unit's run of patterns after the previous unit's), then of their
+    bins weighted by those counts; the deciles are one lookup. For small tables (a few patterns per unit, as a
+    saturated or slowly varying signal has): the counts array and the lookups stay in cache.
+    """
+
+    #: The most patterns a table holds (all units together).
+    LIMIT = 1 << 16
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, bins: int):
+        units = len(lo)
+        first, sizes = _pattern_range(lo, hi)
+        self.shift = (np.cumsum(sizes) - sizes - first).astype(np.intp)  # pattern + shift[unit]: its index
+        unit = np.repeat(np.arange(units), sizes)
+        ordered = np.arange(int(sizes.sum())) - self.shift[unit]
+        bits = np.where(ordered >= 0x8000, ordered ^ 0x8000, ~ordered & 0xFFFF).astype(np.uint16)
+        lo64, hi64 = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+        width = hi64 - lo64
+        f = np.empty(len(unit), np.float64)
+        _whole_bins(
+            f, bits.view(np.float16), lo64[unit], np.where(width > 0, width, 1.0)[unit], ~(width > 0)[unit], bins
+        )
+        self.dec = (f / (bins // 10)).astype(np.int8)
+        self.codes = (f * units + unit.astype(np.float64)).astype(np.int64)
+        self.n_codes = bins * units
+
+    def __call__(self, values: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``bincount`` of :func:`_bin_codes` (bins * units,) and the deciles (int8) of float16 ``values`` (m,
+        units) in the range; ``scratch`` (intp, at least ``values.size``) holds the patterns' indices."""
+        at = scratch[: values.size].reshape(values.shape)
+        np.add(_ordered16(values.view(np.uint16)), self.shift, out=at)
+        per_pattern = np.bincount(at.ravel(), minlength=len(self.codes))
+        counts = np.bincount(self.codes, weights=per_pattern, minlength=self.n_codes)
+        return counts.astype(np.int64), self.dec.take(at, mode="clip")  # (every index is in the table)
 
 
 def _edges(lo: np.ndarray, hi: np.ndarray, bins: int) -> np.ndarray:

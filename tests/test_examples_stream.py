@@ -247,3 +247,35 @@ def test_small_unique_is_numpy_unique():
         got, want = ex._small_unique(ids), np.unique(ids, return_inverse=True)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1].ravel())
+
+
+def test_bin_codes_and_float16_tables_equal_bin_index():
+    """``_bin_codes`` (blocks of values in reused buffers) and ``_BinTable`` (each float16 pattern binned once, the
+    chunk counted by its patterns) give the counts and deciles of ``bin_index``, the module's formula: ranges
+    through zero with both zeros in the data, ends that are -0.0 or +0.0, a constant unit, negative values,
+    subnormals, and more rows than one block."""
+    rng = np.random.default_rng(7)
+    bins, units = 20, 7
+    m = ex._BIN_BLOCK // units + 5  # two blocks
+    v = rng.uniform(-1, 1, (m, units))
+    v[:, 0] = rng.choice([-0.0, 0.0, 0.25, 1.0], m)  # both zeros inside the range
+    v[:, 1] = rng.choice([-0.0, 0.0, 0.5], m)  # lo is a zero
+    v[:, 2] = rng.choice([-0.0, 0.0, -0.5], m)  # hi is a zero
+    v[:, 3] = 0.75  # constant: every value in bin 0
+    v[:, 4] = -np.abs(v[:, 4]) - 2.0  # negative only
+    v[:, 5] = rng.integers(-40, 40, m) * 2.0**-24  # float16 subnormals
+    v[:, 6] = rng.uniform(0.9, 1.1, m)  # (a few patterns, as a saturated gate)
+    v16 = v.astype(np.float16)
+    lo, hi = v16.astype(np.float32).min(axis=0), v16.astype(np.float32).max(axis=0)
+    b = ex.bin_index(v16.astype(np.float32), lo, hi, bins)
+    want_counts = np.bincount((b * units + np.arange(units)).ravel(), minlength=bins * units)
+    want_dec = b // (bins // 10)
+    scratch = np.empty(v16.size + 3, np.intp)
+    codes, dec = ex._bin_codes(v16, lo, hi, bins, scratch)
+    np.testing.assert_array_equal(np.bincount(codes, minlength=bins * units), want_counts)
+    np.testing.assert_array_equal(dec, want_dec)
+    assert ex._pattern_range(lo, hi)[1].sum() <= ex._BinTable.LIMIT
+    counts, dec = ex._BinTable(lo, hi, bins)(v16, scratch)
+    np.testing.assert_array_equal(counts, want_counts)
+    np.testing.assert_array_equal(dec, want_dec)
+    assert want_counts.reshape(bins, units)[:, 3].tolist() == [m] + [0] * (bins - 1)
