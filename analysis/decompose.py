@@ -549,14 +549,17 @@ _DRIVER_ROWS = 2048
 DRIVER_THREADS = 2
 
 
-def _driver_chunk(lt: LayerTrace, rows: slice) -> dict[str, np.ndarray] | None:
-    """The signals of ``rows`` that :func:`_chunk_driver_sums` needs (None where every step is padding)."""
+def _driver_chunk(lt: LayerTrace, rows: slice, tokens: Any = None) -> dict[str, np.ndarray] | None:
+    """The signals of ``rows`` that :func:`_chunk_driver_sums` needs (None where every step is padding); ``tokens``:
+    the trace's token ids when the layer is fed by an Embedding."""
     m = read_mask(lt, rows)
     if not m.any():
         return None
     data = {"mask": m, "x": read(lt.inputs, rows), "h": read(lt["hidden_state"], rows)}
     if lt.info.cell_type == "gru":
         data["r"] = read(lt["reset_gate"], rows)
+    if tokens is not None:
+        data["tokens"] = read(tokens, rows, np.int64)
     return data
 
 
@@ -591,7 +594,12 @@ def _chunk_driver_sums(
     inputs = np.stack([x_sum, np.abs(x).sum(axis=0)])
     ones = np.ones(min(k, _DRIVER_ROWS))
     sums[0] = x_sum @ kernel
-    _abs_sums(x, kernel, sums[3], ones)
+    table = None if "tokens" not in data else _token_rows(steps(data["tokens"][..., None])[:, 0], x)
+    if table is None:
+        _abs_sums(x, kernel, sums[3], ones)
+    else:  # every step's input is its token's row: |x W| summed over the distinct rows, times their counts
+        rows, counts = table
+        sums[3] = counts @ np.abs(rows @ kernel)
     if info.cell_type != "gru":
         sums[1] = h.sum(axis=0) @ rk
         _abs_sums(h, rk, sums[4], ones)
@@ -624,6 +632,17 @@ def _chunk_driver_sums(
     return k, sums, inputs
 
 
+def _token_rows(tokens: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(rows, counts)``: the distinct input rows of the steps' tokens (their first steps' rows) and how many steps
+    read each, when every step's input ``x`` (k, d) equals its token's row bit for bit (an Embedding's lookup, as
+    stored); None otherwise (a NaN, or inputs that are not a function of the token)."""
+    _, first, inverse = np.unique(tokens, return_index=True, return_inverse=True)
+    rows = x[first]
+    if not np.array_equal(rows[inverse], x):
+        return None
+    return rows, np.bincount(inverse, minlength=len(first)).astype(np.float64)
+
+
 def _abs_sums(a: np.ndarray, w: np.ndarray, out: np.ndarray, ones: np.ndarray) -> None:
     """``out += |a @ w|.sum(axis=0)``, :data:`_DRIVER_ROWS` rows of the product at a time (``ones``: that many 1s)."""
     buf = np.empty((len(ones), w.shape[1]))
@@ -633,9 +652,13 @@ def _abs_sums(a: np.ndarray, w: np.ndarray, out: np.ndarray, ones: np.ndarray) -
         out += ones[: b.shape[0]] @ np.abs(b, out=b)
 
 
-def _driver_pass(lt: LayerTrace, chunk: int) -> tuple[int, np.ndarray, np.ndarray]:
+def _driver_pass(trace: Trace, name: str, chunk: int) -> tuple[int, np.ndarray, np.ndarray]:
     """One layer's summed :func:`_chunk_driver_sums` over every chunk, :data:`DRIVER_THREADS` chunks at a time."""
+    lt = trace[name]
     weights = _weights(lt)
+    tokens = trace.tokens
+    if "embedding" not in lt.weights or tokens is None or tuple(tokens.shape) != tuple(lt.shape[:2]):
+        tokens = None
     n, sums, inputs = 0, np.zeros((5, weights[0].shape[1])), np.zeros((2, weights[0].shape[0]))
 
     def add(result: tuple[int, np.ndarray, np.ndarray]) -> None:
@@ -644,7 +667,7 @@ def _driver_pass(lt: LayerTrace, chunk: int) -> tuple[int, np.ndarray, np.ndarra
         sums[...] += result[1]
         inputs[...] += result[2]
 
-    chunks = (_driver_chunk(lt, rows) for rows in iter_chunks(lt.shape[0], min(chunk, PARTS_SEQUENCES)))
+    chunks = (_driver_chunk(lt, rows, tokens) for rows in iter_chunks(lt.shape[0], min(chunk, PARTS_SEQUENCES)))
     # small cache-sized products: one BLAS thread each is fastest (two contend for the cores, 2-3x slower)
     with threadpool_limits(limits=1, user_api="blas"):
         if DRIVER_THREADS <= 1:
@@ -693,7 +716,7 @@ def driver_tables(
     gates, features = [], []
     for name in select_layers(trace, layers):
         lt = trace[name]
-        n, sums, inputs = _driver_pass(lt, chunk)
+        n, sums, inputs = _driver_pass(trace, name, chunk)
         gates.append(_gate_frame(name, lt, sums, n))
         if "embedding" not in lt.weights:
             features.append(_feature_frame(trace, name, inputs[0], inputs[1], n))
@@ -757,7 +780,7 @@ def gate_drivers(trace: Trace, *, layers: Sequence[str] | str | None = None, chu
     """
     gates = []
     for name in select_layers(trace, layers):
-        n, sums, _ = _driver_pass(trace[name], chunk)
+        n, sums, _ = _driver_pass(trace, name, chunk)
         gates.append(_gate_frame(name, trace[name], sums, n))
     return _frames(gates, GATE_DRIVER_COLUMNS, ("layer", "gate"))
 

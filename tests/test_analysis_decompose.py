@@ -314,6 +314,20 @@ def test_gate_drivers_summarise_the_decomposition():
     np.testing.assert_allclose(d.loc[expect_in.index, "mean_recurrent"], g["recurrent"].mean(), rtol=1e-10)
 
 
+def embedded_lstm(seed, nudge=False):
+    """An LSTM fed by an Embedding of 5 tokens (its input part summed per distinct token row); ``nudge``: one stored
+    input no longer its token's row (summed step by step instead)."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, 5, size=(6, 9))
+    trace = reference_lstm_trace(
+        tokens, rng.normal(size=(3, 16)), rng.normal(size=(4, 16)), rng.normal(size=16),
+        random_mask(rng, 6, 9), embedding=rng.normal(size=(5, 3)),
+    )  # fmt: skip
+    if nudge:
+        trace["lstm"].inputs[0, 4, 1] += 0.25
+    return trace
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -321,8 +335,17 @@ def test_gate_drivers_summarise_the_decomposition():
         lambda: random_gru(22, n=6, t=9, reset_after=False),
         lambda: random_gru(23, n=6, t=9, reset_after=True, go_backwards=True),
         lambda: random_lstm(24, n=4, t=6, masked=False),
+        lambda: embedded_lstm(25),
+        lambda: embedded_lstm(26, nudge=True),
     ],
-    ids=["lstm-backwards", "gru-reset-before", "gru-reset-after-backwards", "lstm-unmasked"],
+    ids=[
+        "lstm-backwards",
+        "gru-reset-before",
+        "gru-reset-after-backwards",
+        "lstm-unmasked",
+        "embedding",
+        "embedding-not-a-lookup",
+    ],
 )
 def test_gate_drivers_are_the_means_of_the_per_step_parts(make, monkeypatch):
     """Every column of gate_drivers against the per-step decomposition averaged by pandas, the products formed in
