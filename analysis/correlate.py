@@ -44,7 +44,7 @@ Examples
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -66,7 +66,7 @@ COLUMNS = ["layer", "unit", "signal", "feature", "pearson_r", "spearman_rho", "n
 #: ~1/sqrt(20,000) = 0.007); ranking is ~half of the correlations' time and grew with N up to the cap (100,000 before).
 DEFAULT_MAX_RANK_ROWS = 20_000
 _RANK_BLOCK_ELEMENTS = 256 * 1024  # values ranked at a time (blocks of columns): 2 MB float64 arrays (see below)
-_MOMENT_BLOCK_VALUES = 256 * 1024  # signal values (rows x units) whose centred moments are formed at a time: 2 MB
+_MOMENT_BLOCK_VALUES = 32 * 1024  # signal values (rows x units) whose centred moments are formed at a time: 256 KB
 # Both blocks keep every temporary at a few MB, reused by the allocator: fresh arrays of tens of MB are faulted in
 # page by page (with NumPy's huge-page advice, the kernel compacts memory first), which cost more than the work
 # (20 x 128 units x 20,000 ranked rows: 8-11 s in blocks of 4 M values, 5.1 s in blocks of 256 K, idle machine).
@@ -104,14 +104,8 @@ class Moments:
 
     def update(self, x: np.ndarray, y: np.ndarray) -> None:
         """Merge the rows of ``x`` (nb, p) and ``y`` (nb, q) into the totals."""
-        nb = x.shape[0]
-        if nb == 0:
-            return
-        # blocks of rows that fit the core's L2 cache (the centred copies of a whole 256-sequence chunk are 50 MB
-        # a signal), merged by Chan's update like the chunks
-        step = max(1, _MOMENT_BLOCK_VALUES // max(1, x.shape[1]))
-        for start in range(0, nb, step):
-            self.merge(_block_moments(x[start : start + step], y[start : start + step]))
+        if x.shape[0]:
+            self.merge(_blocked_moments(x, _FeatureBlocks.of(y, _moment_step(x.shape[1]))))
 
     def merge(self, other: Moments) -> Moments:
         """Merge the totals of ``other`` (rows disjoint from these) into these (Chan et al.'s update); returns self.
@@ -162,19 +156,72 @@ class Moments:
         return np.where(bad, np.nan, r)
 
 
-def _block_moments(x: np.ndarray, y: np.ndarray) -> Moments:
-    """The centred moments of the rows of ``x`` (nb, p) and ``y`` (nb, q), in float64."""
-    xc = np.array(x, np.float64)  # a copy in any case: centred in place
-    yc = np.array(y, np.float64)
-    lo_x, hi_x, lo_y, hi_y = xc.min(axis=0), xc.max(axis=0), yc.min(axis=0), yc.max(axis=0)
-    ones = np.ones(x.shape[0])
-    mx, my = (ones @ xc) / x.shape[0], (ones @ yc) / x.shape[0]  # matrix-vector products: ~2x faster than mean
-    xc -= mx
-    yc -= my
-    return Moments(
-        x.shape[0], mx, my, np.einsum("ij,ij->j", xc, xc), np.einsum("ij,ij->j", yc, yc), xc.T @ yc,
-        lo_x, hi_x, lo_y, hi_y,
-    )  # fmt: skip
+@dataclass
+class _FeatureBlocks:
+    """The feature side of :func:`_blocked_moments` for one chunk's rows ``y`` (n, q) cut in blocks of ``step`` rows:
+    the same for every signal of a layer, so formed once per chunk."""
+
+    step: int
+    starts: np.ndarray  # first row of each block
+    counts: np.ndarray  # rows of each block
+    mean: np.ndarray  # (blocks, q) the blocks' means
+    centred: np.ndarray  # (n, q) y centred within each block
+    syy: np.ndarray  # (q,) sum of squares within the blocks
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @classmethod
+    def of(cls, y: np.ndarray, step: int) -> _FeatureBlocks:
+        y = np.asarray(y, np.float64)
+        starts = np.arange(0, y.shape[0], step)
+        counts = np.diff(np.append(starts, y.shape[0]))
+        mean = np.add.reduceat(y, starts, axis=0) / counts[:, None]
+        centred = y - np.repeat(mean, counts, axis=0)
+        syy = np.add.reduceat(centred * centred, starts, axis=0).sum(axis=0)
+        return cls(step, starts, counts, mean, centred, syy, y.min(axis=0), y.max(axis=0))
+
+
+def _moment_step(p: int) -> int:
+    """Rows of a block of :func:`_blocked_moments` for ``p`` columns."""
+    return max(1, _MOMENT_BLOCK_VALUES // max(1, p))
+
+
+def _blocked_moments(x: np.ndarray, fb: _FeatureBlocks) -> Moments:
+    """The centred moments of the rows of ``x`` (n, p) and of the features ``y`` (n, q) that ``fb`` was formed
+    from, in float64.
+
+    ``x`` is read in blocks of rows that stay in the core's cache (the float64 copy of a whole 256-sequence chunk is
+    50 MB a signal), each converted into one reused buffer and centred there on its own mean; ``y`` (a few feature
+    columns) is centred on the blocks' means at once (``fb``: :class:`_FeatureBlocks` of ``y``, in blocks of
+    :func:`_moment_step` rows). The
+    blocks' sums of squares and cross products are added up and merged with their means by Chan et al.'s update for
+    all blocks at once (no moments object per block).
+    """
+    n, p = x.shape
+    step, starts, counts, ym, yc = fb.step, fb.starts, fb.counts, fb.mean, fb.centred
+    xm = np.empty((starts.size, p))
+    buf = np.empty((counts[0], p))
+    ones = np.ones(counts[0])
+    sxx, sxy_t = np.zeros(p), np.zeros((yc.shape[1], p))
+    for k, start in enumerate(starts):
+        b = buf[: counts[k]]
+        np.copyto(b, x[start : start + step], casting="unsafe")
+        if k == 0:
+            lo, hi = b.min(axis=0), b.max(axis=0)
+        else:
+            np.minimum(lo, b.min(axis=0), out=lo)
+            np.maximum(hi, b.max(axis=0), out=hi)
+        np.matmul(ones[: counts[k]], b, out=xm[k])  # a matrix-vector product: ~2x faster than mean
+        xm[k] /= counts[k]
+        b -= xm[k]
+        sxx += np.einsum("ij,ij->j", b, b)
+        sxy_t += yc[start : start + step].T @ b
+    mx, my = (counts @ xm) / n, (counts @ ym) / n
+    dx, dy = xm - mx, ym - my  # the blocks' means less the whole's
+    sxx += counts @ (dx * dx)
+    syy = fb.syy + counts @ (dy * dy)
+    sxy = sxy_t.T + (dx * counts[:, None]).T @ dy
+    return Moments(n, mx, my, sxx, syy, sxy, lo, hi, fb.lo.copy(), fb.hi.copy())
 
 
 def constant_note(const_x: np.ndarray, const_y: np.ndarray, n: int | np.ndarray) -> np.ndarray:
@@ -234,13 +281,23 @@ def average_ranks(a: np.ndarray) -> np.ndarray:
     return _row_ranks(np.ascontiguousarray(np.asarray(a).T)).T
 
 
-def rank_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _feature_ranks(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The feature side of :func:`rank_pearson` for ``y`` (m, q): centred average ranks, their sums of squares, and
+    which columns are constant."""
+    ry = average_ranks(y) - (y.shape[0] + 1) / 2.0
+    return ry, np.einsum("ij,ij->j", ry, ry), y.min(axis=0) == y.max(axis=0)
+
+
+def rank_pearson(
+    x: np.ndarray, y: np.ndarray, *, y_ranks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """Spearman correlation of every column of ``x`` (m, p) with every column of ``y`` (m, q).
 
     Average ranks for ties; NaN where a column is constant. A float16 or float32 ``x`` without NaN is ranked
     by sorting integer keys of its bits in blocks of columns (:func:`_key_rank_sums`); any other ``x`` is
     transposed once (in its own dtype) and ranked by :func:`average_ranks`' method in blocks of columns. Either
-    way memory stays bounded, and the numbers are the same (exact ranks, float64 sums).
+    way memory stays bounded, and the numbers are the same (exact ranks, float64 sums). ``y_ranks``:
+    :func:`_feature_ranks` of ``y`` formed before (the same for every signal of a layer).
 
     Examples
     --------
@@ -252,15 +309,13 @@ def rank_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """
     m = x.shape[0]
     centre = (m + 1) / 2.0
-    ry = average_ranks(y) - centre
-    syy = np.einsum("ij,ij->j", ry, ry)
+    ry, syy, const_y = _feature_ranks(y) if y_ranks is None else y_ranks
     sums = _key_rank_sums(np.asarray(x), ry) if np.asarray(x).dtype in _KEY_FORMATS else None
     if sums is not None:
         sxy, sxx, const_x = sums
         with np.errstate(invalid="ignore", divide="ignore"):
             out = np.clip(sxy / np.sqrt(np.outer(sxx, syy)), -1.0, 1.0)
-        const = const_x[:, None] | (y.min(axis=0) == y.max(axis=0))[None, :]
-        return np.where(const | (m < 3), np.nan, out)
+        return np.where(const_x[:, None] | const_y[None, :] | (m < 3), np.nan, out)
     xt = np.ascontiguousarray(np.asarray(x).T)
     out = np.empty((x.shape[1], y.shape[1]))
     block = max(1, _RANK_BLOCK_ELEMENTS // max(m, 1))
@@ -270,7 +325,7 @@ def rank_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             out[sl] = (rx @ ry) / np.sqrt(np.outer(sxx, syy))
     out = np.clip(out, -1.0, 1.0)
-    const = (xt.min(axis=1) == xt.max(axis=1))[:, None] | (y.min(axis=0) == y.max(axis=0))[None, :]
+    const = (xt.min(axis=1) == xt.max(axis=1))[:, None] | const_y[None, :]
     return np.where(const | (m < 3), np.nan, out)
 
 
@@ -524,8 +579,8 @@ def correlations(
         for layer in names:
             rows = layer_rows(trace, layer, features, chunk_sequences=chunk_sequences)
             take = subsample(rows.total, max_rank_rows, random_state)
-            for signal in per_layer[layer]:
-                frames.append(_correlate_signal(trace, layer, signal, rows, take, fmat, valid, groups, fnames))
+            for frame in _correlate_layer(trace, layer, per_layer[layer], rows, take, fmat, valid, groups, fnames):
+                frames.append(frame)
                 done += 1
                 if progress is not None:
                     progress(done, total_work)
@@ -534,21 +589,24 @@ def correlations(
     return pd.concat(frames, ignore_index=True)
 
 
-def _correlate_signal(
+def _correlate_layer(
     trace: Trace,
     layer: str,
-    signal: str,
+    signals: list[str],
     rows: LayerRows,
     take: np.ndarray | None,
     fmat: np.ndarray,
     valid: np.ndarray,
     groups: list[np.ndarray],
     fnames: list[str],
-) -> pd.DataFrame:
-    arr = trace[layer][signal]
-    units = int(arr.shape[2])
-    moments = [Moments() for _ in groups]
-    sub_x: list[np.ndarray] = []
+) -> Iterator[pd.DataFrame]:
+    """The rows of every signal of a layer, one frame per signal in turn. A chunk at a time, every signal is read once
+    (its moments and its ranked rows from the same read), and the chunk's feature side is formed once for them all;
+    the features' ranks too, once for the layer."""
+    lt = trace[layer]
+    units = {s: int(lt[s].shape[2]) for s in signals}
+    moments = {s: [Moments() for _ in groups] for s in signals}
+    sub_x: dict[str, list[np.ndarray]] = {s: [] for s in signals}
     sub_rows: list[np.ndarray] = []
     offset = 0
     for sl, local, frow in rows.chunks:
@@ -556,12 +614,18 @@ def _correlate_signal(
             continue
         pick = rank_pick(take, offset, local.size)
         offset += local.size
-        x = chunk_rows(arr, sl, local, units)
-        for total, part in zip(moments, chunk_moments(x, frow, fmat, valid, groups)):
-            total.merge(part)
-        sub_x.append(x if pick is None else x[pick])
+        prepared: dict = {}
+        for s in signals:
+            x = chunk_rows(lt[s], sl, local, units[s])
+            for total, part in zip(moments[s], chunk_moments(x, frow, fmat, valid, groups, prepared=prepared)):
+                total.merge(part)
+            sub_x[s].append(x if pick is None else x[pick])
         sub_rows.append(frow if pick is None else frow[pick])
-    return correlation_frame(layer, signal, units, moments, sub_x, sub_rows, fmat, valid, groups, fnames)
+    ranks: dict = {}
+    for s in signals:
+        yield correlation_frame(
+            layer, s, units[s], moments[s], sub_x.pop(s), sub_rows, fmat, valid, groups, fnames, feature_ranks=ranks
+        )
 
 
 def chunk_rows(arr: Any, sl: slice, local: np.ndarray, units: int) -> np.ndarray:
@@ -595,19 +659,29 @@ def rank_pick(take: np.ndarray | None, offset: int, size: int) -> np.ndarray | N
 
 
 def chunk_moments(
-    x: np.ndarray, frow: np.ndarray, fmat: np.ndarray, valid: np.ndarray, groups: list[np.ndarray]
+    x: np.ndarray,
+    frow: np.ndarray,
+    fmat: np.ndarray,
+    valid: np.ndarray,
+    groups: list[np.ndarray],
+    *,
+    prepared: dict | None = None,
 ) -> list[Moments]:
     """The map step: one chunk's (rows, units) signal ``x`` against the features of its rows ``frow``, one
-    :class:`Moments` per group of features that share a missing-value pattern."""
+    :class:`Moments` per group of features that share a missing-value pattern. ``prepared``: a dict kept across the
+    signals of one chunk (same ``frow``), where the feature side is formed once."""
+    prepared = {} if prepared is None else prepared
+    step = _moment_step(x.shape[1])
     out = []
-    for cols in groups:
-        ok = valid[frow, cols[0]]
-        mo = Moments()
-        if ok.all():  # no missing cell in this chunk: no copy of the signal
-            mo.update(x, fmat[np.ix_(frow, cols)])
-        else:
-            mo.update(x[ok], fmat[np.ix_(frow[ok], cols)])
-        out.append(mo)
+    for g, cols in enumerate(groups):
+        if (g, step) not in prepared:
+            ok = valid[frow, cols[0]]
+            ok = None if ok.all() else ok  # no missing cell in this chunk: no copy of the signal
+            y = fmat[np.ix_(frow if ok is None else frow[ok], cols)]
+            prepared[g, step] = ok, (_FeatureBlocks.of(y, step) if y.shape[0] else None)
+        ok, fb = prepared[g, step]
+        xs = x if ok is None else x[ok]
+        out.append(Moments() if fb is None else _blocked_moments(xs, fb))
     return out
 
 
@@ -622,9 +696,14 @@ def correlation_frame(
     valid: np.ndarray,
     groups: list[np.ndarray],
     fnames: list[str],
+    *,
+    feature_ranks: dict | None = None,
 ) -> pd.DataFrame:
     """The combine step: Pearson from the merged moments, Spearman from the ranked rows (``sub_x``, the signal at
-    the feature rows ``sub_rows``, chunk by chunk), as the rows of :func:`correlate` for one layer and signal."""
+    the feature rows ``sub_rows``, chunk by chunk), as the rows of :func:`correlate` for one layer and signal.
+    ``feature_ranks``: a dict kept across the signals of one layer (same ``sub_rows``), where the features' ranks are
+    formed once."""
+    cache = {} if feature_ranks is None else feature_ranks
     xs = np.concatenate(sub_x) if sub_x else np.empty((0, units), np.float32)  # the stored dtype
     fr = np.concatenate(sub_rows) if sub_rows else np.empty(0, np.int64)
     n_feat = fmat.shape[1]
@@ -644,7 +723,11 @@ def correlation_frame(
         sn[cols] = int(ok.sum())
         if ok.sum() >= 3:
             every = bool(ok.all())  # no missing cell among the ranked rows: no copy of the signal
-            spearman[:, cols] = rank_pearson(xs if every else xs[ok], fmat[np.ix_(fr if every else fr[ok], cols)])
+            if g not in cache:
+                y = fmat[np.ix_(fr if every else fr[ok], cols)]
+                cache[g] = y, _feature_ranks(y)
+            y, y_ranks = cache[g]
+            spearman[:, cols] = rank_pearson(xs if every else xs[ok], y, y_ranks=y_ranks)
     lost = np.isnan(spearman) & ~np.isnan(pearson)  # constant only on the ranked subsample
     note[lost] = "spearman: constant on the ranked subsample"
     return pd.DataFrame(
