@@ -380,9 +380,29 @@ def unit_examples(
                             best[s, up] = _stream_top(best[s, up], o, positions, k)
                             best[s, down] = _stream_top(best[s, down], ~o, positions, k)
             tick()
-        # pass 2: histograms and decile draws
+        # the top/bottom/rise/drop examples are final: (signal, kind, unit, rank, position, value) per example; their
+        # context windows are gathered in pass 2 (no third read of the signals), by block of sequences and signal
+        parts: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for si, s in enumerate(sigs):
+            for kind in ("top", "bottom", "rise", "drop"):
+                keys = best[s, kind]
+                if not len(keys):
+                    continue
+                keys = _sorted_desc(keys)
+                vals, pos = _unkey(keys, descending=kind in ("top", "rise"))
+                r, u = np.nonzero(keys != 0)  # a zero key: fewer than k entries
+                parts.append((si, KINDS.index(kind), u, r, pos[r, u], vals[r, u].astype(np.float64)))
+        fixed_sig = np.concatenate([np.full(len(p[2]), p[0]) for p in parts] + [np.zeros(0, np.int64)])
+        fixed_pos = np.concatenate([p[4] for p in parts] + [np.zeros(0, np.int64)]).astype(np.int64)
+        fixed_unit = np.concatenate([p[2] for p in parts] + [np.zeros(0, np.int64)]).astype(np.int64)
+        fixed_win = np.zeros((len(fixed_pos), 2 * context + 1), np.float32)
+        fixed_key = (fixed_pos // t_len // block) * len(sigs) + fixed_sig
+        fixed_order = np.argsort(fixed_key, kind="stable")
+        fixed_cuts = np.searchsorted(fixed_key[fixed_order], np.arange(-(-n // block) * len(sigs) + 1))
+        # pass 2: histograms and decile draws (with their windows)
         counts = {s: np.zeros((bins, units), np.int64) for s in sigs}
-        draws = {(s, j): empty for s in sigs for j in range(10)}
+        draw_keys = {s: np.zeros((0, 10, units), np.uint64) for s in sigs}
+        draw_win = {s: np.zeros((0, 10, units, 2 * context + 1), np.float32) for s in sigs}
         per_decile = bins // 10
         tables = {}  # float16 signals of a few patterns per unit: counted by their patterns (see _BinTable)
         for s in sigs:
@@ -396,11 +416,16 @@ def unit_examples(
                 prio = position_priority(gpos)
                 dkey = ((_LOW32 - prio) << np.uint64(32)) | (_LOW32 - gpos.astype(np.uint64))
                 by_key = np.argsort(dkey)[::-1]  # the same for every signal
-                for s in sigs:
+                for si, s in enumerate(sigs):
                     narrow = getattr(lt[s], "dtype", None) in (np.float16, np.float32)  # exact in float64 as stored
-                    real = read(lt[s], rows, lt[s].dtype if narrow else np.float32).reshape(-1, units)
+                    raw = read(lt[s], rows, lt[s].dtype if narrow else np.float32)
+                    real = raw.reshape(-1, units)
                     if len(flat) < m.size:
                         real = real[flat]
+                    here = rows.start // block * len(sigs) + si
+                    e = fixed_order[fixed_cuts[here] : fixed_cuts[here + 1]]
+                    if len(e):
+                        fixed_win[e] = _windows(raw, rows.start, fixed_pos[e], fixed_unit[e], context)
                     finite = bool(np.isfinite(lo[s]).all() and np.isfinite(hi[s]).all())
                     if s in tables:
                         flat_counts, dec = tables[s](real, scratch)
@@ -417,28 +442,20 @@ def unit_examples(
                         dec_counts = chunk_counts.reshape(10, per_decile, units).sum(axis=1)
                         draw = _decile_draws_head if finite else _decile_draws  # (deciles 0-9 only if finite)
                         new = draw(dkey, dec, k_decile, by_key, dec_counts)
-                        for j in range(10):
-                            draws[s, j] = _top_keys(draws[s, j], new[:, j], k_decile)
+                        draw_keys[s], draw_win[s] = _merge_draws(
+                            draw_keys[s], draw_win[s], new, raw, rows.start, context
+                        )
             tick()
-        # the chosen steps, as arrays: (signal, kind, unit, rank, position, value) per example
-        parts: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        windows = [fixed_win]
         for si, s in enumerate(sigs):
-            for kind in ("top", "bottom", "rise", "drop"):
-                keys = best[s, kind]
-                if not len(keys):
-                    continue
-                keys = _sorted_desc(keys)
-                vals, pos = _unkey(keys, descending=kind in ("top", "rise"))
-                r, u = np.nonzero(keys != 0)  # a zero key: fewer than k entries
-                parts.append((si, KINDS.index(kind), u, r, pos[r, u], vals[r, u].astype(np.float64)))
             for j in range(10):
-                keys = draws[s, j]
-                if not len(keys):
-                    continue
-                keys = _sorted_desc(keys)
+                keys = draw_keys[s][:, j]  # in descending order, zeros (no entry) last
                 r, u = np.nonzero(keys != 0)
+                if not len(r):
+                    continue
                 pos = (_LOW32 - (keys[r, u] & _LOW32)).astype(np.int64)
                 parts.append((si, KINDS.index(DECILES[j]), u, r, pos, np.full(len(r), np.nan)))
+                windows.append(draw_win[s][r, j, u])
             edges = _edges(lo[s], hi[s], bins) if n_real else None
             if edges is not None:  # rows by unit, then bin
                 hist_parts.append(
@@ -468,13 +485,43 @@ def unit_examples(
             order = np.lexsort((cols["rank"], cols["kind"], cols["unit"], sig_rank))
             cols = {c: v[order] for c, v in cols.items()}
             sig_code, pos, value = sig_code[order], pos[order], value[order]
+            window = np.concatenate(windows)[order]
             cols["sequence"], cols["step"] = pos // t_len, pos % t_len
-            ex_parts.append(
-                (name, sigs, sig_code, cols, _with_context(trace, lt, sigs, sig_code, cols, value, context, block))
-            )
+            ex_parts.append((name, sigs, sig_code, cols, _with_context(trace, lt, cols, value, window, context, block)))
     examples = _example_table(ex_parts)
     histograms = _histogram_table(hist_parts)
     return examples[EXAMPLE_COLUMNS], histograms[HISTOGRAM_COLUMNS]
+
+
+def _windows(raw: np.ndarray, start: int, positions: np.ndarray, unit: np.ndarray, context: int) -> np.ndarray:
+    """(len(positions), 2 context + 1) float32: each example's unit's values over its window of steps, gathered from
+    a block ``raw`` (n, T, units) of sequences ``start, start + 1, ...`` (steps beyond the sequence repeat its last;
+    the window's length says how many count)."""
+    t_len = raw.shape[1]
+    seq, step = positions // t_len - start, positions % t_len
+    steps = np.minimum(np.maximum(step - context, 0)[:, None] + np.arange(2 * context + 1), t_len - 1)
+    return raw[seq[:, None], steps, unit[:, None]].astype(np.float32)
+
+
+def _merge_draws(
+    keys: np.ndarray, windows: np.ndarray, new: np.ndarray, raw: np.ndarray, start: int, context: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest of the running draw keys ``keys`` (r, 10, units; descending, with their ``windows``) and a
+    chunk's ``new`` (k, 10, units), in descending order (zero: no entry) -- the set :func:`_top_keys` keeps -- with
+    their windows: the running ones carried, those of the chunk's that enter gathered from its block ``raw``
+    (sequences from ``start``; see :func:`_windows`)."""
+    k = len(new)
+    both = np.concatenate([keys, new]) if len(keys) else new
+    order = np.argsort(both, axis=0)[::-1][:k]  # keys of a column are unique (positions), but for zeros
+    out = np.take_along_axis(both, order, axis=0)
+    win = np.zeros((*out.shape, windows.shape[-1]), np.float32)
+    carried = order < len(keys)
+    r, d, u = np.nonzero(carried)
+    win[r, d, u] = windows[order[r, d, u], d, u]
+    r, d, u = np.nonzero(~carried & (out != 0))
+    if len(r):
+        win[r, d, u] = _windows(raw, start, (_LOW32 - (out[r, d, u] & _LOW32)).astype(np.int64), u, context)
+    return out, win
 
 
 def _decile_draws(
@@ -722,41 +769,40 @@ def _json_lists(items: pa.Array, index: np.ndarray, lengths: np.ndarray) -> pa.A
 def _with_context(
     trace: Trace,
     lt: Any,
-    sigs: list[str],
-    sig_code: np.ndarray,
     cols: dict[str, np.ndarray],
     value: np.ndarray,
+    window: np.ndarray,
     context: int,
     chunk: int,
 ) -> dict[str, Any]:
-    """The context columns of the examples ``cols`` (``unit``, ``kind`` code, ``sequence``, ``step``; signal
-    ``sigs[sig_code]``) and ``value`` with the decile examples' values, read a chunk of sequences at a time. Every
-    step of every window is gathered with array indexing, and the JSON texts are built by :func:`_json_lists` from
-    the texts of the distinct tokens, input steps and values."""
+    """The context columns of the examples ``cols`` (``unit``, ``kind`` code, ``sequence``, ``step``) and ``value``
+    with the decile examples' values, from ``window`` (each example's signal over its window, gathered in pass 2)
+    and the mask and tokens or inputs, read a chunk of sequences at a time. Every step of every window is gathered
+    with array indexing, and the JSON texts are built by :func:`_json_lists` from the texts of the distinct tokens,
+    input steps and values."""
     t_len = lt.shape[1]
-    seq, step, unit = cols["sequence"], cols["step"], cols["unit"]
+    seq, step = cols["sequence"], cols["step"]
     start = np.maximum(step - context, 0)
     length = np.minimum(step + context + 1, t_len) - start
     row = np.repeat(np.arange(len(seq)), length)  # the windows' steps, one element each, row by row
     first = np.cumsum(length) - length
     el_seq, el_step = seq[row], start[row] + (np.arange(len(row)) - first[row])
-    el_sig, el_unit = sig_code[row], unit[row]
     real = np.zeros(len(row), bool)
-    vals = np.zeros(len(row), np.float32)
+    vals = window[row, np.arange(len(row)) - first[row]]
     text = trace.tokens is not None
     ids = np.zeros(len(row), np.int64)
     if not text:  # numeric inputs: each step's vector formatted once
         steps, step_of = np.unique(el_seq * t_len + el_step, return_inverse=True)
     step_texts: list[pa.Array] = []
     # the elements by block of ``chunk`` sequences (the passes' blocks: one slice read of each array, no oindex of a
-    # scattered list of rows), then by signal; blocks without an example are not read
+    # scattered list of rows); blocks without an example are not read
     n_seq = lt.shape[0]
-    block_sig = (el_seq // chunk) * len(sigs) + el_sig
-    by_block = np.argsort(block_sig, kind="stable")
-    cuts = np.searchsorted(block_sig[by_block], np.arange(-(-n_seq // chunk) * len(sigs) + 1))
+    el_block = el_seq // chunk
+    by_block = np.argsort(el_block, kind="stable")
+    cuts = np.searchsorted(el_block[by_block], np.arange(-(-n_seq // chunk) + 1))
     for b in np.unique(seq // chunk).tolist():
         rows = slice(b * chunk, min((b + 1) * chunk, n_seq))
-        sel = by_block[cuts[b * len(sigs)] : cuts[(b + 1) * len(sigs)]]
+        sel = by_block[cuts[b] : cuts[b + 1]]
         local, t = el_seq[sel] - rows.start, el_step[sel]
         real[sel] = read_mask(lt, rows)[local, t]
         if text:
@@ -765,15 +811,6 @@ def _with_context(
             x = read(trace.x if trace.x is not None else lt.inputs, rows, np.float64)
             here = steps[np.searchsorted(steps, rows.start * t_len) : np.searchsorted(steps, rows.stop * t_len)]
             step_texts.append(_input_steps(x[here // t_len - rows.start, here % t_len]))
-        for c in range(len(sigs)):
-            e = by_block[cuts[b * len(sigs) + c] : cuts[b * len(sigs) + c + 1]]
-            if not len(e):
-                continue
-            array = lt[sigs[c]]  # float16/float32 as stored: only the gathered values are converted (exactly)
-            v = read(
-                array, rows, array.dtype if getattr(array, "dtype", None) in (np.float16, np.float32) else np.float32
-            )
-            vals[e] = v[el_seq[e] - rows.start, el_step[e], el_unit[e]]
     value = value.copy()
     decile = cols["kind"] >= KINDS.index(DECILES[0])
     value[decile] = vals[first[decile] + step[decile] - start[decile]].astype(np.float64)
