@@ -58,13 +58,14 @@ STATE_SIGNALS = state_names()  # the registry's states, cell_state first
 class _Sums:
     """Pairwise-complete sums for Pearson r between every column of X (rows) and every column of Y (columns).
 
-    Each block of steps costs one matrix product ``X.T @ [V, Y0]`` and one ``(X * X).T @ V`` over every unit of
+    Each block of steps costs one matrix product ``[V, Y0].T @ X`` and one ``V.T @ (X * X)`` over every unit of
     every signal against every (lag, feature) column at once, where ``V`` holds only the *distinct* patterns of
-    defined cells of the columns (the lags' patterns: a few), not one per feature.
+    defined cells of the columns (the lags' patterns: a few), not one per feature. (The products are formed with the
+    narrow side on the left: ~1.5x faster than ``X.T @ [V, Y0]``; the sums are kept as (columns, width).)
     """
 
     def __init__(self, width: int, columns: int) -> None:
-        z = np.zeros((width, columns))
+        z = np.zeros((columns, width))
         self.sx, self.sxx, self.sxy = z, z.copy(), z.copy()
         self.n, self.sy, self.syy = (np.zeros(columns) for _ in range(3))
 
@@ -80,23 +81,23 @@ class _Sums:
         first = np.unique(inv, return_index=True)[1]
         vu = v[:, first].astype(np.float64)  # one column per distinct pattern, in order of first use
         k = vu.shape[1]
-        g = x.T @ np.concatenate([vu, y0], axis=1)
-        self.sx += g[:, :k][:, inv]
-        self.sxy += g[:, k:]
+        g = np.concatenate([vu, y0], axis=1).T @ x
+        self.sx += g[:k][inv]
+        self.sxy += g[k:]
         np.multiply(x, x, out=x)
-        self.sxx += (x.T @ vu)[:, inv]
+        self.sxx += (vu.T @ x)[inv]
         self.n += v.sum(0)
         self.sy += y0.sum(0)
         self.syy += (y0 * y0).sum(0)
 
     def r(self) -> np.ndarray:
         """(width, columns) Pearson r; NaN with fewer than 3 steps or a constant column."""
-        n, sx = self.n, self.sx
-        cov = n * self.sxy - sx * self.sy
-        var = (n * self.sxx - sx**2) * (n * self.syy - self.sy**2)
+        n, sx, sy, syy = self.n[:, None], self.sx, self.sy[:, None], self.syy[:, None]
+        cov = n * self.sxy - sx * sy
+        var = (n * self.sxx - sx**2) * (n * syy - sy**2)
         with np.errstate(invalid="ignore", divide="ignore"):
             out = cov / np.sqrt(var)
-        return np.where((n > 2) & (var > 0), np.clip(out, -1.0, 1.0), np.nan)
+        return np.where((n > 2) & (var > 0), np.clip(out, -1.0, 1.0), np.nan).T
 
 
 def feature_grid(
