@@ -212,11 +212,11 @@ def _corr_task(run: str, layer: str, start: int, stop: int, signals: list[str], 
 
     trace = _trace(run)
     valid = ~np.isnan(fmat)
-    out = {}
+    out, prepared = {}, {}  # the chunk's feature side formed once for every signal
     for signal in signals:
         arr = trace[layer][signal]
         x = chunk_rows(arr, slice(start, stop), local, int(arr.shape[2]))
-        out[signal] = (chunk_moments(x, frow, fmat, valid, groups), x if pick is None else x[pick])
+        out[signal] = (chunk_moments(x, frow, fmat, valid, groups, prepared=prepared), x if pick is None else x[pick])
     return out
 
 
