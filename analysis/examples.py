@@ -601,15 +601,17 @@ def _bin_floats(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int) -
 def _whole_bins(
     out: np.ndarray, values: np.ndarray, lo64: np.ndarray, divisor: np.ndarray, flat: np.ndarray, bins: int
 ):
-    """:func:`_bin_floats`' steps into ``out`` (float64, whole numbers): ``lo64``, ``divisor`` (the width, 1 where it
-    is 0) and ``flat`` (width 0: bin 0) broadcast against ``values``. Every step is elementwise, so any layout of the
-    same values gives the same bins."""
+    """:func:`_bin_floats`' steps into ``out`` (float64, whole numbers) for ``values`` within ``[lo, hi]``: ``lo64``,
+    ``divisor`` (the width, 1 where it is 0) and ``flat`` (width 0: bin 0) broadcast against ``values``. Every step
+    is elementwise, so any layout of the same values gives the same bins. ``v - lo >= 0`` (or ``-0.0``: the same
+    whole number), so only the upper clip can act."""
     np.subtract(values, lo64, out=out)
     np.multiply(out, bins, out=out)  # bins * (v - lo), as in _bin_floats: the same rounding
     np.divide(out, divisor, out=out)
     np.floor(out, out=out)
-    np.copyto(out, 0.0, where=flat)
-    np.clip(out, 0, bins - 1, out=out)
+    if flat.any():
+        np.copyto(out, 0.0, where=flat)
+    np.minimum(out, bins - 1, out=out)
 
 
 def _bin_codes(
@@ -631,15 +633,26 @@ def _bin_codes(
     step = max(1, _BIN_BLOCK // max(units, 1))
     f = np.empty((min(step, m), units), np.float64)
     g = np.empty_like(f)
+    decile = _decile_of(bins)
     for a in range(0, m, step):
         fb, gb = f[: min(step, m - a)], g[: min(step, m - a)]
         _whole_bins(fb, values[a : a + step], lo64, divisor, flat, bins)
-        np.divide(fb, bins // 10, out=gb)
+        decile(fb, out=gb)
         dec[a : a + step] = gb  # whole numbers >= 0: the cast's truncation is bin // (bins // 10)
         np.multiply(fb, units, out=fb)
         np.add(fb, unit, out=fb)
         codes[a : a + step] = fb
     return codes.ravel(), dec
+
+
+def _decile_of(bins: int) -> Callable[..., np.ndarray]:
+    """A ufunc call ``f -> f / (bins // 10)`` whose truncation is ``bin // (bins // 10)`` for every whole bin: a product
+    by the reciprocal where that holds for all of them (checked here, every bin), else the quotient."""
+    per_decile = bins // 10
+    whole = np.arange(bins, dtype=np.float64)
+    if np.array_equal((whole * (1.0 / per_decile)).astype(np.int64), np.arange(bins) // per_decile):
+        return lambda f, out: np.multiply(f, 1.0 / per_decile, out=out)
+    return lambda f, out: np.divide(f, per_decile, out=out)
 
 
 def _ordered16(bits: np.ndarray) -> np.ndarray:

@@ -249,13 +249,14 @@ def test_small_unique_is_numpy_unique():
         np.testing.assert_array_equal(got[1], want[1].ravel())
 
 
-def test_bin_codes_and_float16_tables_equal_bin_index():
-    """``_bin_codes`` (blocks of values in reused buffers) and ``_BinTable`` (each float16 pattern binned once, the
-    chunk counted by its patterns) give the counts and deciles of ``bin_index``, the module's formula: ranges
-    through zero with both zeros in the data, ends that are -0.0 or +0.0, a constant unit, negative values,
-    subnormals, and more rows than one block."""
+@pytest.mark.parametrize("bins", [10, 20, 30, 70])
+def test_bin_codes_and_float16_tables_equal_bin_index(bins):
+    """``_bin_codes`` (blocks of values in reused buffers, deciles by a product where it truncates as the quotient)
+    and ``_BinTable`` (each float16 pattern binned once, the chunk counted by its patterns) give the counts and
+    deciles of ``bin_index``, the module's formula: ranges through zero with both zeros in the data, ends that are
+    -0.0 or +0.0, a constant unit, negative values, subnormals, and more rows than one block."""
     rng = np.random.default_rng(7)
-    bins, units = 20, 7
+    units = 7
     m = ex._BIN_BLOCK // units + 5  # two blocks
     v = rng.uniform(-1, 1, (m, units))
     v[:, 0] = rng.choice([-0.0, 0.0, 0.25, 1.0], m)  # both zeros inside the range
