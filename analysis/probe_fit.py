@@ -69,11 +69,14 @@ def standardize(X_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, .
 
     Returns the scaled training rows, then each of ``others`` scaled the same way, all float64.
     """
-    Xtr = np.asarray(X_train, np.float64)
-    mean = Xtr.mean(axis=0)
-    scale = Xtr.std(axis=0)
+    Xtr = np.asarray(X_train)
+    mean = Xtr.mean(axis=0, dtype=np.float64)
+    centred = np.subtract(Xtr, mean, dtype=np.float64)  # the training rows' output, scaled in place below
+    with np.errstate(invalid="ignore", divide="ignore"):  # no rows: NaN, as Xtr.std(axis=0) gives
+        scale = np.sqrt(np.einsum("ij,ij->j", centred, centred) / len(centred))
     scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean))] = 1.0
-    return tuple((np.asarray(a, np.float64) - mean) / scale for a in (Xtr, *others))
+    centred /= scale
+    return (centred, *((np.subtract(a, mean, dtype=np.float64) / scale) for a in others))
 
 
 def fit_ridge(X: np.ndarray, Y: np.ndarray, *, alpha: float = 1.0) -> LinearFit:
@@ -137,18 +140,28 @@ HESSIAN_REUSE_RATE = 0.3
 
 
 def _newton_steps(
-    A: np.ndarray, S: np.ndarray, reg: np.ndarray, grad: np.ndarray, factors: list, idx: np.ndarray, refresh: np.ndarray
+    A: np.ndarray,
+    A32: np.ndarray,
+    S: np.ndarray,
+    reg: np.ndarray,
+    grad: np.ndarray,
+    factors: list,
+    idx: np.ndarray,
+    refresh: np.ndarray,
+    buf: np.ndarray,
 ) -> np.ndarray:
     """Per column ``j`` (probe ``idx[j]``), ``H^-1 grad_j`` with ``H = A' diag(S_j) A + diag(reg)`` formed and
-    factorised exactly where ``refresh[j]`` (kept in ``factors[idx[j]]``), else with the factorisation kept there."""
+    factorised exactly where ``refresh[j]`` (kept in ``factors[idx[j]]``), else with the factorisation kept there.
+
+    ``A32`` is ``A`` in float32 and ``buf`` an array of its shape and dtype (the scaled rows of one probe): both
+    made once per fit, not per step or per probe."""
     out = np.empty_like(grad)
     ridge = reg[:, 0]
     if refresh.any():
         root = np.sqrt(S).astype(np.float32)
-        A32 = A.astype(np.float32)
     for j in range(grad.shape[1]):  # probes of one batch (a few dozen); each one BLAS-3 product
         if refresh[j]:
-            b = A32 * root[:, j : j + 1]
+            b = np.multiply(A32, root[:, j : j + 1], out=buf)
             # the upper triangle of b' b (the lower is not read): half a matrix product, in float32 (the Hessian only
             # steers the step; the gradient, the loss and the stopping test stay float64, so the optimum is the same)
             h = ssyrk(1.0, b.T).astype(np.float64)
@@ -189,6 +202,9 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
     n_iter = np.zeros(k, np.int64)
     factors: list = [None] * k  # per probe, the Hessian factorisation of its last refresh (exact Newton steps)
     last_gmax = np.zeros(k)  # an active probe's gradient is above 0 * rate: its first step forms its Hessian
+    exact = d + 1 <= EXACT_NEWTON_MAX_DIM
+    A32 = A.astype(np.float32) if exact else None
+    buf = np.empty_like(A32) if exact else None
     for _ in range(max_iter):
         idx = np.flatnonzero(active)
         P = expit(A @ W[:, idx])
@@ -201,9 +217,9 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
         if idx.size == 0:
             break
         S = P * (1.0 - P)
-        if d + 1 <= EXACT_NEWTON_MAX_DIM:
+        if exact:
             refresh = ~(gmax <= HESSIAN_REUSE_RATE * last_gmax[idx])  # (a NaN gradient refreshes too)
-            step = _newton_steps(A, S, reg, grad, factors, idx, refresh)
+            step = _newton_steps(A, A32, S, reg, grad, factors, idx, refresh, buf)
             last_gmax[idx] = gmax
         else:
             step = _cg(

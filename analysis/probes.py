@@ -531,7 +531,9 @@ def _plan(F, is_test, fnames, kinds, types, control_by, random_state) -> _Plan:
             plan.multiclass.append(j)
             continue
         groups.setdefault((task, ok.tobytes()), []).append(j)
-    for (task, _), cols in groups.items():
+    first = {key: i for i, key in reversed(list(enumerate(key for _, key in groups)))}
+    # batches of the same rows adjacent (by where their rows first appear): _probe_signal standardises once for them
+    for (task, _), cols in sorted(groups.items(), key=lambda kv: first[kv[0][1]]):
         ok = ~np.isnan(F[:, cols[0]])
         train = ~is_test[ok]
         t = types[ok] if types is not None else None
@@ -552,10 +554,14 @@ def _probe_signal(x, F, is_test, plan: _Plan, params, types, control_by, random_
         results[j] = _probe_one(
             x, F[:, j], is_test, "classification", params, types, control_by, j, random_state, top_k
         )
+    scaled_for, scaled = None, None  # the batches of one row set are adjacent (see _plan): scaled once for them
     for task, ok, cols, Y in plan.batches:
         test = is_test[ok]
         train = ~test
-        xs_train, xs_test = standardize(x[ok][train], x[ok][test])
+        if scaled_for is None or not np.array_equal(scaled_for, ok):
+            xo = x if ok.all() else x[ok]
+            scaled_for, scaled = ok, standardize(xo[train], xo[test])
+        xs_train, xs_test = scaled
         scores, baselines = _fit_and_score(task, xs_train, Y[train], xs_test, Y[test], params)
         fit_w = scores.pop("weights")
         k = len(cols)
