@@ -128,6 +128,9 @@ class Step:
     needs_features : bool
         Whether its tables depend on the features (built-in and the user's): the steps that are run again,
         and only those, when a features file is added or changed (see :data:`FEATURE_STEPS`).
+    reads : tuple of str
+        The tables of earlier steps it reads (``ctx.result.<table>``); a step that reads none depends only on
+        the trace and the features, and may run in a worker process (:mod:`gatelens.analysis.parallel`).
     """
 
     name: str
@@ -137,6 +140,7 @@ class Step:
     doc: str
     stage: str = "summary"
     needs_features: bool = False
+    reads: tuple[str, ...] = ()
 
 
 def _stats(ctx: StepContext) -> dict[str, pd.DataFrame]:
@@ -266,7 +270,7 @@ STEP_REGISTRY: tuple[Step, ...] = (
          stage="probes", needs_features=True),
     Step("clusters", _clusters, ("clusters",), {"clusters.csv": "clusters"},
          "units clustered by behaviour, each cluster named by its archetype",
-         stage="features", needs_features=True),
+         stage="features", needs_features=True, reads=("units", "half_lives", "correlations")),
     Step("examples", _examples, ("examples", "histograms"),
          {"examples.csv": "examples", "histograms.csv": "histograms"},
          "top, bottom, rise, drop and decile examples of every unit with their context, and histograms",
@@ -583,6 +587,7 @@ def analyze_run(
     progress: Progress | None = None,
     steps: Sequence[str] = STEPS,
     save: bool | None = None,
+    processes: int | None = None,
 ) -> Analysis:
     """Analyse a trace or a run directory: the Python twin of ``gatelens analyze RUN``.
 
@@ -597,6 +602,11 @@ def analyze_run(
     save : bool, optional
         Save the tables into the run (default: True for a run directory; a trace in memory opened from a
         store is saved only when asked).
+    processes : int, optional
+        Worker processes running the steps of a run directory side by side
+        (:func:`gatelens.analysis.parallel.analyze_processes`; the same tables); 1 runs them here, one after the
+        other. Default :func:`gatelens.analysis.parallel.default_processes`: one per core (at most 4) for a run
+        with at least 64 MiB of signals, else 1.
 
     Returns
     -------
@@ -612,6 +622,11 @@ def analyze_run(
     """
     from gatelens.analysis.store import open_run
 
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise UsageError(f"unknown analysis step(s) {unknown}; the steps are {list(STEPS)}")
+    if processes is not None and (not isinstance(processes, int) or isinstance(processes, bool) or processes < 1):
+        raise UsageError(f"processes must be a whole number >= 1, got {processes!r}")
     run_dir: Path | None
     if isinstance(run, Trace):
         trace = run
@@ -628,8 +643,17 @@ def analyze_run(
     clean_partials(run_dir / ANALYSIS_DIR)  # what a killed analyze left
     # the events stream to a partial file that no reader picks up; save_analysis renames it into place, and
     # a failure on the way (a bad features file, a kill) leaves no partial behind
+    from gatelens.analysis.parallel import analyze_processes, default_processes
+
+    if processes is None:
+        processes = default_processes(trace)
     with partial_path(run_dir / ANALYSIS_DIR / "events.parquet") as events_path:
-        result = analyze(trace, features=features, progress=progress, steps=steps, events_path=events_path)
+        if processes > 1 and trace.path is not None:
+            result = analyze_processes(
+                trace, processes=processes, features=features, progress=progress, steps=steps, events_path=events_path
+            )
+        else:
+            result = analyze(trace, features=features, progress=progress, steps=steps, events_path=events_path)
         save_analysis(result, run_dir)
     return result
 

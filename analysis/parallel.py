@@ -1,0 +1,310 @@
+"""The steps of one analysis on every core: ``gatelens analyze RUN`` in worker processes.
+
+The steps of :data:`~gatelens.analysis.pipeline.STEP_REGISTRY` read the run store and the features, not each
+other's tables, except the few that declare ``reads`` (``clusters`` reads the tables of ``stats``, ``memory`` and
+``correlations``). Their NumPy and pandas code holds the GIL most of the time (two steps on two threads ran slower
+than one after the other), so :func:`analyze_processes` runs whole steps in worker processes instead:
+
+* the parent builds the features once (the ``features`` step: a bad features file fails before any worker starts)
+  and starts the workers (fresh interpreters: no state of the parent is inherited, and the caller's script is not
+  imported again), each with the features;
+* each worker opens the run by itself (its checksums were verified by the parent's :func:`open_run
+  <gatelens.analysis.store.open_run>`), caps BLAS at one thread (the workers share the cores), and is sent the next
+  step whenever it is free, the steps longest first (:data:`COST_ORDER`), until none is left;
+* the parent collects each step's tables, its ``skipped`` note and the events file, and runs the steps that read
+  earlier tables itself once those are in.
+
+Every table is what the same step computes in one process, the same functions on the same data:
+``tests/test_analysis_parallel.py`` compares them table by table. A step that raises in a worker raises the same
+exception in the parent, the other workers are stopped, and nothing is saved; a worker that dies (killed, out of
+memory) is reported by its exit code. :func:`default_processes` says when it is worth it: below
+:data:`MIN_PARALLEL_BYTES` of signals the start of a worker (a fresh interpreter importing NumPy, pandas and Zarr,
+about a second of CPU) costs more than it saves.
+
+Examples
+--------
+>>> from gatelens._examples import tiny_run
+>>> from gatelens.analysis.store import open_run
+>>> trace = open_run(tiny_run())
+>>> default_processes(trace)  # a tiny run: analysed in this process
+1
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from multiprocessing import connection as mp_connection
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gatelens.analysis.pipeline import STEP_REGISTRY, Analysis, Step, StepContext, run_step
+from gatelens.analysis.trace import Trace
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+#: Signals (bytes as stored) from which :func:`default_processes` analyses in worker processes.
+MIN_PARALLEL_BYTES = 64 << 20
+#: At most this many worker processes (each holds its own chunk buffers: ~0.6 GB at 256 sequences of 2 x 128).
+MAX_PROCESSES = 4
+#: The steps, most expensive first (measured with ``benchmarks/analysis.py``): the order they are queued in, so the
+#: long ones start first and the short ones fill the gaps. A step not named here is queued last.
+COST_ORDER = (
+    "probes", "examples", "correlations", "events", "drivers", "stats", "explanations", "memory", "token_gates",
+)  # fmt: skip
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def signal_bytes(trace: Trace) -> int:
+    """Bytes of every stored signal of ``trace`` (the arrays the steps read), at their stored dtype."""
+    return sum(int(trace[n][s].nbytes) for n in trace.layers for s in trace[n].info.signals)
+
+
+def default_processes(trace: Trace) -> int:
+    """Worker processes for analysing ``trace``: one per usable core up to :data:`MAX_PROCESSES` for a run from a
+    store with at least :data:`MIN_PARALLEL_BYTES` of signals, else 1 (this process)."""
+    if trace.path is None or signal_bytes(trace) < MIN_PARALLEL_BYTES:
+        return 1
+    return min(usable_cores(), MAX_PROCESSES)
+
+
+def analyze_processes(
+    trace: Trace,
+    *,
+    processes: int,
+    features: str | os.PathLike | pd.DataFrame | None = None,
+    progress: Progress | None = None,
+    steps: Sequence[str],
+    chunk: int = 256,
+    max_lag: int = 50,
+    events_path: str | os.PathLike,
+) -> Analysis:
+    """:func:`~gatelens.analysis.pipeline.analyze` of a run from a store, its steps run by ``processes`` workers.
+
+    Parameters
+    ----------
+    trace : Trace
+        Opened from a run directory (``trace.path``); every worker opens the same run.
+    processes : int
+        Worker processes (at least 1; at most one per step is started).
+    features, progress, steps, chunk, max_lag
+        As for :func:`~gatelens.analysis.pipeline.analyze`.
+    events_path : path
+        Where the events step streams its table (it is not sent back through a pipe).
+
+    Returns
+    -------
+    Analysis
+        The same tables as :func:`~gatelens.analysis.pipeline.analyze` with the same arguments.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from gatelens._examples import tiny_run
+    >>> from gatelens.analysis.store import open_run
+    >>> trace = open_run(tiny_run())
+    >>> events = pathlib.Path(tempfile.mkdtemp()) / "events.parquet"
+    >>> a = analyze_processes(trace, processes=2, steps=("stats", "memory", "events"), events_path=events)
+    >>> sorted(a.half_lives["signal"].unique()), a.events_file == str(events)
+    (['forget_gate'], True)
+    """
+    if trace.path is None:
+        raise ValueError("analyze_processes needs a trace opened from a run directory (trace.path)")
+    todo = [step for step in STEP_REGISTRY if step.name in steps]
+    result = Analysis()
+    ctx = StepContext(trace, result, features=features, chunk=chunk, max_lag=max_lag, events_path=events_path)
+    done = 0
+
+    def finished() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, len(todo))
+
+    for step in todo:  # the features first, here: every worker gets them, and a bad file fails before any starts
+        if step.name == "features":
+            run_step(ctx, step)
+            finished()
+    filled_by = {table: s.name for s in todo for table in s.tables}
+    in_parent = [s for s in todo if s.reads]
+    rank = {name: i for i, name in enumerate(COST_ORDER)}
+    queued = sorted(
+        (s for s in todo if s.name != "features" and not s.reads), key=lambda s: rank.get(s.name, len(rank))
+    )
+    options = {"chunk": chunk, "max_lag": max_lag, "events_path": str(events_path)}
+    with _Workers(Path(trace.path), min(processes, max(1, len(queued))), ctx.feature_table, options) as workers:
+        for step in queued:
+            workers.submit(step.name)
+        ran: set[str] = set()
+        pending = len(queued)
+        while pending or in_parent:
+            for step in [s for s in in_parent if all(filled_by.get(t) in ran | {None} for t in s.reads)]:
+                run_step(ctx, step)  # reads the tables of steps already in
+                in_parent.remove(step)
+                ran.add(step.name)
+                finished()
+            if not pending:
+                continue
+            name, tables, skipped, events_file = workers.result()
+            pending -= 1
+            for table, frame in tables.items():
+                setattr(result, table, frame)
+            result.skipped.update(skipped)
+            if events_file is not None:
+                result.events_file = events_file
+            ran.add(name)
+            finished()
+    order = {s.name: i for i, s in enumerate(STEP_REGISTRY)}  # as one process notes them: in registry order
+    result.skipped = dict(sorted(result.skipped.items(), key=lambda kv: order.get(kv[0], len(order))))
+    return result
+
+
+class _Workers:
+    """Worker processes, each running the steps it is sent and sending back each step's tables.
+
+    Each is a fresh ``python -c`` interpreter (:func:`_serve`) talking pickles over its stdin and stdout, not a
+    ``multiprocessing`` child: those re-import the caller's ``__main__``, which runs a script's analysis again in
+    every worker unless the script guards it with ``if __name__ == "__main__"``."""
+
+    def __init__(self, run: Path, n: int, feature_table: pd.DataFrame | None, options: dict[str, Any]) -> None:
+        self.hello = (str(run), feature_table, options, logging.getLogger("gatelens").getEffectiveLevel())
+        self.n = n
+        self.procs: list[subprocess.Popen] = []
+        self.running: dict[subprocess.Popen, str] = {}  # worker -> the step it runs
+        self.queued: list[str] = []
+
+    def __enter__(self) -> _Workers:
+        code = "from gatelens.analysis.parallel import _serve; _serve()"
+        try:
+            for _ in range(self.n):  # all started first: they import side by side
+                self.procs.append(subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                                   stdout=subprocess.PIPE))  # fmt: skip
+            for p in self.procs:
+                self._send(p, self.hello)
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def submit(self, name: str) -> None:
+        """Queue a step; it starts as soon as a worker is free."""
+        self.queued.append(name)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for p in self.procs:
+            if self.queued and p not in self.running:
+                self.running[p] = name = self.queued.pop(0)
+                self._send(p, name)
+
+    def _send(self, p: subprocess.Popen, obj: Any) -> None:
+        pickle.dump(obj, p.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        p.stdin.flush()
+
+    def result(self) -> tuple[str, dict[str, pd.DataFrame], dict[str, str], str | None]:
+        """The next finished step's ``(name, tables, skipped, events_file)``; its exception raised here."""
+        ready = mp_connection.wait([p.stdout for p in self.running])
+        p = next(p for p in self.running if p.stdout in ready)
+        name = self.running.pop(p)
+        try:
+            kind, payload = pickle.load(p.stdout)
+        except EOFError:  # it died: killed, out of memory
+            raise RuntimeError(
+                f"an analysis worker process stopped with exit code {p.wait()} while running the step {name!r}"
+            ) from None
+        if kind == "error":
+            raise payload
+        self._dispatch()
+        log.debug("analysis step %s ran in worker process %d", name, p.pid)
+        return name, *payload
+
+    def _stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            p.wait()
+            for f in (p.stdin, p.stdout):
+                try:
+                    f.close()
+                except OSError:  # a broken pipe to a killed worker
+                    pass
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:  # a step failed (or the parent was interrupted): stop the others at once
+            self._stop()
+            return
+        for p in self.procs:
+            p.stdin.close()  # end of the steps: the worker returns
+        for p in self.procs:
+            p.wait()
+            p.stdout.close()
+
+
+def _serve() -> None:
+    """A worker process (see :class:`_Workers`): open the run, then run each step sent on stdin until it closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    inbox = sys.stdin.buffer
+    outbox = os.fdopen(os.dup(1), "wb")  # the replies; whatever a library prints goes to stderr, not in them
+    os.dup2(2, 1)
+    run, feature_table, options, level = pickle.load(inbox)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from threadpoolctl import threadpool_limits
+
+    from gatelens.analysis.store import open_run
+
+    threadpool_limits(limits=1, user_api="blas")  # the workers share the cores
+    steps: dict[str, Step] = {s.name: s for s in STEP_REGISTRY}
+    trace = None
+    while True:
+        try:
+            name = pickle.load(inbox)
+        except EOFError:
+            return
+        try:
+            if trace is None:
+                trace = open_run(run, verify=False)  # verified by the parent
+            result = Analysis()
+            run_step(StepContext(trace, result, feature_table=feature_table, **options), steps[name])
+            reply: tuple = ("ok", ({t: getattr(result, t) for t in steps[name].tables}, dict(result.skipped),
+                                   result.events_file))  # fmt: skip
+        except Exception as e:  # sent to the parent, which raises it (and stops the workers)
+            reply = ("error", _picklable(e))
+        pickle.dump(reply, outbox, protocol=pickle.HIGHEST_PROTOCOL)
+        outbox.flush()
+
+
+def _picklable(e: Exception) -> Exception:
+    """``e`` if it survives pickling, else a RuntimeError with its type and message."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return RuntimeError(f"{type(e).__name__}: {e}")
+
+
+__all__ = [
+    "COST_ORDER",
+    "MAX_PROCESSES",
+    "MIN_PARALLEL_BYTES",
+    "analyze_processes",
+    "default_processes",
+    "signal_bytes",
+    "usable_cores",
+]

@@ -1,0 +1,101 @@
+"""The steps of one analysis in worker processes give the tables of one process, table by table."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from gatelens._examples import tiny_run
+from gatelens.analysis import parallel
+from gatelens.analysis.pipeline import STEP_REGISTRY, Analysis, StepContext, analyze_run, load_analysis, run_step
+from gatelens.analysis.store import open_run
+from gatelens.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("parallel")
+    one = tiny_run(base / "one", n=10)
+    two = base / "two"
+    shutil.copytree(one, two)
+    features = base / "features.csv"
+    steps = open_run(one).n_steps
+    seq, step = np.divmod(np.arange(10 * steps), steps)
+    pd.DataFrame({"sequence": seq, "step": step, "odd": (seq + step) % 2}).to_csv(features, index=False)
+    return one, two, features
+
+
+def test_worker_processes_give_the_tables_of_one_process(runs, caplog):
+    one, two, features = runs
+    seq = analyze_run(one, features=features, processes=1)
+    with caplog.at_level(logging.DEBUG, logger="gatelens.analysis.parallel"):
+        par = analyze_run(two, features=features, processes=2)
+    workers = {int(r.getMessage().rsplit(" ", 1)[1]) for r in caplog.records if "ran in worker process" in r.message}
+    assert len(workers) == 2 and os.getpid() not in workers  # the steps ran in two other processes
+    ran = {r.getMessage().split()[2] for r in caplog.records if "ran in worker process" in r.message}
+    assert ran == {s.name for s in STEP_REGISTRY if s.name != "features" and not s.reads}
+    assert par.skipped == seq.skipped and list(par.skipped) == list(seq.skipped)
+    for name in Analysis.tables():
+        if name != "events":
+            pd.testing.assert_frame_equal(getattr(par, name), getattr(seq, name), check_exact=True, obj=name)
+    assert len(par.clusters) and len(par.probes) and len(par.correlations)  # the feature steps had the features
+    ev_seq, ev_par = pq.read_table(seq.events_file), pq.read_table(par.events_file)
+    assert ev_par.num_rows == ev_seq.num_rows > 0 and ev_par.equals(ev_seq)
+    saved = load_analysis(two)  # saved as one process saves it: index last, checksums that match
+    pd.testing.assert_frame_equal(saved.examples, seq.examples)
+
+
+def test_a_step_that_fails_in_a_worker_raises_its_error_here(runs, tmp_path):
+    one, _, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(one, run)
+    shutil.rmtree(run / "analysis", ignore_errors=True)
+    trace = open_run(run)  # verified here; then a chunk of one signal is cut short, as a failing disk would
+    chunk = next(p for p in sorted((run / "layers").rglob("*")) if p.is_file() and "hidden_state/c/" in p.as_posix())
+    chunk.write_bytes(chunk.read_bytes()[:7])
+    with pytest.raises(Exception) as one_process:
+        run_step(StepContext(open_run(run, verify=False), Analysis()), STEP_REGISTRY[0])
+    with pytest.raises(type(one_process.value)) as workers:
+        parallel.analyze_processes(trace, processes=2, steps=("stats", "memory"), events_path=tmp_path / "e.parquet")
+    assert str(workers.value) == str(one_process.value)
+    assert not (tmp_path / "e.parquet").exists()
+
+
+def test_steps_that_run_in_workers_read_no_earlier_table(runs):
+    """A step run in a worker sees none of the other steps' tables: each step that does not declare ``reads``
+    must read none (checked by running it on a result that records the tables read)."""
+    one, _, _ = runs
+    trace = open_run(one)
+    features = StepContext(trace, Analysis())
+    run_step(features, next(s for s in STEP_REGISTRY if s.name == "features"))
+
+    class Recording(Analysis):
+        def __getattribute__(self, name):
+            if name in Analysis.tables():
+                object.__getattribute__(self, "read").add(name)
+            return object.__getattribute__(self, name)
+
+    for step in STEP_REGISTRY:
+        result = Recording()
+        object.__setattr__(result, "read", set())
+        run_step(StepContext(trace, result, feature_table=features.feature_table), step)
+        assert result.read <= set(step.reads), (step.name, result.read)
+        if step.name == "clusters":
+            assert result.read  # the check sees a read
+
+
+def test_default_processes_and_bad_counts(runs, monkeypatch):
+    one, _, _ = runs
+    trace = open_run(one)
+    assert parallel.default_processes(trace) == 1  # a tiny run: not worth starting a worker
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    assert parallel.default_processes(trace) == min(parallel.usable_cores(), parallel.MAX_PROCESSES)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(UsageError, match="processes must be a whole number"):
+            analyze_run(one, processes=bad)
