@@ -2,8 +2,9 @@
 
 For N, 2N and 4N windows of ``--steps`` characters of ``data/corpus/python_stdlib.txt``, the script
 writes a run with ``models.write_run`` and then measures the real command line, ``gatelens analyze
-RUN``, in a child process: wall time and peak resident memory (``ru_maxrss`` of that child alone,
-from ``os.wait4``). A second child does what the command does before it analyses -- import the
+RUN``, in a child process: wall time and peak resident memory (the highest sum of the RSS of that child
+and of the worker processes it starts for a large run, :mod:`gatelens.analysis.parallel`, sampled every 0.1 s;
+at least the child's own ``ru_maxrss`` from ``os.wait4``). A second child does what the command does before it analyses -- import the
 command's modules and ``open_run`` (checksums verified) -- and gives the start-up baseline, so the
 memory the analysis itself adds, and its growth with N, are visible. The analysis reads runs a chunk
 of sequences at a time, so that part should stay flat as N grows.
@@ -74,21 +75,45 @@ open_run(sys.argv[1])
 @dataclass
 class Measured:
     seconds: float
-    peak_mib: float
+    peak_mib: float  # the command's process alone (ru_maxrss)
     stdout: str
+    tree_mib: float  # the command and its worker processes together (sampled; at least peak_mib)
 
 
 # On Linux a child's ru_maxrss starts from the RSS of the process it was forked from (the high-water mark
 # survives exec), and this process holds TensorFlow and a model. So each command is started by a small
 # fresh Python that reports the rusage of its own child alone.
+# ``gatelens analyze`` of a large run also starts worker processes (gatelens.analysis.parallel): the launcher samples
+# the RSS of the command and all its descendants together every 0.1 s, and reports the highest sum.
 LAUNCHER = """
-import json, os, subprocess, sys, time
+import json, os, subprocess, sys, threading, time
+import psutil
 t0 = time.perf_counter()
 proc = subprocess.Popen(sys.argv[2:])
+tree_peak = 0
+def sample():
+    global tree_peak
+    top = psutil.Process(proc.pid)
+    while proc.returncode is None:
+        try:
+            procs = [top, *top.children(recursive=True)]
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            tree_peak = max(tree_peak, total)
+        except psutil.Error:
+            return
+        time.sleep(0.1)
+threading.Thread(target=sample, daemon=True).start()
 _, status, usage = os.wait4(proc.pid, 0)
+proc.returncode = status
 seconds = time.perf_counter() - t0
 with open(sys.argv[1], "w") as f:
-    json.dump({"rc": os.waitstatus_to_exitcode(status), "seconds": seconds, "maxrss": usage.ru_maxrss}, f)
+    json.dump({"rc": os.waitstatus_to_exitcode(status), "seconds": seconds, "maxrss": usage.ru_maxrss,
+               "tree_peak": tree_peak}, f)
 """
 
 
@@ -104,7 +129,7 @@ def measure(cmd: list[str]) -> Measured:
     if doc["rc"] != 0:
         sys.exit(f"benchmark: {' '.join(cmd)} exited with {doc['rc']}:\n{stderr[-4000:]}")
     peak = doc["maxrss"] / (MIB if sys.platform == "darwin" else 1024)  # Linux reports KiB, macOS bytes
-    return Measured(doc["seconds"], peak, stdout)
+    return Measured(doc["seconds"], peak, stdout, max(peak, doc["tree_peak"] / MIB))
 
 
 def gatelens_command() -> list[str]:
@@ -354,7 +379,7 @@ def main() -> None:
                     "size": size,
                     "seconds": res.seconds,
                     "extract": ext.seconds,
-                    "peak": res.peak_mib,
+                    "peak": res.tree_mib,
                     "base": base.peak_mib,
                     "events": event_rows(run),
                 }
