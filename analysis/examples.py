@@ -30,8 +30,8 @@ numeric inputs -- with ``context_start`` (the first step of the window), ``posit
 index in it) and ``context_values`` (that unit's signal over the window, JSON, ``null`` on masked steps).
 
 Two passes over the run: the first finds the extremes and each unit's range, the second counts the
-histograms and draws the decile examples; the contexts of the chosen examples are read last, a chunk of
-the sequences that hold them at a time.
+histograms, draws the decile examples and gathers every example's window of its signal from the block it has
+read; the mask and the tokens (or inputs) of the windows are read last, a block of sequences at a time.
 
 Examples
 --------
@@ -83,8 +83,9 @@ EXAMPLE_COLUMNS = [
 HISTOGRAM_COLUMNS = ["layer", "unit", "signal", "bin", "lo", "hi", "count"]
 
 #: Sequences the passes (and the context reads) hold at once, at most ``chunk``: every table is the same for any
-#: split into blocks (top-k sets merged exactly, counts summed), and the work arrays of a block (float64 bins, int64
-#: bin codes, key orders: ~40 bytes per value) stay ~0.1 GB at 64 x 200 x 128 however many sequences a chunk has.
+#: split into blocks (top-k sets merged exactly, counts summed), and the work arrays of a block (the values as read,
+#: int64 bin codes in one scratch array, int8 deciles, float32 changes, key orders) stay ~0.1 GB at 64 x 200 x 128
+#: however many sequences a chunk has (unit_examples' peak: ~175 MB above the opened run at 256 and 1024 x 200).
 PASS_SEQUENCES = 64
 
 #: Values :func:`_bin_codes` bins at a time: its float64 buffers (0.5 MB each) stay in the CPU's cache.
