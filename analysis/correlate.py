@@ -69,7 +69,9 @@ _RANK_BLOCK_ELEMENTS = 256 * 1024  # values ranked at a time (blocks of columns)
 #: the same for the integer-key ranks (counted as rows x (features + 1) a column): 1 M, a few columns of 20,000 rows a
 #: block (one column a block cost ~0.2 ms of fixed work per column: 70 -> 48 ms a signal of 128 units x 20,000 rows)
 _KEY_RANK_BLOCK_ELEMENTS = 1024 * 1024
-_MOMENT_BLOCK_VALUES = 32 * 1024  # signal values (rows x units) whose centred moments are formed at a time: 256 KB
+#: signal values (rows x units) whose centred moments are formed at a time: 256 KB of float64, where the conversion,
+#: centring and products run in L2 (3.9 ns a float16 value against 10 features; 5.6 ns in 2 MB blocks)
+_MOMENT_BLOCK_VALUES = 32 * 1024
 # Both blocks keep every temporary at a few MB, reused by the allocator: fresh arrays of tens of MB are faulted in
 # page by page (with NumPy's huge-page advice, the kernel compacts memory first), which cost more than the work
 # (20 x 128 units x 20,000 ranked rows: 8-11 s in blocks of 4 M values, 5.1 s in blocks of 256 K, idle machine).
