@@ -53,15 +53,13 @@ Examples
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 
+from gatelens.analysis import _threads
 from gatelens.analysis._reading import (
     get_layer,
     input_feature_names,
@@ -76,6 +74,7 @@ from gatelens.analysis._reading import (
     to_time_index,
     token_strings,
 )
+from gatelens.analysis._threads import ordered_map
 from gatelens.analysis.signals import WEIGHT_BLOCKS
 from gatelens.analysis.trace import LayerTrace, Trace, iter_chunks
 from gatelens.errors import DataError, UsageError
@@ -543,11 +542,6 @@ def _unroll(f: np.ndarray, w: np.ndarray, targets: np.ndarray, *, dense: bool) -
 #: (4 MB at 128 units) stays in cache while its absolute values are summed, instead of whole-chunk parts in memory.
 _DRIVER_ROWS = 2048
 
-#: Threads forming the gate drivers' products, a chunk of sequences each with one BLAS thread, while the calling
-#: thread reads the next chunk (1: all on the calling thread). The chunks' sums are added in chunk order, so the
-#: tables do not depend on it.
-DRIVER_THREADS = 2
-
 
 def _driver_chunk(lt: LayerTrace, rows: slice, tokens: Any = None) -> dict[str, np.ndarray] | None:
     """The signals of ``rows`` that :func:`_chunk_driver_sums` needs (None where every step is padding); ``tokens``:
@@ -653,38 +647,20 @@ def _abs_sums(a: np.ndarray, w: np.ndarray, out: np.ndarray, ones: np.ndarray) -
 
 
 def _driver_pass(trace: Trace, name: str, chunk: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """One layer's summed :func:`_chunk_driver_sums` over every chunk, :data:`DRIVER_THREADS` chunks at a time."""
+    """One layer's summed :func:`_chunk_driver_sums` over every chunk (on :data:`gatelens.analysis._threads.PASS_THREADS`
+    threads, added in chunk order)."""
     lt = trace[name]
     weights = _weights(lt)
     tokens = trace.tokens
     if "embedding" not in lt.weights or tokens is None or tuple(tokens.shape) != tuple(lt.shape[:2]):
         tokens = None
     n, sums, inputs = 0, np.zeros((5, weights[0].shape[1])), np.zeros((2, weights[0].shape[0]))
-
-    def add(result: tuple[int, np.ndarray, np.ndarray]) -> None:
-        nonlocal n
-        n += result[0]
-        sums[...] += result[1]
-        inputs[...] += result[2]
-
     chunks = (_driver_chunk(lt, rows, tokens) for rows in iter_chunks(lt.shape[0], min(chunk, PARTS_SEQUENCES)))
-    # small cache-sized products: one BLAS thread each is fastest (two contend for the cores, 2-3x slower)
-    with threadpool_limits(limits=1, user_api="blas"):
-        if DRIVER_THREADS <= 1:
-            for data in chunks:
-                if data is not None:
-                    add(_chunk_driver_sums(lt.info, weights, data))
-            return n, sums, inputs
-        with ThreadPoolExecutor(DRIVER_THREADS, thread_name_prefix="gatelens-drivers") as pool:
-            pending: deque[Future] = deque()
-            for data in chunks:  # read here, on the calling thread, while the workers form the products
-                if data is None:
-                    continue
-                pending.append(pool.submit(_chunk_driver_sums, lt.info, weights, data))
-                while len(pending) >= DRIVER_THREADS:
-                    add(pending.popleft().result())
-            while pending:
-                add(pending.popleft().result())
+    tasks = ((_chunk_driver_sums, (lt.info, weights, data)) for data in chunks if data is not None)
+    for k, chunk_sums, chunk_inputs in ordered_map(tasks, _threads.PASS_THREADS):  # read here, formed on workers
+        n += k
+        sums += chunk_sums
+        inputs += chunk_inputs
     return n, sums, inputs
 
 

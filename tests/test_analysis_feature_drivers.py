@@ -75,11 +75,12 @@ def test_driver_tables_are_both_tables_from_one_pass(trace, monkeypatch):
     import pandas as pd
 
     import gatelens.analysis.decompose as dec
+    from gatelens.analysis import _threads
 
     gates, features = dec.driver_tables(trace, chunk=1)
     pd.testing.assert_frame_equal(gates, dec.gate_drivers(trace), check_exact=False, rtol=1e-12)
     pd.testing.assert_frame_equal(features, feature_drivers(trace), check_exact=False, rtol=1e-12)
-    monkeypatch.setattr(dec, "DRIVER_THREADS", 1)
+    monkeypatch.setattr(_threads, "PASS_THREADS", 1)
     one_gates, one_features = dec.driver_tables(trace, chunk=1)
     pd.testing.assert_frame_equal(one_gates, gates, check_exact=True)
     pd.testing.assert_frame_equal(one_features, features, check_exact=True)
