@@ -17,7 +17,8 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 #: Threads of the streamed passes of analysis/stats.py, analysis/memory.py and the gate drivers (1: the calling
-#: thread only). Each runs one BLAS thread: two BLAS threads on cache-sized blocks contend for the cores.
+#: thread only). Each runs one BLAS thread: two BLAS threads on cache-sized blocks contend for the cores. The worker
+#: processes of analysis/parallel.py, one a core, set it to 1.
 PASS_THREADS = 2
 
 

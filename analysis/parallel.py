@@ -267,9 +267,11 @@ def _serve() -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from threadpoolctl import threadpool_limits
 
+    from gatelens.analysis import _threads
     from gatelens.analysis.store import open_run
 
     threadpool_limits(limits=1, user_api="blas")  # the workers share the cores
+    _threads.PASS_THREADS = 1  # and each worker's passes run on its own thread only
     steps: dict[str, Step] = {s.name: s for s in STEP_REGISTRY}
     trace = None
     while True:
