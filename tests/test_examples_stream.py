@@ -280,3 +280,33 @@ def test_bin_codes_and_float16_tables_equal_bin_index(bins):
     np.testing.assert_array_equal(counts, want_counts)
     np.testing.assert_array_equal(dec, want_dec)
     assert want_counts.reshape(bins, units)[:, 3].tolist() == [m] + [0] * (bins - 1)
+
+
+def test_merged_draws_keep_the_top_keys_and_their_windows():
+    """``_merge_draws`` keeps, chunk after chunk, the set ``_top_keys`` keeps (in descending order, zeros last), each
+    key with the window ``_windows`` gathers for it from the block it came from -- checked against slicing the whole
+    array at each kept position: windows clipped at both ends of a sequence, columns with fewer keys than k."""
+    rng = np.random.default_rng(11)
+    n, t_len, units, k, context, block = 9, 7, 4, 2, 2, 3
+    raw_all = rng.normal(size=(n, t_len, units)).astype(np.float32)
+    keys = np.zeros((0, 10, units), np.uint64)
+    win = np.zeros((0, 10, units, 2 * context + 1), np.float32)
+    plain = [np.zeros((0, units), np.uint64) for _ in range(10)]
+    for start in range(0, n, block):
+        pos = np.arange(start * t_len, (start + block) * t_len)
+        new = np.zeros((k, 10, units), np.uint64)
+        for j in range(10):
+            for u in range(units):
+                picked = rng.choice(pos, size=rng.integers(0, k + 1), replace=False)  # 0..k entries
+                new[: len(picked), j, u] = np.sort((rng.integers(1, 1 << 20, len(picked)).astype(np.uint64) << 32) | (
+                    ex._LOW32 - picked.astype(np.uint64)))[::-1]  # fmt: skip
+        keys, win = ex._merge_draws(keys, win, new, raw_all[start : start + block], start, context)
+        for j in range(10):
+            plain[j] = ex._top_keys(plain[j], new[:, j], k)
+            assert _as_set(keys[:, j]) == _as_set(plain[j])
+        assert (np.diff(keys.astype(np.float64), axis=0) <= 0).all()
+    for r, j, u in zip(*np.nonzero(keys)):
+        p = int(ex._LOW32 - (keys[r, j, u] & ex._LOW32))
+        s, step = divmod(p, t_len)
+        a, b = max(step - context, 0), min(step + context + 1, t_len)
+        np.testing.assert_array_equal(win[r, j, u, : b - a], raw_all[s, a:b, u])
