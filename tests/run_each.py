@@ -50,6 +50,7 @@ TF_FREE = frozenset(
         "effects",
         "events_blocks",
         "events_parquet_stream",
+        "explain_score",
         "notebook",
         "partials",
         "pipeline_registry",
@@ -67,6 +68,7 @@ SMALL_TF = frozenset(
     f"test_{name}.py"
     for name in (
         "analysis_decompose",
+        "analysis_parallel",
         "analysis_feature_drivers",
         "analysis_stats",
         "api",
