@@ -10,7 +10,8 @@ than one after the other), so :func:`analyze_processes` runs whole steps in work
   imported again), each with the features;
 * each worker opens the run by itself (its checksums were verified by the parent's :func:`open_run
   <gatelens.analysis.store.open_run>`), caps BLAS at one thread (the workers share the cores), and is sent the next
-  step whenever it is free, the steps longest first (:data:`COST_ORDER`), until none is left;
+  step whenever it is free, the steps longest first (:data:`COST_ORDER`), until none is left; a step declared
+  ``by_layer`` (the probes, the longest) is one task per layer, its tables concatenated in the trace's layer order;
 * the parent collects each step's tables, its ``skipped`` note and the events file, and runs the steps that read
   earlier tables itself once those are in.
 
@@ -51,6 +52,8 @@ from gatelens.analysis.trace import Trace
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+#: A worker's task: a step's name, and the layer it covers for a step run layer by layer (else None).
+Task = tuple[str, "str | None"]
 
 #: Signals (bytes as stored) from which :func:`default_processes` analyses in worker processes.
 MIN_PARALLEL_BYTES = 64 << 20
@@ -147,12 +150,15 @@ def analyze_processes(
     queued = sorted(
         (s for s in todo if s.name != "features" and not s.reads), key=lambda s: rank.get(s.name, len(rank))
     )
+    # a step declared by_layer is one task per layer (the longest step, the probes, shared by the workers)
+    tasks = [(s.name, layer) for s in queued for layer in (trace.layers if s.by_layer else [None])]
+    parts: dict[str, dict[str | None, dict[str, pd.DataFrame]]] = {s.name: {} for s in queued}
     options = {"chunk": chunk, "max_lag": max_lag, "events_path": str(events_path)}
-    with _Workers(Path(trace.path), min(processes, max(1, len(queued))), ctx.feature_table, options) as workers:
-        for step in queued:
-            workers.submit(step.name)
+    with _Workers(Path(trace.path), min(processes, max(1, len(tasks))), ctx.feature_table, options) as workers:
+        for task in tasks:
+            workers.submit(task)
         ran: set[str] = set()
-        pending = len(queued)
+        pending = len(tasks)
         while pending or in_parent:
             for step in [s for s in in_parent if all(filled_by.get(t) in ran | {None} for t in s.reads)]:
                 run_step(ctx, step)  # reads the tables of steps already in
@@ -161,13 +167,18 @@ def analyze_processes(
                 finished()
             if not pending:
                 continue
-            name, tables, skipped, events_file = workers.result()
+            (name, layer), tables, skipped, events_file = workers.result()
             pending -= 1
-            for table, frame in tables.items():
-                setattr(result, table, frame)
             result.skipped.update(skipped)
             if events_file is not None:
                 result.events_file = events_file
+            parts[name][layer] = tables
+            step = next(s for s in queued if s.name == name)
+            if len(parts[name]) < (len(trace.layers) if step.by_layer else 1):
+                continue
+            for table in tables:  # every part in: the step's tables, its layers in the trace's order
+                frames = [parts[name][key][table] for key in (trace.layers if step.by_layer else [None])]
+                setattr(result, table, frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True))
             ran.add(name)
             finished()
     order = {s.name: i for i, s in enumerate(STEP_REGISTRY)}  # as one process notes them: in registry order
@@ -186,8 +197,8 @@ class _Workers:
         self.hello = (str(run), feature_table, options, logging.getLogger("gatelens").getEffectiveLevel())
         self.n = n
         self.procs: list[subprocess.Popen] = []
-        self.running: dict[subprocess.Popen, str] = {}  # worker -> the step it runs
-        self.queued: list[str] = []
+        self.running: dict[subprocess.Popen, Task] = {}  # worker -> the task it runs
+        self.queued: list[Task] = []
 
     def __enter__(self) -> _Workers:
         code = "from gatelens.analysis.parallel import _serve; _serve()"
@@ -202,37 +213,37 @@ class _Workers:
             raise
         return self
 
-    def submit(self, name: str) -> None:
-        """Queue a step; it starts as soon as a worker is free."""
-        self.queued.append(name)
+    def submit(self, task: Task) -> None:
+        """Queue a task (a step, and its layer for a step run layer by layer); it starts once a worker is free."""
+        self.queued.append(task)
         self._dispatch()
 
     def _dispatch(self) -> None:
         for p in self.procs:
             if self.queued and p not in self.running:
-                self.running[p] = name = self.queued.pop(0)
-                self._send(p, name)
+                self.running[p] = task = self.queued.pop(0)
+                self._send(p, task)
 
     def _send(self, p: subprocess.Popen, obj: Any) -> None:
         pickle.dump(obj, p.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         p.stdin.flush()
 
-    def result(self) -> tuple[str, dict[str, pd.DataFrame], dict[str, str], str | None]:
-        """The next finished step's ``(name, tables, skipped, events_file)``; its exception raised here."""
+    def result(self) -> tuple[Task, dict[str, pd.DataFrame], dict[str, str], str | None]:
+        """The next finished task's ``(task, tables, skipped, events_file)``; its exception raised here."""
         ready = mp_connection.wait([p.stdout for p in self.running])
         p = next(p for p in self.running if p.stdout in ready)
-        name = self.running.pop(p)
+        task = self.running.pop(p)
         try:
             kind, payload = pickle.load(p.stdout)
         except EOFError:  # it died: killed, out of memory
             raise RuntimeError(
-                f"an analysis worker process stopped with exit code {p.wait()} while running the step {name!r}"
+                f"an analysis worker process stopped with exit code {p.wait()} while running the step {task[0]!r}"
             ) from None
         if kind == "error":
             raise payload
         self._dispatch()
-        log.debug("analysis step %s ran in worker process %d", name, p.pid)
-        return name, *payload
+        log.debug("analysis step %s%s ran in worker process %d", task[0], _of(task[1]), p.pid)
+        return task, *payload
 
     def _stop(self) -> None:
         for p in self.procs:
@@ -276,20 +287,26 @@ def _serve() -> None:
     trace = None
     while True:
         try:
-            name = pickle.load(inbox)
+            task = pickle.load(inbox)
         except EOFError:
             return
+        name, layer = task
         try:
             if trace is None:
                 trace = open_run(run, verify=False)  # verified by the parent
             result = Analysis()
-            run_step(StepContext(trace, result, feature_table=feature_table, **options), steps[name])
+            layers = None if layer is None else [layer]
+            run_step(StepContext(trace, result, feature_table=feature_table, layers=layers, **options), steps[name])
             reply: tuple = ("ok", ({t: getattr(result, t) for t in steps[name].tables}, dict(result.skipped),
                                    result.events_file))  # fmt: skip
         except Exception as e:  # sent to the parent, which raises it (and stops the workers)
             reply = ("error", _picklable(e))
         pickle.dump(reply, outbox, protocol=pickle.HIGHEST_PROTOCOL)
         outbox.flush()
+
+
+def _of(layer: str | None) -> str:
+    return "" if layer is None else f" (layer {layer!r})"
 
 
 def _picklable(e: Exception) -> Exception:

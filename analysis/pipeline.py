@@ -101,6 +101,9 @@ class StepContext:
     step: str = ""
     #: ``progress(done, total)`` within a long step (the probes report theirs), for a caller that shows it.
     progress: Progress | None = None
+    #: The layers a step declared ``by_layer`` covers in this call (None: every layer); its tables for the layers
+    #: one by one, concatenated in the trace's layer order, are its tables for all of them.
+    layers: Sequence[str] | None = None
 
     def skip(self, why: str) -> None:
         """Note (and log) why the current step produced nothing."""
@@ -131,6 +134,9 @@ class Step:
     reads : tuple of str
         The tables of earlier steps it reads (``ctx.result.<table>``); a step that reads none depends only on
         the trace and the features, and may run in a worker process (:mod:`gatelens.analysis.parallel`).
+    by_layer : bool
+        Whether it honours ``ctx.layers``: run for each layer alone, its tables concatenated in layer order are
+        the tables of one run over every layer (so workers can share a long step layer by layer).
     """
 
     name: str
@@ -141,6 +147,7 @@ class Step:
     stage: str = "summary"
     needs_features: bool = False
     reads: tuple[str, ...] = ()
+    by_layer: bool = False
 
 
 def _stats(ctx: StepContext) -> dict[str, pd.DataFrame]:
@@ -214,7 +221,7 @@ def _probes(ctx: StepContext) -> dict[str, pd.DataFrame]:
     if ctx.feature_table is None:
         ctx.skip("no features (the features step did not run)")
         return {}
-    return {"probes": probe_report(ctx.trace, ctx.feature_table, progress=ctx.progress)}
+    return {"probes": probe_report(ctx.trace, ctx.feature_table, layers=ctx.layers, progress=ctx.progress)}
 
 
 def _clusters(ctx: StepContext) -> dict[str, pd.DataFrame]:
@@ -267,7 +274,7 @@ STEP_REGISTRY: tuple[Step, ...] = (
          stage="features", needs_features=True),
     Step("probes", _probes, ("probes",), {"probes.csv": "probes"},
          "held-out linear probes per layer, signal and feature, with control tasks",
-         stage="probes", needs_features=True),
+         stage="probes", needs_features=True, by_layer=True),
     Step("clusters", _clusters, ("clusters",), {"clusters.csv": "clusters"},
          "units clustered by behaviour, each cluster named by its archetype",
          stage="features", needs_features=True, reads=("units", "half_lives", "correlations")),

@@ -11,7 +11,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from gatelens._examples import tiny_run
 from gatelens.analysis import parallel
 from gatelens.analysis.pipeline import STEP_REGISTRY, Analysis, StepContext, analyze_run, load_analysis, run_step
 from gatelens.analysis.store import open_run
@@ -20,8 +19,24 @@ from gatelens.errors import UsageError
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """Two copies of a run of a stacked LSTM -> GRU model (two layers: the probes run layer by layer), features."""
+    import keras
+
+    from gatelens.models.extract import write_run
+
     base = tmp_path_factory.mktemp("parallel")
-    one = tiny_run(base / "one", n=10)
+    model = keras.Sequential(
+        [
+            keras.Input((6, 2)),
+            keras.layers.LSTM(3, return_sequences=True, name="lstm"),
+            keras.layers.GRU(2, return_sequences=True, name="gru"),
+            keras.layers.Dense(1, name="head"),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32") for w in model.get_weights()])
+    one = base / "one"
+    write_run(model, rng.normal(size=(10, 6, 2)).astype("float32"), one, batch_size=4)
     two = base / "two"
     shutil.copytree(one, two)
     features = base / "features.csv"
@@ -36,10 +51,18 @@ def test_worker_processes_give_the_tables_of_one_process(runs, caplog):
     seq = analyze_run(one, features=features, processes=1)
     with caplog.at_level(logging.DEBUG, logger="gatelens.analysis.parallel"):
         par = analyze_run(two, features=features, processes=2)
-    workers = {int(r.getMessage().rsplit(" ", 1)[1]) for r in caplog.records if "ran in worker process" in r.message}
+    lines = [r.getMessage() for r in caplog.records if "ran in worker process" in r.getMessage()]
+    workers = {int(line.rsplit(" ", 1)[1]) for line in lines}
     assert len(workers) == 2 and os.getpid() not in workers  # the steps ran in two other processes
-    ran = {r.getMessage().split()[2] for r in caplog.records if "ran in worker process" in r.message}
-    assert ran == {s.name for s in STEP_REGISTRY if s.name != "features" and not s.reads}
+    assert {line.split()[2] for line in lines} == {
+        s.name for s in STEP_REGISTRY if s.name != "features" and not s.reads
+    }
+    # the probes as one task per layer, their rows concatenated in layer order (compared below)
+    assert sorted(line.split(" ran ")[0] for line in lines if " probes " in line) == [
+        "analysis step probes (layer 'gru')",
+        "analysis step probes (layer 'lstm')",
+    ]
+    assert list(seq.probes["layer"].unique()) == ["lstm", "gru"]
     assert par.skipped == seq.skipped and list(par.skipped) == list(seq.skipped)
     for name in Analysis.tables():
         if name != "events":
