@@ -1,10 +1,10 @@
 """Private helper: NumPy work of a streamed pass on a few threads, its results taken in order.
 
-NumPy's array operations and BLAS release the GIL, so a pass whose chunks are large array operations (the gate
-drivers' products, the moments of a signal, the retention products) runs on two cores when two chunks are computed
-at once. The reads stay on the calling thread (one chunk ahead of the workers), and the results come back in the
-order of the tasks, so sums merged from them are added in the same order as on one thread: the same numbers to the
-bit, whatever the number of threads.
+BLAS releases the GIL, so a pass whose chunks are large matrix products (the gate drivers': milliseconds each) runs
+on two cores when two chunks are computed at once. Passes of many small array operations do not gain: the GIL
+changes hands between operations (stats and memory, tried: wall time unchanged). The reads stay on the calling
+thread (one chunk ahead of the workers), and the results come back in the order of the tasks, so sums merged from
+them are added in the same order as on one thread: the same numbers to the bit, whatever the number of threads.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-#: Threads of the streamed passes of analysis/stats.py, analysis/memory.py and the gate drivers (1: the calling
-#: thread only). Each runs one BLAS thread: two BLAS threads on cache-sized blocks contend for the cores. The worker
-#: processes of analysis/parallel.py, one a core, set it to 1.
+#: Threads of the gate drivers' pass (1: the calling thread only). Each runs one BLAS thread: two BLAS threads on
+#: cache-sized blocks contend for the cores. The worker processes of analysis/parallel.py, one a core, set it to 1.
 PASS_THREADS = 2
 
 

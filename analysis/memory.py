@@ -35,15 +35,13 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
 import pandas as pd
 
-from gatelens.analysis import _threads
 from gatelens.analysis._reading import compress_real, get_layer, read, read_mask, retention_signal, select_layers
-from gatelens.analysis._threads import ordered_map
 from gatelens.analysis.trace import Trace, iter_chunks
 from gatelens.errors import DataError, UsageError
 
@@ -101,25 +99,30 @@ def memory_tables(trace: Trace, *, max_lag: int = 50, chunk: int = 256) -> tuple
 
 def _memory_pass(trace: Trace, names: list[str], chunk: int, max_lag: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Half-lives (and, with ``max_lag``, retention curves) of the layers ``names`` that have a keep gate."""
-    layers = {}  # name -> [signal, lag, log-gate sums, retention sums, window counts, shift (set by the reads)]
+    frames, curves = [], []
     for name in names:
-        signal = retention_signal(trace[name].info.cell_type)
+        lt = trace[name]
+        signal = retention_signal(lt.info.cell_type)
         if signal is None:
             continue
-        t_len, u = trace[name].shape[1:]
+        n_seq, t_len, u = lt.shape
         lag = None if max_lag is None else min(max_lag, t_len)
-        ret = (None, None) if lag is None else (np.zeros((lag, u)), np.zeros(lag, np.int64))
-        layers[name] = [signal, lag, (np.zeros(u, np.int64), np.zeros(u), 0), *ret, []]
-    # every layer's chunks in one stream, so that a layer of a single chunk still shares the threads
-    for name, log_sums, ret in ordered_map(_memory_tasks(trace, layers, chunk), _threads.PASS_THREADS):
-        state = layers[name]  # merged in chunk order
-        state[2] = tuple(a + b for a, b in zip(state[2], log_sums))
-        if ret is not None:
-            state[3] += ret[0]
-            state[4] += ret[1]
-    frames, curves = [], []
-    for name, (signal, lag, sums, ret_sums, ret_counts, shift) in layers.items():
-        frames.append(half_life_frame(name, signal, trace[name].info.units, shift[0] if shift else None, *sums))
+        shift, sums = None, (np.zeros(u, np.int64), np.zeros(u), 0)
+        ret_sums, ret_counts = (None, None) if lag is None else (np.zeros((lag, u)), np.zeros(lag, np.int64))
+        for rows in iter_chunks(n_seq, chunk):
+            m = read_mask(lt, rows)
+            if not m.any():
+                continue
+            raw = np.abs(read(lt[signal], rows, _stored_dtype(lt[signal])))  # float16 stays float16 for the logs
+            real = raw[m]
+            if shift is None:
+                shift = log_gate_shift(real)
+            sums = tuple(a + b for a, b in zip(sums, log_gate_sums(real, shift)))
+            if lag is not None:
+                s, c = retention_sums(raw, m, lag)
+                ret_sums += s
+                ret_counts += c
+        frames.append(half_life_frame(name, signal, u, shift, *sums))
         if lag is not None:
             curves.append(retention_frame(name, signal, ret_sums, ret_counts))
     if frames:
@@ -129,28 +132,6 @@ def _memory_pass(trace: Trace, names: list[str], chunk: int, max_lag: int | None
             {c: pd.Series(dtype=object if c in ("layer", "signal") else float) for c in HALF_LIFE_COLUMNS}
         )
     return half, (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame())
-
-
-def _memory_tasks(trace: Trace, layers: dict[str, list], chunk: int) -> Iterator[tuple]:
-    """Per layer and chunk, the map step of its keep gates (:func:`_memory_sums`), read here; a layer's shift is
-    the :func:`log_gate_shift` of its first chunk with a real step."""
-    for name, (signal, lag, *_, shift) in layers.items():
-        lt = trace[name]
-        for rows in iter_chunks(lt.shape[0], chunk):
-            m = read_mask(lt, rows)
-            if not m.any():
-                continue
-            raw = np.abs(read(lt[signal], rows, _stored_dtype(lt[signal])))  # float16 stays float16 for the logs
-            if not shift:
-                shift.append(log_gate_shift(raw[m]))
-            yield _memory_sums, (name, raw, m, shift[0], lag)
-
-
-def _memory_sums(
-    name: str, raw: np.ndarray, m: np.ndarray, shift: np.ndarray, lag: int | None
-) -> tuple[str, tuple, tuple | None]:
-    """``(name, log_gate_sums, retention_sums or None)`` of one chunk's absolute gates ``raw`` and mask ``m``."""
-    return name, log_gate_sums(raw[m], shift), None if lag is None else retention_sums(raw, m, lag)
 
 
 def _stored_dtype(array) -> np.dtype:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from helpers_reference import merge_traces, reference_gru_trace, reference_lstm_trace, write_store
+from helpers_reference import reference_gru_trace, reference_lstm_trace, write_store
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -120,26 +120,6 @@ def test_streaming_chunks_and_lazy_store_agree(tmp_path):
     pd.testing.assert_frame_equal(unit_stats(lazy, chunk=3), b_units, rtol=1e-12)
     pd.testing.assert_frame_equal(half_lives(lazy, chunk=5), half_lives(trace), rtol=1e-12)
     pd.testing.assert_frame_equal(retention_curves(lazy, "lstm", chunk=2), retention_curves(trace, "lstm"))
-
-
-def test_threads_give_the_same_tables_to_the_bit(tmp_path, monkeypatch):
-    """stats_tables and memory_tables of a two-layer float16 store in chunks of one sequence on two threads (chunks
-    merged in order) equal the one-thread pass exactly."""
-    from gatelens.analysis import _threads
-
-    trace = merge_traces(
-        reference_lstm_trace(*_weights(2), mask=_mask(2)),
-        reference_gru_trace(
-            *_weights(3, k=3)[:3], np.random.default_rng(3).normal(size=(2, 9)), mask=_mask(3), name="gru"
-        ),
-    )
-    lazy = write_store(trace, tmp_path / "run", chunk_sequences=2, dtype="float16")
-    two = stats_tables(lazy, chunk=1), memory_tables(lazy, max_lag=5, chunk=1)
-    monkeypatch.setattr(_threads, "PASS_THREADS", 1)
-    one = stats_tables(lazy, chunk=1), memory_tables(lazy, max_lag=5, chunk=1)
-    for a, b in zip((*two[0], *two[1]), (*one[0], *one[1])):
-        assert len(a) > 0
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
 # -- activation slopes against the Keras 3 functions ------------------------------------------------------
