@@ -145,9 +145,14 @@ def log_gate_shift(g: np.ndarray) -> np.ndarray:
     units), so that the mean of a constant gate is exact.
 
     The log is increasing, so that is the log of the largest gate (0 where every gate is 0): one max over the
-    rows in their own dtype, no float64 logs of the chunk.
+    rows in their own dtype, no float64 logs of the chunk. Non-negative float16 gates are ordered as their bits
+    are: their max is that of the bits (as uint16, ~10x faster than NumPy's float16 max; a NaN is the max of both).
     """
-    top = np.asarray(g.max(axis=0), np.float64)
+    bits = g.view(np.uint16) if g.dtype == np.float16 else None
+    if bits is not None and not (bits >= 0x8000).any():  # no sign bit set: the bits sort as the values
+        top = np.asarray(bits.max(axis=0).view(np.float16), np.float64)
+    else:
+        top = np.asarray(g.max(axis=0), np.float64)
     with np.errstate(divide="ignore"):
         return np.where(top == 0.0, 0.0, np.log(top))
 
@@ -171,15 +176,18 @@ def log_gate_sums(g: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndar
     step = max(1, _RETENTION_BLOCK_VALUES // max(1, int(np.prod(g.shape[1:]))))
     for start in range(0, g.shape[0], step):  # blocks of rows: the float64 logs stay in cache
         gb = g[start : start + step]
-        is_zero = gb == 0.0
-        if table is not None:
-            logs = table[gb.view(np.uint16)]
+        if table is not None:  # from the bits: NumPy's float16 comparisons convert value by value
+            bits = gb.view(np.uint16)
+            is_zero = (bits & 0x7FFF) == 0  # +0.0 and -0.0
+            logs = np.take(table, bits, mode="clip")  # every index is a float16's bits: clipping never applies
         else:
+            is_zero = gb == 0.0
             with np.errstate(divide="ignore"):
                 logs = np.log(np.asarray(gb, np.float64))
         logs -= shift
-        logs[is_zero] = 0.0
-        zeros += is_zero.sum(axis=0)
+        if is_zero.any():
+            logs[is_zero] = 0.0
+            zeros += is_zero.sum(axis=0)
         s1 += logs.sum(axis=0)
     return zeros, s1, g.shape[0]
 

@@ -366,3 +366,26 @@ def test_float16_chunk_sums_from_keys_are_the_float64_ones(monkeypatch):
     plain = chunk_sums(v, v[0])
     assert plain[5][2] == plain[6][3] == 700 and plain[5][4:8].tolist() == [0, 700, 0, 0]
     assert plain[6][4:8].tolist() == [0, 0, 700, 0]
+
+
+def test_float16_log_gate_sums_from_bits_are_the_float64_ones(monkeypatch):
+    """log_gate_shift and log_gate_sums of float16 gates (their max, zeros and logs from the bits) against the same
+    functions on the float64 values: exact gates of 0, -0.0 and 1, subnormals, a column of zeros, blocks of rows
+    that end inside the gates, a NaN, and negative gates (the max from the values)."""
+    from gatelens.analysis import memory
+
+    monkeypatch.setattr(memory, "_RETENTION_BLOCK_VALUES", 64 * 8)  # blocks of 64 rows
+    rng = np.random.default_rng(4)
+    g = rng.uniform(0.0, 1.0, size=(1000, 8)).astype(np.float16)
+    g[:5, 0] = [0.0, -0.0, 1.0, 2.0**-24, 2.0**-20]
+    g[:, 1] = 0.0
+    g[::7, 2] = 0.0
+    for gates in (g, np.where(np.arange(1000)[:, None] == 500, np.float16(np.nan), g), -g):
+        wide = gates.astype(np.float64)
+        with np.errstate(invalid="ignore"):  # the logs of negative gates are NaN
+            shift = memory.log_gate_shift(gates)
+            np.testing.assert_array_equal(shift, memory.log_gate_shift(wide))
+            got, want = memory.log_gate_sums(gates, shift), memory.log_gate_sums(wide, shift)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    assert memory.log_gate_sums(g, memory.log_gate_shift(g))[0].tolist() == [2, 1000, 143, 0, 0, 0, 0, 0]
