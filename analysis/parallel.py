@@ -278,11 +278,12 @@ def _serve() -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from threadpoolctl import threadpool_limits
 
-    from gatelens.analysis import _threads
+    from gatelens.analysis import _threads, probes
     from gatelens.analysis.store import open_run
 
     threadpool_limits(limits=1, user_api="blas")  # the workers share the cores
     _threads.PASS_THREADS = 1  # and each worker's passes run on its own thread only
+    probes.PROBE_THREADS = 1  # as do its probes' fits
     steps: dict[str, Step] = {s.name: s for s in STEP_REGISTRY}
     trace = None
     while True:
