@@ -60,6 +60,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gatelens.analysis._float16 import from_ordered16, ordered16
 from gatelens.analysis._reading import (
     compress_real,
     processing,
@@ -656,21 +657,14 @@ def _decile_of(bins: int) -> Callable[..., np.ndarray]:
     return lambda f, out: np.divide(f, per_decile, out=out)
 
 
-def _ordered16(bits: np.ndarray) -> np.ndarray:
-    """float16 bit patterns (uint16) -> uint16 whose order is the values' (``-0.0`` just below ``0.0``)."""
-    flip = (bits.view(np.int16) >> 15).view(np.uint16)  # all ones where negative, else 0
-    flip |= np.uint16(0x8000)
-    return np.bitwise_xor(bits, flip, out=flip)
-
-
 def _pattern_range(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per unit, the first and the number of the ordered float16 patterns from ``lo`` to ``hi`` (float16 values, both
     zeros inside where an end is zero)."""
     lo16 = np.asarray(lo, np.float16)
     lo16 = np.where(lo16 == 0, np.float16(-0.0), lo16)
     hi16 = np.asarray(hi, np.float16) + np.float16(0.0)  # -0.0 + 0.0 is +0.0
-    first = _ordered16(lo16.view(np.uint16)).astype(np.int64)
-    return first, _ordered16(hi16.view(np.uint16)).astype(np.int64) - first + 1
+    first = ordered16(lo16.view(np.uint16)).astype(np.int64)
+    return first, ordered16(hi16.view(np.uint16)).astype(np.int64) - first + 1
 
 
 class _BinTable:
@@ -690,7 +684,7 @@ class _BinTable:
         self.shift = (np.cumsum(sizes) - sizes - first).astype(np.intp)  # pattern + shift[unit]: its index
         unit = np.repeat(np.arange(units), sizes)
         ordered = np.arange(int(sizes.sum())) - self.shift[unit]
-        bits = np.where(ordered >= 0x8000, ordered ^ 0x8000, ~ordered & 0xFFFF).astype(np.uint16)
+        bits = from_ordered16(ordered)
         lo64, hi64 = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
         width = hi64 - lo64
         f = np.empty(len(unit), np.float64)
@@ -705,7 +699,7 @@ class _BinTable:
         """The ``bincount`` of :func:`_bin_codes` (bins * units,) and the deciles (int8) of float16 ``values`` (m,
         units) in the range; ``scratch`` (intp, at least ``values.size``) holds the patterns' indices."""
         at = scratch[: values.size].reshape(values.shape)
-        np.add(_ordered16(values.view(np.uint16)), self.shift, out=at)
+        np.add(ordered16(values.view(np.uint16)), self.shift, out=at)
         per_pattern = np.bincount(at.ravel(), minlength=len(self.codes))
         counts = np.bincount(self.codes, weights=per_pattern, minlength=self.n_codes)
         return counts.astype(np.int64), self.dec.take(at, mode="clip")  # (every index is in the table)

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gatelens.analysis._float16 import from_ordered16, ordered16
 from gatelens.analysis._reading import read, read_mask, select_layers
 from gatelens.analysis.signals import PRE_ACTIVATION, activation_of
 from gatelens.analysis.trace import Trace, iter_chunks
@@ -183,12 +184,12 @@ def chunk_sums(v: np.ndarray, shift: np.ndarray) -> tuple[Any, ...]:
     ones = np.ones(min(step, v.shape[0]))
     half = v.dtype == np.float16 and v.ndim == 2
     if half:
-        keys, sign = np.empty(flags.shape, np.uint16), np.empty(flags.shape, np.int16)
+        keys = np.empty(flags.shape, np.uint16)
         low_key, high_key = _float16_threshold_keys(LOW, HIGH)
     for start in range(0, v.shape[0], step):  # blocks of rows: float64 copies that stay in cache
         block = v[start : start + step]
         f = flags[: block.shape[0]]
-        key = _float16_keys(block, keys[: block.shape[0]], sign[: block.shape[0]]) if half else None
+        key = _float16_keys(block, keys[: block.shape[0]]) if half else None
         kmin = kmax = None
         if key is not None:
             kmin, kmax = key.min(axis=0), key.max(axis=0)
@@ -224,27 +225,23 @@ def _count_keys(key: np.ndarray, kmin: np.ndarray, kmax: np.ndarray, bound: Any,
 _KEY_NEG_INF, _KEY_POS_INF = 0x03FF, 0xFC00
 
 
-def _float16_keys(block: np.ndarray, out: np.ndarray, sign: np.ndarray) -> np.ndarray:
-    """The bits of a float16 array as uint16 keys in the order of the values: a positive value's bits with the top
-    bit set, a negative value's bits inverted (-0.0 sorts just below +0.0; NaNs outside the infinities).
+def _float16_keys(block: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The bits of a float16 array as uint16 keys in the order of the values (:func:`gatelens.analysis._float16.
+    ordered16`: -0.0 sorts just below +0.0, NaNs outside the infinities), into ``out``.
 
     Examples
     --------
     >>> v = np.array([[-np.inf], [-2.0], [-0.0], [0.0], [1e-7], [0.5], [np.inf]], np.float16)
-    >>> k = _float16_keys(v, np.empty(v.shape, np.uint16), np.empty(v.shape, np.int16))
+    >>> k = _float16_keys(v, np.empty(v.shape, np.uint16))
     >>> bool((np.diff(k.astype(int), axis=0) > 0).all()), bool((_key_values(k[:, 0]) == v[:, 0]).all())
     (True, True)
     """
-    np.right_shift(block.view(np.int16), 15, out=sign)  # 0 (positive) or -1 (negative)
-    np.bitwise_or(sign, np.int16(-0x8000), out=sign)  # 0x8000 or 0xFFFF
-    return np.bitwise_xor(block.view(np.uint16), sign.view(np.uint16), out=out)
+    return ordered16(block.view(np.uint16), out)
 
 
 def _key_values(key: np.ndarray) -> np.ndarray:
     """The float64 values of float16 keys (the inverse of :func:`_float16_keys`)."""
-    key = np.asarray(key, np.uint16)
-    bits = np.where(key & 0x8000, key ^ 0x8000, ~key).astype(np.uint16)
-    return bits.view(np.float16).astype(np.float64)
+    return from_ordered16(key).view(np.float16).astype(np.float64)
 
 
 @cache
@@ -252,7 +249,7 @@ def _float16_threshold_keys(low: float, high: float) -> tuple[np.uint16, np.uint
     """Keys ``(a, b)`` such that a non-NaN float16 ``v`` has ``v < low`` exactly when its key is below ``a`` and
     ``v > high`` exactly when its key is above ``b`` (the comparisons made in float64)."""
     v = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
-    key = _float16_keys(v[:, None], np.empty((v.size, 1), np.uint16), np.empty((v.size, 1), np.int16))[:, 0]
+    key = _float16_keys(v[:, None], np.empty((v.size, 1), np.uint16))[:, 0]
     x = v.astype(np.float64)
     return np.uint16(key[x >= low].min()), np.uint16(key[x <= high].max())
 
