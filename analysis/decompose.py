@@ -141,13 +141,11 @@ def _part_matrices(lt: LayerTrace, rows: np.ndarray | slice) -> tuple[np.ndarray
     m = read_mask(lt, rows)
     x = read(lt.inputs, rows)
     h = read(lt["hidden_state"], rows)
-    hp = processing(h, info.go_backwards)
-    h_prev = processing(np.concatenate([np.zeros_like(hp[:, :1]), hp[:, :-1]], axis=1), info.go_backwards)
+    h_prev = _previous_states(h, info.go_backwards)
     xw = _matmul(x, kernel)
     if info.cell_type != "gru":
         return m, xw, _matmul(h_prev, rk), bias.reshape(-1)
-    reset_after = bool(info.reset_after) if info.reset_after is not None else bias.ndim == 2
-    b_in, b_rec = (bias[0], bias[1]) if reset_after else (bias.reshape(-1), np.zeros(3 * u))
+    reset_after, b_rec, gate_bias = _gru_biases(info, bias)
     cand = slice(2 * u, 3 * u)
     rec = np.empty_like(xw)
     rec[..., : 2 * u] = _matmul(h_prev, rk[:, : 2 * u])
@@ -156,9 +154,25 @@ def _part_matrices(lt: LayerTrace, rows: np.ndarray | slice) -> tuple[np.ndarray
         rec[..., cand] = r * (_matmul(h_prev, rk[:, cand]) + b_rec[cand])
     else:
         rec[..., cand] = _matmul(r * h_prev, rk[:, cand])
-    gate_bias = b_in + b_rec
-    gate_bias[cand] = b_in[cand]  # the candidate's recurrent bias sits inside its (reset-scaled) recurrent part
     return m, xw, rec, gate_bias
+
+
+def _previous_states(h: np.ndarray, go_backwards: bool) -> np.ndarray:
+    """Each step's previous hidden state (n, T, u) in stored order: zeros before the first step processed."""
+    hp = processing(h, go_backwards)
+    return processing(np.concatenate([np.zeros_like(hp[:, :1]), hp[:, :-1]], axis=1), go_backwards)
+
+
+def _gru_biases(info: Any, bias: np.ndarray) -> tuple[bool, np.ndarray, np.ndarray]:
+    """A GRU's ``(reset_after, recurrent bias (3u,), the gate blocks' bias (3u,))``: the candidate's recurrent bias
+    is left out of the latter, as it sits inside its (reset-scaled) recurrent part."""
+    u = info.units
+    reset_after = bool(info.reset_after) if info.reset_after is not None else bias.ndim == 2
+    b_in, b_rec = (bias[0], bias[1]) if reset_after else (bias.reshape(-1), np.zeros(3 * u))
+    cand = slice(2 * u, 3 * u)
+    gate_bias = b_in + b_rec
+    gate_bias[cand] = b_in[cand]
+    return reset_after, b_rec, gate_bias
 
 
 def _gate_parts(lt: LayerTrace, rows: np.ndarray | slice) -> tuple[np.ndarray, dict[str, tuple[Any, Any, Any]]]:
@@ -579,10 +593,7 @@ def _chunk_driver_sums(
         return np.ascontiguousarray(flat if real is None else flat[real])
 
     x = steps(data["x"])
-    hp = processing(data["h"], info.go_backwards)
-    h_prev = np.zeros_like(hp)
-    h_prev[:, 1:] = hp[:, :-1]
-    h = steps(processing(h_prev, info.go_backwards))
+    h = steps(_previous_states(data["h"], info.go_backwards))
     sums = np.zeros((5, kernel.shape[1]))
     x_sum = x.sum(axis=0)
     inputs = np.stack([x_sum, np.abs(x).sum(axis=0)])
@@ -599,13 +610,10 @@ def _chunk_driver_sums(
         _abs_sums(h, rk, sums[4], ones)
         sums[2] = k * bias.reshape(-1)
         return k, sums, inputs
-    reset_after = bool(info.reset_after) if info.reset_after is not None else bias.ndim == 2
-    b_in, b_rec = (bias[0], bias[1]) if reset_after else (bias.reshape(-1), np.zeros(3 * u))
+    reset_after, b_rec, gate_bias = _gru_biases(info, bias)
     r = steps(data["r"])
     zr, cand = slice(0, 2 * u), slice(2 * u, 3 * u)
     sums[1, zr] = h.sum(axis=0) @ rk[:, zr]
-    gate_bias = b_in + b_rec
-    gate_bias[cand] = b_in[cand]  # the candidate's recurrent bias sits inside its (reset-scaled) recurrent part
     sums[2] = k * gate_bias
     if not reset_after:  # candidate: (r * h) U_h, linear in r * h
         rh = r * h
