@@ -508,12 +508,10 @@ def analyze_distributed(
     Analysis
         Equal, table for table, to the single-process analysis of the run.
     """
-    from gatelens.analysis.pipeline import STEP_REGISTRY, StepContext
+    from gatelens.analysis.pipeline import STEP_REGISTRY, StepContext, _check_steps
     from gatelens.analysis.store import open_run
 
-    unknown = [s for s in steps if s not in STEPS]
-    if unknown:
-        raise UsageError(f"unknown analysis step(s) {unknown}; the steps are {list(STEPS)}")
+    _check_steps(steps)
     todo = [step for step in STEP_REGISTRY if step.name in steps]
     run_dir = local_path(run).resolve()
     manifest = read_manifest(run_dir)

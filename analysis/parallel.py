@@ -105,7 +105,7 @@ def analyze_processes(
     trace : Trace
         Opened from a run directory (``trace.path``); every worker opens the same run.
     processes : int
-        Worker processes (at least 1; at most one per step is started).
+        Worker processes (at least 1; at most one per task is started).
     features, progress, steps, chunk, max_lag
         As for :func:`~gatelens.analysis.pipeline.analyze`.
     events_path : path
@@ -151,8 +151,9 @@ def analyze_processes(
         (s for s in todo if s.name != "features" and not s.reads), key=lambda s: rank.get(s.name, len(rank))
     )
     # a step declared by_layer is one task per layer (the longest step, the probes, shared by the workers)
-    tasks = [(s.name, layer) for s in queued for layer in (trace.layers if s.by_layer else [None])]
-    parts: dict[str, dict[str | None, dict[str, pd.DataFrame]]] = {s.name: {} for s in queued}
+    keys = {s.name: list(trace.layers) if s.by_layer else [None] for s in queued}
+    tasks = [(name, key) for name, step_keys in keys.items() for key in step_keys]
+    parts: dict[str, dict[str | None, dict[str, pd.DataFrame]]] = {name: {} for name in keys}
     options = {"chunk": chunk, "max_lag": max_lag, "events_path": str(events_path)}
     with _Workers(Path(trace.path), min(processes, max(1, len(tasks))), ctx.feature_table, options) as workers:
         for task in tasks:
@@ -173,11 +174,10 @@ def analyze_processes(
             if events_file is not None:
                 result.events_file = events_file
             parts[name][layer] = tables
-            step = next(s for s in queued if s.name == name)
-            if len(parts[name]) < (len(trace.layers) if step.by_layer else 1):
+            if len(parts[name]) < len(keys[name]):
                 continue
             for table in tables:  # every part in: the step's tables, its layers in the trace's order
-                frames = [parts[name][key][table] for key in (trace.layers if step.by_layer else [None])]
+                frames = [parts[name][key][table] for key in keys[name]]
                 setattr(result, table, frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True))
             ran.add(name)
             finished()

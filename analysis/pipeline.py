@@ -456,9 +456,7 @@ def analyze(
     >>> float(a.half_lives["half_life_steps"].iloc[0]), len(a.events), sorted(a.skipped)
     (0.5, 0, [])
     """
-    unknown = [s for s in steps if s not in STEPS]
-    if unknown:
-        raise UsageError(f"unknown analysis step(s) {unknown}; the steps are {list(STEPS)}")
+    _check_steps(steps)
     todo = [step for step in STEP_REGISTRY if step.name in steps]
     result = Analysis()
     ctx = StepContext(trace, result, features=features, chunk=chunk, max_lag=max_lag, events_path=events_path)
@@ -469,6 +467,12 @@ def analyze(
             progress(done, len(todo))
     log.info("analysis of %d layer(s) took %.2f s", len(trace.layers), time.perf_counter() - started)
     return result
+
+
+def _check_steps(steps: Sequence[str]) -> None:
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise UsageError(f"unknown analysis step(s) {unknown}; the steps are {list(STEPS)}")
 
 
 def run_step(ctx: StepContext, step: Step) -> None:
@@ -629,9 +633,7 @@ def analyze_run(
     """
     from gatelens.analysis.store import open_run
 
-    unknown = [s for s in steps if s not in STEPS]
-    if unknown:
-        raise UsageError(f"unknown analysis step(s) {unknown}; the steps are {list(STEPS)}")
+    _check_steps(steps)
     if processes is not None and (not isinstance(processes, int) or isinstance(processes, bool) or processes < 1):
         raise UsageError(f"processes must be a whole number >= 1, got {processes!r}")
     run_dir: Path | None
@@ -655,7 +657,7 @@ def analyze_run(
     if processes is None:
         processes = default_processes(trace)
     with partial_path(run_dir / ANALYSIS_DIR / "events.parquet") as events_path:
-        if processes > 1 and trace.path is not None:
+        if processes > 1:  # (trace.path is run_dir here: analyze_processes opens it in each worker)
             result = analyze_processes(
                 trace, processes=processes, features=features, progress=progress, steps=steps, events_path=events_path
             )

@@ -509,7 +509,7 @@ def _plan(F, is_test, fnames, kinds, types, control_by, random_state) -> _Plan:
     :class:`SignalProbe` per feature (:func:`_probe_one`).
     """
     plan = _Plan({}, [], [])
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[bytes, dict[str, list[int]]] = {}  # rows -> task -> features
     for j, feat in enumerate(fnames):
         y = F[:, j]
         ok = ~np.isnan(y)
@@ -530,10 +530,9 @@ def _plan(F, is_test, fnames, kinds, types, control_by, random_state) -> _Plan:
         if task == "classification" and np.unique(yv).size != 2:
             plan.multiclass.append(j)
             continue
-        groups.setdefault((task, ok.tobytes()), []).append(j)
-    first = {key: i for i, key in reversed(list(enumerate(key for _, key in groups)))}
-    # batches of the same rows adjacent (by where their rows first appear): _probe_signal standardises once for them
-    for (task, _), cols in sorted(groups.items(), key=lambda kv: first[kv[0][1]]):
+        groups.setdefault(ok.tobytes(), {}).setdefault(task, []).append(j)
+    # the batches of the same rows adjacent: _probe_signal standardises once for them
+    for task, cols in (tc for by_task in groups.values() for tc in by_task.items()):
         ok = ~np.isnan(F[:, cols[0]])
         train = ~is_test[ok]
         t = types[ok] if types is not None else None

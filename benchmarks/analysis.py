@@ -91,10 +91,11 @@ import psutil
 t0 = time.perf_counter()
 proc = subprocess.Popen(sys.argv[2:])
 tree_peak = 0
+ended = threading.Event()
 def sample():
     global tree_peak
     top = psutil.Process(proc.pid)
-    while proc.returncode is None:
+    while not ended.is_set():
         try:
             procs = [top, *top.children(recursive=True)]
             total = 0
@@ -106,10 +107,10 @@ def sample():
             tree_peak = max(tree_peak, total)
         except psutil.Error:
             return
-        time.sleep(0.1)
+        ended.wait(0.1)
 threading.Thread(target=sample, daemon=True).start()
 _, status, usage = os.wait4(proc.pid, 0)
-proc.returncode = status
+ended.set()
 seconds = time.perf_counter() - t0
 with open(sys.argv[1], "w") as f:
     json.dump({"rc": os.waitstatus_to_exitcode(status), "seconds": seconds, "maxrss": usage.ru_maxrss,
