@@ -33,21 +33,24 @@ Examples
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from multiprocessing import connection as mp_connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from gatelens.analysis.pipeline import STEP_REGISTRY, Analysis, Step, StepContext, run_step
-from gatelens.analysis.trace import Trace
+from gatelens.analysis.trace import LayerInfo, Trace
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +77,53 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def signal_bytes(trace: Trace) -> int:
-    """Bytes of every stored signal of ``trace`` (the arrays the steps read), at their stored dtype."""
-    return sum(int(trace[n][s].nbytes) for n in trace.layers for s in trace[n].info.signals)
+def signal_bytes(run: Trace | str | os.PathLike) -> int:
+    """Bytes of every stored signal (the arrays the steps read) at their stored dtype: of a trace, or of a run
+    directory from its manifest alone (nothing is opened or hashed, so it can be asked before the run is verified)."""
+    if isinstance(run, Trace):
+        return sum(int(run[n][s].nbytes) for n in run.layers for s in run[n].info.signals)
+    from gatelens.analysis.store import read_manifest
+
+    m = read_manifest(run)
+    per_value = np.dtype(m["dtype"]).itemsize * m["n_sequences"] * m["n_steps"]
+    return sum(per_value * d["units"] * len(LayerInfo.from_dict(d).signals) for d in m["layers"])
 
 
-def default_processes(trace: Trace) -> int:
-    """Worker processes for analysing ``trace``: one per usable core up to :data:`MAX_PROCESSES` for a run from a
-    store with at least :data:`MIN_PARALLEL_BYTES` of signals, else 1 (this process)."""
-    if trace.path is None or signal_bytes(trace) < MIN_PARALLEL_BYTES:
+def default_processes(run: Trace | str | os.PathLike) -> int:
+    """Worker processes for analysing ``run`` (a trace, or a run directory): one per usable core up to
+    :data:`MAX_PROCESSES` for a run from a store with at least :data:`MIN_PARALLEL_BYTES` of signals, else 1
+    (this process)."""
+    if isinstance(run, Trace) and run.path is None:
+        return 1
+    if signal_bytes(run) < MIN_PARALLEL_BYTES:
         return 1
     return min(usable_cores(), MAX_PROCESSES)
+
+
+def worker_tasks(steps: Sequence[str], layers: Sequence[str]) -> list[Task]:
+    """The tasks :func:`analyze_processes` sends to its workers for ``steps`` of a run with ``layers``, in the order
+    they are queued: the steps that read no earlier table, longest first (:data:`COST_ORDER`), a ``by_layer`` step
+    once per layer."""
+    rank = {name: i for i, name in enumerate(COST_ORDER)}
+    queued = sorted(
+        (s for s in STEP_REGISTRY if s.name in steps and s.name != "features" and not s.reads),
+        key=lambda s: rank.get(s.name, len(rank)),
+    )
+    return [(s.name, layer) for s in queued for layer in (layers if s.by_layer else [None])]
+
+
+@contextmanager
+def started_workers(processes: int, tasks: int) -> Iterator[_Workers | None]:
+    """``min(processes, tasks)`` worker processes started now, to be given to :func:`analyze_processes`; None when
+    that is 1 (the caller analyses in its own process). They import the analysis while the caller goes on (opens
+    and verifies the run, builds the features), and open the run only once :func:`analyze_processes` sends it; all
+    are stopped on leaving the block."""
+    n = min(processes, tasks)
+    if n <= 1:
+        yield None
+        return
+    with _Workers(n) as workers:
+        yield workers
 
 
 def analyze_processes(
@@ -97,6 +136,7 @@ def analyze_processes(
     chunk: int = 256,
     max_lag: int = 50,
     events_path: str | os.PathLike,
+    workers: _Workers | None = None,
 ) -> Analysis:
     """:func:`~gatelens.analysis.pipeline.analyze` of a run from a store, its steps run by ``processes`` workers.
 
@@ -110,6 +150,9 @@ def analyze_processes(
         As for :func:`~gatelens.analysis.pipeline.analyze`.
     events_path : path
         Where the events step streams its table (it is not sent back through a pipe).
+    workers : optional
+        Workers from :func:`started_workers` (started before the run was opened and verified); default: started
+        here, ``processes`` of them at most.
 
     Returns
     -------
@@ -146,16 +189,17 @@ def analyze_processes(
             finished()
     filled_by = {table: s.name for s in todo for table in s.tables}
     in_parent = [s for s in todo if s.reads]
-    rank = {name: i for i, name in enumerate(COST_ORDER)}
-    queued = sorted(
-        (s for s in todo if s.name != "features" and not s.reads), key=lambda s: rank.get(s.name, len(rank))
-    )
-    # a step declared by_layer is one task per layer (the longest step, the probes, shared by the workers)
-    keys = {s.name: list(trace.layers) if s.by_layer else [None] for s in queued}
-    tasks = [(name, key) for name, step_keys in keys.items() for key in step_keys]
+    tasks = worker_tasks(steps, trace.layers)
+    keys: dict[str, list[str | None]] = {}  # step -> its tasks' layers (None for a step run once)
+    for name, key in tasks:
+        keys.setdefault(name, []).append(key)
     parts: dict[str, dict[str | None, dict[str, pd.DataFrame]]] = {name: {} for name in keys}
     options = {"chunk": chunk, "max_lag": max_lag, "events_path": str(events_path)}
-    with _Workers(Path(trace.path), min(processes, max(1, len(tasks))), ctx.feature_table, options) as workers:
+    with ExitStack() as stack:
+        if workers is None:
+            workers = stack.enter_context(_Workers(min(processes, max(1, len(tasks)))))
+        workers.start(Path(trace.path), ctx.feature_table, options)
+        _preload(in_parent)  # the parent's own steps' imports, while the workers compute
         for task in tasks:
             workers.submit(task)
         ran: set[str] = set()
@@ -193,8 +237,7 @@ class _Workers:
     ``multiprocessing`` child: those re-import the caller's ``__main__``, which runs a script's analysis again in
     every worker unless the script guards it with ``if __name__ == "__main__"``."""
 
-    def __init__(self, run: Path, n: int, feature_table: pd.DataFrame | None, options: dict[str, Any]) -> None:
-        self.hello = (str(run), feature_table, options, logging.getLogger("gatelens").getEffectiveLevel())
+    def __init__(self, n: int) -> None:
         self.n = n
         self.procs: list[subprocess.Popen] = []
         self.running: dict[subprocess.Popen, Task] = {}  # worker -> the task it runs
@@ -206,12 +249,16 @@ class _Workers:
             for _ in range(self.n):  # all started first: they import side by side
                 self.procs.append(subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                                                    stdout=subprocess.PIPE))  # fmt: skip
-            for p in self.procs:
-                self._send(p, self.hello)
         except BaseException:
             self._stop()
             raise
         return self
+
+    def start(self, run: Path, feature_table: pd.DataFrame | None, options: dict[str, Any]) -> None:
+        """Send every worker the run to open, the features and the steps' options (before any task)."""
+        hello = (str(run), feature_table, options, logging.getLogger("gatelens").getEffectiveLevel())
+        for p in self.procs:
+            self._send(p, hello)
 
     def submit(self, task: Task) -> None:
         """Queue a task (a step, and its layer for a step run layer by layer); it starts once a worker is free."""
@@ -257,15 +304,20 @@ class _Workers:
                 except OSError:  # a broken pipe to a killed worker
                     pass
 
+    def close(self) -> None:
+        """End the workers once their steps are done (each returns when its stdin closes); again, nothing."""
+        for p in self.procs:
+            if not p.stdin.closed:
+                p.stdin.close()
+        for p in self.procs:
+            p.wait()
+            p.stdout.close()
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:  # a step failed (or the parent was interrupted): stop the others at once
             self._stop()
             return
-        for p in self.procs:
-            p.stdin.close()  # end of the steps: the worker returns
-        for p in self.procs:
-            p.wait()
-            p.stdout.close()
+        self.close()
 
 
 def _serve() -> None:
@@ -274,17 +326,21 @@ def _serve() -> None:
     inbox = sys.stdin.buffer
     outbox = os.fdopen(os.dup(1), "wb")  # the replies; whatever a library prints goes to stderr, not in them
     os.dup2(2, 1)
-    run, feature_table, options, level = pickle.load(inbox)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from threadpoolctl import threadpool_limits
 
     from gatelens.analysis import _threads, probes
     from gatelens.analysis.store import open_run
 
+    steps: dict[str, Step] = {s.name: s for s in STEP_REGISTRY}
+    _preload(s for s in steps.values() if not s.reads)  # while the parent verifies the run and builds the features
+    try:
+        run, feature_table, options, level = pickle.load(inbox)
+    except EOFError:  # stopped before any work (the run failed its verification, a bad features file)
+        return
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     threadpool_limits(limits=1, user_api="blas")  # the workers share the cores
     _threads.PASS_THREADS = 1  # and each worker's passes run on its own thread only
     probes.PROBE_THREADS = 1  # as do its probes' fits
-    steps: dict[str, Step] = {s.name: s for s in STEP_REGISTRY}
     trace = None
     while True:
         try:
@@ -304,6 +360,14 @@ def _serve() -> None:
             reply = ("error", _picklable(e))
         pickle.dump(reply, outbox, protocol=pickle.HIGHEST_PROTOCOL)
         outbox.flush()
+
+
+def _preload(steps: Iterable[Step]) -> None:
+    """Import the modules of ``steps`` (:attr:`Step.module`) now, where the wait costs nothing, instead of inside
+    the first step that needs them."""
+    for step in steps:
+        if step.module:
+            importlib.import_module(step.module)
 
 
 def _of(layer: str | None) -> str:
@@ -326,5 +390,7 @@ __all__ = [
     "analyze_processes",
     "default_processes",
     "signal_bytes",
+    "started_workers",
     "usable_cores",
+    "worker_tasks",
 ]

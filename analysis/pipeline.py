@@ -137,6 +137,9 @@ class Step:
     by_layer : bool
         Whether it honours ``ctx.layers``: run for each layer alone, its tables concatenated in layer order are
         the tables of one run over every layer (so workers can share a long step layer by layer).
+    module : str
+        The module ``run`` imports its code from when first called (importing this package stays cheap); worker
+        processes import it ahead, while the run is verified.
     """
 
     name: str
@@ -148,6 +151,7 @@ class Step:
     needs_features: bool = False
     reads: tuple[str, ...] = ()
     by_layer: bool = False
+    module: str = ""
 
 
 def _stats(ctx: StepContext) -> dict[str, pd.DataFrame]:
@@ -255,36 +259,40 @@ def _explanations(ctx: StepContext) -> dict[str, pd.DataFrame]:
 #: The steps of :func:`analyze`, in the order they run (see the module docstring to add one).
 STEP_REGISTRY: tuple[Step, ...] = (
     Step("stats", _stats, ("units", "signal_stats"), {},
-         "moments of every signal; saturation of every gate and candidate, per unit (`units.csv`)"),
+         "moments of every signal; saturation of every gate and candidate, per unit (`units.csv`)",
+         module="gatelens.analysis.stats"),
     Step("memory", _memory, ("half_lives", "retention"), {"half_lives.csv": "half_lives", "retention.csv": "retention"},
-         "memory half-life of every unit from its keep gate, and retention curves"),
+         "memory half-life of every unit from its keep gate, and retention curves", module="gatelens.analysis.memory"),
     Step("drivers", _drivers, ("decomposition", "gate_drivers"),
          {"decomposition.csv": "decomposition", "gate_drivers.csv": "gate_drivers"},
          "each gate's pre-activation split into input, memory and bias, and its input part by input feature",
-         stage="detail"),
+         stage="detail", module="gatelens.analysis.decompose"),
     Step("events", _events, ("events", "event_summary"),
          {"events.csv": "events", "event_summary.csv": "event_summary"},
-         "forget, write and read events of every unit, and their summary", stage="detail"),
+         "forget, write and read events of every unit, and their summary", stage="detail",
+         module="gatelens.analysis.events"),
     Step("token_gates", _token_gates, ("token_gates",), {"token_gates.csv": "token_gates"},
-         "the gates' input part for every observed token (layers fed by an Embedding)"),
+         "the gates' input part for every observed token (layers fed by an Embedding)",
+         module="gatelens.analysis.decompose"),
     Step("features", _features, (), {}, "built-in and user features of every step (input of the next steps)",
-         stage="features", needs_features=True),
+         stage="features", needs_features=True, module="gatelens.analysis.features"),
     Step("correlations", _correlations, ("correlations",), {"correlations.csv": "correlations"},
          "Pearson and Spearman correlation of every unit and signal with every feature",
-         stage="features", needs_features=True),
+         stage="features", needs_features=True, module="gatelens.analysis.correlate"),
     Step("probes", _probes, ("probes",), {"probes.csv": "probes"},
          "held-out linear probes per layer, signal and feature, with control tasks",
-         stage="probes", needs_features=True, by_layer=True),
+         stage="probes", needs_features=True, by_layer=True, module="gatelens.analysis.probes"),
     Step("clusters", _clusters, ("clusters",), {"clusters.csv": "clusters"},
          "units clustered by behaviour, each cluster named by its archetype",
-         stage="features", needs_features=True, reads=("units", "half_lives", "correlations")),
+         stage="features", needs_features=True, reads=("units", "half_lives", "correlations"),
+         module="gatelens.analysis.clusters"),
     Step("examples", _examples, ("examples", "histograms"),
          {"examples.csv": "examples", "histograms.csv": "histograms"},
          "top, bottom, rise, drop and decile examples of every unit with their context, and histograms",
-         stage="detail"),
+         stage="detail", module="gatelens.analysis.examples"),
     Step("explanations", _explanations, ("explanations",), {"explanations.csv": "explanations"},
          "one explanation per unit (feature, sign, lag) scored on held-out sequences, with a shuffled control",
-         stage="features", needs_features=True),
+         stage="features", needs_features=True, module="gatelens.analysis.explain_score"),
 )  # fmt: skip
 
 #: The names of the steps of :func:`analyze`, in order.
@@ -636,35 +644,47 @@ def analyze_run(
     _check_steps(steps)
     if processes is not None and (not isinstance(processes, int) or isinstance(processes, bool) or processes < 1):
         raise UsageError(f"processes must be a whole number >= 1, got {processes!r}")
-    run_dir: Path | None
+    from gatelens.analysis import parallel
+
     if isinstance(run, Trace):
-        trace = run
-        run_dir = trace.path if save else None
+        trace: Trace | None = run
+        run_dir = run.path if save else None
         if save and run_dir is None:
             raise UsageError("analyze(save=True) needs a run directory or a trace opened from one")
     else:
-        run_dir = Path(run)
-        trace = open_run(run_dir)
+        trace, run_dir = None, Path(run)
         if save is False:
-            run_dir = None
+            return analyze(open_run(run_dir), features=features, progress=progress, steps=steps)
     if run_dir is None:
         return analyze(trace, features=features, progress=progress, steps=steps)
-    clean_partials(run_dir / ANALYSIS_DIR)  # what a killed analyze left
-    # the events stream to a partial file that no reader picks up; save_analysis renames it into place, and
-    # a failure on the way (a bad features file, a kill) leaves no partial behind
-    from gatelens.analysis.parallel import analyze_processes, default_processes
-
     if processes is None:
-        processes = default_processes(trace)
-    with partial_path(run_dir / ANALYSIS_DIR / "events.parquet") as events_path:
-        if processes > 1:  # (trace.path is run_dir here: analyze_processes opens it in each worker)
-            result = analyze_processes(
-                trace, processes=processes, features=features, progress=progress, steps=steps, events_path=events_path
-            )
-        else:
-            result = analyze(trace, features=features, progress=progress, steps=steps, events_path=events_path)
-        save_analysis(result, run_dir)
+        processes = parallel.default_processes(run_dir if trace is None else trace)
+    layers = _manifest_layers(run_dir) if trace is None else trace.layers
+    # the workers start first: they import the analysis while this process opens and verifies the run
+    with parallel.started_workers(processes, len(parallel.worker_tasks(steps, layers))) as workers:
+        if trace is None:
+            trace = open_run(run_dir)
+        clean_partials(run_dir / ANALYSIS_DIR)  # what a killed analyze left
+        # the events stream to a partial file that no reader picks up; save_analysis renames it into place, and
+        # a failure on the way (a bad features file, a kill) leaves no partial behind
+        with partial_path(run_dir / ANALYSIS_DIR / "events.parquet") as events_path:
+            if workers is not None:  # (trace.path is run_dir here: each worker opens it)
+                result = parallel.analyze_processes(
+                    trace, processes=processes, features=features, progress=progress, steps=steps,
+                    events_path=events_path, workers=workers,
+                )  # fmt: skip
+                workers.close()  # their memory freed before the save
+            else:
+                result = analyze(trace, features=features, progress=progress, steps=steps, events_path=events_path)
+            save_analysis(result, run_dir)
     return result
+
+
+def _manifest_layers(run_dir: Path) -> list[str]:
+    """The layer names of a run directory, from its manifest (checked, not yet verified against the files)."""
+    from gatelens.analysis.store import read_manifest
+
+    return [d["name"] for d in read_manifest(run_dir)["layers"]]
 
 
 def save_analysis(analysis: Analysis, run_dir: str | os.PathLike) -> Path:

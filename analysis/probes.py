@@ -33,6 +33,7 @@ scores are empty and ``note`` says why.
 Examples
 --------
 >>> import numpy as np
+>>> from gatelens.analysis.probes import SignalProbe
 >>> rng = np.random.default_rng(0)
 >>> X = rng.normal(size=(200, 4))
 >>> probe = SignalProbe().fit(X, X[:, 2] > 0)
@@ -47,19 +48,10 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
-from sklearn.dummy import DummyClassifier, DummyRegressor
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import accuracy_score, r2_score
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.utils import ClassifierTags, RegressorTags
-from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from gatelens.analysis._reading import select_layers
@@ -70,11 +62,13 @@ from gatelens.analysis.signals import not_pre
 from gatelens.analysis.trace import Trace
 from gatelens.errors import UsageError
 
+if TYPE_CHECKING:
+    from gatelens.analysis.probe_estimator import SignalProbe
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
-TASKS = ("auto", "classification", "regression")
 REPORT_COLUMNS = [
     "layer", "signal", "feature", "task", "score", "control_score", "selectivity", "baseline_score",
     "n_train", "n_test", "split", "control_by", "top_units", "note",
@@ -84,127 +78,6 @@ DEFAULT_MAX_ROWS = 20_000
 #: Threads fitting the probes of different signals at once (each with one BLAS thread).
 PROBE_THREADS = max(1, min(2, os.cpu_count() or 1))
 N_BINS = 10
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the estimator
-
-
-class SignalProbe(BaseEstimator):
-    """A linear probe: standardise the units, then logistic (classification) or ridge (regression).
-
-    Parameters
-    ----------
-    task : {"auto", "classification", "regression"}
-        ``"auto"`` picks classification when the target is not numeric, is bool, or has exactly
-        two distinct values (sklearn's ``type_of_target == "binary"``), and regression otherwise.
-    alpha : float
-        Ridge penalty (regression).
-    C : float
-        Inverse L2 penalty of the logistic regression (classification).
-    max_iter : int
-        Iterations of the logistic regression's solver.
-
-    Attributes
-    ----------
-    task_ : str
-        The task actually fitted.
-    pipeline_ : sklearn.pipeline.Pipeline
-        ``StandardScaler`` then ``LogisticRegression`` or ``Ridge``.
-    classes_ : ndarray
-        Class labels (classification only).
-    coef_ : ndarray (n_outputs, n_features_in_)
-        Coefficients on standardised inputs (one row for binary classification and regression).
-    unit_weights_ : ndarray (n_features_in_,)
-        ``|coef_|``, the maximum over rows: the importance of each input (unit).
-    n_iter_ : int
-        Solver iterations of the logistic regression (1 for the closed-form ridge).
-    n_features_in_ : int
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> X = np.arange(20.0).reshape(10, 2)
-    >>> SignalProbe(task="regression").fit(X, X[:, 0] * 3).predict(X[:2]).round(2).tolist()
-    [1.29, 7.0]
-    """
-
-    def __init__(self, task: str = "auto", alpha: float = 1.0, C: float = 1.0, max_iter: int = 1000) -> None:
-        self.task = task
-        self.alpha = alpha
-        self.C = C
-        self.max_iter = max_iter
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        if self.task == "classification":
-            tags.estimator_type = "classifier"
-            tags.classifier_tags = ClassifierTags()
-            tags.target_tags.required = True
-        elif self.task == "regression":
-            tags.estimator_type = "regressor"
-            tags.regressor_tags = RegressorTags()
-            tags.target_tags.required = True
-        else:
-            tags.target_tags.required = True
-        return tags
-
-    def _resolve_task(self, y: np.ndarray) -> str:
-        if self.task not in TASKS:
-            raise UsageError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.task != "auto":
-            return self.task
-        if y.dtype.kind in "OUSb" or type_of_target(y) == "binary":
-            return "classification"
-        return "regression"
-
-    def fit(self, X, y) -> SignalProbe:
-        """Fit the probe on ``X`` (n_steps, n_units) and the feature ``y`` (n_steps,)."""
-        X, y = validate_data(self, X, y, y_numeric=False, dtype=np.float64)
-        self.task_ = self._resolve_task(np.asarray(y))
-        if self.task_ == "classification":
-            check_classification_targets(y)
-            self.classes_ = np.unique(y)
-            model = LogisticRegression(C=self.C, max_iter=self.max_iter)
-        else:
-            y = np.asarray(y, dtype=np.float64)
-            model = Ridge(alpha=self.alpha)
-        self.pipeline_ = Pipeline([("scale", StandardScaler()), ("model", model)]).fit(X, y)
-        coef = np.asarray(self.pipeline_[-1].coef_, np.float64)
-        self.coef_ = coef.reshape(1, -1) if coef.ndim == 1 else coef
-        self.unit_weights_ = np.abs(self.coef_).max(axis=0)
-        n_iter = getattr(self.pipeline_[-1], "n_iter_", None)
-        self.n_iter_ = 1 if n_iter is None else int(np.max(n_iter))
-        return self
-
-    def predict(self, X) -> np.ndarray:
-        """Predicted feature values (class labels for classification)."""
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        return self.pipeline_.predict(X)
-
-    def _is_classifier(self) -> bool:
-        check_is_fitted(self)
-        return self.task_ == "classification"
-
-    @available_if(_is_classifier)
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities (classification only)."""
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        return self.pipeline_.predict_proba(X)
-
-    @available_if(_is_classifier)
-    def decision_function(self, X) -> np.ndarray:
-        """Logits (classification only)."""
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        return self.pipeline_.decision_function(X)
-
-    def score(self, X, y, sample_weight=None) -> float:
-        """Accuracy (classification) or R^2 (regression) on ``X``, ``y``."""
-        pred = self.predict(X)
-        if self.task_ == "classification":
-            return float(accuracy_score(y, pred, sample_weight=sample_weight))
-        return float(r2_score(np.asarray(y, np.float64), pred, sample_weight=sample_weight))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,19 +153,6 @@ def _bin_ids(values: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
         b[np.isnan(col)] = n_bins
         ids = ids * (n_bins + 1) + b
     return ids
-
-
-def _fit_score(task, Xtr, ytr, Xte, yte, params) -> tuple[float, float, SignalProbe | None]:
-    """(score, baseline, probe); a single class/value in training gives a constant predictor."""
-    if task == "classification":
-        baseline = float(accuracy_score(yte, DummyClassifier(strategy="most_frequent").fit(Xtr, ytr).predict(Xte)))
-    else:
-        baseline = float(r2_score(yte, DummyRegressor().fit(Xtr, ytr).predict(Xte))) if len(yte) >= 2 else np.nan
-    if np.unique(ytr).size < 2:
-        return baseline, baseline, None
-    probe = SignalProbe(task=task, **params).fit(Xtr, ytr)
-    score = probe.score(Xte, yte) if len(yte) >= (1 if task == "classification" else 2) else np.nan
-    return score, baseline, probe
 
 
 def run_probes(
@@ -574,7 +434,7 @@ def _probe_signal(x, F, is_test, plan: _Plan, params, types, control_by, random_
 
 
 def _fit_and_score(task, Xtr, Ytr, Xte, Yte, params):
-    """Fit every column of ``Ytr`` on ``Xtr`` and score on the test rows, as :func:`_fit_score` does one probe.
+    """Fit every column of ``Ytr`` on ``Xtr`` and score on the test rows, as :func:`~gatelens.analysis.probe_estimator.fit_score` does one probe.
 
     A column with a single class (value) in training is a constant predictor: its score is its baseline.
     Returns ``({"score": (k,), "weights": (d, k) |coef|}, baseline (k,))``.
@@ -634,11 +494,13 @@ def _probe_one(x, y, is_test, task, params, types, control_by, j, random_state, 
     if np.unique(y[train]).size < 2:
         rep["note"] = "constant feature in the training rows"
         return rep, None
-    score, baseline, probe = _fit_score(task, x[train], y[train], x[test], y[test], params)
+    from gatelens.analysis.probe_estimator import fit_score
+
+    score, baseline, probe = fit_score(task, x[train], y[train], x[test], y[test], params)
     t = types[ok] if types is not None else _bin_ids(y)
     seed = None if random_state is None else random_state * 1_000_003 + j
     ctrl = control_labels(t, y, train, random_state=seed)
-    cscore, _, _ = _fit_score(task, x[train], ctrl[train], x[test], ctrl[test], params)
+    cscore, _, _ = fit_score(task, x[train], ctrl[train], x[test], ctrl[test], params)
     w = probe.unit_weights_
     order = np.argsort(-w, kind="stable")
     rank = np.empty(w.size, np.int64)
@@ -685,6 +547,16 @@ def probe_unit_ranking(trace: Trace, features: pd.DataFrame, **kwargs) -> pd.Dat
     [2, 0, 1]
     """
     return run_probes(trace, features, **kwargs).ranking
+
+
+def __getattr__(name: str):
+    # SignalProbe (a scikit-learn estimator) lives in probe_estimator, imported on first use: scikit-learn takes ~1 s
+    # to import, and the batched probes of run_probes do not use it (a worker process analysing a run is spared it)
+    if name in ("SignalProbe", "TASKS"):
+        from gatelens.analysis import probe_estimator
+
+        return getattr(probe_estimator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -12,9 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from gatelens.analysis import parallel
-from gatelens.analysis.pipeline import STEP_REGISTRY, Analysis, StepContext, analyze_run, load_analysis, run_step
+from gatelens.analysis.pipeline import (
+    STEP_REGISTRY,
+    STEPS,
+    Analysis,
+    StepContext,
+    analyze_run,
+    load_analysis,
+    run_step,
+)
 from gatelens.analysis.store import open_run
-from gatelens.errors import UsageError
+from gatelens.errors import RunStoreError, UsageError
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +125,60 @@ def test_steps_that_run_in_workers_read_no_earlier_table(runs):
 def test_default_processes_and_bad_counts(runs, monkeypatch):
     one, _, _ = runs
     trace = open_run(one)
-    assert parallel.default_processes(trace) == 1  # a tiny run: not worth starting a worker
-    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
-    assert parallel.default_processes(trace) == min(parallel.usable_cores(), parallel.MAX_PROCESSES)
+    # from the manifest alone (before the run is verified), the bytes of the arrays the steps read
+    stored = sum(trace[n][s].nbytes for n in trace.layers for s in trace[n].info.signals)
+    assert parallel.signal_bytes(one) == parallel.signal_bytes(trace) == stored > 0
+    assert parallel.default_processes(trace) == parallel.default_processes(one) == 1  # a tiny run: in this process
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", stored)
+    cores = min(parallel.usable_cores(), parallel.MAX_PROCESSES)
+    assert parallel.default_processes(trace) == parallel.default_processes(one) == cores
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", stored + 1)
+    assert parallel.default_processes(one) == 1
     for bad in (0, -1, 1.5, True):
         with pytest.raises(UsageError, match="processes must be a whole number"):
             analyze_run(one, processes=bad)
+
+
+def test_workers_started_before_the_run_is_verified_stop_when_it_fails(runs, tmp_path):
+    """analyze_run starts its workers before it verifies the run (they import meanwhile); a run that fails its
+    checksums raises the error of one process, and no worker outlives the call."""
+    import psutil
+
+    one, _, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(one, run)
+    shutil.rmtree(run / "analysis", ignore_errors=True)  # (the first test analysed the run copied)
+    chunk = next(p for p in sorted((run / "layers").rglob("*")) if p.is_file() and "forget_gate/c/" in p.as_posix())
+    chunk.write_bytes(chunk.read_bytes()[::-1])
+    errors = []
+    for processes in (1, 2):
+        with pytest.raises(RunStoreError) as e:
+            analyze_run(run, processes=processes)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "does not match its checksum" in errors[0]
+    assert not [c for c in psutil.Process().children(recursive=True) if c.is_running() and c.status() != "zombie"]
+    assert not (run / "analysis").exists()  # nothing written
+
+
+def test_worker_tasks_and_step_modules():
+    tasks = parallel.worker_tasks(("features", "probes", "stats", "clusters"), ["a", "b"])
+    assert tasks == [("probes", "a"), ("probes", "b"), ("stats", None)]  # longest first; clusters in the parent
+    assert len(parallel.worker_tasks(STEPS, ["a"])) == len([s for s in STEP_REGISTRY if not s.reads]) - 1
+    for step in STEP_REGISTRY:  # the module a worker imports ahead is the one the step imports its code from
+        assert f"from {step.module} import" in inspect.getsource(step.run), step.name
+
+
+def test_a_worker_imports_no_scikit_learn():
+    """A worker imports every step's module ahead (:func:`parallel._preload`); none of them pulls in scikit-learn
+    (about a second of CPU per worker): the probes' one-by-one estimator lives apart (probe_estimator)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from gatelens.analysis.parallel import _preload; "
+        "from gatelens.analysis.pipeline import STEP_REGISTRY; "
+        "_preload(s for s in STEP_REGISTRY if not s.reads); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'tensorflow', 'keras', 'dask'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
