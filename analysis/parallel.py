@@ -5,13 +5,16 @@ other's tables, except the few that declare ``reads`` (``clusters`` reads the ta
 ``correlations``). Their NumPy and pandas code holds the GIL most of the time (two steps on two threads ran slower
 than one after the other), so :func:`analyze_processes` runs whole steps in worker processes instead:
 
-* the parent builds the features once (the ``features`` step: a bad features file fails before any worker starts)
-  and starts the workers (fresh interpreters: no state of the parent is inherited, and the caller's script is not
-  imported again), each with the features;
-* each worker opens the run by itself (its checksums were verified by the parent's :func:`open_run
-  <gatelens.analysis.store.open_run>`), caps BLAS at one thread (the workers share the cores), and is sent the next
-  step whenever it is free, the steps longest first (:data:`COST_ORDER`), until none is left; a step declared
-  ``by_layer`` (the probes, the longest) is one task per layer, its tables concatenated in the trace's layer order;
+* the parent starts the workers (fresh interpreters: no state of the parent is inherited, and the caller's script
+  is not imported again); each opens the run by itself, caps BLAS at one thread (the workers share the cores), and is
+  sent the next step whenever it is free, the steps longest first (:data:`COST_ORDER`), until none is left; a step
+  declared ``by_layer`` (the probes, the longest) is one task per layer, its tables concatenated in the trace's layer
+  order;
+* while the workers run the steps that need no features, the parent checks the run (``verify``: its checksums, for
+  :func:`~gatelens.analysis.pipeline.analyze_run`) and builds the features once (the ``features`` step); a step that
+  needs them starts only then, on a worker that is free (the features are sent to each worker once, before its
+  first such step). No worker's result is read before the check has passed: a run that fails it raises its error
+  here, the workers are stopped, and nothing of theirs is used;
 * the parent collects each step's tables, its ``skipped`` note and the events file, and runs the steps that read
   earlier tables itself once those are in.
 
@@ -67,6 +70,8 @@ MAX_PROCESSES = 4
 COST_ORDER = (
     "probes", "examples", "correlations", "events", "drivers", "stats", "explanations", "memory", "token_gates",
 )  # fmt: skip
+#: The steps that need the features: queued until the parent has built them.
+FEATURE_TASKS = frozenset(s.name for s in STEP_REGISTRY if s.needs_features)
 
 
 def usable_cores() -> int:
@@ -116,8 +121,8 @@ def worker_tasks(steps: Sequence[str], layers: Sequence[str]) -> list[Task]:
 def started_workers(processes: int, tasks: int) -> Iterator[_Workers | None]:
     """``min(processes, tasks)`` worker processes started now, to be given to :func:`analyze_processes`; None when
     that is 1 (the caller analyses in its own process). They import the analysis while the caller goes on (opens
-    and verifies the run, builds the features), and open the run only once :func:`analyze_processes` sends it; all
-    are stopped on leaving the block."""
+    the run), and open the run only once :func:`analyze_processes` sends it; all are stopped on leaving the
+    block."""
     n = min(processes, tasks)
     if n <= 1:
         yield None
@@ -137,6 +142,7 @@ def analyze_processes(
     max_lag: int = 50,
     events_path: str | os.PathLike,
     workers: _Workers | None = None,
+    verify: Callable[[], None] | None = None,
 ) -> Analysis:
     """:func:`~gatelens.analysis.pipeline.analyze` of a run from a store, its steps run by ``processes`` workers.
 
@@ -151,8 +157,12 @@ def analyze_processes(
     events_path : path
         Where the events step streams its table (it is not sent back through a pipe).
     workers : optional
-        Workers from :func:`started_workers` (started before the run was opened and verified); default: started
+        Workers from :func:`started_workers` (started before the run was opened); default: started
         here, ``processes`` of them at most.
+    verify : callable, optional
+        A check of the run (:func:`~gatelens.analysis.pipeline.analyze_run` passes its checksum verification, for a
+        run opened with ``verify=False``), called here while the workers run the steps that need no features, and
+        before the features are built; whatever it raises is raised before any worker's result is read.
 
     Returns
     -------
@@ -183,10 +193,6 @@ def analyze_processes(
         if progress is not None:
             progress(done, len(todo))
 
-    for step in todo:  # the features first, here: every worker gets them, and a bad file fails before any starts
-        if step.name == "features":
-            run_step(ctx, step)
-            finished()
     filled_by = {table: s.name for s in todo for table in s.tables}
     in_parent = [s for s in todo if s.reads]
     tasks = worker_tasks(steps, trace.layers)
@@ -198,10 +204,17 @@ def analyze_processes(
     with ExitStack() as stack:
         if workers is None:
             workers = stack.enter_context(_Workers(min(processes, max(1, len(tasks)))))
-        workers.start(Path(trace.path), ctx.feature_table, options)
-        _preload(in_parent)  # the parent's own steps' imports, while the workers compute
-        for task in tasks:
+        workers.start(Path(trace.path), options)
+        for task in tasks:  # those that need no features start now
             workers.submit(task)
+        if verify is not None:
+            verify()  # while the workers compute; none of their results is read before it passed
+        for step in todo:  # the features, here: built once, sent to each worker before its first step that needs them
+            if step.name == "features":
+                run_step(ctx, step)
+                finished()
+        workers.features_ready(ctx.feature_table)
+        _preload(in_parent)  # the parent's own steps' imports, while the workers compute
         ran: set[str] = set()
         pending = len(tasks)
         while pending or in_parent:
@@ -242,6 +255,9 @@ class _Workers:
         self.procs: list[subprocess.Popen] = []
         self.running: dict[subprocess.Popen, Task] = {}  # worker -> the task it runs
         self.queued: list[Task] = []
+        self.features: pd.DataFrame | None = None
+        self.features_built = False  # until then, a step that needs the features stays queued
+        self.sent_features: set[subprocess.Popen] = set()
 
     def __enter__(self) -> _Workers:
         code = "from gatelens.analysis.parallel import _serve; _serve()"
@@ -254,22 +270,39 @@ class _Workers:
             raise
         return self
 
-    def start(self, run: Path, feature_table: pd.DataFrame | None, options: dict[str, Any]) -> None:
-        """Send every worker the run to open, the features and the steps' options (before any task)."""
-        hello = (str(run), feature_table, options, logging.getLogger("gatelens").getEffectiveLevel())
+    def start(self, run: Path, options: dict[str, Any]) -> None:
+        """Send every worker the run to open and the steps' options (before any task)."""
+        hello = (str(run), options, logging.getLogger("gatelens").getEffectiveLevel())
         for p in self.procs:
             self._send(p, hello)
 
     def submit(self, task: Task) -> None:
-        """Queue a task (a step, and its layer for a step run layer by layer); it starts once a worker is free."""
+        """Queue a task (a step, and its layer for a step run layer by layer); it starts once a worker is free (and,
+        for a step that needs the features, once they are built: :meth:`features_ready`)."""
         self.queued.append(task)
+        self._dispatch()
+
+    def features_ready(self, features: pd.DataFrame | None) -> None:
+        """The features are built (None: the features step did not run); the steps that need them may start."""
+        self.features, self.features_built = features, True
         self._dispatch()
 
     def _dispatch(self) -> None:
         for p in self.procs:
-            if self.queued and p not in self.running:
-                self.running[p] = task = self.queued.pop(0)
-                self._send(p, task)
+            if p in self.running:
+                continue
+            task = next((t for t in self.queued if self.features_built or t[0] not in FEATURE_TASKS), None)
+            if task is None:
+                return
+            self.queued.remove(task)
+            if task[0] in FEATURE_TASKS and p not in self.sent_features:
+                # p is idle (reading its stdin): sent to a busy worker, a large table could fill the pipe while that
+                # worker waits for us to read its result
+                if self.features is not None:
+                    self._send(p, ("features", self.features))
+                self.sent_features.add(p)
+            self.running[p] = task
+            self._send(p, ("task", task))
 
     def _send(self, p: subprocess.Popen, obj: Any) -> None:
         pickle.dump(obj, p.stdin, protocol=pickle.HIGHEST_PROTOCOL)
@@ -332,25 +365,29 @@ def _serve() -> None:
     from gatelens.analysis.store import open_run
 
     steps: dict[str, Step] = {s.name: s for s in STEP_REGISTRY}
-    _preload(s for s in steps.values() if not s.reads)  # while the parent verifies the run and builds the features
+    _preload(s for s in steps.values() if not s.reads)  # while the parent opens the run
     try:
-        run, feature_table, options, level = pickle.load(inbox)
-    except EOFError:  # stopped before any work (the run failed its verification, a bad features file)
+        run, options, level = pickle.load(inbox)
+    except EOFError:  # stopped before any work (a run that cannot be opened)
         return
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     threadpool_limits(limits=1, user_api="blas")  # the workers share the cores
     _threads.PASS_THREADS = 1  # and each worker's passes run on its own thread only
     probes.PROBE_THREADS = 1  # as do its probes' fits
-    trace = None
+    trace = feature_table = None
     while True:
         try:
-            task = pickle.load(inbox)
+            kind, payload = pickle.load(inbox)
         except EOFError:
             return
+        if kind == "features":  # before the first step that needs them
+            feature_table = payload
+            continue
+        task = payload
         name, layer = task
         try:
             if trace is None:
-                trace = open_run(run, verify=False)  # verified by the parent
+                trace = open_run(run, verify=False)  # verified by the parent, which reads no result before
             result = Analysis()
             layers = None if layer is None else [layer]
             run_step(StepContext(trace, result, feature_table=feature_table, layers=layers, **options), steps[name])
@@ -385,6 +422,7 @@ def _picklable(e: Exception) -> Exception:
 
 __all__ = [
     "COST_ORDER",
+    "FEATURE_TASKS",
     "MAX_PROCESSES",
     "MIN_PARALLEL_BYTES",
     "analyze_processes",

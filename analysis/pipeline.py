@@ -47,6 +47,8 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -64,7 +66,7 @@ import pandas as pd
 
 from gatelens.analysis._reading import read, read_mask
 from gatelens.analysis.partials import clean_partials, partial_path
-from gatelens.analysis.store import ANALYSIS_DIR, sha256_file
+from gatelens.analysis.store import ANALYSIS_DIR, sha256_file, verify_run
 from gatelens.analysis.trace import Trace, iter_chunks
 from gatelens.errors import RunStoreError, UsageError
 
@@ -613,9 +615,11 @@ def analyze_run(
     Parameters
     ----------
     run : Trace or path
-        A trace in memory, or a run directory (opened with its checksums verified). For a directory
+        A trace in memory, or a run directory (its checksums verified: with worker processes, while they run
+        the steps that need no features, and before any of their results is used). For a directory
         the events stream to disk a chunk at a time and every table is saved under ``RUN/analysis/``
-        (memory bounded by the chunk, not by the number of sequences).
+        (memory bounded by the chunk, not by the number of sequences); a failed analysis leaves no
+        ``RUN/analysis/`` it made.
     features, progress, steps
         As for :func:`analyze`.
     save : bool, optional
@@ -660,24 +664,48 @@ def analyze_run(
     if processes is None:
         processes = parallel.default_processes(run_dir if trace is None else trace)
     layers = _manifest_layers(run_dir) if trace is None else trace.layers
-    # the workers start first: they import the analysis while this process opens and verifies the run
+    analysis_dir = run_dir / ANALYSIS_DIR
+    made_dir = not os.path.lexists(analysis_dir)
+    # the workers start first: they import the analysis while this process opens the run
     with parallel.started_workers(processes, len(parallel.worker_tasks(steps, layers))) as workers:
-        if trace is None:
-            trace = open_run(run_dir)
-        clean_partials(run_dir / ANALYSIS_DIR)  # what a killed analyze left
-        # the events stream to a partial file that no reader picks up; save_analysis renames it into place, and
-        # a failure on the way (a bad features file, a kill) leaves no partial behind
-        with partial_path(run_dir / ANALYSIS_DIR / "events.parquet") as events_path:
-            if workers is not None:  # (trace.path is run_dir here: each worker opens it)
-                result = parallel.analyze_processes(
-                    trace, processes=processes, features=features, progress=progress, steps=steps,
-                    events_path=events_path, workers=workers,
-                )  # fmt: skip
-                workers.close()  # their memory freed before the save
-            else:
-                result = analyze(trace, features=features, progress=progress, steps=steps, events_path=events_path)
-            save_analysis(result, run_dir)
+        try:
+            verify = None
+            if trace is None and workers is None:
+                trace = open_run(run_dir)
+            elif trace is None:  # its checksums verified while the workers run their first steps
+                trace = _open_unverified(run_dir)
+                verify = functools.partial(verify_run, run_dir, trace.meta)
+            clean_partials(analysis_dir)  # what a killed analyze left
+            # the events stream to a partial file that no reader picks up; save_analysis renames it into place, and
+            # a failure on the way (a bad features file, a failed checksum, a kill) leaves no partial behind
+            with partial_path(analysis_dir / "events.parquet") as events_path:
+                if workers is not None:  # (trace.path is run_dir here: each worker opens it)
+                    result = parallel.analyze_processes(
+                        trace, processes=processes, features=features, progress=progress, steps=steps,
+                        events_path=events_path, workers=workers, verify=verify,
+                    )  # fmt: skip
+                    workers.close()  # their memory freed before the save
+                else:
+                    result = analyze(trace, features=features, progress=progress, steps=steps, events_path=events_path)
+                save_analysis(result, run_dir)
+        except BaseException:
+            if made_dir:  # nothing left behind: the folder this call made, if nothing else is in it
+                with contextlib.suppress(OSError):
+                    analysis_dir.rmdir()
+            raise
     return result
+
+
+def _open_unverified(run_dir: Path) -> Trace:
+    """``open_run(run_dir, verify=False)``; when that fails, the error of a verifying open if there is one (a file
+    missing or changed is named as such, not as arrays that do not match the manifest)."""
+    from gatelens.analysis.store import open_run
+
+    try:
+        return open_run(run_dir, verify=False)
+    except RunStoreError:
+        verify_run(run_dir)
+        raise
 
 
 def _manifest_layers(run_dir: Path) -> list[str]:

@@ -6,6 +6,7 @@ import inspect
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -89,7 +90,7 @@ def test_a_step_that_fails_in_a_worker_raises_its_error_here(runs, tmp_path):
     shutil.copytree(one, run)
     shutil.rmtree(run / "analysis", ignore_errors=True)
     trace = open_run(run)  # verified here; then a chunk of one signal is cut short, as a failing disk would
-    chunk = next(p for p in sorted((run / "layers").rglob("*")) if p.is_file() and "hidden_state/c/" in p.as_posix())
+    chunk = _signal_chunk(run, "hidden_state")
     chunk.write_bytes(chunk.read_bytes()[:7])
     with pytest.raises(Exception) as one_process:
         run_step(StepContext(open_run(run, verify=False), Analysis()), STEP_REGISTRY[0])
@@ -139,17 +140,30 @@ def test_default_processes_and_bad_counts(runs, monkeypatch):
             analyze_run(one, processes=bad)
 
 
-def test_workers_started_before_the_run_is_verified_stop_when_it_fails(runs, tmp_path):
-    """analyze_run starts its workers before it verifies the run (they import meanwhile); a run that fails its
-    checksums raises the error of one process, and no worker outlives the call."""
+def _signal_chunk(run, signal):
+    return next(p for p in sorted((run / "layers").rglob("*")) if p.is_file() and f"{signal}/c/" in p.as_posix())
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda f: f.write_bytes(f.read_bytes()[::-1]), id="reversed"),
+        pytest.param(lambda f: f.write_bytes(f.read_bytes()[:7]), id="truncated"),
+        pytest.param(lambda f: f.unlink(), id="removed"),  # (Zarr reads a missing chunk as fill values)
+        pytest.param(lambda f: (Path(str(f).split("/c/")[0]) / "zarr.json").write_text("{"), id="open"),  # fails open
+    ],
+)
+def test_workers_started_before_the_run_is_verified_stop_when_it_fails(runs, tmp_path, damage):
+    """analyze_run starts its workers before it verifies the run, and verifies it while they compute; a run that
+    fails its checksums (whatever the workers made of the damaged chunk meanwhile) raises the error of one process,
+    no worker outlives the call, and nothing is written."""
     import psutil
 
     one, _, _ = runs
     run = tmp_path / "run"
     shutil.copytree(one, run)
     shutil.rmtree(run / "analysis", ignore_errors=True)  # (the first test analysed the run copied)
-    chunk = next(p for p in sorted((run / "layers").rglob("*")) if p.is_file() and "forget_gate/c/" in p.as_posix())
-    chunk.write_bytes(chunk.read_bytes()[::-1])
+    damage(_signal_chunk(run, "forget_gate"))
 
     def alive() -> set[int]:
         return {c.pid for c in psutil.Process().children(recursive=True) if c.is_running() and c.status() != "zombie"}
@@ -160,9 +174,50 @@ def test_workers_started_before_the_run_is_verified_stop_when_it_fails(runs, tmp
         with pytest.raises(RunStoreError) as e:
             analyze_run(run, processes=processes)
         errors.append(str(e.value))
-    assert errors[0] == errors[1] and "does not match its checksum" in errors[0]
+    assert errors[0] == errors[1], errors
+    assert any(m in errors[0] for m in ("does not match its checksum", "are missing")), errors[0]
     assert alive() <= before
-    assert not (run / "analysis").exists()  # nothing written
+    assert not (run / "analysis").exists()  # nothing written, not even the folder
+
+
+def test_steps_without_features_run_while_the_run_is_verified(runs, tmp_path):
+    """The check ``analyze_processes`` is given runs while the workers compute: the events step (no features)
+    streams its file before the check returns, and the steps that need the features still get them."""
+    import time
+
+    one, _, features = runs
+    trace = open_run(one)
+    events = tmp_path / "events.parquet"
+    seen = []
+
+    def verify():  # returns once the events worker has written its file (or fails the test after a minute)
+        deadline = time.monotonic() + 60
+        while not (events.exists() and events.stat().st_size > 0):
+            assert time.monotonic() < deadline, "no worker ran a step while the run was being verified"
+            time.sleep(0.01)
+        seen.append(events.stat().st_size)
+
+    steps = ("features", "events", "correlations", "probes")
+    par = parallel.analyze_processes(
+        trace, processes=2, features=features, steps=steps, events_path=events, verify=verify
+    )
+    seq = analyze_run(trace, features=features, steps=steps)
+    assert seen and len(par.probes) and len(par.correlations)
+    for name in ("probes", "correlations"):
+        pd.testing.assert_frame_equal(getattr(par, name), getattr(seq, name), check_exact=True, obj=name)
+
+
+def test_a_failed_check_stops_the_workers_and_reads_none_of_their_results(runs, tmp_path):
+    one, _, _ = runs
+    trace = open_run(one)
+
+    def verify():
+        raise RunStoreError("the check failed")
+
+    with pytest.raises(RunStoreError, match="the check failed"):
+        parallel.analyze_processes(
+            trace, processes=2, steps=("stats", "events"), events_path=tmp_path / "e.parquet", verify=verify
+        )
 
 
 def test_worker_tasks_and_step_modules():
