@@ -204,6 +204,7 @@ def analyze_processes(
     with ExitStack() as stack:
         if workers is None:
             workers = stack.enter_context(_Workers(min(processes, max(1, len(tasks)))))
+        stack.push(workers.stop_on_error)  # stopped before the error leaves: none writes (the events) after it
         workers.start(Path(trace.path), options)
         for task in tasks:  # those that need no features start now
             workers.submit(task)
@@ -305,8 +306,11 @@ class _Workers:
             self._send(p, ("task", task))
 
     def _send(self, p: subprocess.Popen, obj: Any) -> None:
-        pickle.dump(obj, p.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        p.stdin.flush()
+        try:
+            pickle.dump(obj, p.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            p.stdin.flush()
+        except BrokenPipeError:  # it died (killed, out of memory) while idle
+            raise RuntimeError(f"an analysis worker process stopped with exit code {p.wait()}") from None
 
     def result(self) -> tuple[Task, dict[str, pd.DataFrame], dict[str, str], str | None]:
         """The next finished task's ``(task, tables, skipped, events_file)``; its exception raised here."""
@@ -337,6 +341,11 @@ class _Workers:
                 except OSError:  # a broken pipe to a killed worker
                     pass
 
+    def stop_on_error(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
+        """An exit callback (``ExitStack.push``): stop every worker at once if the block failed."""
+        if exc_type is not None:
+            self._stop()
+
     def close(self) -> None:
         """End the workers once their steps are done (each returns when its stdin closes); again, nothing."""
         for p in self.procs:
@@ -348,7 +357,7 @@ class _Workers:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:  # a step failed (or the parent was interrupted): stop the others at once
-            self._stop()
+            self.stop_on_error(exc_type, exc, tb)
             return
         self.close()
 

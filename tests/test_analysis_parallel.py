@@ -242,3 +242,22 @@ def test_a_worker_imports_no_scikit_learn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_bad_features_file_found_while_the_workers_compute_leaves_nothing(runs, tmp_path):
+    """The features are built while the workers run their first steps (the events stream into a partial file):
+    a bad features file raises the error of one process, the workers are stopped before the partial is removed,
+    and the run is left as it was."""
+    one, _, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(one, run)
+    shutil.rmtree(run / "analysis", ignore_errors=True)
+    bad = tmp_path / "features.csv"
+    bad.write_text("sequence,when,odd\n0,0,1\n")
+    errors = []
+    for processes in (1, 2):
+        with pytest.raises(Exception) as e:
+            analyze_run(run, features=bad, processes=processes)
+        errors.append((type(e.value), str(e.value)))
+        assert not (run / "analysis").exists()
+    assert errors[0] == errors[1] and "step" in errors[0][1], errors
