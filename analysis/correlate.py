@@ -69,6 +69,11 @@ _RANK_BLOCK_ELEMENTS = 256 * 1024  # values ranked at a time (blocks of columns)
 #: the same for the integer-key ranks (counted as rows x (features + 1) a column): 1 M, a few columns of 20,000 rows a
 #: block (one column a block cost ~0.2 ms of fixed work per column: 70 -> 48 ms a signal of 128 units x 20,000 rows)
 _KEY_RANK_BLOCK_ELEMENTS = 1024 * 1024
+#: from this many rows a float16 column is ranked by counting its keys (65,536 possible) instead of sorting them: the
+#: count, its running sum and the lookup cost about a fixed 65,536-entry pass a column, a sort m log m
+_COUNT_RANK_MIN_ROWS = 4096
+#: float16 columns counted at a time: their (columns, 65,536) tables of counts and mean ranks stay at a few MB
+_COUNT_RANK_COLUMNS = 8
 #: signal values (rows x units) whose centred moments are formed at a time: 256 KB of float64, where the conversion,
 #: centring and products run in L2 (3.9 ns a float16 value against 10 features; 5.6 ns in 2 MB blocks)
 _MOMENT_BLOCK_VALUES = 32 * 1024
@@ -388,6 +393,8 @@ def _key_rank_sums(x: np.ndarray, ry: np.ndarray) -> tuple[np.ndarray, np.ndarra
     utype, sign, inf = _KEY_FORMATS[x.dtype]
     width = 8 * x.itemsize
     m, p = x.shape
+    if width == 16 and m >= _COUNT_RANK_MIN_ROWS:
+        return _counted_rank_sums(x, ry)
     q = ry.shape[1]
     centre = (m + 1) / 2.0
     index_bits = max(1, int(m - 1).bit_length())
@@ -435,6 +442,51 @@ def _key_rank_sums(x: np.ndarray, ry: np.ndarray) -> tuple[np.ndarray, np.ndarra
         ties = (lengths**3 - lengths).astype(np.float64)
         sxx[sl] = (m * (m * m - 1.0) - np.add.reduceat(ties, np.cumsum(per_row) - per_row)) / 12.0
         const[sl] = per_row == 1
+    return sxy, sxx, const
+
+
+def _counted_rank_sums(x: np.ndarray, ry: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`_key_rank_sums` of a float16 ``x`` by counting: a column's keys (:func:`_sortable_keys`, 16 bits) are
+    counted in a table of every possible key; a row's count and the table's running sum at its key give its mean rank
+    (the rows up to its key, less half its other ties), looked up for every row. No sort and no scatter; the same
+    ranks, so the same (exact) sums.
+
+    Examples
+    --------
+    >>> x = np.array([[1.0], [-0.0], [0.0], [2.0], [1.0]], np.float16)
+    >>> ry = np.array([[-2.0], [-1.0], [0.0], [1.0], [2.0]])
+    >>> sxy, sxx, const = _counted_rank_sums(x, ry)   # ranks 3.5, 1.5, 1.5, 5, 3.5; centred 0.5, -1.5, -1.5, 2, 0.5
+    >>> float(sxy[0, 0]), float(sxx[0]), bool(const[0])
+    (3.5, 9.0, False)
+    """
+    utype, sign, inf = _KEY_FORMATS[np.dtype(np.float16)]
+    m, p = x.shape
+    q = ry.shape[1]
+    size = 1 << 16
+    centre = (m + 1) / 2.0
+    ry_rows = np.ascontiguousarray(ry, np.float64)
+    keys = _transpose(x.view(utype), np.intp)  # (p, m): one column's keys a row
+    sxy, sxx = np.empty((p, q)), np.empty(p)
+    const = np.empty(p, bool)
+    offsets = (np.arange(_COUNT_RANK_COLUMNS, dtype=np.intp) * size)[:, None]
+    for sl in iter_chunks(p, _COUNT_RANK_COLUMNS):
+        g = sl.stop - sl.start
+        k = keys[sl]  # changed in place
+        _sortable_keys(k, 16)
+        k += offsets[:g]  # each column's keys in its own row of the table
+        counts = np.bincount(k.reshape(-1), minlength=g * size).reshape(g, size)
+        if counts[:, : sign - inf].any() or counts[:, sign + inf + 1 :].any():
+            return None  # a NaN: ranked by the sorting path (NaNs last, each its own rank)
+        flat = k.reshape(-1)
+        ties = counts.reshape(-1).take(flat).reshape(g, m)  # each row's run of equal keys: t of them
+        np.cumsum(counts, axis=1, out=counts)  # the rows with a key up to each key
+        # a row's mean rank: the t rows of its run end at the running count, so their mean is it less (t - 1) / 2
+        rank = counts.reshape(-1).take(flat).reshape(g, m) - 0.5 * ties
+        rank += 0.5 - centre  # centred, as the sorted path's (multiples of 1/2: exact)
+        sxy[sl] = rank @ ry_rows
+        const[sl] = ties[:, 0] == m
+        # sum of squared centred ranks: m (m^2 - 1) / 12 less (t^3 - t) / 12 a run, t (t^2 - 1) summed over its rows
+        sxx[sl] = (m * (m * m - 1.0) - (ties * ties - 1).sum(axis=1, dtype=np.float64)) / 12.0
     return sxy, sxx, const
 
 

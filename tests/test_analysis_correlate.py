@@ -303,3 +303,34 @@ def test_rank_pearson_float_keys_match_the_sorting_path_with_nan_and_signed_zero
         with_nan = x.astype(dtype)
         with_nan[3, 0] = np.nan
         np.testing.assert_array_equal(rank_pearson(with_nan, y), rank_pearson(with_nan.astype(np.float64), y))
+
+
+def test_float16_ranks_by_counting_are_the_sorted_ranks(monkeypatch):
+    """From _COUNT_RANK_MIN_ROWS rows a float16 column is ranked by counting its keys: the same numbers, bit for bit,
+    as sorting them (ties, signed zeros, extremes, a constant column, over several blocks of columns), and scipy's."""
+    from gatelens.analysis import correlate
+
+    rng = np.random.default_rng(11)
+    m = correlate._COUNT_RANK_MIN_ROWS + 123
+    x = rng.normal(scale=3.0, size=(m, 2 * correlate._COUNT_RANK_COLUMNS + 3)).astype(np.float16)
+    x[::3, 1] = -0.0
+    x[1::3, 1] = 0.0
+    x[:, 2] = 7.0  # constant
+    x[::11, 3] = np.float16(65504.0)  # the largest and smallest finite float16, and the infinities
+    x[1::11, 3] = np.float16(-65504.0)
+    x[2::13, 4], x[3::13, 4] = np.inf, -np.inf
+    y = np.stack([np.arange(m) % 29, rng.normal(size=m)], axis=1).astype(np.float64)
+    counted = rank_pearson(x, y)
+    monkeypatch.setattr(correlate, "_COUNT_RANK_MIN_ROWS", 10**12)  # the sorting path
+    np.testing.assert_array_equal(counted, rank_pearson(x, y))
+    ref = spearmanr(x.astype(np.float64), y).statistic[: x.shape[1], x.shape[1] :]
+    ref[2] = np.nan
+    np.testing.assert_allclose(counted, ref, rtol=0, atol=1e-12)
+    monkeypatch.undo()
+    calls = []
+    real = correlate._counted_rank_sums
+    monkeypatch.setattr(correlate, "_counted_rank_sums", lambda *a: calls.append(1) or real(*a))
+    with_nan = x.copy()
+    with_nan[5, 0] = np.nan  # found while counting: the sorting path ranks it
+    np.testing.assert_array_equal(rank_pearson(with_nan, y), rank_pearson(with_nan.astype(np.float64), y))
+    assert calls  # the counting path ran (and gave way)
