@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
-from scipy.linalg.blas import ssyrk
 from scipy.special import expit
 
 __all__ = ["LinearFit", "fit_logistic", "fit_ridge", "standardize"]
@@ -127,7 +126,7 @@ def _cg(hvp, g: np.ndarray, max_iter: int, rtol: np.ndarray) -> np.ndarray:
 #: product and a Cholesky per probe); above it, conjugate gradients on Hessian-vector products. The exact step costs
 #: ``n d^2`` per probe against ``4 n d`` per CG iteration, and CG took ~60 iterations a step on a 2x128 char LSTM's
 #: probes (correlated units): below ~4 x 60 coefficients the exact step is cheaper (half that: the Hessian is one
-#: symmetric rank-n update, ``dsyrk``), and a BLAS-3 product besides.
+#: symmetric product ``b' b``), and a BLAS-3 product besides.
 EXACT_NEWTON_MAX_DIM = 257
 
 
@@ -162,9 +161,10 @@ def _newton_steps(
     for j in range(grad.shape[1]):  # probes of one batch (a few dozen); each one BLAS-3 product
         if refresh[j]:
             b = np.multiply(A32, root[:, j : j + 1], out=buf)
-            # the upper triangle of b' b (the lower is not read): half a matrix product, in float32 (the Hessian only
-            # steers the step; the gradient, the loss and the stopping test stay float64, so the optimum is the same)
-            h = ssyrk(1.0, b.T).astype(np.float64)
+            # b' b in float32 (the Hessian only steers the step; the gradient, the loss and the stopping test stay
+            # float64, so the optimum is the same). NumPy's ``b.T @ b`` (one BLAS call, both triangles) took 5.1 ms at
+            # (14978, 129) against 6.1 ms for SciPy's ``ssyrk(1.0, b.T)`` (the upper triangle only), one BLAS thread
+            h = (b.T @ b).astype(np.float64)
             h[np.diag_indices_from(h)] += ridge
             try:
                 factors[idx[j]] = ("cholesky", cho_factor(h, lower=False, overwrite_a=True))
