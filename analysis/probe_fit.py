@@ -125,8 +125,9 @@ def _cg(hvp, g: np.ndarray, max_iter: int, rtol: np.ndarray) -> np.ndarray:
 #: Up to this many coefficients (units + 1) a Newton step solves each probe's Hessian exactly (one ``(d+1) x n x (d+1)``
 #: product and a Cholesky per probe); above it, conjugate gradients on Hessian-vector products. The exact step costs
 #: ``n d^2`` per probe against ``4 n d`` per CG iteration, and CG took ~60 iterations a step on a 2x128 char LSTM's
-#: probes (correlated units): below ~4 x 60 coefficients the exact step is cheaper (half that: the Hessian is one
-#: symmetric product ``b' b``), and a BLAS-3 product besides.
+#: probes (correlated units): below ~4 x 60 coefficients the exact step is cheaper, and a BLAS-3 product besides (the
+#: Hessian ``b' b`` is one float32 matrix product; written as a symmetric rank-n update, ``ssyrk``, it would take half
+#: the flops, but measured slower: see :func:`_newton_steps`).
 EXACT_NEWTON_MAX_DIM = 257
 
 
