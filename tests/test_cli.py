@@ -163,6 +163,13 @@ def test_oov_tokens_map_to_unk_when_the_vocabulary_has_one(files, tmp_path):
     data = _write(tmp_path / "oov.txt", "abcxyz abc abc abc\n")
     r = gatelens("extract", d / "text.keras", data, "--out", tmp_path / "run")
     assert r.returncode == 0, r.stderr
+    from gatelens.analysis.store import open_run
+
+    tokens = np.asarray(open_run(tmp_path / "run").tokens)
+    unk = VOCAB.index("[UNK]")
+    # the first window, "abcxyz a": x, y and z are not in the vocabulary and become [UNK]; the rest keep their ids
+    assert tokens[0].tolist() == [VOCAB.index(ch) if ch in VOCAB else unk for ch in "abcxyz a"], tokens[0]
+    assert (tokens == unk).sum() == 3, tokens
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ weights (a real worker process on a real .keras file), and the worker's limits a
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -37,16 +38,19 @@ def model_path(tmp_path_factory):
 
 def test_the_worker_runs_while_the_loader_waits(model_path, tmp_path):
     """while_waiting runs once the worker has started: the worker's result appears during it; the reported
-    seconds are the worker's own (its start to its result), not the time spent in while_waiting."""
+    seconds are the worker's own (its start to the finish it records), not the time spent in while_waiting.
+    Checked by the order of the timestamps (the worker's ``finished_monotonic`` is CLOCK_MONOTONIC, the same clock
+    as the test's), not by how long anything took."""
     work = tmp_path / "work"
     work.mkdir()
     seen = {}
 
     def meanwhile():
         t0 = time.monotonic()
-        while not (work / "result.json").exists() and time.monotonic() - t0 < 60:
+        while not (work / "result.json").exists() and time.monotonic() - t0 < 600:
             time.sleep(0.005)
         seen["result_at"] = time.monotonic()
+        seen["finished_meanwhile"] = (work / "result.json").exists()
         time.sleep(0.5)  # still busy here after the worker finished
 
     called = time.monotonic()
@@ -54,9 +58,11 @@ def test_the_worker_runs_while_the_loader_waits(model_path, tmp_path):
     returned = time.monotonic()
     assert res.ok, res.message
     assert res.weights_path is not None and res.weights_path.is_file()
-    assert seen["result_at"] - called < 60, "the worker should have finished while while_waiting ran"
-    # started after `called`, finished before its result was seen; the half second after it is not counted
-    assert 0 < res.seconds <= seen["result_at"] - called <= returned - called - 0.5, (res.seconds, seen)
+    assert seen["finished_meanwhile"], "the worker should have finished while while_waiting ran"
+    finished = json.loads((work / "result.json").read_text())["finished_monotonic"]
+    assert called < finished <= seen["result_at"] < returned, (called, finished, seen, returned)
+    # counted to the worker's own finish: the half second while_waiting went on after it is not in it
+    assert 0 < res.seconds <= finished - called, (res.seconds, finished - called)
 
 
 def test_a_failing_while_waiting_stops_the_worker(model_path, tmp_path):
@@ -97,7 +103,7 @@ def test_the_time_limit_counts_from_the_workers_start(model_path, tmp_path):
         assert (work / "result.json").exists()  # it did finish, and wrote its weights
         assert res.ok is ok, res.message
         if ok:
-            assert os.path.getsize(res.weights_path) > 0 and res.seconds < 30
+            assert os.path.getsize(res.weights_path) > 0
         else:
             assert res.error == "UnsafeModelError" and res.weights_path is None
             assert "tiny.keras: loading the model took longer than 0.01 s" in res.message, res.message

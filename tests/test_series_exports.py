@@ -86,7 +86,7 @@ def test_parquet_reads_back_equal_to_csv_with_selections(run):
                                   check_dtype=False)  # fmt: skip
 
 
-def test_empty_tables_have_their_header_and_failed_exports_leave_nothing(run, tmp_path):
+def test_empty_tables_have_their_header_and_failed_exports_leave_nothing(run, tmp_path, monkeypatch):
     _, trace = run
     a = Analysis(token_gates=pd.DataFrame(), correlations=pd.DataFrame())
     paths = export_run(trace, tmp_path / "e", analysis=a)
@@ -96,18 +96,22 @@ def test_empty_tables_have_their_header_and_failed_exports_leave_nothing(run, tm
         export_run(trace, tmp_path / "f", signals=["nope"])
     assert not any((tmp_path / "f").iterdir())  # nothing written before the check, no temporary left
 
-    def fail(*_a, **_k):
-        raise RuntimeError("disk full")
-
     import gatelens.analysis.export as ex
 
     orig = ex.activation_batches
-    ex.activation_batches = lambda *a, **k: (t for t in list(orig(*a, **k))[:1] + [fail()])
-    try:
-        with pytest.raises(RuntimeError):
-            export_run(trace, tmp_path / "g", format="parquet")
-    finally:
-        ex.activation_batches = orig
+    written_before_failing = []
+
+    def first_then_disk_full(*a, **k):
+        """The first batch, then a failure once the export has written it (a half-written file on disk)."""
+        batches = orig(*a, **k)
+        yield next(batches)
+        written_before_failing.extend(p.name for p in (tmp_path / "g").rglob("*") if p.is_file())
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ex, "activation_batches", first_then_disk_full)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_run(trace, tmp_path / "g", format="parquet")
+    assert written_before_failing, "the failure should come after the export wrote its first batch"
     assert [p.name for p in (tmp_path / "g").iterdir()] == []
 
 
