@@ -117,8 +117,7 @@ def test_gru_preactivation_equals_stored(reset_after, go_backwards):
 
 
 def test_gru_candidate_split_follows_the_keras_formula():
-    """reset_after: recurrent = r * (h U_h + rb_h), bias = b_h only; checked on one hand-computed step."""
-    u = 1
+    """reset_after: recurrent = r * (h U_h + rb_h), bias = b_h only; checked on one hand-computed step (one unit)."""
     kernel = np.array([[0.0, 0.0, 2.0]])
     rk = np.array([[0.0, 0.0, 3.0]])
     bias = np.array([[0.0, 0.0, 0.5], [0.0, 0.0, 0.25]])  # input bias b_h = 0.5, recurrent bias rb_h = 0.25
@@ -132,7 +131,6 @@ def test_gru_candidate_split_follows_the_keras_formula():
     assert df["input"] == pytest.approx(2.0)
     assert df["recurrent"] == pytest.approx(r1 * (3.0 * h0 + 0.25), abs=1e-7)
     assert df["bias"] == pytest.approx(0.5)
-    assert u == 1
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

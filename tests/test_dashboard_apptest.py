@@ -294,11 +294,11 @@ def test_explain_page_series_examples_as_strips(demo_dir):
     at.switch_page("views/explain.py").run()
     _no_exception(at)
     kinds = at.selectbox(key="explain_ex_kind").options  # of the hidden state: no rise/drop (gates only)
-    assert (
-        kinds
-        == ["top (its largest values)", "bottom (its smallest values)"]
-        + [f"decile {j} ({10 * j}-{10 * (j + 1)}% of its range)" for j in range(10)][: len(kinds) - 2]
-    )
+    deciles = [f"decile {j} ({10 * j}-{10 * (j + 1)}% of its range)" for j in range(10)]
+    assert kinds[:2] == ["top (its largest values)", "bottom (its smallest values)"], kinds
+    # then the deciles that hold values, in order; the first holds the unit's minimum and the last its maximum
+    assert kinds[2:] == [d for d in deciles if d in kinds[2:]], kinds
+    assert deciles[0] in kinds and deciles[-1] in kinds, kinds
     data = _chart_data(at, "relative to the example")
     examples = list(dict.fromkeys(data["example"]))
     assert len(examples) == 5 and all(re.fullmatch(r"#\d · seq \d+, step \d+", e) for e in examples)

@@ -270,9 +270,12 @@ def test_matches_keras_and_identities(config, masked, verify, compile):
     for lname, (layer, y) in references.items():
         if isinstance(layer, L.Bidirectional):
             dirs = [f"{lname}/forward", f"{lname}/backward"]
-            if layer.merge_mode != "concat":
+            if layer.merge_mode is None:  # the two directions come as two outputs (then the states, if any)
+                y = list(y)[:2]
+            elif layer.merge_mode == "concat":
+                y = np.split(y if not layer.return_state else y[0], 2, axis=-1)
+            else:
                 continue  # sum/ave/mul cannot be split; covered by the extractor's merged check
-            y = np.split(y if not layer.return_state else y[0], 2, axis=-1)
         else:
             dirs, y = [lname], [y[0] if isinstance(y, list) else y]
         for d, ref in zip(dirs, y):
