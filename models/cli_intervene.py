@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -230,10 +231,25 @@ def _progress(label: str) -> ProgressBar:
     return ProgressBar(label)
 
 
+#: A '+' that joins two interventions: not the '+' of '+=' (steer) nor the sign of a number ('1e+3', '+0.5').
+_JOIN = re.compile(r"\+(?![=\d.])")
+
+
+def split_joined(text: str) -> list[str]:
+    """The interventions of one ``--do`` value, ``'+'`` joining those applied together.
+
+    Examples
+    --------
+    >>> split_joined("lstm:0:hidden_state+=0.5+lstm:1:forget_gate=1e+3@2")
+    ['lstm:0:hidden_state+=0.5', 'lstm:1:forget_gate=1e+3@2']
+    """
+    return _JOIN.split(text)
+
+
 def cmd_intervene(args: argparse.Namespace) -> int:
     from gatelens.models.intervene import Intervener, Intervention, evaluate
 
-    experiments = [[Intervention.parse(part) for part in d.split("+")] for d in args.do]
+    experiments = [[Intervention.parse(part) for part in split_joined(d)] for d in args.do]
     labels = ["+".join(one.label for one in ivs) for ivs in experiments]
     model, data, x, targets, features = _common(args)
     source = None

@@ -67,6 +67,22 @@ def test_intervene_writes_what_the_python_api_computes(files, tmp_path):
     assert summary.set_index("intervention").loc["lstm:1:forget_gate=1@2:8", "steps"] == "2:8"
 
 
+def test_steer_and_a_number_with_an_exponent_parse_on_the_command_line(files, tmp_path):
+    """'+=' (steer) and '1e+0' hold a '+' that joins nothing: one --do of two interventions, '+' joining them, gives
+    what the Python API gives for the two applied together."""
+    d, x = files
+    out = tmp_path / "steer"
+    do = "lstm:1:hidden_state+=0.5+lstm:0:forget_gate=1e+0@2:8"
+    r = gatelens("intervene", d / "num.keras", d / "x.npy", "--do", do, "--targets", d / "y.npy", "--out", out)
+    assert r.returncode == 0, r.stderr
+    summary = pd.read_csv(out / "interventions.csv")
+    assert summary["intervention"].tolist() == ["lstm:1:hidden_state+=0.5+lstm:0:forget_gate=1@2:8"]
+    res = intervene(load_model(d / "num.keras"), x, ["lstm:1:hidden_state+=0.5", "lstm:0:forget_gate=1@2:8"])
+    e = step_effects(res.original, res.intervened, "mse", np.load(d / "y.npy"))
+    assert summary["effect"].iloc[0] == pytest.approx(float(np.mean(per_sequence(e["effect"]))), abs=1e-9)
+    assert summary["effect"].iloc[0] != 0
+
+
 def test_intervene_on_a_text_model_with_next_token_loss(files, tmp_path):
     d, _ = files
     r = gatelens(
