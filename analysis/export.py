@@ -38,6 +38,13 @@ import numpy as np
 import pandas as pd
 
 from gatelens.analysis._reading import read, read_mask, read_tokens, select_layers
+from gatelens.analysis.correlate import COLUMNS as CORRELATION_COLUMNS
+from gatelens.analysis.decompose import FEATURE_DRIVER_COLUMNS, GATE_DRIVER_COLUMNS, TOKEN_GATE_COLUMNS
+from gatelens.analysis.events import EVENT_COLUMNS, SUMMARY_COLUMNS
+from gatelens.analysis.examples import EXAMPLE_COLUMNS, HISTOGRAM_COLUMNS
+from gatelens.analysis.explain_score import SCORE_COLUMNS
+from gatelens.analysis.memory import HALF_LIFE_COLUMNS, RETENTION_COLUMNS
+from gatelens.analysis.probes import REPORT_COLUMNS
 from gatelens.analysis.partials import clean_partials, partial_path
 from gatelens.analysis.pipeline import EXPORT_FILES
 from gatelens.analysis.trace import Trace
@@ -205,6 +212,8 @@ def write_events_csv(analysis: Analysis, path: str | os.PathLike, *, batch_size:
         columns = pq.read_schema(analysis.events_file).names
     else:
         columns = list(analysis.events.columns)
+    if not columns:  # the events step did not run: an empty table with its header
+        return write_csv_batches([], path, TABLE_COLUMNS["events"])
     return write_csv_batches(iter_event_batches(analysis, batch_size=batch_size), path, columns)
 
 
@@ -563,7 +572,7 @@ def export_csvs(
             if attr == "events":
                 written[fname] = write_events_csv(analysis, out / fname)
             else:
-                written[fname] = write_csv(df, out / fname)
+                written[fname] = write_csv(_with_header(df, attr), out / fname)
             done += 1
             if progress is not None:
                 progress(done, 2 + len(ANALYSIS_FILES))
@@ -573,22 +582,25 @@ def export_csvs(
 
 #: Export formats of :func:`export_run`.
 EXPORT_FORMATS = ("csv", "parquet")
-#: The documented columns of each table (docs/csv-columns.md), written as the header of an empty table.
+#: The documented columns of each table (docs/csv-columns.md), written as the header of an empty table: the column
+#: lists of the modules that make the tables, so a header never differs from a full table's (the clusters' written out:
+#: their module imports scikit-learn, which an export does not need; tests/test_analysis_export.py compares them).
 TABLE_COLUMNS = {
     "units": UNITS_COLUMNS,
-    "correlations": ["layer", "unit", "signal", "feature", "pearson_r", "spearman_rho", "n", "spearman_n", "note"],
-    "probes": ["layer", "signal", "feature", "task", "score", "control_score", "selectivity", "baseline_score",
-               "n_train", "n_test", "split", "control_by", "top_units", "note"],
+    "correlations": CORRELATION_COLUMNS,
+    "probes": REPORT_COLUMNS,
     "clusters": ["layer", "unit", "cluster", "archetype", "silhouette", "unit_archetype", "half_life_steps",
-                 "top_feature", "top_abs_r"],
-    "events": ["layer", "sequence", "step", "unit", "event", "value", "token", "previous_value", "delta_input",
-               "delta_recurrent"],
-    "event_summary": ["layer", "unit", "event", "count", "rate", "input_driven", "top_tokens", "top_features"],
-    "decomposition": ["layer", "unit", "gate", "mean_input", "mean_recurrent", "mean_bias", "mean_abs_input",
-                      "mean_abs_recurrent", "input_share", "n"],
-    "token_gates": ["layer", "token_id", "token", "unit", "gate", "push"],
-    "half_lives": ["layer", "unit", "signal", "mean_log_gate", "half_life_steps", "n"],
-    "retention": ["layer", "unit", "lag", "retention", "signal", "n_windows"],
+                 "top_feature", "top_abs_r", "traits"],
+    "events": EVENT_COLUMNS,
+    "event_summary": SUMMARY_COLUMNS,
+    "decomposition": GATE_DRIVER_COLUMNS,
+    "gate_drivers": FEATURE_DRIVER_COLUMNS,
+    "token_gates": TOKEN_GATE_COLUMNS,
+    "half_lives": HALF_LIFE_COLUMNS,
+    "retention": RETENTION_COLUMNS,
+    "examples": EXAMPLE_COLUMNS,
+    "histograms": HISTOGRAM_COLUMNS,
+    "explanations": SCORE_COLUMNS,
     "sequences": ["sequence", "step", "source_sequence", "source_row", "time"],
 }  # fmt: skip
 

@@ -353,3 +353,30 @@ def test_analysis_never_imports_tensorflow_or_keras():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_every_table_has_its_documented_header_full_or_empty(tmp_path):
+    """A full table's columns are TABLE_COLUMNS' (the header an empty one gets), and both exports write that header
+    for an empty table: export_run (the CLI) and export_csvs (the dashboard's zip)."""
+    from gatelens._examples import tiny_run
+    from gatelens.analysis.clusters import CLUSTER_COLUMNS
+    from gatelens.analysis.export import TABLE_COLUMNS, export_csvs, export_run
+    from gatelens.analysis.pipeline import EXPORT_FILES, analyze_run
+    from gatelens.analysis.store import open_run
+
+    assert TABLE_COLUMNS["clusters"] == CLUSTER_COLUMNS
+    run = tiny_run()
+    full = analyze_run(run, save=False)
+    for table in EXPORT_FILES.values():
+        df = getattr(full, table)
+        if len(df.columns):  # (token_gates: the tiny run's model has no Embedding)
+            assert list(df.columns) == TABLE_COLUMNS[table], table
+    empty = Analysis()
+    trace = open_run(run)
+    export_run(trace, tmp_path / "run", analysis=empty)
+    export_csvs(trace, tmp_path / "csvs", analysis=empty)
+    for name in ("run", "csvs"):
+        for fname, table in EXPORT_FILES.items():
+            with open(tmp_path / name / fname, newline="") as f:
+                rows = list(csv.reader(f))
+            assert rows == [TABLE_COLUMNS[table]], (name, fname, rows)
