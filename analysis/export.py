@@ -44,9 +44,9 @@ from gatelens.analysis.events import EVENT_COLUMNS, SUMMARY_COLUMNS
 from gatelens.analysis.examples import EXAMPLE_COLUMNS, HISTOGRAM_COLUMNS
 from gatelens.analysis.explain_score import SCORE_COLUMNS
 from gatelens.analysis.memory import HALF_LIFE_COLUMNS, RETENTION_COLUMNS
-from gatelens.analysis.probes import REPORT_COLUMNS
 from gatelens.analysis.partials import clean_partials, partial_path
 from gatelens.analysis.pipeline import EXPORT_FILES
+from gatelens.analysis.probes import REPORT_COLUMNS
 from gatelens.analysis.trace import Trace
 from gatelens.errors import GatelensInputError, UsageError
 
