@@ -20,6 +20,7 @@ expected a rate in [0, 1), got '1.5'
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +68,31 @@ def checked(
     return parse
 
 
+#: The largest ``--batch-size``: memory grows with it (every signal of a batch is held), and more sequences than this
+#: per forward pass bring nothing but memory.
+MAX_BATCH_SIZE = 1 << 16
+batch_size = checked(
+    int, lambda v: 1 <= v <= MAX_BATCH_SIZE, f"a whole number from 1 to {MAX_BATCH_SIZE}", "a whole number"
+)
+#: The most sequences per batch the sampled check re-runs (``gatelens.models.extract.MAX_SAMPLE_SIZE``, which
+#: ``tests/test_cli_errors.py`` compares: this module does not import the extractor, nor TensorFlow).
+MAX_SAMPLE_SIZE = 4096
+sample_size = checked(
+    int, lambda v: 1 <= v <= MAX_SAMPLE_SIZE, f"a whole number from 1 to {MAX_SAMPLE_SIZE}", "a whole number"
+)
+#: A TCP port.
+port = checked(int, lambda v: 1 <= v <= 65535, "a port from 1 to 65535", "a whole number")
+#: A seed for NumPy's generators.
+seed = checked(int, lambda v: v >= 0, "a whole number >= 0", "a whole number")
+#: The most bootstrap resamples (memory grows with them, and the time with them times the sequences).
+MAX_BOOTSTRAP = 100_000
+bootstrap = checked(
+    int, lambda v: 1 <= v <= MAX_BOOTSTRAP, f"a whole number from 1 to {MAX_BOOTSTRAP}", "a whole number"
+)
+#: A finite tolerance >= 0 (a negative or NaN one would fail every check, reported as a failed verification).
+tolerance = checked(float, lambda v: math.isfinite(v) and v >= 0.0, "a finite number >= 0", "a number")
+
+
 def add_input_options(sp: argparse.ArgumentParser) -> None:
     """The model file, the data and how the data is read (tokens, windows, columns), for one subcommand.
 
@@ -80,7 +106,12 @@ def add_input_options(sp: argparse.ArgumentParser) -> None:
     """
     sp.add_argument("model", help="a .keras (or legacy .h5) model file")
     sp.add_argument("data", help="input data: .npy, .npz (key x), .csv or .txt")
-    sp.add_argument("--batch-size", type=int, default=256, help="rows per forward pass (bounds memory)")
+    sp.add_argument(
+        "--batch-size",
+        type=batch_size,
+        default=256,
+        help=f"rows per forward pass (bounds memory; at most {MAX_BATCH_SIZE})",
+    )
     sp.add_argument("--vocab", help="JSON list of tokens in id order (text models without a vocabulary)")
     sp.add_argument("--level", choices=["char", "word"], default=None, help="text tokenisation (default char)")
     sp.add_argument("--window", type=int, help="steps per sequence for long series/text (default: model length)")

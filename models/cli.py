@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gatelens.errors import UsageError
-from gatelens.models.argtypes import add_input_options
+from gatelens.models.argtypes import MAX_SAMPLE_SIZE, add_input_options, port, sample_size, tolerance
 from gatelens.models.cli_output import ProgressBar, say
 from gatelens.models.distributed import add_cluster_options, local_path, wants_cluster
 from gatelens.models.windows import register as register_windows
-from gatelens.models.zoo.cli import positive_int, register
+from gatelens.models.zoo.cli import register
 
 log = logging.getLogger("gatelens")
 
@@ -179,7 +179,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    import socket
+
     from gatelens.dashboards.server import serve
+
+    address = args.address or "0.0.0.0"
+    try:  # a port in use: one line here, not Streamlit's own report after its start
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds (a closed one's port is free)
+            s.bind((address, args.port))
+    except OSError as e:
+        raise UsageError(f"gatelens dashboard --port {args.port}: cannot listen on {address}: {e.strerror}") from None
 
     return serve(args.port, args.address)  # SIGTERM/SIGINT reach the Streamlit server; it is waited for
 
@@ -191,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def data_opts(sp: argparse.ArgumentParser) -> None:
         add_input_options(sp)
-        sp.add_argument("--tolerance", type=float, default=1e-4, help="max accepted |h recomputed - Keras|")
+        sp.add_argument("--tolerance", type=tolerance, default=1e-4, help="max accepted |h recomputed - Keras|")
 
     e = sub.add_parser("extract", help="re-run the recurrent layers and store every gate in a run directory")
     data_opts(e)
@@ -211,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--sample-size",
-        type=positive_int,
+        type=sample_size,
         default=8,
-        help="sequences per batch Keras's layer re-runs with --verify cell or sample",
+        help=f"sequences per batch Keras's layer re-runs with --verify cell or sample (at most {MAX_SAMPLE_SIZE})",
     )
     e.add_argument(
         "--compile",
@@ -247,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("dashboard", help="serve the Streamlit dashboard")
-    d.add_argument("--port", type=int, default=8501)
+    d.add_argument("--port", type=port, default=8501, help="the TCP port to serve on (1-65535; default 8501)")
     d.add_argument("--address", default=None)
     d.set_defaults(func=cmd_dashboard)
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from gatelens.errors import DataError, UsageError
-from gatelens.models.argtypes import add_input_options
+from gatelens.models.argtypes import MAX_BOOTSTRAP, add_input_options, bootstrap, seed
 from gatelens.models.cli_output import ProgressBar, say
 
 INTERVENTIONS_COLUMNS = [
@@ -51,8 +51,15 @@ def _data_opts(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--class", dest="class_id", type=int, help="the class for prob and logit_diff")
     sp.add_argument("--contrast", type=int, help="logit_diff against this class (default: the best other class)")
     sp.add_argument("--features", help="CSV (sequence, step, columns) for steps 'where:FEATURE'")
-    sp.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
-    sp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of 'resample'")
+    sp.add_argument(
+        "--bootstrap",
+        type=bootstrap,
+        default=1000,
+        help=f"bootstrap resamples for the intervals (at most {MAX_BOOTSTRAP})",
+    )
+    sp.add_argument(
+        "--seed", type=seed, default=0, help="seed of the bootstrap and of 'resample' (a whole number >= 0)"
+    )
 
 
 def register(sub: Any) -> None:

@@ -8,9 +8,51 @@ module of gatelens calls ``print``.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
+
+
+def check_replaceable(path: str | os.PathLike, option: str, headers: Sequence[Sequence[str]] = ()) -> Path:
+    """``path`` as a ``Path``, once it is known that writing it loses nothing of the user's: it does not exist, or it
+    is a CSV gatelens wrote (its first line is one of ``headers``, the headers that command writes); else a
+    :class:`~gatelens.errors.UsageError` (exit 2) naming ``option`` and the path, before any work is done.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> mine = pathlib.Path(tempfile.mkdtemp()) / "notes.csv"
+    >>> _ = mine.write_text("my,own,notes\\n")
+    >>> try:
+    ...     check_replaceable(mine, "--out", [["rank", "query"]])
+    ... except Exception as e:
+    ...     print(str(e).split(": ", 1)[1])
+    exists and was not written by gatelens (its first line is not a header gatelens writes); not replacing it
+    >>> _ = mine.write_text("rank,query\\r\\n1,x\\r\\n")
+    >>> check_replaceable(mine, "--out", [["rank", "query"]]).name
+    'notes.csv'
+    """
+    from gatelens.errors import UsageError
+
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{option} {path}: is a directory; expected a file to write")
+    if not os.path.lexists(p):
+        return p
+    if p.is_symlink() or not p.is_file():
+        raise UsageError(f"{option} {path}: exists and is not a regular file; not replacing it")
+    if headers:
+        with open(p, "rb") as f:
+            first = f.readline(1 << 16).decode("utf-8", errors="replace").rstrip("\r\n")
+        if first in {",".join(h) for h in headers}:
+            return p
+        why = "its first line is not a header gatelens writes"
+    else:
+        why = "gatelens cannot tell it wrote it"
+    raise UsageError(f"{option} {path}: exists and was not written by gatelens ({why}); not replacing it")
 
 
 def say(*lines: str, stream: TextIO | None = None) -> None:

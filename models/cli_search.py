@@ -17,7 +17,7 @@ from typing import Any
 
 from gatelens.analysis.search import DEFAULT_LIMIT, QueryError
 from gatelens.models.argtypes import checked
-from gatelens.models.cli_output import say
+from gatelens.models.cli_output import check_replaceable, say
 
 _number = checked(float, math.isfinite, "a finite number", "a number")
 _count = checked(int, lambda v: v >= 1, "a number >= 1", "a whole number")
@@ -25,8 +25,11 @@ _count = checked(int, lambda v: v >= 1, "a number >= 1", "a whole number")
 
 def cmd_search(args: argparse.Namespace) -> int:
     from gatelens.analysis.export import write_csv
-    from gatelens.analysis.search import PatternQuery, SpanQuery, parse_span, search
+    from gatelens.analysis.search import MATCH_COLUMNS, PatternQuery, SpanQuery, parse_span, search
     from gatelens.analysis.store import open_run
+
+    # before the search: a user's file at --out is never replaced (a matches table gatelens wrote may be)
+    check_replaceable(args.out, "gatelens search --out", [[MATCH_COLUMNS[0], "query", *MATCH_COLUMNS[1:]]])
 
     trace = open_run(args.run)
     query: Any

@@ -65,6 +65,9 @@ DEFAULT_TOLERANCE = 1e-4
 VERIFY_MODES = ("cell", "full", "sample")
 DEFAULT_VERIFY = "cell"
 DEFAULT_SAMPLE_SIZE = 8
+#: The most sequences of a batch the sampled check re-runs (``sample_size``): the sample is drawn from each batch, so
+#: more than a batch holds repeats sequences, and the check's memory grows with it.
+MAX_SAMPLE_SIZE = 4096
 #: Exactly what each verification mode checks (stored in the manifest as ``verify_checks``).
 VERIFY_CHECKS = {
     "cell": (
@@ -115,8 +118,12 @@ def compile_mode(n_sequences: int, n_steps: int, units: int, compile: str = "aut
 def _check_verify(verify: str, sample_size: int) -> None:
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
-    if not isinstance(sample_size, (int, np.integer)) or isinstance(sample_size, bool) or sample_size < 1:
-        raise ValueError(f"sample_size must be a positive integer, got {sample_size!r}")
+    if (
+        not isinstance(sample_size, (int, np.integer))
+        or isinstance(sample_size, bool)
+        or not 1 <= sample_size <= MAX_SAMPLE_SIZE
+    ):
+        raise ValueError(f"sample_size must be a whole number from 1 to {MAX_SAMPLE_SIZE}, got {sample_size!r}")
 
 
 def _verify_meta(verify: str, sample_size: int) -> dict[str, Any]:

@@ -52,7 +52,11 @@ def windows(
 
 def cmd_windows(args: argparse.Namespace) -> int:
     from gatelens.analysis.export import write_csv
+    from gatelens.models.cli_output import check_replaceable
 
+    if args.out:  # before reading the data: a user's file at --out is never replaced
+        columns = ["sequence", "step", "source_sequence", "source_row"]
+        check_replaceable(args.out, "gatelens windows --out", [columns, [*columns, "time"]])
     table = windows(args.data, window=args.window, stride=args.stride, time_column=args.time_column,
                     columns=args.columns)  # fmt: skip
     if args.out:

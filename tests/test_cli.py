@@ -103,7 +103,7 @@ def test_extract_with_sampled_verification(files, tmp_path):
     np.testing.assert_allclose(np.where(m, trace["lstm"]["hidden_state"][...], 0), np.where(m, h, 0), atol=1e-5)
 
     r = gatelens("extract", d / "num.keras", d / "x.npy", "--out", run, "--verify", "sample", "--sample-size", "0")
-    assert r.returncode == 2 and "expected a positive integer, got '0'" in r.stderr
+    assert r.returncode == 2 and "--sample-size: expected a whole number from 1 to 4096, got '0'" in r.stderr
 
 
 def test_text_model_uses_sidecar_vocabulary(files, tmp_path):

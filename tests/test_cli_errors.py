@@ -104,3 +104,99 @@ def test_an_internal_error_is_exit_1_with_one_line(monkeypatch, capsys, tmp_path
     monkeypatch.setattr(pipeline, "analyze_run", fail)
     code, err = _run(capsys, "analyze", str(tmp_path))
     assert code == 1 and err.count("\n") == 1 and err.startswith("gatelens: internal error: KeyError")
+
+
+def _user_file(path, text="a user's own notes\n"):
+    path.write_text(text)
+    return path, text
+
+
+@pytest.mark.parametrize("command", ["search", "windows", "train --emit-features", "train --emit-data", "train --out"])
+def test_an_output_path_holding_a_users_file_is_refused_before_any_work(command, capsys, tmp_path):
+    """Exit 2, one line naming the option and the path, the user's file byte for byte as it was and nothing written
+    beside it; then a path gatelens wrote itself is replaced (the same command run again)."""
+    series = tmp_path / "series.csv"
+    series.write_text("value\n" + "".join(f"{v}\n" for v in range(12)))
+    run = str(_write_run(tmp_path / "run"))
+    name = {"train --emit-data": "mine.npy", "train --out": "mine.keras"}.get(command, "mine.csv")
+    mine, text = _user_file(tmp_path / name)
+
+    def argv(out):
+        return {
+            "search": ["search", run, "--where", "forget_gate of lstm:0 above 0.1", "--out", out],
+            "windows": ["windows", str(series), "--window", "4", "--out", out],
+            "train --emit-features": ["train", "task", "recall", "--no-train", "--emit-features", out],
+            "train --emit-data": ["train", "task", "recall", "--no-train", "--emit-data", out],
+            "train --out": ["train", "task", "recall", "--out", out, "--epochs", "1", "--units", "2"],
+        }[command]
+
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, err = _run(capsys, *argv(str(mine)))
+    assert code == 2 and err.count("\n") == 1 and str(mine) in err and "not replacing it" in err, err
+    assert command.split()[-1] in err, err  # the option (or the command) named
+    assert mine.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing else written (no card, no temporary)
+    if command in ("search", "windows", "train --emit-features"):  # cheap to run twice: its own file is replaced
+        own = str(tmp_path / "own.csv")
+        assert _run(capsys, *argv(own))[0] == 0
+        assert _run(capsys, *argv(own))[0] == 0, capsys.readouterr()
+
+
+def test_a_directory_at_a_file_output_is_named_as_one(capsys, tmp_path):
+    (tmp_path / "adir").mkdir()
+    code, err = _run(capsys, "search", str(_write_run(tmp_path / "run")), "--where", "forget_gate of lstm:0 above 0.1",
+                     "--out", str(tmp_path / "adir"))  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "is a directory" in err and "partial" not in err, err
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["extract", "M.keras", "X.npy", "--out", "RUN", "--batch-size", "0"], "--batch-size"),
+        (["extract", "M.keras", "X.npy", "--out", "RUN", "--batch-size", "-4"], "--batch-size"),
+        (["extract", "M.keras", "X.npy", "--out", "RUN", "--batch-size", "100000"], "--batch-size"),
+        (["extract", "M.keras", "X.npy", "--out", "RUN", "--sample-size", "10000000000"], "--sample-size"),
+        (["extract", "M.keras", "X.npy", "--out", "RUN", "--tolerance", "-1"], "--tolerance"),
+        (["verify", "M.keras", "X.npy", "--tolerance", "nan"], "--tolerance"),
+        (["verify", "M.keras", "X.npy", "--batch-size", "0"], "--batch-size"),
+        (["intervene", "M.keras", "X.npy", "--do", "lstm:0:forget_gate=1", "--out", "IV", "--seed", "-1"], "--seed"),
+        (
+            ["intervene", "M.keras", "X.npy", "--do", "lstm:0:forget_gate=1", "--out", "IV", "--bootstrap", "1e12"],
+            "--bootstrap",
+        ),  # fmt: skip
+        (["sweep", "M.keras", "X.npy", "--layer", "lstm", "--out", "IV", "--bootstrap", "1000000000"], "--bootstrap"),
+        (["dashboard", "--port", "99999"], "--port"),
+    ],
+)
+def test_an_option_out_of_its_bounds_is_refused_before_anything_runs(argv, option, capsys, tmp_path, monkeypatch):
+    """Exit 2, one line naming the option, before the model is read: a run already at --out stays as it was."""
+    monkeypatch.chdir(tmp_path)
+    run = _write_run(tmp_path / "RUN")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    code, err = _run(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and option in err and "expected" in err, err
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    assert not (tmp_path / "IV").exists()
+
+
+def test_the_clis_sample_size_bound_is_the_extractors():
+    import importlib
+
+    from gatelens.models import argtypes
+
+    extract = importlib.import_module("gatelens.models.extract")
+
+    assert argtypes.MAX_SAMPLE_SIZE == extract.MAX_SAMPLE_SIZE
+    with pytest.raises(ValueError, match="sample_size must be a whole number from 1 to 4096"):
+        extract._check_verify("cell", extract.MAX_SAMPLE_SIZE + 1)
+
+
+def test_a_busy_port_is_one_line_and_exit_2(capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, err = _run(capsys, "dashboard", "--port", str(port), "--address", "127.0.0.1")
+    assert code == 2 and err.count("\n") == 1 and f"--port {port}" in err and "cannot listen" in err, err

@@ -16,13 +16,15 @@ Examples
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from gatelens.errors import GatelensInputError
+from gatelens.errors import GatelensInputError, UsageError
 from gatelens.models.argtypes import checked
 
 positive_int = checked(int, lambda v: v >= 1, "a positive integer")  # also used by the ``gatelens`` CLI
@@ -30,6 +32,71 @@ _non_negative_int = checked(int, lambda v: v >= 0, "an integer >= 0")
 _fraction = checked(float, lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1", "a number between 0 and 1")
 _dropout = checked(float, lambda v: 0.0 <= v < 1.0, "a rate in [0, 1)")
 _positive_float = checked(float, lambda v: v > 0, "a positive number")
+
+
+def _written_by_gatelens(model: Path) -> bool:
+    """Whether ``model`` is a model ``gatelens train`` wrote: its card beside it is a gatelens model card that names
+    it and holds its sha256."""
+    from gatelens.models.zoo import datasets as ds
+    from gatelens.models.zoo.train import card_path
+
+    try:
+        card = json.loads(card_path(model).read_text(encoding="utf-8"))
+        return (
+            str(card.get("format", "")).startswith("gatelens.model_card")
+            and card.get("file") == model.name
+            and card.get("sha256") == ds.sha256_file(model)
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse (exit 2) to write over anything ``gatelens train`` did not write: ``--out`` and the card and vocabulary
+    beside it (replaced only together, when the card says gatelens wrote that model), and the files of
+    ``--emit-data`` (a .npy: any existing file is refused) and ``--emit-features`` (a features CSV)."""
+    from gatelens.models.cli_output import check_replaceable
+    from gatelens.models.zoo.train import card_path, vocabulary_path
+
+    if args.what == "task":
+        if args.emit_data:
+            check_replaceable(args.emit_data, "gatelens train --emit-data")
+        if args.emit_features:
+            check_replaceable(args.emit_features, "gatelens train --emit-features", [_task_features_header(args)])
+        if args.no_train:
+            return
+    out = args.out or _default_out(args)
+    for p in (out, card_path(out), vocabulary_path(out)):
+        if p.is_dir():
+            raise UsageError(f"gatelens train --out {out}: {p} is a directory; expected a file to write")
+    existing = [p for p in (out, card_path(out), vocabulary_path(out)) if os.path.lexists(p)]
+    if existing and not (out.is_file() and _written_by_gatelens(out)):
+        raise UsageError(
+            f"gatelens train --out {out}: {existing[0]} exists and was not written by gatelens train (no model card of its own "
+            "beside the model); not replacing it"
+        )
+
+
+def _task_features_header(args: argparse.Namespace) -> list[str]:
+    """The header ``--emit-features`` writes for this task: ``sequence, step`` and the task's features."""
+    from gatelens.models.zoo import tasks as tk
+
+    try:
+        names = list(tk.generate(args.name, 1, seed=args.emit_seed, **_task_params(args)).features)
+    except ValueError as e:
+        raise GatelensInputError(f"task {args.name!r}: {e}") from None
+    return ["sequence", "step", *names]
+
+
+def _default_out(args: argparse.Namespace) -> Path:
+    """The model file ``gatelens train`` writes without ``--out``: ``<corpus, series or task>_<cell>.keras``."""
+    from gatelens.models.zoo import datasets as ds
+
+    if args.what == "text":
+        return Path(f"{(Path(args.corpus) if args.corpus else ds.CORPUS_PATH).stem}_{args.cell}.keras")
+    if args.what == "timeseries":
+        return Path(f"{(Path(args.csv) if args.csv else ds.SUNSPOTS_PATH).stem}_{args.cell}.keras")
+    return Path(f"{args.name}_{args.cell}.keras")
 
 
 def _keras_path(s: str) -> Path:
@@ -220,13 +287,14 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
         if getattr(args, k, None) is not None
     }
     common = dict(cell=args.cell, layers=args.layers, seed=args.seed, progress=bar, command=command, **opt)
+    _check_outputs(args)  # before any work: nothing of the user's is replaced
     t0 = time.perf_counter()
     if args.what == "text":
         from gatelens.models.zoo import datasets as ds
         from gatelens.models.zoo.train import train_text
 
         corpus = Path(args.corpus) if args.corpus else ds.CORPUS_PATH
-        out = args.out or Path(f"{corpus.stem}_{args.cell}.keras")
+        out = args.out or _default_out(args)
         result = train_text(
             corpus, out, level=args.level, units=args.units, embedding_dim=args.embedding_dim, window=args.window,
             stride=args.stride, dropout=args.dropout, val_fraction=args.val_fraction,
@@ -238,7 +306,7 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
         from gatelens.models.zoo.train import train_timeseries
 
         csv = Path(args.csv) if args.csv else ds.SUNSPOTS_PATH
-        out = args.out or Path(f"{csv.stem}_{args.cell}.keras")
+        out = args.out or _default_out(args)
         result = train_timeseries(
             csv, out, columns=args.columns, target=args.target, mode=args.mode, horizon=args.horizon,
             units=args.units, window=args.window, dropout=args.dropout, val_fraction=args.val_fraction,
@@ -265,7 +333,7 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
             return 0
         from gatelens.models.zoo.train import train_task
 
-        out = args.out or Path(f"{args.name}_{args.cell}.keras")
+        out = args.out or _default_out(args)
         try:  # the generator checks its own parameters (plain ValueError: tasks.py does not import models)
             tk.generate(args.name, 1, **params)
         except ValueError as e:
