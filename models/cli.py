@@ -151,6 +151,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.csv or args.out:  # new, empty or a previous export: nothing else is touched
         check_export_dir(args.csv or args.out, add=args.add)
     trace = open_run(args.run)
+    sequences = parse_sequences(args.sequences) if args.sequences else None
+    if sequences is not None and sequences.start >= trace.n_sequences:  # would export headers only
+        raise UsageError(
+            f"gatelens export --sequences {args.sequences}: {args.run} has {trace.n_sequences} sequences "
+            f"(0 to {trace.n_sequences - 1})"
+        )
     if (Path(args.run) / "analysis").is_dir():
         result = load_analysis(args.run)
     else:
@@ -172,7 +178,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         analysis=result,
         layers=args.layers,
         signals=args.signals,
-        sequences=parse_sequences(args.sequences) if args.sequences else None,
+        sequences=sequences,
     )
     say(*(f"{name}: {path}" for name, path in paths.items()))
     return 0

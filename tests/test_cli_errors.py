@@ -200,3 +200,12 @@ def test_a_busy_port_is_one_line_and_exit_2(capsys):
         port = s.getsockname()[1]
         code, err = _run(capsys, "dashboard", "--port", str(port), "--address", "127.0.0.1")
     assert code == 2 and err.count("\n") == 1 and f"--port {port}" in err and "cannot listen" in err, err
+
+
+def test_export_of_sequences_the_run_does_not_have_is_refused(capsys, tmp_path):
+    run = str(_write_run(tmp_path / "run"))  # 2 sequences
+    code, err = _run(capsys, "export", run, "--csv", str(tmp_path / "out"), "--sequences", "5:9")
+    assert code == 2 and err.count("\n") == 1 and "--sequences 5:9" in err and "has 2 sequences" in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    code, err = _run(capsys, "export", run, "--csv", str(tmp_path / "out"), "--sequences", "1:9")  # overlaps: fine
+    assert code == 0, err
