@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -274,6 +275,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The hidden siblings gatelens writes a result into before it renames it into place (``.NAME.partial-1a2b``).
+_HIDDEN_SIBLING = re.compile(r"^\.(?P<name>.+)\.(?:partial|tmp|trash|old)-[0-9a-f]+$")
+
+
+def _os_error_line(e: OSError) -> str:
+    """An OS error as one line that names the user's path: a hidden sibling gatelens was writing (``.run.partial-...``)
+    is named by the path it was to become.
+
+    Examples
+    --------
+    >>> _os_error_line(FileNotFoundError(2, "No such file or directory", "/proc/.run.partial-4f43"))
+    '/proc/run: No such file or directory (while writing it; is its folder there and writable?)'
+    >>> _os_error_line(FileNotFoundError(2, "No such file or directory", "data/x.npy"))
+    'data/x.npy: No such file or directory'
+    """
+    if e.filename is None or e.strerror is None:
+        return _one_line(e)
+    path = Path(os.fsdecode(e.filename))
+    hidden = _HIDDEN_SIBLING.match(path.name)
+    if hidden:
+        return f"{path.with_name(hidden['name'])}: {e.strerror} (while writing it; is its folder there and writable?)"
+    return f"{path}: {e.strerror}"
+
+
 def _one_line(e: BaseException) -> str:
     """An error's message on one line (a user's error is always reported as exactly one line)."""
     return " ".join(str(e).split()) or type(e).__name__
@@ -295,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"gatelens: verification failed: {_one_line(e)}\n")
         return e.exit_code
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
-        sys.stderr.write(f"gatelens: {e}\n")
+        sys.stderr.write(f"gatelens: {_os_error_line(e)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("gatelens: interrupted\n")

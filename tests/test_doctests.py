@@ -62,7 +62,7 @@ MODULES = _modules()
 #: Keras by tests/test_extract*.py). Every other module has at least one example, and its case fails if it has none.
 WITHOUT_EXAMPLES = {
     "gatelens.__main__", "gatelens.analysis._reading", "gatelens.dashboards.asgi", "gatelens.dashboards.stages",
-    "gatelens.models._quiet", "gatelens.models.cells", "gatelens.models.cli",
+    "gatelens.models._quiet", "gatelens.models.cells",
     "gatelens.models.cli_search", "gatelens.models.graph",
 }  # fmt: skip
 
