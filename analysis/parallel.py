@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gatelens.analysis.pipeline import STEP_REGISTRY, Analysis, Step, StepContext, run_step
+from gatelens.analysis.pipeline import STEP_REGISTRY, Analysis, Step, StepContext, _check_events_path, run_step
 from gatelens.analysis.trace import LayerInfo, Trace
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ def analyze_processes(
     """
     if trace.path is None:
         raise ValueError("analyze_processes needs a trace opened from a run directory (trace.path)")
+    _check_events_path(events_path)
     todo = [step for step in STEP_REGISTRY if step.name in steps]
     result = Analysis()
     ctx = StepContext(trace, result, features=features, chunk=chunk, max_lag=max_lag, events_path=events_path)

@@ -467,6 +467,7 @@ def analyze(
     (0.5, 0, [])
     """
     _check_steps(steps)
+    _check_events_path(events_path)
     todo = [step for step in STEP_REGISTRY if step.name in steps]
     result = Analysis()
     ctx = StepContext(trace, result, features=features, chunk=chunk, max_lag=max_lag, events_path=events_path)
@@ -477,6 +478,18 @@ def analyze(
             progress(done, len(todo))
     log.info("analysis of %d layer(s) took %.2f s", len(trace.layers), time.perf_counter() - started)
     return result
+
+
+def _check_events_path(events_path: str | os.PathLike | None) -> None:
+    """Refuse an ``events_path`` that holds something: the events are written there (and it is removed if they fail),
+    so it must be new, or an empty file (the partial :func:`analyze_run` makes for them)."""
+    if events_path is None or not os.path.lexists(events_path):
+        return
+    p = Path(events_path)
+    if p.is_symlink() or not p.is_file() or p.stat().st_size:
+        raise UsageError(
+            f"events_path {str(events_path)!r}: exists and holds data; give a new path (the events are written there)"
+        )
 
 
 def _check_steps(steps: Sequence[str]) -> None:

@@ -229,3 +229,25 @@ def test_export_memory_is_bounded_by_the_batch_not_the_table(tmp_path):
     assert peaks[24] < 1.3 * peaks[6], peaks
     assert peaks[24] * 4 < table_bytes, (peaks, table_bytes)
     assert peaks[24] * 10 < whole, (peaks, whole)
+
+
+def test_an_events_path_that_holds_data_is_refused_and_kept(tmp_path):
+    """analyze writes the events at events_path and removes it if they fail: a file there that holds anything (or a
+    folder) is refused before any step runs, and left as it was; a new path, or an empty file, is written."""
+    from gatelens._examples import example_trace
+    from gatelens.analysis.pipeline import analyze
+    from gatelens.errors import UsageError
+
+    trace, _ = example_trace("lstm", n=2, steps=4, units=2)
+    mine = tmp_path / "mine.parquet"
+    mine.write_bytes(b"a user's own file")
+    (tmp_path / "adir").mkdir()
+    for path in (mine, tmp_path / "adir"):
+        with pytest.raises(UsageError, match="exists and holds data"):
+            analyze(trace, steps=("events",), events_path=path)
+    assert mine.read_bytes() == b"a user's own file"
+    empty = tmp_path / "empty.parquet"
+    empty.touch()
+    for path in (empty, tmp_path / "new.parquet"):
+        a = analyze(trace, steps=("events",), events_path=path)
+        assert a.events_file == str(path) and path.stat().st_size > 0
