@@ -136,8 +136,20 @@ def load_targets(path: str, n: int, t: int) -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(v) | (v < 0) | (v != np.round(v)) | (v >= (n if col == "sequence" else t)))
         if bad.size:
             raise DataError(
-                f"{path}: line {bad[0] + 2}: {col} {df[col].iloc[bad[0]]!r} is not in 0..{(n if col == 'sequence' else t) - 1}"
+                f"{path}: line {bad[0] + 2}: {col} {df[col].astype(str).iloc[bad[0]]} is not in "
+                f"0..{(n if col == 'sequence' else t) - 1}"
             )
+    if df.empty:
+        raise DataError(f"{path}: no rows after the header; expected a target per sequence (or per sequence and step)")
+    keys = [c for c in ("sequence", "step") if c in df.columns]
+    dup = np.flatnonzero(df.duplicated(keys, keep=False).to_numpy())
+    if dup.size:
+        first = df.iloc[dup[0]]
+        again = dup[1:][(df.iloc[dup[1:]][keys].to_numpy() == first[keys].to_numpy()).all(axis=1)][0]
+        where = ", ".join(f"{k} {int(first[k])}" for k in keys)
+        raise DataError(
+            f"{path}: line {dup[0] + 2} and line {again + 2}: {where} given twice; expected one target each"
+        )
     vals = pd.to_numeric(df["target"], errors="coerce")
     bad = np.flatnonzero(vals.isna().to_numpy() & df["target"].notna().to_numpy())
     if bad.size:

@@ -135,3 +135,23 @@ def test_sweep_refuses_to_replace_a_file_it_did_not_write(files, tmp_path):
     r = gatelens("sweep", d / "num.keras", d / "x.npy", "--layer", "lstm", "--out", out)
     assert r.returncode == 2 and "not written by gatelens" in r.stderr
     assert (out / "sweep.csv").read_text() == "my,own,data\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("sequence,target\n", "no rows after the header"),
+        ("sequence,target\n0,0.5\n1,0.7\n0,0.2\n", "line 2 and line 4: sequence 0 given twice"),
+        ("sequence,step,target\n0,1,1\n1,1,0\n1,1,1\n", "line 3 and line 4: sequence 1, step 1 given twice"),
+        ("sequence,step,target\n0,70,0.5\n", "line 2: step 70 is not in 0..9"),
+    ],
+)
+def test_a_targets_csv_without_one_target_per_key_is_refused_naming_the_lines(text, message, tmp_path):
+    from gatelens.errors import DataError
+    from gatelens.models.cli_intervene import load_targets
+
+    path = tmp_path / "targets.csv"
+    path.write_text(text)
+    with pytest.raises(DataError) as e:
+        load_targets(str(path), 4, 10)
+    assert str(e.value) == f"{path}: {message}" or str(e.value).startswith(f"{path}: {message}"), str(e.value)
