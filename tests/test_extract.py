@@ -500,5 +500,5 @@ def test_verify_arguments_are_checked():
     model = seq(L.GRU(2))
     with pytest.raises(ValueError, match="verify must be one of .*got 'some'"):
         extract(model, _data(), verify="some")
-    with pytest.raises(ValueError, match="sample_size must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="sample_size must be a whole number from 1 to 4096, got 0"):
         extract(model, _data(), verify="sample", sample_size=0)
