@@ -452,8 +452,9 @@ class Intervener:
         if key in self._fns:
             return self._fns[key]
         import tensorflow as tf
-        from keras.src import backend, tree
+        from keras import tree
 
+        from gatelens.models import compat
         from gatelens.models.extract import _bidirectional_output, _cell_weights, _split_states
         from gatelens.models.graph import call_with_hook
 
@@ -499,7 +500,7 @@ class Intervener:
                 seq = args[0]
                 mask = kwargs.get("mask")
                 if mask is None:
-                    mask = backend.get_keras_mask(seq) if hasattr(seq, "_keras_mask") else None
+                    mask = compat.get_mask(seq)  # as the extractor reads it
                 if mask is not None:
                     mask = tf.cast(mask, tf.bool)
                 init = kwargs.get("initial_state")
@@ -511,7 +512,7 @@ class Intervener:
                 out_mask = layer.compute_mask(seq, mask)
                 for o, om in zip(tree.flatten(out), tree.flatten(out_mask) if out_mask is not None else []):
                     if om is not None:
-                        backend.set_keras_mask(o, om)
+                        compat.set_mask(o, om)
                 return out
 
             y = call_with_hook(self.model, x, hook)
