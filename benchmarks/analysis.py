@@ -56,11 +56,11 @@ MULTIPLES = (1, 2, 4)
 QUICK_MULTIPLES = (1, 2)
 MIB = 1024 * 1024
 
-# What `gatelens analyze RUN` does before it analyses (models/cli.py: main, then cmd_analyze).
+# What `gatelens analyze RUN` does before it analyses (gatelens/cli/main.py: main, then cmd_analyze).
 BASELINE_CODE = """
 import sys
-import gatelens.models.cli
-gatelens.models.cli.build_parser()
+import gatelens.cli.main
+gatelens.cli.main.build_parser()
 from gatelens.analysis.store import RunStoreError, open_run
 from gatelens.errors import GatelensInputError
 from gatelens.analysis.pipeline import analyze, save_analysis
@@ -134,7 +134,7 @@ def measure(cmd: list[str]) -> Measured:
 
 
 def gatelens_command() -> list[str]:
-    """The installed ``gatelens`` console script beside this Python, else ``python -m gatelens.models.cli``."""
+    """The installed ``gatelens`` console script beside this Python, else ``python -m gatelens.cli.main``."""
     script = Path(sys.executable).with_name("gatelens")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "gatelens"]
 

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gatelens.dashboards.compat import connected_sessions, script_session_id
+
 log = logging.getLogger(__name__)
 
 IDLE_ENV = "GATELENS_SESSION_IDLE_S"
@@ -172,16 +174,7 @@ _start_lock = threading.Lock()
 
 def _active_sessions() -> set[str]:
     """Ids of the sessions whose browser is connected now (empty without a Streamlit runtime, e.g. AppTest)."""
-    try:
-        from streamlit import runtime
-
-        if not runtime.exists():
-            return set()
-        rt = runtime.get_instance()
-        return {sid for sid in ledger().sessions() if rt.is_active_session(sid)}
-    except Exception:  # a runtime shutting down
-        log.debug("could not ask the runtime for its sessions", exc_info=True)
-        return set()
+    return connected_sessions(ledger().sessions())
 
 
 def reap_interval(idle_s: float) -> float:
@@ -221,13 +214,7 @@ def ledger() -> Ledger:
 
 def current_session_id() -> str | None:
     """The id of the Streamlit session whose script runs on this thread (None outside a script run)."""
-    try:
-        from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-        ctx = get_script_run_ctx(suppress_warning=True)
-    except Exception:
-        return None
-    return None if ctx is None else str(ctx.session_id)
+    return script_session_id()
 
 
 def heartbeat() -> bool:

@@ -40,7 +40,7 @@ def configure_process() -> None:
 def main() -> int:
     """Entry point of the ``gatelens`` console script; returns the exit code."""
     configure_process()
-    from gatelens.models.cli import main as cli_main
+    from gatelens.cli.main import main as cli_main
 
     return cli_main()
 

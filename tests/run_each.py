@@ -59,6 +59,7 @@ TF_FREE = frozenset(
         "events_blocks",
         "events_parquet_stream",
         "explain_score",
+        "layering",
         "notebook",
         "partials",
         "pipeline_registry",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gatelens.models.cli import build_parser
+from gatelens.cli.main import build_parser
 
 API = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 TEXT = API.read_text(encoding="utf-8")

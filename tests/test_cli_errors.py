@@ -17,7 +17,7 @@ import gatelens.errors as errors
 from gatelens.analysis import pipeline
 from gatelens.analysis.store import RunWriter
 from gatelens.analysis.trace import LayerInfo
-from gatelens.models import cli
+from gatelens.cli import main as cli  # the module
 
 CLASSES = sorted(
     (c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.GatelensError)),

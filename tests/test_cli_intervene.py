@@ -147,8 +147,8 @@ def test_sweep_refuses_to_replace_a_file_it_did_not_write(files, tmp_path):
     ],
 )
 def test_a_targets_csv_without_one_target_per_key_is_refused_naming_the_lines(text, message, tmp_path):
+    from gatelens.cli.intervene import load_targets
     from gatelens.errors import DataError
-    from gatelens.models.cli_intervene import load_targets
 
     path = tmp_path / "targets.csv"
     path.write_text(text)

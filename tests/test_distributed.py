@@ -228,7 +228,7 @@ def test_distributed_analysis_equals_single_process(client, runs, kind, tmp_path
 
 
 def test_cli_extract_and_analyze_on_a_scheduler(client, models, runs, tmp_path, capsys):
-    from gatelens.models.cli import main
+    from gatelens.cli.main import main
 
     data = tmp_path / "x.npy"
     np.save(data, _series())
@@ -299,7 +299,7 @@ def test_failing_shard_fails_the_run_and_leaves_the_previous_run(client, runs, m
     """A shard whose chunk file cannot be written (a directory stands there) fails on every try: exit 1, one
     line; the previous run at --out is intact; no complete-looking run appears."""
     from gatelens.analysis.store import verify_run
-    from gatelens.models.cli import main
+    from gatelens.cli.main import main
 
     out = tmp_path / "run"
     shutil.copytree(runs["series"]["single"], out)
@@ -362,8 +362,8 @@ def _string_model(path: Path) -> Path:
 
 
 def test_string_model_counts_unknown_tokens_and_honours_strict_vocab(client, tmp_path, capsys):
+    from gatelens.cli.main import main
     from gatelens.errors import DataError
-    from gatelens.models.cli import main
     from gatelens.models.distributed import write_run_distributed
     from gatelens.models.extract import write_run
     from gatelens.models.loading import load_model

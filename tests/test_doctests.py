@@ -50,7 +50,7 @@ class _NumberChecker(doctest.OutputChecker):
 def _modules() -> list[str]:
     names = ["gatelens"]  # its own modules (its __path__ also holds a checkout's root: not walked)
     names += [i.name for i in pkgutil.iter_modules([str(Path(gatelens.__file__).parent)], "gatelens.")]
-    for sub in ("analysis", "models", "dashboards", "data"):
+    for sub in ("analysis", "models", "dashboards", "data", "cli"):
         pkg = importlib.import_module(f"gatelens.{sub}")
         names += [i.name for i in pkgutil.walk_packages(pkg.__path__, f"gatelens.{sub}.")]
     return sorted({n for n in names if n not in SKIP and not n.startswith(SKIP_PREFIX)})
@@ -63,14 +63,18 @@ MODULES = _modules()
 WITHOUT_EXAMPLES = {
     "gatelens.__main__", "gatelens.analysis._reading", "gatelens.dashboards.asgi", "gatelens.dashboards.stages",
     "gatelens.models._quiet", "gatelens.models.cells",
-    "gatelens.models.cli_search", "gatelens.models.graph",
+    "gatelens.cli.search", "gatelens.models.graph",
 }  # fmt: skip
 
 
 def test_every_subpackage_is_walked():
-    assert {"gatelens.analysis.stats", "gatelens.models.extract", "gatelens.dashboards.core", "gatelens.errors"} <= set(
-        MODULES
-    )
+    assert {
+        "gatelens.analysis.stats",
+        "gatelens.models.extract",
+        "gatelens.dashboards.core",
+        "gatelens.errors",
+        "gatelens.cli.windows",
+    } <= set(MODULES)
 
 
 def test_the_modules_without_examples_are_real_modules():

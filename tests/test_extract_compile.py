@@ -319,8 +319,8 @@ def test_compat_finds_every_api_of_the_installed_keras():
 def test_a_renamed_private_keras_api_exits_1_naming_version_and_api(role, attr, api, tmp_path, monkeypatch, capsys):
     """A Keras that renamed a private attribute: `gatelens extract` exits 1 with one line naming the Keras
     version and the missing API (the real CLI entry point, a real .keras file through the safe loader)."""
+    from gatelens.cli.main import main
     from gatelens.models import compat
-    from gatelens.models.cli import main
 
     m = _model("compat_fault")
     m.save(tmp_path / "m.keras")

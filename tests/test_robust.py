@@ -22,9 +22,9 @@ from gatelens.analysis.export import read_csv
 from gatelens.analysis.manifest import seal
 from gatelens.analysis.store import RunStoreError, RunWriter, open_run, store_key
 from gatelens.analysis.trace import LayerInfo
+from gatelens.cli.main import main
 from gatelens.errors import UnsupportedLayerError, VerificationError
 from gatelens.models import extract
-from gatelens.models.cli import main
 
 L = keras.layers
 

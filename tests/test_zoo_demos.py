@@ -107,7 +107,7 @@ def test_demo_extracts_with_its_bundled_data(name):
 
 
 def test_gatelens_extract_runs_on_a_demo(tmp_path, capsys):
-    from gatelens.models.cli import main
+    from gatelens.cli.main import main
 
     out = tmp_path / "run"
     code = main(["extract", str(demos.DEMO_DIR / "brackets_lstm.keras"), str(demos.DEMO_DIR / "brackets_lstm.demo.npy"),

@@ -201,7 +201,7 @@ def test_bad_input_is_named(tmp_path):
 
 
 def test_cli_trains_a_task_and_emits_features(tmp_path, capsys):
-    from gatelens.models.cli import main
+    from gatelens.cli.main import main
 
     out, feats, data = tmp_path / "t.keras", tmp_path / "f.csv", tmp_path / "x.npy"
     code = main(["train", "task", "adding", "--units", "2", "--epochs", "1", "--n-train", "32", "--n-val", "16",
@@ -238,7 +238,7 @@ def test_cli_trains_a_task_and_emits_features(tmp_path, capsys):
     ],
 )  # fmt: skip
 def test_cli_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, message):
-    from gatelens.models.cli import main
+    from gatelens.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2

@@ -1,4 +1,4 @@
-"""``gatelens train text|timeseries|task``: the training subcommand (registered by :mod:`gatelens.models.cli`).
+"""``gatelens train text|timeseries|task``: the training subcommand (registered by :mod:`gatelens.cli.main`).
 
 TensorFlow is imported only when a command runs, so ``gatelens --help`` stays fast. Progress is a
 bar on stderr; the result (files written, held-out metrics) goes to stdout.

@@ -15,11 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from gatelens.cli.intervene import register as register_intervene
+from gatelens.cli.search import register as register_search
+from gatelens.cli.windows import register as register_windows
 from gatelens.errors import UsageError
 from gatelens.models.argtypes import MAX_SAMPLE_SIZE, add_input_options, port, sample_size, tolerance
 from gatelens.models.cli_output import ProgressBar, say
 from gatelens.models.distributed import add_cluster_options, local_path, wants_cluster
-from gatelens.models.windows import register as register_windows
 from gatelens.models.zoo.cli import register
 
 log = logging.getLogger("gatelens")
@@ -269,8 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_dashboard)
 
     register(sub)
-    __import__("gatelens.models.cli_search", fromlist=["register"]).register(sub)
-    __import__("gatelens.models.cli_intervene", fromlist=["register"]).register(sub)  # intervene, sweep
+    register_search(sub)
+    register_intervene(sub)  # intervene, sweep
     register_windows(sub)
     return p
 

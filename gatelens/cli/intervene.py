@@ -93,7 +93,7 @@ def register(sub: Any) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from gatelens.models.cli import _load_model_and_data
+    from gatelens.cli.main import _load_model_and_data
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: expected a positive integer")
