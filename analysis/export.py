@@ -250,7 +250,7 @@ def read_csv(path: str | os.PathLike | Any, **kwargs: Any) -> pd.DataFrame:
         source.seek(0)
     else:
         source = path
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), [])
     text = {c for c in header if restore_cell(c) in TEXT_COLUMNS}
     na = {c: ([""] if c in text else ["", "nan", "NaN"]) for c in header}
@@ -858,7 +858,9 @@ def export_run(
     time), ``units`` and, with ``analysis``, every analysis table. A table that is empty is written with
     its header (its documented columns). Every file is written under a partial name that no reader picks up
     (``.name.partial-*``) and renamed into place when complete; a killed export's partials are removed by the
-    next. Parquet files hold text as it is (no spreadsheet guard).
+    next. ``manifest.json`` is written last (:data:`EXPORT_MANIFEST`: the run, the selection, each file and its
+    size), and removed first: an export is complete when it is there. Parquet files hold text as it is (no
+    spreadsheet guard).
 
     Parameters
     ----------
@@ -893,6 +895,7 @@ def export_run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clean_partials(out)  # what a killed export left
+    (out / EXPORT_MANIFEST).unlink(missing_ok=True)  # a previous export's: this one is not complete until its own
     names = select_layers(trace, layers)
     activation_columns(trace, names, signals)  # checks the signals before anything is written
     tables = export_tables(analysis)
@@ -904,5 +907,43 @@ def export_run(
             trace, name, out, format=format, analysis=analysis, layers=layers, signals=signals, sequences=sequences,
             chunk=chunk,
         )  # fmt: skip
+    _write_export_manifest(out, trace, written, format=format, layers=names, signals=signals, sequences=sequences)
     log.info("exported %d tables (%s) to %s", len(written), format, out)
     return written
+
+
+#: The file :func:`export_run` writes last: an export is complete when it is there (a killed one has none).
+EXPORT_MANIFEST = "manifest.json"
+
+
+def _write_export_manifest(
+    out: Path,
+    trace: Trace,
+    written: dict[str, Path],
+    *,
+    format: str,
+    layers: Sequence[str],
+    signals: Sequence[str] | None,
+    sequences: range | None,
+) -> None:
+    """``manifest.json``: what was exported, from which run, and each file's size (written atomically, last)."""
+    import json
+
+    from gatelens import __version__
+    from gatelens.analysis.store import atomic_write_bytes
+
+    def size(path: Path) -> int:
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+    doc = {
+        "gatelens_export": 1,
+        "gatelens_version": __version__,
+        "format": format,
+        "run": None if trace.path is None else str(trace.path),
+        "run_manifest_sha256": trace.meta.get("manifest_sha256"),  # which version of the run
+        "layers": list(layers),
+        "signals": None if signals is None else list(signals),
+        "sequences": None if sequences is None else [sequences.start, min(sequences.stop, trace.n_sequences)],
+        "files": {name: {"path": path.name, "bytes": size(path)} for name, path in written.items()},
+    }
+    atomic_write_bytes(out / EXPORT_MANIFEST, json.dumps(doc, indent=1).encode())

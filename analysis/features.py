@@ -485,7 +485,7 @@ def load_user_features(path: str | os.PathLike, trace: Trace) -> pd.DataFrame:
     rows: list[list[str]] = []
     line_numbers: list[int] = []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             for row in reader:
                 if row:  # blank lines are skipped, as pandas does

@@ -693,6 +693,107 @@ class RunWriter:
         self._done = True
 
 
+class RegionWriter(RunWriter):
+    """Writes chunks of some sequences into a partial run another process created (a Dask worker's shard).
+
+    The client's :class:`RunWriter` created the partial directory and every array; each worker opens it with
+    this writer, writes its whole chunks with :meth:`write_batch` and returns their digests from :meth:`close`.
+    It creates nothing, never seals the run and never removes it: the client lists the digests in the manifest
+    and renames the run into place. A partial directory that is gone (an aborted run) is an error here, and
+    it is not re-created.
+
+    Parameters
+    ----------
+    partial : path
+        The run's partial directory (``RunWriter.tmp`` of the client).
+    layers : list of LayerInfo
+    groups : dict
+        Layer name -> the group path of its arrays inside the run.
+    n_sequences, chunk_sequences : int
+        As the client's writer has them.
+    with_tokens, with_x : bool
+        Whether the run holds token ids / the numeric input.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from gatelens.analysis.trace import LayerInfo
+    >>> info = LayerInfo(name="rnn", cell_type="simple_rnn", units=2, input_dim=1)
+    >>> client = RunWriter(tempfile.mkdtemp() + "/run", [info], n_sequences=4, n_steps=3, chunk_sequences=2)
+    >>> groups = {"rnn": f"layers/{client.keys['rnn']}"}
+    >>> shard = RegionWriter(client.tmp, [info], groups=groups, n_sequences=4, chunk_sequences=2)
+    >>> res = {"rnn": {**{s: np.ones((2, 3, 2), np.float32) for s in info.signals}, "mask": np.ones((2, 3), bool),
+    ...                "input": np.zeros((2, 3, 1), np.float32)}}
+    >>> shard.write_batch(2, res)
+    >>> sorted(shard.close())  # the chunk files written (chunk 1: sequences 2..3), each with its sha256
+    ['layers/rnn/hidden_state/c/1/0/0', 'layers/rnn/hidden_state_pre/c/1/0/0', 'layers/rnn/input/c/1/0/0', 'layers/rnn/mask/c/1/0']
+    >>> client.abort()
+    """
+
+    def __init__(  # opens what the client created; creates nothing
+        self,
+        partial: str | os.PathLike,
+        layers: list[LayerInfo],
+        *,
+        groups: Mapping[str, str],
+        n_sequences: int,
+        chunk_sequences: int,
+        with_tokens: bool = False,
+        with_x: bool = False,
+    ) -> None:
+        from zarr.storage import LocalStore
+
+        partial = Path(partial)
+        if not (partial / "zarr.json").is_file():
+            raise RunStoreError(f"{partial}: the run's partial directory is gone (the run was aborted)")
+        root = _zarr().open_group(store=LocalStore(partial), mode="r+")
+
+        def target(name: str, path: str) -> _Target:
+            return _Target(name, root[path].with_config({"write_empty_chunks": True}), True)
+
+        self.out = partial
+        self.tmp = partial
+        self.layers = list(layers)
+        self.n_sequences = int(n_sequences)
+        self.chunk = int(chunk_sequences)
+        self._targets = {
+            info.name: [target(k, f"{groups[info.name]}/{k}") for k in (*info.signals, "mask", "input")]
+            for info in self.layers
+        }
+        self._tokens = target("tokens", "tokens") if with_tokens else None
+        self._x = target("x", "x") if with_x else None
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gatelens-shard-store")
+        self._digests = {}
+        self._written = 0
+        self._done = False
+        self._lock_fd = None
+
+    def _put_chunk(self, target: _Target, i: int, rows: np.ndarray) -> None:
+        # never re-create the partial directory once the client removed it (an aborted run): only the folders
+        # below the array's own are made here
+        base = self.tmp / target.rel
+        if not (base / "zarr.json").is_file():
+            raise RunStoreError(f"{self.tmp}: the run's partial directory is gone (the run was aborted)")
+        folder = self.tmp / target.key(i)
+        for d in reversed(folder.relative_to(base).parents[:-1]):
+            (base / d).mkdir(exist_ok=True)
+        super()._put_chunk(target, i, rows)
+
+    def close(self) -> dict[str, str]:
+        """Wait for every write; the digests of the chunks written (file relative to the run -> sha256)."""
+        self._pool.shutdown(wait=True)
+        self._done = True
+        return dict(self._digests)
+
+    def finish(self, verification: Mapping[str, float], **manifest: Any) -> Path:
+        """Not for a shard: the client seals the run."""
+        raise RunStoreError("a RegionWriter writes chunks only; the client's RunWriter seals the run")
+
+    def abort(self) -> None:
+        """Stop writing; the partial directory is the client's to remove."""
+        self.close()
+
+
 def _chunk_blocks(target: _Target, rows: np.ndarray) -> Iterator[memoryview]:
     """The bytes of one whole chunk (``rows``, then fill-value rows up to the chunk's size) in small blocks.
 

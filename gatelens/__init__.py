@@ -30,6 +30,8 @@ _ROOT = Path(__file__).resolve().parent.parent
 if not (Path(__file__).resolve().parent / "analysis").is_dir() and (_ROOT / "analysis" / "__init__.py").is_file():
     __path__.append(str(_ROOT))  # the package's own __path__
 
+#: Whether the user set TensorFlow's C++ log level (the console script then keeps it; else it hides C++ logs).
+_TF_LOG_LEVEL_FROM_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow itself is imported lazily, where it is needed
 
 __version__ = "0.2.0"

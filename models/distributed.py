@@ -44,6 +44,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +152,11 @@ def shard_bounds(n: int, batch: int, chunk: int, n_workers: int, shard_sequences
 # ----------------------------------------------------------------------------------------------------------------
 # the worker side
 
-_CACHE: dict[tuple, Any] = {}  # (model path, sha256, layers) -> Extractor, one per worker process
+#: (model path, sha256, layers) -> Extractor, in each worker process, the most recently used last. Bounded: a
+#: long-lived cluster that extracts many models keeps only the last :data:`CACHED_MODELS` loaded.
+_CACHE: OrderedDict[tuple, Any] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
+CACHED_MODELS = 2
 
 
 def _cap_threads() -> None:
@@ -177,6 +181,7 @@ def _extractor(spec: ShardSpec) -> tuple[Any, float]:
     key = (spec.model_path, spec.model_sha256, spec.layers)
     with _CACHE_LOCK:
         if key in _CACHE:
+            _CACHE.move_to_end(key)
             return _CACHE[key], 0.0
         t0 = time.perf_counter()
         _cap_threads()
@@ -191,63 +196,24 @@ def _extractor(spec: ShardSpec) -> tuple[Any, float]:
 
         ex = Extractor(load_model(spec.model_path), layers=list(spec.layers) if spec.layers else None)
         _CACHE[key] = ex
+        while len(_CACHE) > CACHED_MODELS:  # the least recently used model (and its compiled functions) goes
+            _CACHE.popitem(last=False)
         return ex, time.perf_counter() - t0
 
 
 def _region_writer(spec: ShardSpec) -> Any:
-    """A :class:`~gatelens.analysis.store.RunWriter` over the client's partial directory, writing chunks only."""
-    from zarr.storage import LocalStore
+    """The store's writer of this shard's chunks into the client's partial run (:class:`RegionWriter`)."""
+    from gatelens.analysis.store import RegionWriter
 
-    from gatelens.analysis import store
-    from gatelens.errors import RunStoreError
-
-    partial = Path(spec.partial)
-    if not (partial / "zarr.json").is_file():
-        raise RunStoreError(f"{partial}: the run's partial directory is gone (the run was aborted)")
-
-    class _Region(store.RunWriter):
-        def __init__(self) -> None:  # opens what the client created; creates nothing
-            from concurrent.futures import ThreadPoolExecutor
-
-            root = store._zarr().open_group(store=LocalStore(partial), mode="r+")
-
-            def target(name: str, path: str) -> Any:
-                return store._Target(name, root[path].with_config({"write_empty_chunks": True}), True)
-
-            self.out = partial
-            self.tmp = partial
-            self.layers = list(spec.infos)
-            self.n_sequences = spec.n_sequences
-            self.chunk = spec.chunk
-            self._targets = {
-                info.name: [target(k, f"{spec.groups[info.name]}/{k}") for k in (*info.signals, "mask", "input")]
-                for info in self.layers
-            }
-            self._tokens = target("tokens", "tokens") if spec.with_tokens else None
-            self._x = target("x", "x") if spec.with_x else None
-            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gatelens-shard-store")
-            self._digests = {}
-            self._written = 0
-            self._done = False
-            self._lock_fd = None
-
-        def _put_chunk(self, target: Any, i: int, rows: np.ndarray) -> None:
-            # never re-create the partial directory once the client removed it (an aborted run): only the
-            # folders below the array's own are made here
-            base = partial / target.rel
-            if not (base / "zarr.json").is_file():
-                raise RunStoreError(f"{partial}: the run's partial directory is gone (the run was aborted)")
-            folder = partial / target.key(i)
-            for d in reversed(folder.relative_to(base).parents[:-1]):
-                (base / d).mkdir(exist_ok=True)
-            super()._put_chunk(target, i, rows)
-
-        def close(self) -> dict[str, str]:
-            self._pool.shutdown(wait=True)
-            self._done = True
-            return dict(self._digests)
-
-    return _Region()
+    return RegionWriter(
+        spec.partial,
+        list(spec.infos),
+        groups=spec.groups,
+        n_sequences=spec.n_sequences,
+        chunk_sequences=spec.chunk,
+        with_tokens=spec.with_tokens,
+        with_x=spec.with_x,
+    )
 
 
 def extract_shard(spec: ShardSpec, x: np.ndarray | str, start: int) -> dict[str, Any]:

@@ -265,6 +265,14 @@ def _apply(v, slot_tensors, t_index):
     return v
 
 
+def _processing_order(v, back: bool):
+    """(B, T, u) in time order -> (T, B, u) in processing order (a bool mask by :func:`cells.bool_swap_batch_time`)."""
+    from gatelens.models import cells
+
+    v = v[:, ::-1] if back else v
+    return cells.bool_swap_batch_time(v) if v.dtype.is_bool else cells.swap_batch_time(v)
+
+
 def _rerun(cell_type: str, w: Any, x, mask, states, slots: dict[str, list], want_signals: bool) -> dict[str, Any]:
     """Step-by-step re-run of one direction (processing order, batch-major ``x`` (B, T, in)) in Keras's order of
     operations (:mod:`gatelens.models.cells`), each signal replaced by its slots inside the step.
@@ -274,13 +282,13 @@ def _rerun(cell_type: str, w: Any, x, mask, states, slots: dict[str, list], want
     """
     import tensorflow as tf
 
-    from gatelens.models.cells import swap_batch_time
+    from gatelens.models.cells import bool_swap_batch_time, swap_batch_time
 
     b = tf.shape(x)[0]
     t = tf.shape(x)[1]
     m = tf.ones(tf.stack([b, t]), tf.bool) if mask is None else mask
     xs = swap_batch_time(x)
-    ms = swap_batch_time(m)
+    ms = bool_swap_batch_time(m)
     idx = tf.range(t)
     ra, act = w.recurrent_activation, w.activation
     names = INTERVENABLE[cell_type]
@@ -482,10 +490,8 @@ class Intervener:
                 sl = {}
                 for sig, lst in tensors.get(d.name, {}).items():  # (B, T, u) in time order -> (T, B, u) processing
                     sl[sig] = [
-                        (op, tf.transpose(tf.reverse(m, [1]) if back else m, [1, 0, 2]),
-                         tf.transpose(tf.reverse(v, [1]) if back else v, [1, 0, 2]))
-                        for op, m, v in lst
-                    ]  # fmt: skip
+                        (op, _processing_order(m, back), _processing_order(v, back)) for op, m, v in lst
+                    ]
                 r = _rerun(d.info.cell_type, _cell_weights(d.rnn), xp, mp, states, sl, d.name in capture)
                 if d.name in capture:
                     sigs = r.pop("signals")

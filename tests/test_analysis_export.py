@@ -375,3 +375,34 @@ def test_every_table_has_its_documented_header_full_or_empty(tmp_path):
             with open(tmp_path / name / fname, newline="") as f:
                 rows = list(csv.reader(f))
             assert rows == [TABLE_COLUMNS[table]], (name, fname, rows)
+
+
+def test_export_run_writes_its_manifest_last_and_removes_it_first(tmp_path, monkeypatch):
+    """manifest.json says an export is complete: it lists every file written (with its size on disk), is written
+    after them, and a later export into the same folder removes it before writing anything (so a killed export
+    never leaves the previous export's manifest beside half of its own files)."""
+    import gatelens.analysis.export as ex
+
+    trace = write_store(text_trace(12), tmp_path / "store")
+    out = tmp_path / "out"
+    paths = ex.export_run(trace, out, format="parquet", signals=["hidden_state"], sequences=range(2, 99))
+    doc = json.loads((out / ex.EXPORT_MANIFEST).read_text())
+    assert doc["format"] == "parquet" and doc["signals"] == ["hidden_state"]
+    assert doc["sequences"] == [2, trace.n_sequences] and doc["layers"] == list(trace.layers)
+    assert doc["run"] == str(trace.path) and doc["run_manifest_sha256"] == trace.meta["manifest_sha256"]
+    assert set(doc["files"]) == set(paths)
+    for name, entry in doc["files"].items():
+        p = paths[name]
+        on_disk = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+        assert entry == {"path": p.name, "bytes": on_disk}
+    newest = max(f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file() and f.name != ex.EXPORT_MANIFEST)
+    assert (out / ex.EXPORT_MANIFEST).stat().st_mtime_ns >= newest
+
+    def fail(*a, **k):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(ex, "export_table", fail)
+    with pytest.raises(RuntimeError, match="killed"):
+        ex.export_run(trace, out, format="parquet")
+    assert not (out / ex.EXPORT_MANIFEST).exists()  # the earlier files are there, but no manifest vouches for them
+    assert (out / "units.parquet").exists()

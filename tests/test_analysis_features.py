@@ -304,6 +304,17 @@ def test_user_features_missing_file_and_bad_encoding(tmp_path):
         load_user_features(p, trace)
 
 
+def test_user_features_with_a_byte_order_mark_read_like_without(tmp_path):
+    """Excel's "CSV UTF-8" starts the file with a byte order mark: it is not part of the first column's name."""
+    trace = make_trace(np.zeros((2, 3), int), ["", "a"])
+    text = "sequence,step,flag\r\n0,2,1\r\n1,0,0\r\n"
+    plain, bom = tmp_path / "plain.csv", tmp_path / "bom.csv"
+    plain.write_text(text, newline="")
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    pd.testing.assert_frame_equal(load_user_features(bom, trace), load_user_features(plain, trace))
+    assert load_user_features(bom, trace).columns.tolist() == ["sequence", "step", "flag"]
+
+
 def test_feature_kind_and_matrix():
     assert feature_kind(np.array([True, False])) == "binary"
     assert feature_kind(np.array([0.0, 1.0, 1.0])) == "binary"

@@ -86,6 +86,27 @@ def test_extract_analyze_export_roundtrip(files, tmp_path):
     assert {"units.csv", "correlations.csv"} <= {p.name for p in out.iterdir()}
 
 
+def test_commands_on_masked_models_leave_stderr_empty(files, tmp_path):
+    """Keras's masked layers make TensorFlow log a C++ ERROR line ("oneDNN supports DT_BOOL only on platforms with
+    AVX-512") on CPUs without AVX-512; the console script keeps stderr for gatelens's own one-line messages (unless
+    the user set TF_CPP_MIN_LOG_LEVEL)."""
+    d, _, _ = files
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    commands = [
+        ["extract", d / "num.keras", d / "x.npy", "--out", tmp_path / "run"],
+        ["extract", d / "text.keras", d / "code.txt", "--out", tmp_path / "text_run"],
+        ["intervene", d / "num.keras", d / "x.npy", "--do", "lstm:0:forget_gate=0", "--bootstrap", "10",
+         "--out", tmp_path / "iv"],
+    ]  # fmt: skip
+    for args in commands:
+        r = subprocess.run(
+            [sys.executable, "-m", "gatelens", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stderr == "", (args[0], r.stderr)
+        assert r.stdout.startswith(("wrote", "lstm:0:forget_gate=0")), r.stdout
+
+
 def test_extract_with_sampled_verification(files, tmp_path):
     d, model, x = files
     run = tmp_path / "run"

@@ -397,3 +397,29 @@ def test_string_model_counts_unknown_tokens_and_honours_strict_vocab(client, tmp
     strict = ["extract", str(path), str(corpus), "--out", str(tmp_path / "cli2"), "--scheduler", addr, "--strict-vocab"]
     assert main(strict) == 2
     assert "--strict-vocab" in capsys.readouterr().err and not (tmp_path / "cli2").exists()
+
+
+def test_the_worker_keeps_the_last_two_models_loaded(tmp_path):
+    """Each worker caches loaded models (a shard of the same run reuses them), at most CACHED_MODELS: a long-lived
+    cluster that extracts many models does not hold every one of them."""
+    import dataclasses
+
+    from gatelens.analysis.store import sha256_file
+    from gatelens.models import distributed as dist
+
+    paths = [_series_model(tmp_path / f"m{i}.keras", seed=i) for i in range(3)]
+    base = dist.ShardSpec(
+        model_path="", model_sha256="", layers=None, partial="", groups={}, infos=(), n_sequences=1, chunk=1,
+        batch=1, batch_size=1, dtype="float32", tolerance=1e-4, verify="sample", sample_size=1, with_tokens=False,
+        with_x=False,
+    )  # fmt: skip
+    specs = [dataclasses.replace(base, model_path=str(p), model_sha256=sha256_file(p)) for p in paths]
+    dist._CACHE.clear()
+    first, _ = dist._extractor(specs[0])
+    dist._extractor(specs[1])
+    again, loaded = dist._extractor(specs[0])  # a hit: the same extractor, nothing loaded
+    assert again is first and loaded == 0.0
+    dist._extractor(specs[2])  # the least recently used (model 1) goes
+    assert [k[0] for k in dist._CACHE] == [str(paths[0]), str(paths[2])]
+    assert dist.CACHED_MODELS == 2
+    dist._CACHE.clear()

@@ -311,7 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import gatelens
+
+    if not gatelens._TF_LOG_LEVEL_FROM_USER:  # before TensorFlow is imported (lazily, by the command)
+        # 3: TensorFlow's C++ ERROR lines too, which Keras's own masked layers cause on every CPU without AVX-512
+        # ("oneDNN supports DT_BOOL only on platforms with AVX-512. Falling back ..."): a failure that matters
+        # reaches the command as an exception, reported in one line
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if debug else "3"
     from gatelens.errors import GatelensError, VerificationError, exit_code_of, is_user_error
 
     raise_internal: BaseException
