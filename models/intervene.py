@@ -489,9 +489,7 @@ class Intervener:
                 mp = None if mask is None else (tf.reverse(mask, [1]) if back else mask)
                 sl = {}
                 for sig, lst in tensors.get(d.name, {}).items():  # (B, T, u) in time order -> (T, B, u) processing
-                    sl[sig] = [
-                        (op, _processing_order(m, back), _processing_order(v, back)) for op, m, v in lst
-                    ]
+                    sl[sig] = [(op, _processing_order(m, back), _processing_order(v, back)) for op, m, v in lst]
                 r = _rerun(d.info.cell_type, _cell_weights(d.rnn), xp, mp, states, sl, d.name in capture)
                 if d.name in capture:
                     sigs = r.pop("signals")
