@@ -88,6 +88,50 @@ def test_char_lstm_bits_per_char_recomputed_independently():
     assert unigram == pytest.approx(card["metrics"]["unigram_bits_per_char"], rel=1e-9)
 
 
+def test_adding_lstm_metrics_recomputed_independently():
+    """The targets from the inputs themselves (the sum of the two marked values), the metrics in NumPy from Keras's
+    own predictions: nothing of gatelens.models.zoo.train's evaluation."""
+    from gatelens.models.zoo import tasks as tk
+
+    path = demos.demo("adding_lstm").model_path
+    card = tr.read_card(path)
+    d = card["data"]
+    x = tk.generate(d["task"], d["sequences"]["test"], seed=d["seeds"]["test"], **d["source"]["params"]).x
+    assert set(np.unique(x[..., 1])) == {0.0, 1.0} and (x[..., 1].sum(1) == 2).all()  # two marked steps each
+    y = (x[..., 0].astype(np.float64) * x[..., 1]).sum(1)
+    pred = np.asarray(load_model(path).predict(x, batch_size=256, verbose=0), np.float64)[:, 0]
+    err = pred - y
+    m = card["metrics"]
+    assert m["n_sequences"] == len(y)
+    assert (err**2).mean() == pytest.approx(m["mse"], rel=1e-4)
+    assert np.abs(err).mean() == pytest.approx(m["mae"], rel=1e-4)
+    assert 1 - (err**2).mean() / y.var() == pytest.approx(m["r2"], rel=1e-6)
+    assert ((1.0 - y) ** 2).mean() == pytest.approx(m["baseline_mse"], rel=1e-6)  # the card summed in float32
+    assert (np.abs(err) < 0.04).mean() == pytest.approx(m["fraction_within_0.04"], abs=2 / len(y))
+
+
+def test_sunspots_lstm_metrics_recomputed_independently():
+    """From the CSV with pandas: each test target's 24 preceding years as the window, the naive forecast the last
+    of them, the baselines and errors in NumPy (nothing of gatelens's series helpers)."""
+    path = demos.demo("sunspots_lstm").model_path
+    card = tr.read_card(path)
+    d = card["data"]
+    values = pd.read_csv(ds.resolve_data_path(d["source"]["path"]))[d["target"]].to_numpy(np.float64)
+    assert len(values) == d["steps"]
+    w = d["window"]
+    (_, a), (t0, t1) = d["split"]["train"], d["split"]["test"]
+    targets = np.arange(t0, t1)
+    x = np.stack([values[t - w : t] for t in targets])[..., None].astype(np.float32)
+    y = values[targets]
+    pred = np.asarray(load_model(path).predict(x, verbose=0), np.float64).reshape(len(y), -1)[:, 0]
+    m = card["metrics"]
+    assert m["n_windows"] == len(y) == t1 - t0
+    assert np.abs(pred - y).mean() == pytest.approx(m["mae"], rel=1e-4)
+    assert np.sqrt(((pred - y) ** 2).mean()) == pytest.approx(m["rmse"], rel=1e-4)
+    assert np.abs(values[targets - 1] - y).mean() == pytest.approx(m["naive_last_value_mae"], rel=1e-9)
+    assert np.abs(values[:a].mean() - y).mean() == pytest.approx(m["train_mean_mae"], rel=1e-9)
+
+
 @pytest.mark.parametrize("name", DEMO_NAMES)
 def test_demo_extracts_with_its_bundled_data(name):
     from gatelens.models.data import load_data
