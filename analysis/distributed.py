@@ -40,6 +40,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,11 @@ WORKER_ENV = {
     **PROCESS_ENV,  # no NumPy huge-page requests (gatelens._console)
 }
 _FILES_PER_TASK = 64
-_TRACES: dict[tuple[str, float], Trace] = {}  # per worker process: the opened run, by path and manifest time
+#: Per worker process: the runs opened lazily, by path and manifest time, the most recently used last; at most
+#: :data:`CACHED_RUNS` (a long-lived cluster that analyses many runs keeps the last few open, not all).
+_TRACES: OrderedDict[tuple[str, float], Trace] = OrderedDict()
 _TRACES_LOCK = threading.Lock()
+CACHED_RUNS = 4
 
 
 def _trace(run: str) -> Trace:
@@ -79,8 +83,12 @@ def _trace(run: str) -> Trace:
 
     key = (run, os.stat(Path(run) / MANIFEST).st_mtime)
     with _TRACES_LOCK:
-        if key not in _TRACES:
+        if key in _TRACES:
+            _TRACES.move_to_end(key)
+        else:
             _TRACES[key] = open_run(run, verify=False)
+            while len(_TRACES) > CACHED_RUNS:
+                _TRACES.popitem(last=False)
         return _TRACES[key]
 
 

@@ -423,3 +423,22 @@ def test_the_worker_keeps_the_last_two_models_loaded(tmp_path):
     assert [k[0] for k in dist._CACHE] == [str(paths[0]), str(paths[2])]
     assert dist.CACHED_MODELS == 2
     dist._CACHE.clear()
+
+
+def test_the_worker_keeps_the_last_runs_open(tmp_path):
+    """The analysis worker's runs (opened lazily, once each) are bounded like its models: the last CACHED_RUNS."""
+    from gatelens.analysis import distributed as adist
+    from gatelens.models.extract import write_run
+    from gatelens.models.loading import load_model
+
+    model = load_model(_series_model(tmp_path / "m.keras"))
+    x = np.random.default_rng(0).normal(size=(3, 6, 2)).astype(np.float32)
+    runs = [str(write_run(model, x, tmp_path / f"run{i}").path) for i in range(adist.CACHED_RUNS + 1)]
+    adist._TRACES.clear()
+    first = adist._trace(runs[0])
+    for r in runs[1:-1]:
+        adist._trace(r)
+    assert adist._trace(runs[0]) is first  # a hit, and now the most recent
+    adist._trace(runs[-1])  # the least recently used (run 1) goes
+    assert [k[0] for k in adist._TRACES] == [*runs[2:-1], runs[0], runs[-1]]
+    adist._TRACES.clear()
