@@ -194,7 +194,13 @@ def step_effects(
 
 
 def per_sequence(values: np.ndarray) -> np.ndarray:
-    """The mean over each sequence's defined steps, (N,) (NaN for a sequence without any)."""
+    """The mean over each sequence's defined steps, (N,) (NaN for a sequence without any).
+
+    Examples
+    --------
+    >>> per_sequence(np.array([[1.0, 3.0, np.nan], [np.nan, np.nan, np.nan]])).tolist()   # NaN steps left out
+    [2.0, nan]
+    """
     v = np.asarray(values, np.float64)
     ok = np.isfinite(v)
     cnt = ok.sum(1)
@@ -238,7 +244,17 @@ def bootstrap_ci(
 def summary_row(
     seq_original: np.ndarray, seq_intervened: np.ndarray, seq_effect: np.ndarray, *, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, float]:
-    """``original``, ``intervened``, ``effect``, ``ci_low``, ``ci_high``, ``n_sequences`` from per-sequence values."""
+    """``original``, ``intervened``, ``effect``, ``ci_low``, ``ci_high``, ``n_sequences`` from per-sequence values.
+
+    Sequences whose effect is NaN are left out of every column.
+
+    Examples
+    --------
+    >>> original, intervened = np.array([1.0, 2.0, 3.0, np.nan]), np.array([1.5, 2.5, 3.0, 1.0])
+    >>> row = summary_row(original, intervened, intervened - original, n_boot=200)
+    >>> {k: round(v, 3) for k, v in row.items()}
+    {'original': 2.0, 'intervened': 2.333, 'effect': 0.333, 'ci_low': 0.0, 'ci_high': 0.5, 'n_sequences': 3}
+    """
     effect, lo, hi = bootstrap_ci(seq_effect, n_boot=n_boot, seed=seed)
     ok = np.isfinite(seq_effect)
     return {

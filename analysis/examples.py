@@ -323,7 +323,18 @@ def unit_examples(
 
     Examples
     --------
-    See the module docstring.
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("lstm", n=2, steps=4, units=1)
+    >>> sig["forget_gate"][:, :, 0] = [[0.9, 0.1, 0.8, 0.8], [0.2, 0.8, 0.3, 0.9]]
+    >>> ex, hist = unit_examples(trace, signals=["forget_gate"], k=1, k_decile=0, context=1, bins=10)
+    >>> ex[["kind", "sequence", "step", "context_start", "position"]].values.tolist()
+    [['top', 0, 0, 0, 0], ['bottom', 0, 1, 0, 1], ['rise', 0, 2, 1, 1], ['drop', 0, 1, 0, 1]]
+    >>> ex["value"].round(2).tolist()                   # rise and drop: the change from the step before
+    [0.9, 0.1, 0.7, -0.8]
+    >>> hist["count"].tolist()                          # 10 bins over [0.1, 0.9]: every real step counted once
+    [1, 1, 1, 0, 0, 0, 0, 0, 3, 2]
+
+    See the module docstring for the ties and the deciles.
     """
     if k < 1 or k_decile < 0 or context < 0:
         raise ValueError(f"need k >= 1, k_decile >= 0 and context >= 0, got {k!r}, {k_decile!r}, {context!r}")

@@ -343,6 +343,18 @@ def activation_batches(
 
     Columns as :func:`activation_columns`; ``safe`` neutralises the text cells (CSV), else they are
     kept as they are (Parquet). Only unmasked steps; only the chosen layers, signals and sequences.
+
+    Examples
+    --------
+    >>> from gatelens._examples import example_trace
+    >>> mask = np.array([[True, True, True, False]] * 3)               # the last step of each sequence is padding
+    >>> trace, _ = example_trace("lstm", n=3, steps=4, units=2, fill=0.5, mask=mask)
+    >>> tables = list(activation_batches(trace, signals=["forget_gate"], chunk=2))
+    >>> [t.num_rows for t in tables], tables[0].column_names          # 2 and 1 sequences x 3 real steps x 2 units
+    ([12, 6], ['layer', 'sequence', 'step', 'unit', 'forget_gate'])
+    >>> tables[0].slice(0, 3).to_pydict()
+    {'layer': ['lstm', 'lstm', 'lstm'], 'sequence': [0, 0, 0], 'step': [0, 0, 1], 'unit': [0, 1, 0],
+     'forget_gate': [0.5, 0.5, 0.5]}
     """
     import pyarrow as pa
 

@@ -67,7 +67,17 @@ def seal(doc: Mapping[str, Any], *, default: Callable[[Any], Any] | None = None)
 
 
 def check_seal(doc: Mapping[str, Any], where: str, *, default: Callable[[Any], Any] | None = None) -> None:
-    """Raise :class:`RunStoreError` unless ``doc[manifest_sha256]`` is the checksum of the rest of ``doc``."""
+    """Raise :class:`RunStoreError` unless ``doc[manifest_sha256]`` is the checksum of the rest of ``doc``.
+
+    Examples
+    --------
+    >>> check_seal(json.loads(seal({"n_steps": 3})), "m.json") is None     # as written: passes
+    True
+    >>> check_seal({"n_steps": 3}, "m.json")                                # never sealed
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.RunStoreError: m.json: key 'manifest_sha256' is missing or not a sha256; ...
+    """
     got = doc.get(SEAL_KEY)
     if not isinstance(got, str) or not _HEX64.fullmatch(got):
         raise RunStoreError(f"{where}: key {SEAL_KEY!r} is missing or not a sha256; the manifest cannot be trusted")
@@ -217,7 +227,21 @@ def validate_manifest(doc: Mapping[str, Any], where: str) -> None:
 
 
 def check_arrays(manifest: Mapping[str, Any], layers: Mapping[str, Any], tokens: Any, x: Any, where: str) -> None:
-    """Check that every array of an opened run has the shape and dtype its manifest states."""
+    """Check that every array of an opened run has the shape and dtype its manifest states.
+
+    Examples
+    --------
+    >>> from gatelens._examples import example_trace
+    >>> trace, _ = example_trace("lstm", n=2, steps=3, units=2)
+    >>> layer = {"name": "lstm", "cell_type": "lstm", "units": 2, "input_dim": 1}
+    >>> m = {"n_sequences": 2, "n_steps": 3, "dtype": "float32", "layers": [layer]}
+    >>> check_arrays(m, trace.layer_traces, None, None, "m.json") is None
+    True
+    >>> check_arrays({**m, "n_steps": 4}, trace.layer_traces, None, None, "m.json")
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.RunStoreError: m.json: layers[0] ('lstm') input_gate has shape (2, 3, 2) but ... states (2, 4, 2); ...
+    """
     import numpy as np
 
     n, t, dtype = manifest["n_sequences"], manifest["n_steps"], np.dtype(manifest["dtype"])

@@ -48,7 +48,14 @@ _TEMP = re.compile(r"^\..+\.(tmp|partial)[-.].*")
 
 
 def export_tables() -> frozenset[str]:
-    """:data:`EXPORT_TABLES` and the CSV file of every registered analysis step (``ANALYSIS_FILES``)."""
+    """:data:`EXPORT_TABLES` and the CSV file of every registered analysis step (``ANALYSIS_FILES``).
+
+    Examples
+    --------
+    >>> tables = export_tables()
+    >>> {"activations", "units", "half_lives", "examples"} <= tables, "thesis" in tables
+    (True, False)
+    """
     from gatelens.analysis.export import ANALYSIS_FILES
 
     return EXPORT_TABLES | {f.partition(".")[0] for f in ANALYSIS_FILES}
@@ -73,6 +80,23 @@ def check_export_dir(path: str | os.PathLike, *, add: bool = False) -> None:
     ------
     UsageError
         ``path`` is a file or a link, or a folder with other files (exit code 2); it is left as it is.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> check_export_dir(d / "new") is None, check_export_dir(d) is None     # a new folder, an empty one
+    (True, True)
+    >>> _ = (d / "half_lives.csv").write_text("layer,unit\\n")               # a previous export: replaced
+    >>> check_export_dir(d) is None
+    True
+    >>> _ = (d / "notes.txt").write_text("mine")
+    >>> check_export_dir(d / "notes.txt")
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.UsageError: ...notes.txt: exists and is not a folder (a file of yours?); ...
+    >>> check_export_dir(d, add=True) is None                                # --add: beside the user's files
+    True
     """
     path = Path(path)
     hint = "choose a new or empty folder, or pass --add to write the export beside them"

@@ -75,7 +75,14 @@ FEATURE_TASKS = frozenset(s.name for s in STEP_REGISTRY if s.needs_features)
 
 
 def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity), at least 1."""
+    """The CPU cores this process may run on (its affinity), at least 1.
+
+    Examples
+    --------
+    >>> n = usable_cores()
+    >>> isinstance(n, int) and 1 <= n <= (os.cpu_count() or 1)
+    True
+    """
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
@@ -84,7 +91,15 @@ def usable_cores() -> int:
 
 def signal_bytes(run: Trace | str | os.PathLike) -> int:
     """Bytes of every stored signal (the arrays the steps read) at their stored dtype: of a trace, or of a run
-    directory from its manifest alone (nothing is opened or hashed, so it can be asked before the run is verified)."""
+    directory from its manifest alone (nothing is opened or hashed, so it can be asked before the run is verified).
+
+    Examples
+    --------
+    >>> from gatelens._examples import example_trace
+    >>> trace, _ = example_trace("lstm", n=2, steps=3, units=2)
+    >>> signal_bytes(trace)                       # 2 x 3 x 2 values x 10 LSTM signals x 4 bytes (float32)
+    480
+    """
     if isinstance(run, Trace):
         return sum(int(run[n][s].nbytes) for n in run.layers for s in run[n].info.signals)
     from gatelens.analysis.store import read_manifest
@@ -97,7 +112,16 @@ def signal_bytes(run: Trace | str | os.PathLike) -> int:
 def default_processes(run: Trace | str | os.PathLike) -> int:
     """Worker processes for analysing ``run`` (a trace, or a run directory): one per usable core up to
     :data:`MAX_PROCESSES` for a run from a store with at least :data:`MIN_PARALLEL_BYTES` of signals, else 1
-    (this process)."""
+    (this process).
+
+    Examples
+    --------
+    >>> from gatelens._examples import example_trace
+    >>> default_processes(example_trace("lstm", n=2, steps=3, units=2)[0])   # in memory: this process
+    1
+    >>> MIN_PARALLEL_BYTES, MAX_PROCESSES                                  # 64 MiB of signals, 4 workers at most
+    (67108864, 4)
+    """
     if isinstance(run, Trace) and run.path is None:
         return 1
     if signal_bytes(run) < MIN_PARALLEL_BYTES:
@@ -108,7 +132,13 @@ def default_processes(run: Trace | str | os.PathLike) -> int:
 def worker_tasks(steps: Sequence[str], layers: Sequence[str]) -> list[Task]:
     """The tasks :func:`analyze_processes` sends to its workers for ``steps`` of a run with ``layers``, in the order
     they are queued: the steps that read no earlier table, longest first (:data:`COST_ORDER`), a ``by_layer`` step
-    once per layer."""
+    once per layer.
+
+    Examples
+    --------
+    >>> worker_tasks(["stats", "clusters", "probes"], ["lstm", "gru"])   # clusters reads earlier tables: not sent
+    [('probes', 'lstm'), ('probes', 'gru'), ('stats', None)]
+    """
     rank = {name: i for i, name in enumerate(COST_ORDER)}
     queued = sorted(
         (s for s in STEP_REGISTRY if s.name in steps and s.name != "features" and not s.reads),
@@ -122,7 +152,14 @@ def started_workers(processes: int, tasks: int) -> Iterator[_Workers | None]:
     """``min(processes, tasks)`` worker processes started now, to be given to :func:`analyze_processes`; None when
     that is 1 (the caller analyses in its own process). They import the analysis while the caller goes on (opens
     the run), and open the run only once :func:`analyze_processes` sends it; all are stopped on leaving the
-    block."""
+    block.
+
+    Examples
+    --------
+    >>> with started_workers(4, 1) as workers:    # one task: no worker is started, the caller analyses itself
+    ...     workers is None
+    True
+    """
     n = min(processes, tasks)
     if n <= 1:
         yield None

@@ -59,6 +59,22 @@ class Partial:
     ----------
     path : Path
         The partial's path (an empty file or folder when created).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> part = Partial(d / "tables" / "events", directory=True)        # a folder, made beside the final one
+    >>> part.path.is_dir(), bool(PARTIAL_NAME.match(part.path.name))
+    (True, True)
+    >>> _ = (part.path / "part-0.parquet").write_bytes(b"rows")
+    >>> os.replace(part.path, d / "tables" / "events")                 # complete: renamed into place
+    >>> part.close()
+    >>> sorted(p.name for p in (d / "tables").iterdir())
+    ['events']
+    >>> other = Partial(d / "units.csv")
+    >>> other.close(); other.path.exists()                             # not renamed: removed
+    False
     """
 
     def __init__(self, final: str | os.PathLike, *, directory: bool = False) -> None:
@@ -100,7 +116,20 @@ class Partial:
 
 def partial_path(final: str | os.PathLike, *, directory: bool = False) -> Partial:
     """A :class:`Partial` for ``final`` as a context manager: yields its path, removes it on the way out
-    unless it was renamed into place (``os.replace(path, final)``)."""
+    unless it was renamed into place (``os.replace(path, final)``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> with partial_path(d / "units.csv") as tmp:
+    ...     _ = tmp.write_text("layer,unit\\n")
+    ...     print(tmp.name.startswith(".units.csv.partial-"), sorted(p.name for p in d.iterdir()) == [tmp.name])
+    ...     os.replace(tmp, d / "units.csv")
+    True True
+    >>> sorted(p.name for p in d.iterdir())
+    ['units.csv']
+    """
     return Partial(final, directory=directory)
 
 

@@ -91,6 +91,17 @@ class StepContext:
     A step returns ``{table: DataFrame}`` for the tables its entry declares (those it leaves out stay empty)
     and calls :meth:`skip` to note why it produced nothing. ``feature_table`` is the features step's output,
     read by the steps after it.
+
+    Examples
+    --------
+    >>> from gatelens._examples import example_trace
+    >>> trace, _ = example_trace("lstm", n=2, steps=4, units=2, fill=0.5)
+    >>> ctx = StepContext(trace, Analysis(), step="probes")
+    >>> ctx.chunk, ctx.features, ctx.feature_table is None
+    (256, None, True)
+    >>> ctx.skip("no features")                               # also logged as a warning
+    >>> ctx.result.skipped
+    {'probes': 'no features'}
     """
 
     trace: Trace
@@ -142,6 +153,23 @@ class Step:
     module : str
         The module ``run`` imports its code from when first called (importing this package stays cheap); worker
         processes import it ahead, while the run is verified.
+
+    Examples
+    --------
+    >>> step = STEP_REGISTRY[1]
+    >>> step.name, step.tables, step.files["half_lives.csv"], step.stage, step.needs_features
+    ('memory', ('half_lives', 'retention'), 'half_lives', 'summary', False)
+
+    A step of one's own fills tables of :class:`Analysis` and is run with :func:`run_step`:
+
+    >>> from gatelens._examples import example_trace
+    >>> def layer_names(ctx):
+    ...     return {"units": pd.DataFrame({"layer": ctx.trace.layers, "n": [ctx.trace.n_sequences]})}
+    >>> mine = Step("layer_names", layer_names, ("units",), {}, "the layers and their number of sequences")
+    >>> ctx = StepContext(example_trace("lstm", n=2)[0], Analysis())
+    >>> run_step(ctx, mine)
+    >>> ctx.result.units.values.tolist()
+    [['lstm', 2]]
     """
 
     name: str
@@ -401,6 +429,17 @@ def _analysis_doc() -> str:
         :func:`load_analysis` (the run's ``events.parquet``). ``events`` is then an empty frame with
         the event columns; read the rows with :func:`read_events` or :func:`iter_event_batches`, which
         serve both cases.
+
+    Examples
+    --------
+    >>> a = Analysis()
+    >>> a.tables()[:4], a.units.empty, a.skipped, a.events_file
+    (('units', 'signal_stats', 'half_lives', 'retention'), True, {{}}, None)
+    >>> from gatelens._examples import example_trace
+    >>> trace, _ = example_trace("lstm", n=2, steps=4, units=2, fill=0.5)
+    >>> result = analyze(trace, steps=("stats",))
+    >>> len(result.units), result.half_lives.empty           # 2 units x (3 gates, candidate); memory not run
+    (8, True)
     """
 
 

@@ -63,12 +63,39 @@ DEFAULT_LIMIT = 1000
 
 
 class QueryError(UsageError):
-    """A search query that does not fit the run (unknown layer, unit or signal, span outside the sequence, ...)."""
+    """A search query that does not fit the run (unknown layer, unit or signal, span outside the sequence, ...).
+
+    Examples
+    --------
+    >>> from gatelens._examples import example_trace
+    >>> trace, _ = example_trace("lstm", n=2, steps=6, units=2)
+    >>> search(trace, "forget_gate of lstm:7 below 0.1")
+    Traceback (most recent call last):
+    ...
+    gatelens.analysis.search.QueryError: search query '...': layer 'lstm' has 2 units (0..1), not unit 7
+    >>> issubclass(QueryError, UsageError) and issubclass(QueryError, ValueError)   # exit code 2
+    True
+    """
 
 
 @dataclass(frozen=True)
 class SpanQuery:
-    """Steps ``start:end`` (half-open) of ``sequence``: find every span where the same units are on."""
+    """Steps ``start:end`` (half-open) of ``sequence``: find every span where the same units are on.
+
+    Examples
+    --------
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=2, steps=6, units=2)
+    >>> sig["hidden_state"][:, :, 0] = [[0.9, 0.8, 0.1, 0.9, 0.7, 0.2], [0.1, 0.6, 0.9, 0.9, 0.0, 0.8]]
+    >>> trace = Trace({"lstm": lt})
+    >>> q = SpanQuery(0, 0, 2, threshold=0.5)               # the units >= 0.5 on steps 0 and 1 of sequence 0
+    >>> q.describe()
+    'span 0:0:2 of hidden_state >= 0.5'
+    >>> r = search(trace, q)
+    >>> r.units, r.matches[["sequence", "start", "end"]].values.tolist()
+    ([0], [[0, 0, 2], [0, 3, 5], [1, 1, 4], [1, 5, 6]])
+    """
 
     sequence: int
     start: int
@@ -84,7 +111,23 @@ class SpanQuery:
 
 @dataclass(frozen=True)
 class Condition:
-    """One unit-signal condition: ``op`` one of ``below``, ``above``, ``rising``, ``falling``."""
+    """One unit-signal condition: ``op`` one of ``below``, ``above``, ``rising``, ``falling``.
+
+    Examples
+    --------
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=2, steps=6, units=2)
+    >>> sig["hidden_state"][:, :, 0] = [[0.9, 0.8, 0.1, 0.9, 0.7, 0.2], [0.1, 0.6, 0.9, 0.9, 0.0, 0.8]]
+    >>> trace = Trace({"lstm": lt})
+    >>> c = Condition("lstm", 0, "hidden_state", "rising", 0.5)
+    >>> c.describe()
+    'hidden_state of lstm:0 rising by more than 0.5'
+    >>> search(trace, c).matches[["sequence", "start", "end"]].values.tolist()   # the later step of each rise
+    [[1, 5, 6], [0, 3, 4]]
+    >>> parse_conditions(trace, "hidden_state of lstm:0 above 0.5")
+    [Condition(layer='lstm', unit=0, signal='hidden_state', op='above', value=0.5)]
+    """
 
     layer: str
     unit: int
@@ -100,7 +143,22 @@ class Condition:
 
 @dataclass(frozen=True)
 class PatternQuery:
-    """A short sequence of ``values`` of one unit's signal, matched by correlation."""
+    """A short sequence of ``values`` of one unit's signal, matched by correlation.
+
+    Examples
+    --------
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=2, steps=6, units=2)
+    >>> sig["hidden_state"][:, :, 0] = [[0.9, 0.8, 0.1, 0.9, 0.7, 0.2], [0.1, 0.6, 0.9, 0.9, 0.0, 0.8]]
+    >>> trace = Trace({"lstm": lt})
+    >>> q = PatternQuery((0.1, 0.9, 0.9), "lstm", 0)        # low, then high twice
+    >>> q.describe()
+    'pattern of 3 values of hidden_state of lstm:0, r >= 0.9'
+    >>> r = search(trace, q)
+    >>> r.kind, r.matches[["sequence", "start", "end"]].values.tolist(), r.matches["score"].round(3).tolist()
+    ('pattern', [[1, 1, 4], [0, 2, 5]], [1.0, 0.971])
+    """
 
     values: tuple[float, ...]
     layer: str
@@ -128,6 +186,19 @@ class SearchResult:
     layer, signal : str
     units : list of int
         The units of the query (for a span query: those on over the whole span).
+
+    Examples
+    --------
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=2, steps=6, units=2)
+    >>> sig["hidden_state"][:, :, 0] = [[0.9, 0.8, 0.1, 0.9, 0.7, 0.2], [0.1, 0.6, 0.9, 0.9, 0.0, 0.8]]
+    >>> trace = Trace({"lstm": lt})
+    >>> r = search(trace, "hidden_state of lstm:0 above 0.5", limit=2)
+    >>> r.kind, r.query, r.layer, r.signal, r.units
+    ('condition', 'hidden_state of lstm:0 above 0.5', 'lstm', 'hidden_state', [0])
+    >>> r.n_matches, len(r.matches), list(r.matches.columns) == MATCH_COLUMNS   # 4 found, the best 2 kept
+    (4, 2, True)
     """
 
     query: str
@@ -572,6 +643,24 @@ def search(
     QueryError
         (exit code 2) for an unknown layer, unit or signal, a span outside its sequence, a threshold that is
         not a number: one line that names the query.
+
+    Examples
+    --------
+    >>> from gatelens.analysis.trace import Trace
+    >>> from gatelens._examples import example_layer
+    >>> lt, sig = example_layer("lstm", n=2, steps=6, units=2)
+    >>> sig["hidden_state"][:, :, 0] = [[0.9, 0.8, 0.1, 0.9, 0.7, 0.2], [0.1, 0.6, 0.9, 0.9, 0.0, 0.8]]
+    >>> trace = Trace({"lstm": lt})
+    >>> r = search(trace, "0:0:2", threshold=0.5)            # where else are the units on over 0:0:2 on?
+    >>> r.query, r.n_matches
+    ('span 0:0:2 of hidden_state >= 0.5', 4)
+    >>> r.matches[["rank", "sequence", "start", "end", "length"]].values.tolist()
+    [[0, 0, 0, 2, 2], [1, 0, 3, 5, 2], [2, 1, 1, 4, 3], [3, 1, 5, 6, 1]]
+    >>> r.matches["score"].round(2).tolist()                  # overlap x length ratio to the query's span
+    [1.0, 1.0, 0.67, 0.5]
+    >>> long = search(trace, "hidden_state of lstm:0 above 0.5", min_length=3)    # spans of 3 steps or more
+    >>> long.matches[["sequence", "start", "end"]].values.tolist()
+    [[1, 1, 4]]
     """
     trace = run if isinstance(run, Trace) else _open(run)
     if limit < 1 or min_length < 1:

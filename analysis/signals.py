@@ -64,6 +64,16 @@ class Signal:
     block : int or None
         For a signal with a pre-activation: the index of its block of columns in Keras's
         ``kernel``/``recurrent_kernel``/``bias``.
+
+    Examples
+    --------
+    >>> f = get("forget_gate")
+    >>> f.kind, f.cells, f.value_range, f.role, f.label, f.block
+    ('gate', ('lstm',), (0.0, 1.0), 'keep', 'forget gate', 1)
+    >>> Signal("dial", "knob", ("lstm",))
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.UsageError: signal 'dial': kind must be one of ('gate', 'candidate', ...), got 'knob'
     """
 
     name: str
@@ -182,7 +192,16 @@ def register(signal: Signal) -> Signal:
 
 
 def unregister(name: str) -> Signal:
-    """Remove the signal ``name`` from the registry (returns its record)."""
+    """Remove the signal ``name`` from the registry (returns its record).
+
+    Examples
+    --------
+    >>> _ = register(Signal("write_share", "gate", ("gru",), (0.0, 1.0)))
+    >>> "write_share" in signals_for("gru")
+    True
+    >>> unregister("write_share").cells, "write_share" in signals_for("gru")
+    (('gru',), False)
+    """
     record = get(name)
     del _REGISTRY[name]
     _rebuild()
@@ -204,7 +223,15 @@ def get(name: str) -> Signal:
 
 
 def records(cell_type: str | None = None) -> tuple[Signal, ...]:
-    """Every record (of ``cell_type`` when given), in registry order."""
+    """Every record (of ``cell_type`` when given), in registry order.
+
+    Examples
+    --------
+    >>> [(r.name, r.kind) for r in records("simple_rnn")]
+    [('hidden_state', 'state'), ('hidden_state_pre', 'pre-activation')]
+    >>> len(records()) == len({name for cell in CELL_TYPES for name in signals_for(cell)})
+    True
+    """
     if cell_type is None:
         return tuple(_REGISTRY.values())
     names = signals_for(cell_type)

@@ -404,6 +404,22 @@ class RunWriter:
     chunks are written and hashed by a pool of threads (file writes and hashlib release the GIL).
     Sequences of a batch that do not fill whole chunks (``start`` not a multiple of ``chunk_sequences``)
     go through zarr's own path and are hashed in :meth:`finish`.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from gatelens.analysis.trace import LayerInfo
+    >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1)
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+    >>> batch = {s: np.full((2, 3, 1), 0.25, np.float32) for s in info.signals}
+    >>> batch.update(mask=np.ones((2, 3), bool), input=np.zeros((2, 3, 1), np.float32))
+    >>> with RunWriter(out, [info], n_sequences=2, n_steps=3) as w:
+    ...     w.write_batch(0, {"gru": batch})                  # sequences 0:2 of every layer
+    ...     path = w.finish(verification={"gru": 0.0}, note="by hand")
+    >>> path == out, sorted(p.name for p in out.iterdir())
+    (True, ['layers', 'manifest.json', 'zarr.json'])
+    >>> read_manifest(out)["note"], float(open_run(out)["gru"]["update_gate"][1, 2, 0])
+    ('by hand', 0.25)
     """
 
     def __init__(
@@ -930,6 +946,15 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
     RunStoreError
         When the directory or its manifest is missing, is not a gatelens run, fails the schema (the message
         names the key) or was edited after it was written (exit code 2).
+
+    Examples
+    --------
+    >>> from gatelens._examples import tiny_run
+    >>> m = read_manifest(tiny_run())                     # 6 sequences of 4 steps, one LSTM of 3 units
+    >>> m["format"], m["n_sequences"], m["n_steps"], m["dtype"], [d["name"] for d in m["layers"]]
+    ('gatelens-run', 6, 4, 'float32', ['lstm'])
+    >>> "layers/lstm/forget_gate/zarr.json" in m["files"]  # every file, with its sha256
+    True
     """
     from gatelens.analysis.manifest import check_seal, validate_manifest
 
@@ -966,6 +991,19 @@ def verify_run(
 
     ``hash_files(rels)`` yields ``(rel, sha256)`` for the run-relative paths ``rels`` (default: hashed here,
     one after the other; :mod:`gatelens.analysis.distributed` hashes on its workers).
+
+    Examples
+    --------
+    >>> from gatelens._examples import tiny_run
+    >>> run = tiny_run()
+    >>> verify_run(run) is None                           # every file matches its checksum
+    True
+    >>> chunk = run / "layers" / "lstm" / "forget_gate" / "c" / "0" / "0" / "0"
+    >>> _ = chunk.write_bytes(bytes(len(chunk.read_bytes())))   # the same size, other bytes
+    >>> verify_run(run)
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.RunStoreError: ...run: layers/lstm/forget_gate/c/0/0/0 does not match its checksum in the manifest
     """
     run = Path(run)
     manifest = manifest or read_manifest(run)
@@ -1001,6 +1039,16 @@ def open_run(run: str | os.PathLike, *, verify: bool = True) -> Trace:
     Trace
         Arrays are read-only ``zarr.Array``; slicing reads only the chunks needed.
         ``trace.meta`` is the manifest.
+
+    Examples
+    --------
+    >>> from gatelens._examples import tiny_run
+    >>> run = open_run(tiny_run())                        # 6 sequences of 4 steps, one LSTM of 3 units
+    >>> run.layers, run.n_sequences, run.n_steps, run.path.name, run.meta["dtype"]
+    (['lstm'], 6, 4, 'run', 'float32')
+    >>> gate = run["lstm"]["forget_gate"]
+    >>> type(gate).__name__, gate.shape, type(gate[0]).__name__   # lazy; a slice reads NumPy
+    ('Array', (6, 4, 3), 'ndarray')
     """
     run = Path(run)
     manifest = read_manifest(run)

@@ -95,6 +95,17 @@ class LayerTrace(Mapping):
         ``kernel`` (input_dim, k*units), ``recurrent_kernel`` (units, k*units) and
         ``bias`` (k*units,) or, for GRU with ``reset_after``, (2, 3*units); zeros when
         the layer has no bias.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> info = LayerInfo(name="gru", cell_type="gru", units=1, input_dim=1)
+    >>> sig = {s: np.full((2, 3, 1), 0.25, np.float32) for s in info.signals}
+    >>> lt = LayerTrace(info, sig, mask=np.ones((2, 3), bool), inputs=np.zeros((2, 3, 1), np.float32))
+    >>> lt
+    LayerTrace('gru', gru, shape=(2, 3, 1))
+    >>> list(lt)[:3], float(lt["update_gate"][1, 2, 0]), lt.mask.shape
+    (['update_gate', 'reset_gate', 'candidate'], 0.25, (2, 3))
     """
 
     def __init__(
@@ -161,6 +172,15 @@ class Trace(Mapping):
         The run directory, for a trace opened from a run store (None in memory).
     meta : dict
         Free-form provenance (model and data hashes, versions, options).
+
+    Examples
+    --------
+    >>> from gatelens._examples import example_trace
+    >>> trace, _ = example_trace("lstm", n=2, steps=3, units=2, fill=0.5)   # one hand-made LSTM layer
+    >>> trace.layers, trace.n_sequences, trace.n_steps
+    (['lstm'], 2, 3)
+    >>> trace["lstm"], trace["lstm"]["forget_gate"].shape
+    (LayerTrace('lstm', lstm, shape=(2, 3, 2)), (2, 3, 2))
     """
 
     layer_traces: dict[str, LayerTrace]
@@ -205,7 +225,18 @@ class Trace(Mapping):
         return first.shape[1]
 
     def to_xarray(self, layer: str | None = None, *, signals: Any = None, chunks: Any = None) -> Any:
-        """The trace as an ``xarray.Dataset`` (lazy for a run from the store): see :func:`gatelens.analysis.convert.to_xarray`."""
+        """The trace as an ``xarray.Dataset`` (lazy for a run from the store): see :func:`gatelens.analysis.convert.to_xarray`.
+
+        Examples
+        --------
+        >>> from gatelens._examples import example_trace
+        >>> trace, _ = example_trace("lstm", n=2, steps=3, units=2, fill=0.5)
+        >>> ds = trace.to_xarray("lstm")
+        >>> dict(ds.sizes), ds["forget_gate"].dims, ds["mask"].dtype
+        ({'sequence': 2, 'step': 3, 'unit': 2, 'input_dim': 1}, ('sequence', 'step', 'unit'), dtype('bool'))
+        >>> trace.to_xarray()["lstm/forget_gate"].dims                   # every layer: names prefixed by the layer
+        ('sequence', 'step', 'lstm/unit')
+        """
         from gatelens.analysis.convert import to_xarray
 
         return to_xarray(self, layer, signals=signals, chunks=chunks)
@@ -213,7 +244,18 @@ class Trace(Mapping):
     def to_frame(
         self, layer: str, signals: Any = None, sequences: Any = None, *, wide: bool = False, drop_masked: bool = True
     ) -> Any:
-        """One layer's signals as a tidy ``pandas.DataFrame``: see :func:`gatelens.analysis.convert.to_frame`."""
+        """One layer's signals as a tidy ``pandas.DataFrame``: see :func:`gatelens.analysis.convert.to_frame`.
+
+        Examples
+        --------
+        >>> from gatelens._examples import example_trace
+        >>> trace, _ = example_trace("lstm", n=2, steps=3, units=2, fill=0.5)
+        >>> df = trace.to_frame("lstm", ["forget_gate"], [1])            # sequence 1: 3 steps x 2 units
+        >>> list(df.columns), len(df), float(df["value"].iloc[0])
+        (['layer', 'sequence', 'step', 'unit', 'signal', 'value'], 6, 0.5)
+        >>> list(trace.to_frame("lstm", ["forget_gate", "input_gate"], wide=True).columns)
+        ['layer', 'sequence', 'step', 'unit', 'input_gate', 'forget_gate']
+        """
         from gatelens.analysis.convert import to_frame
 
         return to_frame(self, layer, signals, sequences, wide=wide, drop_masked=drop_masked)

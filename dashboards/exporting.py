@@ -53,7 +53,16 @@ FORMATS = ("csv", "parquet")
 
 @dataclass(frozen=True)
 class Selection:
-    """What to export: layers and signals (None: all), sequences ``[first, stop)`` (None: all), the format."""
+    """What to export: layers and signals (None: all), sequences ``[first, stop)`` (None: all), the format.
+
+    Examples
+    --------
+    >>> sel = Selection(layers=("lstm",), signals=("forget_gate",), sequences=(0, 10), format="parquet")
+    >>> sel.sequence_range, Selection().sequence_range
+    (range(0, 10), None)
+    >>> len(sel.key), sel.key == Selection(("lstm",), ("forget_gate",), (0, 10), "parquet").key   # its folder
+    (16, True)
+    """
 
     layers: tuple[str, ...] | None = None
     signals: tuple[str, ...] | None = None
@@ -245,7 +254,22 @@ def mark_route_served(served: bool = True) -> None:
 
 
 async def download_endpoint(request: Any) -> Any:
-    """The Starlette endpoint of :data:`DOWNLOAD_ROUTE`: the registered file, streamed from disk; else 404."""
+    """The Starlette endpoint of :data:`DOWNLOAD_ROUTE`: the registered file, streamed from disk; else 404.
+
+    Examples
+    --------
+    >>> import asyncio, tempfile
+    >>> from types import SimpleNamespace
+    >>> p = Path(tempfile.mkdtemp()) / "units.csv"
+    >>> _ = p.write_text("layer,unit\\n")
+    >>> def get(token):                                   # a request as Starlette routes it: only the token is read
+    ...     return asyncio.run(download_endpoint(SimpleNamespace(path_params={"token": token})))
+    >>> r = get(register(p))
+    >>> type(r).__name__, r.status_code, r.media_type, r.headers["content-disposition"]
+    ('FileResponse', 200, 'text/csv', 'attachment; filename="units.csv"')
+    >>> get("no-such-token").status_code
+    404
+    """
     from starlette.responses import FileResponse, PlainTextResponse
 
     path = resolve(str(request.path_params.get("token", "")))

@@ -50,7 +50,19 @@ Progress = Callable[[int, int], None]
 
 
 class Cancelled(Exception):
-    """Raised inside a job's work by its progress callback once the job was cancelled (its session ended)."""
+    """Raised inside a job's work by its progress callback once the job was cancelled (its session ended).
+
+    Examples
+    --------
+    >>> job = Job(lambda stage: stage("loading"))         # made, not started yet
+    >>> job.cancel()
+    >>> job.submit().wait(10)                              # its first stage call raises Cancelled
+    True
+    >>> job.result()
+    Traceback (most recent call last):
+    ...
+    gatelens.dashboards.jobs.Cancelled: ...
+    """
 
 
 #: Worker threads shared by all sessions (the machine is small; TensorFlow uses its own pool inside).
@@ -145,6 +157,17 @@ class Job:
 
         Safe to call from any thread, more than once. A cancelled job's :meth:`result` raises
         :class:`Cancelled`.
+
+        Examples
+        --------
+        >>> job = Job.start(lambda stage: "a run folder")
+        >>> job.wait(10)
+        True
+        >>> dropped = []
+        >>> job.on_discard = dropped.append                 # e.g. removes the folder
+        >>> job.cancel()                                    # done already: the result is dropped now
+        >>> job.cancelled, dropped[0], type(job.error).__name__
+        (True, 'a run folder', 'Cancelled')
         """
         self._cancel.set()
         if self.done:

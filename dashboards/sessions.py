@@ -82,6 +82,19 @@ class Ledger:
     """What each session owns and when it was last seen; :meth:`reap` ends the sessions gone idle.
 
     Thread-safe: the script threads of many sessions and the reaper thread call it at once.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> ledger = Ledger(idle_s=60)
+    >>> upload = Path(tempfile.mkdtemp())                  # a session's temporary folder
+    >>> ledger.touch("s1", now=0.0), ledger.sessions()
+    (True, ['s1'])
+    >>> ledger.own_folder("s1", upload, now=0.0)
+    >>> ledger.reap(now=30.0), ledger.reap(now=61.0), upload.exists()   # unseen for more than 60 s: ended
+    ([], ['s1'], False)
+    >>> ledger.touch("s1", now=62.0)                      # it comes back: its files are gone, start afresh
+    False
     """
 
     def __init__(self, idle_s: float | None = None) -> None:

@@ -99,12 +99,26 @@ class CompatError(GatelensError, RuntimeError):
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """True for errors that are the user's to fix (exit 2 or 3), False for internal ones."""
+    """True for errors that are the user's to fix (exit 2 or 3), False for internal ones.
+
+    Examples
+    --------
+    >>> is_user_error(UsageError("--limit 0: expected >= 1")), is_user_error(UnsupportedLayerError("ConvLSTM1D"))
+    (True, True)
+    >>> is_user_error(VerificationError("lstm: 0.3 > 1e-4")), is_user_error(ValueError("not ours"))
+    (False, False)
+    """
     return isinstance(exc, GatelensInputError)
 
 
 def exit_code_of(exc: BaseException) -> int:
-    """The command line's exit code for ``exc``: its ``exit_code`` for gatelens errors, 1 for anything else."""
+    """The command line's exit code for ``exc``: its ``exit_code`` for gatelens errors, 1 for anything else.
+
+    Examples
+    --------
+    >>> [exit_code_of(e("x")) for e in (UsageError, RunStoreError, UnsupportedLayerError, CompatError, OSError)]
+    [2, 2, 3, 1, 1]
+    """
     if isinstance(exc, GatelensError):
         return int(exc.exit_code)
     return 1

@@ -71,7 +71,16 @@ def env_number(
 
 @dataclass(frozen=True)
 class ReadLimits:
-    """Bounds on a data or features file (every one overridable by its environment variable, see ``_ENV``)."""
+    """Bounds on a data or features file (every one overridable by its environment variable, see ``_ENV``).
+
+    Examples
+    --------
+    >>> lim = ReadLimits()
+    >>> lim.max_columns, lim.max_feature_columns, lim.max_cells, lim.max_line_bytes == 16 << 20
+    (100000, 2000, 50000000, True)
+    >>> ReadLimits(max_rows=10).max_rows, ReadLimits(max_rows=10).max_columns       # one bound changed
+    (10, 100000)
+    """
 
     max_line_bytes: int = 16 << 20
     max_columns: int = 100_000
@@ -99,15 +108,28 @@ class ReadLimits:
         return cls(**kw)
 
 
-def _too_many(where: str, what: str, got: int, limit: int, key: str) -> DataError:
-    return DataError(f"{where}: {what} {got:,}, more than the limit of {limit:,} ({_ENV[key]})")
-
-
 def scan_csv(raw: bytes, where: str, limits: ReadLimits, *, max_columns: int | None = None) -> tuple[int, int]:
     """Check a CSV's line lengths, columns per line, rows and cells against ``limits``; return (lines, columns).
 
     Commas inside quoted cells are counted as separators, so the column count is an upper bound (a numeric
     series has no quoted commas). Runs in blocks of 8 MiB with array operations; memory stays a few times that.
+
+    Examples
+    --------
+    >>> scan_csv(b"sequence,step,f\\n0,0,1", "f.csv", ReadLimits(), max_columns=3)   # the last line has no newline
+    (2, 3)
+    >>> scan_csv(b"sequence,step,f,g\\n", "f.csv", ReadLimits(), max_columns=3)     # a features file's bound
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.DataError: f.csv: line 1 has 4 columns, more than the limit of 3 (GATELENS_MAX_FEATURE_COLUMNS)
+    >>> scan_csv(b"a,b\\n1,2\\n", "x.csv", ReadLimits(max_cells=3))
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.DataError: x.csv: the file has more than 3 cells, the limit (GATELENS_MAX_CELLS)
+    >>> scan_csv(b"a\\n1\\n2\\n3", "x.csv", ReadLimits(max_rows=2))
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.DataError: x.csv: the file has more than 2 lines, the limit (GATELENS_MAX_ROWS)
     """
     import numpy as np  # here, not at import: the model validator imports this module and stays NumPy-free
 
@@ -160,7 +182,9 @@ def scan_csv(raw: bytes, where: str, limits: ReadLimits, *, max_columns: int | N
         if carry + 1 > cap_cols:
             raise DataError(f"{where}: line {line + 1} has more than {cap_cols:,} columns, the limit ({_ENV[col_key]})")
         if line > limits.max_rows:
-            raise _too_many(where, "the file has more lines than", line, limits.max_rows, "max_rows")
+            raise DataError(
+                f"{where}: the file has more than {limits.max_rows:,} lines, the limit ({_ENV['max_rows']})"
+            )
         if cells > limits.max_cells:
             raise DataError(
                 f"{where}: the file has more than {limits.max_cells:,} cells, the limit ({_ENV['max_cells']})"
@@ -170,7 +194,7 @@ def scan_csv(raw: bytes, where: str, limits: ReadLimits, *, max_columns: int | N
         cells += carry + 1
         widest = max(widest, carry + 1)
     if line > limits.max_rows:
-        raise _too_many(where, "the file has more lines than", line, limits.max_rows, "max_rows")
+        raise DataError(f"{where}: the file has more than {limits.max_rows:,} lines, the limit ({_ENV['max_rows']})")
     if cells > limits.max_cells:
         raise DataError(f"{where}: the file has more than {limits.max_cells:,} cells, the limit ({_ENV['max_cells']})")
     return line, widest

@@ -151,6 +151,22 @@ def gates(
     -------
     altair.VConcatChart
         Padded steps are left out; gates on a fixed [0, 1] scale, signed signals on a symmetric one.
+
+    Examples
+    --------
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("gru", n=2, steps=5, units=3, reset_after=True)
+    >>> sig["update_gate"][:] = np.random.default_rng(0).uniform(size=(2, 5, 3))
+    >>> chart = gates(trace, "gru", units=[0, 2], sequence=1)
+    >>> type(chart).__name__, [c.title for c in chart.vconcat]
+    ('VConcatChart', ['input', 'update gate', 'reset gate', 'candidate', 'hidden state'])
+    >>> strip = chart.vconcat[1].data                           # the update gate: a row per unit, a cell per step
+    >>> sorted(set(strip["unit"])), len(strip)
+    ([0, 2], 10)
+    >>> bool(np.allclose(strip.value[strip.unit == 2], sig["update_gate"][1, :, 2]))   # unit 2 of sequence 1
+    True
+    >>> [c.title for c in gates(trace, "gru", signals="reset_gate").vconcat]
+    ['input', 'reset gate']
     """
     lt = _layer(trace, layer)
     seq = _sequence(trace, sequence)
@@ -303,7 +319,20 @@ def preactivations(
 
 
 def retention(analysis: Any, layer: str, unit: int) -> Any:
-    """Retention curves (share of memory kept over L steps) of every unit of ``layer``, ``unit`` in red."""
+    """Retention curves (share of memory kept over L steps) of every unit of ``layer``, ``unit`` in red.
+
+    Examples
+    --------
+    >>> import gatelens
+    >>> from gatelens._examples import example_trace
+    >>> trace, sig = example_trace("lstm", n=3, steps=8, units=2)
+    >>> sig["forget_gate"][:] = np.random.default_rng(0).uniform(0.5, 1.0, size=(3, 8, 2))
+    >>> chart = retention(gatelens.analyze(trace, steps=["memory"]), "lstm", 1)
+    >>> type(chart).__name__, chart.title
+    ('LayerChart', 'retention: lstm unit 1 (red) and the others')
+    >>> [c.mark.color for c in chart.layer], chart.layer[1].encoding.x.shorthand, chart.layer[1].encoding.y.shorthand
+    (['#ccc', '#d62728'], 'lag:Q', 'retention:Q')
+    """
     df = _table(analysis, "retention", "memory")
     if not (df["layer"] == layer).any():
         raise UsageError(f"no retention curves for layer {layer!r}; there are for {sorted(set(df['layer']))}")
@@ -373,6 +402,21 @@ def correlations(analysis: Any, signal: str | None = None, *, sort_by: str | Non
     """Features (rows) x units (columns) coloured by Pearson r of ``signal`` (default the state).
 
     ``sort_by`` (a feature) orders the units by their r with it, strongest positive first.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, gatelens
+    >>> from gatelens._examples import example_hidden
+    >>> trace, h, seq, step = example_hidden(units=2)           # one SimpleRNN layer "rnn" of 2 random units
+    >>> noise = np.random.default_rng(1).normal(scale=0.1, size=seq.size)
+    >>> feats = pd.DataFrame({"sequence": seq, "step": step, "follows_0": h[seq, step, 0] + noise})
+    >>> result = gatelens.analyze(trace, features=feats, steps=["features", "correlations"])
+    >>> chart = correlations(result, sort_by="follows_0")
+    >>> enc = chart.to_dict()["encoding"]
+    >>> type(chart).__name__, enc["x"]["field"], enc["y"]["field"], enc["color"]["field"], enc["x"]["sort"]
+    ('Chart', 'unit_label', 'feature', 'pearson_r', ['rnn:0', 'rnn:1'])
+    >>> chart.data[["unit_label", "feature"]].values.tolist()    # the state's r: a cell per unit and feature
+    [['rnn:0', 'step'], ['rnn:0', 'follows_0'], ['rnn:1', 'step'], ['rnn:1', 'follows_0']]
     """
     df = _table(analysis, "correlations")
     present = list(dict.fromkeys(df["signal"]))
@@ -386,7 +430,25 @@ def correlations(analysis: Any, signal: str | None = None, *, sort_by: str | Non
 
 
 def probes(analysis: Any, feature: str) -> Any:
-    """Held-out score of the linear probe of ``feature`` per layer and signal, a tick at its control task."""
+    """Held-out score of the linear probe of ``feature`` per layer and signal, a tick at its control task.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, gatelens
+    >>> from gatelens._examples import example_hidden
+    >>> trace, h, seq, step = example_hidden(units=2)           # one SimpleRNN layer "rnn" of 2 random units
+    >>> noise = np.random.default_rng(1).normal(scale=0.1, size=seq.size)
+    >>> feats = pd.DataFrame({"sequence": seq, "step": step, "follows_0": h[seq, step, 0] + noise})
+    >>> result = gatelens.analyze(trace, features=feats, steps=["features", "probes"])
+    >>> chart = probes(result, "follows_0")
+    >>> type(chart).__name__, chart.title
+    ('LayerChart', 'probes for follows_0 (tick: control task)')
+    >>> [c.encoding.x.shorthand for c in chart.layer], chart.layer[0].mark    # bar: the score; tick: the control
+    (['score:Q', 'control_score:Q'], 'bar')
+    >>> row = chart.data.iloc[0]
+    >>> row.signal, bool(row.score > 0.9), bool(abs(row.control_score) < 0.1)
+    ('hidden_state', True, True)
+    """
     df = _table(analysis, "probes")
     scored = df[(df["feature"] == feature) & df["score"].notna()]
     if scored.empty:
@@ -396,5 +458,20 @@ def probes(analysis: Any, feature: str) -> Any:
 
 
 def selectivity(analysis: Any) -> Any:
-    """Selectivity (score minus control score) of every probe: signal x feature, a row per layer and signal."""
+    """Selectivity (score minus control score) of every probe: signal x feature, a row per layer and signal.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, gatelens
+    >>> from gatelens._examples import example_hidden
+    >>> trace, h, seq, step = example_hidden(units=2)           # one SimpleRNN layer "rnn" of 2 random units
+    >>> noise = np.random.default_rng(1).normal(scale=0.1, size=seq.size)
+    >>> feats = pd.DataFrame({"sequence": seq, "step": step, "follows_0": h[seq, step, 0] + noise})
+    >>> chart = selectivity(gatelens.analyze(trace, features=feats, steps=["features", "probes"]))
+    >>> enc = chart.to_dict()["encoding"]
+    >>> type(chart).__name__, chart.mark, enc["x"]["field"], enc["y"]["field"], enc["color"]["field"]
+    ('Chart', 'rect', 'feature', 'row', 'selectivity')
+    >>> chart.data[["row", "feature"]].values.tolist(), (chart.data["selectivity"] > 0.9).tolist()
+    ([['rnn · hidden_state', 'step'], ['rnn · hidden_state', 'follows_0']], [False, True])
+    """
     return charts.selectivity_heatmap(_table(analysis, "probes"))

@@ -118,6 +118,18 @@ def missing_apis() -> list[str]:
 
     The legacy ``.h5`` reader is probed where it is used (:func:`legacy_h5`): importing it costs time on
     every start and only ``.h5`` files need it.
+
+    Examples
+    --------
+    >>> missing_apis()
+    []
+    >>> saved = NAMES["run_through_graph"]
+    >>> NAMES["run_through_graph"] = "_renamed"        # as if a Keras release renamed Functional._run_through_graph
+    >>> try:
+    ...     print(missing_apis())
+    ... finally:
+    ...     NAMES["run_through_graph"] = saved
+    ['Functional._renamed']
     """
     out = []
     for label, probe in _PROBES:
@@ -139,7 +151,23 @@ _warned = False
 
 
 def check() -> None:
-    """Raise :class:`~gatelens.errors.CompatError` if the installed Keras lacks an API gatelens needs."""
+    """Raise :class:`~gatelens.errors.CompatError` if the installed Keras lacks an API gatelens needs.
+
+    Examples
+    --------
+    >>> check() is None                                  # the installed Keras has every API
+    True
+    >>> saved = NAMES["standardize_inputs"]
+    >>> NAMES["standardize_inputs"] = "_renamed"
+    >>> try:
+    ...     check()
+    ... except CompatError as e:
+    ...     print(str(e).split(") ", 1)[1])
+    ... finally:
+    ...     NAMES["standardize_inputs"] = saved
+    lacks Functional._renamed, a private Keras API gatelens needs;
+    install a supported Keras (pip install 'keras>=3.8,<3.16').
+    """
     missing = missing_apis()
     if missing:
         raise _error(", ".join(missing))

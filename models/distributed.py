@@ -67,7 +67,15 @@ SHARD_PREFIX = "gatelens-shard"
 
 
 class ShardError(GatelensError, RuntimeError):
-    """A shard of a distributed run failed on every try (exit code 1); the message names the shard."""
+    """A shard of a distributed run failed on every try (exit code 1); the message names the shard.
+
+    Examples
+    --------
+    >>> from gatelens.errors import exit_code_of, is_user_error
+    >>> e = ShardError("shard 3 (sequences 96:128) failed on every try: MemoryError")
+    >>> exit_code_of(e), is_user_error(e), isinstance(e, RuntimeError)      # internal, not the user's input
+    (1, False, True)
+    """
 
     exit_code = 1
 

@@ -523,7 +523,23 @@ def _plan_for(model: Any, layers: Sequence[str] | None = None, jit_compile: bool
 
 
 def cached_models() -> int:
-    """How many models the compile cache holds (a collected model leaves it)."""
+    """How many models the compile cache holds (a collected model leaves it).
+
+    Examples
+    --------
+    >>> import gc
+    >>> from gatelens._examples import tiny_model
+    >>> _ = gc.collect()                                # models no longer referenced leave the cache first
+    >>> before = cached_models()
+    >>> model = tiny_model()
+    >>> ex = Extractor(model)                           # extract(model, x) caches the same way
+    >>> cached_models() - before
+    1
+    >>> del model, ex
+    >>> _ = gc.collect()
+    >>> cached_models() - before
+    0
+    """
     with _CACHE_LOCK:
         return len(_CACHE)
 
@@ -532,7 +548,13 @@ def cached_models() -> int:
 
 
 class Capture(NamedTuple):
-    """What one traced call of the model gives (all per-call state; see :func:`capture`)."""
+    """What one traced call of the model gives (all per-call state; see :func:`capture`).
+
+    Examples
+    --------
+    >>> Capture._fields
+    ('output', 'signals', 'embeddings')
+    """
 
     output: Any  # what the model returns
     signals: dict[str, dict[str, Any]]  # direction name -> its signals, "mask", "input", "error"
@@ -547,6 +569,21 @@ def capture(plan: _Plan, x: Any, *, verify: str = DEFAULT_VERIFY, sample_size: i
     processing order, pre-activations stacked as ``preactivations``), ``mask`` (B, T) and ``input`` (B, T, in)
     in time order, and ``error``: ``[max |diff|, max |diff| / (1 + |ref|)]`` of the verification. Keys that
     start with ``_`` are internal (what the layer received, in processing order).
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from gatelens._examples import tiny_model, tiny_inputs
+    >>> model, x = tiny_model(), tiny_inputs()
+    >>> ex = Extractor(model)                           # ex._plan: the model's cached plan
+    >>> cap = tf.function(lambda xb: capture(ex._plan, xb), autograph=False)(x)
+    >>> type(cap).__name__, sorted(cap.signals), cap.embeddings, tuple(cap.output.shape)
+    ('Capture', ['lstm'], {}, (2, 4, 1))
+    >>> sig = cap.signals["lstm"]
+    >>> tuple(sig["forget_gate"].shape), tuple(sig["preactivations"].shape), tuple(sig["mask"].shape)
+    ((4, 2, 3), (4, 2, 12), (2, 4))
+    >>> bool(np.asarray(sig["error"]).max() < 1e-5), bool(np.allclose(cap.output, model.predict(x, verbose=0)))
+    (True, True)
     """
     from gatelens.models.graph import call_with_hook
 
@@ -610,6 +647,20 @@ def run_direction(d: _Direction, seq: Any, mask: Any, ref_proc: Any = None, init
     ``ref_proc`` (optional): Keras's own output sequence in processing order, to teacher-force from. Returns the
     cell's signals (:mod:`gatelens.models.cells`: time-major, processing order), ``mask`` and ``input`` (time
     order, batch-major) and what the checks need (``_x_proc``, ``_mask_proc``, ``_h0``, ``_c0``).
+
+    Examples
+    --------
+    >>> from gatelens._examples import tiny_model, tiny_inputs
+    >>> model, x = tiny_model(), tiny_inputs()              # 2 sequences of 4 steps, an LSTM of 3 units
+    >>> d = Extractor(model).directions[0]
+    >>> r = run_direction(d, x, None)                       # eagerly here; the extractor calls it while tracing
+    >>> sorted(k for k in r if not k.startswith("_"))
+    ['candidate', 'cell_state', 'forget_gate', 'hidden_state', 'input', 'input_gate', 'mask', 'output_gate',
+     'preactivations']
+    >>> tuple(r["hidden_state"].shape), tuple(r["mask"].shape)   # time-major signals; mask batch-major
+    ((4, 2, 3), (2, 4))
+    >>> bool(np.allclose(np.swapaxes(r["hidden_state"], 0, 1), model.get_layer("lstm")(x), atol=1e-6))
+    True
     """
     import tensorflow as tf
 
@@ -853,7 +904,17 @@ def _layer_full(plan, layer, args, kwargs, call, seq, mask, init):
 
 
 class Batch(NamedTuple):
-    """One extracted batch: its first sequence, the signals of every captured layer, their verification errors."""
+    """One extracted batch: its first sequence, the signals of every captured layer, their verification errors.
+
+    Examples
+    --------
+    >>> from gatelens._examples import tiny_model, tiny_inputs
+    >>> batches = list(Extractor(tiny_model()).iter_batches(tiny_inputs(n=3), batch_size=2))
+    >>> [(b.start, b.signals["lstm"]["hidden_state"].shape) for b in batches]
+    [(0, (2, 4, 3)), (2, (1, 4, 3))]
+    >>> sorted(batches[0].signals["lstm"])[:5], all(e < 1e-5 for b in batches for e in b.errors.values())
+    (['candidate', 'candidate_pre', 'cell_state', 'forget_gate', 'forget_gate_pre'], True)
+    """
 
     start: int
     signals: dict[str, dict[str, np.ndarray]]
@@ -921,13 +982,36 @@ class Extractor:
     def compile_stats(self) -> dict[str, Any]:
         """``traces``: how often TensorFlow traced this model's batch functions (all modes); ``shapes``:
         ``(compile, dtype, verify, sample_size)`` -> the input shapes run with it (``"xla"``: the padded shapes
-        compiled; ``"graph"``: the batch shapes its one graph served)."""
+        compiled; ``"graph"``: the batch shapes its one graph served).
+
+        Examples
+        --------
+        >>> from gatelens._examples import tiny_model, tiny_inputs
+        >>> ex = Extractor(tiny_model())
+        >>> ex.compile_stats()
+        {'traces': 0, 'shapes': {}}
+        >>> _ = list(ex.iter_batches(tiny_inputs(n=3), batch_size=2))   # a small input: graph mode, traced once
+        >>> stats = ex.compile_stats()
+        >>> stats["traces"], {key: sorted(shapes) for key, shapes in stats["shapes"].items()}
+        (1, {('graph', 'float32', 'cell', 8): [(1, 4, 2), (2, 4, 2)]})
+        """
         traces = sum(f.experimental_get_tracing_count() for f in self._plan.tf_functions())
         return {"traces": int(traces), "shapes": self._plan.compiled_shapes()}
 
     def compile_mode(self, x: Any, compile: str = "auto") -> str:
         """How an input like ``x`` (an array, or its shape) runs: ``"xla"`` or ``"graph"`` (:func:`compile_mode`
-        with this model's captured units; ``"graph"`` always for an ``Extractor(jit_compile=False)``)."""
+        with this model's captured units; ``"graph"`` always for an ``Extractor(jit_compile=False)``).
+
+        Examples
+        --------
+        >>> from gatelens._examples import tiny_model, tiny_inputs
+        >>> model = tiny_model()
+        >>> ex = Extractor(model)
+        >>> ex.compile_mode(tiny_inputs()), ex.compile_mode((100_000, 400)), ex.compile_mode((2, 4), "xla")
+        ('graph', 'xla', 'xla')
+        >>> Extractor(model, jit_compile=False).compile_mode((100_000, 400))
+        'graph'
+        """
         shape = tuple(x) if isinstance(x, tuple) else np.shape(x)
         return self._plan.mode(shape[0], shape[1] if len(shape) > 1 else 1, compile)
 

@@ -187,7 +187,16 @@ class Intervention:
 
 
 def clamp(layer: str, unit: int | Sequence[int] | None, gate: str, value: float, steps: str = "all") -> Intervention:
-    """``Intervention(layer, gate, "set", value, units, steps)``: clamp a gate (or any signal) to ``value``."""
+    """``Intervention(layer, gate, "set", value, units, steps)``: clamp a gate (or any signal) to ``value``.
+
+    Examples
+    --------
+    >>> iv = clamp("lstm", 5, "forget_gate", 1, steps="10:20")     # never forget on steps 10..19
+    >>> iv
+    Intervention(layer='lstm', signal='forget_gate', op='set', value=1.0, units=(5,), steps='10:20')
+    >>> iv == Intervention.parse("lstm:5:forget_gate=1@10:20"), clamp("gru", [0, 2], "update_gate", 0).label
+    (True, 'gru:0,2:update_gate=0')
+    """
     units = None if unit is None else ((int(unit),) if np.isscalar(unit) else tuple(unit))
     return Intervention(layer, gate, "set", value, units, steps)
 
@@ -195,7 +204,15 @@ def clamp(layer: str, unit: int | Sequence[int] | None, gate: str, value: float,
 def ablate(
     layer: str, unit: int | Sequence[int] | None, signal: str = "hidden_state", op: str = "zero", steps: str = "all"
 ) -> Intervention:
-    """``Intervention(layer, signal, op, None, units, steps)`` with ``op`` in zero / mean / resample / patch."""
+    """``Intervention(layer, signal, op, None, units, steps)`` with ``op`` in zero / mean / resample / patch.
+
+    Examples
+    --------
+    >>> ablate("lstm", 3)
+    Intervention(layer='lstm', signal='hidden_state', op='zero', value=None, units=(3,), steps='all')
+    >>> ablate("lstm", None, "cell_state", "mean", steps="0:4").label       # every unit, its mean over the data
+    'lstm:all:cell_state=mean@0:4'
+    """
     units = None if unit is None else ((int(unit),) if np.isscalar(unit) else tuple(unit))
     return Intervention(layer, signal, op, None, units, steps)
 
@@ -627,6 +644,21 @@ class InterventionResult:
         all of them in ``original_all`` / ``intervened_all``).
     trace : dict or None
         With ``return_trace``: per layer, every signal of the intervened run, (N, T, units), time order.
+
+    Examples
+    --------
+    >>> from gatelens._examples import tiny_model, tiny_inputs
+    >>> res = intervene(tiny_model(), tiny_inputs(n=4), [clamp("lstm", 0, "forget_gate", 0), ablate("lstm", 2)],
+    ...                 return_trace=True)
+    >>> [iv.label for iv in res.interventions], res.original.shape, res.intervened.shape, len(res.original_all)
+    (['lstm:0:forget_gate=0', 'lstm:2:hidden_state=zero'], (4, 4, 1), (4, 4, 1), 1)
+    >>> sorted(res.trace["lstm"])
+    ['candidate', 'cell_state', 'forget_gate', 'hidden_state', 'input_gate', 'mask', 'output_gate']
+    >>> sig = res.trace["lstm"]                                   # the intervened run: unit 0 forgets, unit 2 is 0
+    >>> float(abs(sig["forget_gate"][..., 0]).max()), float(abs(sig["hidden_state"][..., 2]).max())
+    (0.0, 0.0)
+    >>> res.to_dict()["interventions"][1]
+    {'layer': 'lstm', 'signal': 'hidden_state', 'op': 'zero', 'value': None, 'units': [2], 'steps': 'all'}
     """
 
     interventions: list[Intervention]
@@ -896,6 +928,18 @@ def evaluate(
     Only per-sequence values are kept (V x N per metric); per-step effects go to ``on_steps(variant, start,
     metric, {"original", "intervened", "effect"})`` batch by batch when given (the CLI writes them to a CSV).
     ``progress(done, total)`` counts forward passes over batches.
+
+    Examples
+    --------
+    >>> from gatelens._examples import tiny_model, tiny_inputs
+    >>> model, x = tiny_model(), tiny_inputs(n=4)
+    >>> ve = evaluate(model, x, [["lstm:0:hidden_state=zero"], ["lstm:all:output_gate=0"]])
+    >>> ve.metrics, ve.original["output_change"].tolist(), ve.effect["output_change"].shape   # (variants, sequences)
+    (['output_change'], [0.0, 0.0, 0.0, 0.0], (2, 4))
+    >>> [(r["variant"], round(r["effect"], 3), r["n_sequences"]) for r in ve.summary(n_boot=50)]
+    [(0, 0.041, 4), (1, 0.186, 4)]
+    >>> evaluate(model, x, [["lstm:all:output_gate=0"]], targets=np.zeros((4, 4, 1))).metrics   # float targets
+    ['mse']
     """
     from gatelens.analysis.effects import default_metrics, per_sequence, step_effects
 

@@ -29,7 +29,13 @@ SCOPE_NAME = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
 
 
 def runnable_name(name: str) -> bool:
-    """Whether TensorFlow accepts ``name`` as a name scope (what every Keras layer call opens)."""
+    """Whether TensorFlow accepts ``name`` as a name scope (what every Keras layer call opens).
+
+    Examples
+    --------
+    >>> [runnable_name(n) for n in ("lstm", "bidirectional/forward", "lstm_1.v2", "lstm 1", "gät", "lstm\\n")]
+    [True, True, True, False, False, False]
+    """
     # TensorFlow's scope pattern allows a backslash, but the ops created under it are then refused
     # ("Node name contains invalid characters"); a trailing line break slips through ``$``
     return isinstance(name, str) and SCOPE_NAME.match(name) is not None and not any(c in name for c in "\\\n")
@@ -60,6 +66,15 @@ def check_layer_names(model: Any) -> None:
 
     The message names the layer (shown with :func:`repr`, so line breaks and bidi controls are visible)
     and says what TensorFlow accepts.
+
+    Examples
+    --------
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((4, 2)), keras.layers.LSTM(3, name="my lstm")])
+    >>> check_layer_names(model)
+    Traceback (most recent call last):
+    ...
+    gatelens.errors.UnsupportedLayerError: layer name 'my lstm' cannot be run by TensorFlow (a name scope ...
     """
     for layer in all_layers(model):
         name = layer.name

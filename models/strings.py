@@ -123,6 +123,19 @@ class TextFront:
         Ids of the out-of-vocabulary token(s).
     kind : {"tokens", "text", "values"}
         (N, T) token strings (StringLookup), one text per sequence (TextVectorization), (N, T) integers.
+
+    Examples
+    --------
+    >>> from gatelens._examples import string_lookup_model, tiny_model
+    >>> front = TextFront.of(string_lookup_model())       # StringLookup "lookup" -> Embedding -> LSTM
+    >>> front.kind, front.layer.name, front.vocabulary, front.oov_ids, front.takes_strings
+    ('tokens', 'lookup', ['', '[UNK]', 'a', 'b', 'c'], [1], True)
+    >>> [layer.name for layer in front.tail.layers], front.tail.inputs[0].dtype
+    (['embedding', 'lstm'], 'int64')
+    >>> front.tokenize([["a", "c", "", ""]])[0].tolist()    # '' is the padding, id 0
+    [[2, 4, 0, 0]]
+    >>> TextFront.of(tiny_model()) is None                 # a model of float inputs has no text front
+    True
     """
 
     def __init__(self, model: Any, layer: Any, tail: Any) -> None:

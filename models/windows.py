@@ -39,6 +39,14 @@ def windows(
     -------
     pandas.DataFrame
         ``sequence, step, source_sequence, source_row[, time]`` (see :func:`gatelens.models.data.window_table`).
+
+    Examples
+    --------
+    >>> from gatelens._examples import example_file
+    >>> p = example_file("s.csv", "v,w\\n1,5\\n2,6\\n3,7\\n4,8\\n5,9\\n")   # 5 rows, no time column
+    >>> w = windows(p, window=2)                                     # stride 2: rows 2-3, 4-5; row 6 is left over
+    >>> list(w.columns), w.values.tolist()
+    (['sequence', 'step', 'source_sequence', 'source_row'], [[0, 0, 0, 2], [0, 1, 0, 3], [1, 0, 0, 4], [1, 1, 0, 5]])
     """
     from gatelens.models.data import load_data, window_table
     from gatelens.models.spec import InputSpec

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from test_api import NAMES, resolve
 
 import gatelens
 
@@ -95,3 +96,74 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
     result = runner.summarize(verbose=False)
     assert result.attempted > 0, f"{name} has no docstring example (list it in WITHOUT_EXAMPLES if it should have none)"
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name} (output above)"
+
+
+def example_names(names, *, skip=frozenset()) -> list[str]:
+    """Those of ``names`` that resolve to a function, class or method whose own docstring has no ``>>>`` example
+    (constants, modules and other objects are not checked)."""
+    import inspect
+
+    missing = []
+    for name in names:
+        obj = resolve(name)
+        if not (inspect.isclass(obj) or inspect.isroutine(obj)) or name in skip:
+            continue
+        if ">>>" not in (obj.__doc__ or ""):  # its own: a class's __doc__ is not inherited
+            missing.append(name)
+    return missing
+
+
+#: Functions and classes of docs/api.md without a docstring example, on purpose. Every other function, class and
+#: method listed there shows one (test_every_listed_function_has_an_example).
+NO_EXAMPLE = {
+    # exception classes and their top-level re-exports: a class and a message; the gatelens.errors module, its
+    # exit_code_of and is_user_error and the functions that raise them show them in use
+    "gatelens.errors.GatelensError", "gatelens.errors.GatelensInputError", "gatelens.errors.UsageError",
+    "gatelens.errors.DataError", "gatelens.errors.FeatureError", "gatelens.errors.RunStoreError",
+    "gatelens.errors.ModelFormatError", "gatelens.errors.UnsafeModelError", "gatelens.errors.UnsupportedLayerError",
+    "gatelens.errors.VerificationError", "gatelens.errors.CompatError", "gatelens.DataError",
+    "gatelens.UnsafeModelError",
+    # the command line's entry points: run by tests/test_cli*.py (and `gatelens --help`)
+    "gatelens.cli.main.main", "gatelens.cli.main.build_parser",
+    # need a Dask cluster (a doctest would start one per example): tests/test_distributed.py
+    "gatelens.analysis.distributed.analyze_distributed", "gatelens.analysis.distributed.correlations_distributed",
+    "gatelens.analysis.distributed.local_cluster", "gatelens.analysis.distributed.local_client",
+    "gatelens.analysis.distributed.cluster_client", "gatelens.models.distributed.write_run_distributed",
+    # a Dask worker's task: writes into the partial run and ShardSpec that write_run_distributed prepares
+    "gatelens.models.distributed.extract_shard",
+    # TensorFlow cell steps, called on tensors while the extractor traces: checked against Keras (tests/test_extract*)
+    "gatelens.models.cells.run_lstm", "gatelens.models.cells.run_gru", "gatelens.models.cells.run_simple_rnn",
+    # the dashboard's staged analysis: a session's model and data bundles, Streamlit fragments and caches (a running
+    # server): tests/test_dashboard_stages.py
+    "gatelens.dashboards.stages.StagedRun", "gatelens.dashboards.stages.FeatureStages",
+    "gatelens.dashboards.stages.need",
+}  # fmt: skip
+
+
+def test_every_listed_function_has_an_example():
+    missing = example_names(NAMES, skip=NO_EXAMPLE)
+    assert not missing, f"docs/api.md lists names whose docstring has no >>> example (add one): {missing}"
+
+
+def test_the_names_without_examples_are_listed_and_lack_one():
+    assert NO_EXAMPLE <= set(NAMES), sorted(NO_EXAMPLE - set(NAMES))  # not in docs/api.md (renamed?)
+    have_one = sorted(NO_EXAMPLE - set(example_names(sorted(NO_EXAMPLE))))
+    assert not have_one, f"these have an example now: take them out of NO_EXAMPLE: {have_one}"
+
+
+def test_the_example_check_finds_a_function_without_one(monkeypatch):
+    def no_example():
+        """A docstring that shows nothing."""
+
+    def with_example():
+        """Examples
+        --------
+        >>> 1 + 1
+        2
+        """
+
+    monkeypatch.setattr(gatelens, "_no_example", no_example, raising=False)
+    monkeypatch.setattr(gatelens, "_with_example", with_example, raising=False)
+    names = ["gatelens._no_example", "gatelens._with_example", "gatelens.__version__", "gatelens.Trace"]
+    assert example_names(names) == ["gatelens._no_example"]
+    assert example_names(names, skip={"gatelens._no_example"}) == []
