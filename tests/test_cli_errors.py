@@ -209,3 +209,11 @@ def test_export_of_sequences_the_run_does_not_have_is_refused(capsys, tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     code, err = _run(capsys, "export", run, "--csv", str(tmp_path / "out"), "--sequences", "1:9")  # overlaps: fine
     assert code == 0, err
+
+
+@pytest.mark.parametrize("value", ["-1:3", ":-3", "-2"])
+def test_a_negative_sequence_range_is_explained_not_taken_for_an_option(value, capsys, tmp_path):
+    run = str(_write_run(tmp_path / "run"))
+    code, err = _run(capsys, "export", run, "--sequences", value, "--csv", str(tmp_path / "out"))
+    assert code == 2 and err == f"gatelens: --sequences {value!r}: expected 0 <= A < B\n", err
+    assert not (tmp_path / "out").exists()

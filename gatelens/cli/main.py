@@ -306,6 +306,36 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+#: Options whose value may start with "-" (a mistyped range such as "-1:3"): argparse takes such a value for an
+#: option and reports "expected one argument"; attached as "--sequences=-1:3", the option's own check explains it.
+_DASH_VALUE_OPTIONS = ("--sequences",)
+
+
+def _attach_dash_values(argv: Sequence[str]) -> list[str]:
+    """``["--sequences", "-1:3"]`` -> ``["--sequences=-1:3"]`` (only for :data:`_DASH_VALUE_OPTIONS`).
+
+    Examples
+    --------
+    >>> _attach_dash_values(["export", "run", "--sequences", "-1:3", "--csv", "out"])
+    ['export', 'run', '--sequences=-1:3', '--csv', 'out']
+    >>> _attach_dash_values(["export", "run", "--sequences", "--csv", "out"])  # no value: argparse reports it
+    ['export', 'run', '--sequences', '--csv', 'out']
+    """
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        if a in _DASH_VALUE_OPTIONS and nxt is not None and re.match(r"^-[\d:]", nxt):
+            out.append(f"{a}={nxt}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gatelens`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -322,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     raise_internal: BaseException
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_attach_dash_values(argv))
         return int(args.func(args) or 0)
     except VerificationError as e:
         sys.stderr.write(f"gatelens: verification failed: {_one_line(e)}\n")
