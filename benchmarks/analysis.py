@@ -134,7 +134,7 @@ def measure(cmd: list[str]) -> Measured:
 
 
 def gatelens_command() -> list[str]:
-    """The installed ``gatelens`` console script beside this Python, else ``python -m gatelens.cli.main``."""
+    """The installed ``gatelens`` console script beside this Python, else ``python -m gatelens``."""
     script = Path(sys.executable).with_name("gatelens")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "gatelens"]
 
