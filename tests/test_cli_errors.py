@@ -217,3 +217,12 @@ def test_a_negative_sequence_range_is_explained_not_taken_for_an_option(value, c
     code, err = _run(capsys, "export", run, "--sequences", value, "--csv", str(tmp_path / "out"))
     assert code == 2 and err == f"gatelens: --sequences {value!r}: expected 0 <= A < B\n", err
     assert not (tmp_path / "out").exists()
+
+
+def test_version_prints_the_package_version_and_exits_0(capsys):
+    import gatelens
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"gatelens {gatelens.__version__}\n"

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from gatelens import __version__
 from gatelens.cli.intervene import register as register_intervene
 from gatelens.cli.search import register as register_search
 from gatelens.cli.windows import register as register_windows
@@ -206,6 +207,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="gatelens", description="See what the gates of a Keras LSTM/GRU keep and forget.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    p.add_argument("--version", action="version", version=f"gatelens {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def data_opts(sp: argparse.ArgumentParser) -> None:
