@@ -93,7 +93,14 @@ def previous_states(h: tf.Tensor, mask: tf.Tensor | None, h0: tf.Tensor) -> tf.T
 
 
 def swap_batch_time(t: tf.Tensor) -> tf.Tensor:
-    """(B, T, ...) <-> (T, B, ...)."""
+    """(B, T, ...) <-> (T, B, ...).
+
+    A bool tensor (a mask) is moved as float32, by a select (Grappler's arithmetic optimizer moves a cast behind the
+    transpose): TensorFlow's oneDNN transpose has no bool kernel without AVX-512 and logs an ERROR line on stderr for
+    one ("oneDNN supports DT_BOOL only on platforms with AVX-512").
+    """
+    if t.dtype == tf.bool:
+        return tf.experimental.numpy.swapaxes(tf.where(t, 1.0, 0.0), 0, 1) > 0.5
     return tf.experimental.numpy.swapaxes(t, 0, 1)
 
 
@@ -105,14 +112,7 @@ def shift_in_time(h_tm: tf.Tensor, h0: tf.Tensor) -> tf.Tensor:
 def _time_major_mask(x: tf.Tensor, mask: tf.Tensor | None) -> tf.Tensor:
     if mask is None:
         return tf.ones(tf.stack([tf.shape(x)[1], tf.shape(x)[0]]), tf.bool)
-    return bool_swap_batch_time(mask)
-
-
-def bool_swap_batch_time(mask: tf.Tensor) -> tf.Tensor:
-    """:func:`swap_batch_time` of a bool mask, moved as float32 by a select (Grappler's arithmetic optimizer moves
-    a cast behind the transpose): TensorFlow's oneDNN transpose has no bool kernel without AVX-512 and logs an
-    ERROR line on stderr for one ("oneDNN supports DT_BOOL only on platforms with AVX-512")."""
-    return swap_batch_time(tf.where(mask, 1.0, 0.0)) > 0.5
+    return swap_batch_time(mask)
 
 
 # -- LSTM -------------------------------------------------------------------------------------------------------

@@ -283,11 +283,10 @@ def _apply(v, slot_tensors, t_index):
 
 
 def _processing_order(v, back: bool):
-    """(B, T, u) in time order -> (T, B, u) in processing order (a bool mask by :func:`cells.bool_swap_batch_time`)."""
-    from gatelens.models import cells
+    """(B, T, u) in time order -> (T, B, u) in processing order."""
+    from gatelens.models.cells import swap_batch_time
 
-    v = v[:, ::-1] if back else v
-    return cells.bool_swap_batch_time(v) if v.dtype.is_bool else cells.swap_batch_time(v)
+    return swap_batch_time(v[:, ::-1] if back else v)
 
 
 def _rerun(cell_type: str, w: Any, x, mask, states, slots: dict[str, list], want_signals: bool) -> dict[str, Any]:
@@ -299,13 +298,13 @@ def _rerun(cell_type: str, w: Any, x, mask, states, slots: dict[str, list], want
     """
     import tensorflow as tf
 
-    from gatelens.models.cells import bool_swap_batch_time, swap_batch_time
+    from gatelens.models.cells import swap_batch_time
 
     b = tf.shape(x)[0]
     t = tf.shape(x)[1]
     m = tf.ones(tf.stack([b, t]), tf.bool) if mask is None else mask
     xs = swap_batch_time(x)
-    ms = bool_swap_batch_time(m)
+    ms = swap_batch_time(m)
     idx = tf.range(t)
     ra, act = w.recurrent_activation, w.activation
     names = INTERVENABLE[cell_type]
