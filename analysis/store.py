@@ -666,9 +666,11 @@ class RunWriter:
             **manifest,
             "files": files,
         }
-        from gatelens.analysis.manifest import seal
+        from gatelens.analysis.manifest import seal, validate_manifest
 
         data = seal(doc, default=_json_default)
+        # checked as open_run will read it, before anything is moved into place: a run at ``out`` always opens
+        validate_manifest(json.loads(data), f"{self.out / MANIFEST} (not written)")
         atomic_write_bytes(self.tmp / MANIFEST, data)
         _fsync_dir(self.tmp)
         _phase("manifest-written")

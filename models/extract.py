@@ -55,7 +55,7 @@ import numpy as np
 from gatelens.analysis.signals import PRE_ACTIVATION, WEIGHT_BLOCKS
 from gatelens.analysis.store import RunWriter, check_output_path, open_run
 from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
-from gatelens.errors import GatelensError, GatelensInputError, UnsupportedLayerError, VerificationError
+from gatelens.errors import GatelensError, GatelensInputError, UnsupportedLayerError, UsageError, VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ DEFAULT_SAMPLE_SIZE = 8
 #: The most sequences of a batch the sampled check re-runs (``sample_size``): the sample is drawn from each batch, so
 #: more than a batch holds repeats sequences, and the check's memory grows with it.
 MAX_SAMPLE_SIZE = 4096
+#: The largest ``batch_size`` (the CLI's ``--batch-size`` bound, ``gatelens.models.argtypes.MAX_BATCH_SIZE``): every
+#: signal of a batch is held in memory, and more sequences than this per forward pass bring nothing but memory.
+MAX_BATCH_SIZE = 1 << 16
 #: Exactly what each verification mode checks (stored in the manifest as ``verify_checks``).
 VERIFY_CHECKS = {
     "cell": (
@@ -109,21 +112,26 @@ def compile_mode(n_sequences: int, n_steps: int, units: int, compile: str = "aut
     ('graph', 'xla', 'xla')
     """
     if compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
+        raise UsageError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
     if compile != "auto":
         return compile
     return "graph" if int(n_sequences) * int(n_steps) * int(units) <= GRAPH_MAX_WORK else "xla"
 
 
+def _whole(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and lo <= value <= hi
+
+
 def _check_verify(verify: str, sample_size: int) -> None:
     if verify not in VERIFY_MODES:
-        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
-    if (
-        not isinstance(sample_size, (int, np.integer))
-        or isinstance(sample_size, bool)
-        or not 1 <= sample_size <= MAX_SAMPLE_SIZE
-    ):
-        raise ValueError(f"sample_size must be a whole number from 1 to {MAX_SAMPLE_SIZE}, got {sample_size!r}")
+        raise UsageError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    if not _whole(sample_size, 1, MAX_SAMPLE_SIZE):
+        raise UsageError(f"sample_size must be a whole number from 1 to {MAX_SAMPLE_SIZE}, got {sample_size!r}")
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not _whole(batch_size, 1, MAX_BATCH_SIZE):
+        raise UsageError(f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
 
 
 def _verify_meta(verify: str, sample_size: int) -> dict[str, Any]:
@@ -1143,6 +1151,7 @@ class Extractor:
         ``k`` sequences are real) as NumPy views of TensorFlow's buffers.
         """
         _check_verify(verify, sample_size)
+        _check_batch_size(batch_size)
         x = self.check_input(x) if _prepared else self.to_ids(x)[0]
         n = x.shape[0]
         mode = self.compile_mode(x, compile)
@@ -1387,6 +1396,8 @@ def extract(
     >>> trace.layers, trace["lstm"]["forget_gate"].shape, trace.verification["lstm"] < 1e-5
     (['lstm'], (2, 4, 3), True)
     """
+    _check_verify(verify, sample_size)
+    _check_batch_size(batch_size)
     ex = _extractor(model, layers)
     x, unknown = ex.to_ids(x)
     _check_strict(ex, unknown, strict_vocab)
@@ -1502,8 +1513,9 @@ def write_run(
     ((3, 4, 3), 'float16', 'cell')
     """
     check_output_path(out)  # before any work: a path that holds something else is refused, and left as it is
-    ex = _extractor(model, layers)
     _check_verify(verify, sample_size)
+    _check_batch_size(batch_size)
+    ex = _extractor(model, layers)
     x, unknown = ex.to_ids(x)
     _check_strict(ex, unknown, strict_vocab)
     n, t = x.shape[0], x.shape[1]

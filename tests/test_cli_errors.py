@@ -187,6 +187,7 @@ def test_the_clis_sample_size_bound_is_the_extractors():
     extract = importlib.import_module("gatelens.models.extract")
 
     assert argtypes.MAX_SAMPLE_SIZE == extract.MAX_SAMPLE_SIZE
+    assert argtypes.MAX_BATCH_SIZE == extract.MAX_BATCH_SIZE
     with pytest.raises(ValueError, match="sample_size must be a whole number from 1 to 4096"):
         extract._check_verify("cell", extract.MAX_SAMPLE_SIZE + 1)
 

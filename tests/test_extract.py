@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import zlib
 
 import keras
@@ -11,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatelens.models import UnsupportedLayerError, extract, load_model
+from gatelens.errors import UsageError
+from gatelens.models import UnsupportedLayerError, extract, load_model, write_run
 from gatelens.models.extract import VERIFY_MODES
 
 L = keras.layers
@@ -498,7 +500,20 @@ def test_a_wrong_re_run_fails_verification(verify, return_sequences, monkeypatch
 
 def test_verify_arguments_are_checked():
     model = seq(L.GRU(2))
-    with pytest.raises(ValueError, match="verify must be one of .*got 'some'"):
+    with pytest.raises(UsageError, match="verify must be one of .*got 'some'"):
         extract(model, _data(), verify="some")
-    with pytest.raises(ValueError, match="sample_size must be a whole number from 1 to 4096, got 0"):
+    with pytest.raises(UsageError, match="sample_size must be a whole number from 1 to 4096, got 0"):
         extract(model, _data(), verify="sample", sample_size=0)
+    with pytest.raises(UsageError, match=r"compile must be one of .*got 'nope'"):
+        extract(model, _data(), compile="nope")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, 1 << 17])
+def test_batch_size_is_checked_before_any_work(bad, tmp_path):
+    model = seq(L.GRU(2))
+    with pytest.raises(UsageError, match=f"batch_size must be a whole number from 1 to 65536, got {bad!r}"):
+        extract(model, _data(), batch_size=bad)
+    out = tmp_path / "run"
+    with pytest.raises(UsageError, match="batch_size must be a whole number"):
+        write_run(model, _data(), out, batch_size=bad)
+    assert not out.exists() and os.listdir(tmp_path) == []  # nothing left behind, no partial run

@@ -424,3 +424,20 @@ def test_lz4_compression_still_writes_a_readable_verified_run(tmp_path):
     np.testing.assert_array_equal(run["lstm"]["forget_gate"][...], batch["lstm"]["forget_gate"])
     with pytest.raises(ValueError, match=r"compression must be one of \(None, 'lz4'\), got 'zip'"):
         RunWriter(tmp_path / "other", [LSTM], n_sequences=1, n_steps=1, compression="zip")
+
+
+def test_a_manifest_open_run_would_refuse_is_never_moved_into_place(model, x, tmp_path):
+    """The writer checks the manifest as open_run reads it before the run is moved to ``out``: a failing check (here
+    an extra manifest key that overrides ``n_steps`` with a value open_run refuses) leaves nothing at ``out``, and
+    an earlier run there intact."""
+    out = tmp_path / "run"
+    write_run(model, x, out)
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(RunStoreError, match=r"manifest.json \(not written\): key 'n_steps' must be in 1\.\."):
+        write_run(model, x, out, manifest={"n_steps": 0})
+    assert (out / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the partial run removed
+    with pytest.raises(RunStoreError, match=r"\(not written\): key 'n_steps'"):
+        write_run(model, x, tmp_path / "new", manifest={"n_steps": 0})
+    assert not (tmp_path / "new").exists()
+    open_run(out)  # still the earlier, complete run
