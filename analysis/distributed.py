@@ -516,10 +516,10 @@ def analyze_distributed(
     Analysis
         Equal, table for table, to the single-process analysis of the run.
     """
-    from gatelens.analysis.pipeline import STEP_REGISTRY, StepContext, _check_steps
+    from gatelens.analysis.pipeline import STEP_REGISTRY, StepContext, _steps
     from gatelens.analysis.store import open_run
 
-    _check_steps(steps)
+    steps = _steps(steps)
     todo = [step for step in STEP_REGISTRY if step.name in steps]
     run_dir = local_path(run).resolve()
     manifest = read_manifest(run_dir)

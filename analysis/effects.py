@@ -21,6 +21,7 @@ column in [0, 1] is a sigmoid's p of class 1), otherwise logits (a log-softmax i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -227,7 +228,7 @@ def bootstrap_ci(
     n = v.size
     if n == 0:
         return (float("nan"),) * 3
-    mean = float(v.mean())
+    mean = _mean(v)
     if n == 1:
         return mean, mean, mean
     rng = np.random.default_rng(seed)
@@ -239,6 +240,12 @@ def bootstrap_ci(
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return mean, float(lo), float(hi)
+
+
+def _mean(v: np.ndarray) -> float:
+    """The mean of ``v`` from its exactly rounded sum (``math.fsum``): the same for the same values in any order, so
+    units with equal per-sequence effects get equal effects, and share a rank (:func:`rank_by_effect`)."""
+    return math.fsum(np.asarray(v, np.float64).tolist()) / len(v)
 
 
 def summary_row(
@@ -258,8 +265,8 @@ def summary_row(
     effect, lo, hi = bootstrap_ci(seq_effect, n_boot=n_boot, seed=seed)
     ok = np.isfinite(seq_effect)
     return {
-        "original": float(np.mean(seq_original[ok])) if ok.any() else float("nan"),
-        "intervened": float(np.mean(seq_intervened[ok])) if ok.any() else float("nan"),
+        "original": _mean(seq_original[ok]) if ok.any() else float("nan"),
+        "intervened": _mean(seq_intervened[ok]) if ok.any() else float("nan"),
         "effect": effect,
         "ci_low": lo,
         "ci_high": hi,

@@ -223,12 +223,12 @@ def _events(ctx: StepContext) -> dict[str, pd.DataFrame]:
 
 
 def _token_gates(ctx: StepContext) -> dict[str, pd.DataFrame]:
-    from gatelens.analysis.decompose import token_gate_table
+    from gatelens.analysis.decompose import TOKEN_GATE_COLUMNS, token_gate_table
 
     trace = ctx.trace
     fed = [n for n in trace.layers if "embedding" in trace[n].weights]
-    if not fed or trace.tokens is None:
-        return {}
+    if not fed or trace.tokens is None:  # numeric inputs, or no layer fed by an embedding: no rows, the header kept
+        return {"token_gates": pd.DataFrame({c: [] for c in TOKEN_GATE_COLUMNS})}
     tables = [token_gate_table(trace, n, token_ids=_observed_tokens(trace, n, ctx.chunk)) for n in fed]
     return {"token_gates": pd.concat(tables, ignore_index=True)}
 
@@ -467,7 +467,7 @@ def analyze(
     *,
     features: str | os.PathLike | pd.DataFrame | None = None,
     progress: Progress | None = None,
-    steps: Sequence[str] = STEPS,
+    steps: Sequence[str] | str = STEPS,
     chunk: int = 256,
     max_lag: int = 50,
     events_path: str | os.PathLike | None = None,
@@ -482,7 +482,7 @@ def analyze(
         User features (``sequence``, ``step`` and one column per feature) added to the built-ins.
     progress : callable(done, total), optional
         Called after each step.
-    steps : sequence of str
+    steps : str or sequence of str
         A subset of :data:`STEPS` (default all).
     chunk : int
         Sequences read at a time.
@@ -505,7 +505,7 @@ def analyze(
     >>> float(a.half_lives["half_life_steps"].iloc[0]), len(a.events), sorted(a.skipped)
     (0.5, 0, [])
     """
-    _check_steps(steps)
+    steps = _steps(steps)
     _check_events_path(events_path)
     todo = [step for step in STEP_REGISTRY if step.name in steps]
     result = Analysis()
@@ -529,6 +529,18 @@ def _check_events_path(events_path: str | os.PathLike | None) -> None:
         raise UsageError(
             f"events_path {str(events_path)!r}: exists and holds data; give a new path (the events are written there)"
         )
+
+
+def _steps(steps: Sequence[str] | str) -> tuple[str, ...]:
+    """``steps`` checked, as a tuple (one step's name alone is that step, not its characters)."""
+    if isinstance(steps, str):
+        steps = (steps,)
+    try:
+        steps = tuple(steps)
+    except TypeError:
+        raise UsageError(f"steps must be a step's name or a sequence of them, got {steps!r}") from None
+    _check_steps(steps)
+    return steps
 
 
 def _check_steps(steps: Sequence[str]) -> None:
@@ -658,7 +670,7 @@ def analyze_run(
     *,
     features: str | os.PathLike | pd.DataFrame | None = None,
     progress: Progress | None = None,
-    steps: Sequence[str] = STEPS,
+    steps: Sequence[str] | str = STEPS,
     save: bool | None = None,
     processes: int | None = None,
 ) -> Analysis:
@@ -697,7 +709,12 @@ def analyze_run(
     """
     from gatelens.analysis.store import open_run
 
-    _check_steps(steps)
+    steps = _steps(steps)
+    if not isinstance(run, (Trace, str, os.PathLike)):
+        raise UsageError(
+            f"analyze: expected a Trace (gatelens.extract) or a run directory (gatelens.write_run), "
+            f"got {type(run).__name__}"
+        )
     if processes is not None and (not isinstance(processes, int) or isinstance(processes, bool) or processes < 1):
         raise UsageError(f"processes must be a whole number >= 1, got {processes!r}")
     from gatelens.analysis import parallel
@@ -949,6 +966,7 @@ def read_events(
     layers = _as_list(layer, str, "layer")
     units = _as_list(unit, int, "unit")
     kinds = _as_list(event, str, "event")
+    _check_event_filters(analysis, layers, units, kinds)
     seq_range = sequences if isinstance(sequences, range) and sequences.step == 1 else None
     seqs = None if seq_range is not None else _as_list(sequences, int, "sequences")
     cols = None if columns is None else list(columns)
@@ -1011,6 +1029,34 @@ def iter_event_batches(
     with pq.ParquetFile(analysis.events_file, pre_buffer=False) as pf:
         for batch in pf.iter_batches(batch_size=batch_size, columns=cols):
             yield batch.to_pandas()
+
+
+def _check_event_filters(
+    analysis: Analysis, layers: list[str] | None, units: list[int] | None, kinds: list[str] | None
+) -> None:
+    """Refuse a layer, unit or event type the analysis has none of (a misspelt name would read as "no events"), by
+    the event summary (a row per layer, unit and event type, zero counts included), when the events step ran."""
+    from gatelens.analysis.events import event_rules
+
+    summary = analysis.event_summary
+    if kinds is not None:
+        known = sorted({e for cell in ("lstm", "gru") for e in event_rules(cell)})
+        bad = [k for k in kinds if k not in known]
+        if bad:
+            raise UsageError(f"unknown event type(s) {bad}; the event types are {known}")
+    if summary is None or summary.empty or not {"layer", "unit"} <= set(summary.columns):
+        return
+    size = summary.groupby("layer", sort=False)["unit"].max() + 1
+    if layers is not None:
+        bad = [name for name in layers if name not in size.index]
+        if bad:
+            raise UsageError(f"no events layer {bad[0]!r}; the analysis has events of {size.index.tolist()}")
+    if units is not None:
+        widest = int(size.loc[layers].max() if layers else size.max())
+        bad = [u for u in units if not 0 <= u < widest]
+        if bad:
+            where = f"layer {layers[0]!r}" if layers and len(layers) == 1 else "the widest layer"
+            raise UsageError(f"unit {bad[0]} is out of range: {where} has {widest} units (0..{widest - 1})")
 
 
 def count_events(analysis: Analysis) -> int:

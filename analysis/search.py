@@ -109,6 +109,10 @@ class SpanQuery:
         return f"span {self.sequence}:{self.start}:{self.end} of {self.signal} >= {self.threshold:g}"
 
 
+#: What a :class:`Condition` compares: its signal below / above ``value``, or rising / falling by more than it.
+CONDITION_OPS = ("below", "above", "rising", "falling")
+
+
 @dataclass(frozen=True)
 class Condition:
     """One unit-signal condition: ``op`` one of ``below``, ``above``, ``rising``, ``falling``.
@@ -134,6 +138,13 @@ class Condition:
     signal: str
     op: str
     value: float
+
+    def __post_init__(self) -> None:
+        if self.op not in CONDITION_OPS:
+            raise QueryError(f"Condition: op must be one of {list(CONDITION_OPS)}, got {self.op!r}")
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            raise QueryError(f"Condition: value must be a finite number, got {v!r}")
 
     def describe(self) -> str:
         if self.op in ("below", "above"):
@@ -681,9 +692,12 @@ def search(
         conds = parse_conditions(trace, query, layer=layer, chunk=chunk)
         text = query.strip()
     else:
-        conds = list(query)
+        conds = list(query) if isinstance(query, (list, tuple)) else []
         if not conds or not all(isinstance(c, Condition) for c in conds):
-            raise QueryError(f"search: not a query: {query!r}")
+            raise QueryError(
+                f"search: not a query: {query!r} (expected a span or condition string, a SpanQuery, a PatternQuery, "
+                "a Condition or a list of Conditions)"
+            )
         for c in conds:
             _signal(trace, _layer(trace, c.layer, c.describe()), c.signal, c.describe())
             _unit(trace, c.layer, c.unit, c.describe())

@@ -66,6 +66,10 @@ class Html(str):
 
 
 def _layer(trace: Trace, layer: str) -> LayerTrace:
+    if not isinstance(trace, Trace):  # (an Analysis holds tables, not the signals of each step)
+        raise UsageError(
+            f"expected a Trace (gatelens.extract, gatelens.open_run or gatelens.write_run), got {type(trace).__name__}"
+        )
     if layer not in trace.layer_traces:
         raise UsageError(f"no recurrent layer {layer!r}; the trace has {trace.layers}")
     return trace[layer]

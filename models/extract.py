@@ -940,7 +940,7 @@ class Extractor:
     ----------
     model : keras.Model
         A Sequential or functional model (nested sub-models allowed) with one input.
-    layers : sequence of str, optional
+    layers : str or sequence of str, optional
         Contract names to capture (a Bidirectional's plain name selects both directions);
         default all.
     jit_compile : bool
@@ -956,8 +956,10 @@ class Extractor:
     (['lstm'], True)
     """
 
-    def __init__(self, model: Any, *, layers: Sequence[str] | None = None, jit_compile: bool = True) -> None:
+    def __init__(self, model: Any, *, layers: Sequence[str] | str | None = None, jit_compile: bool = True) -> None:
         self.model = model
+        if isinstance(layers, str):  # one layer's name, not a sequence of one-character names
+            layers = [layers]
         self._plan = _plan_for(model, layers, jit_compile)
         self.input_shape = self._plan.input_shape
         self.input_dtype = self._plan.input_dtype
@@ -1174,6 +1176,13 @@ class Extractor:
                     # scales the error by 1 + |h|; the reported number stays the plain max abs error.
                     if not (np.isfinite(err) and rel <= tolerance):
                         where = {"full": "sequences", "cell": "sequences", "sample": "a sample of sequences"}
+                        h = res[name].get("hidden_state")
+                        if h is not None and not np.isfinite(h).all():  # (only on this failure path)
+                            raise VerificationError(
+                                f"layer {name!r}: the recomputed hidden state is not finite (NaN or inf: float32 "
+                                f"overflows) in {where[verify]} {start}..{start + k - 1}, so it cannot be compared "
+                                f"with Keras's output; check the layer's weights and activations, or the input's scale."
+                            )
                         raise VerificationError(
                             f"layer {name!r}: recomputed hidden state differs from Keras's output by {err:.3g} "
                             f"({rel:.3g} relative to 1 + |h|; tolerance {tolerance:g}; verify={verify!r}) in "
@@ -1334,7 +1343,7 @@ def extract(
     x: Any,
     *,
     batch_size: int = 256,
-    layers: Sequence[str] | None = None,
+    layers: Sequence[str] | str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     progress: Progress | None = None,
     vocabulary: list[str] | None = None,
@@ -1355,7 +1364,7 @@ def extract(
         Sequential or functional (nested sub-models allowed), as returned by :func:`models.load_model`.
     x : array (N, T, F) float, or (N, T) int token ids for models that start with an Embedding
     batch_size : int
-    layers : sequence of str, optional
+    layers : str or sequence of str, optional
         Capture only these layers (contract names).
     tolerance : float
         Largest accepted max |hidden state recomputed - Keras output| (scaled by 1 + |h|); above it
@@ -1443,7 +1452,7 @@ def verification_errors(
     x: Any,
     *,
     batch_size: int = 256,
-    layers: Sequence[str] | None = None,
+    layers: Sequence[str] | str | None = None,
     verify: str = "full",
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     progress: Progress | None = None,
@@ -1482,7 +1491,7 @@ def write_run(
     out: str | os.PathLike,
     *,
     batch_size: int = 256,
-    layers: Sequence[str] | None = None,
+    layers: Sequence[str] | str | None = None,
     dtype: str = "float32",
     tolerance: float = DEFAULT_TOLERANCE,
     progress: Progress | None = None,

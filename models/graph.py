@@ -56,6 +56,17 @@ def check_supported(layer: Any) -> None:
                 f"layer {layer.name!r} is stateful (it carries state between batches); gatelens re-runs "
                 f"non-stateful layers only: re-create it with stateful=False and copy the weights."
             )
+        for part in (layer, cell):
+            policy = getattr(part, "dtype_policy", None)
+            compute = getattr(part, "compute_dtype", None)
+            variables = getattr(part, "variable_dtype", None)
+            if (compute, variables) != ("float32", "float32"):
+                name = getattr(policy, "name", None) or f"{compute}/{variables}"
+                raise UnsupportedLayerError(
+                    f"layer {layer.name!r} computes in {compute} with {variables} weights (dtype policy {name!r}); "
+                    f"gatelens re-runs float32 layers only: build the model with dtype policy 'float32' and copy "
+                    f"the weights."
+                )
 
 
 def is_recurrent(layer: Any) -> bool:

@@ -178,7 +178,9 @@ class Intervention:
         """The intervention in ``--do`` syntax (parses back to itself)."""
         units = "all" if self.units is None else ",".join(str(u) for u in self.units)
         if self.op in ("set", "add"):
-            v = f"{self.value:g}"
+            v = f"{self.value:g}"  # short where that is exact, else every digit the value needs (repr)
+            if float(v) != self.value:
+                v = repr(float(self.value))
             rhs = f"+={v}" if self.op == "add" else f"={v}"
         else:
             rhs = f"={self.op}"

@@ -23,6 +23,7 @@ from gatelens.analysis.pipeline import (
     save_analysis,
 )
 from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
+from gatelens.errors import UsageError
 
 VOCAB = ["<pad>", "a", "b", ";", "="]
 
@@ -138,7 +139,7 @@ def test_export_of_streamed_run_equals_in_memory_export(tmp_path, monkeypatch):
         {"unit": 2, "event": "forget"},
         {"sequences": range(3, 6)},
         {"sequences": [0, 8], "layer": ["lstm"]},
-        {"layer": "no such layer"},
+        {"sequences": [99]},  # no such sequence: no rows
     ],
 )
 def test_filtered_read_returns_exactly_those_rows(tmp_path, filters):
@@ -158,6 +159,25 @@ def test_filtered_read_returns_exactly_those_rows(tmp_path, filters):
         assert len(want) < len(full)  # the filter really leaves rows out
     cols = read_events(a, columns=["layer", "unit"], **filters)
     assert list(cols.columns) == ["layer", "unit"] and len(cols) == len(want)
+
+
+@pytest.mark.parametrize(
+    "filters, words",
+    [
+        ({"layer": "no such layer"}, "no events layer 'no such layer'; the analysis has events of ['lstm', '=gru']"),
+        ({"layer": ["lstm", "lstn"]}, "no events layer 'lstn'"),
+        ({"layer": "lstm", "unit": 3}, "unit 3 is out of range: layer 'lstm' has 3 units (0..2)"),
+        ({"unit": [0, -1]}, "unit -1 is out of range"),
+        ({"event": "forgot"}, "unknown event type(s) ['forgot']; the event types are ['forget', 'read', 'write']"),
+    ],
+)
+def test_a_filter_naming_what_the_analysis_lacks_is_refused(tmp_path, filters, words):
+    # a misspelt layer, a unit past the end or an unknown event type read as "no events"
+    trace = _events_run(tmp_path)
+    a = analyze(trace, steps=("events",), chunk=2, events_path=tmp_path / "e.parquet")
+    with pytest.raises(UsageError) as e:
+        read_events(a, **filters)
+    assert words in str(e.value)
 
 
 def test_iter_event_batches_and_count(tmp_path):

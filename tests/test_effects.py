@@ -15,6 +15,7 @@ from gatelens.analysis.effects import (
     rank_by_effect,
     step_effects,
     step_metric,
+    summary_row,
 )
 from gatelens.errors import DataError, UsageError
 
@@ -74,6 +75,18 @@ def test_bootstrap_interval_matches_scipy_percentile():
 def test_rank_by_effect_per_metric():
     df = pd.DataFrame({"metric": ["a", "a", "b", "b"], "effect": [0.1, -0.3, 2.0, 1.0]})
     assert rank_by_effect(df)["rank"].tolist() == [2, 1, 1, 2]
+
+
+def test_equal_per_sequence_effects_in_another_order_are_equal_and_share_a_rank():
+    # the audit's sweep: two units with the same per-sequence effects in another order had means that differed in the
+    # last bit (NumPy's pairwise sums), and ranks 1 and 2
+    eff = np.array([-0.01, 0.0, 1 / 3, -0.35, 0.0, 0.02, -1 / 99, 0.0, 0.0, 1e-3] * 5)
+    perm = np.random.default_rng(0).permutation(len(eff))
+    assert eff.mean() != eff[perm].mean()  # the case: NumPy's mean depends on the order
+    rows = [summary_row(eff * 0, eff, e, n_boot=50) for e in (eff, eff[perm])]
+    assert rows[0]["effect"] == rows[1]["effect"]
+    df = pd.DataFrame({"metric": ["acc"] * 3, "unit": [0, 1, 2], "effect": [r["effect"] for r in rows] + [0.5]})
+    assert rank_by_effect(df)["rank"].tolist() == [2, 2, 1]
 
 
 def test_bad_targets_name_the_row():

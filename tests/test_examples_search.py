@@ -303,6 +303,31 @@ def test_condition_objects_are_checked(stored_trace):
         search(stored_trace, Condition("lstm", 3, "forget_gate", "below", 0.1))
 
 
+@pytest.mark.parametrize(
+    "op, value, words",
+    [
+        ("sideways", 0.5, "op must be one of ['below', 'above', 'rising', 'falling'], got 'sideways'"),
+        ("under", 0.5, "got 'under'"),  # a word the query text accepts, not a Condition's op
+        ("below", float("nan"), "value must be a finite number, got nan"),
+        ("below", "0.5", "value must be a finite number, got '0.5'"),
+        ("above", True, "got True"),
+    ],
+)
+def test_a_condition_with_an_unknown_op_or_value_is_refused(op, value, words):
+    # an unknown op was searched as "falling"
+    with pytest.raises(QueryError) as e:
+        Condition("lstm", 0, "forget_gate", op, value)
+    assert words in str(e.value) and e.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "query", [5, 2.5, None, {"op": "below"}, [], [Condition("lstm", 0, "forget_gate", "below", 0.1), 3]]
+)
+def test_what_is_not_a_query_is_a_query_error(stored_trace, query):
+    with pytest.raises(QueryError, match=r"search: not a query: .* \(expected a span or condition string"):
+        search(stored_trace, query)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the CLI, through a subprocess
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatelens.errors import UsageError
-from gatelens.models import UnsupportedLayerError, extract, load_model, write_run
+from gatelens.models import UnsupportedLayerError, VerificationError, extract, load_model, write_run
 from gatelens.models.extract import VERIFY_MODES
 
 L = keras.layers
@@ -423,6 +423,8 @@ def test_layer_selection_and_names():
     assert trace.layers == ["bidirectional/forward", "bidirectional/backward"]
     with pytest.raises(ValueError, match="no recurrent layer named 'nope'"):
         extract(model, _data(), layers=["nope"])
+    # one name alone is that layer, not its characters ("no recurrent layer named 'b'")
+    assert extract(model, _data(), layers="bidirectional").layers == trace.layers
 
 
 @pytest.mark.parametrize(
@@ -432,8 +434,16 @@ def test_layer_selection_and_names():
         (lambda: seq(L.RNN(MinimalCell(3))), "MinimalCell"),
         (lambda: keras.Sequential([keras.Input(batch_shape=(2, T, F)), L.LSTM(3, stateful=True)]), "stateful"),
         (lambda: seq(L.Dense(3)), "no recurrent layer"),
+        # a layer that does not compute in float32 (a float64 one failed deep in TensorFlow; a mixed-precision one
+        # failed verification, blaming the extractor)
+        (lambda: seq(L.LSTM(3, dtype="float64", name="rnn")), r"'rnn' computes in float64 .*policy 'float64'"),
+        (lambda: seq(L.GRU(3, dtype="mixed_float16", name="g")), r"'g' computes in float16 .*'mixed_float16'"),
+        (
+            lambda: seq(L.Bidirectional(L.LSTM(3, dtype="mixed_bfloat16", name="fw"), name="bi")),
+            r"'forward_fw' computes in bfloat16 with float32 weights \(dtype policy 'mixed_bfloat16'\)",
+        ),
     ],
-    ids=["convlstm", "custom_cell", "stateful", "no_rnn"],
+    ids=["convlstm", "custom_cell", "stateful", "no_rnn", "float64", "mixed_float16", "mixed_bfloat16"],
 )
 def test_unsupported_layers_are_named(build, match):
     with pytest.raises(UnsupportedLayerError, match=match):
@@ -496,6 +506,16 @@ def test_a_wrong_re_run_fails_verification(verify, return_sequences, monkeypatch
     monkeypatch.setattr(cells, "run_lstm", off)
     with pytest.raises(VerificationError, match="layer 'lstm.*differs from Keras's output"):
         extract(model, x, verify=verify, sample_size=2, tolerance=1e-6)
+
+
+def test_a_layer_whose_arithmetic_overflows_is_refused_as_such():
+    # linear gates with large weights: h grows past float32's range within a few steps, in Keras too; the error said
+    # "the extractor does not reproduce this layer"
+    model = seq(L.LSTM(3, activation=None, recurrent_activation="linear", name="rnn"))
+    model.layers[-1].set_weights([np.full(w.shape, 10.0, np.float32) for w in model.layers[-1].get_weights()])
+    assert not np.isfinite(model.predict(_data(), verbose=0)).all()
+    with pytest.raises(VerificationError, match=r"layer 'rnn': the recomputed hidden state is not finite .*overflows"):
+        extract(model, _data())
 
 
 def test_verify_arguments_are_checked():

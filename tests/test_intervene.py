@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 from helpers_zoo import feature_frame, known_unit, recall_memory_unit
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_extract import CONFIGS, _inputs_for, _roundtrip, _saturate
 
 from gatelens.errors import DataError, UsageError
@@ -519,3 +521,23 @@ def test_evaluate_matches_intervene_per_sequence(tmp_path):
         r = intervene(model, x, ivs)
         e = step_effects(r.original, r.intervened)
         np.testing.assert_allclose(ev.effect["output_change"][v], per_sequence(e["effect"]), atol=1e-6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.floats(allow_nan=False, allow_infinity=False),
+    op=st.sampled_from(["set", "add"]),
+    units=st.one_of(st.none(), st.lists(st.integers(0, 999), min_size=1, max_size=3).map(tuple)),
+    steps=st.sampled_from(["all", "7", "10:20", "3,7,9"]),
+)
+def test_the_label_parses_back_to_the_same_intervention(value, op, units, steps):
+    # `:g` kept six digits: 0.1234567 was labelled 0.123457, 1234567.0 as 1.23457e+06
+    iv = Intervention("lstm", "forget_gate", op, value, units, steps)
+    assert Intervention.parse(iv.label) == iv
+
+
+def test_labels_stay_short_where_that_is_exact():
+    assert clamp("gru", [0, 2], "update_gate", 0).label == "gru:0,2:update_gate=0"
+    assert Intervention("l", "h", "add", 0.25).label == "l:all:h+=0.25"
+    assert Intervention("l", "h", "set", 0.1234567).label == "l:all:h=0.1234567"
+    assert Intervention("l", "h", "set", 1234567.0).label == "l:all:h=1234567.0"

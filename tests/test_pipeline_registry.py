@@ -84,3 +84,29 @@ def test_a_step_returning_an_undeclared_table_is_a_bug(monkeypatch):
     monkeypatch.setattr(pipeline, "STEPS", ("bad",))
     with pytest.raises(RuntimeError, match="undeclared table"):
         analyze(_trace(), steps=("bad",))
+
+
+def test_misused_analyze_arguments_are_usage_errors_and_one_step_is_a_step():
+    from gatelens._examples import example_trace
+    from gatelens.analysis.pipeline import analyze_run
+    from gatelens.errors import UsageError
+
+    trace, _ = example_trace("lstm", n=2, steps=3, units=1, fill=0.5)
+    # one step's name was split into its characters: "unknown analysis step(s) ['m', 'e', 'm', 'o', 'r', 'y']"
+    assert analyze(trace, steps="memory").half_lives.equals(analyze(trace, steps=["memory"]).half_lives)
+    assert not analyze_run(trace, steps="stats").units.empty
+    for wrong in (np.zeros((2, 3)), object(), 3):  # a model, an array: a TypeError from pathlib before
+        with pytest.raises(UsageError, match=r"analyze: expected a Trace \(gatelens.extract\) or a run directory"):
+            analyze_run(wrong)
+    with pytest.raises(UsageError, match="steps must be a step's name or a sequence of them, got 5"):
+        analyze(trace, steps=5)
+
+
+def test_a_numeric_trace_has_an_empty_token_gates_table_with_its_header():
+    from gatelens._examples import example_trace
+    from gatelens.analysis.decompose import TOKEN_GATE_COLUMNS
+
+    trace, _ = example_trace("lstm", n=2, steps=3, units=1, fill=0.5)
+    assert trace.tokens is None
+    table = analyze(trace, steps=("token_gates",)).token_gates
+    assert list(table.columns) == TOKEN_GATE_COLUMNS and table.empty  # it had no columns at all

@@ -189,6 +189,9 @@ def test_text_colours_each_token_and_escapes_it():
         (lambda t, a: plot.retention(a, "lstm", 9), r"no unit 9"),
         (lambda t, a: plot.saturation(gatelens.Analysis()), r"no units table"),
         (lambda t, a: plot.half_lives(t), r"expected an Analysis"),
+        (lambda t, a: plot.gates(a, "lstm"), r"expected a Trace \(gatelens.extract, .*got Analysis"),
+        (lambda t, a: plot.unit(a, "lstm", 0), r"expected a Trace .*got Analysis"),
+        (lambda t, a: plot.decomposition(np.zeros(3), "lstm", 0), r"expected a Trace .*got ndarray"),
     ],
 )
 def test_bad_arguments_are_one_line_usage_errors(trace, result, call, message):
