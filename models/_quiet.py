@@ -4,7 +4,7 @@ TensorFlow 2.21 writes absl log lines at import and at device initialisation ("o
 operations are on", "Could not find cuda drivers", "failed call to cuInit") that no environment
 variable silences. The CLI promises one plain line on stderr for a user's mistake, so the import
 runs with file descriptor 2 pointed at a temporary file; if the import fails, what was written
-there is passed on.
+there is passed on (not when the import is interrupted: Ctrl-C leaves ``gatelens: interrupted`` alone).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def import_tensorflow_quietly() -> None:
             import tensorflow as tf
 
             tf.config.list_physical_devices("GPU")  # device initialisation logs here, once
+        except (KeyboardInterrupt, SystemExit):  # stopped by the user, not failed: nothing of TensorFlow's to show
+            raise
         except BaseException:
             os.dup2(saved, 2)
             sink.seek(0)

@@ -210,6 +210,27 @@ def test_usage_and_file_errors(files, args, code, needle):
     assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("delay", [0.6, 1.5])
+def test_ctrl_c_at_start_up_is_one_line(files, tmp_path, delay):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while TensorFlow is imported: stderr is exactly
+    "gatelens: interrupted" (the quiet import passed TensorFlow's start-up log lines on as if the import had failed)
+    and nothing is left at --out."""
+    import signal
+    import time
+
+    d, _, _ = files
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user runs it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gatelens", "extract", str(d / "num.keras"), str(d / "x.npy"), "--out", str(tmp_path / "r")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (130, "gatelens: interrupted\n"), (proc.returncode, err, out)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_interrupted_extract_keeps_previous_run(files, tmp_path):
     """A failing extraction (bad data after a good run) leaves the earlier complete run untouched."""
     d, _, _ = files

@@ -9,6 +9,7 @@ a missing run).
 from __future__ import annotations
 
 import inspect
+import re
 
 import numpy as np
 import pytest
@@ -227,3 +228,42 @@ def test_version_prints_the_package_version_and_exits_0(capsys):
         cli.main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out == f"gatelens {gatelens.__version__}\n"
+
+
+def test_an_os_error_of_the_users_environment_is_one_line_and_exit_2(capsys, tmp_path):
+    # a file name longer than the file system allows (ENAMETOOLONG: an OSError, not a PermissionError): it was an
+    # "internal error" (exit 1); read-only file systems (EROFS) and full disks (ENOSPC) take the same path
+    data = tmp_path / "series.csv"
+    data.write_text("t,v\n" + "".join(f"{i},{i * 0.5}\n" for i in range(30)))
+    out = tmp_path / ("w" * 300 + ".csv")
+    code, err = _run(capsys, "windows", str(data), "--window", "4", "--out", str(out))
+    assert code == 2 and err == f"gatelens: {out}: File name too long\n", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["series.csv"]  # nothing left behind
+
+
+def test_a_library_usage_error_is_prefixed_like_every_other_line(capsys, tmp_path):
+    # "metric 'nope': expected one of ..." and "targets 'next_token' need a text model" came without "gatelens: "
+    code, err = _run(capsys, "search", str(tmp_path / "no-run"), "--where", "x", "--out", str(tmp_path / "m.csv"))
+    assert code == 2 and err.startswith("gatelens: ") and err.count("\n") == 1, err
+    code, err = _run(capsys, "export")  # argparse's own line already names the command
+    assert (
+        code == 2 and err.startswith("gatelens export: the following arguments are required") and err.count("\n") == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "cut, words",
+    [(0, "not a .npy file (no NumPy magic string at its start)"), (-4, "truncated: the header declares shape (4,)")],
+)
+def test_an_empty_or_truncated_targets_file_is_a_data_error(tmp_path, cut, words):
+    from gatelens.cli.intervene import load_targets
+
+    path = tmp_path / "t.npy"
+    np.save(path, np.arange(4, dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(errors.DataError, match=re.escape(words)):  # an empty one was an EOFError (exit 1)
+        load_targets(str(path), 4, 3)
+    empty_npz = tmp_path / "t.npz"
+    empty_npz.write_bytes(b"")
+    with pytest.raises(errors.DataError, match="t.npz: not a readable NumPy file"):
+        load_targets(str(empty_npz), 4, 3)

@@ -7,6 +7,7 @@ problem, no traceback); 3 model rejected as unsafe or unsupported; 1 internal er
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -303,6 +304,27 @@ def _os_error_line(e: OSError) -> str:
     return f"{path}: {e.strerror}"
 
 
+#: OS errors that are the user's environment, not a fault of gatelens: a path that is missing, of the wrong kind, not
+#: writable (permissions, a read-only file system), too long, or a disk or quota that is full.
+_USERS_ERRNOS = frozenset(
+    {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+     errno.ENAMETOOLONG, errno.ELOOP}
+)  # fmt: skip
+
+
+def _is_users_os_error(e: OSError) -> bool:
+    """Whether ``e`` is one of :data:`_USERS_ERRNOS` (exit 2, one line naming the path).
+
+    Examples
+    --------
+    >>> _is_users_os_error(OSError(30, "Read-only file system", "out/run")), _is_users_os_error(OSError(5, "I/O"))
+    (True, False)
+    """
+    return isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)) or (
+        e.errno in _USERS_ERRNOS
+    )
+
+
 def _one_line(e: BaseException) -> str:
     """An error's message on one line (a user's error is always reported as exactly one line)."""
     return " ".join(str(e).split()) or type(e).__name__
@@ -359,15 +381,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VerificationError as e:
         sys.stderr.write(f"gatelens: verification failed: {_one_line(e)}\n")
         return e.exit_code
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
-        sys.stderr.write(f"gatelens: {_os_error_line(e)}\n")
-        return 2
+    except OSError as e:
+        if not _is_users_os_error(e):
+            raise_internal = e
+        else:
+            sys.stderr.write(f"gatelens: {_os_error_line(e)}\n")
+            return 2
     except KeyboardInterrupt:
         sys.stderr.write("gatelens: interrupted\n")
         return 130
     except Exception as e:  # user errors: one line; anything else: one line, and the traceback with --debug
         if is_user_error(e):
-            prefix = "" if isinstance(e, UsageError) else "gatelens: "  # argparse's message names the command
+            prefix = "" if str(e).startswith("gatelens") else "gatelens: "  # argparse's message names the command
             sys.stderr.write(f"{prefix}{_one_line(e)}\n")
             return exit_code_of(e)
         if isinstance(e, GatelensError) and not debug:  # internal but deliberate (CompatError): its own message
