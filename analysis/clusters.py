@@ -48,6 +48,7 @@ Examples
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -369,12 +370,15 @@ def cluster_traits(profiles: pd.DataFrame, labels: np.ndarray) -> dict[int, str]
     """
     cols = [c for c in profiles.columns if c not in ("layer", "unit", "half_life_steps") and _trait(c, True)]
     X = profiles[cols].to_numpy(np.float64)
-    center = np.nanmedian(X, axis=0) if len(X) else np.zeros(len(cols))
-    spread = np.nanstd(X, axis=0) if len(X) else np.ones(len(cols))
+    with warnings.catch_warnings():  # a column with no value (e.g. no finite half-life): NaN, made 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        center = np.nanmedian(X, axis=0) if len(X) else np.zeros(len(cols))
+        spread = np.nanstd(X, axis=0) if len(X) else np.ones(len(cols))
     spread = np.where(spread > 0, spread, np.inf)
     out: dict[int, str] = {}
     for c in np.unique(labels):
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             z = (np.nanmedian(X[labels == c], axis=0) - center) / spread
         z = np.nan_to_num(z, nan=0.0)
         order = np.argsort(-np.abs(z), kind="stable")

@@ -137,15 +137,47 @@ def _is_run_dir(path: Path) -> tuple[bool, str]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("files"), dict):
         return False, f"its {MANIFEST} is not that of a gatelens run"
     listed = set(doc["files"]) | {MANIFEST}
+    analysis = _analysis_files(path / ANALYSIS_DIR)
     for p in sorted(path.rglob("*")):
         rel = p.relative_to(path).as_posix()
         if p.is_symlink():
             return False, f"it holds a link {rel!r} that gatelens did not write"
-        if p.is_dir() or rel == ANALYSIS_DIR or rel.startswith(ANALYSIS_DIR + "/"):
+        if rel.startswith(ANALYSIS_DIR + "/"):
+            if not analysis(p.relative_to(path / ANALYSIS_DIR).as_posix(), p.is_dir()):
+                return False, f"it holds {rel!r}, which gatelens analyze did not write"
+            continue
+        if p.is_dir():
             continue
         if rel not in listed:
             return False, f"it holds {rel!r}, which is not part of the run"
     return True, ""
+
+
+#: A table file that ``gatelens analyze`` writes into ``RUN/analysis/`` (``<table>.parquet``).
+_TABLE_FILE = re.compile(r"^[a-z][a-z0-9_]*\.parquet$")
+#: A file gatelens writes before renaming it into place (``.NAME.partial-<hex>``, ``.NAME.tmp-<hex>``).
+_WRITING_FILE = re.compile(r"^\..+\.(?:partial-[0-9a-f]{12}|tmp-[0-9a-f]{8})$")
+
+
+def _analysis_files(folder: Path) -> Callable[[str, bool], bool]:
+    """Whether a path inside a run's ``analysis/`` folder is one ``gatelens analyze`` wrote (so a new run may replace
+    it): ``index.json``, the tables it lists (any ``<table>.parquet`` while there is no readable index: an analysis
+    stopped before its index), and files being written. No sub-folder: a user's notes or data there are refused."""
+    listed: set[str] | None = None
+    try:
+        doc = json.loads((folder / "index.json").read_bytes()[:MAX_MANIFEST_BYTES])
+        listed = {str(t["file"]) for t in doc["tables"].values()}
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        pass
+
+    def wrote(rel: str, is_dir: bool) -> bool:
+        if is_dir or "/" in rel:
+            return False
+        if rel == "index.json" or _WRITING_FILE.match(rel):
+            return True
+        return rel in listed if listed is not None else bool(_TABLE_FILE.match(rel))
+
+    return wrote
 
 
 def check_output_path(out: str | os.PathLike) -> None:
@@ -962,7 +994,8 @@ def read_manifest(run: str | os.PathLike) -> dict[str, Any]:
 
     run = Path(run)
     if not run.is_dir():
-        raise RunStoreError(f"{run}: no such run directory")
+        what = "a file, not a run directory" if run.exists() else "no such run directory"
+        raise RunStoreError(f"{run}: {what}")
     path = run / MANIFEST
     if not path.is_file():
         raise RunStoreError(f"{run}: not a complete gatelens run (no {MANIFEST}; the write may have been interrupted)")

@@ -74,6 +74,35 @@ MAX_BATCH_SIZE = 1 << 16
 batch_size = checked(
     int, lambda v: 1 <= v <= MAX_BATCH_SIZE, f"a whole number from 1 to {MAX_BATCH_SIZE}", "a whole number"
 )
+#: The most processes ``--workers`` starts on this machine: each is a Python interpreter with its own model and
+#: buffers, and more than this many on one machine only contend (a mistyped 100000 started processes for minutes).
+MAX_WORKERS = 256
+workers = checked(int, lambda v: 1 <= v <= MAX_WORKERS, f"a whole number from 1 to {MAX_WORKERS}", "a whole number")
+
+
+def scheduler_address(text: str) -> str:
+    """An argparse type for ``--scheduler``: a Dask scheduler address ``[PROTOCOL://]HOST:PORT`` (port 1..65535).
+
+    Examples
+    --------
+    >>> scheduler_address("tcp://10.0.0.5:8786"), scheduler_address("localhost:8786")
+    ('tcp://10.0.0.5:8786', 'localhost:8786')
+    >>> scheduler_address("nonsense")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: expected a scheduler address [PROTOCOL://]HOST:PORT such as tcp://host:8786, got 'nonsense'
+    """
+    import re
+
+    m = re.fullmatch(
+        r"(?:(?P<proto>[a-z][a-z0-9+.-]*)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5})", text
+    )
+    if m is None or not 1 <= int(m["port"]) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a scheduler address [PROTOCOL://]HOST:PORT such as tcp://host:8786, got {text!r}"
+        )
+    return text
+
+
 #: The most sequences per batch the sampled check re-runs (``gatelens.models.extract.MAX_SAMPLE_SIZE``, which
 #: ``tests/test_cli_errors.py`` compares: this module does not import the extractor, nor TensorFlow).
 MAX_SAMPLE_SIZE = 4096

@@ -86,11 +86,18 @@ class ShardError(GatelensError, RuntimeError):
 
 def add_cluster_options(parser: Any) -> None:
     """``--workers N | --scheduler ADDRESS`` on a sub-command (``gatelens extract`` and ``gatelens analyze``)."""
-    from gatelens.models.zoo.cli import positive_int
+    from gatelens.models.argtypes import MAX_WORKERS, scheduler_address, workers
 
     g = parser.add_mutually_exclusive_group()
-    g.add_argument("--workers", type=positive_int, help="run on a local Dask cluster of N single-threaded processes")
-    g.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster of this scheduler (tcp://host:8786)")
+    g.add_argument(
+        "--workers",
+        type=workers,
+        help=f"run on a local Dask cluster of N single-threaded processes (at most {MAX_WORKERS})",
+    )
+    g.add_argument(
+        "--scheduler", metavar="ADDRESS", type=scheduler_address,
+        help="run on the Dask cluster of this scheduler (tcp://host:8786)",
+    )  # fmt: skip
 
 
 def wants_cluster(args: Any) -> bool:

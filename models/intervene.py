@@ -255,6 +255,8 @@ def step_mask(
         a, b = steps.split(":")
         lo = int(a) if a else 0
         hi = int(b) if b else t
+        if lo >= hi and 0 <= lo <= t and 0 <= hi <= t:
+            raise UsageError(f"steps {steps!r}: an empty range (a range is start:stop, start < stop)")
         if not (0 <= lo < hi <= t):
             raise UsageError(f"steps {steps!r} lie outside the sequence (steps 0..{t - 1}; a range is start:stop)")
         out[:, lo:hi] = True

@@ -112,7 +112,8 @@ def load_model_with_report(
     name = display_name or str(path)
     path = Path(path)
     if not path.is_file():
-        raise ModelFormatError(f"{name}: no such model file")
+        what = "a folder, not a model file" if path.is_dir() else "no such model file"
+        raise ModelFormatError(f"{name}: {what}")
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise ModelFormatError(

@@ -97,6 +97,8 @@ def test_commands_on_masked_models_leave_stderr_empty(files, tmp_path):
         ["extract", d / "text.keras", d / "code.txt", "--out", tmp_path / "text_run"],
         ["intervene", d / "num.keras", d / "x.npy", "--do", "lstm:0:forget_gate=0", "--bootstrap", "10",
          "--out", tmp_path / "iv"],
+        # the numeric run's analysis: NumPy's "All-NaN slice" warnings of the cluster traits reached stderr
+        ["analyze", tmp_path / "run"],
     ]  # fmt: skip
     for args in commands:
         r = subprocess.run(
@@ -104,7 +106,7 @@ def test_commands_on_masked_models_leave_stderr_empty(files, tmp_path):
         )
         assert r.returncode == 0, r.stderr
         assert r.stderr == "", (args[0], r.stderr)
-        assert r.stdout.startswith(("wrote", "lstm:0:forget_gate=0")), r.stdout
+        assert r.stdout.startswith(("wrote", "lstm:0:forget_gate=0", "analysed")), r.stdout
 
 
 def test_extract_with_sampled_verification(files, tmp_path):
@@ -241,3 +243,13 @@ def test_interrupted_extract_keeps_previous_run(files, tmp_path):
     assert gatelens("extract", d / "num.keras", bad, "--out", run).returncode == 2
     assert (run / "manifest.json").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run")] == []
+
+
+def test_a_local_cluster_run_leaves_stderr_empty(files, tmp_path):
+    """`--workers N`: Dask's scheduler and workers logged 34 INFO lines of their start and stop to stderr."""
+    d, _, _ = files
+    run = tmp_path / "run"
+    assert gatelens("extract", d / "num.keras", d / "x.npy", "--out", run).returncode == 0
+    r = gatelens("analyze", run, "--workers", "1")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert (run / "analysis" / "index.json").is_file()

@@ -267,3 +267,50 @@ def test_an_empty_or_truncated_targets_file_is_a_data_error(tmp_path, cut, words
     empty_npz.write_bytes(b"")
     with pytest.raises(errors.DataError, match="t.npz: not a readable NumPy file"):
         load_targets(str(empty_npz), 4, 3)
+
+
+@pytest.mark.parametrize(
+    "option, value, words",
+    [
+        ("--scheduler", "nonsense", "expected a scheduler address [PROTOCOL://]HOST:PORT such as tcp://host:8786"),
+        ("--scheduler", "tcp://host:notaport", "got 'tcp://host:notaport'"),
+        ("--scheduler", "tcp://host:70000", "got 'tcp://host:70000'"),
+        ("--workers", "100000", "expected a whole number from 1 to 256, got '100000'"),
+    ],
+)
+def test_cluster_options_are_bounded(capsys, tmp_path, option, value, words):
+    # a malformed address was a ValueError from distributed (exit 1); --workers 100000 started processes for minutes
+    code, err = _run(capsys, "analyze", str(tmp_path), option, value)
+    assert code == 2 and f"argument {option}: " in err and words in err and err.count("\n") == 1, err
+
+
+def test_an_out_path_under_a_file_is_one_line(capsys, tmp_path):
+    data = tmp_path / "series.csv"
+    data.write_text("t,v\n" + "".join(f"{i},{i * 0.5}\n" for i in range(30)))
+    (tmp_path / "afile").write_text("mine")
+    code, err = _run(capsys, "windows", str(data), "--window", "4", "--out", str(tmp_path / "afile" / "w.csv"))
+    assert (
+        code == 2
+        and err == f"gatelens: {tmp_path / 'afile'}: is a file, not a folder: nothing can be written inside it\n"
+    )
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_windows_of_a_text_is_refused_for_what_it_is(capsys, tmp_path):
+    # a .txt (which the help offered) was refused as data "the model takes float (N, T, F)" of a model that is not there
+    text = tmp_path / "code.txt"
+    text.write_text("def f(x):\n    return x\n" * 20)
+    code, err = _run(capsys, "windows", str(text), "--window", "10")
+    assert code == 2 and err.count("\n") == 1 and "model" not in err, err
+    assert err.startswith(f"gatelens windows: {text} is not a .csv series; windows maps the rows of a CSV"), err
+
+
+def test_a_path_of_the_wrong_kind_is_named_as_such(capsys, tmp_path):
+    # a file given as the run, a folder as the targets: both were reported as not existing
+    (tmp_path / "a.txt").write_text("x")
+    code, err = _run(capsys, "analyze", str(tmp_path / "a.txt"))
+    assert code == 2 and err == f"gatelens: {tmp_path / 'a.txt'}: a file, not a run directory\n", err
+    from gatelens.cli.intervene import load_targets
+
+    with pytest.raises(errors.DataError, match="a folder, not a targets file"):
+        load_targets(str(tmp_path), 4, 3)

@@ -116,6 +116,9 @@ def test_sweep_csv_ranks_like_the_python_api(files, tmp_path):
         (["--do", "lstm:0:forget_gate=1@5:11"], "steps '5:11' lie outside the sequence (steps 0..9"),
         (["--do", "lstm:0:forget_gate"], "--do 'lstm:0:forget_gate': expected LAYER:UNITS:SIGNAL=VALUE"),
         (["--do", "lstm:0:forget_gate=1", "--targets", "nope.npy"], "nope.npy: no such targets file"),
+        # audit: a reversed range was "outside the sequence"; a trailing '+' quoted an empty piece ("--do ''")
+        (["--do", "lstm:0:forget_gate=1@8:3"], "steps '8:3': an empty range (a range is start:stop, start < stop)"),
+        (["--do", "lstm:0:forget_gate=1+"], "--do 'lstm:0:forget_gate=1+': an empty intervention after or before"),
     ],
 )
 def test_bad_input_exit_2_with_one_line_naming_the_field(files, tmp_path, args, needle):
@@ -155,3 +158,9 @@ def test_a_targets_csv_without_one_target_per_key_is_refused_naming_the_lines(te
     with pytest.raises(DataError) as e:
         load_targets(str(path), 4, 10)
     assert str(e.value) == f"{path}: {message}" or str(e.value).startswith(f"{path}: {message}"), str(e.value)
+
+
+def test_sweep_set_without_a_value_names_the_missing_option(files, tmp_path):
+    d, _ = files
+    r = gatelens("sweep", d / "num.keras", d / "x.npy", "--layer", "lstm", "--op", "set", "--out", tmp_path / "s")
+    assert r.returncode == 2 and r.stderr == "gatelens sweep: --op set needs --value V (the value to set)\n", r.stderr

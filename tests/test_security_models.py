@@ -363,6 +363,9 @@ def test_not_a_model_archive_is_a_format_error(tmp_path, lstm_keras):
         load_model(write_members(tmp_path / "npz.keras", npz))
     with pytest.raises(ModelFormatError, match=r"no such model file"):
         load_model(tmp_path / "missing.keras")
+    (tmp_path / "folder.keras").mkdir()
+    with pytest.raises(ModelFormatError, match=r"folder.keras: a folder, not a model file"):  # was "no such model file"
+        load_model(tmp_path / "folder.keras")
     (tmp_path / "m.pt").write_bytes(b"x")
     with pytest.raises(ModelFormatError, match=r"expected a .keras"):
         load_model(tmp_path / "m.pt")

@@ -441,3 +441,23 @@ def test_a_manifest_open_run_would_refuse_is_never_moved_into_place(model, x, tm
         write_run(model, x, tmp_path / "new", manifest={"n_steps": 0})
     assert not (tmp_path / "new").exists()
     open_run(out)  # still the earlier, complete run
+
+
+@pytest.mark.parametrize("mine", ["analysis/notes.txt", "analysis/mine/data.csv", "analysis/mine.parquet"])
+def test_a_run_whose_analysis_folder_holds_the_users_files_is_not_replaced(model, x, tmp_path, mine):
+    """``analysis/`` of a run may hold what ``gatelens analyze`` wrote (its index and the tables it lists, files being
+    written); a re-extraction over a run with the user's notes or data in there deleted them with the run."""
+    from gatelens.analysis.pipeline import analyze_run
+
+    out = tmp_path / "run"
+    write_run(model, x, out)
+    analyze_run(out, steps=("stats", "memory"), processes=1)
+    write_run(model, x, out)  # an analysed run: replaced (with its analysis)
+    assert not (out / "analysis").exists()
+    analyze_run(out, steps=("stats",), processes=1)
+    (out / mine).parent.mkdir(parents=True, exist_ok=True)
+    (out / mine).write_text("mine")
+    first = mine if mine.count("/") == 1 else mine.rsplit("/", 1)[0]  # a folder of the user's is named first
+    with pytest.raises(RunStoreError, match=f"holds '{first}', which gatelens analyze did not write"):
+        write_run(model, x, out)
+    assert (out / mine).read_text() == "mine" and (out / "analysis" / "index.json").is_file()

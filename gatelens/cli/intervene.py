@@ -106,7 +106,7 @@ def load_targets(path: str, n: int, t: int) -> np.ndarray:
     """Targets from ``path`` for ``n`` sequences of ``t`` steps: (n,) or (n, t) (int classes or float values)."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{path}: no such targets file")
+        raise DataError(f"{path}: {'a folder, not a targets file' if p.is_dir() else 'no such targets file'}")
     if p.suffix == ".npy":  # read within the data size cap, every malformed file one DataError
         from gatelens.models.data import _read_npy_file, max_data_bytes
 
@@ -270,8 +270,14 @@ def split_joined(text: str) -> list[str]:
     --------
     >>> split_joined("lstm:0:hidden_state+=0.5+lstm:1:forget_gate=1e+3@2")
     ['lstm:0:hidden_state+=0.5', 'lstm:1:forget_gate=1e+3@2']
+    >>> split_joined("lstm:5:forget_gate=1+")
+    Traceback (most recent call last):
+    gatelens.errors.UsageError: --do 'lstm:5:forget_gate=1+': an empty intervention after or before '+' (a '+' joins two)
     """
-    return _JOIN.split(text)
+    parts = _JOIN.split(text)
+    if len(parts) > 1 and not all(p.strip() for p in parts):
+        raise UsageError(f"--do {text!r}: an empty intervention after or before '+' (a '+' joins two)")
+    return parts
 
 
 def cmd_intervene(args: argparse.Namespace) -> int:
@@ -356,6 +362,8 @@ def cmd_intervene(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from gatelens.models.intervene import Intervener, Intervention, _parse_units, sweep
 
+    if args.op in ("set", "add") and args.value is None:
+        raise UsageError(f"gatelens sweep: --op {args.op} needs --value V (the value to {args.op})")
     Intervention(args.layer, args.signal, args.op, args.value, None, args.steps)  # field checks before loading
     model, data, x, targets, features = _common(args)
     iv = Intervener(model)

@@ -298,6 +298,8 @@ def _os_error_line(e: OSError) -> str:
     if e.filename is None or e.strerror is None:
         return _one_line(e)
     path = Path(os.fsdecode(e.filename))
+    if e.errno == errno.EEXIST and path.is_file():  # a folder to make where a file of the user's is (--out FILE/run)
+        return f"{path}: is a file, not a folder: nothing can be written inside it"
     hidden = _HIDDEN_SIBLING.match(path.name)
     if hidden:
         return f"{path.with_name(hidden['name'])}: {e.strerror} (while writing it; is its folder there and writable?)"
@@ -308,7 +310,7 @@ def _os_error_line(e: OSError) -> str:
 #: writable (permissions, a read-only file system), too long, or a disk or quota that is full.
 _USERS_ERRNOS = frozenset(
     {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
-     errno.ENAMETOOLONG, errno.ELOOP}
+     errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST}
 )  # fmt: skip
 
 
@@ -372,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ("oneDNN supports DT_BOOL only on platforms with AVX-512. Falling back ..."): a failure that matters
         # reaches the command as an exception, reported in one line
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if debug else "3"
+    if not debug:  # Dask's scheduler and workers log their start and stop at INFO (34 lines a --workers run): only
+        # warnings, unless the user configured Dask's logging (read when distributed is imported, by a command)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from gatelens.errors import GatelensError, VerificationError, exit_code_of, is_user_error
 
     raise_internal: BaseException

@@ -35,10 +35,16 @@ def cmd_windows(args: argparse.Namespace) -> int:
     if args.out:  # before reading the data: a user's file at --out is never replaced
         columns = ["sequence", "step", "source_sequence", "source_row"]
         check_replaceable(args.out, "gatelens windows --out", [columns, [*columns, "time"]])
-    if Path(args.data).suffix.lower() in (".npy", ".npz"):
+    suffix = Path(args.data).suffix.lower()
+    if suffix in (".npy", ".npz"):
         raise UsageError(
             f"gatelens windows: {args.data} is an array, already cut into windows (each row a sequence, each step its "
-            "own); windows maps the rows of a .csv series or the characters of a .txt file"
+            "own); windows maps the rows of a .csv series"
+        )
+    if suffix != ".csv":  # a text: the model's tokenizer cuts it (gatelens extract), not a table of rows
+        raise UsageError(
+            f"gatelens windows: {args.data} is not a .csv series; windows maps the rows of a CSV (a text is cut into "
+            "windows of tokens by gatelens extract --window/--stride)"
         )
     table = windows(args.data, window=args.window, stride=args.stride, time_column=args.time_column,
                     columns=args.columns)  # fmt: skip
@@ -64,7 +70,7 @@ def register(sub: Any) -> None:
         description="The windows 'gatelens extract' cuts: one row per window and step. Windows start every "
         "--stride steps (default: the window, non-overlapping; a forecaster that predicts every step wants --stride 1).",
     )
-    w.add_argument("data", help="a .csv series or a .txt text (an .npy/.npz array is already cut: one row, one window)")
+    w.add_argument("data", help="a .csv series (an .npy/.npz array is already cut: one row, one window)")
     w.add_argument("--window", type=positive_int, required=True, help="steps per window (the model's input length)")
     w.add_argument("--stride", type=positive_int, help="steps between window starts (default: the window)")
     w.add_argument("--time-column", help="the date/time column (default: detected)")
