@@ -162,7 +162,8 @@ _WRITING_FILE = re.compile(r"^\..+\.(?:partial-[0-9a-f]{12}|tmp-[0-9a-f]{8})$")
 def _analysis_files(folder: Path) -> Callable[[str, bool], bool]:
     """Whether a path inside a run's ``analysis/`` folder is one ``gatelens analyze`` wrote (so a new run may replace
     it): ``index.json``, the tables it lists (any ``<table>.parquet`` while there is no readable index: an analysis
-    stopped before its index), and files being written. No sub-folder: a user's notes or data there are refused."""
+    stopped before its index), and files or partial folders being written. No other sub-folder: a user's notes or
+    data there are refused."""
     listed: set[str] | None = None
     try:
         doc = json.loads((folder / "index.json").read_bytes()[:MAX_MANIFEST_BYTES])
@@ -171,9 +172,11 @@ def _analysis_files(folder: Path) -> Callable[[str, bool], bool]:
         pass
 
     def wrote(rel: str, is_dir: bool) -> bool:
+        if _WRITING_FILE.match(rel.split("/", 1)[0]):  # being written, or a partial folder and what is in it
+            return True
         if is_dir or "/" in rel:
             return False
-        if rel == "index.json" or _WRITING_FILE.match(rel):
+        if rel == "index.json":
             return True
         return rel in listed if listed is not None else bool(_TABLE_FILE.match(rel))
 

@@ -452,6 +452,8 @@ def test_a_run_whose_analysis_folder_holds_the_users_files_is_not_replaced(model
     out = tmp_path / "run"
     write_run(model, x, out)
     analyze_run(out, steps=("stats", "memory"), processes=1)
+    (out / "analysis" / ".events-parts.partial-0123456789ab").mkdir()  # what a killed distributed analysis leaves
+    (out / "analysis" / ".events-parts.partial-0123456789ab" / "part-0.parquet").write_bytes(b"")
     write_run(model, x, out)  # an analysed run: replaced (with its analysis)
     assert not (out / "analysis").exists()
     analyze_run(out, steps=("stats",), processes=1)
