@@ -65,6 +65,8 @@ from gatelens.analysis.signals import with_role
 from gatelens.analysis.trace import LayerTrace, Trace, iter_chunks
 from gatelens.errors import UsageError
 
+#: The event types (see the module docstring); a cell type has those of its gates (:func:`event_rules`).
+EVENT_TYPES = ("forget", "write", "read")
 EVENT_COLUMNS = [
     "layer", "sequence", "step", "unit", "event", "value", "token",
     "previous_value", "delta_input", "delta_recurrent",
@@ -804,13 +806,26 @@ def iter_events(
         yield df
 
 
+def check_event_types(events: Sequence[str]) -> None:
+    """Raise :class:`~gatelens.errors.UsageError` naming the event types of ``events`` that are not :data:`EVENT_TYPES`.
+
+    Examples
+    --------
+    >>> check_event_types(["forget", "read"])
+    >>> check_event_types(["forgot"])
+    Traceback (most recent call last):
+    gatelens.errors.UsageError: unknown event type(s) ['forgot']; the event types are ['forget', 'read', 'write']
+    """
+    unknown = sorted(set(events) - set(EVENT_TYPES))
+    if unknown:
+        raise UsageError(f"unknown event type(s) {unknown}; the event types are {sorted(EVENT_TYPES)}")
+
+
 def _thresholds(
     events: Sequence[str], forget_high: float, forget_low: float, write_threshold: float, read_threshold: float
 ) -> dict[str, float]:
     _check_thresholds(forget_high, forget_low, write_threshold, read_threshold)
-    unknown = sorted(set(events) - {"forget", "write", "read"})
-    if unknown:
-        raise UsageError(f"unknown event type(s) {unknown}; expected forget, write or read")
+    check_event_types(events)
     return {
         "forget_high": forget_high, "forget_low": forget_low,
         "write_threshold": write_threshold, "read_threshold": read_threshold,

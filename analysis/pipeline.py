@@ -1036,14 +1036,11 @@ def _check_event_filters(
 ) -> None:
     """Refuse a layer, unit or event type the analysis has none of (a misspelt name would read as "no events"), by
     the event summary (a row per layer, unit and event type, zero counts included), when the events step ran."""
-    from gatelens.analysis.events import event_rules
+    from gatelens.analysis.events import check_event_types
 
     summary = analysis.event_summary
     if kinds is not None:
-        known = sorted({e for cell in ("lstm", "gru") for e in event_rules(cell)})
-        bad = [k for k in kinds if k not in known]
-        if bad:
-            raise UsageError(f"unknown event type(s) {bad}; the event types are {known}")
+        check_event_types(kinds)
     if summary is None or summary.empty or not {"layer", "unit"} <= set(summary.columns):
         return
     size = summary.groupby("layer", sort=False)["unit"].max() + 1
