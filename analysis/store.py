@@ -61,6 +61,7 @@ from typing import Any
 
 import numpy as np
 
+from gatelens.analysis.partials import PARTIAL_NAME
 from gatelens.analysis.trace import LayerInfo, LayerTrace, Trace
 from gatelens.errors import RunStoreError, UsageError
 
@@ -155,8 +156,6 @@ def _is_run_dir(path: Path) -> tuple[bool, str]:
 
 #: A table file that ``gatelens analyze`` writes into ``RUN/analysis/`` (``<table>.parquet``).
 _TABLE_FILE = re.compile(r"^[a-z][a-z0-9_]*\.parquet$")
-#: A file gatelens writes before renaming it into place (``.NAME.partial-<hex>``, ``.NAME.tmp-<hex>``).
-_WRITING_FILE = re.compile(r"^\..+\.(?:partial-[0-9a-f]{12}|tmp-[0-9a-f]{8})$")
 
 
 def _analysis_files(folder: Path) -> Callable[[str, bool], bool]:
@@ -172,7 +171,8 @@ def _analysis_files(folder: Path) -> Callable[[str, bool], bool]:
         pass
 
     def wrote(rel: str, is_dir: bool) -> bool:
-        if _WRITING_FILE.match(rel.split("/", 1)[0]):  # being written, or a partial folder and what is in it
+        top = rel.split("/", 1)[0]
+        if PARTIAL_NAME.match(top) or _TMP_NAME.match(top):  # being written, or a partial folder and what is in it
             return True
         if is_dir or "/" in rel:
             return False
@@ -310,6 +310,10 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: The temporary file :func:`atomic_write_bytes` writes beside ``path`` (``.NAME.tmp-<8 hex>``) before its rename.
+_TMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
