@@ -380,7 +380,9 @@ def _read_npy_file(path: Path, cap: int, max_rows: int | None) -> tuple[np.ndarr
     return arr, sha256_file(path)
 
 
-def _read_npz_file(path: Path, cap: int, max_rows: int | None) -> tuple[np.ndarray, str]:
+def _read_npz_file(path: Path, cap: int, max_rows: int | None, keys: Sequence[str] = ("x",)) -> tuple[np.ndarray, str]:
+    """The first of ``keys`` in the ``.npz`` at ``path`` (within ``cap`` bytes and the archive limits), and the file's
+    sha256; every malformed archive one :class:`DataError`."""
     import lzma
 
     where = f"{path}"
@@ -388,12 +390,17 @@ def _read_npz_file(path: Path, cap: int, max_rows: int | None) -> tuple[np.ndarr
         with zipfile.ZipFile(path) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir()]
             names = [i.filename for i in infos]
-            info = next((i for i in infos if i.filename in ("x.npy", "x")), None)
-            if info is None:
-                keys = [n[:-4] if n.endswith(".npy") else n for n in names]
-                shown = ", ".join(repr(k) for k in keys[:20]) + (", ..." if len(keys) > 20 else "")
-                raise DataError(f"{path}: no array 'x' in the .npz; it holds {len(keys)} key(s): {shown or 'none'}")
-            where = f"{path} (x)"
+            by_name = {i.filename: i for i in infos}
+            key = next((k for k in keys if k + ".npy" in by_name or k in by_name), None)
+            if key is None:
+                held = [n[:-4] if n.endswith(".npy") else n for n in names]
+                shown = ", ".join(repr(k) for k in held[:20]) + (", ..." if len(held) > 20 else "")
+                wanted = " or ".join(repr(k) for k in keys)
+                raise DataError(
+                    f"{path}: no array {wanted} in the .npz; it holds {len(held)} key(s): {shown or 'none'}"
+                )
+            info = by_name.get(key + ".npy") or by_name[key]
+            where = f"{path} ({key})"
             check_npz_member(
                 where,
                 info.file_size,

@@ -265,8 +265,15 @@ def test_an_empty_or_truncated_targets_file_is_a_data_error(tmp_path, cut, words
         load_targets(str(path), 4, 3)
     empty_npz = tmp_path / "t.npz"
     empty_npz.write_bytes(b"")
-    with pytest.raises(errors.DataError, match="t.npz: not a readable NumPy file"):
+    with pytest.raises(errors.DataError, match="t.npz: not a readable .npz archive: File is not a zip file"):
         load_targets(str(empty_npz), 4, 3)
+    np.savez(tmp_path / "x_only.npz", x=np.zeros(4))  # read by the data loader's reader, under its own keys
+    with pytest.raises(
+        errors.DataError, match=r"x_only.npz: no array 'y' or 'targets' in the .npz; it holds 1 key\(s\): 'x'"
+    ):
+        load_targets(str(tmp_path / "x_only.npz"), 4, 3)
+    np.savez(tmp_path / "t2.npz", targets=np.arange(4.0))
+    assert load_targets(str(tmp_path / "t2.npz"), 4, 3).tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
 @pytest.mark.parametrize(

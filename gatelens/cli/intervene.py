@@ -16,8 +16,6 @@ import csv
 import os
 import re
 import uuid
-import zipfile
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -107,24 +105,13 @@ def load_targets(path: str, n: int, t: int) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: {'a folder, not a targets file' if p.is_dir() else 'no such targets file'}")
-    if p.suffix == ".npy":  # read within the data size cap, every malformed file one DataError
-        from gatelens.models.data import _read_npy_file, max_data_bytes
+    if p.suffix in (".npy", ".npz"):  # the data loader's readers: within its size caps, every malformed file one line
+        from gatelens.models.data import _read_npy_file, _read_npz_file, max_data_bytes
 
-        arr = _read_npy_file(p, max_data_bytes(), None)[0]
-    elif p.suffix == ".npz":
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                key = next((k for k in ("y", "targets") if k in z.files), None)
-                if key is None:
-                    raise DataError(f"{path}: no array 'y' or 'targets' in the .npz (has {z.files})")
-                arr = z[key]
-        except DataError:
-            raise
-        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DataError(f"{path}: not a readable NumPy file ({msg})") from None
-    if p.suffix in (".npy", ".npz"):
-        arr = np.asarray(arr)
+        if p.suffix == ".npy":
+            arr = _read_npy_file(p, max_data_bytes(), None)[0]
+        else:
+            arr = _read_npz_file(p, max_data_bytes(), None, keys=("y", "targets"))[0]
         if arr.ndim == 2 and arr.shape[1] == 1 and t != 1:
             arr = arr[:, 0]
         if arr.shape[0] != n or arr.ndim > 3:
