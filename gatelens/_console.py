@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["PROCESS_ENV", "configure_process", "main"]
+__all__ = ["PROCESS_ENV", "configure_process", "interrupted", "main"]
 
 #: Environment defaults of a gatelens process (the console script, the dashboard server it starts, Dask workers).
 PROCESS_ENV = {"NUMPY_MADVISE_HUGEPAGE": "0", "ARROW_DEFAULT_MEMORY_POOL": "system"}
@@ -37,12 +37,28 @@ def configure_process() -> None:
         os.environ.setdefault(key, value)
 
 
+def interrupted() -> int:
+    """Report Ctrl-C in one line on stderr; return its exit code, 130.
+
+    CPython (3.11) remembers a ``KeyboardInterrupt`` that passed through ``eval`` of a string -- as one does when
+    it arrives in :func:`collections.namedtuple`, which TensorFlow's import calls -- even once it has been caught,
+    and ``python -m gatelens`` then ends by SIGINT (status -2) instead of returning this exit code. Evaluating a
+    string again clears that flag.
+    """
+    sys.stderr.write("gatelens: interrupted\n")
+    eval("None")  # a constant: see above
+    return 130
+
+
 def main() -> int:
     """Entry point of the ``gatelens`` console script; returns the exit code."""
     configure_process()
-    from gatelens.cli.main import main as cli_main
+    try:  # Ctrl-C while the command line's modules are imported (NumPy, pandas: about a second) is one line too
+        from gatelens.cli.main import main as cli_main
 
-    return cli_main()
+        return cli_main()
+    except KeyboardInterrupt:
+        return interrupted()
 
 
 if __name__ == "__main__":

@@ -393,8 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"gatelens: {_os_error_line(e)}\n")
             return 2
     except KeyboardInterrupt:
-        sys.stderr.write("gatelens: interrupted\n")
-        return 130
+        from gatelens._console import interrupted
+
+        return interrupted()
     except Exception as e:  # user errors: one line; anything else: one line, and the traceback with --debug
         if is_user_error(e):
             prefix = "" if str(e).startswith("gatelens") else "gatelens: "  # argparse's message names the command
