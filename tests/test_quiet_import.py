@@ -61,7 +61,6 @@ def test_a_failed_import_still_shows_what_it_logged():
     assert out.stderr == "I0000 native start-up log line\n"
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="raise_signal(SIGINT) is a console event on Windows")
 def test_noting_sigint_records_and_restores():
     with _noting_sigint() as seen:
         with pytest.raises(KeyboardInterrupt):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gatelens import __version__
+from gatelens._console import interrupted
 from gatelens.cli.intervene import register as register_intervene
 from gatelens.cli.search import register as register_search
 from gatelens.cli.windows import register as register_windows
@@ -393,8 +394,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"gatelens: {_os_error_line(e)}\n")
             return 2
     except KeyboardInterrupt:
-        from gatelens._console import interrupted
-
         return interrupted()
     except Exception as e:  # user errors: one line; anything else: one line, and the traceback with --debug
         if is_user_error(e):
