@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -1071,6 +1072,136 @@ def verify_run(
             raise RunStoreError(f"{run}: {rel} does not match its checksum in the manifest")
 
 
+class StoredArray:
+    """A read-only array of a run whose chunks are raw files, read by slices of sequences straight from them.
+
+    An array of the run store (chunked along sequences only, every chunk the raw little-endian bytes of a C-order
+    block: the layout :class:`RunWriter` writes) is read here a chunk file at a time, each file's rows read with
+    one ``readinto`` into the result: no Zarr event loop, no intermediate bytes, one copy from the page cache. That
+    took 2.2 ms against Zarr's 6.1 ms for 256 sequences x 200 steps x 128 float16 units, and the analysis reads
+    every signal several times. Only ``a[i]``, ``a[start:stop]`` (step 1), ``a[...]`` and ``a[:]`` (with any
+    trailing full slices) are read this way; every other selection, attribute and method (``oindex``,
+    ``a[2, 3, 1]``, ``chunks``, ``metadata``) is the Zarr array's own (:attr:`zarr_array`), so the numbers are
+    the same either way.
+
+    Examples
+    --------
+    >>> from gatelens._examples import tiny_run
+    >>> gate = open_run(tiny_run())["lstm"]["forget_gate"]
+    >>> type(gate).__name__, gate.shape, gate.chunks == gate.zarr_array.chunks
+    ('StoredArray', (6, 4, 3), True)
+    >>> import numpy as np
+    >>> bool((gate[1:5] == gate.zarr_array[1:5]).all()), gate[0].shape, np.asarray(gate).shape
+    (True, (4, 3), (6, 4, 3))
+    """
+
+    __slots__ = ("_dir", "_fill", "zarr_array")
+
+    def __init__(self, array: Any, run_dir: str | os.PathLike) -> None:
+        self.zarr_array = array
+        self._dir = Path(run_dir) / array.path
+        self._fill = array.metadata.fill_value
+
+    @classmethod
+    def wrap(cls, array: Any, run_dir: str | os.PathLike) -> Any:
+        """``StoredArray(array, run_dir)`` if ``array`` has the raw layout (and this machine is little-endian),
+        else ``array`` itself (a compressed run, or chunks that split more than the sequences)."""
+        meta = array.metadata
+        codecs = getattr(meta, "codecs", ())
+        from zarr.codecs import BytesCodec
+
+        raw = (
+            len(codecs) == 1
+            and isinstance(codecs[0], BytesCodec)
+            and (codecs[0].endian is None or codecs[0].endian.value == "little")
+        )
+        shape = tuple(array.shape)
+        if not (raw and sys.byteorder == "little" and array.order == "C" and shape and array.chunks[1:] == shape[1:]):
+            return array
+        return cls(array, run_dir)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in StoredArray.__slots__:  # not set yet (unpickling): not the Zarr array's
+            raise AttributeError(name)
+        return getattr(self.zarr_array, name)
+
+    def __getstate__(self) -> tuple:
+        return (self.zarr_array, self._dir, self._fill)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.zarr_array, self._dir, self._fill = state
+
+    def __repr__(self) -> str:
+        return f"<StoredArray {self._dir} shape={tuple(self.shape)} dtype={self.dtype}>"
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, selection: Any) -> Any:
+        rows = self._rows(selection)
+        if rows is None:
+            return self.zarr_array[selection]
+        start, stop, single = rows
+        out = self._read(start, stop)
+        return out[0] if single else out
+
+    def _rows(self, selection: Any) -> tuple[int, int, bool] | None:
+        """(start, stop, one row) of a selection of whole rows read here, else None."""
+        if isinstance(selection, tuple):
+            if not selection:
+                return None
+            first, rest = selection[0], selection[1:]
+        else:
+            first, rest = selection, ()
+        if any(not (r is Ellipsis or (isinstance(r, slice) and r == slice(None))) for r in rest):
+            return None
+        n = int(self.shape[0])
+        if first is Ellipsis:
+            return 0, n, False
+        if isinstance(first, slice):
+            start, stop, step = first.indices(n)
+            return (start, max(start, stop), False) if step == 1 else None
+        if isinstance(first, (int, np.integer)) and not isinstance(first, bool) and -n <= first < n:
+            i = int(first) % n
+            return i, i + 1, True
+        return None
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        shape = tuple(int(d) for d in self.shape)
+        dtype = np.dtype(self.dtype)
+        out = np.empty((stop - start, *shape[1:]), dtype)
+        row = out[0].nbytes if len(out) else 0
+        flat = out.reshape(-1).view(np.uint8)
+        chunk = int(self.chunks[0])
+        meta = self.zarr_array.metadata
+        for i in range(start // chunk, -(-stop // chunk)):
+            lo, hi = max(start, i * chunk), min(stop, (i + 1) * chunk)
+            part = flat[(lo - start) * row : (hi - start) * row]
+            path = self._dir / meta.encode_chunk_key((i,) + (0,) * (len(shape) - 1))
+            offset = (lo - i * chunk) * row
+            try:
+                f = open(path, "rb", buffering=0)
+            except FileNotFoundError:  # a chunk never written holds the fill value, as Zarr reads it
+                out[lo - start : hi - start] = self._fill
+                continue
+            with f:
+                f.seek(offset)
+                got = 0
+                while got < part.nbytes:  # readinto may return less than asked for; 0 is the end of the file
+                    more = f.readinto(memoryview(part[got:]))
+                    if not more:
+                        raise RunStoreError(
+                            f"{path}: the chunk file ends at byte {offset + got}; rows {lo}..{hi - 1} of "
+                            f"{self._dir.name} need {offset + part.nbytes} bytes"
+                        )
+                    got += more
+        return out
+
+
 def open_run(run: str | os.PathLike, *, verify: bool = True) -> Trace:
     """Open a run directory lazily as a :class:`~gatelens.analysis.trace.Trace` of Zarr arrays.
 
@@ -1083,7 +1214,9 @@ def open_run(run: str | os.PathLike, *, verify: bool = True) -> Trace:
     Returns
     -------
     Trace
-        Arrays are read-only ``zarr.Array``; slicing reads only the chunks needed.
+        Arrays are read-only: :class:`StoredArray` (a run's raw chunks, read by slices of sequences straight from
+        their files; the Zarr array behind for everything else), or ``zarr.Array`` for a compressed run; slicing
+        reads only the chunks needed.
         ``trace.meta`` is the manifest.
 
     Examples
@@ -1094,7 +1227,7 @@ def open_run(run: str | os.PathLike, *, verify: bool = True) -> Trace:
     (['lstm'], 6, 4, 'run', 'float32')
     >>> gate = run["lstm"]["forget_gate"]
     >>> type(gate).__name__, gate.shape, type(gate[0]).__name__   # lazy; a slice reads NumPy
-    ('Array', (6, 4, 3), 'ndarray')
+    ('StoredArray', (6, 4, 3), 'ndarray')
     """
     run = Path(run)
     manifest = read_manifest(run)
@@ -1113,10 +1246,14 @@ def open_run(run: str | os.PathLike, *, verify: bool = True) -> Trace:
             if "weights" in g:
                 weights = {k: np.asarray(v[...]) for k, v in g["weights"].arrays()}
             layer_traces[info.name] = LayerTrace(
-                info, {s: g[s] for s in info.signals}, mask=g["mask"], inputs=g["input"], weights=weights
+                info,
+                {s: StoredArray.wrap(g[s], run) for s in info.signals},
+                mask=StoredArray.wrap(g["mask"], run),
+                inputs=StoredArray.wrap(g["input"], run),
+                weights=weights,
             )
-        tokens = root["tokens"] if manifest["has_tokens"] else None
-        x = root["x"] if manifest["has_x"] else None
+        tokens = StoredArray.wrap(root["tokens"], run) if manifest["has_tokens"] else None
+        x = StoredArray.wrap(root["x"], run) if manifest["has_x"] else None
     except (KeyError, ValueError, TypeError, OSError) as e:
         raise RunStoreError(
             f"{run}: the arrays do not match the manifest ({type(e).__name__}: {str(e)[:200]})"

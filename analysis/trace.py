@@ -4,9 +4,9 @@ A :class:`Trace` is what :func:`gatelens.models.extract` returns and what :func:
 reads back from a run directory. It is plain storage -- analysis lives in functions
 elsewhere in :mod:`analysis` that take a trace.
 
-Arrays are ``numpy.ndarray`` for an in-memory trace and lazy ``zarr.Array`` objects
-for a trace opened from a run store; both support ``.shape``, ``.dtype`` and slicing,
-which yields NumPy. Use :func:`as_numpy` (or ``np.asarray``) when a whole array is needed.
+Arrays are ``numpy.ndarray`` for an in-memory trace and lazy arrays for a trace opened from a run store
+(:class:`gatelens.analysis.store.StoredArray` over a ``zarr.Array``, or the ``zarr.Array`` itself for a compressed
+run); all support ``.shape``, ``.dtype`` and slicing, which yields NumPy. Use :func:`as_numpy` (or ``np.asarray``) when a whole array is needed.
 
 Examples
 --------

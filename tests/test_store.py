@@ -463,3 +463,65 @@ def test_a_run_whose_analysis_folder_holds_the_users_files_is_not_replaced(model
     with pytest.raises(RunStoreError, match=f"holds '{first}', which gatelens analyze did not write"):
         write_run(model, x, out)
     assert (out / mine).read_text() == "mine" and (out / "analysis" / "index.json").is_file()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 9),
+    chunk=st.integers(1, 5),
+    dtype=st.sampled_from(["float16", "float32"]),
+    start=st.integers(-12, 12),
+    stop=st.one_of(st.none(), st.integers(-12, 12)),
+    step=st.sampled_from([None, 1, 2, -1]),
+    index=st.integers(-10, 10),
+)
+def test_stored_arrays_read_what_zarr_reads(tmp_path_factory, n, chunk, dtype, start, stop, step, index):
+    """open_run's arrays (StoredArray: rows read straight from the raw chunk files) give exactly Zarr's values and
+    errors for every selection: slices of rows (edge chunks, empty, negative), a row, the whole array, trailing
+    full slices, and what it passes to Zarr (steps other than 1, elements, index arrays: oindex)."""
+    from gatelens.analysis.store import StoredArray
+
+    tmp = tmp_path_factory.mktemp("stored")
+    batch, extra = _data(np.random.default_rng(n * 10 + chunk), n, 3)
+    _write(tmp / "run", batch, extra, [(0, n)], chunk=chunk, dtype=dtype, direct=True)
+    run = open_run(tmp / "run")
+    arrays = [run["lstm"]["forget_gate"], run["bi/forward"]["update_gate"], run["lstm"].mask, run["lstm"].inputs]
+    arrays.append(run.tokens)
+    rows = np.array(sorted({abs(index) % n, n - 1}))
+    for a in arrays:
+        assert isinstance(a, StoredArray)
+        z = a.zarr_array
+        for sel in (slice(start, stop, step), (slice(start, stop), Ellipsis), Ellipsis, slice(None), (index,),
+                    index, (slice(start, stop), slice(None)), (index, 0)):  # fmt: skip
+            try:
+                want = z[sel]
+            except (IndexError, ValueError) as e:
+                with pytest.raises(type(e)):
+                    a[sel]
+                continue
+            got = a[sel]
+            assert type(got) is type(want) and np.shape(got) == np.shape(want)
+            np.testing.assert_array_equal(got, want)
+            if isinstance(got, np.ndarray):
+                assert got.dtype == want.dtype
+        np.testing.assert_array_equal(a.oindex[rows], z.oindex[rows])
+        np.testing.assert_array_equal(np.asarray(a), z[...])
+        assert len(a) == n and a.shape == z.shape and a.chunks == z.chunks
+
+
+def test_stored_array_reads_a_missing_chunk_as_the_fill_value_and_names_a_short_one(tmp_path):
+    """A chunk file Zarr never wrote reads as the fill value, as Zarr reads it; a chunk file cut short (a run opened
+    unverified) is an error naming the file and the rows, not garbage."""
+    batch, extra = _data(np.random.default_rng(4), 6, 2)
+    _write(tmp_path / "run", batch, extra, [(0, 6)], chunk=2, dtype="float32", direct=True)
+    gate = tmp_path / "run/layers/lstm/forget_gate/c"
+    (gate / "1/0/0").unlink()
+    run = open_run(tmp_path / "run", verify=False)
+    a = run["lstm"]["forget_gate"]
+    np.testing.assert_array_equal(a[...], a.zarr_array[...])
+    assert not a[2:4].any()
+    np.testing.assert_array_equal(a[4:6], batch["lstm"]["forget_gate"][4:6])
+    last = gate / "2/0/0"
+    last.write_bytes(last.read_bytes()[:30])
+    with pytest.raises(RunStoreError, match=r"forget_gate/c/2/0/0: the chunk file ends at byte 30; rows 4\.\.5"):
+        a[3:6]
