@@ -398,22 +398,33 @@ class _Target:
         self.chunk = int(array.chunks[0]) if self.shape else 1
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
         self.fill = meta.fill_value
-        codecs = meta.codecs
-        from zarr.codecs import BytesCodec
-
-        # direct writes reproduce exactly one layout: C-order chunks of raw little-endian bytes
-        raw = (
-            len(codecs) == 1
-            and isinstance(codecs[0], BytesCodec)
-            and (codecs[0].endian is None or codecs[0].endian.value == "little")
-        )
-        self.direct = (
-            direct and raw and array.order == "C" and len(self.shape) > 0 and tuple(array.chunks[1:]) == self.shape[1:]
-        )
+        self.direct = direct and _raw_layout(array)  # direct writes reproduce exactly that one layout
 
     def key(self, i: int) -> str:
         """The file of chunk ``i`` (along sequences), relative to the run directory."""
-        return f"{self.rel}/{self.array.metadata.encode_chunk_key((i,) + (0,) * (len(self.shape) - 1))}"
+        return f"{self.rel}/{_chunk_file(self.array, i)}"
+
+
+def _raw_layout(array: Any) -> bool:
+    """Whether ``array``'s chunks are C-order blocks of raw little-endian bytes split along the first axis only: the
+    layout the direct chunk writer (:class:`_Target`) writes and :class:`StoredArray` reads."""
+    from zarr.codecs import BytesCodec
+
+    codecs = array.metadata.codecs
+    shape = tuple(array.shape)
+    return (
+        len(codecs) == 1
+        and isinstance(codecs[0], BytesCodec)
+        and (codecs[0].endian is None or codecs[0].endian.value == "little")
+        and array.order == "C"
+        and len(shape) > 0
+        and tuple(array.chunks[1:]) == shape[1:]
+    )
+
+
+def _chunk_file(array: Any, i: int) -> str:
+    """The file of chunk ``i`` along the first axis of a :func:`_raw_layout` array, relative to its directory."""
+    return array.metadata.encode_chunk_key((i,) + (0,) * (len(array.shape) - 1))
 
 
 class RunWriter:
@@ -1106,19 +1117,7 @@ class StoredArray:
     def wrap(cls, array: Any, run_dir: str | os.PathLike) -> Any:
         """``StoredArray(array, run_dir)`` if ``array`` has the raw layout (and this machine is little-endian),
         else ``array`` itself (a compressed run, or chunks that split more than the sequences)."""
-        meta = array.metadata
-        codecs = getattr(meta, "codecs", ())
-        from zarr.codecs import BytesCodec
-
-        raw = (
-            len(codecs) == 1
-            and isinstance(codecs[0], BytesCodec)
-            and (codecs[0].endian is None or codecs[0].endian.value == "little")
-        )
-        shape = tuple(array.shape)
-        if not (raw and sys.byteorder == "little" and array.order == "C" and shape and array.chunks[1:] == shape[1:]):
-            return array
-        return cls(array, run_dir)
+        return cls(array, run_dir) if sys.byteorder == "little" and _raw_layout(array) else array
 
     def __getattr__(self, name: str) -> Any:
         if name in StoredArray.__slots__:  # not set yet (unpickling): not the Zarr array's
@@ -1174,14 +1173,13 @@ class StoredArray:
         shape = tuple(int(d) for d in self.shape)
         dtype = np.dtype(self.dtype)
         out = np.empty((stop - start, *shape[1:]), dtype)
-        row = out[0].nbytes if len(out) else 0
+        row = math.prod(shape[1:]) * dtype.itemsize  # bytes of one sequence
         flat = out.reshape(-1).view(np.uint8)
         chunk = int(self.chunks[0])
-        meta = self.zarr_array.metadata
         for i in range(start // chunk, -(-stop // chunk)):
             lo, hi = max(start, i * chunk), min(stop, (i + 1) * chunk)
             part = flat[(lo - start) * row : (hi - start) * row]
-            path = self._dir / meta.encode_chunk_key((i,) + (0,) * (len(shape) - 1))
+            path = self._dir / _chunk_file(self.zarr_array, i)
             offset = (lo - i * chunk) * row
             try:
                 f = open(path, "rb", buffering=0)

@@ -6,7 +6,8 @@ elsewhere in :mod:`analysis` that take a trace.
 
 Arrays are ``numpy.ndarray`` for an in-memory trace and lazy arrays for a trace opened from a run store
 (:class:`gatelens.analysis.store.StoredArray` over a ``zarr.Array``, or the ``zarr.Array`` itself for a compressed
-run); all support ``.shape``, ``.dtype`` and slicing, which yields NumPy. Use :func:`as_numpy` (or ``np.asarray``) when a whole array is needed.
+run); all support ``.shape``, ``.dtype`` and slicing, which yields NumPy. Use :func:`as_numpy` (or ``np.asarray``)
+when a whole array is needed.
 
 Examples
 --------
