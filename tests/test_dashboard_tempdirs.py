@@ -181,8 +181,14 @@ def test_a_server_holds_up_sessions_end_and_a_new_server_removes_a_killed_ones_r
         browser.close()
         # kill -USR1: the server writes every thread's stack to its log and stays up (a hung page, diagnosed)
         os.kill(again.proc.pid, signal.SIGUSR1)
+        # faulthandler writes one thread after another: wait for the whole dump, not for its first header
         deadline = time.monotonic() + 30
-        while "most recent call first" not in again.log_tail(1 << 20) and time.monotonic() < deadline:
+
+        def dumped() -> bool:
+            tail = again.log_tail(1 << 20)
+            return tail.count("Thread 0x") >= 2 and "threading.py" in tail
+
+        while not dumped() and time.monotonic() < deadline:
             time.sleep(0.2)
         dump = again.log_tail(1 << 20)
         assert dump.count("Thread 0x") >= 2 and "threading.py" in dump, dump[-3000:]
