@@ -184,14 +184,12 @@ def test_a_server_holds_up_sessions_end_and_a_new_server_removes_a_killed_ones_r
         # faulthandler writes one thread after another: wait for the whole dump, not for its first header
         deadline = time.monotonic() + 30
 
-        def dumped() -> bool:
-            tail = again.log_tail(1 << 20)
-            return tail.count("Thread 0x") >= 2 and "threading.py" in tail
+        def dumped(log: str) -> bool:
+            return log.count("Thread 0x") >= 2 and "threading.py" in log
 
-        while not dumped() and time.monotonic() < deadline:
+        while not dumped(dump := again.log_tail(1 << 20)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        dump = again.log_tail(1 << 20)
-        assert dump.count("Thread 0x") >= 2 and "threading.py" in dump, dump[-3000:]
+        assert dumped(dump), dump[-3000:]
         with urllib.request.urlopen(again.url + "/_stcore/health", timeout=10) as r:
             assert r.status == 200
         deadline = time.monotonic() + 30
