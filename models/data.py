@@ -562,13 +562,93 @@ def _check_finite(x: np.ndarray, orig: np.ndarray, where: str, label=None) -> No
 
 
 def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_rows, cap, time_column=None) -> Dataset:
-    import pandas as pd
-
+    """A CSV series as model inputs: its cells (:func:`_csv_cells`), the feature columns
+    (:func:`_feature_columns`) as float32 (:func:`_feature_values`), grouped by the ``sequence`` column if there is
+    one (:func:`_sequence_ids`) and cut into windows (:func:`_csv_windows`); the source records how each window maps
+    back to the file's rows."""
     if spec.is_text:
         raise DataError(
             f"{path}: a CSV series, but the model takes {spec.describe()}; give a .txt text file "
             f"(or a .npy of integer token ids)"
         )
+    names, rows, cols = _csv_cells(path, text)
+    feats, ignored = _feature_columns(path, spec, names, rows, cols, columns)
+    tcol = _time_column(path, cols, feats, names, time_column)
+    if tcol is not None and tcol in ignored:
+        ignored.remove(tcol)
+    want_f = spec.n_features if len(spec.input_shape) == 3 else 1
+    if want_f is not None and len(feats) != want_f:
+        raise DataError(
+            f"{path}: the model takes {want_f} feature(s) per step, but {len(feats)} column(s) were chosen: {feats}"
+        )
+    x32 = _feature_values(path, rows, cols, feats)
+    seq_ids, seq_labels = _sequence_ids(path, rows, cols)
+    has_seq = SEQUENCE_COLUMN in cols
+    order = np.argsort(seq_ids, kind="stable")
+    uniq, offsets, lengths = np.unique(seq_ids[order], return_index=True, return_counts=True)
+
+    def name(k: int) -> str:  # of the k-th sequence, for a message
+        if not has_seq:
+            return "the series"
+        return f"sequence {(seq_labels[int(uniq[k])] if seq_labels is not None else int(uniq[k]))!r}"
+
+    w, s, n_win = _csv_windows(path, lengths, name, spec, window, stride)
+    total = int(n_win.sum())
+    total_kept = total if max_rows is None else min(total, int(max_rows))
+    out_bytes = total_kept * w * len(feats) * 4
+    if out_bytes > cap:
+        raise DataError(
+            f"{path}: {total_kept} windows of {w} steps x {len(feats)} features need {out_bytes} bytes, more than "
+            f"the limit of {cap} bytes; use a larger --stride"
+        )
+    win_seq = np.repeat(np.arange(len(uniq)), n_win)[:total_kept]
+    first_win = np.cumsum(n_win) - n_win
+    local = (np.arange(total_kept) - first_win[win_seq]) * s
+    # windows never cross sequences: each starts within its sequence and ends before the next one
+    view = np.lib.stride_tricks.sliding_window_view(x32[order], w, axis=0)  # (L - w + 1, F, w), no copy
+    x = view[offsets[win_seq] + local].transpose(0, 2, 1)  # (N, w, F)
+    if len(spec.input_shape) == 2:
+        x = x[:, :, 0]
+    source: dict[str, Any] = {
+        "path": str(path),
+        "kind": "csv",
+        "sha256": sha,
+        "n_rows": int(total_kept),
+        "n_records": int(rows.size),
+        "columns": list(feats),
+        "ignored_columns": ignored,
+        "n_sequences_in_file": int(len(uniq)),
+        "window": int(w),
+        "stride": int(s),
+        "dropped_tail_steps": int((lengths - ((n_win - 1) * s + w)).sum()),
+    }
+    if seq_labels is not None:
+        source["sequence_labels"] = seq_labels
+    if total_kept < total:
+        source["n_rows_total"] = total
+    # (window i, step t) -> the file row and time of record window_record_start[i] + t (records sorted by sequence)
+    source["window_record_start"] = (offsets[win_seq] + local).astype(np.int64).tolist()
+    source["record_rows"] = rows[order].tolist()
+    if tcol is not None:
+        source["time_column"] = tcol
+        source["record_times"] = cols[tcol].cells.iloc[order].astype(str).tolist()
+    return Dataset(
+        x=np.ascontiguousarray(x, dtype=np.float32),
+        tokens=None,
+        vocabulary=None,
+        sequence=uniq[win_seq].astype(np.int64),
+        start=local.astype(np.int64),
+        source=source,
+        feature_names=list(feats),
+    )
+
+
+def _csv_cells(path: Path, text: str) -> tuple[list[str], np.ndarray, dict[str, _Column]]:
+    """The CSV's column names (its header, or ``x0, x1, ...`` when the first row is all numbers), the file's row
+    number of each data row (header = row 1, blank lines before it counted; blank rows left out) and each column's
+    stripped cells, as text: nothing is parsed as a number yet."""
+    import pandas as pd
+
     body = text.lstrip("\n")
     lead = len(text) - len(body)  # blank lines before the header
     if not body.strip():
@@ -611,12 +691,15 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
             cols = {n: _Column(c.cells.iloc[keep]) for n, c in cols.items()}
     if rows.size == 0:
         raise DataError(f"{path}: no data rows (only a header: {names})")
-    n_records = int(rows.size)
+    return names, rows, cols
 
-    # which columns are the features
-    has_seq = SEQUENCE_COLUMN in cols
+
+def _feature_columns(
+    path: Path, spec: InputSpec, names: list[str], rows: np.ndarray, cols: dict[str, _Column], columns
+) -> tuple[list[str], list[str]]:
+    """The feature columns (``columns`` as given, checked; else the numeric ones, :func:`_choose_features`) and the
+    columns left out as not numeric."""
     ignored: list[str] = []
-    why: dict[str, str] = {}  # columns that are not numeric, with their first text cell
     if columns:
         columns = [str(c) for c in columns]
         missing = [c for c in columns if c not in cols]
@@ -627,33 +710,30 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
         dup = next((c for k, c in enumerate(columns) if c in columns[:k]), None)
         if dup is not None:
             raise DataError(f"{path}: column {dup!r} is chosen twice in --columns")
-        feats = columns
-    else:
-        numeric = []
-        for n, c in cols.items():
-            if n == SEQUENCE_COLUMN:
-                continue
-            filled = ~c.empty
-            if filled.any() and c.ok[filled].mean() >= 0.5:
-                numeric.append(n)
+        return columns, ignored
+    numeric = []
+    why: dict[str, str] = {}  # columns that are not numeric, with their first text cell
+    for n, c in cols.items():
+        if n == SEQUENCE_COLUMN:
+            continue
+        filled = ~c.empty
+        if filled.any() and c.ok[filled].mean() >= 0.5:
+            numeric.append(n)
+        else:
+            ignored.append(n)
+            text_cells = filled & ~c.ok
+            if text_cells.any():
+                r = int(np.argmax(text_cells))
+                why[n] = f"{n!r} (row {rows[r]}: {_cell(c.cell(r))})"
             else:
-                ignored.append(n)
-                text_cells = filled & ~c.ok
-                if text_cells.any():
-                    r = int(np.argmax(text_cells))
-                    why[n] = f"{n!r} (row {rows[r]}: {_cell(c.cell(r))})"
-                else:
-                    why[n] = f"{n!r} (empty)"
-        feats = _choose_features(path, spec, numeric, ignored, names, why)
-    tcol = _time_column(path, cols, feats, names, time_column)
-    if tcol is not None and tcol in ignored:
-        ignored.remove(tcol)
-    want_f = spec.n_features if len(spec.input_shape) == 3 else 1
-    if want_f is not None and len(feats) != want_f:
-        raise DataError(
-            f"{path}: the model takes {want_f} feature(s) per step, but {len(feats)} column(s) were chosen: {feats}"
-        )
-    values = np.empty((n_records, len(feats)), np.float64)
+                why[n] = f"{n!r} (empty)"
+    return _choose_features(path, spec, numeric, ignored, names, why), ignored
+
+
+def _feature_values(path: Path, rows: np.ndarray, cols: dict[str, _Column], feats: list[str]) -> np.ndarray:
+    """The feature columns as float32 (records, features); the first empty, non-numeric or non-finite cell (or one
+    too large for float32) is reported by its row and column."""
+    values = np.empty((rows.size, len(feats)), np.float64)
     for k, n in enumerate(feats):
         c = cols[n]
         if c.empty.any():
@@ -668,35 +748,33 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
         x32 = values.astype(np.float32)
     labels = np.asarray(feats, dtype=object)
     _check_finite(x32, values, str(path), label=lambda p: f"row {rows[p[0]]}, column {labels[p[1]]!r}")
+    return x32
 
-    # sequences
-    if has_seq:
-        c = cols[SEQUENCE_COLUMN]
-        if c.empty.any():
-            r = int(np.argmax(c.empty))
-            raise DataError(f"{path}: row {rows[r]}, column {SEQUENCE_COLUMN!r}: empty sequence id")
-        seq_num = c.values
-        if np.all(np.isfinite(seq_num)) and np.all(seq_num == np.round(seq_num)) and np.all(np.abs(seq_num) < 2**53):
-            seq_ids = seq_num.astype(np.int64)
-            seq_labels = None
-        else:
-            codes, uniques = pd.factorize(c.cells, sort=False)
-            seq_ids = codes.astype(np.int64)
-            seq_labels = [str(u) for u in uniques]
-    else:
-        seq_ids = np.zeros(n_records, np.int64)
-        seq_labels = None
-    order = np.argsort(seq_ids, kind="stable")
-    sorted_ids = seq_ids[order]
-    values_sorted = x32[order]
-    uniq, offsets, lengths = np.unique(sorted_ids, return_index=True, return_counts=True)
 
-    def seq_name(k: int) -> str:
-        if not has_seq:
-            return "the series"
-        label = seq_labels[int(uniq[k])] if seq_labels is not None else int(uniq[k])
-        return f"sequence {label!r}"
+def _sequence_ids(path: Path, rows: np.ndarray, cols: dict[str, _Column]) -> tuple[np.ndarray, list[str] | None]:
+    """Each record's sequence (int64) and the sequences' labels: the ``sequence`` column's integers as they are
+    (labels None), other ids numbered in order of appearance (labels their text); one sequence without the column."""
+    import pandas as pd
 
+    if SEQUENCE_COLUMN not in cols:
+        return np.zeros(rows.size, np.int64), None
+    c = cols[SEQUENCE_COLUMN]
+    if c.empty.any():
+        r = int(np.argmax(c.empty))
+        raise DataError(f"{path}: row {rows[r]}, column {SEQUENCE_COLUMN!r}: empty sequence id")
+    seq_num = c.values
+    if np.all(np.isfinite(seq_num)) and np.all(seq_num == np.round(seq_num)) and np.all(np.abs(seq_num) < 2**53):
+        return seq_num.astype(np.int64), None
+    codes, uniques = pd.factorize(c.cells, sort=False)
+    return codes.astype(np.int64), [str(u) for u in uniques]
+
+
+def _csv_windows(
+    path: Path, lengths: np.ndarray, name: Callable[[int], str], spec: InputSpec, window, stride
+) -> tuple[int, int, np.ndarray]:
+    """``(window, stride, windows of each sequence)`` for sequences of ``lengths`` records: ``--window`` or the
+    model's input length; a model of variable length takes each sequence whole (all of one length). ``name(k)``
+    names the ``k``-th sequence in a message."""
     w = window or spec.n_steps
     if w is None:  # a model of variable length takes each sequence whole
         if stride is not None:
@@ -704,8 +782,8 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
         if np.any(lengths != lengths[0]):
             k = int(np.argmax(lengths != lengths[0]))
             raise DataError(
-                f"{path}: sequences have different lengths ({seq_name(0)}: {int(lengths[0])} rows, "
-                f"{seq_name(k)}: {int(lengths[k])} rows); pass --window T to cut them into windows of T steps"
+                f"{path}: sequences have different lengths ({name(0)}: {int(lengths[0])} rows, "
+                f"{name(k)}: {int(lengths[k])} rows); pass --window T to cut them into windows of T steps"
             )
         w = s = int(lengths[0])
     else:
@@ -714,62 +792,8 @@ def _load_csv(path, text, sha, spec: InputSpec, columns, window, stride, max_row
     if short.any():
         k = int(np.argmax(short))
         need = "the model's input length" if window is None else "--window"
-        raise DataError(
-            f"{path}: {seq_name(k)} has {int(lengths[k])} rows, fewer than one window of {w} steps ({need})"
-        )
-    n_win = (lengths - w) // s + 1
-    total = int(n_win.sum())
-    if max_rows is not None:
-        total_kept = min(total, int(max_rows))
-    else:
-        total_kept = total
-    out_bytes = total_kept * w * len(feats) * 4
-    if out_bytes > cap:
-        raise DataError(
-            f"{path}: {total_kept} windows of {w} steps x {len(feats)} features need {out_bytes} bytes, more than "
-            f"the limit of {cap} bytes; use a larger --stride"
-        )
-    win_seq = np.repeat(np.arange(len(uniq)), n_win)[:total_kept]
-    first_win = np.cumsum(n_win) - n_win
-    local = (np.arange(total_kept) - first_win[win_seq]) * s
-    # windows never cross sequences: each starts within its sequence and ends before the next one
-    view = np.lib.stride_tricks.sliding_window_view(values_sorted, w, axis=0)  # (L - w + 1, F, w), no copy
-    x = view[offsets[win_seq] + local].transpose(0, 2, 1)  # (N, w, F)
-    if len(spec.input_shape) == 2:
-        x = x[:, :, 0]
-    dropped = int((lengths - ((n_win - 1) * s + w)).sum())
-    source: dict[str, Any] = {
-        "path": str(path),
-        "kind": "csv",
-        "sha256": sha,
-        "n_rows": int(total_kept),
-        "n_records": int(n_records),
-        "columns": list(feats),
-        "ignored_columns": ignored,
-        "n_sequences_in_file": int(len(uniq)),
-        "window": int(w),
-        "stride": int(s),
-        "dropped_tail_steps": dropped,
-    }
-    if seq_labels is not None:
-        source["sequence_labels"] = seq_labels
-    if total_kept < total:
-        source["n_rows_total"] = total
-    # (window i, step t) -> the file row and time of record window_record_start[i] + t (records sorted by sequence)
-    source["window_record_start"] = (offsets[win_seq] + local).astype(np.int64).tolist()
-    source["record_rows"] = rows[order].tolist()
-    if tcol is not None:
-        source["time_column"] = tcol
-        source["record_times"] = cols[tcol].cells.iloc[order].astype(str).tolist()
-    return Dataset(
-        x=np.ascontiguousarray(x, dtype=np.float32),
-        tokens=None,
-        vocabulary=None,
-        sequence=uniq[win_seq].astype(np.int64),
-        start=local.astype(np.int64),
-        source=source,
-        feature_names=list(feats),
-    )
+        raise DataError(f"{path}: {name(k)} has {int(lengths[k])} rows, fewer than one window of {w} steps ({need})")
+    return int(w), s, (lengths - w) // s + 1
 
 
 #: Column names taken for a date/time column when ``--time-column`` is not given.

@@ -420,6 +420,9 @@ def test_csv_variable_length_model(tmp_path, var_spec, var_model):
     assert var_model(d.x).shape == (2, 2)
     p2 = _write(tmp_path, "s2.csv", "\n".join(lines[:-1]))
     _raises(p2, var_spec, r"different lengths \(sequence 0: 6 rows, sequence 1: 5 rows\); pass --window")
+    _raises(p, var_spec, r"--stride needs --window \(the model takes sequences of any length\)", stride=2)
+    labelled = _write(tmp_path, "s3.csv", "\n".join(lines[:-1]).replace("\n1,", "\nrun-b,").replace("\n0,", "\nrun-a,"))
+    _raises(labelled, var_spec, r"different lengths \(sequence 'run-a': 6 rows, sequence 'run-b': 5 rows\)")
 
 
 def test_csv_headerless_and_blank_lines(tmp_path, float_spec):
@@ -459,6 +462,9 @@ def test_csv_column_choice_errors(tmp_path, float_spec):
     p = _write(tmp_path, "s.csv", "a,b,c\n" + "\n".join(f"{i},{i},{i}" for i in range(4)))
     _raises(p, float_spec, r"no column\(s\) \['z'\]; the file has columns \['a', 'b', 'c'\]", columns=["a", "z"])
     _raises(p, float_spec, r"takes 2 feature\(s\) per step, but 1 column\(s\) were chosen", columns=["a"])
+    _raises(p, float_spec, r"column 'a' is chosen twice in --columns", columns=["a", "a"])
+    q = _write(tmp_path, "q.csv", "sequence,a,b\n" + "\n".join(f"0,{i},{i}" for i in range(4)))
+    _raises(q, float_spec, r"'sequence' holds sequence ids; it cannot be a feature column", columns=["sequence", "a"])
     _raises(p, float_spec, r"--window 3 does not match the model's input length of 4", window=3)
     _raises(p, float_spec, r"--level applies to .txt", level="char")
 
