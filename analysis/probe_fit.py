@@ -205,6 +205,13 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
     :data:`HESSIAN_REUSE_RATE`), above it each step is solved by conjugate gradients on Hessian-vector products.
     Stops when every probe's largest gradient entry is below ``tol * n``.
 
+    Above ``4 *`` :data:`WARM_START_ROWS` rows the iterations start from the optimum of the same problem on every
+    ``(n // WARM_START_ROWS)``-th row (its penalty scaled by their share of the rows, solved to
+    :data:`WARM_START_TOL`): near the optimum Newton's steps converge fast, and the steps on all rows, each forming
+    a Hessian of every row, are fewer (on the probes of the analysis benchmark's 2x128 run, 14935 rows: 145 -> 107
+    steps for 11 probes, the fits in 0.64x the time). The optimum is the same: the steps on all rows stop at the
+    same test.
+
     The decisions ``A @ W`` are kept from step to step: a step ``W - t p`` moves them by ``t (A @ p)``, one product
     per step for the line search and the next gradient together (recomputing ``A @ W`` for the gradient cost a
     second one: 15% of the fits on a 2x128 char LSTM's probes; the optimum is the same to 1e-14).
@@ -215,13 +222,39 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
     k = Y.shape[1]
     A = np.hstack([X, np.ones((n, 1))])
     lam = 1.0 / C
-    reg = np.full((d + 1, 1), lam)
-    reg[-1] = 0.0
     W = np.zeros((d + 1, k))
     # start from the best constant predictor (coefficients 0, the intercept at the log-odds of the classes): the
     # optimum is the same, and the first Newton step (from the intercept 0) is saved
     p = np.clip(Y.mean(axis=0), 1e-12, 1.0 - 1e-12) if n else np.full(k, 0.5)
     W[-1] = np.log(p) - np.log1p(-p)
+    m = WARM_START_ROWS
+    if m and n >= 4 * m:
+        # the same problem on every (n // m)-th row, its penalty scaled by the share of rows: its optimum is near the
+        # whole one, where Newton's steps converge fast; the whole problem's steps then start from it
+        rows = slice(0, None, n // m)
+        a, y = np.ascontiguousarray(A[rows]), np.ascontiguousarray(Y[rows])
+        W = _newton(a, y, W, lam * len(a) / n, WARM_START_TOL, max_iter)[0]
+    W, n_iter, converged = _newton(A, Y, W, lam, tol, max_iter)
+    return LinearFit(W[:-1].copy(), W[-1].copy(), n_iter, converged)
+
+
+#: Rows of the warm start of :func:`fit_logistic` (0: none). 1024 and 4096 rows measured slower on the analysis
+#: benchmark's probes (1.09x and 1.32x the fits' time at 2048).
+WARM_START_ROWS = 2048
+#: Its stopping tolerance (relative to its rows, as ``tol``): 1e-3 and 1e-6 measured the same as 1e-4.
+WARM_START_TOL = 1e-4
+
+
+def _newton(
+    A: np.ndarray, Y: np.ndarray, W: np.ndarray, lam: float, tol: float, max_iter: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`fit_logistic`'s Newton iterations on ``A = [X 1]`` from ``W``: ``(W, iterations, converged)``."""
+    n, d1 = A.shape
+    d = d1 - 1
+    k = Y.shape[1]
+    W = W.copy()
+    reg = np.full((d + 1, 1), lam)
+    reg[-1] = 0.0
     Z = _times(A, W)  # the decisions of every probe, kept up to date with W
     loss = _logistic_loss(Z, Y, W, lam)
     active = np.ones(k, bool)
@@ -268,4 +301,4 @@ def fit_logistic(X: np.ndarray, Y: np.ndarray, *, C: float = 1.0, max_iter: int 
         Z[:, idx] = z_trial
         loss[idx] = new
         n_iter[idx] += 1
-    return LinearFit(W[:-1].copy(), W[-1].copy(), n_iter, ~active)
+    return W, n_iter, ~active

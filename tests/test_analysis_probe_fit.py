@@ -29,14 +29,19 @@ def test_standardize_is_standard_scaler(data):
     np.testing.assert_allclose(ours[1], sc.transform(X[400:]), atol=1e-12)
 
 
+@pytest.mark.parametrize("warm", [False, True])
 @pytest.mark.parametrize("solver", ["exact", "cg"])
 @pytest.mark.parametrize("C", [0.01, 1.0, 100.0])
-def test_logistic_equals_sklearn_per_target(data, C, solver, monkeypatch):
+def test_logistic_equals_sklearn_per_target(data, C, solver, warm, monkeypatch):
     """Both Newton steps -- each probe's Hessian solved exactly (few units) or by conjugate gradients (many) --
-    reach scikit-learn's optimum."""
+    reach scikit-learn's optimum, from the constant predictor or from the warm start on every 6th row."""
     from gatelens.analysis import probe_fit
 
     monkeypatch.setattr(probe_fit, "EXACT_NEWTON_MAX_DIM", 10_000 if solver == "exact" else 0)
+    monkeypatch.setattr(probe_fit, "WARM_START_ROWS", 100 if warm else 0)  # 600 rows: a start on 100 of them
+    runs = []
+    real = probe_fit._newton
+    monkeypatch.setattr(probe_fit, "_newton", lambda A, *a: runs.append(len(A)) or real(A, *a))
     rng, X = data
     Xs = standardize(X)[0]
     z = Xs[:, :4] @ rng.normal(size=(4, 5)) + rng.normal(size=(600, 5)) * 0.5
@@ -44,6 +49,7 @@ def test_logistic_equals_sklearn_per_target(data, C, solver, monkeypatch):
     Y[:, 4] = Xs[:, 1] > 0  # perfectly separable: bounded only by the penalty
     fit = fit_logistic(Xs, Y, C=C)
     assert fit.converged.all()
+    assert runs == ([100, 600] if warm else [600])
     for j in range(Y.shape[1]):
         ref = LogisticRegression(C=C, tol=1e-12, max_iter=10_000).fit(Xs, Y[:, j])
         np.testing.assert_allclose(fit.coef[:, j], ref.coef_[0], rtol=1e-5, atol=1e-6)
@@ -77,6 +83,24 @@ def test_kept_hessians_reach_the_same_optimum_with_fewer_factorisations(data, mo
     # both stop at the same gradient tolerance (tol * n), the tolerance the comparison with scikit-learn uses
     np.testing.assert_allclose(kept.coef, newton.coef, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(kept.intercept, newton.intercept, rtol=1e-5, atol=1e-6)
+
+
+def test_the_warm_start_saves_newton_steps_on_all_rows(monkeypatch):
+    """Started from the optimum of every (n // m)-th row (its penalty scaled to its share of rows), the fit on all
+    rows takes fewer steps to the same optimum than from the constant predictor."""
+    from gatelens.analysis import probe_fit
+
+    rng = np.random.default_rng(5)
+    Xs = standardize(rng.normal(size=(4000, 12)))[0]
+    Y = (Xs[:, :6] @ rng.normal(size=(6, 8)) + rng.normal(size=(4000, 8)) > 0).astype(float)
+    monkeypatch.setattr(probe_fit, "WARM_START_ROWS", 0)
+    cold = fit_logistic(Xs, Y)
+    monkeypatch.setattr(probe_fit, "WARM_START_ROWS", 500)
+    warm = fit_logistic(Xs, Y)
+    assert cold.converged.all() and warm.converged.all()
+    assert warm.n_iter.sum() < cold.n_iter.sum(), (warm.n_iter, cold.n_iter)
+    np.testing.assert_allclose(warm.coef, cold.coef, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(warm.intercept, cold.intercept, rtol=1e-5, atol=1e-6)
 
 
 def test_ridge_equals_sklearn(data):
