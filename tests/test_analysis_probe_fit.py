@@ -93,12 +93,15 @@ def test_the_warm_start_saves_newton_steps_on_all_rows(monkeypatch):
     rng = np.random.default_rng(5)
     Xs = standardize(rng.normal(size=(4000, 12)))[0]
     Y = (Xs[:, :6] @ rng.normal(size=(6, 8)) + rng.normal(size=(4000, 8)) > 0).astype(float)
+    Y[:, 7] = 0.0
+    Y[[1, 2, 3, 10], 7] = 1.0  # a rare class none of the warm start's rows (every 8th) holds
     monkeypatch.setattr(probe_fit, "WARM_START_ROWS", 0)
     cold = fit_logistic(Xs, Y)
     monkeypatch.setattr(probe_fit, "WARM_START_ROWS", 500)
     warm = fit_logistic(Xs, Y)
     assert cold.converged.all() and warm.converged.all()
-    assert warm.n_iter.sum() < cold.n_iter.sum(), (warm.n_iter, cold.n_iter)
+    assert warm.n_iter[:7].sum() < cold.n_iter[:7].sum(), (warm.n_iter, cold.n_iter)
+    assert warm.n_iter[7] == cold.n_iter[7]  # started from the constant predictor, as without the warm start
     np.testing.assert_allclose(warm.coef, cold.coef, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(warm.intercept, cold.intercept, rtol=1e-5, atol=1e-6)
 
