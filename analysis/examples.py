@@ -361,104 +361,11 @@ def unit_examples(
         n, t_len, units = lt.shape
         if n * t_len >= _MAX_POSITIONS:
             raise ValueError(f"layer {name!r}: {n} x {t_len} steps is more than examples can index (2^32 - 1)")
-        gates = set(GATES[lt.info.cell_type])
-        back = lt.info.go_backwards
-        empty = np.zeros((0, units), np.uint64)
-        best = {(s, kind): empty for s in sigs for kind in ("top", "bottom", "rise", "drop")}
-        lo = {s: np.full(units, np.inf, np.float32) for s in sigs}
-        hi = {s: np.full(units, -np.inf, np.float32) for s in sigs}
-        n_real = 0
-        # pass 1: extremes, changes, ranges
-        for rows in iter_chunks(n, block):
-            m, flat, gpos = _chunk_real(lt, rows, t_len)
-            n_real += len(flat)
-            if len(flat):
-                for s in sigs:
-                    v = read(lt[s], rows, np.float32)
-                    real = v.reshape(-1, units) if len(flat) == m.size else v.reshape(-1, units)[flat]
-                    low, high = real.min(axis=0), real.max(axis=0)  # NaN where a unit has one
-                    lo[s], hi[s] = np.minimum(lo[s], low), np.maximum(hi[s], high)
-                    finite = bool(np.isfinite(low).all() and np.isfinite(high).all())  # then no change is NaN
-                    pairs = [("top", "bottom", real, gpos)]
-                    if s in gates:
-                        d, dpos = _changes(v, m, back, rows.start)
-                        if len(d):
-                            pairs.append(("rise", "drop", d, dpos))
-                    for up, down, values, positions in pairs:
-                        if finite:
-                            best[s, up] = _stream_top_values(best[s, up], values, positions, k, True)
-                            best[s, down] = _stream_top_values(best[s, down], values, positions, k, False)
-                        else:
-                            o = _ordered32(values)
-                            best[s, up] = _stream_top(best[s, up], o, positions, k)
-                            best[s, down] = _stream_top(best[s, down], ~o, positions, k)
-            tick()
-        # the top/bottom/rise/drop examples are final: (signal, kind, unit, rank, position, value) per example; their
-        # context windows are gathered in pass 2 (no third read of the signals), by block of sequences and signal
-        parts: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        for si, s in enumerate(sigs):
-            for kind in ("top", "bottom", "rise", "drop"):
-                keys = best[s, kind]
-                if not len(keys):
-                    continue
-                keys = _sorted_desc(keys)
-                vals, pos = _unkey(keys, descending=kind in ("top", "rise"))
-                r, u = np.nonzero(keys != 0)  # a zero key: fewer than k entries
-                parts.append((si, KINDS.index(kind), u, r, pos[r, u], vals[r, u].astype(np.float64)))
-        fixed_sig = np.concatenate([np.full(len(p[2]), p[0]) for p in parts] + [np.zeros(0, np.int64)])
-        fixed_pos = np.concatenate([p[4] for p in parts] + [np.zeros(0, np.int64)]).astype(np.int64)
-        fixed_unit = np.concatenate([p[2] for p in parts] + [np.zeros(0, np.int64)]).astype(np.int64)
-        fixed_win = np.zeros((len(fixed_pos), 2 * context + 1), np.float32)
-        fixed_key = (fixed_pos // t_len // block) * len(sigs) + fixed_sig
-        fixed_order = np.argsort(fixed_key, kind="stable")
-        fixed_cuts = np.searchsorted(fixed_key[fixed_order], np.arange(-(-n // block) * len(sigs) + 1))
-        # pass 2: histograms and decile draws (with their windows)
-        counts = {s: np.zeros((bins, units), np.int64) for s in sigs}
-        draw_keys = {s: np.zeros((0, 10, units), np.uint64) for s in sigs}
-        draw_win = {s: np.zeros((0, 10, units, 2 * context + 1), np.float32) for s in sigs}
-        per_decile = bins // 10
-        tables = {}  # float16 signals of a few patterns per unit: counted by their patterns (see _BinTable)
-        for s in sigs:
-            if getattr(lt[s], "dtype", None) == np.float16 and np.isfinite(lo[s]).all() and np.isfinite(hi[s]).all():
-                if _pattern_range(lo[s], hi[s])[1].sum() <= _BinTable.LIMIT:
-                    tables[s] = _BinTable(lo[s], hi[s], bins)
-        scratch = np.empty(min(block, n) * t_len * units, np.intp)  # bin codes or pattern indices, chunk by chunk
-        for rows in iter_chunks(n, block):
-            m, flat, gpos = _chunk_real(lt, rows, t_len)
-            if len(flat):
-                prio = position_priority(gpos)
-                dkey = ((_LOW32 - prio) << np.uint64(32)) | (_LOW32 - gpos.astype(np.uint64))
-                by_key = np.argsort(dkey)[::-1]  # the same for every signal
-                for si, s in enumerate(sigs):
-                    narrow = getattr(lt[s], "dtype", None) in (np.float16, np.float32)  # exact in float64 as stored
-                    raw = read(lt[s], rows, lt[s].dtype if narrow else np.float32)
-                    real = raw.reshape(-1, units)
-                    if len(flat) < m.size:
-                        real = real[flat]
-                    here = rows.start // block * len(sigs) + si
-                    e = fixed_order[fixed_cuts[here] : fixed_cuts[here + 1]]
-                    if len(e):
-                        fixed_win[e] = _windows(raw, rows.start, fixed_pos[e], fixed_unit[e], context)
-                    finite = bool(np.isfinite(lo[s]).all() and np.isfinite(hi[s]).all())
-                    if s in tables:
-                        flat_counts, dec = tables[s](real, scratch)
-                    else:
-                        if finite:
-                            codes, dec = _bin_codes(real, lo[s], hi[s], bins, scratch)
-                        else:  # NaN or infinite values: the integer path, as ever
-                            b = bin_index(real, lo[s], hi[s], bins)
-                            codes, dec = (b * units + np.arange(units)).ravel(), (b // per_decile).astype(np.int8)
-                        flat_counts = np.bincount(codes, minlength=bins * units)
-                    chunk_counts = flat_counts.reshape(bins, units)
-                    counts[s] += chunk_counts
-                    if k_decile:
-                        dec_counts = chunk_counts.reshape(10, per_decile, units).sum(axis=1)
-                        draw = _decile_draws_head if finite else _decile_draws  # (deciles 0-9 only if finite)
-                        new = draw(dkey, dec, k_decile, by_key, dec_counts)
-                        draw_keys[s], draw_win[s] = _merge_draws(
-                            draw_keys[s], draw_win[s], new, raw, rows.start, context
-                        )
-            tick()
+        best, lo, hi, n_real = _extremes(lt, sigs, block, k, tick)
+        parts = _final_examples(best, sigs)
+        counts, draw_keys, draw_win, fixed_win = _bins_and_draws(
+            lt, sigs, block, lo, hi, bins, k_decile, context, parts, tick
+        )
         windows = [fixed_win]
         for si, s in enumerate(sigs):
             for j in range(10):
@@ -469,41 +376,186 @@ def unit_examples(
                 pos = (_LOW32 - (keys[r, u] & _LOW32)).astype(np.int64)
                 parts.append((si, KINDS.index(DECILES[j]), u, r, pos, np.full(len(r), np.nan)))
                 windows.append(draw_win[s][r, j, u])
-            edges = _edges(lo[s], hi[s], bins) if n_real else None
-            if edges is not None:  # rows by unit, then bin
-                hist_parts.append(
-                    (
-                        name,
-                        s,
-                        {
-                            "unit": np.repeat(np.arange(units), bins),
-                            "bin": np.tile(np.arange(bins), units),
-                            "lo": edges[:-1].T.ravel(),
-                            "hi": edges[1:].T.ravel(),
-                            "count": counts[s].T.ravel(),
-                        },
-                    )
-                )
-        if parts:  # in the table's order (layers in turn) before the contexts are added: no sort after
-            sig_code = np.concatenate([np.full(len(p[2]), p[0]) for p in parts])
-            cols = {
-                "kind": np.concatenate([np.full(len(p[2]), p[1]) for p in parts]),
-                "unit": np.concatenate([p[2] for p in parts]).astype(np.int64),
-                "rank": np.concatenate([p[3] for p in parts]).astype(np.int64),
-            }
-            pos = np.concatenate([p[4] for p in parts]).astype(np.int64)
-            value = np.concatenate([p[5] for p in parts])
-            first_layer = {s: i for i, s in enumerate(trace[names[0]].info.signals)}
-            sig_rank = np.array([first_layer.get(s, 99) for s in sigs])[sig_code]
-            order = np.lexsort((cols["rank"], cols["kind"], cols["unit"], sig_rank))
-            cols = {c: v[order] for c, v in cols.items()}
-            sig_code, pos, value = sig_code[order], pos[order], value[order]
-            window = np.concatenate(windows)[order]
-            cols["sequence"], cols["step"] = pos // t_len, pos % t_len
-            ex_parts.append((name, sigs, sig_code, cols, _with_context(trace, lt, cols, value, window, context, block)))
+            if n_real:
+                hist_parts.append((name, s, _histogram_columns(lo[s], hi[s], bins, counts[s])))
+        if parts:
+            ex_parts.append(_layer_examples(trace, names, name, lt, sigs, parts, windows, context, block))
     examples = _example_table(ex_parts)
     histograms = _histogram_table(hist_parts)
     return examples[EXAMPLE_COLUMNS], histograms[HISTOGRAM_COLUMNS]
+
+
+def _extremes(
+    lt: Any, sigs: list[str], block: int, k: int, tick: Callable[[], None]
+) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    """Pass 1 of :func:`unit_examples` over one layer: per (signal, kind) the keys of its ``k`` best examples of every
+    unit (:func:`_stream_top_values`), each signal's lowest and highest value per unit, and the real steps' count."""
+    n, t_len, units = lt.shape
+    gates = set(GATES[lt.info.cell_type])
+    back = lt.info.go_backwards
+    empty = np.zeros((0, units), np.uint64)
+    best = {(s, kind): empty for s in sigs for kind in ("top", "bottom", "rise", "drop")}
+    lo = {s: np.full(units, np.inf, np.float32) for s in sigs}
+    hi = {s: np.full(units, -np.inf, np.float32) for s in sigs}
+    n_real = 0
+    for rows in iter_chunks(n, block):
+        m, flat, gpos = _chunk_real(lt, rows, t_len)
+        n_real += len(flat)
+        if len(flat):
+            for s in sigs:
+                v = read(lt[s], rows, np.float32)
+                real = v.reshape(-1, units) if len(flat) == m.size else v.reshape(-1, units)[flat]
+                low, high = real.min(axis=0), real.max(axis=0)  # NaN where a unit has one
+                lo[s], hi[s] = np.minimum(lo[s], low), np.maximum(hi[s], high)
+                finite = bool(np.isfinite(low).all() and np.isfinite(high).all())  # then no change is NaN
+                pairs = [("top", "bottom", real, gpos)]
+                if s in gates:
+                    d, dpos = _changes(v, m, back, rows.start)
+                    if len(d):
+                        pairs.append(("rise", "drop", d, dpos))
+                for up, down, values, positions in pairs:
+                    if finite:
+                        best[s, up] = _stream_top_values(best[s, up], values, positions, k, True)
+                        best[s, down] = _stream_top_values(best[s, down], values, positions, k, False)
+                    else:
+                        o = _ordered32(values)
+                        best[s, up] = _stream_top(best[s, up], o, positions, k)
+                        best[s, down] = _stream_top(best[s, down], ~o, positions, k)
+        tick()
+    return best, lo, hi, n_real
+
+
+def _final_examples(
+    best: dict, sigs: list[str]
+) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The top/bottom/rise/drop examples of pass 1, final: ``(signal index, kind index, unit, rank, position,
+    value)`` arrays per signal and kind; their context windows are gathered in pass 2 (no third read of the signals)."""
+    parts: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    for si, s in enumerate(sigs):
+        for kind in ("top", "bottom", "rise", "drop"):
+            keys = best[s, kind]
+            if not len(keys):
+                continue
+            keys = _sorted_desc(keys)
+            vals, pos = _unkey(keys, descending=kind in ("top", "rise"))
+            r, u = np.nonzero(keys != 0)  # a zero key: fewer than k entries
+            parts.append((si, KINDS.index(kind), u, r, pos[r, u], vals[r, u].astype(np.float64)))
+    return parts
+
+
+def _bins_and_draws(
+    lt: Any,
+    sigs: list[str],
+    block: int,
+    lo: dict[str, np.ndarray],
+    hi: dict[str, np.ndarray],
+    bins: int,
+    k_decile: int,
+    context: int,
+    parts: list,
+    tick: Callable[[], None],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Pass 2 of :func:`unit_examples` over one layer: each signal's histogram counts (bins, units), its decile draws'
+    keys and windows, and the windows of the examples of pass 1 (``parts``), gathered by block of sequences and
+    signal."""
+    n, t_len, units = lt.shape
+    fixed_sig = np.concatenate([np.full(len(p[2]), p[0]) for p in parts] + [np.zeros(0, np.int64)])
+    fixed_pos = np.concatenate([p[4] for p in parts] + [np.zeros(0, np.int64)]).astype(np.int64)
+    fixed_unit = np.concatenate([p[2] for p in parts] + [np.zeros(0, np.int64)]).astype(np.int64)
+    fixed_win = np.zeros((len(fixed_pos), 2 * context + 1), np.float32)
+    fixed_key = (fixed_pos // t_len // block) * len(sigs) + fixed_sig
+    fixed_order = np.argsort(fixed_key, kind="stable")
+    fixed_cuts = np.searchsorted(fixed_key[fixed_order], np.arange(-(-n // block) * len(sigs) + 1))
+    counts = {s: np.zeros((bins, units), np.int64) for s in sigs}
+    draw_keys = {s: np.zeros((0, 10, units), np.uint64) for s in sigs}
+    draw_win = {s: np.zeros((0, 10, units, 2 * context + 1), np.float32) for s in sigs}
+    per_decile = bins // 10
+    tables = {}  # float16 signals of a few patterns per unit: counted by their patterns (see _BinTable)
+    for s in sigs:
+        if getattr(lt[s], "dtype", None) == np.float16 and np.isfinite(lo[s]).all() and np.isfinite(hi[s]).all():
+            if _pattern_range(lo[s], hi[s])[1].sum() <= _BinTable.LIMIT:
+                tables[s] = _BinTable(lo[s], hi[s], bins)
+    scratch = np.empty(min(block, n) * t_len * units, np.intp)  # bin codes or pattern indices, chunk by chunk
+    for rows in iter_chunks(n, block):
+        m, flat, gpos = _chunk_real(lt, rows, t_len)
+        if len(flat):
+            prio = position_priority(gpos)
+            dkey = ((_LOW32 - prio) << np.uint64(32)) | (_LOW32 - gpos.astype(np.uint64))
+            by_key = np.argsort(dkey)[::-1]  # the same for every signal
+            for si, s in enumerate(sigs):
+                narrow = getattr(lt[s], "dtype", None) in (np.float16, np.float32)  # exact in float64 as stored
+                raw = read(lt[s], rows, lt[s].dtype if narrow else np.float32)
+                real = raw.reshape(-1, units)
+                if len(flat) < m.size:
+                    real = real[flat]
+                here = rows.start // block * len(sigs) + si
+                e = fixed_order[fixed_cuts[here] : fixed_cuts[here + 1]]
+                if len(e):
+                    fixed_win[e] = _windows(raw, rows.start, fixed_pos[e], fixed_unit[e], context)
+                finite = bool(np.isfinite(lo[s]).all() and np.isfinite(hi[s]).all())
+                if s in tables:
+                    flat_counts, dec = tables[s](real, scratch)
+                else:
+                    if finite:
+                        codes, dec = _bin_codes(real, lo[s], hi[s], bins, scratch)
+                    else:  # NaN or infinite values: the integer path, as ever
+                        b = bin_index(real, lo[s], hi[s], bins)
+                        codes, dec = (b * units + np.arange(units)).ravel(), (b // per_decile).astype(np.int8)
+                    flat_counts = np.bincount(codes, minlength=bins * units)
+                chunk_counts = flat_counts.reshape(bins, units)
+                counts[s] += chunk_counts
+                if k_decile:
+                    dec_counts = chunk_counts.reshape(10, per_decile, units).sum(axis=1)
+                    draw = _decile_draws_head if finite else _decile_draws  # (deciles 0-9 only if finite)
+                    new = draw(dkey, dec, k_decile, by_key, dec_counts)
+                    draw_keys[s], draw_win[s] = _merge_draws(draw_keys[s], draw_win[s], new, raw, rows.start, context)
+        tick()
+    return counts, draw_keys, draw_win, fixed_win
+
+
+def _histogram_columns(lo: np.ndarray, hi: np.ndarray, bins: int, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """One signal's histogram rows, by unit, then bin: unit, bin, its edges and its count."""
+    edges = _edges(lo, hi, bins)
+    units = counts.shape[1]
+    return {
+        "unit": np.repeat(np.arange(units), bins),
+        "bin": np.tile(np.arange(bins), units),
+        "lo": edges[:-1].T.ravel(),
+        "hi": edges[1:].T.ravel(),
+        "count": counts.T.ravel(),
+    }
+
+
+def _layer_examples(
+    trace: Trace,
+    names: list[str],
+    name: str,
+    lt: Any,
+    sigs: list[str],
+    parts: list,
+    windows: list,
+    context: int,
+    block: int,
+) -> tuple[str, list[str], np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """One layer's examples in the table's order (layers in turn; put in order before the contexts are added, so
+    no sort after): ``(layer, signals, signal codes, columns, context columns)``."""
+    t_len = lt.shape[1]
+    sig_code = np.concatenate([np.full(len(p[2]), p[0]) for p in parts])
+    cols = {
+        "kind": np.concatenate([np.full(len(p[2]), p[1]) for p in parts]),
+        "unit": np.concatenate([p[2] for p in parts]).astype(np.int64),
+        "rank": np.concatenate([p[3] for p in parts]).astype(np.int64),
+    }
+    pos = np.concatenate([p[4] for p in parts]).astype(np.int64)
+    value = np.concatenate([p[5] for p in parts])
+    first_layer = {s: i for i, s in enumerate(trace[names[0]].info.signals)}
+    sig_rank = np.array([first_layer.get(s, 99) for s in sigs])[sig_code]
+    order = np.lexsort((cols["rank"], cols["kind"], cols["unit"], sig_rank))
+    cols = {c: v[order] for c, v in cols.items()}
+    sig_code, pos, value = sig_code[order], pos[order], value[order]
+    window = np.concatenate(windows)[order]
+    cols["sequence"], cols["step"] = pos // t_len, pos % t_len
+    return name, sigs, sig_code, cols, _with_context(trace, lt, cols, value, window, context, block)
 
 
 def _windows(raw: np.ndarray, start: int, positions: np.ndarray, unit: np.ndarray, context: int) -> np.ndarray:
