@@ -36,6 +36,8 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 from scipy.special import expit
 
+from gatelens.analysis.stats import _softplus
+
 __all__ = ["LinearFit", "fit_logistic", "fit_ridge", "standardize"]
 
 
@@ -93,13 +95,6 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, *, alpha: float = 1.0) -> LinearFit:
     coef = cho_solve(cho_factor(gram), Xc.T @ (Y - y_mean))
     k = Y.shape[1]
     return LinearFit(coef, y_mean - x_mean @ coef, np.ones(k, np.int64), np.ones(k, bool))
-
-
-def _softplus(Z: np.ndarray) -> np.ndarray:
-    """``log(1 + exp(Z))`` as ``max(Z, 0) + log1p(exp(-|Z|))``: ``np.logaddexp(0, Z)`` to 1 ulp, without overflow,
-    and 7x faster (0.5 ms against 3.6 ms on (14935, 11) float64: NumPy's ``exp`` and ``log1p`` are vectorised,
-    its ``logaddexp`` is not)."""
-    return np.maximum(Z, 0.0) + np.log1p(np.exp(-np.abs(Z)))
 
 
 def _times(A: np.ndarray, V: np.ndarray) -> np.ndarray:
